@@ -1,0 +1,99 @@
+/**
+ * Typed errors. Every error this library throws is a `TenantError` with a stable `code`; errors a
+ * request caused also carry the HTTP `statusCode` to answer with. Messages say what happened and how
+ * to fix it, and never contain a connection string or a password.
+ */
+
+/** Options shared by every `TenantError` constructor. */
+export interface TenantErrorOptions {
+  /** The tenant the error is about, when known (only ever a validated id). */
+  tenantId?: string;
+  /** HTTP status to answer with when a request caused the error. */
+  statusCode?: number;
+  /** The underlying error. */
+  cause?: unknown;
+}
+
+/** Base class of every error thrown by objection-tenancy. Check `code`, not the class, across package copies. */
+export class TenantError extends Error {
+  /** Stable machine-readable code, e.g. `TENANT_UNKNOWN`. */
+  readonly code: string;
+  /** HTTP status for errors a request caused. */
+  readonly statusCode?: number;
+  /** The tenant concerned, when known. */
+  readonly tenantId?: string;
+
+  constructor(code: string, message: string, options: TenantErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.code = code;
+    if (options.statusCode !== undefined) this.statusCode = options.statusCode;
+    if (options.tenantId !== undefined) this.tenantId = options.tenantId;
+  }
+}
+
+/**
+ * A tenant query, `tenancy.knex()` or `currentTenantId()` ran with no tenant scope. There is no global
+ * fallback connection: the library fails closed. `statusCode` is 400 when a request carried no tenant id.
+ */
+export class TenantContextMissingError extends TenantError {
+  constructor(message?: string, options: TenantErrorOptions = {}) {
+    super(
+      'TENANT_CONTEXT_MISSING',
+      message ??
+        'No tenant scope is active. Run this code inside tenancy.middleware(), runWithTenant(id, fn), ' +
+          'or pass a knex explicitly with Model.query(knex) / Model.bindKnex(knex).',
+      options,
+    );
+  }
+}
+
+/** The tenant id is not a valid tenant id (bad characters, too long, repeated header...). HTTP 400. */
+export class InvalidTenantIdError extends TenantError {
+  constructor(reason: string, options: TenantErrorOptions = {}) {
+    super('TENANT_ID_INVALID', `Invalid tenant id: ${reason}.`, { statusCode: 400, ...options });
+  }
+}
+
+/** The tenant id is valid but no such tenant exists (the catalog said so, or its database is gone). HTTP 404. */
+export class UnknownTenantError extends TenantError {
+  constructor(tenantId: string, options: TenantErrorOptions = {}) {
+    super('TENANT_UNKNOWN', `Unknown tenant "${tenantId}".`, { statusCode: 404, tenantId, ...options });
+  }
+}
+
+/** The tenant's database could not be reached, or its pool could not be opened. HTTP 503, retry later. */
+export class TenantUnavailableError extends TenantError {
+  /** Seconds after which a retry makes sense; sent as `Retry-After` by the error handler. */
+  readonly retryAfter: number;
+
+  constructor(tenantId: string, options: TenantErrorOptions & { retryAfter?: number; reason?: string } = {}) {
+    super(
+      'TENANT_UNAVAILABLE',
+      `The database of tenant "${tenantId}" is unavailable${options.reason ? `: ${options.reason}` : ''}. Retry later.`,
+      { statusCode: 503, tenantId, ...options },
+    );
+    this.retryAfter = options.retryAfter ?? 1;
+  }
+}
+
+/** A model instance loaded in one tenant was used inside another tenant's scope. */
+export class TenantMismatchError extends TenantError {
+  constructor(instanceTenant: string, scopeTenant: string) {
+    super(
+      'TENANT_MISMATCH',
+      `A model instance of tenant "${instanceTenant}" was used inside the scope of tenant "${scopeTenant}". ` +
+        'Load the instance again inside this scope, or run the call inside runWithTenant of its own tenant.',
+      { statusCode: 500, tenantId: scopeTenant },
+    );
+  }
+}
+
+/** The tenancy was destroyed (shutdown) and cannot open new scopes. */
+export class TenancyDestroyedError extends TenantError {
+  constructor() {
+    super('TENANCY_DESTROYED', 'This tenancy was destroyed; create a new one with createTenancy().', {
+      statusCode: 503,
+    });
+  }
+}

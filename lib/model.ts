@@ -1,0 +1,181 @@
+import { Model } from 'objection';
+import type { Knex } from 'knex';
+import { TenantContextMissingError, TenantMismatchError } from './errors';
+import { currentScope, runInScope, type TenantScope } from './scope';
+
+// Objection's own typings do not describe the members overridden here (unsafeKnex, $$knex, the
+// untyped transaction overloads), so the mixin body works on loose types and the result keeps the
+// base class's public type.
+/* eslint-disable @typescript-eslint/no-explicit-any */
+type AnyModelClass = abstract new (...args: any[]) => Model;
+
+const CAPTURED = Symbol('objection-tenancy.scope');
+const STAMP = Symbol.for('objection-tenancy.instanceTenant');
+
+/** True when the class (not a parent) was given its own knex: `bindKnex()` or `Model.knex(k)`. */
+function hasOwnKnex(modelClass: object): boolean {
+  return Object.prototype.hasOwnProperty.call(modelClass, '$$knex');
+}
+
+function missing(modelClass: { name: string }): TenantContextMissingError {
+  return new TenantContextMissingError(
+    `${modelClass.name} query without a tenant scope. Run it inside tenancy.middleware(), runWithTenant(id, fn), ` +
+      `or pass a knex explicitly with ${modelClass.name}.query(knex) / ${modelClass.name}.bindKnex(knex).`,
+  );
+}
+
+/**
+ * The instance guard (objection #1616: instances do not carry their connection). Instances remember
+ * the tenant they were loaded or created in; using one in another tenant's scope is an error, not a
+ * silent read of the wrong database. Instances built outside any scope take the first scope they meet.
+ */
+function checkInstance(instance: any): TenantMismatchError | undefined {
+  if (hasOwnKnex(instance.constructor)) return undefined;
+  const scope = currentScope();
+  if (scope === undefined) return undefined;
+  const stamp: string | undefined = instance[STAMP];
+  if (stamp === undefined) {
+    stamp_(instance, scope.tenantId);
+    return undefined;
+  }
+  return stamp === scope.tenantId ? undefined : new TenantMismatchError(stamp, scope.tenantId);
+}
+
+function stamp_(instance: object, tenantId: string): void {
+  Object.defineProperty(instance, STAMP, { value: tenantId, enumerable: false, configurable: true, writable: true });
+}
+
+function stampFromScope(instance: any): void {
+  if (instance[STAMP] !== undefined || hasOwnKnex(instance.constructor)) return;
+  const scope = currentScope();
+  if (scope !== undefined) stamp_(instance, scope.tenantId);
+}
+
+/** A builder that fails at execution with `error` (instance methods reject rather than throw). */
+function failing<B extends { runBefore(fn: () => unknown): B }>(builder: B, error: Error | undefined): B {
+  return error === undefined ? builder : builder.runBefore(() => Promise.reject(error));
+}
+
+/**
+ * The tenant of a model instance: the scope it was loaded or created in, or `undefined`.
+ */
+export function instanceTenantId(instance: Model): string | undefined {
+  return (instance as any)[STAMP];
+}
+
+/**
+ * Makes a model class tenant-aware: its queries, relations, graphs, hooks and transactions use the
+ * current tenant scope's connection. An explicit `query(knexOrTrx)`, `bindKnex()` or `Model.knex(k)` on
+ * the class itself wins. With no scope and no explicit knex, queries reject with `TenantContextMissingError`.
+ * Use it when the app already has a base model; otherwise extend `TenantModel`.
+ * @example
+ * class BaseModel extends tenantAware(Model) {}
+ * class Person extends BaseModel { static tableName = 'persons'; }
+ */
+export function tenantAware<M extends AnyModelClass>(Base: M): M {
+  const BaseModel = Base as any;
+
+  class TenantQueryBuilder extends (BaseModel.QueryBuilder as any) {
+    declare [CAPTURED]?: TenantScope;
+
+    // A builder made in tenant A and awaited in tenant B runs on A, hooks included: the lookup of
+    // objection is lazy, so the scope captured at creation is restored around execution.
+    execute(): Promise<unknown> {
+      const captured = this[CAPTURED];
+      if (captured !== undefined && currentScope() !== captured) return runInScope(captured, () => super.execute());
+      if ((this as any).unsafeKnex() === null) return Promise.reject(missing((this as any).modelClass()));
+      return super.execute();
+    }
+
+    knex(...args: unknown[]): any {
+      if (args.length === 0 && (this as any).unsafeKnex() === null) throw missing((this as any).modelClass());
+      return super.knex(...args);
+    }
+
+    clone(): any {
+      const copy = super.clone();
+      copy[CAPTURED] = this[CAPTURED];
+      return copy;
+    }
+  }
+
+  class TenantAwareModel extends BaseModel {
+    static QueryBuilder = TenantQueryBuilder;
+
+    static knex(...args: unknown[]): Knex | undefined {
+      if (args.length > 0 || hasOwnKnex(this)) return super.knex(...args);
+      const scope = currentScope();
+      // null, not a throw: objection probes knex() in places where "none" is a valid answer (child
+      // queries given an explicit knex); the builder above fails closed at execution instead.
+      return scope === undefined ? undefined : (scope.trx ?? scope.knex);
+    }
+
+    static query(trx?: unknown): any {
+      if (trx == null && !hasOwnKnex(this)) {
+        const scope = currentScope();
+        if (scope !== undefined) {
+          const builder = super.query(scope.trx ?? scope.knex);
+          builder[CAPTURED] = scope;
+          return builder;
+        }
+      }
+      return super.query(trx);
+    }
+
+    static knexQuery(): Knex.QueryBuilder {
+      const knex = this.knex();
+      if (knex == null) throw missing(this);
+      return knex.table(this.getTableName());
+    }
+
+    static transaction(knexOrTrx: unknown, cb?: unknown): Promise<unknown> {
+      if (typeof knexOrTrx === 'function' && cb === undefined && !hasOwnKnex(this)) {
+        const scope = currentScope();
+        if (scope === undefined) return Promise.reject(missing(this));
+        return scope.owner.transaction(knexOrTrx as (trx: Knex.Transaction) => Promise<unknown>);
+      }
+      return super.transaction(knexOrTrx, cb);
+    }
+
+    static startTransaction(knexOrTrx?: unknown): Promise<Knex.Transaction> {
+      if (knexOrTrx == null && this.knex() == null) return Promise.reject(missing(this));
+      return super.startTransaction(knexOrTrx);
+    }
+
+    $setJson(json: unknown, options?: unknown): this {
+      const result = super.$setJson(json, options);
+      stampFromScope(this);
+      return result;
+    }
+
+    $setDatabaseJson(json: unknown): this {
+      const result = super.$setDatabaseJson(json);
+      stampFromScope(this);
+      return result;
+    }
+
+    $query(trx?: unknown): any {
+      return failing(super.$query(trx), trx == null ? checkInstance(this) : undefined);
+    }
+
+    $relatedQuery(relationName: string, trx?: unknown): any {
+      return failing(super.$relatedQuery(relationName, trx), trx == null ? checkInstance(this) : undefined);
+    }
+
+    $fetchGraph(expression: unknown, options?: { transaction?: unknown }): any {
+      return failing(super.$fetchGraph(expression, options), options?.transaction == null ? checkInstance(this) : undefined);
+    }
+  }
+
+  return TenantAwareModel as unknown as M;
+}
+
+/**
+ * Base model for tenant tables: `Person.query()` anywhere in the app runs on the current tenant.
+ * @example
+ * class Person extends TenantModel {
+ *   static tableName = 'persons';
+ * }
+ * app.get('/people', async (req, res) => res.json(await Person.query()));
+ */
+export class TenantModel extends tenantAware(Model) {}

@@ -1,0 +1,252 @@
+import type { Knex } from 'knex';
+import { TenancyDestroyedError } from './errors';
+
+/**
+ * A claim on a tenant's connection handle for the length of one scope (a request, a job). While any
+ * lease is held the handle is never destroyed; an evicted pool is drained, then closed.
+ */
+export interface TenantLease {
+  readonly knex: Knex;
+  /** Gives the lease back. Idempotent. */
+  release(): void;
+}
+
+/**
+ * How a `Tenancy` gets a tenant's knex. The pool-per-tenant cache below is one strategy; a shared
+ * pool per database server is another. Both hand out leases, so scopes never hold a raw pool.
+ */
+export interface TenantConnections {
+  lease(tenantId: string): Promise<TenantLease>;
+  /** Closes the tenant's handle once its leases are released; the next lease opens a new one. */
+  evict(tenantId: string): Promise<void>;
+  stats(): PoolCacheStats;
+  destroy(): Promise<void>;
+}
+
+/** Counters of the pool cache, as returned inside `tenancy.stats()`. */
+export interface PoolCacheStats {
+  /** Open tenant pools: cached ones plus evicted ones still draining. */
+  pools: number;
+  /** Evicted pools still waiting for their last lease before they close. */
+  draining: number;
+  /** Leases held right now (scopes in flight). */
+  leases: number;
+  /** Pools created since start. */
+  created: number;
+  /** Pools evicted since start (LRU cap, idle timeout, or `evict()`). */
+  evictions: number;
+  /** Pool openings that failed (not cached). */
+  failures: number;
+}
+
+export interface PoolCacheOptions {
+  /** Opens a tenant's knex; rejects to refuse the tenant. Called once per tenant at a time. */
+  open(tenantId: string): Promise<Knex>;
+  /** Cap on cached pools; the least recently used is evicted beyond it. */
+  maxPools: number;
+  /** A pool with no lease for this long is closed. 0 disables idle eviction. */
+  idleTimeoutMs: number;
+}
+
+interface Entry {
+  readonly id: string;
+  readonly ready: Promise<Knex>;
+  /** Settles once the pool is destroyed after an eviction. */
+  readonly closed: Promise<void>;
+  markClosed(): void;
+  knex: Knex | undefined;
+  leases: number;
+  lastUsed: number;
+  evicted: boolean;
+  closing: boolean;
+}
+
+/**
+ * One knex (and pool) per tenant, opened lazily and once: concurrent first requests share one opening,
+ * a failed opening is not cached. Bounded by `maxPools` (LRU) and an idle timeout; an evicted pool
+ * with leases in flight drains before it is destroyed.
+ */
+export class PoolCache implements TenantConnections {
+  readonly #options: PoolCacheOptions;
+  // A Map iterates in insertion order; re-inserting on use keeps the least recently used first.
+  readonly #entries = new Map<string, Entry>();
+  /** Evicted entries whose pool is not destroyed yet. */
+  readonly #draining = new Set<Entry>();
+  readonly #sweeper: NodeJS.Timeout | undefined;
+  #destroyed = false;
+  #counters = { created: 0, evictions: 0, failures: 0 };
+
+  constructor(options: PoolCacheOptions) {
+    this.#options = options;
+    if (options.idleTimeoutMs > 0) {
+      const every = Math.max(50, Math.min(options.idleTimeoutMs / 2, 30_000));
+      this.#sweeper = setInterval(() => this.#sweepIdle(), every);
+      this.#sweeper.unref();
+    }
+  }
+
+  async lease(tenantId: string): Promise<TenantLease> {
+    if (this.#destroyed) throw new TenancyDestroyedError();
+    let entry = this.#entries.get(tenantId);
+    if (entry === undefined) {
+      entry = this.#create(tenantId);
+    } else {
+      this.#entries.delete(tenantId);
+      this.#entries.set(tenantId, entry);
+    }
+    entry.leases++;
+    entry.lastUsed = Date.now();
+    let knex: Knex;
+    try {
+      knex = entry.knex ?? (await entry.ready);
+    } catch (error) {
+      this.#release(entry);
+      throw error;
+    }
+    const held = entry;
+    let released = false;
+    return {
+      knex,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.#release(held);
+      },
+    };
+  }
+
+  evict(tenantId: string): Promise<void> {
+    const entry = this.#entries.get(tenantId);
+    return entry === undefined ? Promise.resolve() : this.#evict(entry);
+  }
+
+  stats(): PoolCacheStats {
+    let leases = 0;
+    let open = 0;
+    for (const entry of this.#entries.values()) {
+      leases += entry.leases;
+      if (entry.knex !== undefined) open++;
+    }
+    for (const entry of this.#draining) leases += entry.leases;
+    const draining = this.#draining.size;
+    return { pools: open + draining, draining, leases, ...this.#counters };
+  }
+
+  /**
+   * Closes every pool. Pools with leases in flight get `drainTimeoutMs` to finish, then are destroyed.
+   * New leases are refused with `TenancyDestroyedError`.
+   */
+  async destroy(drainTimeoutMs = 10_000): Promise<void> {
+    this.#destroyed = true;
+    if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
+    const all = [...this.#entries.values()].map((entry) => this.#evict(entry));
+    all.push(...[...this.#draining].map((entry) => entry.closed));
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), drainTimeoutMs);
+    });
+    const outcome = await Promise.race([Promise.all(all), timeout]);
+    clearTimeout(timer);
+    if (outcome === 'timeout') {
+      for (const entry of this.#draining) {
+        entry.leases = 0;
+        this.#closeWhenDrained(entry);
+      }
+      await Promise.all(all);
+    }
+  }
+
+  #create(tenantId: string): Entry {
+    let markClosed!: () => void;
+    const closed = new Promise<void>((resolve) => {
+      markClosed = resolve;
+    });
+    const entry: Entry = {
+      id: tenantId,
+      knex: undefined,
+      leases: 0,
+      lastUsed: Date.now(),
+      evicted: false,
+      closing: false,
+      closed,
+      markClosed,
+      ready: this.#options.open(tenantId).then(
+        (knex) => {
+          this.#counters.created++;
+          entry.knex = knex;
+          return knex;
+        },
+        (error: unknown) => {
+          this.#counters.failures++;
+          // A failed opening is not cached: the next lease tries again.
+          if (this.#entries.get(tenantId) === entry) this.#entries.delete(tenantId);
+          throw error;
+        },
+      ),
+    };
+    // Leases awaiting a failed opening see the rejection; nothing else may raise an unhandled one.
+    entry.ready.catch(() => {});
+    this.#entries.set(tenantId, entry);
+    this.#enforceCap(entry);
+    return entry;
+  }
+
+  #release(entry: Entry): void {
+    entry.leases--;
+    entry.lastUsed = Date.now();
+    if (entry.evicted) this.#closeWhenDrained(entry);
+  }
+
+  #enforceCap(newest: Entry): void {
+    while (this.#entries.size > this.#options.maxPools) {
+      // The least recently used idle pool goes first; if every pool is busy, the LRU one drains.
+      let victim: Entry | undefined;
+      let firstBusy: Entry | undefined;
+      for (const entry of this.#entries.values()) {
+        if (entry === newest) continue;
+        if (entry.leases === 0) {
+          victim = entry;
+          break;
+        }
+        firstBusy ??= entry;
+      }
+      victim ??= firstBusy;
+      if (victim === undefined) return;
+      void this.#evict(victim);
+    }
+  }
+
+  #sweepIdle(): void {
+    const cutoff = Date.now() - this.#options.idleTimeoutMs;
+    for (const entry of this.#entries.values()) {
+      if (entry.leases === 0 && entry.knex !== undefined && entry.lastUsed <= cutoff) void this.#evict(entry);
+    }
+  }
+
+  #evict(entry: Entry): Promise<void> {
+    if (this.#entries.get(entry.id) === entry) this.#entries.delete(entry.id);
+    if (!entry.evicted) {
+      entry.evicted = true;
+      this.#counters.evictions++;
+      this.#draining.add(entry);
+    }
+    this.#closeWhenDrained(entry);
+    return entry.closed;
+  }
+
+  #closeWhenDrained(entry: Entry): void {
+    if (entry.leases > 0 || entry.closing) return;
+    entry.closing = true;
+    void entry.ready
+      .then(
+        (knex) => knex.destroy(),
+        () => undefined,
+      )
+      .catch(() => undefined)
+      .finally(() => {
+        entry.knex = undefined;
+        this.#draining.delete(entry);
+        entry.markClosed();
+      });
+  }
+}

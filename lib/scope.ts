@@ -1,0 +1,73 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { Knex } from 'knex';
+import { TenantContextMissingError } from './errors';
+
+/** What the scope needs from its owner: the `Tenancy` that opened it. */
+export interface ScopeOwner {
+  /** Runs `fn` in a transaction of the current tenant, with the transaction in the scope. */
+  transaction<T>(fn: (trx: Knex.Transaction) => Promise<T> | T): Promise<T>;
+}
+
+/**
+ * The immutable store of one tenant scope. A nested scope replaces it; the outer one is back when the
+ * inner returns or throws, because only `AsyncLocalStorage.run()` is used, never `enterWith()`
+ * (which leaks into the caller's remaining synchronous code, see
+ * https://nodejs.org/api/async_context.html#asynclocalstorageenterwithstore).
+ */
+export interface TenantScope {
+  readonly owner: ScopeOwner;
+  readonly tenantId: string;
+  /** The tenant's knex (its own pool, or a handle on a shared pool). */
+  readonly knex: Knex;
+  /** The open transaction of `tenancy.transaction()` / `Model.transaction()`, if any. */
+  readonly trx?: Knex.Transaction;
+}
+
+interface GlobalState {
+  readonly storage: AsyncLocalStorage<TenantScope>;
+  defaultOwner?: unknown;
+}
+
+// One storage per process, even when the package is loaded twice (CJS and ESM builds, or two
+// versions in node_modules): two storages would make a scope opened by one invisible to the other.
+const STATE_KEY = Symbol.for('objection-tenancy.state.v1');
+const holder = globalThis as unknown as Record<symbol, GlobalState | undefined>;
+const state: GlobalState = (holder[STATE_KEY] ??= { storage: new AsyncLocalStorage<TenantScope>() });
+
+/** @internal The process-wide storage and default-tenancy slot. */
+export const globalState = state;
+
+/** @internal The current scope, or `undefined`. */
+export function currentScope(): TenantScope | undefined {
+  return state.storage.getStore();
+}
+
+/**
+ * @internal Runs `fn` inside `scope` and awaits its result *inside* the scope, so that a thenable
+ * returned by `fn` (an objection query builder) executes, hooks included, while the scope is active.
+ */
+export function runInScope<T>(scope: TenantScope, fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
+  return state.storage.run(scope, async (): Promise<Awaited<T>> => await fn());
+}
+
+/** @internal Runs synchronous `fn` inside `scope`. */
+export function runInScopeSync<T>(scope: TenantScope | undefined, fn: () => T): T {
+  return scope === undefined ? state.storage.exit(fn) : state.storage.run(scope, fn);
+}
+
+/**
+ * The id of the current tenant.
+ * @throws {TenantContextMissingError} outside any tenant scope.
+ * @example
+ * app.get('/whoami', (req, res) => res.json({ tenant: currentTenantId() }));
+ */
+export function currentTenantId(): string {
+  const scope = state.storage.getStore();
+  if (scope === undefined) throw new TenantContextMissingError();
+  return scope.tenantId;
+}
+
+/** The id of the current tenant, or `undefined` outside any tenant scope. */
+export function tryCurrentTenantId(): string | undefined {
+  return state.storage.getStore()?.tenantId;
+}
