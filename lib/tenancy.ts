@@ -181,7 +181,7 @@ export class Tenancy implements ScopeOwner {
 
 /** Tenant pools start empty and shrink back when idle: thousands of tenants must not hold `min` connections each. */
 function withPoolDefaults(config: Knex.Config): Knex.Config {
-  return { ...config, pool: { min: 0, max: 10, idleTimeoutMillis: 30_000, ...config.pool } };
+  return { ...config, pool: { min: 0, idleTimeoutMillis: 30_000, ...config.pool } };
 }
 
 function classifyOpenError(tenantId: string, error: unknown): TenantError {

@@ -1,0 +1,108 @@
+/**
+ * The real databases the suites run against: SQLite files (always) and MariaDB (when reachable).
+ * Under CI=true an unreachable MariaDB fails the run; locally the MySQL suites skip with a loud notice.
+ */
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import knexFactory, { type Knex } from 'knex';
+
+export const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
+
+function probeMysql(): string | undefined {
+  const script = `require('mysql2').createConnection(process.argv[1]).promise().query('select 1')
+    .then(() => process.exit(0), (e) => { console.error(e.code || e.message); process.exit(1); });`;
+  const result = spawnSync(process.execPath, ['-e', script, MYSQL_URL], { encoding: 'utf8', timeout: 15_000 });
+  return result.status === 0 ? undefined : (result.stderr.trim() || 'no answer');
+}
+
+const mysqlProblem = probeMysql();
+if (mysqlProblem !== undefined) {
+  if (process.env.CI === 'true') {
+    throw new Error(`MariaDB at ${new URL(MYSQL_URL).host} is unreachable (${mysqlProblem}); under CI=true the MySQL suites must run.`);
+  }
+  console.error(`\n!!! MariaDB at ${new URL(MYSQL_URL).host} is unreachable (${mysqlProblem}): MySQL-backed tests are SKIPPED.\n`);
+}
+
+/** `undefined` when MariaDB is up, else the reason to skip (never under CI=true, which throws above). */
+export const skipMysql: string | undefined = mysqlProblem === undefined ? undefined : `MariaDB unreachable: ${mysqlProblem}`;
+
+/** One kind of tenant database: how to create, drop and connect to a tenant's database. */
+export interface Backend {
+  readonly name: 'sqlite' | 'mysql';
+  readonly skip: string | undefined;
+  knexConfig(tenantId: string): Knex.Config;
+  createDatabase(tenantId: string): Promise<void>;
+  dropDatabase(tenantId: string): Promise<void>;
+  databaseExists(tenantId: string): Promise<boolean>;
+  /** Closes admin connections. */
+  close(): Promise<void>;
+}
+
+/** SQLite: one file per tenant under a fresh temporary directory. */
+export function sqliteBackend(label: string): Backend {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `ot-${label}-`));
+  const file = (id: string) => path.join(dir, `${id}.sqlite`);
+  return {
+    name: 'sqlite',
+    skip: undefined,
+    knexConfig: (id) => ({ client: 'better-sqlite3', connection: { filename: file(id) }, useNullAsDefault: true }),
+    async createDatabase(id) {
+      fs.writeFileSync(file(id), '');
+    },
+    async dropDatabase(id) {
+      fs.rmSync(file(id), { force: true });
+    },
+    async databaseExists(id) {
+      return fs.existsSync(file(id));
+    },
+    async close() {
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Parses MYSQL_URL into a knex connection object. */
+export function mysqlConnection(database?: string): Knex.MySql2ConnectionConfig {
+  const url = new URL(MYSQL_URL);
+  return {
+    host: url.hostname,
+    port: Number(url.port || 3306),
+    user: decodeURIComponent(url.username || 'root'),
+    password: decodeURIComponent(url.password),
+    database: database ?? (url.pathname.slice(1) || undefined),
+  };
+}
+
+/** MariaDB: one database per tenant, named `ot_<label>_<tenant>`. */
+export function mysqlBackend(label: string, poolMax = 4): Backend {
+  let admin: Knex | undefined;
+  const adminKnex = () => (admin ??= knexFactory({ client: 'mysql2', connection: mysqlConnection(), pool: { min: 0, max: 2 } }));
+  const dbName = (id: string) => `ot_${label}_${id}`.replace(/-/g, '_');
+  return {
+    name: 'mysql',
+    skip: skipMysql,
+    knexConfig: (id) => ({ client: 'mysql2', connection: mysqlConnection(dbName(id)), pool: { max: poolMax } }),
+    async createDatabase(id) {
+      await adminKnex().raw('drop database if exists ??', [dbName(id)]);
+      await adminKnex().raw('create database ?? character set utf8mb4', [dbName(id)]);
+    },
+    async dropDatabase(id) {
+      await adminKnex().raw('drop database if exists ??', [dbName(id)]);
+    },
+    async databaseExists(id) {
+      const [rows] = await adminKnex().raw('select schema_name from information_schema.schemata where schema_name = ?', [dbName(id)]);
+      return (rows as unknown[]).length > 0;
+    },
+    async close() {
+      await admin?.destroy();
+      admin = undefined;
+    },
+  };
+}
+
+/** Both backends, for suites that run once per database (the objection way). */
+export function backends(label: string): Backend[] {
+  return [sqliteBackend(label), mysqlBackend(label)];
+}
