@@ -1,0 +1,173 @@
+/**
+ * The Express middleware on Express 4 and 5, with body parsers mounted before and after it, over real
+ * HTTP and real SQLite tenant files.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import express4 from 'express';
+import express5 from 'express5';
+import { createTenancy, currentTenantId, tryCurrentTenantId, type Tenancy } from '../lib/index';
+import { sqliteBackend } from './helpers/databases';
+import { createSchema, Person, seed } from './helpers/fixtures';
+import { jsonErrors, listen, randomPause, type Running } from './helpers/http';
+
+const backend = sqliteBackend('mw');
+const TENANTS = ['acme', 'globex'];
+let tenancy: Tenancy;
+
+before(async () => {
+  for (const t of TENANTS) await backend.createDatabase(t);
+  tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
+  for (const t of TENANTS) {
+    await tenancy.runWithTenant(t, async () => {
+      await createSchema(tenancy.knex(), t);
+      await seed(tenancy.knex(), t);
+    });
+  }
+});
+after(async () => {
+  await tenancy.destroy();
+  await backend.close();
+});
+
+/** What a handler sees after the body parsers: the scope, the database behind it, and the parsed body. */
+async function whoami(req: { body?: unknown }, res: { json(body: unknown): void }): Promise<void> {
+  await randomPause();
+  const info = await tenancy.knex()('tenant_info').first();
+  const people = await Person.query().orderBy('id');
+  res.json({ scope: currentTenantId(), db: info.tenant_id, people: people.map((p) => p.name), body: req.body });
+}
+
+for (const [version, express] of [['4', express4], ['5', express5]] as const) {
+  for (const order of ['parsers before', 'parsers after'] as const) {
+    describe(`Express ${version}, ${order} the middleware`, () => {
+      let server: Running;
+      before(async () => {
+        const app = express();
+        const parsers = [express.json(), express.urlencoded({ extended: false }), express.text()];
+        if (order === 'parsers before') app.use(...parsers);
+        app.use('/health', (_req, res) => res.json({ ok: true, tenant: tryCurrentTenantId() ?? null }));
+        app.use('/open', tenancy.middleware({ optional: true }), async (_req, res, next) => {
+          try {
+            res.json({ tenant: tryCurrentTenantId() ?? null, count: await Person.query().resultSize() });
+          } catch (error) {
+            next(error);
+          }
+        });
+        app.use(tenancy.middleware());
+        if (order === 'parsers after') app.use(...parsers);
+        app.post('/whoami', (req, res, next) => void whoami(req, res).catch(next));
+        app.get('/whoami', (req, res, next) => void whoami(req, res).catch(next));
+        app.use(jsonErrors);
+        server = await listen(app);
+      });
+      after(() => server.close());
+
+      it('runs the handler, after JSON, urlencoded and text bodies are parsed, in the tenant scope', async () => {
+        for (const t of TENANTS) {
+          for (const [type, body, parsed] of [
+            ['application/json', JSON.stringify({ hello: t }), { hello: t }],
+            ['application/x-www-form-urlencoded', `hello=${t}`, { hello: t }],
+            ['text/plain', `hello ${t}`, `hello ${t}`],
+          ] as const) {
+            const response = await fetch(`${server.url}/whoami`, { method: 'POST', headers: { 'x-tenant-id': t, 'content-type': type }, body });
+            assert.equal(response.status, 200);
+            const json = await response.json();
+            assert.deepEqual(json, { scope: t, db: t, people: [`${t}-ada`, `${t}-bob`], body: parsed });
+          }
+        }
+      });
+
+      it('answers 400 without a tenant, 400 for an invalid id, 404 for an unknown tenant, through next(err)', async () => {
+        const cases: [Record<string, string>, number, string][] = [
+          [{}, 400, 'TENANT_CONTEXT_MISSING'],
+          [{ 'x-tenant-id': '../acme' }, 400, 'TENANT_ID_INVALID'],
+          [{ 'x-tenant-id': 'acme, globex' }, 400, 'TENANT_ID_INVALID'],
+          [{ 'x-tenant-id': 'initech' }, 404, 'TENANT_UNKNOWN'],
+        ];
+        for (const [headers, status, code] of cases) {
+          const response = await fetch(`${server.url}/whoami`, { headers });
+          assert.equal(response.status, status, JSON.stringify(headers));
+          assert.equal(((await response.json()) as { error: { code: string } }).error.code, code);
+        }
+        assert.equal(tenancy.stats().pools, 2, 'no pool was opened for a bad tenant');
+      });
+
+      it('lets tenant-optional routes run without a scope, where tenant models still fail closed', async () => {
+        const health = await fetch(`${server.url}/health`, { headers: { 'x-tenant-id': 'acme' } });
+        assert.deepEqual(await health.json(), { ok: true, tenant: null });
+        const open = await fetch(`${server.url}/open`);
+        assert.equal(open.status, 500, "a tenant query without a scope is a server bug, not a client error");
+        assert.equal(((await open.json()) as { error: { code: string } }).error.code, 'TENANT_CONTEXT_MISSING');
+        const scoped = await fetch(`${server.url}/open`, { headers: { 'x-tenant-id': 'globex' } });
+        assert.deepEqual(await scoped.json(), { tenant: 'globex', count: 2 });
+      });
+
+      it('gives every lease back when responses end', async () => {
+        await Promise.all(Array.from({ length: 40 }, (_, i) => fetch(`${server.url}/whoami`, { headers: { 'x-tenant-id': TENANTS[i % 2]! } }).then((r) => r.json())));
+        assert.equal(tenancy.stats().leases, 0);
+      });
+    });
+  }
+}
+
+describe('middleware resolvers and errors', () => {
+  it('accepts an async resolver and sends resolver errors to next(err), never throwing', async () => {
+    const app = express4();
+    app.use(
+      tenancy.middleware({
+        resolve: async (req) => {
+          await randomPause();
+          if (req.url?.startsWith('/boom')) throw Object.assign(new Error('resolver failed'), { statusCode: 502, code: 'RESOLVER' });
+          return req.url?.split('/')[2];
+        },
+      }),
+    );
+    app.get('/t/:tenant', (_req, res) => res.json({ tenant: currentTenantId() }));
+    app.get('/boom', (_req, res) => res.json({ reached: true }));
+    app.use(jsonErrors);
+    const server = await listen(app);
+    try {
+      assert.deepEqual(await (await fetch(`${server.url}/t/globex`)).json(), { tenant: 'globex' });
+      const boom = await fetch(`${server.url}/boom`);
+      assert.equal(boom.status, 502);
+      assert.equal(((await boom.json()) as { error: { code: string } }).error.code, 'RESOLVER');
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('calls next(err) when a synchronous resolver throws', async () => {
+    const middleware = tenancy.middleware({
+      resolve: () => {
+        throw new Error('sync resolver failure');
+      },
+    });
+    const error = await new Promise((resolve) => middleware({} as never, {} as never, resolve));
+    assert.match(String(error), /sync resolver failure/);
+  });
+
+  it('releases the lease of an aborted request', async () => {
+    const app = express4();
+    let entered!: () => void;
+    const inHandler = new Promise<void>((r) => (entered = r));
+    app.use(tenancy.middleware());
+    app.get('/slow', (_req, res) => {
+      entered();
+      setTimeout(() => res.end('late'), 300);
+    });
+    const server = await listen(app);
+    try {
+      const controller = new AbortController();
+      const request = fetch(`${server.url}/slow`, { headers: { 'x-tenant-id': 'acme' }, signal: controller.signal }).catch(() => 'aborted');
+      await inHandler;
+      assert.equal(tenancy.stats().leases, 1);
+      controller.abort();
+      assert.equal(await request, 'aborted');
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(tenancy.stats().leases, 0);
+    } finally {
+      await server.close();
+    }
+  });
+});

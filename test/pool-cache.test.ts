@@ -1,0 +1,183 @@
+/**
+ * The tenant pool cache: one opening per tenant under a stampede, failures not cached, LRU cap, idle
+ * eviction, draining before destroy, unknown tenants never pooled. Runs on SQLite files and MariaDB.
+ */
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+import type { Knex } from 'knex';
+import {
+  createTenancy,
+  InvalidTenantIdError,
+  TenancyDestroyedError,
+  TenantUnavailableError,
+  UnknownTenantError,
+  type Tenancy,
+  type TenancyOptions,
+} from '../lib/index';
+import { backends, mysqlConnection, skipMysql } from './helpers/databases';
+
+const TENANTS = ['p1', 'p2', 'p3', 'p4'];
+
+for (const backend of backends('pool')) {
+  describe(`pool cache on ${backend.name}`, { skip: backend.skip }, () => {
+    const tenancies: Tenancy[] = [];
+    let configCalls: string[] = [];
+    const make = (extra: Partial<TenancyOptions> = {}): Tenancy => {
+      const tenancy = createTenancy({
+        knexConfig: (id) => {
+          configCalls.push(id);
+          return backend.knexConfig(id);
+        },
+        tenantExists: backend.databaseExists,
+        ...extra,
+      });
+      tenancies.push(tenancy);
+      return tenancy;
+    };
+    const dbOf = (tenancy: Tenancy, id: string) =>
+      tenancy.runWithTenant(id, async () => {
+        await tenancy.knex().schema.createTableIfNotExists('marker', (t) => t.string('id'));
+        return tenancy.knex()('marker').count({ n: '*' });
+      });
+
+    before(async () => {
+      for (const t of TENANTS) await backend.createDatabase(t);
+    });
+    after(async () => {
+      for (const tenancy of tenancies) await tenancy.destroy();
+      for (const t of TENANTS) await backend.dropDatabase(t);
+      await backend.close();
+    });
+
+    it('opens one pool when 200 first requests for a new tenant arrive together', async () => {
+      configCalls = [];
+      const tenancy = make();
+      const knexes = await Promise.all(
+        Array.from({ length: 200 }, () => tenancy.runWithTenant('p1', async () => tenancy.knex())),
+      );
+      assert.equal(new Set(knexes).size, 1, 'every request got the same knex');
+      assert.deepEqual(configCalls, ['p1']);
+      const stats = tenancy.stats();
+      assert.equal(stats.pools, 1);
+      assert.equal(stats.created, 1);
+      assert.equal(stats.leases, 0, 'every lease was given back');
+    });
+
+    it('never opens a pool for a tenant tenantExists rejects, nor for an invalid id', async () => {
+      configCalls = [];
+      let asked = 0;
+      const tenancy = make({ tenantExists: (id) => (asked++, backend.databaseExists(id)) });
+      await assert.rejects(tenancy.runWithTenant('nope', () => 1), UnknownTenantError);
+      await assert.rejects(tenancy.runWithTenant('../p1', () => 1), InvalidTenantIdError);
+      await assert.rejects(tenancy.runWithTenant("p1'; drop database x; --", () => 1), InvalidTenantIdError);
+      assert.equal(asked, 1, 'the catalog was asked only about the valid id');
+      assert.deepEqual(configCalls, []);
+      assert.equal(tenancy.stats().pools, 0);
+      assert.equal(await backend.databaseExists('nope'), false, 'nothing was created for the unknown tenant');
+    });
+
+    it('does not cache a failed opening: the next request tries again', async () => {
+      let fail = true;
+      const tenancy = make({
+        knexConfig: (id) => {
+          if (fail) throw new Error('catalog down');
+          return backend.knexConfig(id);
+        },
+      });
+      const error = await tenancy.runWithTenant('p2', () => 1).catch((e: unknown) => e);
+      assert.ok(error instanceof TenantUnavailableError);
+      assert.equal(error.statusCode, 503);
+      assert.equal(tenancy.stats().pools, 0);
+      assert.equal(tenancy.stats().failures, 1);
+      fail = false;
+      assert.deepEqual(await dbOf(tenancy, 'p2').then((rows) => rows.length), 1);
+      assert.equal(tenancy.stats().pools, 1);
+    });
+
+    it('caps pools at maxPools, evicting the least recently used', async () => {
+      const tenancy = make({ maxPools: 2 });
+      await dbOf(tenancy, 'p1');
+      await dbOf(tenancy, 'p2');
+      await dbOf(tenancy, 'p1'); // p2 is now the least recently used
+      await dbOf(tenancy, 'p3');
+      await sleep(50);
+      const stats = tenancy.stats();
+      assert.equal(stats.pools, 2);
+      assert.equal(stats.evictions, 1);
+      assert.equal(stats.created, 3);
+      configCalls = [];
+      await dbOf(tenancy, 'p1');
+      assert.deepEqual(configCalls, [], 'p1 stayed cached');
+      await dbOf(tenancy, 'p2');
+      assert.deepEqual(configCalls, ['p2'], 'p2 was evicted and reopened');
+    });
+
+    it('closes pools idle for idleTimeoutMs, not busy ones', async () => {
+      const tenancy = make({ idleTimeoutMs: 150 });
+      await dbOf(tenancy, 'p1');
+      const busy = tenancy.runWithTenant('p2', async () => {
+        await sleep(600);
+        return tenancy.knex()('marker').count({ n: '*' });
+      });
+      await sleep(450);
+      assert.equal(tenancy.stats().pools, 1, 'p1 was reaped while p2, busy, stayed');
+      await busy;
+      await sleep(450);
+      assert.equal(tenancy.stats().pools, 0);
+      assert.ok(tenancy.stats().evictions >= 2);
+    });
+
+    it('drains an evicted pool: a scope in flight finishes its queries before the pool is destroyed', async () => {
+      const tenancy = make({ maxPools: 1 });
+      let inside!: () => void;
+      const entered = new Promise<void>((resolve) => (inside = resolve));
+      const long = tenancy.runWithTenant('p3', async () => {
+        inside();
+        await sleep(300);
+        return tenancy.knex()('marker').count({ n: '*' });
+      });
+      await entered;
+      await dbOf(tenancy, 'p4'); // evicts p3 while its scope is in flight
+      assert.equal(tenancy.stats().draining, 1);
+      assert.equal((await long).length, 1, 'the in-flight scope completed on its draining pool');
+      await sleep(50);
+      assert.equal(tenancy.stats().draining, 0);
+      assert.equal(tenancy.stats().pools, 1);
+    });
+
+    it('destroy() closes every pool and refuses new scopes', async () => {
+      const tenancy = make();
+      await dbOf(tenancy, 'p1');
+      await dbOf(tenancy, 'p2');
+      await tenancy.destroy();
+      assert.equal(tenancy.stats().pools, 0);
+      await assert.rejects(tenancy.runWithTenant('p1', () => 1), TenancyDestroyedError);
+    });
+
+    it('rejects invalid options with a TypeError naming the option', () => {
+      assert.throws(() => createTenancy({ knexConfig: backend.knexConfig, maxPools: 0 }), /options\.maxPools/);
+      assert.throws(() => createTenancy({} as TenancyOptions), /options\.knexConfig/);
+    });
+  });
+}
+
+describe('pool cache against a bad MariaDB database', { skip: skipMysql }, () => {
+  it('maps a dropped database to UnknownTenantError and a dead server to TenantUnavailableError, without caching', async () => {
+    const dropped = createTenancy({ knexConfig: () => ({ client: 'mysql2', connection: mysqlConnection('ot_pool_never_created') }) });
+    const error = await dropped.runWithTenant('ghost', () => 1).catch((e: unknown) => e);
+    assert.ok(error instanceof UnknownTenantError, String(error));
+    assert.equal(dropped.stats().pools, 0);
+    await dropped.destroy();
+
+    const dead = createTenancy({
+      knexConfig: (): Knex.Config => ({ client: 'mysql2', connection: { ...mysqlConnection(), port: 1, password: 'secret-pw' } }),
+    });
+    const down = await dead.runWithTenant('x', () => 1).catch((e: unknown) => e);
+    assert.ok(down instanceof TenantUnavailableError, String(down));
+    assert.equal(down.statusCode, 503);
+    assert.doesNotMatch(down.message, /secret-pw|127\.0\.0\.1/);
+    assert.equal(dead.stats().pools, 0);
+    await dead.destroy();
+  });
+});
