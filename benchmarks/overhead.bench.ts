@@ -1,0 +1,317 @@
+/**
+ * Overhead of the implicit tenant scope on the hottest path there is: `findById` of a random id.
+ *
+ * Compares, in one process run, with one pool of 10 connections per variant:
+ *   1. raw mysql2 (promise pool, `query`)
+ *   2. knex alone
+ *   3. `Person.query(knex)`              (objection docs: pass the knex to every query)
+ *   4. `Person.bindKnex(knex).query()`   (objection docs: a bound class, created once)
+ *   5. `TPerson.query()` inside one tenant scope per worker (one scope per request, the real shape)
+ *   6. `runWithTenant(id, () => TPerson.query())` per query (shows the cost of entering a scope)
+ * at 1 and 32 queries in flight (closed loop: N workers, each awaits one query at a time).
+ * Rounds interleave the variants (rotated order, a GC before each cell) to damp drift.
+ *
+ * Run: `npm run bench:overhead`. Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test),
+ * BENCH_ROUNDS (5), BENCH_CELL_MS (1200), BENCH_WARMUP_MS (800).
+ * Prints one table and ends with one line `RESULT {...}`: time per op of variant 5 over variant 3.
+ */
+import os from 'node:os';
+import v8 from 'node:v8';
+import vm from 'node:vm';
+import knexFactory, { type Knex } from 'knex';
+import mysql from 'mysql2/promise';
+import { Model } from 'objection';
+import { createTenancy, TenantModel } from '../lib/index';
+
+const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
+const DATABASE = 'ot_bench_overhead';
+const TENANT = 'bench';
+const ROWS = 1000;
+const POOL_MAX = 10;
+const CONCURRENCIES = [1, 32] as const;
+const ROUNDS = intEnv('BENCH_ROUNDS', 5);
+const CELL_MS = intEnv('BENCH_CELL_MS', 1200);
+const WARMUP_MS = intEnv('BENCH_WARMUP_MS', 800);
+
+function intEnv(name: string, fallback: number): number {
+  const value = process.env[name];
+  if (value === undefined || value === '') return fallback;
+  const parsed = Number(value);
+  if (!Number.isInteger(parsed) || parsed <= 0) throw new TypeError(`${name} must be a positive integer`);
+  return parsed;
+}
+
+// A GC before each measured cell, so one variant's garbage is not collected on the next one's clock.
+v8.setFlagsFromString('--expose-gc');
+const gc = vm.runInNewContext('gc') as () => void;
+
+function connection(database?: string): mysql.ConnectionOptions & Knex.MySql2ConnectionConfig {
+  const url = new URL(MYSQL_URL);
+  return {
+    host: url.hostname,
+    port: Number(url.port || 3306),
+    user: decodeURIComponent(url.username || 'root'),
+    password: decodeURIComponent(url.password),
+    ...(database === undefined ? {} : { database }),
+  };
+}
+
+/** Every knex variant, the tenancy's included, gets its own pool with these settings. */
+function knexConfig(): Knex.Config {
+  return { client: 'mysql2', connection: connection(DATABASE), pool: { min: 0, max: POOL_MAX } };
+}
+
+class Person extends Model {
+  static override tableName = 'persons';
+  declare id: number;
+  declare name: string;
+}
+
+class TPerson extends TenantModel {
+  static override tableName = 'persons';
+  declare id: number;
+  declare name: string;
+}
+
+interface Row {
+  id: number;
+  name: string;
+}
+
+interface Variant {
+  readonly key: string;
+  readonly label: string;
+  /** One `findById`. */
+  once(id: number): PromiseLike<Row | undefined>;
+  /** Wraps a worker's whole loop (variant 5: one tenant scope per worker, like one per request). */
+  around?(loop: () => Promise<void>): Promise<void>;
+}
+
+interface Cell {
+  /** Nanoseconds per op (wall time / ops) of each round. */
+  nsPerOp: number[];
+  opsPerSec: number[];
+  /** Every measured query latency, ns, all rounds. */
+  latencies: number[];
+}
+
+async function setUp(): Promise<string> {
+  const admin = await mysql.createConnection(connection());
+  try {
+    const [[{ version }]] = (await admin.query('select version() as version')) as unknown as [[{ version: string }]];
+    await admin.query(`drop database if exists \`${DATABASE}\``);
+    await admin.query(`create database \`${DATABASE}\` character set utf8mb4`);
+    await admin.query(
+      `create table \`${DATABASE}\`.persons (id int not null auto_increment primary key, name varchar(255) not null)`,
+    );
+    const values = Array.from({ length: ROWS }, (_, i) => [`person-${i + 1}`]);
+    await admin.query(`insert into \`${DATABASE}\`.persons (name) values ?`, [values]);
+    return version;
+  } finally {
+    await admin.end();
+  }
+}
+
+async function dropDatabase(): Promise<void> {
+  const admin = await mysql.createConnection(connection());
+  try {
+    await admin.query(`drop database if exists \`${DATABASE}\``);
+  } finally {
+    await admin.end();
+  }
+}
+
+/** Runs `concurrency` closed-loop workers for `ms`; returns wall ns and pushes each latency. */
+async function runCell(variant: Variant, concurrency: number, ms: number, latencies: number[] | undefined): Promise<{ ns: number; ops: number }> {
+  let ops = 0;
+  const start = process.hrtime.bigint();
+  const deadline = start + BigInt(ms) * 1_000_000n;
+  const loop = async (): Promise<void> => {
+    let now = process.hrtime.bigint();
+    while (now < deadline) {
+      const id = 1 + Math.floor(Math.random() * ROWS);
+      const t0 = now;
+      await variant.once(id);
+      now = process.hrtime.bigint();
+      ops++;
+      latencies?.push(Number(now - t0));
+    }
+  };
+  const workers: Promise<void>[] = [];
+  for (let i = 0; i < concurrency; i++) workers.push(variant.around ? variant.around(loop) : loop());
+  await Promise.all(workers);
+  return { ns: Number(process.hrtime.bigint() - start), ops };
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+function percentile(values: readonly number[], q: number): number {
+  const sorted = Float64Array.from(values).sort();
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+}
+
+function pad(text: string, width: number, right = false): string {
+  return right ? text.padStart(width) : text.padEnd(width);
+}
+
+async function main(): Promise<void> {
+  const mariadbVersion = await setUp();
+
+  const rawPool = mysql.createPool({ ...connection(DATABASE), connectionLimit: POOL_MAX });
+  const knexAlone = knexFactory(knexConfig());
+  const knexPassing = knexFactory(knexConfig());
+  const knexBound = knexFactory(knexConfig());
+  const BoundPerson = Person.bindKnex(knexBound);
+  const tenancy = createTenancy({ knexConfig: () => knexConfig() });
+
+  const variants: Variant[] = [
+    {
+      key: 'raw',
+      label: '1 raw mysql2 pool.query',
+      async once(id) {
+        const [rows] = await rawPool.query<mysql.RowDataPacket[]>('select * from `persons` where `id` = ? limit 1', [id]);
+        return rows[0] as Row | undefined;
+      },
+    },
+    {
+      key: 'knex',
+      label: "2 knex('persons').first()",
+      once: (id) => knexAlone<Row>('persons').where({ id }).first(),
+    },
+    {
+      key: 'passing',
+      label: '3 Person.query(knex)',
+      once: (id) => Person.query(knexPassing).findById(id),
+    },
+    {
+      key: 'bindKnex',
+      label: '4 Person.bindKnex(knex)',
+      once: (id) => BoundPerson.query().findById(id),
+    },
+    {
+      key: 'implicit',
+      label: '5 TPerson.query() in scope',
+      once: (id) => TPerson.query().findById(id),
+      around: (loop) => tenancy.runWithTenant(TENANT, loop),
+    },
+    {
+      key: 'scopePerQuery',
+      label: '6 runWithTenant per query',
+      once: (id) => tenancy.runWithTenant(TENANT, () => TPerson.query().findById(id)),
+    },
+  ];
+
+  try {
+    // Every variant must read the right row, and the implicit ones must go through the tenancy's pool.
+    for (const variant of variants) {
+      const check = variant.around ? await tenancy.runWithTenant(TENANT, () => variant.once(7)) : await variant.once(7);
+      if (check?.id !== 7 || check.name !== 'person-7') throw new Error(`${variant.label}: wrong row ${JSON.stringify(check)}`);
+    }
+    if (tenancy.stats().created !== 1) throw new Error('the implicit variants did not open the tenant pool');
+
+    const cells = new Map<string, Cell>();
+    for (const variant of variants) {
+      for (const c of CONCURRENCIES) cells.set(`${variant.key}@${c}`, { nsPerOp: [], opsPerSec: [], latencies: [] });
+    }
+
+    const started = Date.now();
+    process.stderr.write(`warm-up: ${variants.length * CONCURRENCIES.length} cells x ${WARMUP_MS} ms\n`);
+    for (const c of [...CONCURRENCIES].reverse()) {
+      for (const variant of variants) await runCell(variant, c, WARMUP_MS, undefined);
+    }
+    for (let round = 0; round < ROUNDS; round++) {
+      process.stderr.write(`round ${round + 1}/${ROUNDS}\n`);
+      // Rotate the order each round so no variant always follows the same neighbour.
+      const order = variants.map((_, i) => variants[(i + round) % variants.length]!);
+      const concurrencies = round % 2 === 0 ? CONCURRENCIES : [...CONCURRENCIES].reverse();
+      for (const c of concurrencies) {
+        for (const variant of order) {
+          const cell = cells.get(`${variant.key}@${c}`)!;
+          gc();
+          const { ns, ops } = await runCell(variant, c, CELL_MS, cell.latencies);
+          cell.nsPerOp.push(ns / ops);
+          cell.opsPerSec.push((ops * 1e9) / ns);
+        }
+      }
+    }
+    const seconds = ((Date.now() - started) / 1000).toFixed(0);
+
+    const ratio = (key: string, c: number): number =>
+      median(cells.get(`${key}@${c}`)!.nsPerOp) / median(cells.get(`passing@${c}`)!.nsPerOp);
+
+    const cpu = os.cpus();
+    console.log('');
+    console.log('objection-tenancy overhead: findById of a random id (1000 rows), one pool of 10 per variant');
+    console.log(
+      `Node ${process.version}, MariaDB ${mariadbVersion}, knex ${versionOf('knex')}, objection ${versionOf('objection')}, ` +
+        `mysql2 ${versionOf('mysql2')}`,
+    );
+    console.log(`${os.platform()} ${os.arch()}, ${cpu.length} x ${cpu[0]?.model.trim() ?? 'unknown CPU'} (shared with the database server)`);
+    console.log(`${ROUNDS} rounds x ${CELL_MS} ms per cell after ${WARMUP_MS} ms warm-up; medians across rounds; latency over all rounds; ${seconds} s`);
+    console.log('');
+    const header = [
+      pad('variant', 28),
+      pad('in flight', 9, true),
+      pad('ops/s', 9, true),
+      pad('spread', 7, true),
+      pad('us/op', 8, true),
+      pad('p50 us', 8, true),
+      pad('p99 us', 8, true),
+      pad('vs (3)', 7, true),
+    ].join('  ');
+    console.log(header);
+    console.log('-'.repeat(header.length));
+    for (const c of CONCURRENCIES) {
+      for (const variant of variants) {
+        const cell = cells.get(`${variant.key}@${c}`)!;
+        const ops = median(cell.opsPerSec);
+        const spread = (Math.max(...cell.opsPerSec) - Math.min(...cell.opsPerSec)) / ops;
+        console.log(
+          [
+            pad(variant.label, 28),
+            pad(String(c), 9, true),
+            pad(ops.toFixed(0), 9, true),
+            pad(`${(spread * 100).toFixed(1)}%`, 7, true),
+            pad((median(cell.nsPerOp) / 1000).toFixed(1), 8, true),
+            pad((percentile(cell.latencies, 0.5) / 1000).toFixed(0), 8, true),
+            pad((percentile(cell.latencies, 0.99) / 1000).toFixed(0), 8, true),
+            pad(ratio(variant.key, c).toFixed(3), 7, true),
+          ].join('  '),
+        );
+      }
+      console.log('');
+    }
+    console.log('us/op = wall time / ops (1 / throughput); spread = (max - min) / median of ops/s across rounds;');
+    console.log('vs (3) = us/op over that of Person.query(knex) at the same concurrency (lower is better).');
+    console.log('');
+    const result = {
+      implicit_vs_passing_c1: round3(ratio('implicit', 1)),
+      implicit_vs_passing_c32: round3(ratio('implicit', 32)),
+      scope_per_query_vs_passing_c1: round3(ratio('scopePerQuery', 1)),
+      scope_per_query_vs_passing_c32: round3(ratio('scopePerQuery', 32)),
+      bindknex_vs_passing_c1: round3(ratio('bindKnex', 1)),
+      bindknex_vs_passing_c32: round3(ratio('bindKnex', 32)),
+    };
+    console.log(`RESULT ${JSON.stringify(result)}`);
+  } finally {
+    await Promise.allSettled([rawPool.end(), knexAlone.destroy(), knexPassing.destroy(), knexBound.destroy(), tenancy.destroy()]);
+    await dropDatabase();
+  }
+}
+
+function round3(value: number): number {
+  return Math.round(value * 1000) / 1000;
+}
+
+function versionOf(name: string): string {
+  return (require(`${name}/package.json`) as { version: string }).version;
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exitCode = 1;
+});
