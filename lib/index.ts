@@ -4,6 +4,8 @@ export { runWithTenant, setDefaultTenancy, defaultTenancy } from './default-tena
 export { currentTenantId, tryCurrentTenantId } from './scope';
 export type { TenantScope } from './scope';
 export { TenantModel, tenantAware, instanceTenantId } from './model';
+export { onCommit, onRollback } from './transaction';
+export type { HookErrorHandler } from './transaction';
 export { headerResolver } from './middleware';
 export type { TenantMiddleware, TenantMiddlewareOptions, TenantResolver } from './middleware';
 export { DEFAULT_TENANT_ID_PATTERN, validateTenantId } from './tenant-id';

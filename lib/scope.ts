@@ -1,6 +1,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Knex } from 'knex';
 import { TenantContextMissingError } from './errors';
+import type { TransactionHooks } from './transaction';
 
 /** What the scope needs from its owner: the `Tenancy` that opened it. */
 export interface ScopeOwner {
@@ -20,7 +21,9 @@ export interface TenantScope {
   /** The tenant's knex (its own pool, or a handle on a shared pool). */
   readonly knex: Knex;
   /** The open transaction of `tenancy.transaction()` / `Model.transaction()`, if any. */
-  readonly trx?: Knex.Transaction;
+  readonly trx?: Knex.Transaction | undefined;
+  /** onCommit/onRollback callbacks of the innermost open transaction level. */
+  readonly txHooks?: TransactionHooks | undefined;
 }
 
 interface GlobalState {

@@ -10,6 +10,7 @@ import { createMiddleware, type TenantMiddleware, type TenantMiddlewareOptions }
 import { PoolCache, type PoolCacheStats, type TenantConnections } from './pool-cache';
 import { currentScope, globalState, runInScope, type ScopeOwner, type TenantScope } from './scope';
 import { validateTenantId, type TenantIdValidator } from './tenant-id';
+import { runTransaction, warnOutsideTransaction, type HookErrorHandler } from './transaction';
 
 /** Options of `createTenancy()`. */
 export interface TenancyOptions {
@@ -31,6 +32,13 @@ export interface TenancyOptions {
   verifyConnection?: boolean;
   /** Builds a knex from a config. Default: knex's own factory. */
   createKnex?(config: Knex.Config): Knex;
+  /**
+   * Warn (once per call site) when a query runs on the tenant's bare knex while a transaction is open
+   * in the same scope. Default: on unless `NODE_ENV` is `production`.
+   */
+  warnOutsideTransaction?: boolean;
+  /** Receives errors of onCommit/onRollback callbacks. Default: a process warning. */
+  onHookError?: HookErrorHandler;
 }
 
 /** What `tenancy.stats()` returns. */
@@ -123,8 +131,7 @@ export class Tenancy implements ScopeOwner {
     } catch (error) {
       return Promise.reject(error);
     }
-    const base = scope.trx ?? scope.knex;
-    return base.transaction((trx) => runInScope({ ...scope, trx }, () => fn(trx))) as Promise<T>;
+    return runTransaction(scope, fn, this.#options.onHookError);
   }
 
   /**
@@ -174,6 +181,9 @@ export class Tenancy implements ScopeOwner {
         await knex.destroy().catch(() => undefined);
         throw classifyOpenError(tenantId, error);
       }
+    }
+    if (this.#options.warnOutsideTransaction ?? process.env.NODE_ENV !== 'production') {
+      knex.on('query', warnOutsideTransaction(knex));
     }
     return knex;
   }

@@ -1,0 +1,105 @@
+import type { Knex } from 'knex';
+import { currentScope, runInScope, type TenantScope } from './scope';
+
+type Callback = () => unknown;
+
+/** Callbacks registered in one transaction level (a transaction or a savepoint). */
+export interface TransactionHooks {
+  readonly commit: Callback[];
+  readonly rollback: Callback[];
+  readonly parent: TransactionHooks | undefined;
+}
+
+/** Reports a failing onCommit/onRollback callback; the transaction's outcome is already final. */
+export type HookErrorHandler = (error: unknown, tenantId: string) => void;
+
+const defaultHookError: HookErrorHandler = (error, tenantId) => {
+  process.emitWarning(`objection-tenancy: an onCommit/onRollback callback of tenant "${tenantId}" failed: ${String(error)}`, 'TenantTransactionHookWarning');
+};
+
+/**
+ * @internal Runs `fn` in a transaction (or savepoint) of `scope`'s tenant, with the transaction in the
+ * scope. Commit callbacks of the outermost level run after the commit, rollback callbacks after a
+ * rollback; a savepoint's callbacks wait for the outermost outcome, since a committed savepoint is
+ * still undone by an outer rollback.
+ */
+export async function runTransaction<T>(
+  scope: TenantScope,
+  fn: (trx: Knex.Transaction) => T | Promise<T>,
+  onHookError: HookErrorHandler = defaultHookError,
+): Promise<T> {
+  const hooks: TransactionHooks = { commit: [], rollback: [], parent: scope.txHooks };
+  const base = scope.trx ?? scope.knex;
+  let result: T;
+  try {
+    result = (await base.transaction((trx) => runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx)))) as T;
+  } catch (error) {
+    await runCallbacks(scope, hooks.rollback, onHookError);
+    throw error;
+  }
+  if (hooks.parent !== undefined) {
+    hooks.parent.commit.push(...hooks.commit);
+    hooks.parent.rollback.push(...hooks.rollback);
+  } else {
+    await runCallbacks(scope, hooks.commit, onHookError);
+  }
+  return result;
+}
+
+async function runCallbacks(scope: TenantScope, callbacks: Callback[], onHookError: HookErrorHandler): Promise<void> {
+  for (const callback of callbacks) {
+    try {
+      await runInScope(scope, callback);
+    } catch (error) {
+      onHookError(error, scope.tenantId);
+    }
+  }
+}
+
+/**
+ * Runs `fn` after the current tenant transaction commits, in the tenant's scope (outside the
+ * transaction). Outside a transaction, `fn` runs at once, the typeorm-transactional convention; the
+ * returned promise settles when it has run (inside a transaction: at once).
+ * @example
+ * await tenancy.transaction(async () => {
+ *   const order = await Order.query().insert(input);
+ *   onCommit(() => queue.add('receipt', withTenant({ orderId: order.id })));
+ * });
+ */
+export function onCommit(fn: Callback): Promise<void> {
+  const hooks = currentScope()?.txHooks;
+  if (hooks === undefined) return Promise.resolve().then(fn).then(() => undefined);
+  hooks.commit.push(fn);
+  return Promise.resolve();
+}
+
+/**
+ * Runs `fn` after the current tenant transaction rolls back, in the tenant's scope. Outside a
+ * transaction there is nothing to roll back and `fn` never runs.
+ */
+export function onRollback(fn: Callback): void {
+  currentScope()?.txHooks?.rollback.push(fn);
+}
+
+const warned = new Set<string>();
+
+/**
+ * @internal A knex `query` listener for development: warns, once per SQL statement, when a query runs
+ * on the tenant's bare knex while a transaction is open in the same scope (it runs outside the
+ * transaction: knex #1469, objection #809). The statement, not the call site, is the key: knex runs a
+ * builder from a microtask, so no stack frame of the caller is left to report.
+ */
+export function warnOutsideTransaction(knex: Knex): (query: { __knexTxId?: string; sql?: string }) => void {
+  return (query) => {
+    const scope = currentScope();
+    if (scope?.trx === undefined || scope.knex !== knex || query.__knexTxId !== undefined) return;
+    const sql = String(query.sql ?? '').slice(0, 200);
+    if (warned.has(sql) || warned.size > 1000) return;
+    warned.add(sql);
+    process.emitWarning(
+      `objection-tenancy: a query ran on tenant "${scope.tenantId}"'s knex outside the transaction open in its scope: ${sql}. ` +
+        'Inside tenancy.transaction(), use tenancy.knex() (not a knex captured before) or model queries without an explicit knex, or pass trx.',
+      'TenantTransactionWarning',
+    );
+  };
+}

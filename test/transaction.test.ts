@@ -1,0 +1,252 @@
+/**
+ * Implicit transactions and the cross-tenant instance guard, on SQLite files and MariaDB (InnoDB).
+ */
+import assert from 'node:assert/strict';
+import { after, before, beforeEach, describe, it } from 'node:test';
+import knexFactory, { type Knex } from 'knex';
+import {
+  createTenancy,
+  currentTenantId,
+  onCommit,
+  onRollback,
+  TenantMismatchError,
+  instanceTenantId,
+  type Tenancy,
+} from '../lib/index';
+import { backends } from './helpers/databases';
+import { createSchema, Movie, Person, Pet, seed } from './helpers/fixtures';
+
+const TENANTS = ['x1', 'x2'] as const;
+
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+for (const backend of backends('trx')) {
+  describe(`transactions on ${backend.name}`, { skip: backend.skip }, () => {
+    let tenancy: Tenancy;
+    const direct = new Map<string, Knex>();
+    const hookErrors: unknown[] = [];
+    const names = async (t: string) => (await direct.get(t)!('persons').orderBy('id')).map((r: { name: string }) => r.name);
+
+    before(async () => {
+      for (const t of TENANTS) {
+        await backend.createDatabase(t);
+        direct.set(t, knexFactory(backend.knexConfig(t)));
+        await createSchema(direct.get(t)!, t);
+      }
+      tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists, onHookError: (e) => hookErrors.push(e) });
+    });
+    beforeEach(async () => {
+      for (const t of TENANTS) {
+        const knex = direct.get(t)!;
+        for (const table of ['persons_movies', 'pets', 'movies', 'persons', 'audit']) await knex(table).delete();
+        await seed(knex, t);
+      }
+    });
+    after(async () => {
+      await tenancy.destroy();
+      for (const knex of direct.values()) await knex.destroy();
+      for (const t of TENANTS) await backend.dropDatabase(t);
+      await backend.close();
+    });
+
+    it('tenancy.transaction: queries without trx join it, its result is returned, a throw rolls back', async () => {
+      const result = await tenancy.runWithTenant('x1', () =>
+        tenancy.transaction(async (trx) => {
+          assert.equal(tenancy.knex(), trx);
+          assert.equal(Person.knex(), trx);
+          await Person.query().insert({ name: 'kept' });
+          return 'done';
+        }),
+      );
+      assert.equal(result, 'done');
+      await assert.rejects(
+        tenancy.runWithTenant('x1', () =>
+          tenancy.transaction(async () => {
+            await Person.query().insert({ name: 'undone' });
+            await tenancy.knex()('movies').insert({ title: 'undone' });
+            throw new Error('boom');
+          }),
+        ),
+        /boom/,
+      );
+      assert.deepEqual(await names('x1'), ['x1-ada', 'x1-bob', 'kept']);
+      assert.equal((await direct.get('x1')!('movies').where({ title: 'undone' })).length, 0);
+    });
+
+    it('a nested transaction is a savepoint: its rollback keeps the outer work', async () => {
+      await tenancy.runWithTenant('x2', () =>
+        tenancy.transaction(async () => {
+          await Person.query().insert({ name: 'outer' });
+          await assert.rejects(
+            tenancy.transaction(async () => {
+              await Person.query().insert({ name: 'inner' });
+              throw new Error('inner fails');
+            }),
+            /inner fails/,
+          );
+          await Person.transaction(async () => Person.query().insert({ name: 'inner-ok' }));
+        }),
+      );
+      assert.deepEqual(await names('x2'), ['x2-ada', 'x2-bob', 'outer', 'inner-ok']);
+    });
+
+    it('Promise.all of queries inside one transaction', async () => {
+      const counts = await tenancy.runWithTenant('x1', () =>
+        tenancy.transaction(() =>
+          Promise.all([
+            Person.query().insert({ name: 'p1' }),
+            Pet.query().insert({ name: 'pet', owner_id: 1 }),
+            Movie.query().insert({ title: 'm' }),
+            Person.query().resultSize(),
+          ]),
+        ),
+      );
+      assert.equal(counts.length, 4);
+      assert.ok((await names('x1')).includes('p1'));
+    });
+
+    it('transactions of two tenants run concurrently without touching each other', async () => {
+      const bothOpen = [deferred(), deferred()];
+      const run = (t: string, i: number, fail: boolean) =>
+        tenancy.runWithTenant(t, () =>
+          tenancy.transaction(async () => {
+            await Person.query().insert({ name: `${t}-concurrent` });
+            bothOpen[i]!.resolve();
+            await Promise.all(bothOpen.map((d) => d.promise));
+            assert.deepEqual((await Person.query().where('name', 'like', '%concurrent')).map((p) => p.name), [`${t}-concurrent`]);
+            if (fail) throw new Error(`${t} rolls back`);
+          }),
+        );
+      const [ok, failed] = await Promise.allSettled([run('x1', 0, false), run('x2', 1, true)]);
+      assert.equal(ok.status, 'fulfilled');
+      assert.equal(failed.status, 'rejected');
+      assert.ok((await names('x1')).includes('x1-concurrent'));
+      assert.ok(!(await names('x2')).includes('x2-concurrent'));
+    });
+
+    it('a nested runWithTenant to another tenant inside a transaction uses that tenant’s own connection', async () => {
+      await assert.rejects(
+        tenancy.runWithTenant('x1', () =>
+          tenancy.transaction(async () => {
+            await Person.query().insert({ name: 'x1-rolled-back' });
+            await tenancy.runWithTenant('x2', async () => {
+              assert.equal(currentTenantId(), 'x2');
+              await Person.query().insert({ name: 'x2-independent' });
+            });
+            throw new Error('x1 rolls back');
+          }),
+        ),
+        /x1 rolls back/,
+      );
+      assert.ok(!(await names('x1')).includes('x1-rolled-back'));
+      assert.ok((await names('x2')).includes('x2-independent'));
+    });
+
+    it('onCommit and onRollback run after the outcome, in the tenant scope, outside the transaction', async () => {
+      const events: string[] = [];
+      await tenancy.runWithTenant('x1', async () => {
+        await tenancy.transaction(async (trx) => {
+          void onCommit(async () => {
+            events.push(`commit:${currentTenantId()}:${Person.knex() === trx ? 'in-trx' : 'after'}`);
+            events.push(`visible:${(await Person.query().where({ name: 'c' })).length}`);
+          });
+          onRollback(() => events.push('never'));
+          await Person.query().insert({ name: 'c' });
+          await assert.rejects(
+            tenancy.transaction(async () => {
+              onCommit(() => events.push('dropped: savepoint rolled back'));
+              onRollback(() => events.push(`savepoint-rollback:${currentTenantId()}`));
+              throw new Error('sp');
+            }),
+          );
+          await tenancy.transaction(async () => {
+            onCommit(() => events.push('savepoint-commit-waits-for-outer'));
+          });
+          events.push('body-end');
+        });
+        await assert.rejects(
+          tenancy.transaction(async () => {
+            onCommit(() => events.push('never'));
+            onRollback(() => events.push(`rollback:${currentTenantId()}`));
+            onRollback(() => {
+              throw new Error('hook failure is reported, not thrown');
+            });
+            throw new Error('rb');
+          }),
+          /rb/,
+        );
+        await onCommit(() => events.push('no-trx:runs-at-once'));
+      });
+      assert.deepEqual(events, [
+        'savepoint-rollback:x1',
+        'body-end',
+        'commit:x1:after',
+        'visible:1',
+        'savepoint-commit-waits-for-outer',
+        'rollback:x1',
+        'no-trx:runs-at-once',
+      ]);
+      assert.equal(hookErrors.length, 1);
+    });
+
+    it('instance guard: an instance of one tenant used in another scope rejects with TenantMismatchError', async () => {
+      const ada = await tenancy.runWithTenant('x1', () => Person.query().findById(1));
+      assert.ok(ada);
+      assert.equal(instanceTenantId(ada), 'x1');
+      const inserted = await tenancy.runWithTenant('x1', () => Person.query().insert({ name: 'x1-new' }));
+      assert.equal(instanceTenantId(inserted), 'x1');
+      await tenancy.runWithTenant('x2', async () => {
+        await assert.rejects(async () => ada.$query(), TenantMismatchError);
+        await assert.rejects(async () => ada.$query().patch({ name: 'hacked' }), TenantMismatchError);
+        await assert.rejects(async () => ada.$relatedQuery('pets'), TenantMismatchError);
+        await assert.rejects(async () => ada.$relatedQuery('movies').relate(2), TenantMismatchError);
+        await assert.rejects(async () => ada.$fetchGraph('pets'), TenantMismatchError);
+        await assert.rejects(async () => inserted.$query().delete(), TenantMismatchError);
+      });
+      assert.deepEqual(await names('x2'), ['x2-ada', 'x2-bob'], 'nothing was written in x2');
+      await tenancy.runWithTenant('x1', async () => {
+        assert.equal((await ada.$query()).name, 'x1-ada');
+        await ada.$query().patch({ name: 'x1-ada2' });
+        assert.equal((await ada.$relatedQuery('pets')).length, 1);
+        assert.equal((await ada.$fetchGraph('movies')).movies!.length, 1);
+      });
+      assert.ok((await names('x1')).includes('x1-ada2'));
+    });
+
+    it('instance guard: fromJson outside any scope takes the tenant of the first scope it is used in', async () => {
+      const bob = Person.fromJson({ id: 2, name: 'x?-bob' });
+      assert.equal(instanceTenantId(bob), undefined);
+      assert.equal((await tenancy.runWithTenant('x2', () => bob.$query())).name, 'x2-bob');
+      assert.equal(instanceTenantId(bob), 'x2');
+      await assert.rejects(tenancy.runWithTenant('x1', async () => bob.$query()), TenantMismatchError);
+    });
+
+    if (backend.name === 'mysql') {
+      it('warns once per statement when the bare tenant knex runs a query while a transaction is open', async () => {
+        const warnings: string[] = [];
+        const listener = (w: Error) => w.name === 'TenantTransactionWarning' && warnings.push(w.message);
+        process.on('warning', listener);
+        try {
+          await tenancy.runWithTenant('x1', async () => {
+            const bare = tenancy.knex();
+            await tenancy.transaction(async () => {
+              for (let i = 0; i < 3; i++) await bare('persons').count({ n: '*' });
+              await bare('movies').count({ n: '*' });
+              await tenancy.knex()('pets').count({ n: '*' });
+            });
+          });
+          await new Promise((r) => setImmediate(r));
+        } finally {
+          process.off('warning', listener);
+        }
+        assert.equal(warnings.length, 2, warnings.join('\n'));
+        assert.match(warnings[0]!, /x1.*persons/);
+        assert.match(warnings[1]!, /movies/);
+      });
+    }
+  });
+}
