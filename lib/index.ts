@@ -21,3 +21,7 @@ export {
   TenancyDestroyedError,
 } from './errors';
 export type { TenantErrorOptions } from './errors';
+// --- operations exports ---
+// --- end operations exports ---
+// --- propagation and jobs exports ---
+// --- end propagation and jobs exports ---

@@ -39,6 +39,8 @@ export interface TenancyOptions {
   warnOutsideTransaction?: boolean;
   /** Receives errors of onCommit/onRollback callbacks. Default: a process warning. */
   onHookError?: HookErrorHandler;
+  // --- operations options (migrations, create/drop, forEachTenant) ---
+  // --- end operations options ---
 }
 
 /** What `tenancy.stats()` returns. */
@@ -157,6 +159,12 @@ export class Tenancy implements ScopeOwner {
     if (globalState.defaultOwner === this) globalState.defaultOwner = undefined;
     await this.#connections.destroy();
   }
+
+  // --- operations methods (migrations, create/drop, forEachTenant) ---
+  // --- end operations methods ---
+
+  // --- propagation methods (bind) ---
+  // --- end propagation methods ---
 
   #ownScope(): TenantScope {
     const scope = currentScope();
