@@ -1,9 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { TenantContextMissingError } from './errors';
+import { fromHeader, type TenantResolver } from './resolvers';
 import { runInScopeSync, type TenantScope } from './scope';
 
-/** Finds the tenant id of a request; `undefined` (or '') when the request names none. */
-export type TenantResolver = (req: IncomingMessage) => unknown;
 
 /** Options of `tenancy.middleware()`. */
 export interface TenantMiddlewareOptions {
@@ -24,17 +23,7 @@ export interface ScopeOpener {
   enter(tenantId: unknown): Promise<{ scope: TenantScope; release: () => void }>;
 }
 
-/** Reads one header; a repeated header is a list, so it is refused rather than joined. */
-export function headerResolver(name: string): TenantResolver {
-  const key = name.toLowerCase();
-  return (req) => {
-    const distinct = req.headersDistinct?.[key];
-    if (distinct !== undefined && distinct.length > 1) return distinct;
-    return req.headers[key];
-  };
-}
-
-const fromDefaultHeader = headerResolver('x-tenant-id');
+const fromDefaultHeader = fromHeader('x-tenant-id');
 
 /** @internal Builds the middleware of `tenancy.middleware()`. */
 export function createMiddleware(opener: ScopeOpener, options: TenantMiddlewareOptions): TenantMiddleware {

@@ -11,10 +11,22 @@ type AnyModelClass = abstract new (...args: any[]) => Model;
 
 const CAPTURED = Symbol('objection-tenancy.scope');
 const STAMP = Symbol.for('objection-tenancy.instanceTenant');
+const CENTRAL = Symbol.for('objection-tenancy.centralKnex');
 
 /** True when the class (not a parent) was given its own knex: `bindKnex()` or `Model.knex(k)`. */
 function hasOwnKnex(modelClass: object): boolean {
   return Object.prototype.hasOwnProperty.call(modelClass, '$$knex');
+}
+
+/** True when the class's connection is explicit (own knex, or a central model): the scope is not used. */
+function pinned(modelClass: any): boolean {
+  return hasOwnKnex(modelClass) || modelClass[CENTRAL] !== undefined;
+}
+
+function centralKnexOf(modelClass: any): Knex {
+  const source = modelClass[CENTRAL] as Knex | (() => Knex);
+  // A knex instance is a function too; a getter has no `client`.
+  return 'client' in source ? (source as Knex) : (source as () => Knex)();
 }
 
 function missing(modelClass: { name: string }): TenantContextMissingError {
@@ -30,7 +42,7 @@ function missing(modelClass: { name: string }): TenantContextMissingError {
  * silent read of the wrong database. Instances built outside any scope take the first scope they meet.
  */
 function checkInstance(instance: any): TenantMismatchError | undefined {
-  if (hasOwnKnex(instance.constructor)) return undefined;
+  if (pinned(instance.constructor)) return undefined;
   const scope = currentScope();
   if (scope === undefined) return undefined;
   const stamp: string | undefined = instance[STAMP];
@@ -46,7 +58,7 @@ function stamp_(instance: object, tenantId: string): void {
 }
 
 function stampFromScope(instance: any): void {
-  if (instance[STAMP] !== undefined || hasOwnKnex(instance.constructor)) return;
+  if (instance[STAMP] !== undefined || pinned(instance.constructor)) return;
   const scope = currentScope();
   if (scope !== undefined) stamp_(instance, scope.tenantId);
 }
@@ -104,6 +116,7 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
 
     static knex(...args: unknown[]): Knex | undefined {
       if (args.length > 0 || hasOwnKnex(this)) return super.knex(...args);
+      if ((this as any)[CENTRAL] !== undefined) return centralKnexOf(this);
       const scope = currentScope();
       // null, not a throw: objection probes knex() in places where "none" is a valid answer (child
       // queries given an explicit knex); the builder above fails closed at execution instead.
@@ -111,7 +124,7 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
     }
 
     static query(trx?: unknown): any {
-      if (trx == null && !hasOwnKnex(this)) {
+      if (trx == null && !pinned(this)) {
         const scope = currentScope();
         if (scope !== undefined) {
           const builder = super.query(scope.trx ?? scope.knex);
@@ -129,7 +142,7 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
     }
 
     static transaction(knexOrTrx: unknown, cb?: unknown): Promise<unknown> {
-      if (typeof knexOrTrx === 'function' && cb === undefined && !hasOwnKnex(this)) {
+      if (typeof knexOrTrx === 'function' && cb === undefined && !pinned(this)) {
         const scope = currentScope();
         if (scope === undefined) return Promise.reject(missing(this));
         return scope.owner.transaction(knexOrTrx as (trx: Knex.Transaction) => Promise<unknown>);
@@ -179,3 +192,27 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
  * app.get('/people', async (req, res) => res.json(await Person.query()));
  */
 export class TenantModel extends tenantAware(Model) {}
+
+/**
+ * Pins a model to a central (non-tenant) knex, for the tenant catalog or shared reference tables,
+ * like apartment's `pin_tenant` or stancl's `CentralConnection`. Works on objection's `Model` and on
+ * tenant-aware bases; inside a tenant scope (and its transactions) the model still uses `knex`.
+ * @param knex the central knex, or a function returning it (resolved at each query).
+ * @example
+ * class Tenant extends centralModel(BaseModel, catalogKnex) {
+ *   static tableName = 'tenants';
+ * }
+ */
+export function centralModel<M extends AnyModelClass>(Base: M, knex: Knex | (() => Knex)): M {
+  if (typeof knex !== 'function') throw new TypeError('centralModel(Base, knex): knex must be a knex instance or a function returning one');
+  const BaseModel = Base as any;
+  class CentralModel extends BaseModel {
+    static [CENTRAL] = knex;
+
+    static knex(...args: unknown[]): Knex | undefined {
+      if (args.length > 0 || hasOwnKnex(this)) return super.knex(...args);
+      return centralKnexOf(this);
+    }
+  }
+  return CentralModel as unknown as M;
+}

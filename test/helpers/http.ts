@@ -1,6 +1,6 @@
 /** Starting test apps on an ephemeral port and a small closed-loop load generator. */
 import type { AddressInfo } from 'node:net';
-import type { Server } from 'node:http';
+import { request as httpRequest, type Server } from 'node:http';
 import type { Express } from 'express';
 
 export interface Running {
@@ -44,4 +44,21 @@ export function randomPause(max = 3): Promise<void> {
 /** A JSON error handler for test apps: `{ error: { code, message } }` with the error's statusCode. */
 export function jsonErrors(err: { statusCode?: number; code?: string; message?: string }, _req: unknown, res: { status(n: number): { json(body: unknown): void } }, _next: unknown): void {
   res.status(err.statusCode ?? 500).json({ error: { code: err.code ?? 'INTERNAL', message: err.message } });
+}
+
+/** A request through node:http, which (unlike fetch) may set the Host header. */
+export function request(
+  url: string,
+  options: { method?: string; headers?: Record<string, string>; body?: string } = {},
+): Promise<{ status: number; json: () => unknown; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { method: options.method ?? 'GET', headers: options.headers }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (text += chunk));
+      res.on('end', () => resolve({ status: res.statusCode!, text, json: () => JSON.parse(text) }));
+    });
+    req.on('error', reject);
+    req.end(options.body);
+  });
 }

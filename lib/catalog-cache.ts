@@ -1,0 +1,92 @@
+/**
+ * A cache in front of the app's `tenantExists` catalog lookup. Positive answers live for a TTL;
+ * negative answers live in a bounded LRU, so a flood of random (valid-looking) ids can neither grow
+ * memory without bound nor hammer the catalog. Concurrent lookups of one id share one catalog call.
+ */
+
+export interface CatalogCacheOptions {
+  /** How long a "tenant exists" answer is trusted. */
+  ttlMs: number;
+  /** How long a "no such tenant" answer is trusted. */
+  negativeTtlMs: number;
+  /** At most this many negative answers are kept (least recently used dropped first). */
+  negativeMax: number;
+}
+
+export const CATALOG_DEFAULTS: Readonly<CatalogCacheOptions> = Object.freeze({
+  ttlMs: 60_000,
+  negativeTtlMs: 30_000,
+  negativeMax: 10_000,
+});
+
+export class CatalogCache {
+  readonly #lookup: (tenantId: string) => boolean | Promise<boolean>;
+  readonly #options: CatalogCacheOptions;
+  // Positive answers are bounded by the number of real tenants; negative ones by negativeMax.
+  readonly #positive = new Map<string, number>();
+  readonly #negative = new Map<string, number>();
+  readonly #pending = new Map<string, Promise<boolean>>();
+  /** Catalog calls made, for stats and tests. */
+  lookups = 0;
+
+  constructor(lookup: (tenantId: string) => boolean | Promise<boolean>, options: CatalogCacheOptions) {
+    this.#lookup = lookup;
+    this.#options = options;
+  }
+
+  /**
+   * Whether `tenantId` exists: a cached answer synchronously when there is one (the hot path costs
+   * no promise), else a promise of the catalog's answer.
+   */
+  exists(tenantId: string): boolean | Promise<boolean> {
+    const now = Date.now();
+    const positiveUntil = this.#positive.get(tenantId);
+    if (positiveUntil !== undefined) {
+      if (positiveUntil > now) return true;
+      this.#positive.delete(tenantId);
+    }
+    const negativeUntil = this.#negative.get(tenantId);
+    if (negativeUntil !== undefined) {
+      this.#negative.delete(tenantId);
+      if (negativeUntil > now) {
+        this.#negative.set(tenantId, negativeUntil); // re-inserted: most recently used
+        return false;
+      }
+    }
+    let pending = this.#pending.get(tenantId);
+    if (pending === undefined) {
+      pending = this.#ask(tenantId);
+      this.#pending.set(tenantId, pending);
+    }
+    return pending;
+  }
+
+  /** Drops what is known about `tenantId`: the next request asks the catalog again. */
+  forget(tenantId: string): void {
+    this.#positive.delete(tenantId);
+    this.#negative.delete(tenantId);
+  }
+
+  stats(): { known: number; unknown: number; lookups: number } {
+    return { known: this.#positive.size, unknown: this.#negative.size, lookups: this.lookups };
+  }
+
+  async #ask(tenantId: string): Promise<boolean> {
+    try {
+      this.lookups++;
+      const exists = (await this.#lookup(tenantId)) === true;
+      if (exists) {
+        this.#positive.set(tenantId, Date.now() + this.#options.ttlMs);
+      } else {
+        this.#negative.set(tenantId, Date.now() + this.#options.negativeTtlMs);
+        if (this.#negative.size > this.#options.negativeMax) {
+          // Map keeps insertion order: the first key is the oldest answer.
+          this.#negative.delete(this.#negative.keys().next().value as string);
+        }
+      }
+      return exists;
+    } finally {
+      this.#pending.delete(tenantId);
+    }
+  }
+}

@@ -1,0 +1,97 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { TenantError } from './errors';
+import { currentScope } from './scope';
+
+/** How an error is answered over HTTP. */
+export interface HttpErrorAnswer {
+  status: number;
+  code: string;
+  message: string;
+  /** Seconds, sent as `Retry-After`. */
+  retryAfter?: number;
+  /** The tenant whose database is gone (the handler forgets it). */
+  goneTenant?: string;
+}
+
+// Driver and pool errors that mean "the database server cannot be reached right now".
+const UNREACHABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENOTFOUND',
+  'EPIPE',
+  'PROTOCOL_CONNECTION_LOST',
+  'PROTOCOL_SEQUENCE_TIMEOUT',
+  'ER_CON_COUNT_ERROR',
+  'ER_SERVER_SHUTDOWN',
+]);
+// 1040 too many connections, 1053 server shutdown, 2002/2003 cannot connect, 2006 gone away, 2013 lost.
+const UNREACHABLE_ERRNOS = new Set([1040, 1053, 2002, 2003, 2006, 2013]);
+// 1049 unknown database, 1046 no database selected (the database was dropped under an open connection).
+const GONE_ERRNOS = new Set([1049, 1046]);
+
+/**
+ * Maps an error to its HTTP answer: tenant errors by their `statusCode`, an unreachable database to
+ * 503, a dropped tenant database to 404. Returns `undefined` for anything else. Messages are the
+ * library's own, never the driver's (which may name hosts and users).
+ */
+export function toHttpError(error: unknown): HttpErrorAnswer | undefined {
+  if (error instanceof TenantError || isTenantErrorLike(error)) {
+    const e = error as TenantError & { retryAfter?: number };
+    const answer: HttpErrorAnswer = { status: e.statusCode ?? 500, code: e.code, message: e.message };
+    if (typeof e.retryAfter === 'number') answer.retryAfter = e.retryAfter;
+    return answer;
+  }
+  if (error === null || typeof error !== 'object') return undefined;
+  const { code, errno, name } = error as { code?: unknown; errno?: unknown; name?: unknown };
+  const tenantId = currentScope()?.tenantId;
+  if (typeof errno === 'number' && GONE_ERRNOS.has(errno)) {
+    const answer: HttpErrorAnswer = { status: 404, code: 'TENANT_UNKNOWN', message: 'Unknown tenant: its database does not exist.' };
+    if (tenantId !== undefined) answer.goneTenant = tenantId;
+    return answer;
+  }
+  if ((typeof code === 'string' && UNREACHABLE_CODES.has(code)) || (typeof errno === 'number' && UNREACHABLE_ERRNOS.has(errno)) || name === 'KnexTimeoutError') {
+    return { status: 503, code: 'TENANT_UNAVAILABLE', message: 'The tenant database is unavailable. Retry later.', retryAfter: 1 };
+  }
+  return undefined;
+}
+
+// A TenantError from a second copy of the package fails instanceof; its shape does not.
+function isTenantErrorLike(error: unknown): boolean {
+  if (error === null || typeof error !== 'object') return false;
+  const { code, name } = error as { code?: unknown; name?: unknown };
+  return typeof code === 'string' && /^TENAN/.test(code) && typeof name === 'string' && /Tenan/.test(name);
+}
+
+/** Options of `tenancy.errorHandler()`. */
+export interface ErrorHandlerOptions {
+  /** Also answer every other error, with 500 `INTERNAL`. Default false: they go to `next(err)`. */
+  all?: boolean;
+  /** Called with every error the handler answers with a 5xx, for logging. */
+  onServerError?(error: unknown, req: IncomingMessage): void;
+}
+
+/** An Express error-handling middleware (four arguments). */
+export type TenantErrorHandler = (error: unknown, req: IncomingMessage, res: ServerResponse, next: (error?: unknown) => void) => void;
+
+/**
+ * @internal Builds the handler of `tenancy.errorHandler()`. `forget` is called for a tenant whose
+ * database turned out to be gone, so its pool and cached catalog answer do not outlive it.
+ */
+export function createErrorHandler(options: ErrorHandlerOptions, forget: (tenantId: string) => unknown): TenantErrorHandler {
+  return (error, req, res, next) => {
+    let answer = toHttpError(error);
+    if (answer === undefined) {
+      if (options.all !== true) return next(error);
+      answer = { status: 500, code: 'INTERNAL', message: 'Internal error.' };
+    }
+    if (answer.goneTenant !== undefined) void Promise.resolve(forget(answer.goneTenant)).catch(() => undefined);
+    if (answer.status >= 500) options.onServerError?.(error, req);
+    if (res.headersSent) return next(error);
+    res.statusCode = answer.status;
+    res.setHeader('content-type', 'application/json; charset=utf-8');
+    if (answer.retryAfter !== undefined) res.setHeader('retry-after', String(answer.retryAfter));
+    res.end(JSON.stringify({ error: { code: answer.code, message: answer.message } }));
+  };
+}

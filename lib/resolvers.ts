@@ -1,0 +1,121 @@
+import type { IncomingMessage } from 'node:http';
+import { InvalidTenantIdError } from './errors';
+
+/**
+ * Finds the tenant id of a request: a string, `undefined` (or '') when the request names none, or a
+ * promise of either. Whatever it returns is validated before it touches the catalog or a database;
+ * a list (repeated header, repeated query parameter) is refused, never joined.
+ */
+export type TenantResolver = (req: IncomingMessage) => unknown;
+
+/**
+ * Reads the tenant id from a header. A header sent twice is refused (Node would join the values).
+ * @example
+ * app.use(tenancy.middleware({ resolve: fromHeader('x-tenant') }));
+ */
+export function fromHeader(name: string): TenantResolver {
+  const key = name.toLowerCase();
+  return (req) => {
+    const distinct = req.headersDistinct?.[key];
+    if (distinct !== undefined && distinct.length > 1) return distinct;
+    return req.headers[key];
+  };
+}
+
+/** Options of `fromSubdomain()`. */
+export interface SubdomainOptions {
+  /** The app's own domain: `acme.example.com` with `baseDomain: 'example.com'` resolves to `acme`. */
+  baseDomain: string;
+  /** Subdomains that are not tenants. Default `['www']`. */
+  ignore?: readonly string[];
+}
+
+/**
+ * Reads the tenant id from the subdomain of the `Host` header. The bare domain and `www` resolve to
+ * nothing; a host outside `baseDomain` resolves to nothing; a deeper subdomain (`a.b.example.com`)
+ * yields an invalid id. Ids are case-sensitive: `ACME.example.com` is not `acme`.
+ */
+export function fromSubdomain(options: SubdomainOptions): TenantResolver {
+  if (typeof options?.baseDomain !== 'string' || options.baseDomain === '') {
+    throw new TypeError('fromSubdomain: options.baseDomain must be a non-empty string');
+  }
+  const suffix = `.${options.baseDomain.toLowerCase()}`;
+  const ignore = new Set(options.ignore ?? ['www']);
+  return (req) => {
+    const distinct = req.headersDistinct?.host;
+    if (distinct !== undefined && distinct.length > 1) return distinct;
+    const host = (req.headers.host ?? '').replace(/:\d+$/, '');
+    if (!host.toLowerCase().endsWith(suffix)) return undefined;
+    const sub = host.slice(0, -suffix.length);
+    return sub === '' || ignore.has(sub) ? undefined : sub;
+  };
+}
+
+/**
+ * Reads the tenant id from the path. With a prefix (`fromPath('/t/')`) it is the segment after the
+ * prefix (`/t/acme/people` -> `acme`); with a name (`fromPath('tenant')`) it is the route parameter
+ * `req.params.tenant`, for `app.use('/t/:tenant', tenancy.middleware({ resolve: fromPath('tenant') }))`.
+ */
+export function fromPath(prefixOrParam: string): TenantResolver {
+  if (typeof prefixOrParam !== 'string' || prefixOrParam === '') {
+    throw new TypeError('fromPath: give a path prefix such as "/t/" or a route parameter name such as "tenant"');
+  }
+  if (!prefixOrParam.startsWith('/')) {
+    const param = prefixOrParam.replace(/^:/, '');
+    return (req) => (req as IncomingMessage & { params?: Record<string, unknown> }).params?.[param];
+  }
+  const prefix = prefixOrParam.endsWith('/') ? prefixOrParam : `${prefixOrParam}/`;
+  return (req) => {
+    // originalUrl: Express rewrites req.url inside mounted routers.
+    const url = (req as IncomingMessage & { originalUrl?: string }).originalUrl ?? req.url ?? '';
+    const path = url.split('?', 1)[0]!;
+    if (!path.startsWith(prefix)) return undefined;
+    const segment = path.slice(prefix.length).split('/', 1)[0]!;
+    return decode(segment);
+  };
+}
+
+/** Reads the tenant id from a query-string parameter; a repeated parameter is refused. */
+export function fromQuery(name: string): TenantResolver {
+  return (req) => {
+    const url = (req as IncomingMessage & { originalUrl?: string }).originalUrl ?? req.url ?? '';
+    const query = url.indexOf('?');
+    if (query < 0) return undefined;
+    let values: string[];
+    try {
+      values = new URLSearchParams(url.slice(query + 1)).getAll(name);
+    } catch {
+      throw new InvalidTenantIdError('the query string could not be parsed');
+    }
+    return values.length > 1 ? values : values[0];
+  };
+}
+
+/**
+ * Uses what the app already knows, for example a verified JWT claim set by an auth middleware that
+ * runs first. A typed wrapper for documentation; any `(req) => id` works.
+ * @example
+ * tenancy.middleware({ resolve: fromRequest((req) => req.user?.tenantId) })
+ */
+export function fromRequest<R extends IncomingMessage = IncomingMessage>(fn: (req: R) => unknown): TenantResolver {
+  return fn as TenantResolver;
+}
+
+/** The first resolver that names a tenant wins; resolvers may be async. */
+export function firstOf(...resolvers: TenantResolver[]): TenantResolver {
+  return async (req) => {
+    for (const resolve of resolvers) {
+      const id = await resolve(req);
+      if (id !== undefined && id !== null && id !== '') return id;
+    }
+    return undefined;
+  };
+}
+
+function decode(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new InvalidTenantIdError('the path segment is not valid percent-encoding');
+  }
+}

@@ -1,0 +1,128 @@
+/**
+ * Every resolver, on Express 4 and Express 5, with express.json() mounted before and after the
+ * middleware, over real HTTP and real SQLite tenant files.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import express4 from 'express';
+import express5 from 'express5';
+import {
+  createTenancy,
+  currentTenantId,
+  firstOf,
+  fromHeader,
+  fromPath,
+  fromQuery,
+  fromRequest,
+  fromSubdomain,
+  type Tenancy,
+  type TenantResolver,
+} from '../lib/index';
+import { sqliteBackend } from './helpers/databases';
+import { createSchema, Person, seed } from './helpers/fixtures';
+import { listen, randomPause, request, type Running } from './helpers/http';
+
+const backend = sqliteBackend('resolvers');
+const TENANTS = ['acme', 'globex'];
+let tenancy: Tenancy;
+
+before(async () => {
+  tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
+  for (const t of TENANTS) {
+    await backend.createDatabase(t);
+    await tenancy.runWithTenant(t, async () => {
+      await createSchema(tenancy.knex(), t);
+      await seed(tenancy.knex(), t);
+    });
+  }
+});
+after(async () => {
+  await tenancy.destroy();
+  await backend.close();
+});
+
+type Req = { user?: { tenantId?: string } } & import('node:http').IncomingMessage;
+
+/** Mount point, resolver, and how a request names tenant `t` for it. */
+const CASES: [string, TenantResolver, (t: string) => { path: string; headers: Record<string, string> }][] = [
+  ['/h', fromHeader('x-tenant-id'), (t) => ({ path: '/h/people', headers: { 'x-tenant-id': t } })],
+  ['/s', fromSubdomain({ baseDomain: 'example.test' }), (t) => ({ path: '/s/people', headers: { host: `${t}.example.test` } })],
+  ['/t/:t', fromPath('/t/'), (t) => ({ path: `/t/${t}/people`, headers: {} })],
+  ['/p/:tenant', fromPath('tenant'), (t) => ({ path: `/p/${t}/people`, headers: {} })],
+  ['/q', fromQuery('tenant'), (t) => ({ path: `/q/people?tenant=${t}`, headers: {} })],
+  ['/r', fromRequest<Req>((req) => req.user?.tenantId), (t) => ({ path: '/r/people', headers: { 'x-user-tenant': t } })],
+  ['/f', firstOf(fromHeader('x-tenant-id'), fromSubdomain({ baseDomain: 'example.test' })), (t) => ({ path: '/f/people', headers: { host: `${t}.example.test` } })],
+  ['/g', firstOf(fromHeader('x-tenant-id'), fromSubdomain({ baseDomain: 'example.test' })), (t) => ({ path: '/g/people', headers: { 'x-tenant-id': t, host: 'www.example.test' } })],
+];
+
+for (const [version, express] of [['4', express4], ['5', express5]] as const) {
+  for (const order of ['before', 'after'] as const) {
+    describe(`resolvers on Express ${version}, express.json() ${order} the middleware`, () => {
+      let server: Running;
+      before(async () => {
+        const app = express();
+        if (order === 'before') app.use(express.json());
+        // Stands for an auth middleware that verified a token and set req.user.
+        app.use((req: Req, _res, next) => {
+          const claim = req.headers['x-user-tenant'];
+          if (typeof claim === 'string') req.user = { tenantId: claim };
+          next();
+        });
+        for (const [mount, resolve] of CASES) {
+          const router = express.Router();
+          router.post('/people', async (req, res, next) => {
+            try {
+              await randomPause();
+              res.json({ scope: currentTenantId(), body: req.body, people: (await Person.query().orderBy('id')).map((p) => p.name) });
+            } catch (error) {
+              next(error);
+            }
+          });
+          const stack = [tenancy.middleware({ resolve }), ...(order === 'after' ? [express.json()] : [])];
+          app.use(mount, ...stack, router);
+        }
+        app.use(tenancy.errorHandler({ all: true }));
+        server = await listen(app);
+      });
+      after(() => server.close());
+
+      for (const [mount, , describeRequest] of CASES) {
+        it(`${mount}: names the tenant and the handler runs in its scope after the body is parsed`, async () => {
+          for (const t of TENANTS) {
+            const { path, headers } = describeRequest(t);
+            const response = await request(`${server.url}${path}`, {
+              method: 'POST',
+              headers: { ...headers, 'content-type': 'application/json' },
+              body: JSON.stringify({ sent: t }),
+            });
+            assert.equal(response.status, 200, `${path} ${JSON.stringify(headers)} ${response.text}`);
+            assert.deepEqual(response.json(), { scope: t, body: { sent: t }, people: [`${t}-ada`, `${t}-bob`] });
+          }
+        });
+      }
+
+      it('a request naming no tenant gets 400 from every resolver; the bare domain and www name none', async () => {
+        for (const [path, headers] of [
+          ['/h/people', {}],
+          ['/s/people', { host: 'example.test' }],
+          ['/s/people', { host: 'www.example.test' }],
+          ['/s/people', { host: 'acme.other.test' }],
+          ['/q/people', {}],
+          ['/r/people', {}],
+          ['/f/people', { host: 'www.example.test' }],
+        ] as const) {
+          const response = await request(`${server.url}${path}`, { method: 'POST', headers });
+          assert.equal(response.status, 400, `${path} ${JSON.stringify(headers)}`);
+          assert.equal((response.json() as { error: { code: string } }).error.code, 'TENANT_CONTEXT_MISSING');
+        }
+      });
+    });
+  }
+}
+
+describe('resolver arguments', () => {
+  it('reject bad options with a TypeError', () => {
+    assert.throws(() => fromSubdomain({ baseDomain: '' }), TypeError);
+    assert.throws(() => fromPath(''), TypeError);
+  });
+});
