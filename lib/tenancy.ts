@@ -8,6 +8,8 @@ import {
 } from './errors';
 import { createMiddleware, type TenantMiddleware, type TenantMiddlewareOptions } from './middleware';
 import { PoolCache, type PoolCacheStats, type TenantConnections } from './pool-cache';
+import { CATALOG_DEFAULTS, CatalogCache } from './catalog-cache';
+import { createErrorHandler, type ErrorHandlerOptions, type TenantErrorHandler } from './http-errors';
 import { currentScope, globalState, runInScope, type ScopeOwner, type TenantScope } from './scope';
 import { validateTenantId, type TenantIdValidator } from './tenant-id';
 import { runTransaction, warnOutsideTransaction, type HookErrorHandler } from './transaction';
@@ -22,6 +24,12 @@ export interface TenancyOptions {
    * where opening a missing file would create it.
    */
   tenantExists?(tenantId: string): boolean | Promise<boolean>;
+  /** How long a positive `tenantExists` answer is cached. Default 60 000 ms. */
+  catalogTtlMs?: number;
+  /** How long a negative `tenantExists` answer is cached. Default 30 000 ms. */
+  negativeCacheTtlMs?: number;
+  /** At most this many negative answers are cached (LRU). Default 10 000. */
+  negativeCacheSize?: number;
   /** Cap on cached tenant pools; the least recently used is evicted beyond it. Default 50. */
   maxPools?: number;
   /** A tenant pool unused for this long is closed. Default 60 000 ms; 0 disables idle eviction. */
@@ -46,6 +54,8 @@ export interface TenancyOptions {
 /** What `tenancy.stats()` returns. */
 export interface TenancyStats extends PoolCacheStats {
   strategy: 'pool-per-tenant';
+  /** Cached catalog answers and catalog calls made (absent without `tenantExists`). */
+  catalog?: { known: number; unknown: number; lookups: number };
 }
 
 const DEFAULTS = Object.freeze({ maxPools: 50, idleTimeoutMs: 60_000, verifyConnection: true });
@@ -62,10 +72,18 @@ export class Tenancy implements ScopeOwner {
   readonly #connections: TenantConnections;
   readonly #scopes = new WeakMap<Knex, TenantScope>();
   readonly #validator: TenantIdValidator | undefined;
+  readonly #catalog: CatalogCache | undefined;
 
   constructor(options: TenancyOptions) {
     this.#options = options;
     this.#validator = options.tenantIdPattern;
+    if (options.tenantExists !== undefined) {
+      this.#catalog = new CatalogCache(options.tenantExists, {
+        ttlMs: options.catalogTtlMs ?? CATALOG_DEFAULTS.ttlMs,
+        negativeTtlMs: options.negativeCacheTtlMs ?? CATALOG_DEFAULTS.negativeTtlMs,
+        negativeMax: options.negativeCacheSize ?? CATALOG_DEFAULTS.negativeMax,
+      });
+    }
     this.#connections = new PoolCache({
       open: (id) => this.#open(id),
       maxPools: options.maxPools ?? DEFAULTS.maxPools,
@@ -101,6 +119,17 @@ export class Tenancy implements ScopeOwner {
    */
   async enter(tenantId: unknown): Promise<{ scope: TenantScope; release: () => void }> {
     const id = validateTenantId(tenantId, this.#validator);
+    if (this.#catalog !== undefined) {
+      let known = this.#catalog.exists(id);
+      if (typeof known !== 'boolean') {
+        try {
+          known = await known;
+        } catch (error) {
+          throw new TenantUnavailableError(id, { cause: error, reason: 'the tenant catalog lookup failed' });
+        }
+      }
+      if (!known) throw new UnknownTenantError(id);
+    }
     const lease = await this.#connections.lease(id);
     let scope = this.#scopes.get(lease.knex);
     if (scope === undefined) {
@@ -144,14 +173,36 @@ export class Tenancy implements ScopeOwner {
     return createMiddleware(this, options);
   }
 
+  /**
+   * Express error handler answering JSON `{ error: { code, message } }`: missing or invalid tenant
+   * 400, unknown tenant (or a database dropped under it) 404, unreachable database 503 with
+   * `Retry-After`. Never a stack trace or a driver message. Other errors go to `next(err)` unless
+   * `options.all`. Mount it after your routes.
+   */
+  errorHandler(options: ErrorHandlerOptions = {}): TenantErrorHandler {
+    return createErrorHandler(options, (id) => this.forget(id));
+  }
+
   /** Closes the pool of one tenant once its in-flight work is done (after a move or a drop). */
   evict(tenantId: string): Promise<void> {
     return this.#connections.evict(tenantId);
   }
 
+  /**
+   * Forgets what is known of a tenant: its cached catalog answer and its pool (closed once its
+   * in-flight work is done). The next request asks `tenantExists` and `knexConfig` again: use it
+   * after creating, dropping or moving a tenant.
+   */
+  forget(tenantId: string): Promise<void> {
+    this.#catalog?.forget(tenantId);
+    return this.#connections.evict(tenantId);
+  }
+
   /** Pool counters: `pools` open, `leases` in flight, `created`, `evictions`, `failures`. */
   stats(): TenancyStats {
-    return { strategy: 'pool-per-tenant', ...this.#connections.stats() };
+    const stats: TenancyStats = { strategy: 'pool-per-tenant', ...this.#connections.stats() };
+    if (this.#catalog !== undefined) stats.catalog = this.#catalog.stats();
+    return stats;
   }
 
   /** Closes every tenant pool (waiting for in-flight scopes to finish). Call at shutdown. */
@@ -173,8 +224,7 @@ export class Tenancy implements ScopeOwner {
   }
 
   async #open(tenantId: string): Promise<Knex> {
-    const { tenantExists, knexConfig } = this.#options;
-    if (tenantExists !== undefined && !(await tenantExists(tenantId))) throw new UnknownTenantError(tenantId);
+    const { knexConfig } = this.#options;
     let knex: Knex;
     try {
       const config = withPoolDefaults(await knexConfig(tenantId));
@@ -237,7 +287,7 @@ function checkOptions(options: TenancyOptions): void {
   if (options.tenantExists !== undefined && typeof options.tenantExists !== 'function') {
     throw new TypeError('createTenancy: options.tenantExists must be a function (tenantId) => boolean');
   }
-  for (const name of ['maxPools', 'idleTimeoutMs'] as const) {
+  for (const name of ['maxPools', 'idleTimeoutMs', 'catalogTtlMs', 'negativeCacheTtlMs', 'negativeCacheSize'] as const) {
     const value = options[name];
     const min = name === 'maxPools' ? 1 : 0;
     if (value !== undefined && (!Number.isInteger(value) || value < min)) {
