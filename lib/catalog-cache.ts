@@ -55,7 +55,8 @@ export class CatalogCache {
     }
     let pending = this.#pending.get(tenantId);
     if (pending === undefined) {
-      pending = this.#ask(tenantId);
+      // .finally runs in a later microtask, so the entry is removed even if the lookup throws at once.
+      pending = this.#ask(tenantId).finally(() => this.#pending.delete(tenantId));
       this.#pending.set(tenantId, pending);
     }
     return pending;
@@ -72,21 +73,17 @@ export class CatalogCache {
   }
 
   async #ask(tenantId: string): Promise<boolean> {
-    try {
-      this.lookups++;
-      const exists = (await this.#lookup(tenantId)) === true;
-      if (exists) {
-        this.#positive.set(tenantId, Date.now() + this.#options.ttlMs);
-      } else {
-        this.#negative.set(tenantId, Date.now() + this.#options.negativeTtlMs);
-        if (this.#negative.size > this.#options.negativeMax) {
-          // Map keeps insertion order: the first key is the oldest answer.
-          this.#negative.delete(this.#negative.keys().next().value as string);
-        }
+    this.lookups++;
+    const exists = (await this.#lookup(tenantId)) === true;
+    if (exists) {
+      this.#positive.set(tenantId, Date.now() + this.#options.ttlMs);
+    } else {
+      this.#negative.set(tenantId, Date.now() + this.#options.negativeTtlMs);
+      if (this.#negative.size > this.#options.negativeMax) {
+        // Map keeps insertion order: the first key is the least recently used answer.
+        this.#negative.delete(this.#negative.keys().next().value as string);
       }
-      return exists;
-    } finally {
-      this.#pending.delete(tenantId);
     }
+    return exists;
   }
 }

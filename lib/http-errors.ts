@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { TenantError } from './errors';
-import { currentScope } from './scope';
+import { currentScope, type TenantScope } from './scope';
 
 /** How an error is answered over HTTP. */
 export interface HttpErrorAnswer {
@@ -30,6 +30,7 @@ const UNREACHABLE_CODES = new Set([
 const UNREACHABLE_ERRNOS = new Set([1040, 1053, 2002, 2003, 2006, 2013]);
 // 1049 unknown database, 1046 no database selected (the database was dropped under an open connection).
 const GONE_ERRNOS = new Set([1049, 1046]);
+const GONE: Readonly<HttpErrorAnswer> = Object.freeze({ status: 404, code: 'TENANT_UNKNOWN', message: 'Unknown tenant: its database does not exist.' });
 
 /**
  * Maps an error to its HTTP answer: tenant errors by their `statusCode`, an unreachable database to
@@ -44,10 +45,10 @@ export function toHttpError(error: unknown): HttpErrorAnswer | undefined {
     return answer;
   }
   if (error === null || typeof error !== 'object') return undefined;
-  const { code, errno, name } = error as { code?: unknown; errno?: unknown; name?: unknown };
+  const { code, errno, name } = nativeError(error);
   const tenantId = currentScope()?.tenantId;
   if (typeof errno === 'number' && GONE_ERRNOS.has(errno)) {
-    const answer: HttpErrorAnswer = { status: 404, code: 'TENANT_UNKNOWN', message: 'Unknown tenant: its database does not exist.' };
+    const answer: HttpErrorAnswer = { ...GONE };
     if (tenantId !== undefined) answer.goneTenant = tenantId;
     return answer;
   }
@@ -55,6 +56,12 @@ export function toHttpError(error: unknown): HttpErrorAnswer | undefined {
     return { status: 503, code: 'TENANT_UNAVAILABLE', message: 'The tenant database is unavailable. Retry later.', retryAfter: 1 };
   }
   return undefined;
+}
+
+/** The driver's error: objection wraps it in a DBError (db-errors) with `nativeError`. */
+function nativeError(error: unknown): { code?: unknown; errno?: unknown; name?: unknown } {
+  const wrapped = (error as { nativeError?: unknown } | null)?.nativeError;
+  return (wrapped !== null && typeof wrapped === 'object' ? wrapped : error ?? {}) as { code?: unknown; errno?: unknown; name?: unknown };
 }
 
 // A TenantError from a second copy of the package fails instanceof; its shape does not.
@@ -75,23 +82,43 @@ export interface ErrorHandlerOptions {
 /** An Express error-handling middleware (four arguments). */
 export type TenantErrorHandler = (error: unknown, req: IncomingMessage, res: ServerResponse, next: (error?: unknown) => void) => void;
 
-/**
- * @internal Builds the handler of `tenancy.errorHandler()`. `forget` is called for a tenant whose
- * database turned out to be gone, so its pool and cached catalog answer do not outlive it.
- */
-export function createErrorHandler(options: ErrorHandlerOptions, forget: (tenantId: string) => unknown): TenantErrorHandler {
-  return (error, req, res, next) => {
-    let answer = toHttpError(error);
+/** What the handler needs from its tenancy. */
+export interface ErrorHandlerHooks {
+  /** Closes the pool and drops the cached catalog answer of a tenant whose database is gone. */
+  forget(tenantId: string): unknown;
+  /** Whether the database behind `scope` is gone (a missing table may mean a dropped database). */
+  isGone(scope: TenantScope): Promise<boolean>;
+}
+
+// 1146: no such table. After `DROP DATABASE`, connections that had it selected still name it, so
+// queries fail this way rather than with 1049; the handler asks the server which one it is.
+const MISSING_TABLE_ERRNO = 1146;
+
+/** @internal Builds the handler of `tenancy.errorHandler()`. */
+export function createErrorHandler(options: ErrorHandlerOptions, hooks: ErrorHandlerHooks): TenantErrorHandler {
+  const answerWith = (answer: HttpErrorAnswer | undefined, error: unknown, req: IncomingMessage, res: ServerResponse, next: (error?: unknown) => void) => {
     if (answer === undefined) {
       if (options.all !== true) return next(error);
       answer = { status: 500, code: 'INTERNAL', message: 'Internal error.' };
     }
-    if (answer.goneTenant !== undefined) void Promise.resolve(forget(answer.goneTenant)).catch(() => undefined);
+    if (answer.goneTenant !== undefined) void Promise.resolve(hooks.forget(answer.goneTenant)).catch(() => undefined);
     if (answer.status >= 500) options.onServerError?.(error, req);
     if (res.headersSent) return next(error);
     res.statusCode = answer.status;
     res.setHeader('content-type', 'application/json; charset=utf-8');
     if (answer.retryAfter !== undefined) res.setHeader('retry-after', String(answer.retryAfter));
     res.end(JSON.stringify({ error: { code: answer.code, message: answer.message } }));
+  };
+  return (error, req, res, next) => {
+    const answer = toHttpError(error);
+    const scope = currentScope();
+    if (answer === undefined && scope !== undefined && nativeError(error).errno === MISSING_TABLE_ERRNO) {
+      hooks.isGone(scope).then(
+        (gone) => answerWith(gone ? { ...GONE, goneTenant: scope.tenantId } : undefined, error, req, res, next),
+        () => answerWith(undefined, error, req, res, next),
+      );
+      return;
+    }
+    answerWith(answer, error, req, res, next);
   };
 }

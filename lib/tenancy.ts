@@ -8,6 +8,7 @@ import {
 } from './errors';
 import { createMiddleware, type TenantMiddleware, type TenantMiddlewareOptions } from './middleware';
 import { PoolCache, type PoolCacheStats, type TenantConnections } from './pool-cache';
+import { bindTenant } from './propagation';
 import { CATALOG_DEFAULTS, CatalogCache } from './catalog-cache';
 import { createErrorHandler, type ErrorHandlerOptions, type TenantErrorHandler } from './http-errors';
 import { currentScope, globalState, runInScope, type ScopeOwner, type TenantScope } from './scope';
@@ -180,7 +181,7 @@ export class Tenancy implements ScopeOwner {
    * `options.all`. Mount it after your routes.
    */
   errorHandler(options: ErrorHandlerOptions = {}): TenantErrorHandler {
-    return createErrorHandler(options, (id) => this.forget(id));
+    return createErrorHandler(options, { forget: (id) => this.forget(id), isGone: (scope) => this.#isGone(scope) });
   }
 
   /** Closes the pool of one tenant once its in-flight work is done (after a move or a drop). */
@@ -215,7 +216,26 @@ export class Tenancy implements ScopeOwner {
   // --- end operations methods ---
 
   // --- propagation methods (bind) ---
+  /**
+   * Binds `fn` to the tenant scope that is current now, for callbacks that a library calls later from
+   * its own context (EventEmitter listeners, stream handlers). Same as the free `bindTenant(fn)`.
+   * Bound outside any scope, `fn` always runs with no scope (tenant queries in it fail closed).
+   * @throws {TypeError} when `fn` is not a function.
+   * @example
+   * emitter.on('done', tenancy.bind(() => Audit.query().insert({ message: 'done' })));
+   */
+  bind<A extends unknown[], R, This = unknown>(fn: (this: This, ...args: A) => R): (this: This, ...args: A) => R {
+    return bindTenant(fn);
+  }
   // --- end propagation methods ---
+
+  /** Whether the database behind a scope was dropped (MySQL: its connection names a schema that is gone). */
+  async #isGone(scope: TenantScope): Promise<boolean> {
+    const client = String(scope.knex.client.config.client ?? '');
+    if (!/mysql|maria/.test(client)) return false;
+    const [rows] = await scope.knex.raw('select count(*) as n from information_schema.schemata where schema_name = database()');
+    return Number((rows as { n: number }[])[0]?.n) === 0;
+  }
 
   #ownScope(): TenantScope {
     const scope = currentScope();

@@ -1,0 +1,110 @@
+/**
+ * The catalog cache in front of `tenantExists`: TTLs, a bounded negative cache that survives a flood
+ * of 100,000 unknown ids, one catalog call per id, `forget()`, and a failing catalog.
+ */
+import assert from 'node:assert/strict';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { after, before, describe, it } from 'node:test';
+import { createTenancy, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
+import { sqliteBackend } from './helpers/databases';
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+
+const backend = sqliteBackend('catalog');
+const tenancies: Tenancy[] = [];
+before(() => backend.createDatabase('real'));
+after(async () => {
+  for (const t of tenancies) await t.destroy();
+  await backend.close();
+});
+
+function make(extra: Partial<TenancyOptions> = {}): { tenancy: Tenancy; asked: Map<string, number> } {
+  const asked = new Map<string, number>();
+  const tenancy = createTenancy({
+    knexConfig: backend.knexConfig,
+    tenantExists: async (id) => {
+      asked.set(id, (asked.get(id) ?? 0) + 1);
+      await new Promise((r) => setImmediate(r));
+      return backend.databaseExists(id);
+    },
+    ...extra,
+  });
+  tenancies.push(tenancy);
+  return { tenancy, asked };
+}
+
+const unknown = (tenancy: Tenancy, id: string) =>
+  tenancy.runWithTenant(id, () => 'reached').then(
+    () => assert.fail(`${id} was served`),
+    (error: unknown) => assert.ok(error instanceof UnknownTenantError, String(error)),
+  );
+
+describe('catalog cache', () => {
+  it('100,000 distinct unknown ids: under 20 MB of growth and one catalog call per id', async () => {
+    const { tenancy, asked } = make();
+    const ids = Array.from({ length: 100_000 }, (_, i) => `ghost-${i.toString(36)}`);
+    const step = 2_000;
+    for (let i = 0; i < step; i++) await unknown(tenancy, ids[i]!); // warm the code paths
+    gc();
+    const baseline = process.memoryUsage().heapUsed;
+    for (let i = step; i < ids.length; i += step) {
+      await Promise.all(ids.slice(i, i + step).map((id) => unknown(tenancy, id)));
+    }
+    gc();
+    const grown = process.memoryUsage().heapUsed - baseline;
+    assert.ok(grown < 20 * 1024 * 1024, `heap grew by ${(grown / 1048576).toFixed(1)} MB`);
+    assert.equal(asked.size, ids.length);
+    assert.ok([...asked.values()].every((n) => n === 1), 'each id was asked once');
+    assert.equal(tenancy.stats().catalog!.unknown, 10_000, 'the negative cache is bounded');
+    assert.equal(tenancy.stats().pools, 0);
+    // The most recent 5,000 are still cached: asking again costs no catalog call.
+    await Promise.all(ids.slice(-5_000).map((id) => unknown(tenancy, id)));
+    assert.equal(tenancy.stats().catalog!.lookups, ids.length);
+  });
+
+  it('200 concurrent requests for one new id make one catalog call', async () => {
+    const { tenancy, asked } = make();
+    await Promise.all(Array.from({ length: 200 }, () => unknown(tenancy, 'stampede')));
+    assert.equal(asked.get('stampede'), 1);
+    await Promise.all(Array.from({ length: 200 }, () => tenancy.runWithTenant('real', () => 1)));
+    assert.equal(asked.get('real'), 1);
+  });
+
+  it('answers expire after their TTL, and forget() drops them at once', async () => {
+    const { tenancy, asked } = make({ catalogTtlMs: 100, negativeCacheTtlMs: 100 });
+    await unknown(tenancy, 'later');
+    await tenancy.runWithTenant('real', () => 1);
+    await unknown(tenancy, 'later');
+    await tenancy.runWithTenant('real', () => 1);
+    assert.deepEqual([asked.get('later'), asked.get('real')], [1, 1]);
+    await new Promise((r) => setTimeout(r, 150));
+    await unknown(tenancy, 'later');
+    await tenancy.runWithTenant('real', () => 1);
+    assert.deepEqual([asked.get('later'), asked.get('real')], [2, 2]);
+    await backend.createDatabase('later');
+    await unknown(tenancy, 'later'); // still cached as unknown
+    await tenancy.forget('later');
+    assert.equal(await tenancy.runWithTenant('later', () => 'now served'), 'now served');
+    assert.equal(asked.get('later'), 3);
+  });
+
+  it('a failing catalog answers TenantUnavailableError (503) and is not cached', async () => {
+    let down = true;
+    const tenancy = createTenancy({
+      knexConfig: backend.knexConfig,
+      tenantExists: (id) => {
+        if (down) throw new Error('catalog connection refused (password=hunter2)');
+        return backend.databaseExists(id);
+      },
+    });
+    tenancies.push(tenancy);
+    const error = await tenancy.runWithTenant('real', () => 1).catch((e: unknown) => e);
+    assert.ok(error instanceof TenantUnavailableError);
+    assert.equal(error.statusCode, 503);
+    assert.doesNotMatch(error.message, /hunter2/);
+    down = false;
+    assert.equal(await tenancy.runWithTenant('real', () => 'ok'), 'ok');
+  });
+});

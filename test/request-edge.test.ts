@@ -1,0 +1,187 @@
+/**
+ * Central models pinned to a non-tenant knex, and the HTTP error mapping against real MariaDB faults:
+ * a tenant database dropped under a cached pool (404, pool forgotten) and a database server that
+ * goes away and comes back behind a TCP proxy (503 with Retry-After, then recovery, no restart).
+ */
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import express from 'express';
+import knexFactory, { type Knex } from 'knex';
+import { Model } from 'objection';
+import { centralModel, createTenancy, runWithTenant, setDefaultTenancy, TenantModel, type Tenancy } from '../lib/index';
+import { mysqlBackend, mysqlConnection, skipMysql, sqliteBackend } from './helpers/databases';
+import { createSchema, Person, seed } from './helpers/fixtures';
+import { listen } from './helpers/http';
+
+describe('central models', () => {
+  const backend = sqliteBackend('central');
+  let tenancy: Tenancy;
+  let catalog: Knex;
+  class Plan extends centralModel(Model, () => catalog) {
+    static override tableName = 'plans';
+    declare name: string;
+  }
+  class Tenant extends centralModel(TenantModel, () => catalog) {
+    static override tableName = 'tenants';
+    declare id: string;
+  }
+
+  before(async () => {
+    catalog = knexFactory(backend.knexConfig('catalog'));
+    await catalog.schema.createTable('tenants', (t) => t.string('id'));
+    await catalog.schema.createTable('plans', (t) => t.string('name'));
+    await catalog('tenants').insert([{ id: 'c1' }, { id: 'c2' }]);
+    await catalog('plans').insert({ name: 'gold' });
+    tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: async (id) => Boolean(await Tenant.query().findById(id)) });
+    setDefaultTenancy(tenancy);
+    for (const t of ['c1', 'c2']) {
+      await backend.createDatabase(t);
+      await runWithTenant(t, async () => {
+        await createSchema(tenancy.knex(), t);
+        await seed(tenancy.knex(), t);
+      });
+    }
+  });
+  after(async () => {
+    await tenancy.destroy();
+    await catalog.destroy();
+    await backend.close();
+  });
+
+  it('read the central database outside scopes, inside tenant scopes and inside tenant transactions', async () => {
+    assert.deepEqual((await Tenant.query().orderBy('id')).map((t) => t.id), ['c1', 'c2']);
+    await runWithTenant('c2', async () => {
+      assert.equal((await Person.query().findById(1))!.name, 'c2-ada', 'tenant models still use the tenant');
+      assert.equal((await Tenant.query()).length, 2);
+      assert.equal((await Plan.query().first())!.name, 'gold');
+      await tenancy.transaction(async () => {
+        assert.equal((await Tenant.query()).length, 2);
+        const [loaded] = await Tenant.query().where({ id: 'c1' });
+        assert.equal((await loaded!.$query()).id, 'c1', 'no instance guard on central models');
+      });
+    });
+    await runWithTenant('c1', async () => assert.equal((await Plan.query()).length, 1));
+  });
+});
+
+/** A TCP proxy to MariaDB that can be cut and restored, standing for a server that goes away. */
+function proxy(target: number): Promise<{ port: number; cut(): Promise<void>; restore(): Promise<void>; close(): Promise<void> }> {
+  const sockets = new Set<net.Socket>();
+  let server: net.Server;
+  let port = 0;
+  const start = () =>
+    new Promise<void>((resolve) => {
+      server = net.createServer((client) => {
+        const upstream = net.connect(target, '127.0.0.1');
+        for (const s of [client, upstream]) {
+          sockets.add(s);
+          s.on('close', () => sockets.delete(s));
+          s.on('error', () => s.destroy());
+        }
+        client.pipe(upstream).pipe(client);
+      });
+      server.listen(port, '127.0.0.1', () => {
+        port = (server.address() as net.AddressInfo).port;
+        resolve();
+      });
+    });
+  const stop = () =>
+    new Promise<void>((resolve) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => resolve());
+    });
+  return start().then(() => ({ port, cut: stop, restore: start, close: stop }));
+}
+
+describe('HTTP error mapping against MariaDB faults', { skip: skipMysql }, () => {
+  const backend = mysqlBackend('edge');
+  let tenancy: Tenancy;
+  let cutProxy: Awaited<ReturnType<typeof proxy>>;
+  let server: Awaited<ReturnType<typeof listen>>;
+  const problems: unknown[] = [];
+  const onUnhandled = (e: unknown) => problems.push(e);
+
+  before(async () => {
+    process.on('unhandledRejection', onUnhandled);
+    cutProxy = await proxy(Number(new URL(`http://${mysqlConnection().host}:${mysqlConnection().port}`).port));
+    for (const t of ['e1', 'e2', 'eflaky']) {
+      await backend.createDatabase(t);
+      const knex = knexFactory(backend.knexConfig(t));
+      await createSchema(knex, t);
+      await seed(knex, t);
+      await knex.destroy();
+    }
+    tenancy = createTenancy({
+      knexConfig: (id) => {
+        const config = backend.knexConfig(id);
+        if (id !== 'eflaky') return config;
+        return { ...config, connection: { ...(config.connection as object), port: cutProxy.port }, acquireConnectionTimeout: 2_000 };
+      },
+      tenantExists: backend.databaseExists,
+    });
+    const app = express();
+    app.use(tenancy.middleware());
+    app.get('/people', async (_req, res, next) => {
+      try {
+        res.json(await Person.query().orderBy('id'));
+      } catch (error) {
+        next(error);
+      }
+    });
+    app.use(tenancy.errorHandler({ all: true }));
+    server = await listen(app);
+  });
+  after(async () => {
+    process.off('unhandledRejection', onUnhandled);
+    await server.close();
+    await tenancy.destroy();
+    await cutProxy.close().catch(() => undefined);
+    for (const t of ['e1', 'e2', 'eflaky']) await backend.dropDatabase(t);
+    await backend.close();
+  });
+
+  const get = (t: string) => fetch(`${server.url}/people`, { headers: { 'x-tenant-id': t } });
+
+  it('a tenant database dropped under a cached pool answers 404, is forgotten, and the others do not notice', async () => {
+    assert.equal((await get('e1')).status, 200);
+    assert.equal((await get('e2')).status, 200);
+    const poolsBefore = tenancy.stats().pools;
+    await backend.dropDatabase('e1');
+    const gone = await get('e1');
+    assert.equal(gone.status, 404);
+    const body = await gone.text();
+    assert.equal(JSON.parse(body).error.code, 'TENANT_UNKNOWN');
+    assert.doesNotMatch(body, /ot_edge|127\.0\.0\.1|root/);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(tenancy.stats().pools, poolsBefore - 1, 'the dropped tenant pool was closed');
+    assert.equal((await get('e1')).status, 404, 'the catalog now says unknown');
+    const other = await get('e2');
+    assert.equal(other.status, 200);
+    assert.equal(((await other.json()) as { name: string }[])[0]!.name, 'e2-ada');
+  });
+
+  it('a server that goes away answers 503 with Retry-After, then recovers without a restart', async () => {
+    assert.equal((await get('eflaky')).status, 200);
+    await cutProxy.cut();
+    const started = Date.now();
+    const down = await get('eflaky');
+    assert.equal(down.status, 503);
+    assert.equal(down.headers.get('retry-after'), '1');
+    const body = await down.text();
+    assert.equal(JSON.parse(body).error.code, 'TENANT_UNAVAILABLE');
+    assert.doesNotMatch(body, /ECONNREFUSED|127\.0\.0\.1|root|stack/i);
+    assert.ok(Date.now() - started < 5_000, 'failed within the acquire timeout');
+    assert.equal((await get('e2')).status, 200, 'tenants on the healthy path are served');
+    await cutProxy.restore();
+    let status = 0;
+    for (let i = 0; i < 20 && status !== 200; i++) {
+      status = (await get('eflaky')).status;
+      if (status !== 200) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(status, 200, 'recovered');
+    const rows = (await (await get('eflaky')).json()) as { name: string }[];
+    assert.deepEqual(rows.map((r) => r.name), ['eflaky-ada', 'eflaky-bob']);
+    assert.deepEqual(problems, [], 'no unhandled rejection');
+  });
+});
