@@ -46,6 +46,8 @@ export interface PoolCacheOptions {
   maxPools: number;
   /** A pool with no lease for this long is closed. 0 disables idle eviction. */
   idleTimeoutMs: number;
+  /** Called when a pool's last lease is given back (the connection budget may reclaim it). */
+  onIdle?(): void;
 }
 
 interface Entry {
@@ -195,6 +197,18 @@ export class PoolCache implements TenantConnections {
     entry.leases--;
     entry.lastUsed = Date.now();
     if (entry.evicted) this.#closeWhenDrained(entry);
+    else if (entry.leases === 0) this.#options.onIdle?.();
+  }
+
+  /** Closes the least recently used idle pool that holds connections; false when there is none. */
+  reclaimIdle(): boolean {
+    for (const entry of this.#entries.values()) {
+      if (entry.leases === 0 && entry.knex !== undefined && openConnections(entry.knex) > 0) {
+        void this.#evict(entry);
+        return true;
+      }
+    }
+    return false;
   }
 
   #enforceCap(newest: Entry): void {
@@ -249,4 +263,10 @@ export class PoolCache implements TenantConnections {
         entry.markClosed();
       });
   }
+}
+
+/** Connections a knex's tarn pool holds or is opening. */
+function openConnections(knex: Knex): number {
+  const pool = (knex.client as { pool?: { numUsed(): number; numFree(): number; numPendingCreates(): number } }).pool;
+  return pool === undefined ? 0 : pool.numUsed() + pool.numFree() + pool.numPendingCreates();
 }

@@ -1,24 +1,34 @@
 import type { Knex } from 'knex';
-import knexFactory from 'knex';
 import {
   TenantContextMissingError,
-  TenantError,
   TenantUnavailableError,
   UnknownTenantError,
 } from './errors';
 import { createMiddleware, type TenantMiddleware, type TenantMiddlewareOptions } from './middleware';
-import { PoolCache, type PoolCacheStats, type TenantConnections } from './pool-cache';
+import type { AffinityPoolStats } from './affinity-pool';
+import type { ConnectionBudget } from './connection-budget';
+import { createConnections, type ConnectionOptions } from './connections';
+import type { PoolCacheStats, TenantConnections } from './pool-cache';
 import { bindTenant } from './propagation';
 import { CATALOG_DEFAULTS, CatalogCache } from './catalog-cache';
 import { createErrorHandler, type ErrorHandlerOptions, type TenantErrorHandler } from './http-errors';
 import { currentScope, globalState, runInScope, type ScopeOwner, type TenantScope } from './scope';
 import { validateTenantId, type TenantIdValidator } from './tenant-id';
-import { runTransaction, warnOutsideTransaction, type HookErrorHandler } from './transaction';
+import { runTransaction, type HookErrorHandler } from './transaction';
+import { forEachTenant, type ForEachTenantOptions, type ForEachTenantReport, type JobScope } from './for-each-tenant';
+import type { OperationsHost } from './operation-knex';
+import {
+  createTenant,
+  dropTenant,
+  type CreateTenantOptions,
+  type CreateTenantResult,
+  type DropTenantOptions,
+  type DropTenantResult,
+} from './tenant-lifecycle';
+import { TenantMigrations } from './tenant-migrations';
 
 /** Options of `createTenancy()`. */
-export interface TenancyOptions {
-  /** The knex config of a tenant's database (or a promise of it). Called when its pool is opened. */
-  knexConfig(tenantId: string): Knex.Config | Promise<Knex.Config>;
+export interface TenancyOptions extends ConnectionOptions {
   /**
    * Whether a tenant exists (a catalog lookup). Asked before a pool is opened; a tenant it rejects
    * never gets a pool and the request gets `UnknownTenantError` (404). Strongly advised for SQLite,
@@ -31,38 +41,47 @@ export interface TenancyOptions {
   negativeCacheTtlMs?: number;
   /** At most this many negative answers are cached (LRU). Default 10 000. */
   negativeCacheSize?: number;
-  /** Cap on cached tenant pools; the least recently used is evicted beyond it. Default 50. */
-  maxPools?: number;
-  /** A tenant pool unused for this long is closed. Default 60 000 ms; 0 disables idle eviction. */
-  idleTimeoutMs?: number;
   /** Tenant id check: a pattern or a predicate. Default `DEFAULT_TENANT_ID_PATTERN`. */
   tenantIdPattern?: TenantIdValidator;
-  /** Run `select 1` when a pool is opened, so a dropped database or dead server fails fast. Default true. */
-  verifyConnection?: boolean;
-  /** Builds a knex from a config. Default: knex's own factory. */
-  createKnex?(config: Knex.Config): Knex;
-  /**
-   * Warn (once per call site) when a query runs on the tenant's bare knex while a transaction is open
-   * in the same scope. Default: on unless `NODE_ENV` is `production`.
-   */
-  warnOutsideTransaction?: boolean;
   /** Receives errors of onCommit/onRollback callbacks. Default: a process warning. */
   onHookError?: HookErrorHandler;
   // --- operations options (migrations, create/drop, forEachTenant) ---
+  /**
+   * Knex migrator config (`directory`, `loadExtensions`, `tableName`...) used by `tenancy.migrate.*`
+   * and `createTenant()`: the same migration files run in every tenant's database.
+   */
+  migrations?: Knex.MigratorConfigWithLifecycleHooks;
+  /** Knex seed config run by `createTenant()` after the migrations. */
+  seeds?: Knex.SeederConfig;
+  /** Every tenant id (from your catalog): the tenants of `migrate.*` and `forEachTenant()` when none are given. */
+  listTenants?(): readonly string[] | Promise<readonly string[]>;
+  /**
+   * Creates a tenant's empty database, for `createTenant()`. Default: built in for mysql2/mysql
+   * (`CREATE DATABASE` of `config.connection.database`) and better-sqlite3/sqlite3 (creates the file).
+   */
+  createDatabase?(tenantId: string, config: Knex.Config): void | Promise<void>;
+  /** Drops a tenant's database, for `dropTenant()`. Default: built in for the same clients as `createDatabase`. */
+  dropDatabase?(tenantId: string, config: Knex.Config): void | Promise<void>;
+  /** Records a new tenant in your catalog: the last step of `createTenant()`. */
+  registerTenant?(tenantId: string): void | Promise<void>;
+  /** Removes a tenant from your catalog: the last step of `dropTenant()`. */
+  unregisterTenant?(tenantId: string): void | Promise<void>;
   // --- end operations options ---
 }
 
 /** What `tenancy.stats()` returns. */
 export interface TenancyStats extends PoolCacheStats {
-  strategy: 'pool-per-tenant';
+  strategy: 'pool-per-tenant' | 'shared';
+  /** 'pool-per-tenant' with `maxConnections`: the budget's size, units used, peak, waiting openers, timeouts. */
+  budget?: { max: number; used: number; peak: number; waiting: number; timeouts: number };
+  /** 'shared': cached tenant handles. */
+  tenants?: number;
+  /** 'shared': per server, connections open and in use, waiting acquires, switches, affinity hits... */
+  servers?: Record<string, AffinityPoolStats>;
   /** Cached catalog answers and catalog calls made (absent without `tenantExists`). */
   catalog?: { known: number; unknown: number; lookups: number };
 }
 
-const DEFAULTS = Object.freeze({ maxPools: 50, idleTimeoutMs: 60_000, verifyConnection: true });
-
-// mysql2 error numbers that mean "this database does not exist" (a dropped tenant).
-const UNKNOWN_DATABASE_ERRNOS = new Set([1049]);
 
 /**
  * A set of tenant databases: opens their pools, runs code in their scope, and closes them.
@@ -74,6 +93,7 @@ export class Tenancy implements ScopeOwner {
   readonly #scopes = new WeakMap<Knex, TenantScope>();
   readonly #validator: TenantIdValidator | undefined;
   readonly #catalog: CatalogCache | undefined;
+  readonly #budget: ConnectionBudget | undefined;
 
   constructor(options: TenancyOptions) {
     this.#options = options;
@@ -85,11 +105,7 @@ export class Tenancy implements ScopeOwner {
         negativeMax: options.negativeCacheSize ?? CATALOG_DEFAULTS.negativeMax,
       });
     }
-    this.#connections = new PoolCache({
-      open: (id) => this.#open(id),
-      maxPools: options.maxPools ?? DEFAULTS.maxPools,
-      idleTimeoutMs: options.idleTimeoutMs ?? DEFAULTS.idleTimeoutMs,
-    });
+    ({ connections: this.#connections, budget: this.#budget } = createConnections(options));
   }
 
   /**
@@ -201,8 +217,9 @@ export class Tenancy implements ScopeOwner {
 
   /** Pool counters: `pools` open, `leases` in flight, `created`, `evictions`, `failures`. */
   stats(): TenancyStats {
-    const stats: TenancyStats = { strategy: 'pool-per-tenant', ...this.#connections.stats() };
+    const stats: TenancyStats = { strategy: this.#options.strategy ?? 'pool-per-tenant', ...this.#connections.stats() };
     if (this.#catalog !== undefined) stats.catalog = this.#catalog.stats();
+    if (this.#budget !== undefined) stats.budget = this.#budget.stats();
     return stats;
   }
 
@@ -213,6 +230,89 @@ export class Tenancy implements ScopeOwner {
   }
 
   // --- operations methods (migrations, create/drop, forEachTenant) ---
+  #operations: OperationsHost | undefined;
+  #migrations: TenantMigrations | undefined;
+
+  /**
+   * Knex migrations on every tenant: `latest`, `rollback` and `status`, each with bounded concurrency,
+   * a report per tenant, and an abort signal that lets running tenants finish. Needs `options.migrations`.
+   * @example
+   * const report = await tenancy.migrate.latest({ concurrency: 8 });
+   * if (!report.ok) process.exitCode = 1;
+   */
+  get migrate(): TenantMigrations {
+    return (this.#migrations ??= new TenantMigrations(this.#operationsHost()));
+  }
+
+  /**
+   * Creates a tenant: validates the id, creates its database, applies the migrations, runs the seeds
+   * and calls `registerTenant`. If a step after the database creation fails, the database is dropped
+   * again and the error rethrown, so the call can be retried.
+   * @throws {InvalidTenantIdError} for an invalid id (nothing is touched).
+   * @throws {TenantAlreadyExistsError} when `tenantExists` says yes or the database already exists.
+   * @throws {TenantLifecycleError} when a step fails (`step` names it, `cause` has the error).
+   * @example
+   * await tenancy.createTenant('acme');
+   */
+  createTenant(tenantId: string, options: CreateTenantOptions = {}): Promise<CreateTenantResult> {
+    return createTenant(this.#operationsHost(), tenantId, options);
+  }
+
+  /**
+   * Drops a tenant: closes its pool (after its in-flight scopes), drops its database and calls
+   * `unregisterTenant`. Needs `{ confirm: tenantId }`.
+   * @throws {TenantDropNotConfirmedError} without the confirmation (nothing is touched).
+   * @throws {TenantLifecycleError} when dropping the database or unregistering fails.
+   * @example
+   * await tenancy.dropTenant('acme', { confirm: 'acme' });
+   */
+  dropTenant(tenantId: string, options: DropTenantOptions): Promise<DropTenantResult> {
+    return dropTenant(this.#operationsHost(), tenantId, options);
+  }
+
+  /**
+   * Runs `fn(tenantId)` inside each tenant's scope (default: every tenant of `options.listTenants`),
+   * `concurrency` at a time (default 4). A tenant that throws is reported and the others go on; pools
+   * the run had to open are closed when their tenant is done.
+   * @throws {TypeError} when `fn` is not a function or no tenants are given or listable.
+   * @example
+   * const report = await tenancy.forEachTenant(() => Invoice.query().where('due', '<', new Date()).patch({ late: true }));
+   */
+  forEachTenant<T>(fn: (tenantId: string) => T | PromiseLike<T>, options: ForEachTenantOptions<Awaited<T>> = {}): Promise<ForEachTenantReport<Awaited<T>>> {
+    return forEachTenant(this.#operationsHost(), (id) => this.#enterForJob(id), fn, options);
+  }
+
+  #operationsHost(): OperationsHost {
+    return (this.#operations ??= {
+      options: this.#options,
+      validate: (id) => validateTenantId(id, this.#validator),
+      evict: (id) => this.evict(id),
+      forget: (id) => this.forget(id),
+    });
+  }
+
+  /** Enters a tenant's scope for a job and tells whether that opened its pool (so the job closes it after). */
+  async #enterForJob(tenantId: string): Promise<JobScope> {
+    const id = validateTenantId(tenantId, this.#validator);
+    if (this.#catalog !== undefined) {
+      let known: boolean;
+      try {
+        known = await this.#catalog.exists(id);
+      } catch (error) {
+        throw new TenantUnavailableError(id, { cause: error, reason: 'the tenant catalog lookup failed' });
+      }
+      if (!known) throw new UnknownTenantError(id);
+    }
+    // Every pool that ever served a scope has its knex in #scopes: a knex not there was opened just now.
+    const probe = await this.#connections.lease(id);
+    try {
+      const opened = !this.#scopes.has(probe.knex);
+      const { scope, release } = await this.enter(id);
+      return { scope, release, opened };
+    } finally {
+      probe.release();
+    }
+  }
   // --- end operations methods ---
 
   // --- propagation methods (bind) ---
@@ -242,46 +342,6 @@ export class Tenancy implements ScopeOwner {
     if (scope === undefined || scope.owner !== this) throw new TenantContextMissingError();
     return scope;
   }
-
-  async #open(tenantId: string): Promise<Knex> {
-    const { knexConfig } = this.#options;
-    let knex: Knex;
-    try {
-      const config = withPoolDefaults(await knexConfig(tenantId));
-      knex = (this.#options.createKnex ?? knexFactory)(config);
-    } catch (error) {
-      throw error instanceof TenantError ? error : new TenantUnavailableError(tenantId, { cause: error, reason: 'its knex config could not be built' });
-    }
-    if (this.#options.verifyConnection ?? DEFAULTS.verifyConnection) {
-      try {
-        await knex.raw('select 1');
-      } catch (error) {
-        await knex.destroy().catch(() => undefined);
-        throw classifyOpenError(tenantId, error);
-      }
-    }
-    if (this.#options.warnOutsideTransaction ?? process.env.NODE_ENV !== 'production') {
-      knex.on('query', warnOutsideTransaction(knex));
-    }
-    return knex;
-  }
-}
-
-/** Tenant pools start empty and shrink back when idle: thousands of tenants must not hold `min` connections each. */
-function withPoolDefaults(config: Knex.Config): Knex.Config {
-  return { ...config, pool: { min: 0, idleTimeoutMillis: 30_000, ...config.pool } };
-}
-
-function classifyOpenError(tenantId: string, error: unknown): TenantError {
-  const errno = (error as { errno?: unknown }).errno;
-  if (typeof errno === 'number' && UNKNOWN_DATABASE_ERRNOS.has(errno)) {
-    return new UnknownTenantError(tenantId, { cause: error });
-  }
-  const code = (error as { code?: unknown }).code;
-  return new TenantUnavailableError(tenantId, {
-    cause: error,
-    reason: typeof code === 'string' ? code : 'the connection check failed',
-  });
 }
 
 /**
@@ -303,13 +363,26 @@ export function createTenancy(options: TenancyOptions): Tenancy {
 
 function checkOptions(options: TenancyOptions): void {
   if (options === null || typeof options !== 'object') throw new TypeError('createTenancy(options): options must be an object');
-  if (typeof options.knexConfig !== 'function') throw new TypeError('createTenancy: options.knexConfig must be a function (tenantId) => knex config');
+  if (options.strategy === 'shared') {
+    if (options.servers === null || typeof options.servers !== 'object' || Object.keys(options.servers).length === 0) {
+      throw new TypeError("createTenancy: options.servers must map server keys to knex configs when strategy is 'shared'");
+    }
+    if (typeof options.locate !== 'function') throw new TypeError("createTenancy: options.locate must be a function (tenantId) => { server, database } when strategy is 'shared'");
+  } else if (options.strategy !== undefined && options.strategy !== 'pool-per-tenant') {
+    throw new TypeError("createTenancy: options.strategy must be 'pool-per-tenant' or 'shared'");
+  } else if (typeof options.knexConfig !== 'function') {
+    throw new TypeError('createTenancy: options.knexConfig must be a function (tenantId) => knex config');
+  }
+  if (options.overflow !== undefined && options.overflow !== 'wait' && options.overflow !== 'reject') {
+    throw new TypeError("createTenancy: options.overflow must be 'wait' or 'reject'");
+  }
   if (options.tenantExists !== undefined && typeof options.tenantExists !== 'function') {
     throw new TypeError('createTenancy: options.tenantExists must be a function (tenantId) => boolean');
   }
-  for (const name of ['maxPools', 'idleTimeoutMs', 'catalogTtlMs', 'negativeCacheTtlMs', 'negativeCacheSize'] as const) {
+  const positive = new Set(['maxPools', 'maxTenants', 'maxConnections', 'maxConnectionsPerTenant', 'acquireTimeoutMs']);
+  for (const name of ['maxPools', 'maxTenants', 'maxConnections', 'maxConnectionsPerTenant', 'acquireTimeoutMs', 'idleTimeoutMs', 'catalogTtlMs', 'negativeCacheTtlMs', 'negativeCacheSize'] as const) {
     const value = options[name];
-    const min = name === 'maxPools' ? 1 : 0;
+    const min = positive.has(name) ? 1 : 0;
     if (value !== undefined && (!Number.isInteger(value) || value < min)) {
       throw new TypeError(`createTenancy: options.${name} must be an integer >= ${min}`);
     }

@@ -92,7 +92,9 @@ const warned = new Set<string>();
 export function warnOutsideTransaction(knex: Knex): (query: { __knexTxId?: string; sql?: string }) => void {
   return (query) => {
     const scope = currentScope();
-    if (scope?.trx === undefined || scope.knex !== knex || query.__knexTxId !== undefined) return;
+    if (scope?.trx === undefined || query.__knexTxId !== undefined) return;
+    // A shared-pool tenant handle inherits from its server's knex, which is where the listener sits.
+    if (scope.knex !== knex && Object.getPrototypeOf(scope.knex) !== knex) return;
     const sql = String(query.sql ?? '').slice(0, 200);
     if (warned.has(sql) || warned.size > 1000) return;
     warned.add(sql);

@@ -1,0 +1,295 @@
+import type { Knex } from 'knex';
+import { TenancyDestroyedError, TenantUnavailableError, UnknownTenantError } from './errors';
+
+/** A raw driver connection (a mysql2 `Connection`), as knex's client hands it out. */
+type RawConnection = {
+  query(sql: string, callback: (error: unknown) => void): unknown;
+  __knexUid?: string;
+};
+
+interface Slot {
+  readonly conn: RawConnection;
+  /** The database the connection is on (`USE`), if any. */
+  db: string | undefined;
+  idleSince: number;
+}
+
+interface Waiter {
+  readonly tenantId: string;
+  readonly db: string;
+  resolve(conn: RawConnection): void;
+  reject(error: unknown): void;
+  timer: NodeJS.Timeout | undefined;
+}
+
+/** Options of one server's shared pool. */
+export interface AffinityPoolOptions {
+  /** Connections this server may open (the connection budget of the server). */
+  max: number;
+  /** Connections one tenant may hold at once, so a busy tenant cannot starve the others. */
+  perTenantMax: number;
+  /** How long an acquire may wait for a connection before it fails with a 503-mapped error. */
+  acquireTimeoutMs: number;
+  /** Free connections idle this long are closed. 0 keeps them. */
+  idleTimeoutMs: number;
+  /** 'wait' queues acquires when every connection is busy; 'reject' fails them at once. */
+  overflow: 'wait' | 'reject';
+}
+
+/** Counters of one server's shared pool, as shown in `tenancy.stats().servers`. */
+export interface AffinityPoolStats {
+  open: number;
+  inUse: number;
+  waiting: number;
+  /** Connections switched to another tenant's database (`USE`). */
+  switches: number;
+  /** Acquires served by a connection already on the tenant's database (no `USE`). */
+  affinityHits: number;
+  created: number;
+  destroyed: number;
+  timeouts: number;
+}
+
+// How far down the wait queue a released connection looks for a waiter on its own database:
+// affinity without letting the head of the queue starve.
+const LOOKAHEAD = 32;
+
+/**
+ * One database server's connections, shared by every tenant database on it. A connection is switched
+ * with `USE` only when it is not already on the tenant's database, and a free connection already there
+ * is preferred (affinity). Connections are opened lazily up to `max`, and reaped when idle.
+ */
+export class AffinityPool {
+  readonly #client: Knex.Client;
+  readonly #options: AffinityPoolOptions;
+  readonly #slots = new Map<RawConnection, Slot>();
+  /** Free connections by database, most recently used last. */
+  readonly #free = new Map<string | undefined, Slot[]>();
+  readonly #waiters: Waiter[] = [];
+  readonly #heldBy = new Map<string, number>();
+  readonly #owner = new Map<RawConnection, string>();
+  readonly #reaper: NodeJS.Timeout | undefined;
+  #freeCount = 0;
+  #creating = 0;
+  #closed = false;
+  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0 };
+
+  constructor(client: Knex.Client, options: AffinityPoolOptions) {
+    this.#client = client;
+    this.#options = options;
+    if (options.idleTimeoutMs > 0) {
+      this.#reaper = setInterval(() => this.#reapIdle(), Math.max(50, Math.min(options.idleTimeoutMs / 2, 10_000)));
+      this.#reaper.unref();
+    }
+  }
+
+  /** A connection on database `db` for tenant `tenantId`. */
+  acquire(tenantId: string, db: string): Promise<RawConnection> {
+    if (this.#closed) return Promise.reject(new TenancyDestroyedError());
+    if (this.#held(tenantId) < this.#options.perTenantMax) {
+      const slot = this.#takeFree(db);
+      if (slot !== undefined) return this.#assign(slot, tenantId, db);
+      if (this.#slots.size + this.#creating < this.#options.max) return this.#create(tenantId, db);
+    }
+    if (this.#options.overflow === 'reject') {
+      return Promise.reject(new TenantUnavailableError(tenantId, { reason: 'every connection of its database server is busy' }));
+    }
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = { tenantId, db, resolve, reject, timer: undefined };
+      waiter.timer = setTimeout(() => {
+        const index = this.#waiters.indexOf(waiter);
+        if (index >= 0) this.#waiters.splice(index, 1);
+        this.#counters.timeouts++;
+        reject(new TenantUnavailableError(tenantId, { reason: `no connection was free within ${this.#options.acquireTimeoutMs} ms` }));
+      }, this.#options.acquireTimeoutMs);
+      this.#waiters.push(waiter);
+    });
+  }
+
+  /** Gives a connection back: to a waiter (preferring one on the same database), or to the free list. */
+  release(conn: RawConnection): void {
+    const slot = this.#slots.get(conn);
+    const tenantId = this.#owner.get(conn);
+    if (tenantId !== undefined) {
+      this.#owner.delete(conn);
+      this.#heldBy.set(tenantId, this.#held(tenantId) - 1);
+      if (this.#held(tenantId) <= 0) this.#heldBy.delete(tenantId);
+    }
+    if (slot === undefined) return;
+    if (this.#closed || !this.#client.validateConnection(conn as never)) {
+      this.#destroy(slot);
+      this.#pump();
+      return;
+    }
+    const waiter = this.#nextWaiter(slot.db);
+    if (waiter !== undefined) {
+      this.#assign(slot, waiter.tenantId, waiter.db).then(waiter.resolve, waiter.reject);
+      return;
+    }
+    slot.idleSince = Date.now();
+    const list = this.#free.get(slot.db);
+    if (list === undefined) this.#free.set(slot.db, [slot]);
+    else list.push(slot);
+    this.#freeCount++;
+    // A tenant at its cap that just released may unblock a waiter that a free connection can serve.
+    if (this.#waiters.length > 0) this.#pump();
+  }
+
+  stats(): AffinityPoolStats {
+    return {
+      open: this.#slots.size,
+      inUse: this.#slots.size - this.#freeCount,
+      waiting: this.#waiters.length,
+      ...this.#counters,
+    };
+  }
+
+  /** Closes every connection; waiting acquires fail. In-use connections close when released. */
+  async destroy(): Promise<void> {
+    this.#closed = true;
+    if (this.#reaper !== undefined) clearInterval(this.#reaper);
+    for (const waiter of this.#waiters.splice(0)) {
+      clearTimeout(waiter.timer);
+      waiter.reject(new TenancyDestroyedError());
+    }
+    const closing: Promise<unknown>[] = [];
+    for (const list of this.#free.values()) for (const slot of list) closing.push(this.#destroy(slot));
+    this.#free.clear();
+    this.#freeCount = 0;
+    await Promise.all(closing);
+  }
+
+  #held(tenantId: string): number {
+    return this.#heldBy.get(tenantId) ?? 0;
+  }
+
+  #claim(conn: RawConnection, tenantId: string): void {
+    this.#owner.set(conn, tenantId);
+    this.#heldBy.set(tenantId, this.#held(tenantId) + 1);
+  }
+
+  #takeFree(db: string): Slot | undefined {
+    const same = this.#free.get(db);
+    let slot = same?.pop();
+    if (slot === undefined) {
+      // No free connection on this database: take the one idle longest (least likely to be wanted back).
+      let oldest: Slot[] | undefined;
+      for (const list of this.#free.values()) {
+        if (list.length > 0 && (oldest === undefined || list[0]!.idleSince < oldest[0]!.idleSince)) oldest = list;
+      }
+      slot = oldest?.shift();
+    }
+    if (slot === undefined) return undefined;
+    this.#freeCount--;
+    const list = this.#free.get(slot.db);
+    if (list !== undefined && list.length === 0) this.#free.delete(slot.db);
+    return slot;
+  }
+
+  async #assign(slot: Slot, tenantId: string, db: string): Promise<RawConnection> {
+    this.#claim(slot.conn, tenantId);
+    if (slot.db === db) {
+      this.#counters.affinityHits++;
+      return slot.conn;
+    }
+    try {
+      await this.#use(slot, db);
+    } catch (error) {
+      this.release(slot.conn);
+      throw mapSwitchError(tenantId, error);
+    }
+    this.#counters.switches++;
+    return slot.conn;
+  }
+
+  async #create(tenantId: string, db: string): Promise<RawConnection> {
+    this.#creating++;
+    let conn: RawConnection;
+    try {
+      conn = (await this.#client.acquireRawConnection()) as RawConnection;
+    } catch (error) {
+      this.#creating--;
+      this.#pump();
+      throw new TenantUnavailableError(tenantId, { cause: error, reason: 'its database server refused a connection' });
+    }
+    this.#creating--;
+    this.#counters.created++;
+    const slot: Slot = { conn, db: undefined, idleSince: Date.now() };
+    this.#slots.set(conn, slot);
+    this.#claim(conn, tenantId);
+    try {
+      await this.#use(slot, db);
+    } catch (error) {
+      this.release(conn);
+      throw mapSwitchError(tenantId, error);
+    }
+    return conn;
+  }
+
+  #use(slot: Slot, db: string): Promise<void> {
+    const sql = `USE \`${db.replace(/`/g, '``')}\``;
+    return new Promise((resolve, reject) => {
+      slot.conn.query(sql, (error) => {
+        if (error) return reject(error);
+        slot.db = db;
+        resolve();
+      });
+    });
+  }
+
+  /** The first waiter that may take a connection, preferring one on database `db`. */
+  #nextWaiter(db: string | undefined): Waiter | undefined {
+    let first = -1;
+    const end = Math.min(this.#waiters.length, LOOKAHEAD);
+    for (let i = 0; i < end; i++) {
+      const waiter = this.#waiters[i]!;
+      if (this.#held(waiter.tenantId) >= this.#options.perTenantMax) continue;
+      if (waiter.db === db) {
+        first = i;
+        break;
+      }
+      if (first < 0) first = i;
+    }
+    if (first < 0) return undefined;
+    const [waiter] = this.#waiters.splice(first, 1);
+    clearTimeout(waiter!.timer);
+    return waiter;
+  }
+
+  /** Serves waiters from free connections or new ones while capacity allows. */
+  #pump(): void {
+    while (this.#waiters.length > 0 && !this.#closed) {
+      const canCreate = this.#slots.size + this.#creating < this.#options.max;
+      if (this.#freeCount === 0 && !canCreate) return;
+      const waiter = this.#nextWaiter(undefined);
+      if (waiter === undefined) return;
+      const slot = this.#takeFree(waiter.db);
+      const served = slot !== undefined ? this.#assign(slot, waiter.tenantId, waiter.db) : this.#create(waiter.tenantId, waiter.db);
+      served.then(waiter.resolve, waiter.reject);
+    }
+  }
+
+  #reapIdle(): void {
+    const cutoff = Date.now() - this.#options.idleTimeoutMs;
+    for (const [db, list] of this.#free) {
+      while (list.length > 0 && list[0]!.idleSince <= cutoff) {
+        this.#freeCount--;
+        void this.#destroy(list.shift()!);
+      }
+      if (list.length === 0) this.#free.delete(db);
+    }
+  }
+
+  #destroy(slot: Slot): Promise<unknown> {
+    this.#slots.delete(slot.conn);
+    this.#counters.destroyed++;
+    return Promise.resolve(this.#client.destroyRawConnection(slot.conn as never)).catch(() => undefined);
+  }
+}
+
+function mapSwitchError(tenantId: string, error: unknown): Error {
+  // 1049: the tenant's database does not exist (never created, or dropped).
+  if ((error as { errno?: unknown }).errno === 1049) return new UnknownTenantError(tenantId, { cause: error });
+  const code = (error as { code?: unknown }).code;
+  return new TenantUnavailableError(tenantId, { cause: error, reason: typeof code === 'string' ? code : 'switching its database failed' });
+}

@@ -1,0 +1,102 @@
+import type { Knex } from 'knex';
+import { TenantUnavailableError } from './errors';
+
+/** Options of the connection budget of the pool-per-tenant strategy. */
+export interface ConnectionBudgetOptions {
+  /** Total connections all tenant pools may hold at once. */
+  max: number;
+  /** 'wait' queues a new connection until one is freed (up to `acquireTimeoutMs`); 'reject' fails at once. */
+  overflow: 'wait' | 'reject';
+  acquireTimeoutMs: number;
+  /** Asked to close an idle pool to make room; returns false when no pool can be closed. */
+  reclaim(): boolean;
+}
+
+interface Waiter {
+  resolve(): void;
+  timer: NodeJS.Timeout;
+}
+
+/**
+ * A global cap on the connections of all tenant pools together. Each tenant pool's client takes a
+ * unit before it opens a connection and gives it back when the connection closes; when the budget is
+ * spent, the least recently used idle pool is closed to make room, then the opener waits or fails
+ * with a 503-mapped `TenantUnavailableError`.
+ */
+export class ConnectionBudget {
+  readonly #options: ConnectionBudgetOptions;
+  readonly #waiters: Waiter[] = [];
+  #used = 0;
+  #peak = 0;
+  #timeouts = 0;
+
+  constructor(options: ConnectionBudgetOptions) {
+    this.#options = options;
+  }
+
+  /** Wraps a tenant knex's client so that every connection it opens is counted against the budget. */
+  attach(knex: Knex, tenantId: string): void {
+    const client = knex.client as Knex.Client & Record<string, (...args: never[]) => Promise<unknown>>;
+    const acquireRaw = client.acquireRawConnection!.bind(client);
+    const destroyRaw = client.destroyRawConnection!.bind(client);
+    client.acquireRawConnection = async () => {
+      await this.take(tenantId);
+      try {
+        return await acquireRaw();
+      } catch (error) {
+        this.give();
+        throw error;
+      }
+    };
+    client.destroyRawConnection = async (connection: never) => {
+      try {
+        return await destroyRaw(connection);
+      } finally {
+        this.give();
+      }
+    };
+  }
+
+  async take(tenantId: string): Promise<void> {
+    if (this.#used < this.#options.max) {
+      this.#count();
+      return;
+    }
+    const reclaiming = this.#options.reclaim();
+    if (!reclaiming && this.#options.overflow === 'reject') throw this.#exhausted(tenantId);
+    await new Promise<void>((resolve, reject) => {
+      const waiter: Waiter = {
+        resolve,
+        timer: setTimeout(() => {
+          this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
+          this.#timeouts++;
+          reject(this.#exhausted(tenantId));
+        }, this.#options.acquireTimeoutMs),
+      };
+      this.#waiters.push(waiter);
+    });
+  }
+
+  give(): void {
+    const waiter = this.#waiters.shift();
+    if (waiter !== undefined) {
+      clearTimeout(waiter.timer);
+      waiter.resolve(); // the unit passes straight to the waiter
+      return;
+    }
+    this.#used--;
+  }
+
+  stats(): { max: number; used: number; peak: number; waiting: number; timeouts: number } {
+    return { max: this.#options.max, used: this.#used, peak: this.#peak, waiting: this.#waiters.length, timeouts: this.#timeouts };
+  }
+
+  #count(): void {
+    this.#used++;
+    if (this.#used > this.#peak) this.#peak = this.#used;
+  }
+
+  #exhausted(tenantId: string): TenantUnavailableError {
+    return new TenantUnavailableError(tenantId, { reason: `the connection budget of ${this.#options.max} is spent` });
+  }
+}

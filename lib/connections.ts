@@ -1,0 +1,147 @@
+import type { Knex } from 'knex';
+import knexFactory from 'knex';
+import { ConnectionBudget } from './connection-budget';
+import { TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
+import { PoolCache, type TenantConnections } from './pool-cache';
+import { SharedConnections, type TenantLocation } from './shared-connections';
+import { warnOutsideTransaction } from './transaction';
+
+/** How tenant connections are made, shared by both strategies' options. */
+export interface ConnectionOptions {
+  /**
+   * `'pool-per-tenant'` (default): one knex and pool per tenant, from `knexConfig`. `'shared'`: one
+   * pool per database server (`servers`), tenants located with `locate`, connections switched to the
+   * tenant's database with `USE` (MySQL/MariaDB).
+   */
+  strategy?: 'pool-per-tenant' | 'shared';
+  /** The knex config of a tenant's database (or a promise of it). Required for 'pool-per-tenant'. */
+  knexConfig?(tenantId: string): Knex.Config | Promise<Knex.Config>;
+  /** 'shared': one knex config per server key, without `database`; `pool.max` is that server's connection budget. */
+  servers?: Readonly<Record<string, Knex.Config>>;
+  /** 'shared': the server key and database name of a tenant. Call `tenancy.forget(id)` after moving a tenant. */
+  locate?(tenantId: string): TenantLocation | Promise<TenantLocation>;
+  /** 'shared': connections one tenant may hold at once on its server. Default: half of the server's `pool.max`. */
+  maxConnectionsPerTenant?: number;
+  /** 'shared': cap on cached tenant handles (a few hundred bytes each, no connection). Default 100 000. */
+  maxTenants?: number;
+  /** 'pool-per-tenant': cap on cached tenant pools; the least recently used is evicted beyond it. Default 50. */
+  maxPools?: number;
+  /** 'pool-per-tenant': total connections all tenant pools may hold at once. Default: no budget. */
+  maxConnections?: number;
+  /** When no connection can be had: `'wait'` (default) up to `acquireTimeoutMs`, or `'reject'` at once (503). */
+  overflow?: 'wait' | 'reject';
+  /** How long a query may wait for a connection under the budget or a shared pool. Default 10 000 ms. */
+  acquireTimeoutMs?: number;
+  /** A tenant pool unused for this long is closed ('shared': an idle connection). Default 60 000 ms; 0 disables. */
+  idleTimeoutMs?: number;
+  /** Run `select 1` when a tenant's connection is first opened, so a dropped database or dead server fails fast. Default true. */
+  verifyConnection?: boolean;
+  /** Builds a knex from a config. Default: knex's own factory. */
+  createKnex?(config: Knex.Config): Knex;
+  /**
+   * Warn (once per statement) when a query runs on the tenant's bare knex while a transaction is open
+   * in the same scope. Default: on unless `NODE_ENV` is `production`.
+   */
+  warnOutsideTransaction?: boolean;
+}
+
+export const CONNECTION_DEFAULTS = Object.freeze({
+  maxPools: 50,
+  maxTenants: 100_000,
+  idleTimeoutMs: 60_000,
+  acquireTimeoutMs: 10_000,
+  verifyConnection: true,
+});
+
+/** @internal The tenant connections of a tenancy, and the budget when one is set. */
+export function createConnections(options: ConnectionOptions): { connections: TenantConnections; budget: ConnectionBudget | undefined } {
+  const createKnex = options.createKnex ?? knexFactory;
+  const warn = options.warnOutsideTransaction ?? process.env.NODE_ENV !== 'production';
+  const verify = (options.verifyConnection ?? CONNECTION_DEFAULTS.verifyConnection) ? verifyKnex : undefined;
+  const idleTimeoutMs = options.idleTimeoutMs ?? CONNECTION_DEFAULTS.idleTimeoutMs;
+  const acquireTimeoutMs = options.acquireTimeoutMs ?? CONNECTION_DEFAULTS.acquireTimeoutMs;
+  const overflow = options.overflow ?? 'wait';
+
+  if (options.strategy === 'shared') {
+    const connections = new SharedConnections({
+      servers: options.servers!,
+      locate: options.locate!,
+      perTenantMax: options.maxConnectionsPerTenant,
+      acquireTimeoutMs,
+      idleTimeoutMs,
+      overflow,
+      maxTenants: options.maxTenants ?? CONNECTION_DEFAULTS.maxTenants,
+      createKnex,
+      verify,
+      onServerKnex: (knex) => {
+        if (warn) knex.on('query', warnOutsideTransaction(knex));
+      },
+    });
+    return { connections, budget: undefined };
+  }
+
+  let cache: PoolCache | undefined;
+  const budget =
+    options.maxConnections === undefined
+      ? undefined
+      : new ConnectionBudget({ max: options.maxConnections, overflow, acquireTimeoutMs, reclaim: () => cache!.reclaimIdle() });
+  cache = new PoolCache({
+    maxPools: options.maxPools ?? CONNECTION_DEFAULTS.maxPools,
+    idleTimeoutMs,
+    onIdle: budget === undefined ? undefined : () => {
+      if (budget.stats().waiting > 0) cache!.reclaimIdle();
+    },
+    open: async (tenantId) => {
+      let knex: Knex;
+      try {
+        knex = createKnex(withPoolDefaults(await options.knexConfig!(tenantId), acquireTimeoutMs, budget !== undefined));
+      } catch (error) {
+        throw error instanceof TenantError ? error : new TenantUnavailableError(tenantId, { cause: error, reason: 'its knex config could not be built' });
+      }
+      budget?.attach(knex, tenantId);
+      if (verify !== undefined) {
+        try {
+          await verify(knex, tenantId);
+        } catch (error) {
+          await knex.destroy().catch(() => undefined);
+          throw error;
+        }
+      }
+      if (warn) knex.on('query', warnOutsideTransaction(knex));
+      return knex;
+    },
+  });
+  return { connections: cache, budget };
+}
+
+/**
+ * The knex config of a tenant under either strategy: `knexConfig(id)`, or for 'shared' the server's
+ * config with the tenant's database. For tools that need their own connection (migrations).
+ */
+export async function tenantKnexConfig(options: ConnectionOptions, tenantId: string): Promise<Knex.Config> {
+  if (options.strategy !== 'shared') return options.knexConfig!(tenantId);
+  const { server, database } = await options.locate!(tenantId);
+  const config = options.servers![server];
+  if (config === undefined) throw new TenantUnavailableError(tenantId, { reason: `locate() named server "${server}", which is not in options.servers` });
+  return { ...config, connection: { ...(config.connection as object), database } as Knex.StaticConnectionConfig };
+}
+
+/** Tenant pools start empty and shrink back when idle: thousands of tenants must not hold `min` connections each. */
+function withPoolDefaults(config: Knex.Config, acquireTimeoutMs: number, budgeted: boolean): Knex.Config {
+  const pool = { min: 0, idleTimeoutMillis: 30_000, ...config.pool };
+  // Under a budget, a connection waits for the budget first; the pool's own timeout must not be shorter.
+  return budgeted ? { acquireConnectionTimeout: acquireTimeoutMs + 1_000, ...config, pool } : { ...config, pool };
+}
+
+/** One query through the new knex; a missing database is an unknown tenant, anything else unavailable. */
+async function verifyKnex(knex: Knex, tenantId: string): Promise<void> {
+  try {
+    await knex.raw('select 1');
+  } catch (error) {
+    if (error instanceof TenantError) throw error;
+    // 1049: unknown database (mysql2).
+    if ((error as { errno?: unknown }).errno === 1049) throw new UnknownTenantError(tenantId, { cause: error });
+    const code = (error as { code?: unknown }).code;
+    throw new TenantUnavailableError(tenantId, { cause: error, reason: typeof code === 'string' ? code : 'the connection check failed' });
+  }
+}

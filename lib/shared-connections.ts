@@ -1,0 +1,198 @@
+import type { Knex } from 'knex';
+import { AffinityPool, type AffinityPoolOptions, type AffinityPoolStats } from './affinity-pool';
+import { TenancyDestroyedError, TenantError, TenantUnavailableError } from './errors';
+import type { PoolCacheStats, TenantConnections, TenantLease } from './pool-cache';
+
+/** Where a tenant lives: a server key of `options.servers` and the database name on it. */
+export interface TenantLocation {
+  server: string;
+  database: string;
+}
+
+export interface SharedConnectionsOptions {
+  /** One knex config per database server (no `database`); `pool.max` is the server's connection budget. */
+  servers: Readonly<Record<string, Knex.Config>>;
+  /** Maps a (validated) tenant id to its server and database. */
+  locate(tenantId: string): TenantLocation | Promise<TenantLocation>;
+  perTenantMax: number | undefined;
+  acquireTimeoutMs: number;
+  idleTimeoutMs: number;
+  overflow: 'wait' | 'reject';
+  /** Cap on cached tenant handles (LRU); a handle is a few hundred bytes, no connection. */
+  maxTenants: number;
+  /** Builds the knex of a server. */
+  createKnex(config: Knex.Config): Knex;
+  /** Checks a new handle (one query through it), so a missing database fails fast. */
+  verify: ((knex: Knex, tenantId: string) => Promise<void>) | undefined;
+  /** Called once per server knex (the tenancy attaches its development warning there). */
+  onServerKnex?(knex: Knex): void;
+}
+
+interface Server {
+  readonly knex: Knex;
+  readonly pool: AffinityPool;
+}
+
+interface Handle {
+  readonly knex: Knex;
+  leases: number;
+}
+
+/** Stats of the shared strategy. */
+export interface SharedStats extends PoolCacheStats {
+  /** Cached tenant handles. */
+  tenants: number;
+  servers: Record<string, AffinityPoolStats>;
+}
+
+/**
+ * The shared-pool strategy: one pool per database server, and per tenant only a handle: a knex whose
+ * client borrows connections from its server's pool, switched to the tenant's database on demand.
+ * Thousands of tenant databases are served over a fixed number of connections.
+ */
+export class SharedConnections implements TenantConnections {
+  readonly #options: SharedConnectionsOptions;
+  readonly #servers = new Map<string, Server>();
+  readonly #handles = new Map<string, Handle>();
+  readonly #opening = new Map<string, Promise<Handle>>();
+  #destroyed = false;
+  readonly #counters = { created: 0, evictions: 0, failures: 0 };
+
+  constructor(options: SharedConnectionsOptions) {
+    this.#options = options;
+  }
+
+  async lease(tenantId: string): Promise<TenantLease> {
+    if (this.#destroyed) throw new TenancyDestroyedError();
+    let handle = this.#handles.get(tenantId);
+    if (handle !== undefined) {
+      this.#handles.delete(tenantId);
+      this.#handles.set(tenantId, handle);
+    } else {
+      let opening = this.#opening.get(tenantId);
+      if (opening === undefined) {
+        opening = this.#open(tenantId).finally(() => this.#opening.delete(tenantId));
+        this.#opening.set(tenantId, opening);
+      }
+      handle = await opening;
+    }
+    const held = handle;
+    held.leases++;
+    let released = false;
+    return {
+      knex: held.knex,
+      release: () => {
+        if (!released) {
+          released = true;
+          held.leases--;
+        }
+      },
+    };
+  }
+
+  /** Drops the tenant's handle (no connection is closed): the next lease locates the tenant again. */
+  async evict(tenantId: string): Promise<void> {
+    if (this.#handles.delete(tenantId)) this.#counters.evictions++;
+  }
+
+  stats(): SharedStats {
+    let leases = 0;
+    for (const handle of this.#handles.values()) leases += handle.leases;
+    const servers: Record<string, AffinityPoolStats> = {};
+    for (const [key, server] of this.#servers) servers[key] = server.pool.stats();
+    return { pools: this.#servers.size, draining: 0, leases, tenants: this.#handles.size, ...this.#counters, servers };
+  }
+
+  async destroy(): Promise<void> {
+    this.#destroyed = true;
+    this.#handles.clear();
+    await Promise.all([...this.#servers.values()].map(async (server) => {
+      await server.pool.destroy();
+      await server.knex.destroy();
+    }));
+  }
+
+  async #open(tenantId: string): Promise<Handle> {
+    let location: TenantLocation;
+    try {
+      location = await this.#options.locate(tenantId);
+    } catch (error) {
+      this.#counters.failures++;
+      throw error instanceof TenantError ? error : new TenantUnavailableError(tenantId, { cause: error, reason: 'locating it failed' });
+    }
+    const server = this.#server(location.server, tenantId);
+    const knex = tenantHandle(server, tenantId, location.database);
+    if (this.#options.verify !== undefined) {
+      try {
+        await this.#options.verify(knex, tenantId);
+      } catch (error) {
+        this.#counters.failures++;
+        throw error;
+      }
+    }
+    if (this.#destroyed) throw new TenancyDestroyedError();
+    const handle: Handle = { knex, leases: 0 };
+    this.#handles.set(tenantId, handle);
+    this.#counters.created++;
+    this.#trim();
+    return handle;
+  }
+
+  #server(key: string, tenantId: string): Server {
+    let server = this.#servers.get(key);
+    if (server !== undefined) return server;
+    const config = this.#options.servers[key];
+    if (config === undefined) {
+      throw new TenantUnavailableError(tenantId, { reason: `locate() named server "${key}", which is not in options.servers` });
+    }
+    const knex = this.#options.createKnex({ ...config, pool: { min: 0, max: 1 } });
+    const max = config.pool?.max ?? 10;
+    const poolOptions: AffinityPoolOptions = {
+      max,
+      perTenantMax: this.#options.perTenantMax ?? Math.max(1, Math.ceil(max / 2)),
+      acquireTimeoutMs: this.#options.acquireTimeoutMs,
+      idleTimeoutMs: this.#options.idleTimeoutMs,
+      overflow: this.#options.overflow,
+    };
+    server = { knex, pool: new AffinityPool(knex.client, poolOptions) };
+    this.#servers.set(key, server);
+    this.#options.onServerKnex?.(knex);
+    return server;
+  }
+
+  #trim(): void {
+    for (const [id, handle] of this.#handles) {
+      if (this.#handles.size <= this.#options.maxTenants) return;
+      if (handle.leases > 0) continue;
+      this.#handles.delete(id);
+      this.#counters.evictions++;
+    }
+  }
+}
+
+/**
+ * A knex for one tenant on a shared server pool, costing a few objects rather than a knex instance:
+ * it inherits everything from the server's knex, and only its client's connection methods differ.
+ * The server's knex is never handed out, so nothing is bound to it (objection keeps bound models on
+ * `knex.$$objection`, which each handle then owns).
+ */
+function tenantHandle(server: Server, tenantId: string, database: string): Knex {
+  const base = server.knex as Knex & { context: { client: unknown } };
+  const client = Object.create(base.client) as Knex.Client & Record<string, unknown>;
+  client.acquireConnection = () => server.pool.acquire(tenantId, database);
+  client.releaseConnection = (conn: never) => {
+    server.pool.release(conn);
+    return Promise.resolve();
+  };
+  // The server's pool outlives every handle.
+  client.destroy = () => Promise.resolve();
+  const context = Object.create(base.context) as { client: unknown; queryBuilder(): Knex.QueryBuilder };
+  context.client = client;
+  const handle = function (tableName?: string, options?: unknown) {
+    const builder = context.queryBuilder();
+    return tableName ? builder.table(tableName, options as never) : builder;
+  } as unknown as Knex & { context: unknown };
+  Object.setPrototypeOf(handle, base);
+  handle.context = context;
+  return handle;
+}
