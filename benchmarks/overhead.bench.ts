@@ -5,23 +5,29 @@
  *   1. raw mysql2 (promise pool, `query`)
  *   2. knex alone
  *   3. `Person.query(knex)`              (objection docs: pass the knex to every query)
+ *   3'. the same with the library's AsyncLocalStorage disabled for the cell: what a process that never
+ *       opens a tenant scope pays (on Node 20 an enabled AsyncLocalStorage adds promise hooks to every
+ *       promise of the process, variant 3 included, so the 5-vs-3 ratio alone hides that cost)
  *   4. `Person.bindKnex(knex).query()`   (objection docs: a bound class, created once)
  *   5. `TPerson.query()` inside one tenant scope per worker (one scope per request, the real shape)
  *   6. `runWithTenant(id, () => TPerson.query())` per query (shows the cost of entering a scope)
  * at 1 and 32 queries in flight (closed loop: N workers, each awaits one query at a time).
- * Rounds interleave the variants (rotated order, a GC before each cell) to damp drift.
+ * Many short rounds interleave the variants (rotated order) to damp drift and noisy neighbours; the
+ * process CPU time per op is reported beside the wall time because it is far less sensitive to other
+ * load on the machine. No forced GC between cells: on Node 20 a `gc()` before each cell made every
+ * variant's next half second about 4x more CPU-hungry, which measures the collector, not the query path.
  *
  * Run: `npm run bench:overhead`. Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test),
- * BENCH_ROUNDS (5), BENCH_CELL_MS (1200), BENCH_WARMUP_MS (800).
+ * BENCH_ROUNDS (15), BENCH_CELL_MS (300), BENCH_WARMUP_MS (500).
  * Prints one table and ends with one line `RESULT {...}`: time per op of variant 5 over variant 3.
  */
 import os from 'node:os';
-import v8 from 'node:v8';
-import vm from 'node:vm';
 import knexFactory, { type Knex } from 'knex';
 import mysql from 'mysql2/promise';
 import { Model } from 'objection';
 import { createTenancy, TenantModel } from '../lib/index';
+// Internal: only to switch the library's AsyncLocalStorage off for variant 3'.
+import { globalState } from '../lib/scope';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
 const DATABASE = 'ot_bench_overhead';
@@ -29,9 +35,9 @@ const TENANT = 'bench';
 const ROWS = 1000;
 const POOL_MAX = 10;
 const CONCURRENCIES = [1, 32] as const;
-const ROUNDS = intEnv('BENCH_ROUNDS', 5);
-const CELL_MS = intEnv('BENCH_CELL_MS', 1200);
-const WARMUP_MS = intEnv('BENCH_WARMUP_MS', 800);
+const ROUNDS = intEnv('BENCH_ROUNDS', 15);
+const CELL_MS = intEnv('BENCH_CELL_MS', 300);
+const WARMUP_MS = intEnv('BENCH_WARMUP_MS', 500);
 
 function intEnv(name: string, fallback: number): number {
   const value = process.env[name];
@@ -40,10 +46,6 @@ function intEnv(name: string, fallback: number): number {
   if (!Number.isInteger(parsed) || parsed <= 0) throw new TypeError(`${name} must be a positive integer`);
   return parsed;
 }
-
-// A GC before each measured cell, so one variant's garbage is not collected on the next one's clock.
-v8.setFlagsFromString('--expose-gc');
-const gc = vm.runInNewContext('gc') as () => void;
 
 function connection(database?: string): mysql.ConnectionOptions & Knex.MySql2ConnectionConfig {
   const url = new URL(MYSQL_URL);
@@ -85,11 +87,15 @@ interface Variant {
   once(id: number): PromiseLike<Row | undefined>;
   /** Wraps a worker's whole loop (variant 5: one tenant scope per worker, like one per request). */
   around?(loop: () => Promise<void>): Promise<void>;
+  /** Runs with the library's AsyncLocalStorage disabled (variant 3'). */
+  withoutAls?: boolean;
 }
 
 interface Cell {
   /** Nanoseconds per op (wall time / ops) of each round. */
   nsPerOp: number[];
+  /** Process CPU nanoseconds (user + system) per op of each round. */
+  cpuNsPerOp: number[];
   opsPerSec: number[];
   /** Every measured query latency, ns, all rounds. */
   latencies: number[];
@@ -122,8 +128,14 @@ async function dropDatabase(): Promise<void> {
 }
 
 /** Runs `concurrency` closed-loop workers for `ms`; returns wall ns and pushes each latency. */
-async function runCell(variant: Variant, concurrency: number, ms: number, latencies: number[] | undefined): Promise<{ ns: number; ops: number }> {
+async function runCell(
+  variant: Variant,
+  concurrency: number,
+  ms: number,
+  latencies: number[] | undefined,
+): Promise<{ ns: number; cpuNs: number; ops: number }> {
   let ops = 0;
+  const cpuStart = process.cpuUsage();
   const start = process.hrtime.bigint();
   const deadline = start + BigInt(ms) * 1_000_000n;
   const loop = async (): Promise<void> => {
@@ -140,7 +152,9 @@ async function runCell(variant: Variant, concurrency: number, ms: number, latenc
   const workers: Promise<void>[] = [];
   for (let i = 0; i < concurrency; i++) workers.push(variant.around ? variant.around(loop) : loop());
   await Promise.all(workers);
-  return { ns: Number(process.hrtime.bigint() - start), ops };
+  const ns = Number(process.hrtime.bigint() - start);
+  const cpu = process.cpuUsage(cpuStart);
+  return { ns, cpuNs: (cpu.user + cpu.system) * 1000, ops };
 }
 
 function median(values: readonly number[]): number {
@@ -188,6 +202,12 @@ async function main(): Promise<void> {
       once: (id) => Person.query(knexPassing).findById(id),
     },
     {
+      key: 'passingNoAls',
+      label: "3' Person.query(knex) no ALS",
+      once: (id) => Person.query(knexPassing).findById(id),
+      withoutAls: true,
+    },
+    {
       key: 'bindKnex',
       label: '4 Person.bindKnex(knex)',
       once: (id) => BoundPerson.query().findById(id),
@@ -205,6 +225,16 @@ async function main(): Promise<void> {
     },
   ];
 
+  // Before each cell: the AsyncLocalStorage on (a scope opened once turns it on) or off (variant 3').
+  const prepare = async (variant: Variant): Promise<void> => {
+    if (variant.withoutAls) globalState.storage.disable();
+    else await tenancy.runWithTenant(TENANT, () => undefined);
+  };
+  const measure = async (variant: Variant, c: number, ms: number, latencies?: number[]) => {
+    await prepare(variant);
+    return runCell(variant, c, ms, latencies);
+  };
+
   try {
     // Every variant must read the right row, and the implicit ones must go through the tenancy's pool.
     for (const variant of variants) {
@@ -215,13 +245,14 @@ async function main(): Promise<void> {
 
     const cells = new Map<string, Cell>();
     for (const variant of variants) {
-      for (const c of CONCURRENCIES) cells.set(`${variant.key}@${c}`, { nsPerOp: [], opsPerSec: [], latencies: [] });
+      for (const c of CONCURRENCIES) cells.set(`${variant.key}@${c}`, { nsPerOp: [], cpuNsPerOp: [], opsPerSec: [], latencies: [] });
     }
+    const loadBefore = os.loadavg()[0]!;
 
     const started = Date.now();
     process.stderr.write(`warm-up: ${variants.length * CONCURRENCIES.length} cells x ${WARMUP_MS} ms\n`);
     for (const c of [...CONCURRENCIES].reverse()) {
-      for (const variant of variants) await runCell(variant, c, WARMUP_MS, undefined);
+      for (const variant of variants) await measure(variant, c, WARMUP_MS);
     }
     for (let round = 0; round < ROUNDS; round++) {
       process.stderr.write(`round ${round + 1}/${ROUNDS}\n`);
@@ -231,17 +262,19 @@ async function main(): Promise<void> {
       for (const c of concurrencies) {
         for (const variant of order) {
           const cell = cells.get(`${variant.key}@${c}`)!;
-          gc();
-          const { ns, ops } = await runCell(variant, c, CELL_MS, cell.latencies);
+          const { ns, cpuNs, ops } = await measure(variant, c, CELL_MS, cell.latencies);
           cell.nsPerOp.push(ns / ops);
+          cell.cpuNsPerOp.push(cpuNs / ops);
           cell.opsPerSec.push((ops * 1e9) / ns);
         }
       }
     }
     const seconds = ((Date.now() - started) / 1000).toFixed(0);
+    const loadAfter = os.loadavg()[0]!;
 
-    const ratio = (key: string, c: number): number =>
-      median(cells.get(`${key}@${c}`)!.nsPerOp) / median(cells.get(`passing@${c}`)!.nsPerOp);
+    const perOp = (key: string, c: number, what: 'nsPerOp' | 'cpuNsPerOp' = 'nsPerOp'): number => median(cells.get(`${key}@${c}`)![what]);
+    const ratio = (key: string, c: number, base = 'passing', what: 'nsPerOp' | 'cpuNsPerOp' = 'nsPerOp'): number =>
+      perOp(key, c, what) / perOp(base, c, what);
 
     const cpu = os.cpus();
     console.log('');
@@ -250,18 +283,23 @@ async function main(): Promise<void> {
       `Node ${process.version}, MariaDB ${mariadbVersion}, knex ${versionOf('knex')}, objection ${versionOf('objection')}, ` +
         `mysql2 ${versionOf('mysql2')}`,
     );
-    console.log(`${os.platform()} ${os.arch()}, ${cpu.length} x ${cpu[0]?.model.trim() ?? 'unknown CPU'} (shared with the database server)`);
+    console.log(
+      `${os.platform()} ${os.arch()}, ${cpu.length} x ${cpu[0]?.model.trim() ?? 'unknown CPU'} (shared with the database server); ` +
+        `load average ${loadBefore.toFixed(2)} before, ${loadAfter.toFixed(2)} after`,
+    );
     console.log(`${ROUNDS} rounds x ${CELL_MS} ms per cell after ${WARMUP_MS} ms warm-up; medians across rounds; latency over all rounds; ${seconds} s`);
     console.log('');
     const header = [
       pad('variant', 28),
       pad('in flight', 9, true),
       pad('ops/s', 9, true),
-      pad('spread', 7, true),
+      pad('iqr', 7, true),
       pad('us/op', 8, true),
+      pad('cpu us/op', 9, true),
       pad('p50 us', 8, true),
       pad('p99 us', 8, true),
       pad('vs (3)', 7, true),
+      pad('cpu vs (3)', 10, true),
     ].join('  ');
     console.log(header);
     console.log('-'.repeat(header.length));
@@ -269,7 +307,7 @@ async function main(): Promise<void> {
       for (const variant of variants) {
         const cell = cells.get(`${variant.key}@${c}`)!;
         const ops = median(cell.opsPerSec);
-        const spread = (Math.max(...cell.opsPerSec) - Math.min(...cell.opsPerSec)) / ops;
+        const spread = (percentile(cell.opsPerSec, 0.75) - percentile(cell.opsPerSec, 0.25)) / ops;
         console.log(
           [
             pad(variant.label, 28),
@@ -277,22 +315,29 @@ async function main(): Promise<void> {
             pad(ops.toFixed(0), 9, true),
             pad(`${(spread * 100).toFixed(1)}%`, 7, true),
             pad((median(cell.nsPerOp) / 1000).toFixed(1), 8, true),
+            pad((median(cell.cpuNsPerOp) / 1000).toFixed(1), 9, true),
             pad((percentile(cell.latencies, 0.5) / 1000).toFixed(0), 8, true),
             pad((percentile(cell.latencies, 0.99) / 1000).toFixed(0), 8, true),
             pad(ratio(variant.key, c).toFixed(3), 7, true),
+            pad(ratio(variant.key, c, 'passing', 'cpuNsPerOp').toFixed(3), 10, true),
           ].join('  '),
         );
       }
       console.log('');
     }
-    console.log('us/op = wall time / ops (1 / throughput); spread = (max - min) / median of ops/s across rounds;');
-    console.log('vs (3) = us/op over that of Person.query(knex) at the same concurrency (lower is better).');
+    console.log('us/op = wall time / ops (1 / throughput); cpu us/op = this process\'s CPU time / ops (the database');
+    console.log('server\'s is not counted); iqr = interquartile range / median of ops/s across rounds; vs (3) = us/op over');
+    console.log('that of Person.query(knex) at the same concurrency, cpu vs (3) the same for cpu us/op (lower is better).');
     console.log('');
     const result = {
       implicit_vs_passing_c1: round3(ratio('implicit', 1)),
       implicit_vs_passing_c32: round3(ratio('implicit', 32)),
       scope_per_query_vs_passing_c1: round3(ratio('scopePerQuery', 1)),
       scope_per_query_vs_passing_c32: round3(ratio('scopePerQuery', 32)),
+      implicit_vs_passing_no_als_c1: round3(ratio('implicit', 1, 'passingNoAls')),
+      implicit_vs_passing_no_als_c32: round3(ratio('implicit', 32, 'passingNoAls')),
+      implicit_vs_passing_cpu_c1: round3(ratio('implicit', 1, 'passing', 'cpuNsPerOp')),
+      implicit_vs_passing_cpu_c32: round3(ratio('implicit', 32, 'passing', 'cpuNsPerOp')),
       bindknex_vs_passing_c1: round3(ratio('bindKnex', 1)),
       bindknex_vs_passing_c32: round3(ratio('bindKnex', 32)),
     };

@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { TenancyDestroyedError, TenantUnavailableError, UnknownTenantError } from './errors';
+import { runInScopeSync } from './scope';
 
 /** A raw driver connection (a mysql2 `Connection`), as knex's client hands it out. */
 type RawConnection = {
@@ -112,8 +113,7 @@ export class AffinityPool {
     const tenantId = this.#owner.get(conn);
     if (tenantId !== undefined) {
       this.#owner.delete(conn);
-      this.#heldBy.set(tenantId, this.#held(tenantId) - 1);
-      if (this.#held(tenantId) <= 0) this.#heldBy.delete(tenantId);
+      this.#unhold(tenantId);
     }
     if (slot === undefined) return;
     if (this.#closed || !this.#client.validateConnection(conn as never)) {
@@ -163,6 +163,12 @@ export class AffinityPool {
     return this.#heldBy.get(tenantId) ?? 0;
   }
 
+  #unhold(tenantId: string): void {
+    const held = this.#held(tenantId) - 1;
+    if (held <= 0) this.#heldBy.delete(tenantId);
+    else this.#heldBy.set(tenantId, held);
+  }
+
   #claim(conn: RawConnection, tenantId: string): void {
     this.#owner.set(conn, tenantId);
     this.#heldBy.set(tenantId, this.#held(tenantId) + 1);
@@ -203,12 +209,18 @@ export class AffinityPool {
   }
 
   async #create(tenantId: string, db: string): Promise<RawConnection> {
+    // The tenant's share is taken before the connection exists, or concurrent acquires of one
+    // tenant would all see room under its cap while their connections are being opened.
     this.#creating++;
+    this.#heldBy.set(tenantId, this.#held(tenantId) + 1);
     let conn: RawConnection;
     try {
-      conn = (await this.#client.acquireRawConnection()) as RawConnection;
+      // Opened outside any scope: a socket's events run in the context it was created in, and this
+      // connection will serve many tenants (DESIGN: never let pool internals carry a tenant).
+      conn = (await runInScopeSync(undefined, () => this.#client.acquireRawConnection())) as RawConnection;
     } catch (error) {
       this.#creating--;
+      this.#unhold(tenantId);
       this.#pump();
       throw new TenantUnavailableError(tenantId, { cause: error, reason: 'its database server refused a connection' });
     }
@@ -216,7 +228,7 @@ export class AffinityPool {
     this.#counters.created++;
     const slot: Slot = { conn, db: undefined, idleSince: Date.now() };
     this.#slots.set(conn, slot);
-    this.#claim(conn, tenantId);
+    this.#owner.set(conn, tenantId);
     try {
       await this.#use(slot, db);
     } catch (error) {

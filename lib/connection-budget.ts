@@ -52,6 +52,9 @@ export class ConnectionBudget {
       try {
         return await destroyRaw(connection);
       } finally {
+        // mysql2 calls back once QUIT is written; the server still holds the connection until it
+        // closes the socket. The unit is free only then, or the server would briefly see more.
+        await socketClosed(connection);
         this.give();
       }
     };
@@ -99,4 +102,17 @@ export class ConnectionBudget {
   #exhausted(tenantId: string): TenantUnavailableError {
     return new TenantUnavailableError(tenantId, { reason: `the connection budget of ${this.#options.max} is spent` });
   }
+}
+
+/** Resolves when a driver connection's socket has closed (at most `timeoutMs` later). */
+export function socketClosed(connection: unknown, timeoutMs = 2_000): Promise<void> {
+  const stream = (connection as { stream?: { destroyed?: boolean; once?(event: string, fn: () => void): unknown } } | null)?.stream;
+  if (stream?.once === undefined || stream.destroyed === true) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, timeoutMs);
+    stream.once!('close', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }

@@ -4,6 +4,7 @@ import { ConnectionBudget } from './connection-budget';
 import { TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
 import { PoolCache, type TenantConnections } from './pool-cache';
 import { SharedConnections, type TenantLocation } from './shared-connections';
+import { runInScopeSync } from './scope';
 import { warnOutsideTransaction } from './transaction';
 
 /** How tenant connections are made, shared by both strategies' options. */
@@ -99,6 +100,7 @@ export function createConnections(options: ConnectionOptions): { connections: Te
         throw error instanceof TenantError ? error : new TenantUnavailableError(tenantId, { cause: error, reason: 'its knex config could not be built' });
       }
       budget?.attach(knex, tenantId);
+      openOutsideScopes(knex);
       if (verify !== undefined) {
         try {
           await verify(knex, tenantId);
@@ -131,6 +133,18 @@ function withPoolDefaults(config: Knex.Config, acquireTimeoutMs: number, budgete
   const pool = { min: 0, idleTimeoutMillis: 30_000, ...config.pool };
   // Under a budget, a connection waits for the budget first; the pool's own timeout must not be shorter.
   return budgeted ? { acquireConnectionTimeout: acquireTimeoutMs + 1_000, ...config, pool } : { ...config, pool };
+}
+
+/**
+ * Makes a knex open its connections outside any tenant scope. A driver socket's events run in the
+ * async context it was created in, so a connection opened inside some request's scope would carry
+ * that scope into every later stream `data` event on it; opened outside, such listeners see no tenant
+ * and fail closed (bind them with `bindTenant`).
+ */
+function openOutsideScopes(knex: Knex): void {
+  const client = knex.client as Knex.Client & { acquireRawConnection(): Promise<unknown> };
+  const acquireRaw = client.acquireRawConnection.bind(client);
+  client.acquireRawConnection = () => runInScopeSync(undefined, acquireRaw);
 }
 
 /** One query through the new knex; a missing database is an unknown tenant, anything else unavailable. */

@@ -25,6 +25,25 @@ export {
 } from './errors';
 export type { TenantErrorOptions } from './errors';
 // --- operations exports ---
+export type { TenantMigrations } from './tenant-migrations';
+export type { MigrateOptions, MigrationReport, MigrationStatus, RollbackOptions, TenantMigrationResult } from './tenant-migrations';
+export type { CreateTenantOptions, CreateTenantResult, DropTenantOptions, DropTenantResult } from './tenant-lifecycle';
+export type { ForEachTenantOptions, ForEachTenantReport, TenantJobResult } from './for-each-tenant';
+export { DEFAULT_CONCURRENCY } from './tenant-runner';
+export type { TenantProgress, TenantResult, TenantRunOptions, TenantsReport } from './tenant-runner';
+export {
+  MigrationsUnreadableError,
+  TenantAlreadyExistsError,
+  TenantDropNotConfirmedError,
+  TenantLifecycleError,
+  TenantMigrationError,
+} from './operation-errors';
+export type { TenantLifecycleStep } from './operation-errors';
 // --- end operations exports ---
 // --- propagation and jobs exports ---
+export { bindTenant } from './propagation';
+export { withTenant, tenantJob } from './jobs';
+export type { TenantJobData, TenantJobLike, TenantJobOptions } from './jobs';
+export { createTenantQueue, createTenantWorker } from './bullmq';
+export type { TenantWorkerOptions } from './bullmq';
 // --- end propagation and jobs exports ---

@@ -36,6 +36,8 @@ interface Server {
 interface Handle {
   readonly knex: Knex;
   leases: number;
+  /** Set once evicted: resolves the eviction when the last lease is given back. */
+  drained?: () => void;
 }
 
 /** Stats of the shared strategy. */
@@ -85,14 +87,26 @@ export class SharedConnections implements TenantConnections {
         if (!released) {
           released = true;
           held.leases--;
+          if (held.leases === 0) held.drained?.();
         }
       },
     };
   }
 
-  /** Drops the tenant's handle (no connection is closed): the next lease locates the tenant again. */
-  async evict(tenantId: string): Promise<void> {
-    if (this.#handles.delete(tenantId)) this.#counters.evictions++;
+  /**
+   * Drops the tenant's handle (no connection is closed): the next lease locates the tenant again.
+   * Resolves once the scopes holding the old handle are done, so that a caller dropping the
+   * tenant's database does not pull it from under requests in flight.
+   */
+  evict(tenantId: string): Promise<void> {
+    const handle = this.#handles.get(tenantId);
+    if (handle === undefined) return Promise.resolve();
+    this.#handles.delete(tenantId);
+    this.#counters.evictions++;
+    if (handle.leases === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      handle.drained = resolve;
+    });
   }
 
   stats(): SharedStats {

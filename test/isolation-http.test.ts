@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy, type Tenancy } from '../lib/index';
 import { BrokenPerson, brokenMiddleware, registerBrokenKnex } from './helpers/broken-tenancy';
-import { backends } from './helpers/databases';
+import { allStrategies } from './helpers/databases';
 import { createSchema, Person, seed } from './helpers/fixtures';
 import { jsonErrors, listen } from './helpers/http';
 import { isolationApp, runIsolationLoad } from './helpers/isolation';
@@ -18,7 +18,7 @@ const TENANTS = ['iso1', 'iso2', 'iso3', 'iso4'];
 const REQUESTS = 1200;
 const IN_FLIGHT = 48;
 
-for (const backend of backends('iso')) {
+for (const backend of allStrategies('iso')) {
   describe(`HTTP isolation on ${backend.name}`, { skip: backend.skip }, () => {
     let tenancy: Tenancy;
     const direct = new Map<string, Knex>();
@@ -32,7 +32,7 @@ for (const backend of backends('iso')) {
         direct.set(t, knex);
         registerBrokenKnex(t, knex);
       }
-      tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
+      tenancy = createTenancy({ ...backend.connectionOptions(), tenantExists: backend.databaseExists });
     });
     after(async () => {
       await tenancy.destroy();

@@ -7,19 +7,19 @@ import { after, before, beforeEach, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
 import { fn, raw, ref } from 'objection';
 import { createTenancy, runWithTenant, setDefaultTenancy, TenantContextMissingError, type Tenancy } from '../lib/index';
-import { backends } from './helpers/databases';
+import { allStrategies } from './helpers/databases';
 import { Audit, createSchema, Movie, Person, Pet, seed } from './helpers/fixtures';
 
 const TENANTS = ['t1', 't2', 't3'] as const;
 
-for (const backend of backends('conf')) {
+for (const backend of allStrategies('conf')) {
   describe(`model conformance on ${backend.name}`, { skip: backend.skip }, () => {
     let tenancy: Tenancy;
     const direct = new Map<string, Knex>();
 
     before(async () => {
       for (const t of TENANTS) await backend.createDatabase(t);
-      tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
+      tenancy = createTenancy({ ...backend.connectionOptions(), tenantExists: backend.databaseExists });
       setDefaultTenancy(tenancy);
       for (const t of TENANTS) {
         await tenancy.runWithTenant(t, () => createSchema(tenancy.knex(), t));

@@ -13,7 +13,7 @@ import {
   instanceTenantId,
   type Tenancy,
 } from '../lib/index';
-import { backends } from './helpers/databases';
+import { allStrategies } from './helpers/databases';
 import { createSchema, Movie, Person, Pet, seed } from './helpers/fixtures';
 
 const TENANTS = ['x1', 'x2'] as const;
@@ -24,7 +24,7 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
   return { promise, resolve };
 }
 
-for (const backend of backends('trx')) {
+for (const backend of allStrategies('trx')) {
   describe(`transactions on ${backend.name}`, { skip: backend.skip }, () => {
     let tenancy: Tenancy;
     const direct = new Map<string, Knex>();
@@ -37,7 +37,7 @@ for (const backend of backends('trx')) {
         direct.set(t, knexFactory(backend.knexConfig(t)));
         await createSchema(direct.get(t)!, t);
       }
-      tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists, onHookError: (e) => hookErrors.push(e) });
+      tenancy = createTenancy({ ...backend.connectionOptions(), tenantExists: backend.databaseExists, onHookError: (e) => hookErrors.push(e) });
     });
     beforeEach(async () => {
       for (const t of TENANTS) {

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
+import type { ConnectionOptions } from '../../lib/connections';
 
 export const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
 
@@ -30,7 +31,7 @@ export const skipMysql: string | undefined = mysqlProblem === undefined ? undefi
 
 /** One kind of tenant database: how to create, drop and connect to a tenant's database. */
 export interface Backend {
-  readonly name: 'sqlite' | 'mysql';
+  readonly name: 'sqlite' | 'mysql' | 'mysql-shared';
   readonly skip: string | undefined;
   knexConfig(tenantId: string): Knex.Config;
   createDatabase(tenantId: string): Promise<void>;
@@ -38,6 +39,8 @@ export interface Backend {
   databaseExists(tenantId: string): Promise<boolean>;
   /** Closes admin connections. */
   close(): Promise<void>;
+  /** The tenancy's connection options: `{ knexConfig }`, or the shared strategy's. */
+  connectionOptions(): ConnectionOptions;
 }
 
 /** SQLite: one file per tenant under a fresh temporary directory. */
@@ -59,6 +62,9 @@ export function sqliteBackend(label: string): Backend {
     },
     async close() {
       fs.rmSync(dir, { recursive: true, force: true });
+    },
+    connectionOptions() {
+      return { knexConfig: this.knexConfig };
     },
   };
 }
@@ -99,10 +105,34 @@ export function mysqlBackend(label: string, poolMax = 4): Backend {
       await admin?.destroy();
       admin = undefined;
     },
+    connectionOptions() {
+      return { knexConfig: this.knexConfig };
+    },
+  };
+}
+
+/** MariaDB through the shared strategy: one pool of `poolMax` connections, `USE` per tenant. */
+export function mysqlSharedBackend(label: string, poolMax = 3): Backend {
+  const backend = mysqlBackend(label, poolMax);
+  const { database: _database, ...server } = mysqlConnection();
+  void _database;
+  return {
+    ...backend,
+    name: 'mysql-shared',
+    connectionOptions: () => ({
+      strategy: 'shared',
+      servers: { main: { client: 'mysql2', connection: server, pool: { max: poolMax } } },
+      locate: (id: string) => ({ server: 'main', database: `ot_${label}_${id}`.replace(/-/g, '_') }),
+    }),
   };
 }
 
 /** Both backends, for suites that run once per database (the objection way). */
 export function backends(label: string): Backend[] {
   return [sqliteBackend(label), mysqlBackend(label)];
+}
+
+/** Both backends, plus MariaDB through the shared strategy. */
+export function allStrategies(label: string): Backend[] {
+  return [sqliteBackend(label), mysqlBackend(label), mysqlSharedBackend(`${label}s`)];
 }

@@ -50,11 +50,15 @@ export async function startSecondServer(): Promise<SecondServer> {
     { stdio: 'ignore' },
   );
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  // Never keep the test process alive, and never outlive it.
+  child.unref();
+  process.once('exit', () => child.kill('SIGKILL'));
   for (let i = 0; i < 100; i++) {
     if (await answers(SECOND_PORT)) {
       return {
         port: SECOND_PORT,
         stop: async () => {
+          child.ref();
           child.kill('SIGTERM');
           await exited;
           fs.rmSync(dir, { recursive: true, force: true });

@@ -1,0 +1,161 @@
+#!/usr/bin/env node
+/**
+ * `objection-tenancy migrate|rollback|status|create|drop|run`: operates every tenant of the tenancy a
+ * config module exports. See `objection-tenancy --help` and the README section "Operating every tenant".
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { parseCliArgs, USAGE, UsageError, type CliArgs } from './cli-args';
+import { createProgress, errorToJson, summarize, toJson, type ProgressStream } from './cli-output';
+import type { Tenancy } from './tenancy';
+import type { TenantResult, TenantsReport } from './tenant-runner';
+
+/** What a config module gives the CLI. */
+interface CliConfig {
+  tenancy: Tenancy;
+  listTenants?: () => readonly string[] | Promise<readonly string[]>;
+  close?: () => unknown;
+}
+
+/** Where the CLI writes: stdout gets results, stderr progress and errors. */
+export interface CliIo {
+  stdout: { write(text: string): unknown };
+  stderr: ProgressStream;
+}
+
+const EXIT = { ok: 0, failed: 1, usage: 2, interrupted: 130 } as const;
+
+// tsc compiles `import()` to `require()` in a CommonJS build; ESM configs need a real dynamic import.
+const importEsm = new Function('specifier', 'return import(specifier)') as (specifier: string) => Promise<unknown>;
+
+async function loadModule(file: string, what: string): Promise<Record<string, unknown>> {
+  const resolved = path.resolve(file);
+  if (!fs.existsSync(resolved)) throw new UsageError(`${what} not found: ${resolved}`);
+  if (resolved.endsWith('.mjs')) return (await importEsm(pathToFileURL(resolved).href)) as Record<string, unknown>;
+  try {
+    return require(resolved) as Record<string, unknown>;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ERR_REQUIRE_ESM') throw error;
+    return (await importEsm(pathToFileURL(resolved).href)) as Record<string, unknown>;
+  }
+}
+
+function isTenancy(value: unknown): value is Tenancy {
+  const candidate = value as Partial<Tenancy> | null | undefined;
+  return typeof candidate?.forEachTenant === 'function' && typeof candidate.destroy === 'function';
+}
+
+async function loadConfig(file: string): Promise<CliConfig> {
+  let mod: Record<string, unknown>;
+  try {
+    mod = await loadModule(file, 'config');
+  } catch (error) {
+    throw error instanceof UsageError ? error : new UsageError(`${file} could not be loaded: ${(error as Error)?.message ?? String(error)}`, { cause: error });
+  }
+  const def = mod.default as Record<string, unknown> | undefined;
+  const tenancy = [mod.tenancy, def?.tenancy, def, mod].find(isTenancy);
+  if (tenancy === undefined) {
+    throw new UsageError(`${file} must export the tenancy: module.exports = { tenancy } (or export default tenancy)`);
+  }
+  const pick = <T>(name: string): T | undefined => (typeof mod[name] === 'function' ? mod[name] : typeof def?.[name] === 'function' ? def[name] : undefined) as T | undefined;
+  return { tenancy, listTenants: pick('listTenants'), close: pick('close') };
+}
+
+async function loadJob(file: string): Promise<(tenantId: string) => unknown> {
+  const mod = await loadModule(file, 'job module');
+  const fn = typeof mod === 'function' ? mod : typeof mod.default === 'function' ? mod.default : mod.run;
+  if (typeof fn !== 'function') throw new UsageError(`${file} must export a function (tenantId) => result (default export, run, or module.exports)`);
+  return fn as (tenantId: string) => unknown;
+}
+
+async function runCommand(args: CliArgs, config: CliConfig, io: CliIo, signal: AbortSignal): Promise<{ output: unknown; text: string; ok: boolean }> {
+  const { tenancy } = config;
+  if (args.command === 'create' || args.command === 'drop') {
+    const id = args.target!;
+    const result =
+      args.command === 'create'
+        ? await tenancy.createTenant(id, { seed: args.seed })
+        : await tenancy.dropTenant(id, { confirm: args.confirm ?? '' });
+    const what = args.command === 'create' ? 'created' : 'dropped';
+    return { output: { ok: true, ...result }, text: `tenant ${result.tenantId} ${what} in ${result.durationMs} ms\n`, ok: true };
+  }
+  const tenants = args.tenants ?? (config.listTenants === undefined ? undefined : [...(await config.listTenants())]);
+  const progress = createProgress(io.stderr, args.command);
+  const common = { tenants, concurrency: args.concurrency, signal, onResult: progress.onResult };
+  let report: TenantsReport<TenantResult>;
+  try {
+    if (args.command === 'run') {
+      const job = await loadJob(args.target!);
+      report = await tenancy.forEachTenant((id) => job(id), common);
+    } else {
+      const migrate = tenancy.migrate;
+      report =
+        args.command === 'migrate' ? await migrate.latest(common) : args.command === 'rollback' ? await migrate.rollback({ ...common, all: args.all }) : await migrate.status(common);
+    }
+  } finally {
+    progress.finish();
+  }
+  return { output: report, text: summarize(args.command, report), ok: report.ok };
+}
+
+/**
+ * Runs the CLI and resolves to its exit code: 0 done, 1 a tenant or the operation failed, 2 usage or
+ * configuration error, 130 interrupted. Always destroys the tenancy (and calls the config's `close()`).
+ */
+export async function main(argv: readonly string[], io: CliIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
+  let args: CliArgs | 'help';
+  try {
+    args = parseCliArgs(argv);
+  } catch (error) {
+    io.stderr.write(`objection-tenancy: ${(error as Error).message}\n\n${USAGE}\n`);
+    return EXIT.usage;
+  }
+  if (args === 'help') {
+    io.stdout.write(`${USAGE}\n`);
+    return EXIT.ok;
+  }
+  if (args.command === 'drop' && args.confirm === undefined) {
+    io.stderr.write(`objection-tenancy: drop deletes the database of tenant "${args.target}": pass --confirm ${args.target} (or --yes)\n`);
+    return EXIT.usage;
+  }
+  const controller = new AbortController();
+  let interrupts = 0;
+  const onSigint = (): void => {
+    interrupts++;
+    if (interrupts > 1) {
+      io.stderr.write('\nobjection-tenancy: second Ctrl-C, quitting now; a migration in progress may be cut half-way\n');
+      process.exit(EXIT.interrupted);
+    }
+    io.stderr.write('\nobjection-tenancy: Ctrl-C: finishing the tenants in progress, starting no new one (Ctrl-C again to quit now)\n');
+    controller.abort();
+  };
+  process.on('SIGINT', onSigint);
+  let config: CliConfig | undefined;
+  try {
+    config = await loadConfig(args.config);
+    const { output, text, ok } = await runCommand(args, config, io, controller.signal);
+    io.stdout.write(args.json ? `${toJson(output)}\n` : text);
+    return interrupts > 0 ? EXIT.interrupted : ok ? EXIT.ok : EXIT.failed;
+  } catch (error) {
+    const usage = error instanceof UsageError || error instanceof TypeError || (error as { code?: unknown }).code === 'TENANT_DROP_NOT_CONFIRMED';
+    if (args.json) io.stdout.write(`${toJson({ ok: false, error: errorToJson(error) })}\n`);
+    io.stderr.write(`objection-tenancy: ${(error as Error)?.message ?? String(error)}\n`);
+    return interrupts > 0 ? EXIT.interrupted : usage ? EXIT.usage : EXIT.failed;
+  } finally {
+    process.off('SIGINT', onSigint);
+    await config?.tenancy.destroy().catch(() => undefined);
+    await Promise.resolve(config?.close?.()).catch(() => undefined);
+  }
+}
+
+if (require.main === module) {
+  void main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+    // Everything the CLI opened is closed; a handle the config left open must not hang a deploy.
+    setTimeout(() => {
+      process.stderr.write('objection-tenancy: something in the config keeps the process alive; export close() to release it\n');
+      process.exit(code);
+    }, 3000).unref();
+  });
+}

@@ -1,0 +1,90 @@
+/**
+ * Errors of the operations on every tenant: migrations, tenant creation and drop. All are
+ * `TenantError`s with a stable `code`; the underlying error is in `cause`.
+ */
+import { TenantError, type TenantErrorOptions } from './errors';
+
+/** The first line of an underlying error's message, short enough for a report line. */
+function causeSummary(cause: unknown): string {
+  const message = cause instanceof Error ? cause.message : String(cause);
+  const line = message.split('\n', 1)[0] ?? '';
+  return line.length > 300 ? `${line.slice(0, 300)}...` : line;
+}
+
+/** A tenant's migration (or rollback) failed. The other tenants of the run are not affected. */
+export class TenantMigrationError extends TenantError {
+  /** The migration file that was running when it failed, when known. */
+  readonly migration?: string;
+
+  constructor(tenantId: string, options: TenantErrorOptions & { migration?: string | undefined } = {}) {
+    const locked = (options.cause as { name?: unknown } | undefined)?.name === 'MigrationLocked';
+    const where = options.migration === undefined ? '' : ` in ${options.migration}`;
+    const fix = locked
+      ? 'Another migration run holds the lock of this tenant; if none is running, free it with ' +
+        "knex's forceFreeMigrationsLock() on the tenant's database."
+      : "Fix the migration or the tenant's database and run the migrations again.";
+    super('TENANT_MIGRATION_FAILED', `Migrating tenant "${tenantId}" failed${where}: ${causeSummary(options.cause)}. ${fix}`, {
+      ...options,
+      tenantId,
+    });
+    if (options.migration !== undefined) this.migration = options.migration;
+  }
+}
+
+/** The migration files could not be listed or loaded (a wrong `migrations.directory`, a syntax error). */
+export class MigrationsUnreadableError extends TenantError {
+  constructor(options: TenantErrorOptions = {}) {
+    super(
+      'TENANT_MIGRATIONS_UNREADABLE',
+      `The migration files could not be listed: ${causeSummary(options.cause)}. Check options.migrations ` +
+        '(a relative directory is resolved from the current working directory).',
+      options,
+    );
+  }
+}
+
+/** `createTenant()` found the tenant already registered, or its database already there. HTTP 409. */
+export class TenantAlreadyExistsError extends TenantError {
+  constructor(tenantId: string, options: TenantErrorOptions = {}) {
+    super(
+      'TENANT_EXISTS',
+      `Tenant "${tenantId}" already exists (registered, or its database is already there). Pick another id, or drop it first.`,
+      { statusCode: 409, ...options, tenantId },
+    );
+  }
+}
+
+/** `dropTenant()` was called without `{ confirm: tenantId }`. Nothing was touched. */
+export class TenantDropNotConfirmedError extends TenantError {
+  constructor(tenantId: string) {
+    super(
+      'TENANT_DROP_NOT_CONFIRMED',
+      `Dropping tenant "${tenantId}" deletes its database: pass { confirm: '${tenantId}' } to dropTenant() ` +
+        '(or --confirm with the tenant id on the command line).',
+      { statusCode: 400, tenantId },
+    );
+  }
+}
+
+/** The step of `createTenant()` / `dropTenant()` that failed. */
+export type TenantLifecycleStep = 'create-database' | 'migrate' | 'seed' | 'register' | 'drop-database' | 'unregister';
+
+/**
+ * A step of `createTenant()` or `dropTenant()` failed. A failed creation has been undone (the database
+ * it created is dropped again), so it can simply be retried.
+ */
+export class TenantLifecycleError extends TenantError {
+  /** Which step failed. */
+  readonly step: TenantLifecycleStep;
+
+  constructor(tenantId: string, step: TenantLifecycleStep, options: TenantErrorOptions = {}) {
+    const creating = !step.startsWith('drop') && step !== 'unregister';
+    const undone = creating && step !== 'create-database' ? ' Its database was dropped again; retry when fixed.' : '';
+    super(
+      creating ? 'TENANT_CREATE_FAILED' : 'TENANT_DROP_FAILED',
+      `${creating ? 'Creating' : 'Dropping'} tenant "${tenantId}" failed at step ${step}: ${causeSummary(options.cause)}.${undone}`,
+      { ...options, tenantId },
+    );
+    this.step = step;
+  }
+}

@@ -1,0 +1,117 @@
+/**
+ * Built-in creation and removal of a tenant's database, used by `createTenant()` / `dropTenant()` when
+ * the app gives no `createDatabase` / `dropDatabase` hook:
+ * - MySQL/MariaDB (`mysql2`, `mysql`): `CREATE DATABASE` / `DROP DATABASE IF EXISTS` of the database
+ *   named in `knexConfig(id).connection.database`, through an admin knex built from the same config
+ *   without the database; the name is quoted as an identifier with knex's `??` binding.
+ * - SQLite (`better-sqlite3`, `sqlite3`): creates (exclusively) or removes the file named in
+ *   `knexConfig(id).connection.filename`, with its `-wal`, `-shm` and `-journal` companions.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import knexFactory, { type Knex } from 'knex';
+import { TenantAlreadyExistsError } from './operation-errors';
+
+/** How a tenant's database is created and dropped. */
+export interface TenantDatabaseHooks {
+  create(tenantId: string, config: Knex.Config): Promise<void>;
+  drop(tenantId: string, config: Knex.Config): Promise<void>;
+}
+
+const MYSQL_CLIENTS = new Set(['mysql', 'mysql2']);
+const SQLITE_CLIENTS = new Set(['better-sqlite3', 'sqlite3', 'sqlite']);
+// ER_DB_CREATE_EXISTS
+const DATABASE_EXISTS_ERRNO = 1007;
+
+/**
+ * @internal The built-in hooks for the client of `config`.
+ * @throws {TypeError} for another client (PostgreSQL...), naming the options to give instead.
+ */
+export function builtInDatabaseHooks(config: Knex.Config, createKnex: (config: Knex.Config) => Knex = knexFactory): TenantDatabaseHooks {
+  const client = typeof config.client === 'string' ? config.client : undefined;
+  if (client !== undefined && MYSQL_CLIENTS.has(client)) return mysqlHooks(createKnex);
+  if (client !== undefined && SQLITE_CLIENTS.has(client)) return sqliteHooks;
+  throw new TypeError(
+    `createTenant/dropTenant: no built-in way to create or drop a database for client ${JSON.stringify(client ?? 'custom')}: ` +
+      'give the tenancy options.createDatabase(id, config) and options.dropDatabase(id, config)',
+  );
+}
+
+type MySqlConnection = Knex.MySqlConnectionConfig & { database?: string };
+
+async function mysqlConnectionOf(config: Knex.Config): Promise<{ admin: MySqlConnection; database: string }> {
+  let connection: unknown = config.connection;
+  if (typeof connection === 'function') connection = await (connection as () => unknown)();
+  let admin: MySqlConnection;
+  if (typeof connection === 'string') {
+    const url = new URL(connection);
+    admin = {
+      host: url.hostname,
+      port: Number(url.port || 3306),
+      user: decodeURIComponent(url.username),
+      password: decodeURIComponent(url.password),
+      database: decodeURIComponent(url.pathname.slice(1)),
+    };
+  } else if (connection !== null && typeof connection === 'object') {
+    admin = { ...(connection as MySqlConnection) };
+  } else {
+    throw new TypeError('createTenant/dropTenant: knexConfig(id).connection must be an object or a URL to derive the database name');
+  }
+  const database = admin.database;
+  if (typeof database !== 'string' || database === '') {
+    throw new TypeError('createTenant/dropTenant: knexConfig(id).connection.database is empty: it names the tenant database to create or drop');
+  }
+  delete admin.database;
+  return { admin, database };
+}
+
+function mysqlHooks(createKnex: (config: Knex.Config) => Knex): TenantDatabaseHooks {
+  const withAdmin = async (config: Knex.Config, fn: (knex: Knex, database: string) => Promise<unknown>): Promise<void> => {
+    const { admin, database } = await mysqlConnectionOf(config);
+    const knex = createKnex({ ...config, connection: admin, pool: { min: 0, max: 1 } });
+    try {
+      await fn(knex, database);
+    } finally {
+      await knex.destroy();
+    }
+  };
+  return {
+    create: (tenantId, config) =>
+      withAdmin(config, async (knex, database) => {
+        try {
+          await knex.raw('CREATE DATABASE ??', [database]);
+        } catch (error) {
+          if ((error as { errno?: unknown }).errno === DATABASE_EXISTS_ERRNO) throw new TenantAlreadyExistsError(tenantId, { cause: error });
+          throw error;
+        }
+      }),
+    drop: (_tenantId, config) => withAdmin(config, (knex, database) => knex.raw('DROP DATABASE IF EXISTS ??', [database])),
+  };
+}
+
+function sqliteFile(config: Knex.Config): string {
+  const connection = config.connection as { filename?: unknown } | undefined;
+  const filename = connection?.filename;
+  if (typeof filename !== 'string' || filename === '' || filename === ':memory:') {
+    throw new TypeError('createTenant/dropTenant: knexConfig(id).connection.filename must name the SQLite file of the tenant');
+  }
+  return filename;
+}
+
+const sqliteHooks: TenantDatabaseHooks = {
+  async create(tenantId, config) {
+    const file = sqliteFile(config);
+    fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+    try {
+      // 'wx' fails when the file exists: never adopt (and later undo) somebody else's database.
+      fs.closeSync(fs.openSync(file, 'wx'));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw new TenantAlreadyExistsError(tenantId, { cause: error });
+      throw error;
+    }
+  },
+  async drop(_tenantId, config) {
+    const file = sqliteFile(config);
+    for (const suffix of ['', '-wal', '-shm', '-journal']) fs.rmSync(`${file}${suffix}`, { force: true });
+  },
+};

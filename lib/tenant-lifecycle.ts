@@ -1,0 +1,128 @@
+/**
+ * `tenancy.createTenant()` and `tenancy.dropTenant()`: a tenant's database from nothing to migrated,
+ * seeded and registered, and back to nothing.
+ */
+import { performance } from 'node:perf_hooks';
+import path from 'node:path';
+import knexFactory, { type Knex } from 'knex';
+import { tenantKnexConfig } from './connections';
+import { TenantError } from './errors';
+import { runMigrationStep } from './migration-plan';
+import { openOperationKnex, type OperationsHost } from './operation-knex';
+import {
+  TenantAlreadyExistsError,
+  TenantDropNotConfirmedError,
+  TenantLifecycleError,
+  type TenantLifecycleStep,
+} from './operation-errors';
+import { builtInDatabaseHooks, type TenantDatabaseHooks } from './tenant-databases';
+import { migrationPlanOf, toMigrationError } from './tenant-migrations';
+import { since } from './tenant-runner';
+
+/** Options of `tenancy.createTenant()`. */
+export interface CreateTenantOptions {
+  /** Run the seeds of `options.seeds` after the migrations. Default true (when seeds are configured). */
+  seed?: boolean;
+}
+
+/** What `tenancy.createTenant()` did. */
+export interface CreateTenantResult {
+  readonly tenantId: string;
+  /** The migrations applied (none when the tenancy has no `options.migrations`). */
+  readonly migrations: readonly string[];
+  /** The seed files run. */
+  readonly seeds: readonly string[];
+  readonly durationMs: number;
+}
+
+/** Options of `tenancy.dropTenant()`. */
+export interface DropTenantOptions {
+  /** Must equal the tenant id: dropping deletes the tenant's database. */
+  confirm: string;
+}
+
+/** What `tenancy.dropTenant()` did. */
+export interface DropTenantResult {
+  readonly tenantId: string;
+  readonly durationMs: number;
+}
+
+function hooksOf(host: OperationsHost, config: Knex.Config): TenantDatabaseHooks {
+  const { createDatabase, dropDatabase } = host.options;
+  const builtIn = (): TenantDatabaseHooks => builtInDatabaseHooks(config, host.options.createKnex ?? knexFactory);
+  return {
+    create: async (id, cfg) => (createDatabase === undefined ? builtIn().create(id, cfg) : createDatabase(id, cfg)),
+    drop: async (id, cfg) => (dropDatabase === undefined ? builtIn().drop(id, cfg) : dropDatabase(id, cfg)),
+  };
+}
+
+async function step<T>(tenantId: string, name: TenantLifecycleStep, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (error) {
+    // Typed errors and configuration mistakes (TypeError) are thrown as they are.
+    if (error instanceof TenantError || error instanceof TypeError) throw error;
+    throw new TenantLifecycleError(tenantId, name, { cause: error });
+  }
+}
+
+/** @internal See `Tenancy#createTenant`. */
+export async function createTenant(host: OperationsHost, tenantId: unknown, options: CreateTenantOptions = {}): Promise<CreateTenantResult> {
+  const started = performance.now();
+  const id = host.validate(tenantId);
+  const { tenantExists, registerTenant, migrations: migrationsConfig, seeds: seedsConfig } = host.options;
+  if (tenantExists !== undefined && (await tenantExists(id))) throw new TenantAlreadyExistsError(id);
+  // The plan first: unreadable migration files must fail before a database exists.
+  const plan = migrationsConfig === undefined ? undefined : await migrationPlanOf(host, 'tenancy.createTenant()');
+  const config = await step(id, 'create-database', async () => tenantKnexConfig(host.options, id));
+  const hooks = hooksOf(host, config);
+  await step(id, 'create-database', () => hooks.create(id, config));
+
+  let current: TenantLifecycleStep = 'migrate';
+  const warnings: string[] = [];
+  const knex = openOperationKnex(host, config, warnings);
+  try {
+    let active: string | undefined;
+    let migrations: string[] = [];
+    if (plan !== undefined) {
+      try {
+        migrations = (await runMigrationStep(knex, plan, 'latest', { onActive: (name) => (active = name) })).migrations;
+      } catch (error) {
+        throw toMigrationError(id, error, active);
+      }
+    }
+    let seeds: string[] = [];
+    if (seedsConfig !== undefined && options.seed !== false) {
+      current = 'seed';
+      const [log] = await knex.seed.run(seedsConfig);
+      seeds = log.map((file) => path.basename(file));
+    }
+    await knex.destroy();
+    current = 'register';
+    await registerTenant?.(id);
+    // A request that came before the tenant existed left a negative catalog answer.
+    await host.forget(id);
+    return { tenantId: id, migrations, seeds, durationMs: since(started) };
+  } catch (error) {
+    // Undo: a half-made tenant (created, not migrated or not registered) is worse than none.
+    await knex.destroy().catch(() => undefined);
+    await hooks.drop(id, config).catch(() => undefined);
+    throw new TenantLifecycleError(id, current, { cause: error });
+  }
+}
+
+/** @internal See `Tenancy#dropTenant`. */
+export async function dropTenant(host: OperationsHost, tenantId: unknown, options: DropTenantOptions): Promise<DropTenantResult> {
+  const started = performance.now();
+  const id = host.validate(tenantId);
+  if (options?.confirm !== id) throw new TenantDropNotConfirmedError(id);
+  // Close the serving pool first: its scopes finish, then no connection holds the database.
+  await host.forget(id);
+  const config = await step(id, 'drop-database', async () => tenantKnexConfig(host.options, id));
+  const hooks = hooksOf(host, config);
+  await step(id, 'drop-database', () => hooks.drop(id, config));
+  await step(id, 'unregister', async () => host.options.unregisterTenant?.(id));
+  // A request that raced the drop may have reopened a pool (and cached a catalog answer).
+  await host.forget(id);
+  return { tenantId: id, durationMs: since(started) };
+}

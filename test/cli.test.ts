@@ -1,0 +1,231 @@
+/**
+ * The `objection-tenancy` CLI as a user runs it: built with `npm run build`, run as `node dist/cli.js`
+ * in a scratch directory holding a `tenancy.config.js` that requires the built package, against
+ * MariaDB. Checks `--json` reports, exit codes, create/drop confirmation, `run <module>`, and Ctrl-C
+ * (running tenants finish, no new one starts, exit 130). Also the progress printer on a fake TTY.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import knexFactory from 'knex';
+import { createProgress } from '../lib/cli-output';
+import { mysqlBackend, mysqlConnection, skipMysql } from './helpers/databases';
+import { MIGRATION_NAMES, writeMigrations } from './helpers/migrations';
+
+const root = path.resolve(__dirname, '..');
+const TENANTS = ['k1', 'k2', 'k3', 'k4', 'k5'];
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(cwd: string, args: string[], options: { env?: NodeJS.ProcessEnv; onStderr?: (text: string, child: ReturnType<typeof spawn>) => void } = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(root, 'dist/cli.js'), ...args], { cwd, env: { ...process.env, ...options.env } });
+    let stdout = '';
+    let stderr = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+      options.onStderr?.(stderr, child);
+    });
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+const CONFIG = (migrations: string, seeds: string) => `
+const fs = require('node:fs');
+const path = require('node:path');
+const { createTenancy } = require(${JSON.stringify(path.join(root, 'dist/index.js'))});
+const catalogFile = path.join(__dirname, 'catalog.json');
+const read = () => JSON.parse(fs.readFileSync(catalogFile, 'utf8'));
+const write = (ids) => fs.writeFileSync(catalogFile, JSON.stringify(ids));
+const connection = ${JSON.stringify(mysqlConnection())};
+const tenancy = createTenancy({
+  knexConfig: (id) => ({ client: 'mysql2', connection: { ...connection, database: 'ot_ops_' + id }, pool: { max: 2 } }),
+  tenantExists: (id) => read().includes(id),
+  migrations: { directory: ${JSON.stringify(migrations)} },
+  seeds: { directory: ${JSON.stringify(seeds)} },
+  registerTenant: (id) => write([...read(), id]),
+  unregisterTenant: (id) => write(read().filter((t) => t !== id)),
+});
+module.exports = { tenancy, listTenants: read };
+`;
+
+describe('objection-tenancy CLI (node dist/cli.js)', { skip: skipMysql }, () => {
+  const backend = mysqlBackend('ops');
+  const files = writeMigrations();
+  const cwd = files.dir;
+  const catalog = () => JSON.parse(fs.readFileSync(path.join(cwd, 'catalog.json'), 'utf8')) as string[];
+  const tablesOf = async (id: string) => {
+    const knex = knexFactory(backend.knexConfig(id));
+    try {
+      const [rows] = await knex.raw('select table_name as t from information_schema.tables where table_schema = database() order by 1');
+      return (rows as { t: string }[]).map((r) => r.t);
+    } finally {
+      await knex.destroy();
+    }
+  };
+
+  before(async () => {
+    execFileSync('npm', ['run', 'build', '--silent'], { cwd: root, stdio: 'pipe' });
+    fs.writeFileSync(path.join(cwd, 'tenancy.config.js'), CONFIG(files.migrations, files.seeds));
+    fs.writeFileSync(path.join(cwd, 'catalog.json'), JSON.stringify(TENANTS));
+    fs.writeFileSync(path.join(cwd, 'count-people.js'), "const { tenancy } = require('./tenancy.config.js');\nmodule.exports = async (id) => ({ id, n: Number((await tenancy.knex()('people').count({ n: '*' }))[0].n) });\n");
+    fs.writeFileSync(path.join(cwd, 'fail-k2.js'), "exports.run = async (id) => { if (id === 'k2') throw new Error('k2 job broke'); return id; };\n");
+    for (const id of [...TENANTS, 'k9']) await backend.dropDatabase(id);
+    for (const id of TENANTS) await backend.createDatabase(id);
+    const knex = knexFactory(backend.knexConfig('k3'));
+    await knex.schema.createTable('pets', (t) => t.string('in_the_way'));
+    await knex.destroy();
+  });
+  after(async () => {
+    for (const id of [...TENANTS, 'k9']) await backend.dropDatabase(id);
+    await backend.close();
+    files.cleanup();
+  });
+
+  it('migrate --json: exit 1 when a tenant fails, the others migrated, a plain progress line per tenant', async () => {
+    const run = await cli(cwd, ['migrate', '--json', '--concurrency', '2']);
+    assert.equal(run.code, 1, run.stderr);
+    const report = JSON.parse(run.stdout);
+    assert.equal(report.operation, 'latest');
+    assert.deepEqual(report.counts, { applied: 4, failed: 1 });
+    const k3 = report.tenants.find((t: { tenantId: string }) => t.tenantId === 'k3');
+    assert.equal(k3.error.code, 'TENANT_MIGRATION_FAILED');
+    assert.equal(k3.error.migration, MIGRATION_NAMES[1]);
+    assert.match(k3.error.cause.message, /pets/);
+    assert.deepEqual(report.tenants[0].migrations, MIGRATION_NAMES);
+    assert.equal(run.stderr.split('\n').filter((l) => /^\[\d\/5\] k\d /.test(l)).length, 5, run.stderr);
+    assert.doesNotMatch(run.stderr, /keeps the process alive/, 'the process exited by itself');
+  });
+
+  it('status and rollback exit 0 with readable text; --tenants limits the run', async () => {
+    const status = await cli(cwd, ['status', '--tenants', 'k1,k2', '--json']);
+    assert.equal(status.code, 0, status.stderr);
+    assert.deepEqual(JSON.parse(status.stdout).counts, { current: 2 });
+    const rollback = await cli(cwd, ['rollback', '--tenants', 'k1']);
+    assert.equal(rollback.code, 0, rollback.stderr);
+    assert.match(rollback.stdout, /rollback: 1 tenant\(s\), rolled-back 1/);
+    assert.deepEqual(await tablesOf('k1'), ['knex_migrations', 'knex_migrations_lock']);
+    assert.equal((await cli(cwd, ['migrate', '--tenants', 'k1'])).code, 0);
+  });
+
+  it('run <module>: the exported function runs in every tenant scope; a throwing job exits 1', async () => {
+    const ok = await cli(cwd, ['run', 'count-people.js', '--json', '--tenants', 'k1,k2,k4']);
+    assert.equal(ok.code, 0, ok.stderr);
+    const report = JSON.parse(ok.stdout);
+    assert.deepEqual(report.tenants.map((t: { result: unknown }) => t.result), [{ id: 'k1', n: 0 }, { id: 'k2', n: 0 }, { id: 'k4', n: 0 }]);
+    const failing = await cli(cwd, ['run', 'fail-k2.js', '--json', '--tenants', 'k1,k2']);
+    assert.equal(failing.code, 1);
+    const failed = JSON.parse(failing.stdout);
+    assert.deepEqual(failed.counts, { ok: 1, failed: 1 });
+    assert.equal(failed.tenants[1].error.message, 'k2 job broke');
+  });
+
+  it('create, then drop: refused without --confirm (exit 2), done with it', async () => {
+    const created = await cli(cwd, ['create', 'k9', '--json']);
+    assert.equal(created.code, 0, created.stderr);
+    assert.deepEqual(JSON.parse(created.stdout).migrations, MIGRATION_NAMES);
+    assert.ok(await backend.databaseExists('k9'));
+    assert.ok(catalog().includes('k9'));
+    assert.equal((await cli(cwd, ['create', 'k9'])).code, 1, 'already exists');
+
+    const refused = await cli(cwd, ['drop', 'k9']);
+    assert.equal(refused.code, 2);
+    assert.match(refused.stderr, /--confirm k9/);
+    const mismatch = await cli(cwd, ['drop', 'k9', '--confirm', 'k1']);
+    assert.equal(mismatch.code, 2);
+    assert.ok(await backend.databaseExists('k9'), 'nothing was dropped');
+
+    const dropped = await cli(cwd, ['drop', 'k9', '--confirm', 'k9', '--json']);
+    assert.equal(dropped.code, 0, dropped.stderr);
+    assert.equal(JSON.parse(dropped.stdout).ok, true);
+    assert.equal(await backend.databaseExists('k9'), false);
+    assert.equal(catalog().includes('k9'), false);
+  });
+
+  it('Ctrl-C: the running tenant finishes its migrations, no new tenant starts, exit 130', async () => {
+    assert.equal((await cli(cwd, ['rollback', '--all', '--tenants', 'k1,k2,k4,k5'])).code, 0);
+    let sent = false;
+    const run = await cli(cwd, ['migrate', '--json', '--concurrency', '1', '--tenants', 'k1,k2,k4,k5'], {
+      env: { OT_MIGRATION_DELAY_MS: '300' },
+      onStderr: (text, child) => {
+        if (!sent && /\[1\/4\]/.test(text)) {
+          sent = true;
+          child.kill('SIGINT');
+        }
+      },
+    });
+    assert.equal(run.code, 130, run.stderr);
+    assert.match(run.stderr, /finishing the tenants in progress/);
+    const report = JSON.parse(run.stdout);
+    assert.equal(report.aborted, true);
+    assert.deepEqual(report.tenants.map((t: { status: string }) => t.status), ['applied', 'applied', 'skipped', 'skipped']);
+    assert.deepEqual(report.tenants[1].migrations, MIGRATION_NAMES, 'the tenant running at Ctrl-C was not cut half-way');
+    assert.ok(!(await tablesOf('k4')).includes('people'), 'a skipped tenant was not touched');
+  });
+
+  it('loads an ES module config (tenancy.config.mjs) as well', async () => {
+    const esm = `import { createRequire } from 'node:module';\nconst { tenancy, listTenants } = createRequire(import.meta.url)('./tenancy.config.js');\nexport default { tenancy, listTenants };\n`;
+    fs.writeFileSync(path.join(cwd, 'tenancy.config.mjs'), esm);
+    const run = await cli(cwd, ['status', '--config', 'tenancy.config.mjs', '--tenants', 'k2', '--json']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.deepEqual(JSON.parse(run.stdout).counts, { current: 1 });
+  });
+
+  it('usage errors exit 2 with the usage text', async () => {
+    const unknown = await cli(cwd, ['migrat']);
+    assert.equal(unknown.code, 2);
+    assert.match(unknown.stderr, /unknown command "migrat"[\s\S]*Usage: objection-tenancy/);
+    const noConfig = await cli(cwd, ['migrate', '--config', 'nope.js']);
+    assert.equal(noConfig.code, 2);
+    assert.match(noConfig.stderr, /config not found/);
+    assert.equal((await cli(cwd, ['migrate', '--concurrency', 'many'])).code, 2);
+    fs.writeFileSync(path.join(cwd, 'broken.config.js'), "throw new Error('catalog down');\n");
+    const broken = await cli(cwd, ['status', '--config', 'broken.config.js']);
+    assert.equal(broken.code, 2);
+    assert.match(broken.stderr, /broken\.config\.js could not be loaded: catalog down/);
+    const help = await cli(cwd, ['--help']);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /Exit codes/);
+  });
+});
+
+describe('CLI progress printer', () => {
+  const sink = (isTTY: boolean) => {
+    const writes: string[] = [];
+    return { writes, stream: { isTTY, columns: 100, write: (text: string) => writes.push(text) } };
+  };
+  const result = (tenantId: string, status: string) => ({ tenantId, status, durationMs: 5, migrations: ['001_a.js'], error: new Error('boom') });
+
+  it('draws a bar in place on a TTY, with failures on their own lines', () => {
+    const { writes, stream } = sink(true);
+    const progress = createProgress(stream, 'migrate');
+    progress.onResult(result('a', 'applied'), { done: 1, total: 3 });
+    progress.onResult(result('b', 'failed'), { done: 2, total: 3 });
+    progress.onResult(result('c', 'applied'), { done: 3, total: 3 });
+    progress.finish();
+    assert.match(writes[0]!, /^\r\x1b\[Kmigrate \[#{8}\.{16}\] 1\/3  applied 1/);
+    assert.ok(writes.some((w) => w === '\r\x1b[Kb failed: boom\n'));
+    assert.match(writes.at(-2)!, /\[#{24}\] 3\/3  applied 2  failed 1/);
+    assert.equal(writes.at(-1), '\n');
+  });
+
+  it('prints one plain line per tenant otherwise', () => {
+    const { writes, stream } = sink(false);
+    const progress = createProgress(stream, 'migrate');
+    progress.onResult(result('a', 'applied'), { done: 1, total: 2 });
+    progress.onResult(result('b', 'failed'), { done: 2, total: 2 });
+    assert.deepEqual(writes, ['[1/2] a applied (001_a.js) 5 ms\n', '[2/2] b failed: boom\n']);
+  });
+});

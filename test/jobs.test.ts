@@ -1,0 +1,494 @@
+/**
+ * Background jobs keep their tenant, on SQLite files and MariaDB. `withTenant` and `tenantJob` on
+ * their own, then a real Redis with real BullMQ workers: jobs enqueued inside HTTP requests of three
+ * tenants, retries and re-enqueues, concurrent jobs of different tenants on one worker with random
+ * awaits (and its negative control: a global "current tenant" variable crosses), jobs with no tenant,
+ * invalid or unknown tenants, central jobs. Every check looks at the rows the job wrote, not only at
+ * `currentTenantId()`.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { after, afterEach, before, describe, it } from 'node:test';
+import express from 'express';
+import knexFactory, { type Knex } from 'knex';
+import { Queue, type Job, type Worker } from 'bullmq';
+import {
+  createTenancy,
+  createTenantQueue,
+  createTenantWorker,
+  currentTenantId,
+  InvalidTenantIdError,
+  setDefaultTenancy,
+  TenantContextMissingError,
+  tenantJob,
+  TenantMismatchError,
+  tryCurrentTenantId,
+  UnknownTenantError,
+  withTenant,
+  type Tenancy,
+  type TenantJobData,
+} from '../lib/index';
+import { BrokenPerson, brokenMiddleware, registerBrokenKnex } from './helpers/broken-tenancy';
+import { backends } from './helpers/databases';
+import { createSchema, Person, seed } from './helpers/fixtures';
+import { jsonErrors, listen, load, randomPause } from './helpers/http';
+import { redisConnection, skipRedis, uniqueQueueName } from './helpers/redis';
+
+const TENANTS = ['ja', 'jb', 'jc'] as const;
+const connection = redisConnection();
+
+type Data = TenantJobData & { expect?: string; name?: string; i?: number; step?: number };
+
+interface Outcome {
+  state: 'completed' | 'failed';
+  job: Job<Data>;
+  result?: unknown;
+  error?: Error & { code?: string; cause?: unknown };
+}
+
+/** Final outcomes of a worker's jobs by id: completed, or failed with no retry left. */
+function outcomes(worker: Worker<Data>): { wait(ids: (string | undefined)[], timeoutMs?: number): Promise<Map<string, Outcome>> } {
+  const done = new Map<string, Outcome>();
+  const listeners = new Set<() => void>();
+  const settle = (id: string | undefined, outcome: Outcome) => {
+    if (id === undefined) return;
+    done.set(id, outcome);
+    for (const l of listeners) l();
+  };
+  worker.on('completed', (job, result) => settle(job.id, { state: 'completed', job, result }));
+  worker.on('failed', (job, error) => {
+    if (job?.finishedOn) settle(job.id, { state: 'failed', job, error });
+  });
+  return {
+    wait: (ids, timeoutMs = 30_000) =>
+      new Promise((resolve, reject) => {
+        const check = () => {
+          if (ids.every((id) => id !== undefined && done.has(id))) {
+            listeners.delete(check);
+            clearTimeout(timer);
+            resolve(new Map(ids.map((id) => [id!, done.get(id!)!])));
+          }
+        };
+        const timer = setTimeout(() => {
+          listeners.delete(check);
+          reject(new Error(`only ${ids.filter((id) => done.has(id!)).length}/${ids.length} jobs finished in ${timeoutMs} ms`));
+        }, timeoutMs);
+        listeners.add(check);
+        check();
+      }),
+  };
+}
+
+describe('bullmq is an optional peer', () => {
+  it('is not loaded with the package; without it, createTenantQueue/createTenantWorker throw BULLMQ_MISSING', () => {
+    // A child process in which resolving bullmq fails, as in an app that did not install it.
+    const script = `
+      const Module = require('node:module');
+      const resolve = Module._resolveFilename;
+      Module._resolveFilename = function (request, ...rest) {
+        if (request === 'bullmq' || request.startsWith('bullmq/')) throw Object.assign(new Error('Cannot find module bullmq'), { code: 'MODULE_NOT_FOUND' });
+        return resolve.call(this, request, ...rest);
+      };
+      const lib = require(process.argv[1]);
+      const out = { loaded: Object.keys(require.cache).some((k) => k.includes('node_modules/bullmq')), stamped: lib.withTenant({ tenantId: 'a' }) };
+      for (const make of [() => lib.createTenantQueue('q', { connection: {} }), () => lib.createTenantWorker('q', async () => 1, { connection: {} })]) {
+        try { make(); } catch (e) { out[e.message.split('(')[0]] = [e.name, e.code]; }
+      }
+      console.log(JSON.stringify(out));`;
+    const result = spawnSync(process.execPath, ['--import', 'tsx', '-e', script, path.resolve(__dirname, '../lib/index.ts')], { encoding: 'utf8' });
+    assert.equal(result.status, 0, result.stderr);
+    assert.deepEqual(JSON.parse(result.stdout), {
+      loaded: false,
+      stamped: { tenantId: 'a' },
+      createTenantQueue: ['TenantError', 'BULLMQ_MISSING'],
+      createTenantWorker: ['TenantError', 'BULLMQ_MISSING'],
+    });
+  });
+});
+
+for (const backend of backends('jobs')) {
+  describe(`jobs on ${backend.name}`, { skip: backend.skip }, () => {
+    let tenancy: Tenancy;
+    const direct = new Map<string, Knex>();
+    /** Person names of tenant `t` containing `marker`, with the tenant their insert hook ran in. */
+    const rows = async (t: string, marker: string) =>
+      (await direct.get(t)!('persons').where('name', 'like', `%${marker}%`).orderBy('id').select('name', 'note')) as { name: string; note: string }[];
+
+    before(async () => {
+      for (const t of TENANTS) {
+        await backend.createDatabase(t);
+        const knex = knexFactory(backend.knexConfig(t));
+        await createSchema(knex, t);
+        await seed(knex, t);
+        direct.set(t, knex);
+        registerBrokenKnex(t, knex);
+      }
+      tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
+      setDefaultTenancy(tenancy);
+    });
+    after(async () => {
+      await tenancy.destroy();
+      for (const knex of direct.values()) await knex.destroy();
+      for (const t of TENANTS) await backend.dropDatabase(t);
+      await backend.close();
+    });
+
+    describe('withTenant', () => {
+      it('stamps the current tenant into a copy of the payload', async () => {
+        const payload = { month: '2026-01', nested: { a: 1 } };
+        const stamped = await tenancy.runWithTenant('ja', () => withTenant(payload));
+        assert.deepEqual(stamped, { month: '2026-01', nested: { a: 1 }, tenantId: 'ja' });
+        assert.deepEqual(payload, { month: '2026-01', nested: { a: 1 } }, 'the input is not mutated');
+        assert.deepEqual(await tenancy.runWithTenant('jb', () => withTenant(undefined as unknown as object)), { tenantId: 'jb' });
+      });
+
+      it('keeps a tenantId already in the payload: outside any scope, and inside the same tenant’s scope', async () => {
+        assert.deepEqual(withTenant({ tenantId: 'jc', x: 1 }), { tenantId: 'jc', x: 1 });
+        assert.deepEqual(await tenancy.runWithTenant('jc', () => withTenant({ tenantId: 'jc' })), { tenantId: 'jc' });
+      });
+
+      it('refuses a payload naming another tenant than the current scope’s, without echoing it', async () => {
+        await tenancy.runWithTenant('ja', async () => {
+          assert.throws(
+            () => withTenant({ tenantId: 'jb' }),
+            (e: unknown) => e instanceof TenantMismatchError && e.code === 'TENANT_MISMATCH' && /"ja"/.test(e.message) && !e.message.includes('jb'),
+          );
+        });
+      });
+
+      it('fails closed outside any scope, names the fixes; central payloads carry no tenant', async () => {
+        assert.throws(() => withTenant({ x: 1 }), (e: unknown) => e instanceof TenantContextMissingError && /runWithTenant.*tenantId.*central: true/s.test(e.message));
+        assert.deepEqual(withTenant({ central: true, x: 1 }), { central: true, x: 1 });
+        assert.deepEqual(await tenancy.runWithTenant('ja', () => withTenant({ central: true })), { central: true }, 'central wins over the scope');
+        assert.throws(() => withTenant({ central: true, tenantId: 'ja' }), TypeError);
+        assert.throws(() => withTenant([1, 2] as unknown as object), TypeError);
+        assert.throws(() => withTenant('text' as unknown as object), TypeError);
+      });
+    });
+
+    describe('tenantJob', () => {
+      const job = (data: unknown, extra: Partial<{ id: string; name: string }> = {}) => ({ data: data as Data, ...extra });
+
+      it('runs the handler in the payload’s tenant, passes extra arguments through, and leaves no tenant behind', async () => {
+        const handler = tenantJob(async (j: { data: Data }, token?: string) => {
+          await randomPause();
+          const names = (await Person.query().orderBy('id')).map((p) => p.name);
+          return `${currentTenantId()}|${token}|${names.join(',')}|${j.data.tenantId}`;
+        });
+        assert.equal(await handler(job({ tenantId: 'jb' }), 'tok'), 'jb|tok|jb-ada,jb-bob|jb');
+        assert.equal(tryCurrentTenantId(), undefined);
+        // Called inside another tenant's scope, the payload's tenant still wins; the caller's is back after.
+        await tenancy.runWithTenant('ja', async () => {
+          assert.equal(await handler(job({ tenantId: 'jc' })), 'jc|undefined|jc-ada,jc-bob|jc');
+          assert.equal(currentTenantId(), 'ja');
+        });
+      });
+
+      it('rejects a job with no tenant with TenantContextMissingError before the handler runs', async () => {
+        let ran = 0;
+        const handler = tenantJob(async () => ran++);
+        for (const data of [{}, undefined, null, { tenantId: null }, 'text']) {
+          await assert.rejects(handler(job(data, { id: '42', name: 'report' })), (e: unknown) => e instanceof TenantContextMissingError && /Job 42 \(report\)/.test(e.message));
+        }
+        assert.equal(ran, 0);
+      });
+
+      it('runs central jobs with no scope, even when called inside a tenant scope: tenant queries fail closed', async () => {
+        const handler = tenantJob(async () => [tryCurrentTenantId(), await Person.query().then(() => 'queried', (e) => e.constructor.name)]);
+        const lenient = tenantJob(async () => tryCurrentTenantId(), { central: true });
+        await tenancy.runWithTenant('ja', async () => {
+          assert.deepEqual(await handler(job({ central: true })), [undefined, 'TenantContextMissingError']);
+          assert.equal(await lenient(job({})), undefined);
+          assert.equal(await lenient(job({ tenantId: 'jb' })), 'jb', 'a tenantId wins over options.central');
+          assert.equal(currentTenantId(), 'ja');
+        });
+      });
+
+      it('validates the payload’s tenant id like any other, and looks the tenant up', async () => {
+        let ran = 0;
+        const handler = tenantJob(async () => ran++, { tenancy });
+        for (const tenantId of ['../etc/passwd', 'a b', 'x'.repeat(64), 7, ['ja', 'jb'], '']) {
+          await assert.rejects(handler(job({ tenantId })), InvalidTenantIdError);
+        }
+        await assert.rejects(handler(job({ tenantId: 'nobody' })), UnknownTenantError);
+        assert.equal(ran, 0);
+      });
+
+      it('a handler that throws rejects with its own error, and the next job starts clean', async () => {
+        const handler = tenantJob(async (j: { data: Data }) => {
+          if (j.data.expect === 'boom') throw new Error(`boom in ${currentTenantId()}`);
+          return tryCurrentTenantId();
+        });
+        await assert.rejects(handler(job({ tenantId: 'ja', expect: 'boom' })), /boom in ja/);
+        assert.equal(await tenantJob(async () => tryCurrentTenantId(), { central: true })(job({})), undefined);
+        assert.throws(() => tenantJob('nope' as never), TypeError);
+        assert.throws(() => tenantJob(async () => 1, { central: 'yes' as never }), TypeError);
+      });
+    });
+
+    describe('with BullMQ on a real Redis', { skip: skipRedis }, () => {
+      const cleanups: (() => Promise<void>)[] = [];
+      const queueFor = (label: string) => {
+        const name = uniqueQueueName(`${backend.name}-${label}`);
+        const queue = createTenantQueue<Data>(name, { connection });
+        cleanups.push(async () => {
+          await queue.obliterate({ force: true });
+          await queue.close();
+        });
+        return { name, queue };
+      };
+      const workerFor = (name: string, processor: (job: Job<Data>) => Promise<unknown>, opts: { concurrency?: number; central?: boolean } = {}) => {
+        const worker = createTenantWorker<Data>(name, processor, { connection, tenancy, ...opts });
+        cleanups.unshift(() => worker.close());
+        return { worker, outcomes: outcomes(worker) };
+      };
+      afterEach(async () => {
+        for (const cleanup of cleanups.splice(0)) await cleanup();
+      });
+
+      it('jobs enqueued inside HTTP requests of three tenants run in their own tenant and write to its database', async () => {
+        const { name, queue } = queueFor('http');
+        const { outcomes: done } = workerFor(
+          name,
+          async (job) => {
+            await randomPause();
+            const inserted = await Person.query().insert({ name: job.data.name! });
+            await randomPause();
+            return { ran: currentTenantId(), note: inserted.note };
+          },
+          { concurrency: 6 },
+        );
+        const app = express();
+        app.use(express.json());
+        app.use(tenancy.middleware());
+        app.post('/jobs', async (req, res, next) => {
+          try {
+            await randomPause();
+            const job = await queue.add('write', { name: req.body.name, expect: req.body.expect });
+            res.status(202).json({ id: job.id });
+          } catch (error) {
+            next(error);
+          }
+        });
+        app.use(jsonErrors);
+        const server = await listen(app);
+        const ids: string[] = [];
+        const PER_TENANT = 12;
+        try {
+          await load(PER_TENANT * TENANTS.length, 9, async (i) => {
+            const t = TENANTS[i % TENANTS.length]!;
+            const response = await fetch(`${server.url}/jobs`, {
+              method: 'POST',
+              headers: { 'x-tenant-id': t, 'content-type': 'application/json' },
+              body: JSON.stringify({ name: `${t}-http-${i}`, expect: t }),
+            });
+            assert.equal(response.status, 202);
+            ids.push(((await response.json()) as { id: string }).id);
+          });
+        } finally {
+          await server.close();
+        }
+        const results = await done.wait(ids);
+        for (const outcome of results.values()) {
+          assert.equal(outcome.state, 'completed', outcome.error?.message);
+          assert.equal(outcome.job.data.tenantId, outcome.job.data.expect, 'stamped with the request’s tenant');
+          assert.deepEqual(outcome.result, { ran: outcome.job.data.expect, note: `inserted-in:${outcome.job.data.expect}` });
+        }
+        for (const t of TENANTS) {
+          const written = await rows(t, '-http-');
+          assert.equal(written.length, PER_TENANT, `${t} holds its ${PER_TENANT} rows`);
+          assert.ok(written.every((r) => r.name.startsWith(`${t}-`) && r.note === `inserted-in:${t}`), JSON.stringify(written));
+        }
+      });
+
+      it('a job that fails once and is retried runs in the same tenant both times; a re-enqueue from the job keeps it', async () => {
+        const { name, queue } = queueFor('retry');
+        const attempts: string[] = [];
+        const { outcomes: done } = workerFor(name, async (job) => {
+          const t = currentTenantId();
+          const label = job.data.step === 2 ? 'followup' : `attempt${job.attemptsMade + 1}`;
+          await Person.query().insert({ name: `${job.data.expect}-retry-${label}` });
+          attempts.push(`${job.data.expect}:${label}:${t}`);
+          if (job.data.step === 2) return t;
+          if (job.attemptsMade === 0) throw new Error('first attempt fails');
+          await randomPause();
+          // Re-enqueue the same payload (it carries tenantId): inside the job's scope, the tenant is kept.
+          const followup = await queue.add('followup', { ...job.data, step: 2 });
+          return followup.id;
+        });
+        const jobs = await Promise.all(
+          TENANTS.map((t) => tenancy.runWithTenant(t, () => queue.add('flaky', { expect: t }, { attempts: 2 }))),
+        );
+        const first = await done.wait(jobs.map((j) => j.id));
+        const followups = await done.wait([...first.values()].map((o) => o.result as string));
+        for (const outcome of [...first.values(), ...followups.values()]) {
+          assert.equal(outcome.state, 'completed', outcome.error?.message);
+          assert.equal(outcome.job.data.tenantId, outcome.job.data.expect);
+        }
+        for (const o of first.values()) assert.equal(o.job.attemptsMade, 2);
+        assert.deepEqual(
+          attempts.sort(),
+          TENANTS.flatMap((t) => [`${t}:attempt1:${t}`, `${t}:attempt2:${t}`, `${t}:followup:${t}`]).sort(),
+        );
+        for (const t of TENANTS) {
+          assert.deepEqual(
+            (await rows(t, '-retry-')).map((r) => `${r.name}/${r.note}`).sort(),
+            [`${t}-retry-attempt1/inserted-in:${t}`, `${t}-retry-attempt2/inserted-in:${t}`, `${t}-retry-followup/inserted-in:${t}`],
+          );
+        }
+      });
+
+      const JOBS = 60;
+      const CONCURRENCY = 8;
+
+      it(`${JOBS} interleaved jobs of three tenants on one worker with concurrency ${CONCURRENCY} never see each other’s tenant`, async () => {
+        const { name, queue } = queueFor('conc');
+        let inFlight = 0;
+        let maxInFlight = 0;
+        const crossings: string[] = [];
+        const afterJob: (string | undefined)[] = [];
+        const { worker, outcomes: done } = workerFor(
+          name,
+          async (job) => {
+            maxInFlight = Math.max(maxInFlight, ++inFlight);
+            try {
+              const expect = job.data.expect!;
+              const seen = [tryCurrentTenantId()];
+              for (let k = 0; k < 3; k++) {
+                await randomPause(4);
+                seen.push(tryCurrentTenantId());
+              }
+              await Person.query().insert({ name: `${expect}-conc-${job.data.i}` });
+              await randomPause(4);
+              const visible = await Person.query().where('name', 'like', '%-conc-%');
+              seen.push(tryCurrentTenantId());
+              if (seen.some((s) => s !== expect)) crossings.push(`job ${job.data.i} of ${expect} saw ${seen.join(',')}`);
+              if (visible.some((p) => !p.name.startsWith(`${expect}-`))) crossings.push(`job ${job.data.i} of ${expect} read another tenant’s rows`);
+            } finally {
+              inFlight--;
+            }
+          },
+          { concurrency: CONCURRENCY },
+        );
+        worker.on('completed', () => afterJob.push(tryCurrentTenantId()));
+        const ids: (string | undefined)[] = [];
+        for (let i = 0; i < JOBS; i++) {
+          const t = TENANTS[i % TENANTS.length]!;
+          ids.push((await tenancy.runWithTenant(t, () => queue.add('conc', { expect: t, i }))).id);
+        }
+        const results = await done.wait(ids);
+        assert.deepEqual([...results.values()].filter((o) => o.state !== 'completed').map((o) => o.error?.message), []);
+        assert.deepEqual(crossings, []);
+        assert.ok(maxInFlight > 1, `jobs ran concurrently (max in flight ${maxInFlight})`);
+        assert.deepEqual(new Set(afterJob), new Set([undefined]), 'the worker’s own events see no tenant after a job');
+        for (const t of TENANTS) {
+          const written = await rows(t, '-conc-');
+          assert.equal(written.length, JOBS / TENANTS.length);
+          assert.ok(written.every((r) => r.name.startsWith(`${t}-`) && r.note === `inserted-in:${t}`), JSON.stringify(written));
+        }
+      });
+
+      it('negative control: the same load with a global "current tenant" variable crosses tenants on the worker', async () => {
+        const { name, queue } = queueFor('broken');
+        let globalTenant: string | undefined;
+        const crossings: string[] = [];
+        const { outcomes: done } = workerFor(
+          name,
+          async (job) => {
+            const expect = job.data.expect!;
+            globalTenant = expect;
+            brokenMiddleware({ headers: { 'x-tenant-id': expect } }, undefined, () => undefined);
+            for (let k = 0; k < 3; k++) {
+              await randomPause(4);
+              if (globalTenant !== expect) crossings.push(`job ${job.data.i} of ${expect} saw ${globalTenant}`);
+            }
+            await BrokenPerson.query().insert({ name: `${expect}-broken-${job.data.i}` });
+          },
+          { concurrency: CONCURRENCY },
+        );
+        const ids: (string | undefined)[] = [];
+        for (let i = 0; i < JOBS; i++) {
+          const t = TENANTS[i % TENANTS.length]!;
+          ids.push((await tenancy.runWithTenant(t, () => queue.add('broken', { expect: t, i }))).id);
+        }
+        await done.wait(ids);
+        let misplaced = 0;
+        for (const t of TENANTS) misplaced += (await rows(t, '-broken-')).filter((r) => !r.name.startsWith(`${t}-`)).length;
+        assert.ok(crossings.length > 0, 'the global variable must be seen crossing');
+        assert.ok(misplaced > 0, `rows must land in another tenant's database (crossings: ${crossings.length})`);
+      });
+
+      it('a job with no tenant fails at once, without retries, unless it is central', async () => {
+        const { name, queue } = queueFor('central');
+        const plain = new Queue(name, { connection });
+        cleanups.push(() => plain.close());
+        const ran: string[] = [];
+        const { outcomes: done } = workerFor(name, async (job) => {
+          const query = await Person.query().then(() => 'queried', (e: Error) => e.constructor.name);
+          ran.push(`${job.name}:${tryCurrentTenantId()}:${query}`);
+        });
+        const missing = await plain.add('missing', { x: 1 }, { attempts: 3 });
+        const invalid = await plain.add('invalid', { tenantId: '../etc' }, { attempts: 3 });
+        const unknown = await plain.add('unknown', { tenantId: 'nobody' }, { attempts: 2 });
+        const central = await queue.add('central', { central: true });
+        const tenant = await tenancy.runWithTenant('jb', () => queue.add('tenant', {}));
+        await assert.rejects(queue.add('outside', { name: 'x' }), TenantContextMissingError);
+        const results = await done.wait([missing.id, invalid.id, unknown.id, central.id, tenant.id]);
+
+        const failedWith = (job: Job, code: string, cause: new (...a: never[]) => Error, attemptsMade: number) => {
+          const o = results.get(job.id!)!;
+          assert.equal(o.state, 'failed', job.name);
+          assert.equal(o.error!.code, code);
+          assert.ok(o.error!.cause instanceof cause || o.error instanceof cause, `${job.name}: ${o.error!.name}`);
+          assert.equal(o.job.attemptsMade, attemptsMade, `${job.name} attempts`);
+        };
+        failedWith(missing, 'TENANT_CONTEXT_MISSING', TenantContextMissingError, 1);
+        assert.equal(results.get(missing.id!)!.error!.name, 'UnrecoverableError');
+        assert.match(results.get(missing.id!)!.job.failedReason, /carries no tenantId/);
+        failedWith(invalid, 'TENANT_ID_INVALID', InvalidTenantIdError, 1);
+        failedWith(unknown, 'TENANT_UNKNOWN', UnknownTenantError, 2); // an unknown tenant follows the retry policy
+        assert.equal(results.get(central.id!)!.state, 'completed');
+        assert.equal(results.get(tenant.id!)!.state, 'completed');
+        assert.deepEqual(ran.sort(), ['central:undefined:TenantContextMissingError', 'tenant:jb:queried']);
+      });
+
+      it('a worker with central: true, created inside a tenant scope, runs tenant-less jobs with no scope, after a tenant job', async () => {
+        const { name, queue } = queueFor('lenient');
+        const plain = new Queue(name, { connection });
+        cleanups.push(() => plain.close());
+        const ran: string[] = [];
+        const created = await tenancy.runWithTenant('jc', async () =>
+          workerFor(
+            name,
+            async (job) => {
+              await randomPause();
+              ran.push(`${job.name}:${tryCurrentTenantId()}`);
+            },
+            { central: true, concurrency: 1 },
+          ),
+        );
+        const first = await tenancy.runWithTenant('ja', () => queue.add('tenant-first', {}));
+        const second = await plain.add('no-tenant-next', {});
+        await created.outcomes.wait([first.id, second.id]);
+        assert.deepEqual(ran, ['tenant-first:ja', 'no-tenant-next:undefined']);
+      });
+
+      it('addBulk stamps each job; upsertJobScheduler stamps its template; explicit tenantIds are kept outside a scope', async () => {
+        const { name, queue } = queueFor('bulk');
+        const ran: string[] = [];
+        const { outcomes: done } = workerFor(name, async (job) => void ran.push(`${job.data.expect}:${currentTenantId()}`));
+        const inScope = await tenancy.runWithTenant('jb', () => queue.addBulk([{ name: 'b', data: { expect: 'jb' } }, { name: 'b', data: { expect: 'jb' } }]));
+        const explicit = await queue.addBulk(TENANTS.map((t) => ({ name: 'b', data: { tenantId: t, expect: t } })));
+        await assert.rejects(queue.addBulk([{ name: 'b', data: { tenantId: 'ja' } }, { name: 'b', data: {} }]), TenantContextMissingError);
+        await done.wait([...inScope, ...explicit].map((j) => j.id));
+        assert.deepEqual(ran.sort(), ['ja:ja', 'jb:jb', 'jb:jb', 'jb:jb', 'jc:jc']);
+
+        const scheduled = await tenancy.runWithTenant('jc', () => queue.upsertJobScheduler('nightly', { every: 3_600_000 }, { data: { expect: 'jc' } }));
+        assert.equal(scheduled.data.tenantId, 'jc');
+        await assert.rejects(queue.upsertJobScheduler('orphan', { every: 3_600_000 }), TenantContextMissingError);
+        await queue.removeJobScheduler('nightly');
+      });
+    });
+  });
+}

@@ -1,0 +1,249 @@
+/**
+ * Async boundaries, on SQLite files and MariaDB, three tenants run concurrently: timers, immediates,
+ * microtasks, nextTick, Promise.all, async generators and knex streams keep the scope on their own
+ * (checked by the scope id *and* by the rows each callback reads). EventEmitter listeners do not:
+ * they run in the emitter's scope (the negative control, which shows the check catches a wrong
+ * tenant), and `bindTenant` / `tenancy.bind` fix it.
+ */
+import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
+import { pipeline } from 'node:stream/promises';
+import { after, before, describe, it } from 'node:test';
+import knexFactory, { type Knex } from 'knex';
+import {
+  bindTenant,
+  createTenancy,
+  currentTenantId,
+  TenantContextMissingError,
+  tryCurrentTenantId,
+  type Tenancy,
+} from '../lib/index';
+import { backends } from './helpers/databases';
+import { createSchema, Person, Pet, seed } from './helpers/fixtures';
+import { randomPause } from './helpers/http';
+
+const TENANTS = ['pa', 'pb', 'pc'] as const;
+/** A tenant whose pool is first opened from inside another tenant's scope. */
+const NESTED = 'pd';
+
+/** `<scope id>:<tenants whose rows the model query returned>`; in tenant t, `t:t` is the only right answer. */
+async function observe(): Promise<string> {
+  const scope = tryCurrentTenantId();
+  try {
+    const rows = await Person.query().select('name').orderBy('id');
+    return `${scope}:${[...new Set(rows.map((r) => r.name.split('-')[0]))].join('+')}`;
+  } catch (error) {
+    if (error instanceof TenantContextMissingError) return `${scope}:no-tenant`;
+    throw error;
+  }
+}
+
+function later<T>(schedule: (fire: () => void) => void, fn: () => Promise<T>): Promise<T> {
+  return new Promise<T>((resolve, reject) => schedule(() => fn().then(resolve, reject)));
+}
+
+/** An async generator defined outside any scope: its body runs in the scope of whoever consumes it. */
+async function* personsOneByOne(): AsyncGenerator<string> {
+  for (const id of [1, 2]) {
+    await randomPause();
+    const person = await Person.query().findById(id);
+    yield `${tryCurrentTenantId()}:${person!.name}`;
+  }
+}
+
+for (const backend of backends('prop')) {
+  describe(`async propagation on ${backend.name}`, { skip: backend.skip }, () => {
+    let tenancy: Tenancy;
+    const direct = new Map<string, Knex>();
+
+    /** Runs `check(t)` in every tenant at once, so their callbacks interleave. */
+    const inEveryTenant = <T>(check: (t: string) => Promise<T>) =>
+      Promise.all(TENANTS.map((t) => tenancy.runWithTenant(t, async () => [t, await check(t)] as const)));
+
+    before(async () => {
+      for (const t of [...TENANTS, NESTED]) {
+        await backend.createDatabase(t);
+        const knex = knexFactory(backend.knexConfig(t));
+        await createSchema(knex, t);
+        await seed(knex, t);
+        direct.set(t, knex);
+      }
+      tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
+    });
+    after(async () => {
+      await tenancy.destroy();
+      for (const knex of direct.values()) await knex.destroy();
+      for (const t of [...TENANTS, NESTED]) await backend.dropDatabase(t);
+      await backend.close();
+    });
+
+    it('setTimeout, setImmediate, queueMicrotask and process.nextTick callbacks run in the scope that scheduled them', async () => {
+      const results = await inEveryTenant(() =>
+        Promise.all([
+          later((fire) => setTimeout(fire, Math.floor(Math.random() * 5)), observe),
+          later((fire) => setImmediate(fire), observe),
+          later((fire) => queueMicrotask(fire), observe),
+          later((fire) => process.nextTick(fire), observe),
+          later((fire) => setTimeout(() => setImmediate(() => queueMicrotask(fire)), 1), observe),
+        ]),
+      );
+      for (const [t, seen] of results) assert.deepEqual(seen, Array(5).fill(`${t}:${t}`));
+      assert.equal(tryCurrentTenantId(), undefined);
+    });
+
+    it('Promise.all of model queries with random awaits stays in the scope', async () => {
+      const results = await inEveryTenant(() =>
+        Promise.all(
+          Array.from({ length: 12 }, async (_, i) => {
+            await randomPause();
+            if (i % 3 === 0) return observe();
+            const pets = await Pet.query().select('name').then((rows) => rows.map((r) => r.name.split('-')[0]));
+            await randomPause();
+            return `${currentTenantId()}:${[...new Set(pets)].join('+')}`;
+          }),
+        ),
+      );
+      for (const [t, seen] of results) assert.deepEqual(seen, Array(12).fill(`${t}:${t}`));
+    });
+
+    it('an async generator consumed with for await runs in the consumer’s scope', async () => {
+      const results = await inEveryTenant(async () => {
+        const seen: string[] = [];
+        for await (const item of personsOneByOne()) {
+          seen.push(item);
+          await randomPause();
+        }
+        return seen;
+      });
+      for (const [t, seen] of results) assert.deepEqual(seen, [`${t}:${t}-ada`, `${t}:${t}-bob`]);
+    });
+
+    it('knex .stream() consumed with for await and with pipeline() keeps the scope, queries in the loop included', async () => {
+      const results = await inEveryTenant(async () => {
+        const seen: string[] = [];
+        for await (const row of Person.knexQuery().select('id', 'name').orderBy('id').stream()) {
+          const { id, name } = row as { id: number; name: string };
+          await randomPause();
+          // SQLite's pool has one connection, held by the stream: query inside the loop on MariaDB only.
+          const pets = backend.name === 'mysql' ? `:${(await Pet.query().where('owner_id', id)).map((p) => p.name).join('+')}` : '';
+          seen.push(`${currentTenantId()}:${name}${pets}`);
+        }
+        await pipeline(tenancy.knex()('movies').select('title').orderBy('id').stream(), async (source: AsyncIterable<{ title: string }>) => {
+          for await (const { title } of source) {
+            await randomPause();
+            seen.push(`${currentTenantId()}:${title}`);
+          }
+        });
+        seen.push(await observe());
+        return seen;
+      });
+      for (const [t, seen] of results) {
+        const pets = backend.name === 'mysql' ? [`:${t}-rex`, `:${t}-tom`] : ['', ''];
+        assert.deepEqual(seen, [`${t}:${t}-ada${pets[0]}`, `${t}:${t}-bob${pets[1]}`, `${t}:${t}-alien`, `${t}:${t}-brazil`, `${t}:${t}`]);
+      }
+    });
+
+    it('knex .stream() "data" listeners: bound with bindTenant they run in their scope whatever context the driver emits from', async (t) => {
+      const unbound: string[] = [];
+      const results = await inEveryTenant(
+        (tenant) =>
+          new Promise<string[]>((resolve, reject) => {
+            const seen: string[] = [];
+            const pending: Promise<void>[] = [];
+            const stream = tenancy.knex()('persons').select('name').orderBy('id').stream();
+            stream.on('data', () => unbound.push(`${tenant}:${tryCurrentTenantId()}`));
+            stream.on(
+              'data',
+              bindTenant((row: { name: string }) => {
+                pending.push(observe().then((o) => void seen.push(`${row.name}@${o}`)));
+              }),
+            );
+            stream.on('error', reject);
+            stream.on('end', () => Promise.all(pending).then(() => resolve(seen.sort()), reject));
+          }),
+      );
+      for (const [tenant, seen] of results) assert.deepEqual(seen, [`${tenant}-ada@${tenant}:${tenant}`, `${tenant}-bob@${tenant}:${tenant}`]);
+      // Not asserted: mysql2 emits rows from its socket callbacks, in the context the connection was
+      // opened in (no scope, or another tenant's); better-sqlite3 reads synchronously in the caller's.
+      t.diagnostic(`unbound "data" listeners saw <subscriber>:<scope> ${[...new Set(unbound)].join(' ')}`);
+    });
+
+    it('knex .stream() "data" listeners: bound, they keep their scope in a tenant whose pool was opened inside another tenant', async (t) => {
+      const seen = await tenancy.runWithTenant('pa', () =>
+        tenancy.runWithTenant(NESTED, async () => {
+          const unbound: string[] = [];
+          const bound: Promise<string>[] = [];
+          await new Promise<void>((resolve, reject) => {
+            const stream = tenancy.knex()('persons').select('name').orderBy('id').stream();
+            stream.on('data', () => unbound.push(String(tryCurrentTenantId())));
+            stream.on('data', bindTenant((row: { name: string }) => void bound.push(observe().then((o) => `${row.name}@${o}`))));
+            stream.on('error', reject).on('end', resolve);
+          });
+          t.diagnostic(`unbound "data" listeners in ${NESTED} saw: ${unbound.join(' ')}`);
+          return (await Promise.all(bound)).sort();
+        }),
+      );
+      assert.deepEqual(seen, [`${NESTED}-ada@${NESTED}:${NESTED}`, `${NESTED}-bob@${NESTED}:${NESTED}`]);
+    });
+
+    it('EventEmitter: a listener runs in the emitter’s scope (negative control); bindTenant and tenancy.bind keep the subscriber’s', async () => {
+      const bus = new EventEmitter();
+      const seen: Record<'plain' | 'bindTenant' | 'tenancy.bind', string[]> = { plain: [], bindTenant: [], 'tenancy.bind': [] };
+      const pending: Promise<void>[] = [];
+      const listener = (kind: keyof typeof seen, subscriber: string) => () => {
+        pending.push(observe().then((o) => void seen[kind].push(`${subscriber}->${o}`)));
+      };
+      await inEveryTenant(async (t) => {
+        bus.on('ping', listener('plain', t));
+        bus.on('ping', bindTenant(listener('bindTenant', t)));
+        bus.on('ping', tenancy.bind(listener('tenancy.bind', t)));
+      });
+      const settle = async () => {
+        await Promise.all(pending.splice(0));
+        const out = Object.fromEntries(Object.entries(seen).map(([k, v]) => [k, v.splice(0).sort()]));
+        return out as typeof seen;
+      };
+
+      await tenancy.runWithTenant('pc', () => bus.emit('ping'));
+      let got = await settle();
+      assert.deepEqual(got.plain, ['pa->pc:pc', 'pb->pc:pc', 'pc->pc:pc'], 'the documented loss: listeners of pa and pb read pc');
+      assert.deepEqual(got.bindTenant, ['pa->pa:pa', 'pb->pb:pb', 'pc->pc:pc']);
+      assert.deepEqual(got['tenancy.bind'], ['pa->pa:pa', 'pb->pb:pb', 'pc->pc:pc']);
+
+      bus.emit('ping'); // outside any scope
+      got = await settle();
+      assert.deepEqual(got.plain, ['pa->undefined:no-tenant', 'pb->undefined:no-tenant', 'pc->undefined:no-tenant']);
+      assert.deepEqual(got.bindTenant, ['pa->pa:pa', 'pb->pb:pb', 'pc->pc:pc']);
+      assert.deepEqual(got['tenancy.bind'], ['pa->pa:pa', 'pb->pb:pb', 'pc->pc:pc']);
+    });
+
+    it('bound outside any scope, a function runs with no scope even when called inside a tenant: tenant queries fail closed', async () => {
+      const bound = bindTenant(() => observe());
+      const viaTenancy = tenancy.bind(async () => Person.query());
+      await tenancy.runWithTenant('pa', async () => {
+        assert.equal(await bound(), 'undefined:no-tenant');
+        await assert.rejects(viaTenancy(), TenantContextMissingError);
+        assert.equal(currentTenantId(), 'pa', 'the caller’s scope is back after the bound call');
+      });
+    });
+
+    it('bind passes this, arguments and the return value through, restores the caller’s scope after a throw, and checks its argument', async () => {
+      const bound = await tenancy.runWithTenant('pb', () =>
+        bindTenant(function (this: { base: number }, a: number, b: number) {
+          if (a < 0) throw new Error(`thrown in ${currentTenantId()}`);
+          return `${this.base + a + b}@${currentTenantId()}`;
+        }),
+      );
+      const target = { base: 10, bound };
+      assert.equal(target.bound(1, 2), '13@pb');
+      await tenancy.runWithTenant('pa', async () => {
+        assert.equal(target.bound(0, 0), '10@pb');
+        assert.throws(() => target.bound(-1, 0), /thrown in pb/);
+        assert.equal(currentTenantId(), 'pa');
+      });
+      assert.equal(tryCurrentTenantId(), undefined);
+      assert.throws(() => bindTenant('nope' as never), TypeError);
+      assert.throws(() => tenancy.bind(undefined as never), TypeError);
+    });
+  });
+}

@@ -1,0 +1,241 @@
+/**
+ * Many tenants over few connections, on two real MariaDB servers (3306 and a second one on 3307):
+ * the shared strategy (isolation under load with its negative control, a moved tenant, fairness) and
+ * the pool-per-tenant connection budget (never exceeded by the server's own count, eviction under
+ * load with no failed query).
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import knexFactory, { type Knex } from 'knex';
+import { createTenancy, type TenancyOptions } from '../lib/index';
+import { mysqlConnection, skipMysql } from './helpers/databases';
+import { createSchema, Person, seed } from './helpers/fixtures';
+import { jsonErrors, listen, load } from './helpers/http';
+import { isolationApp, runIsolationLoad } from './helpers/isolation';
+import { startSecondServer, type SecondServer } from './helpers/second-server';
+
+const ON_FIRST = ['sa1', 'sa2', 'sa3', 'sa4', 'sa5', 'sa6'];
+const ON_SECOND = ['sb1', 'sb2', 'sb3', 'sb4'];
+const ALL = [...ON_FIRST, ...ON_SECOND];
+const db = (t: string) => `ot_scale_${t}`;
+
+describe('many tenants over few connections, two MariaDB servers', { skip: skipMysql }, () => {
+  let second: SecondServer;
+  const admins = new Map<string, Knex>();
+  const direct = new Map<string, Knex>();
+  const serverConfig = (port: number, max: number): Knex.Config => {
+    const { database: _database, ...connection } = mysqlConnection();
+    void _database;
+    return { client: 'mysql2', connection: { ...connection, port }, pool: { min: 0, max } };
+  };
+  const sharedOptions = (max: number, extra: Partial<TenancyOptions> = {}): TenancyOptions => ({
+    strategy: 'shared',
+    servers: { first: serverConfig(mysqlConnection().port!, max), second: serverConfig(second.port, max) },
+    locate: (id) => ({ server: id.startsWith('sb') ? 'second' : 'first', database: db(id) }),
+    ...extra,
+  });
+  const threads = async (server: 'first' | 'second') => {
+    const [rows] = await admins.get(server)!.raw("show status like 'Threads_connected'");
+    return Number((rows as { Value: string }[])[0]!.Value);
+  };
+
+  before(async () => {
+    second = await startSecondServer();
+    admins.set('first', knexFactory({ ...serverConfig(mysqlConnection().port!, 1) }));
+    admins.set('second', knexFactory({ ...serverConfig(second.port, 1) }));
+    for (const t of ALL) {
+      const admin = admins.get(t.startsWith('sb') ? 'second' : 'first')!;
+      await admin.raw('drop database if exists ??', [db(t)]);
+      await admin.raw('create database ??', [db(t)]);
+      const config = serverConfig(t.startsWith('sb') ? second.port : mysqlConnection().port!, 2);
+      const knex = knexFactory({ ...config, connection: { ...(config.connection as object), database: db(t) } });
+      await createSchema(knex, t);
+      await seed(knex, t);
+      direct.set(t, knex);
+    }
+  });
+  after(async () => {
+    for (const knex of direct.values()) await knex.destroy();
+    for (const t of ALL) await admins.get(t.startsWith('sb') ? 'second' : 'first')!.raw('drop database if exists ??', [db(t)]);
+    for (const admin of admins.values()) await admin.destroy();
+    await second.stop();
+  });
+
+  /** Samples both servers' Threads_connected while `work` runs; returns the peaks above the baseline. */
+  async function peakThreads<T>(work: () => Promise<T>): Promise<{ result: T; first: number; second: number; total: number }> {
+    const base = { first: await threads('first'), second: await threads('second') };
+    const peak = { first: 0, second: 0, total: 0 };
+    let running = true;
+    const sampler = (async () => {
+      while (running) {
+        const [first, second] = [(await threads('first')) - base.first, (await threads('second')) - base.second];
+        peak.first = Math.max(peak.first, first);
+        peak.second = Math.max(peak.second, second);
+        peak.total = Math.max(peak.total, first + second);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    })();
+    try {
+      const result = await work();
+      return { result, ...peak };
+    } finally {
+      running = false;
+      await sampler;
+    }
+  }
+
+  it('shared strategy: tenants on both servers under concurrent load, no leak, no lost write, at most 3 connections per server', async () => {
+    const tenancy = createTenancy(sharedOptions(3, { maxConnectionsPerTenant: 2 }));
+    const app = isolationApp(Person, tenancy.middleware());
+    app.use(jsonErrors);
+    const server = await listen(app);
+    try {
+      const { result: report, first, second: onSecond } = await peakThreads(() => runIsolationLoad(server.url, ALL, direct, 1500, 48, 'shared'));
+      assert.deepEqual(report, { requests: 1500, leaks: 0, lostWrites: 0, failures: 0 });
+      assert.ok(first <= 3 && onSecond <= 3, `server connections above baseline: first ${first}, second ${onSecond}`);
+      const stats = tenancy.stats();
+      assert.equal(stats.strategy, 'shared');
+      assert.equal(stats.tenants, ALL.length);
+      for (const key of ['first', 'second']) {
+        const s = stats.servers![key]!;
+        assert.ok(s.open <= 3 && s.created <= 3 + s.destroyed, JSON.stringify(s));
+        assert.equal(s.inUse, 0);
+        assert.ok(s.switches > 0 && s.affinityHits > 0, JSON.stringify(s));
+      }
+    } finally {
+      await server.close();
+      await tenancy.destroy();
+    }
+  });
+
+  it('negative control: a shared pool that forgets to switch databases is caught leaking', async () => {
+    // Each connection honours only its first USE: the bug a connection-switching pool must not have.
+    const tenancy = createTenancy(
+      sharedOptions(3, {
+        createKnex: (config) => {
+          const knex = knexFactory(config);
+          const client = knex.client as { acquireRawConnection(): Promise<{ query: (...args: unknown[]) => unknown }> };
+          const acquire = client.acquireRawConnection.bind(client);
+          client.acquireRawConnection = async () => {
+            const conn = await acquire();
+            const query = conn.query.bind(conn);
+            let switched = false;
+            conn.query = (sql: unknown, ...rest: unknown[]) => {
+              if (typeof sql === 'string' && sql.startsWith('USE ') && switched) return (rest.at(-1) as (e: null) => void)(null);
+              if (typeof sql === 'string' && sql.startsWith('USE ')) switched = true;
+              return query(sql, ...rest);
+            };
+            return conn;
+          };
+          return knex;
+        },
+      }),
+    );
+    const app = isolationApp(Person, tenancy.middleware());
+    app.use(jsonErrors);
+    const server = await listen(app);
+    try {
+      const report = await runIsolationLoad(server.url, ON_FIRST, direct, 600, 48, 'noswitch');
+      assert.ok(report.leaks > 0, `the broken pool must leak: ${JSON.stringify(report)}`);
+    } finally {
+      await server.close();
+      await tenancy.destroy();
+    }
+  });
+
+  it('a tenant moved to another server is picked up after forget()', async () => {
+    const where = new Map([['sa1', 'first']]);
+    const tenancy = createTenancy(sharedOptions(2, { locate: (id) => ({ server: where.get(id) ?? 'first', database: db(id) }) }));
+    try {
+      const names = () => tenancy.runWithTenant('sa1', async () => (await Person.query().orderBy('id').limit(2)).map((p) => p.name));
+      assert.deepEqual(await names(), ['sa1-ada', 'sa1-bob']);
+      // "Move" sa1: a copy of its database on the second server, with a row that tells them apart.
+      const target = admins.get('second')!;
+      await target.raw('drop database if exists ??', [db('sa1')]);
+      await target.raw('create database ??', [db('sa1')]);
+      await target.raw(`create table ${db('sa1')}.persons (id int auto_increment primary key, name varchar(255) not null, note varchar(255))`);
+      await target.raw(`insert into ${db('sa1')}.persons (name) values ('sa1-moved')`);
+      where.set('sa1', 'second');
+      assert.deepEqual(await names(), ['sa1-ada', 'sa1-bob'], 'cached until forgotten');
+      await tenancy.forget('sa1');
+      assert.deepEqual(await names(), ['sa1-moved']);
+      await target.raw('drop database ??', [db('sa1')]);
+    } finally {
+      await tenancy.destroy();
+    }
+  });
+
+  it('fairness: a tenant holding its cap of connections does not starve the others', async () => {
+    const tenancy = createTenancy(sharedOptions(4, { maxConnectionsPerTenant: 2 }));
+    try {
+      await tenancy.runWithTenant('sa2', () => Person.query().first()); // warm
+      const started = Date.now();
+      const hog = Promise.all(Array.from({ length: 10 }, () => tenancy.runWithTenant('sa3', () => tenancy.knex().raw('select sleep(0.3)'))));
+      await new Promise((r) => setTimeout(r, 50));
+      const quick = Date.now();
+      await Promise.all(Array.from({ length: 20 }, () => tenancy.runWithTenant('sa2', () => Person.query().first())));
+      const quickMs = Date.now() - quick;
+      await hog;
+      const hogMs = Date.now() - started;
+      assert.ok(quickMs < 250, `the other tenant waited ${quickMs} ms`);
+      assert.ok(hogMs >= 1_400, `the hog ran at most 2 at a time (${hogMs} ms for 10 x 0.3 s)`);
+    } finally {
+      await tenancy.destroy();
+    }
+  });
+
+  it('pool-per-tenant budget: 6 tenants, 4 connections at most, evictions under load, no failed query', async () => {
+    // One server, so that one Threads_connected reading is one instant (two servers read one after
+    // the other would count a connection that moved between them twice).
+    const tenancy = createTenancy({
+      knexConfig: (id) => {
+        const config = serverConfig(mysqlConnection().port!, 3);
+        return { ...config, connection: { ...(config.connection as object), database: db(id) } };
+      },
+      maxConnections: 4,
+      maxPools: 3,
+      acquireTimeoutMs: 20_000,
+    });
+    try {
+      let failures = 0;
+      let wrong = 0;
+      const { first } = await peakThreads(() =>
+        load(600, 24, async (i) => {
+          const t = ON_FIRST[i % ON_FIRST.length]!;
+          try {
+            const rows = await tenancy.runWithTenant(t, () => Person.query().orderBy('id'));
+            if (rows[0]?.name !== `${t}-ada`) wrong++;
+          } catch {
+            failures++;
+          }
+        }),
+      );
+      const stats = tenancy.stats();
+      assert.equal(failures, 0);
+      assert.equal(wrong, 0);
+      assert.ok(first <= 4, `server connections above baseline: ${first}`);
+      assert.ok(stats.budget!.peak <= 4, JSON.stringify(stats.budget));
+      assert.ok(stats.evictions > 0, 'pools were evicted under load');
+    } finally {
+      await tenancy.destroy();
+    }
+  });
+
+  it("pool-per-tenant budget with overflow 'reject' fails fast with a 503-mapped error", async () => {
+    const tenancy = createTenancy({
+      knexConfig: (id) => ({ ...serverConfig(mysqlConnection().port!, 2), connection: { ...(serverConfig(0, 0).connection as object), port: mysqlConnection().port, database: db(id) } }),
+      maxConnections: 1,
+      overflow: 'reject',
+    });
+    try {
+      const busy = tenancy.runWithTenant('sa4', () => tenancy.knex().raw('select sleep(0.3)'));
+      await new Promise((r) => setTimeout(r, 50));
+      const error = await tenancy.runWithTenant('sa5', () => Person.query()).catch((e: unknown) => e);
+      assert.equal((error as { code?: string }).code, 'TENANT_UNAVAILABLE', String(error));
+      assert.equal((error as { statusCode?: number }).statusCode, 503);
+      await busy;
+    } finally {
+      await tenancy.destroy();
+    }
+  });
+});

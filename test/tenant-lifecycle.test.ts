@@ -1,0 +1,169 @@
+/**
+ * `createTenant()` and `dropTenant()` with the built-in database helpers (MariaDB `CREATE DATABASE`,
+ * SQLite files; MariaDB also under the shared strategy) and with app hooks: created, migrated, seeded, registered; refused without
+ * confirmation; dropped with its pool evicted and unregistered; a failed creation undone.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import {
+  createTenancy,
+  InvalidTenantIdError,
+  TenantAlreadyExistsError,
+  TenantDropNotConfirmedError,
+  TenantLifecycleError,
+  UnknownTenantError,
+  type Tenancy,
+  type TenancyOptions,
+} from '../lib/index';
+import { allStrategies } from './helpers/databases';
+import { MIGRATION_NAMES, writeMigrations } from './helpers/migrations';
+
+for (const backend of allStrategies('ops')) {
+  describe(`createTenant and dropTenant on ${backend.name}`, { skip: backend.skip }, () => {
+    const files = writeMigrations();
+    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'hooked'];
+    const tenancies: Tenancy[] = [];
+    let catalog = new Set<string>();
+    const make = (extra: Partial<TenancyOptions> = {}): Tenancy => {
+      const tenancy = createTenancy({
+        ...backend.connectionOptions(),
+        tenantExists: (id) => catalog.has(id),
+        migrations: { directory: files.migrations },
+        seeds: { directory: files.seeds },
+        registerTenant: (id) => void catalog.add(id),
+        unregisterTenant: (id) => void catalog.delete(id),
+        ...extra,
+      });
+      tenancies.push(tenancy);
+      return tenancy;
+    };
+    /** Tenants holding a pool (pool per tenant) or a handle on their server's pool (shared). */
+    const cached = (tenancy: Tenancy) => {
+      const stats = tenancy.stats();
+      return stats.strategy === 'shared' ? stats.tenants : stats.pools;
+    };
+    const people = (tenancy: Tenancy, id: string) => tenancy.runWithTenant(id, () => tenancy.knex()('people').pluck('name'));
+
+    before(async () => {
+      for (const id of ids) await backend.dropDatabase(id);
+    });
+    after(async () => {
+      for (const tenancy of tenancies) await tenancy.destroy();
+      for (const id of ids) await backend.dropDatabase(id);
+      await backend.close();
+      files.cleanup();
+    });
+
+    it('creates the database, migrates, seeds and registers the tenant', async () => {
+      catalog = new Set();
+      const tenancy = make();
+      await assert.rejects(tenancy.runWithTenant('c1', () => 1), UnknownTenantError, 'not there yet (and the miss is cached)');
+      const result = await tenancy.createTenant('c1');
+      assert.equal(result.tenantId, 'c1');
+      assert.deepEqual(result.migrations, MIGRATION_NAMES);
+      assert.deepEqual(result.seeds, ['01_people.js']);
+      assert.ok(await backend.databaseExists('c1'));
+      assert.ok(catalog.has('c1'), 'registered');
+      assert.deepEqual(await people(tenancy, 'c1'), ['seeded'], 'served at once: the cached catalog miss was forgotten');
+      const status = await tenancy.migrate.status({ tenants: ['c1'] });
+      assert.equal(status.tenants[0]!.status, 'current');
+    });
+
+    it('refuses an existing tenant, an existing database and an invalid id, touching nothing', async () => {
+      const tenancy = make();
+      await assert.rejects(tenancy.createTenant('c1'), TenantAlreadyExistsError, 'the catalog has it');
+      catalog.delete('c1');
+      const error = await tenancy.createTenant('c1').catch((e: unknown) => e);
+      assert.ok(error instanceof TenantAlreadyExistsError, 'its database exists');
+      assert.equal(error.statusCode, 409);
+      assert.ok(await backend.databaseExists('c1'), 'the existing database was not dropped by an undo');
+      catalog.add('c1');
+      await assert.rejects(tenancy.createTenant('../c1'), InvalidTenantIdError);
+      await assert.rejects(tenancy.createTenant('c2; drop database c1'), InvalidTenantIdError);
+      assert.equal(await backend.databaseExists('c2'), false);
+    });
+
+    it('creates without seeds when asked, and without migrations when none are configured', async () => {
+      const noSeed = await make().createTenant('c2', { seed: false });
+      assert.deepEqual(noSeed.seeds, []);
+      const bare = await make({ migrations: undefined, seeds: undefined }).createTenant('c3');
+      assert.deepEqual(bare.migrations, []);
+      assert.ok(await backend.databaseExists('c3'));
+    });
+
+    it('undoes a creation whose migration fails: database dropped, not registered, retryable', async () => {
+      files.addMigration('20250101000009_broken.js', "exports.up = (k) => k.raw('select * from no_such_table'); exports.down = async () => {};");
+      try {
+        const error = await make().createTenant('c4').catch((e: unknown) => e);
+        assert.ok(error instanceof TenantLifecycleError, String(error));
+        assert.equal(error.code, 'TENANT_CREATE_FAILED');
+        assert.equal(error.step, 'migrate');
+        assert.equal((error.cause as { migration?: string }).migration, '20250101000009_broken.js');
+        assert.equal(await backend.databaseExists('c4'), false, 'the half-made database was dropped');
+        assert.equal(catalog.has('c4'), false);
+      } finally {
+        files.removeMigration('20250101000009_broken.js');
+      }
+      assert.deepEqual((await make().createTenant('c4')).migrations, MIGRATION_NAMES, 'a retry works');
+    });
+
+    it('refuses to drop without the confirmation, touching nothing', async () => {
+      const tenancy = make();
+      await people(tenancy, 'c1');
+      await assert.rejects(tenancy.dropTenant('c1', undefined as never), TenantDropNotConfirmedError);
+      await assert.rejects(tenancy.dropTenant('c1', { confirm: 'c2' }), TenantDropNotConfirmedError);
+      assert.ok(await backend.databaseExists('c1'));
+      assert.ok(catalog.has('c1'));
+      assert.equal(cached(tenancy), 1, 'the pool is still open');
+    });
+
+    it('drops with the confirmation: pool evicted, database gone, unregistered', async () => {
+      const tenancy = make();
+      await people(tenancy, 'c1');
+      assert.equal(cached(tenancy), 1);
+      await tenancy.dropTenant('c1', { confirm: 'c1' });
+      assert.equal(cached(tenancy), 0, 'the pool was evicted');
+      assert.equal(await backend.databaseExists('c1'), false);
+      assert.equal(catalog.has('c1'), false);
+      await assert.rejects(tenancy.runWithTenant('c1', () => 1), UnknownTenantError);
+      await tenancy.dropTenant('c1', { confirm: 'c1' }); // idempotent: a retry after a failed unregister works
+    });
+
+    it('drop waits for the scopes in flight on the tenant before dropping its database', async () => {
+      const tenancy = make();
+      await tenancy.createTenant('c2b', { seed: false });
+      let inFlight = 0;
+      const busy = tenancy.runWithTenant('c2b', async () => {
+        inFlight++;
+        await new Promise((resolve) => setTimeout(resolve, 150));
+        return tenancy.knex()('people').count({ n: '*' });
+      });
+      while (inFlight === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+      const dropped = tenancy.dropTenant('c2b', { confirm: 'c2b' });
+      try {
+        assert.equal((await busy).length, 1, 'the scope in flight finished on its database');
+      } finally {
+        await dropped;
+      }
+      assert.equal(await backend.databaseExists('c2b'), false);
+    });
+
+    it('uses the app hooks for the database when given', async () => {
+      const calls: string[] = [];
+      const tenancy = make({
+        createDatabase: async (id, config) => {
+          calls.push(`create ${id} ${config.client}`);
+          await backend.createDatabase(id);
+        },
+        dropDatabase: async (id) => {
+          calls.push(`drop ${id}`);
+          await backend.dropDatabase(id);
+        },
+      });
+      await tenancy.createTenant('hooked', { seed: false });
+      await tenancy.dropTenant('hooked', { confirm: 'hooked' });
+      assert.deepEqual(calls, [`create hooked ${backend.knexConfig('x').client}`, 'drop hooked']);
+      assert.equal(await backend.databaseExists('hooked'), false);
+    });
+  });
+}
