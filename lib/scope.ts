@@ -29,6 +29,8 @@ export interface TenantScope {
 interface GlobalState {
   readonly storage: AsyncLocalStorage<TenantScope>;
   defaultOwner?: unknown;
+  /** The tenant each model instance was loaded or created in (the instance guard). */
+  instanceTenants?: WeakMap<object, string>;
 }
 
 // One storage per process, even when the package is loaded twice (CJS and ESM builds, or two

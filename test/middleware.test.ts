@@ -8,7 +8,7 @@ import express4 from 'express';
 import express5 from 'express5';
 import { createTenancy, currentTenantId, tryCurrentTenantId, type Tenancy } from '../lib/index';
 import { sqliteBackend } from './helpers/databases';
-import { createSchema, Person, seed } from './helpers/fixtures';
+import { Person, setUpTenants } from './helpers/fixtures';
 import { jsonErrors, listen, randomPause, type Running } from './helpers/http';
 
 const backend = sqliteBackend('mw');
@@ -18,12 +18,7 @@ let tenancy: Tenancy;
 before(async () => {
   for (const t of TENANTS) await backend.createDatabase(t);
   tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
-  for (const t of TENANTS) {
-    await tenancy.runWithTenant(t, async () => {
-      await createSchema(tenancy.knex(), t);
-      await seed(tenancy.knex(), t);
-    });
-  }
+  await setUpTenants(tenancy, TENANTS);
 });
 after(async () => {
   await tenancy.destroy();

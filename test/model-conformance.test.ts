@@ -8,7 +8,7 @@ import knexFactory, { type Knex } from 'knex';
 import { fn, raw, ref } from 'objection';
 import { createTenancy, runWithTenant, setDefaultTenancy, TenantContextMissingError, type Tenancy } from '../lib/index';
 import { allStrategies } from './helpers/databases';
-import { Audit, createSchema, Movie, Person, Pet, seed } from './helpers/fixtures';
+import { Audit, createSchema, Movie, Person, Pet, reseed } from './helpers/fixtures';
 
 const TENANTS = ['t1', 't2', 't3'] as const;
 
@@ -29,9 +29,7 @@ for (const backend of allStrategies('conf')) {
 
     beforeEach(async () => {
       for (const t of TENANTS) {
-        const knex = direct.get(t)!;
-        for (const table of ['persons_movies', 'pets', 'movies', 'persons', 'audit']) await knex(table).delete();
-        await seed(knex, t);
+        await reseed(direct.get(t)!, t);
       }
     });
 

@@ -19,7 +19,7 @@ import {
   type TenantResolver,
 } from '../lib/index';
 import { sqliteBackend } from './helpers/databases';
-import { createSchema, Person, seed } from './helpers/fixtures';
+import { Person, setUpTenants } from './helpers/fixtures';
 import { listen, randomPause, request, type Running } from './helpers/http';
 
 const backend = sqliteBackend('resolvers');
@@ -28,13 +28,8 @@ let tenancy: Tenancy;
 
 before(async () => {
   tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
-  for (const t of TENANTS) {
-    await backend.createDatabase(t);
-    await tenancy.runWithTenant(t, async () => {
-      await createSchema(tenancy.knex(), t);
-      await seed(tenancy.knex(), t);
-    });
-  }
+  for (const t of TENANTS) await backend.createDatabase(t);
+  await setUpTenants(tenancy, TENANTS);
 });
 after(async () => {
   await tenancy.destroy();

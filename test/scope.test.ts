@@ -15,7 +15,7 @@ import {
   type Tenancy,
 } from '../lib/index';
 import { sqliteBackend } from './helpers/databases';
-import { createSchema, Person, seed } from './helpers/fixtures';
+import { Person, setUpTenants } from './helpers/fixtures';
 
 const backend = sqliteBackend('scope');
 let tenancy: Tenancy;
@@ -30,13 +30,8 @@ class HookedPerson extends Person {
 before(async () => {
   tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
   setDefaultTenancy(tenancy);
-  for (const t of ['a', 'b']) {
-    await backend.createDatabase(t);
-    await tenancy.runWithTenant(t, async () => {
-      await createSchema(tenancy.knex(), t);
-      await seed(tenancy.knex(), t);
-    });
-  }
+  for (const t of ['a', 'b']) await backend.createDatabase(t);
+  await setUpTenants(tenancy, ['a', 'b']);
 });
 after(async () => {
   await tenancy.destroy();

@@ -14,7 +14,7 @@ import {
   type Tenancy,
 } from '../lib/index';
 import { allStrategies } from './helpers/databases';
-import { createSchema, Movie, Person, Pet, seed } from './helpers/fixtures';
+import { createSchema, Movie, Person, Pet, reseed } from './helpers/fixtures';
 
 const TENANTS = ['x1', 'x2'] as const;
 
@@ -41,9 +41,7 @@ for (const backend of allStrategies('trx')) {
     });
     beforeEach(async () => {
       for (const t of TENANTS) {
-        const knex = direct.get(t)!;
-        for (const table of ['persons_movies', 'pets', 'movies', 'persons', 'audit']) await knex(table).delete();
-        await seed(knex, t);
+        await reseed(direct.get(t)!, t);
       }
     });
     after(async () => {

@@ -1,7 +1,7 @@
 /** A small schema and model graph used by the suites: persons, pets, movies (many-to-many), audit. */
 import type { Knex } from 'knex';
 import { Model, type RelationMappings } from 'objection';
-import { TenantModel } from '../../lib/index';
+import { TenantModel, type Tenancy } from '../../lib/index';
 
 export async function createSchema(knex: Knex, tenantId: string): Promise<void> {
   for (const table of ['persons_movies', 'pets', 'movies', 'persons', 'audit', 'tenant_info']) {
@@ -46,6 +46,22 @@ export async function seed(knex: Knex, t: string): Promise<void> {
   await knex('pets').insert([{ id: 1, owner_id: 1, name: `${t}-rex` }, { id: 2, owner_id: 2, name: `${t}-tom` }]);
   await knex('movies').insert([{ id: 1, title: `${t}-alien` }, { id: 2, title: `${t}-brazil` }]);
   await knex('persons_movies').insert([{ person_id: 1, movie_id: 1 }]);
+}
+
+/** Empties the tables and seeds them again (between tests). */
+export async function reseed(knex: Knex, t: string): Promise<void> {
+  for (const table of ['persons_movies', 'pets', 'movies', 'persons', 'audit']) await knex(table).delete();
+  await seed(knex, t);
+}
+
+/** Creates the schema and seeds it in each tenant, through the tenancy's own scope. */
+export async function setUpTenants(tenancy: Tenancy, tenantIds: readonly string[]): Promise<void> {
+  for (const t of tenantIds) {
+    await tenancy.runWithTenant(t, async () => {
+      await createSchema(tenancy.knex(), t);
+      await seed(tenancy.knex(), t);
+    });
+  }
 }
 
 export class Audit extends TenantModel {
