@@ -42,6 +42,9 @@ export function toHttpError(error: unknown): HttpErrorAnswer | undefined {
     const e = error as TenantError & { retryAfter?: number };
     const answer: HttpErrorAnswer = { status: e.statusCode ?? 500, code: e.code, message: e.message };
     if (typeof e.retryAfter === 'number') answer.retryAfter = e.retryAfter;
+    // Unknown inside its own scope: the tenant was served until now, so its database went away
+    // (a shared connection could not switch to it). Outside a scope it is a catalog answer, already cached.
+    if (e.code === 'TENANT_UNKNOWN' && e.tenantId !== undefined && currentScope()?.tenantId === e.tenantId) answer.goneTenant = e.tenantId;
     return answer;
   }
   if (error === null || typeof error !== 'object') return undefined;

@@ -5,16 +5,16 @@ import {
   UnknownTenantError,
 } from './errors';
 import { createMiddleware, type TenantMiddleware, type TenantMiddlewareOptions } from './middleware';
-import type { AffinityPoolStats } from './affinity-pool';
 import type { ConnectionBudget } from './connection-budget';
-import { createConnections, type ConnectionOptions } from './connections';
-import type { PoolCacheStats, TenantConnections } from './pool-cache';
+import { createConnections } from './connections';
+import { checkTenancyOptions, type TenancyOptions, type TenancyStats } from './tenancy-options';
+import type { TenantConnections } from './pool-cache';
 import { bindTenant } from './propagation';
 import { CATALOG_DEFAULTS, CatalogCache } from './catalog-cache';
 import { createErrorHandler, type ErrorHandlerOptions, type TenantErrorHandler } from './http-errors';
 import { currentScope, globalState, runInScope, type ScopeOwner, type TenantScope } from './scope';
 import { validateTenantId, type TenantIdValidator } from './tenant-id';
-import { runTransaction, type HookErrorHandler } from './transaction';
+import { runTransaction } from './transaction';
 import { forEachTenant, type ForEachTenantOptions, type ForEachTenantReport, type JobScope } from './for-each-tenant';
 import type { OperationsHost } from './operation-knex';
 import {
@@ -26,62 +26,6 @@ import {
   type DropTenantResult,
 } from './tenant-lifecycle';
 import { TenantMigrations } from './tenant-migrations';
-
-/** Options of `createTenancy()`. */
-export interface TenancyOptions extends ConnectionOptions {
-  /**
-   * Whether a tenant exists (a catalog lookup). Asked before a pool is opened; a tenant it rejects
-   * never gets a pool and the request gets `UnknownTenantError` (404). Strongly advised for SQLite,
-   * where opening a missing file would create it.
-   */
-  tenantExists?(tenantId: string): boolean | Promise<boolean>;
-  /** How long a positive `tenantExists` answer is cached. Default 60 000 ms. */
-  catalogTtlMs?: number;
-  /** How long a negative `tenantExists` answer is cached. Default 30 000 ms. */
-  negativeCacheTtlMs?: number;
-  /** At most this many negative answers are cached (LRU). Default 10 000. */
-  negativeCacheSize?: number;
-  /** Tenant id check: a pattern or a predicate. Default `DEFAULT_TENANT_ID_PATTERN`. */
-  tenantIdPattern?: TenantIdValidator;
-  /** Receives errors of onCommit/onRollback callbacks. Default: a process warning. */
-  onHookError?: HookErrorHandler;
-  // --- operations options (migrations, create/drop, forEachTenant) ---
-  /**
-   * Knex migrator config (`directory`, `loadExtensions`, `tableName`...) used by `tenancy.migrate.*`
-   * and `createTenant()`: the same migration files run in every tenant's database.
-   */
-  migrations?: Knex.MigratorConfigWithLifecycleHooks;
-  /** Knex seed config run by `createTenant()` after the migrations. */
-  seeds?: Knex.SeederConfig;
-  /** Every tenant id (from your catalog): the tenants of `migrate.*` and `forEachTenant()` when none are given. */
-  listTenants?(): readonly string[] | Promise<readonly string[]>;
-  /**
-   * Creates a tenant's empty database, for `createTenant()`. Default: built in for mysql2/mysql
-   * (`CREATE DATABASE` of `config.connection.database`) and better-sqlite3/sqlite3 (creates the file).
-   */
-  createDatabase?(tenantId: string, config: Knex.Config): void | Promise<void>;
-  /** Drops a tenant's database, for `dropTenant()`. Default: built in for the same clients as `createDatabase`. */
-  dropDatabase?(tenantId: string, config: Knex.Config): void | Promise<void>;
-  /** Records a new tenant in your catalog: the last step of `createTenant()`. */
-  registerTenant?(tenantId: string): void | Promise<void>;
-  /** Removes a tenant from your catalog: the last step of `dropTenant()`. */
-  unregisterTenant?(tenantId: string): void | Promise<void>;
-  // --- end operations options ---
-}
-
-/** What `tenancy.stats()` returns. */
-export interface TenancyStats extends PoolCacheStats {
-  strategy: 'pool-per-tenant' | 'shared';
-  /** 'pool-per-tenant' with `maxConnections`: the budget's size, units used, peak, waiting openers, timeouts. */
-  budget?: { max: number; used: number; peak: number; waiting: number; timeouts: number };
-  /** 'shared': cached tenant handles. */
-  tenants?: number;
-  /** 'shared': per server, connections open and in use, waiting acquires, switches, affinity hits... */
-  servers?: Record<string, AffinityPoolStats>;
-  /** Cached catalog answers and catalog calls made (absent without `tenantExists`). */
-  catalog?: { known: number; unknown: number; lookups: number };
-}
-
 
 /**
  * A set of tenant databases: opens their pools, runs code in their scope, and closes them.
@@ -229,7 +173,6 @@ export class Tenancy implements ScopeOwner {
     await this.#connections.destroy();
   }
 
-  // --- operations methods (migrations, create/drop, forEachTenant) ---
   #operations: OperationsHost | undefined;
   #migrations: TenantMigrations | undefined;
 
@@ -313,9 +256,7 @@ export class Tenancy implements ScopeOwner {
       probe.release();
     }
   }
-  // --- end operations methods ---
 
-  // --- propagation methods (bind) ---
   /**
    * Binds `fn` to the tenant scope that is current now, for callbacks that a library calls later from
    * its own context (EventEmitter listeners, stream handlers). Same as the free `bindTenant(fn)`.
@@ -327,14 +268,19 @@ export class Tenancy implements ScopeOwner {
   bind<A extends unknown[], R, This = unknown>(fn: (this: This, ...args: A) => R): (this: This, ...args: A) => R {
     return bindTenant(fn);
   }
-  // --- end propagation methods ---
 
   /** Whether the database behind a scope was dropped (MySQL: its connection names a schema that is gone). */
   async #isGone(scope: TenantScope): Promise<boolean> {
     const client = String(scope.knex.client.config.client ?? '');
     if (!/mysql|maria/.test(client)) return false;
-    const [rows] = await scope.knex.raw('select count(*) as n from information_schema.schemata where schema_name = database()');
-    return Number((rows as { n: number }[])[0]?.n) === 0;
+    try {
+      const [rows] = await scope.knex.raw('select count(*) as n from information_schema.schemata where schema_name = database()');
+      return Number((rows as { n: number }[])[0]?.n) === 0;
+    } catch (error) {
+      // A shared-pool connection that must switch to the database first fails to: it is gone.
+      if (error instanceof UnknownTenantError) return true;
+      throw error;
+    }
   }
 
   #ownScope(): TenantScope {
@@ -355,43 +301,10 @@ export class Tenancy implements ScopeOwner {
  * app.use(tenancy.middleware());
  */
 export function createTenancy(options: TenancyOptions): Tenancy {
-  checkOptions(options);
+  checkTenancyOptions(options);
   const tenancy = new Tenancy(options);
   globalState.defaultOwner ??= tenancy;
   return tenancy;
 }
 
-function checkOptions(options: TenancyOptions): void {
-  if (options === null || typeof options !== 'object') throw new TypeError('createTenancy(options): options must be an object');
-  if (options.strategy === 'shared') {
-    if (options.servers === null || typeof options.servers !== 'object' || Object.keys(options.servers).length === 0) {
-      throw new TypeError("createTenancy: options.servers must map server keys to knex configs when strategy is 'shared'");
-    }
-    if (typeof options.locate !== 'function') throw new TypeError("createTenancy: options.locate must be a function (tenantId) => { server, database } when strategy is 'shared'");
-  } else if (options.strategy !== undefined && options.strategy !== 'pool-per-tenant') {
-    throw new TypeError("createTenancy: options.strategy must be 'pool-per-tenant' or 'shared'");
-  } else if (typeof options.knexConfig !== 'function') {
-    throw new TypeError('createTenancy: options.knexConfig must be a function (tenantId) => knex config');
-  }
-  if (options.overflow !== undefined && options.overflow !== 'wait' && options.overflow !== 'reject') {
-    throw new TypeError("createTenancy: options.overflow must be 'wait' or 'reject'");
-  }
-  if (options.tenantExists !== undefined && typeof options.tenantExists !== 'function') {
-    throw new TypeError('createTenancy: options.tenantExists must be a function (tenantId) => boolean');
-  }
-  const positive = new Set(['maxPools', 'maxTenants', 'maxConnections', 'maxConnectionsPerTenant', 'acquireTimeoutMs']);
-  for (const name of ['maxPools', 'maxTenants', 'maxConnections', 'maxConnectionsPerTenant', 'acquireTimeoutMs', 'idleTimeoutMs', 'catalogTtlMs', 'negativeCacheTtlMs', 'negativeCacheSize'] as const) {
-    const value = options[name];
-    const min = positive.has(name) ? 1 : 0;
-    if (value !== undefined && (!Number.isInteger(value) || value < min)) {
-      throw new TypeError(`createTenancy: options.${name} must be an integer >= ${min}`);
-    }
-  }
-  const pattern = options.tenantIdPattern;
-  if (pattern !== undefined && !(pattern instanceof RegExp) && typeof pattern !== 'function') {
-    throw new TypeError('createTenancy: options.tenantIdPattern must be a RegExp or a function');
-  }
-  if (options.createKnex !== undefined && typeof options.createKnex !== 'function') {
-    throw new TypeError('createTenancy: options.createKnex must be a function');
-  }
-}
+export type { TenancyOptions, TenancyStats } from './tenancy-options';

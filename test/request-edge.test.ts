@@ -94,8 +94,8 @@ function proxy(target: number): Promise<{ port: number; cut(): Promise<void>; re
   return start().then(() => ({ port, cut: stop, restore: start, close: stop }));
 }
 
-describe('HTTP error mapping against MariaDB faults', { skip: skipMysql }, () => {
-  const backend = mysqlBackend('edge');
+for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP error mapping against MariaDB faults, ${strategy}`, { skip: skipMysql }, () => {
+  const backend = mysqlBackend(strategy === 'shared' ? 'edges' : 'edge');
   let tenancy: Tenancy;
   let cutProxy: Awaited<ReturnType<typeof proxy>>;
   let server: Awaited<ReturnType<typeof listen>>;
@@ -112,14 +112,29 @@ describe('HTTP error mapping against MariaDB faults', { skip: skipMysql }, () =>
       await seed(knex, t);
       await knex.destroy();
     }
-    tenancy = createTenancy({
-      knexConfig: (id) => {
-        const config = backend.knexConfig(id);
-        if (id !== 'eflaky') return config;
-        return { ...config, connection: { ...(config.connection as object), port: cutProxy.port }, acquireConnectionTimeout: 2_000 };
-      },
-      tenantExists: backend.databaseExists,
-    });
+    const { database: _database, ...serverConnection } = mysqlConnection();
+    void _database;
+    tenancy = createTenancy(
+      strategy === 'shared'
+        ? {
+            strategy,
+            servers: {
+              main: { client: 'mysql2', connection: serverConnection, pool: { max: 3 } },
+              flaky: { client: 'mysql2', connection: { ...serverConnection, port: cutProxy.port }, pool: { max: 2 } },
+            },
+            locate: (id) => ({ server: id === 'eflaky' ? 'flaky' : 'main', database: `ot_edges_${id}` }),
+            acquireTimeoutMs: 2_000,
+            tenantExists: backend.databaseExists,
+          }
+        : {
+            knexConfig: (id) => {
+              const config = backend.knexConfig(id);
+              if (id !== 'eflaky') return config;
+              return { ...config, connection: { ...(config.connection as object), port: cutProxy.port }, acquireConnectionTimeout: 2_000 };
+            },
+            tenantExists: backend.databaseExists,
+          },
+    );
     const app = express();
     app.use(tenancy.middleware());
     app.get('/people', async (_req, res, next) => {
@@ -146,7 +161,9 @@ describe('HTTP error mapping against MariaDB faults', { skip: skipMysql }, () =>
   it('a tenant database dropped under a cached pool answers 404, is forgotten, and the others do not notice', async () => {
     assert.equal((await get('e1')).status, 200);
     assert.equal((await get('e2')).status, 200);
-    const poolsBefore = tenancy.stats().pools;
+    // Pool per tenant: its pool closes. Shared: its handle is dropped (the server pool stays).
+    const cached = () => (strategy === 'shared' ? tenancy.stats().tenants! : tenancy.stats().pools);
+    const cachedBefore = cached();
     await backend.dropDatabase('e1');
     const gone = await get('e1');
     assert.equal(gone.status, 404);
@@ -154,7 +171,7 @@ describe('HTTP error mapping against MariaDB faults', { skip: skipMysql }, () =>
     assert.equal(JSON.parse(body).error.code, 'TENANT_UNKNOWN');
     assert.doesNotMatch(body, /ot_edge|127\.0\.0\.1|root/);
     await new Promise((r) => setTimeout(r, 50));
-    assert.equal(tenancy.stats().pools, poolsBefore - 1, 'the dropped tenant pool was closed');
+    assert.equal(cached(), cachedBefore - 1, 'the dropped tenant was forgotten');
     assert.equal((await get('e1')).status, 404, 'the catalog now says unknown');
     const other = await get('e2');
     assert.equal(other.status, 200);
