@@ -19,7 +19,8 @@
  *
  * Run: `npm run bench:overhead`. Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test),
  * BENCH_ROUNDS (15), BENCH_CELL_MS (300), BENCH_WARMUP_MS (500).
- * Prints one table and ends with one line `RESULT {...}`: time per op of variant 5 over variant 3.
+ * Prints one table and ends with one line `RESULT {...}`: time per op of variant 5 over variant 3; writes
+ * it to benchmarks/results/overhead.json.
  */
 import os from 'node:os';
 import knexFactory, { type Knex } from 'knex';
@@ -28,6 +29,7 @@ import { Model } from 'objection';
 import { createTenancy, TenantModel } from '../lib/index';
 // Internal: only to switch the library's AsyncLocalStorage off for variant 3'.
 import { globalState } from '../lib/scope';
+import { writeResults } from './results';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
 const DATABASE = 'ot_bench_overhead';
@@ -342,6 +344,12 @@ async function main(): Promise<void> {
       bindknex_vs_passing_c32: round3(ratio('bindKnex', 32)),
     };
     console.log(`RESULT ${JSON.stringify(result)}`);
+    writeResults('overhead', {
+      mariadb: mariadbVersion,
+      loadBefore: loadBefore.toFixed(2),
+      settings: { rows: ROWS, poolMax: POOL_MAX, concurrencies: CONCURRENCIES, rounds: ROUNDS, cellMs: CELL_MS, warmupMs: WARMUP_MS },
+      result,
+    });
   } finally {
     await Promise.allSettled([rawPool.end(), knexAlone.destroy(), knexPassing.destroy(), knexBound.destroy(), tenancy.destroy()]);
     await dropDatabase();

@@ -116,7 +116,7 @@ export class AffinityPool {
       this.#unhold(tenantId);
     }
     if (slot === undefined) return;
-    if (this.#closed || !this.#client.validateConnection(conn as never)) {
+    if (this.#closed || !this.#valid(conn)) {
       this.#destroy(slot);
       this.#pump();
       return;
@@ -159,6 +159,11 @@ export class AffinityPool {
     await Promise.all(closing);
   }
 
+  /** knex types it as async; the mysql2 client answers synchronously. */
+  #valid(conn: RawConnection): boolean {
+    return (this.#client.validateConnection(conn as never) as unknown) === true;
+  }
+
   #held(tenantId: string): number {
     return this.#heldBy.get(tenantId) ?? 0;
   }
@@ -175,6 +180,15 @@ export class AffinityPool {
   }
 
   #takeFree(db: string): Slot | undefined {
+    for (;;) {
+      const slot = this.#takeFreeSlot(db);
+      // A free connection may have died while idle (server restart): drop it, as tarn does on acquire.
+      if (slot === undefined || this.#valid(slot.conn)) return slot;
+      void this.#destroy(slot);
+    }
+  }
+
+  #takeFreeSlot(db: string): Slot | undefined {
     const same = this.#free.get(db);
     let slot = same?.pop();
     if (slot === undefined) {

@@ -55,16 +55,19 @@ export function toHttpError(error: unknown): HttpErrorAnswer | undefined {
     if (tenantId !== undefined) answer.goneTenant = tenantId;
     return answer;
   }
-  if ((typeof code === 'string' && UNREACHABLE_CODES.has(code)) || (typeof errno === 'number' && UNREACHABLE_ERRNOS.has(errno)) || name === 'KnexTimeoutError') {
+  // mysql2 marks errors that closed the connection `fatal`; some of them ("Can't add new command when
+  // connection is in closed state", from knex's ROLLBACK after the connection died) carry no code.
+  const fatalWithoutCode = nativeError(error).fatal === true && errno === undefined;
+  if ((typeof code === 'string' && UNREACHABLE_CODES.has(code)) || (typeof errno === 'number' && UNREACHABLE_ERRNOS.has(errno)) || name === 'KnexTimeoutError' || fatalWithoutCode) {
     return { status: 503, code: 'TENANT_UNAVAILABLE', message: 'The tenant database is unavailable. Retry later.', retryAfter: 1 };
   }
   return undefined;
 }
 
 /** The driver's error: objection wraps it in a DBError (db-errors) with `nativeError`. */
-function nativeError(error: unknown): { code?: unknown; errno?: unknown; name?: unknown } {
+function nativeError(error: unknown): { code?: unknown; errno?: unknown; name?: unknown; fatal?: unknown } {
   const wrapped = (error as { nativeError?: unknown } | null)?.nativeError;
-  return (wrapped !== null && typeof wrapped === 'object' ? wrapped : error ?? {}) as { code?: unknown; errno?: unknown; name?: unknown };
+  return (wrapped !== null && typeof wrapped === 'object' ? wrapped : error ?? {}) as { code?: unknown; errno?: unknown; name?: unknown; fatal?: unknown };
 }
 
 // A TenantError from a second copy of the package fails instanceof; its shape does not.

@@ -25,6 +25,37 @@ export interface ScopeOpener {
 
 const fromDefaultHeader = fromHeader('x-tenant-id');
 
+/** How long a route whose client hung up may keep its tenant's connection before the lease ends anyway. */
+const HANG_UP_GRACE_MS = 30_000;
+
+/**
+ * Keeps the lease for as long as the route may use the tenant's connection: until the response is
+ * sent. When the client hangs up first, the route is usually still running its queries, so the lease
+ * is held until the route ends the response (or a grace period), or an eviction would destroy the
+ * pool under it.
+ */
+function holdLease(res: ServerResponse, release: () => void, hungUp: boolean): void {
+  const afterHangUp = () => {
+    if (res.writableFinished) return release();
+    const timer = setTimeout(release, HANG_UP_GRACE_MS);
+    timer.unref();
+    const end = res.end;
+    res.end = function (this: ServerResponse, ...args: unknown[]) {
+      clearTimeout(timer);
+      res.end = end;
+      const result = (end as (...a: unknown[]) => ServerResponse).apply(this, args);
+      release();
+      return result;
+    } as ServerResponse['end'];
+  };
+  if (hungUp) return afterHangUp();
+  res.once('finish', release);
+  res.once('close', () => {
+    res.off('finish', release);
+    afterHangUp();
+  });
+}
+
 /** @internal Builds the middleware of `tenancy.middleware()`. */
 export function createMiddleware(opener: ScopeOpener, options: TenantMiddlewareOptions): TenantMiddleware {
   const resolve = options.resolve ?? fromDefaultHeader;
@@ -35,10 +66,13 @@ export function createMiddleware(opener: ScopeOpener, options: TenantMiddlewareO
         if (optional) return runInScopeSync(undefined, next);
         return next(new TenantContextMissingError('This request names no tenant: send the x-tenant-id header (or what the resolver reads).', { statusCode: 400 }));
       }
+      // Watch for a hang-up from now on: 'close' may fire while the tenant is still being looked up.
+      let hungUp = false;
+      const onClose = () => (hungUp = true);
+      res.once('close', onClose);
       return opener.enter(tenantId).then(({ scope, release }) => {
-        // 'close' also fires for aborted requests; release() is idempotent.
-        res.once('finish', release);
-        res.once('close', release);
+        res.off('close', onClose);
+        holdLease(res, release, hungUp);
         runInScopeSync(scope, next);
       }, next);
     };

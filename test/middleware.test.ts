@@ -142,7 +142,7 @@ describe('middleware resolvers and errors', () => {
     assert.match(String(error), /sync resolver failure/);
   });
 
-  it('releases the lease of an aborted request', async () => {
+  it('releases the lease of an aborted request once its route ends the response', async () => {
     const app = express4();
     let entered!: () => void;
     const inHandler = new Promise<void>((r) => (entered = r));
@@ -160,7 +160,65 @@ describe('middleware resolvers and errors', () => {
       controller.abort();
       assert.equal(await request, 'aborted');
       await new Promise((r) => setTimeout(r, 100));
+      assert.equal(tenancy.stats().leases, 1, 'held while the route may still query');
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(tenancy.stats().leases, 0, 'given back when the route ended the response');
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('gives the lease back when the client hangs up while the tenant is still being looked up', async () => {
+    const slow = createTenancy({
+      knexConfig: backend.knexConfig,
+      tenantExists: (id) => new Promise((resolve) => setTimeout(() => resolve(backend.databaseExists(id)), 80)),
+    });
+    const app = express4();
+    app.use(slow.middleware());
+    app.get('/', (_req, res) => res.json({ ok: true }));
+    const server = await listen(app);
+    try {
+      const controller = new AbortController();
+      const request = fetch(server.url, { headers: { 'x-tenant-id': 'acme' }, signal: controller.signal }).catch(() => 'aborted');
+      setTimeout(() => controller.abort(), 10);
+      assert.equal(await request, 'aborted');
+      await new Promise((r) => setTimeout(r, 250));
+      assert.equal(slow.stats().leases, 0);
+    } finally {
+      await server.close();
+      const started = Date.now();
+      await slow.destroy();
+      assert.ok(Date.now() - started < 1_000, 'destroy() did not wait for a leaked lease');
+    }
+  });
+
+  it('keeps the lease of a route still running after its client hung up, so an eviction cannot close the pool under it', async () => {
+    const app = express4();
+    let done!: () => void;
+    const finished = new Promise<void>((r) => (done = r));
+    app.use(tenancy.middleware());
+    app.post('/slow-write', async (_req, res) => {
+      await Person.query().insert({ name: 'acme-before-hang-up' });
+      await new Promise((r) => setTimeout(r, 150));
+      await Person.query().insert({ name: 'acme-after-hang-up' });
+      res.status(201).end();
+      done();
+    });
+    const server = await listen(app);
+    try {
+      const controller = new AbortController();
+      const request = fetch(`${server.url}/slow-write`, { method: 'POST', headers: { 'x-tenant-id': 'acme' }, signal: controller.signal }).catch(() => 'aborted');
+      await new Promise((r) => setTimeout(r, 50));
+      controller.abort();
+      assert.equal(await request, 'aborted');
+      await new Promise((r) => setTimeout(r, 20));
+      assert.equal(tenancy.stats().leases, 1, 'the running route still holds its lease');
+      const evicted = tenancy.evict('acme'); // what the LRU cap, the budget or the idle sweep would do
+      await finished;
+      await evicted;
       assert.equal(tenancy.stats().leases, 0);
+      const names = await tenancy.runWithTenant('acme', async () => (await Person.query().where('name', 'like', 'acme-%-hang-up')).map((p) => p.name));
+      assert.deepEqual(names.sort(), ['acme-after-hang-up', 'acme-before-hang-up']);
     } finally {
       await server.close();
     }

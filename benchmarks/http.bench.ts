@@ -1,0 +1,422 @@
+/**
+ * The same Express app three ways (and the recipe once more without AsyncLocalStorage), over HTTP on
+ * loopback, under autocannon:
+ *   ours      `tenancy.middleware()` and models imported directly: `Person.query()` (TenantModel)
+ *   passing   the objection-docs recipe with its knex cache fixed (a Map of tenant knexes created once)
+ *             and the knex passed to every query: `Person.query(req.knex)`
+ *   bindKnex  the recipe's other form: `req.models = { Person: Person.bindKnex(req.knex) }` per request
+ *             (objection caches the bound class on each tenant knex), `req.models.Person.query()`
+ *   passing'  `passing` with the library's AsyncLocalStorage disabled for the cell: what an app without
+ *             the library pays (on Node 20 an enabled AsyncLocalStorage adds promise hooks to every
+ *             promise of the process, so in this process the recipe variants pay them too)
+ * Eight tenant databases of 1,000 rows; every request names a random tenant (header `x-tenant-id`)
+ * and a random id; the route does a `findById` and a list of the next 5 rows. Each variant has its
+ * own knex per tenant with the same pool settings. autocannon runs in a child process (so the load
+ * generator does not share the server's event loop) and checks that every body holds only rows of
+ * the tenant asked for. The process runs with NODE_ENV=production unless set otherwise.
+ *
+ * Rounds interleave the variants (rotated order) after a warm-up; figures are medians over rounds:
+ * requests/s, p50 and p99 latency (autocannon's), and this process's CPU time per request, which is
+ * far less sensitive to other load on the machine than throughput.
+ *
+ * Run: `npm run bench:http`. Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test), BENCH_ROUNDS
+ * (5), BENCH_CELL_S (5), BENCH_WARMUP_S (3), BENCH_CONNECTIONS (32), BENCH_POOL_MAX (4).
+ * Prints one table, ends with one line `RESULT {"ours_vs_passing": R, "ours_vs_bindknex": R2, ...}`
+ * (req/s over req/s; the target is >= 0.97), and writes benchmarks/results/http.json.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import type { AddressInfo } from 'node:net';
+import autocannon from 'autocannon';
+import express from 'express';
+import knexFactory, { type Knex } from 'knex';
+import { Model } from 'objection';
+import { createTenancy, TenantModel, type Tenancy } from '../lib/index';
+// Internal: only to switch the library's AsyncLocalStorage off for the passing' cells.
+import { globalState } from '../lib/scope';
+import { intEnv, loadAverage, versionOf, writeResults } from './results';
+
+const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
+const TENANTS = Array.from({ length: 8 }, (_, i) => `t${i + 1}`);
+const ROWS = 1000;
+const ROUNDS = intEnv('BENCH_ROUNDS', 5);
+const CELL_S = intEnv('BENCH_CELL_S', 5);
+const WARMUP_S = intEnv('BENCH_WARMUP_S', 3);
+const CONNECTIONS = intEnv('BENCH_CONNECTIONS', 32);
+const POOL_MAX = intEnv('BENCH_POOL_MAX', 4);
+const dbName = (tenant: string) => `ot_hbench_${tenant}`;
+
+function connection(database?: string): Knex.MySql2ConnectionConfig {
+  const url = new URL(MYSQL_URL);
+  return {
+    host: url.hostname,
+    port: Number(url.port || 3306),
+    user: decodeURIComponent(url.username || 'root'),
+    password: decodeURIComponent(url.password),
+    ...(database === undefined ? {} : { database }),
+  };
+}
+
+function knexConfig(tenant: string): Knex.Config {
+  return { client: 'mysql2', connection: connection(dbName(tenant)), pool: { min: 0, max: POOL_MAX } };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load generator (child process): runs autocannon on request and reports a summary.
+
+interface LoadRequest {
+  url: string;
+  seconds: number;
+  connections: number;
+}
+
+interface LoadSummary {
+  ok: number;
+  non2xx: number;
+  errors: number;
+  timeouts: number;
+  /** Bodies holding a row of another tenant (or none of the right one). */
+  wrong: number;
+  duration: number;
+  p50: number;
+  p99: number;
+}
+
+async function runLoad({ url, seconds, connections }: LoadRequest): Promise<LoadSummary> {
+  let wrong = 0;
+  const result = await autocannon({
+    url,
+    connections,
+    duration: seconds,
+    requests: [
+      {
+        setupRequest: (request, context) => {
+          const tenant = TENANTS[Math.floor(Math.random() * TENANTS.length)]!;
+          (context as { tenant?: string }).tenant = tenant;
+          const id = 1 + Math.floor(Math.random() * ROWS);
+          return { ...request, path: `/people/${id}`, headers: { ...request.headers, 'x-tenant-id': tenant } };
+        },
+        onResponse: (status, body, context) => {
+          if (status !== 200) return;
+          const tenant = (context as { tenant?: string }).tenant;
+          const names = body.split('"name":"').length - 1;
+          const own = body.split(`"name":"${tenant}-`).length - 1;
+          if (names === 0 || own !== names) wrong++;
+        },
+      },
+    ],
+  });
+  return {
+    ok: result['2xx'],
+    non2xx: result.non2xx,
+    errors: result.errors,
+    timeouts: result.timeouts,
+    wrong,
+    duration: result.duration,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+  };
+}
+
+function loadChild(): void {
+  process.on('message', (message: LoadRequest) => {
+    runLoad(message).then(
+      (summary) => process.send!({ summary }),
+      (error: unknown) => process.send!({ error: String((error as Error)?.stack ?? error) }),
+    );
+  });
+  process.on('disconnect', () => process.exit(0));
+}
+
+/** Asks the child for one autocannon run. */
+function load(child: ChildProcess, request: LoadRequest): Promise<LoadSummary> {
+  return new Promise((resolve, reject) => {
+    child.once('message', (message: { summary?: LoadSummary; error?: string }) => {
+      if (message.summary !== undefined) resolve(message.summary);
+      else reject(new Error(`autocannon failed: ${message.error}`));
+    });
+    child.send(request);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The three apps.
+
+class TPerson extends TenantModel {
+  static override tableName = 'persons';
+  declare id: number;
+  declare name: string;
+}
+
+class Person extends Model {
+  static override tableName = 'persons';
+  declare id: number;
+  declare name: string;
+}
+
+type RecipeRequest = express.Request & { knex?: Knex; models?: { Person: typeof Person } };
+
+function parseId(value: string | undefined): number | undefined {
+  const id = Number(value);
+  return Number.isInteger(id) && id > 0 ? id : undefined;
+}
+
+/** The route every variant serves: `find(req, id)` does one findById and reads the next 5 rows. */
+function route(find: (req: express.Request, id: number) => Promise<{ person: unknown; next: unknown }>): express.RequestHandler {
+  return async (req, res, next) => {
+    try {
+      const id = parseId(req.params.id);
+      if (id === undefined) {
+        res.status(400).json({ error: { code: 'BAD_ID' } });
+        return;
+      }
+      res.json(await find(req, id));
+    } catch (error) {
+      next(error);
+    }
+  };
+}
+
+function oursApp(tenancy: Tenancy): express.Express {
+  const app = express();
+  app.use(tenancy.middleware());
+  app.get('/people/:id', route(async (_req, id) => {
+    const person = await TPerson.query().findById(id);
+    const next = await TPerson.query().where('id', '>', id).orderBy('id').limit(5);
+    return { person, next };
+  }));
+  app.use(tenancy.errorHandler({ all: true }));
+  return app;
+}
+
+/** The objection-docs recipe, with its cache fixed: one knex per tenant, created once. */
+function recipeApp(knexes: ReadonlyMap<string, Knex>, form: 'passing' | 'bindKnex'): express.Express {
+  const app = express();
+  app.use((req: RecipeRequest, res, next) => {
+    const tenant = req.headers['x-tenant-id'];
+    const knex = typeof tenant === 'string' ? knexes.get(tenant) : undefined;
+    if (knex === undefined) {
+      res.status(404).json({ error: { code: 'TENANT_UNKNOWN' } });
+      return;
+    }
+    req.knex = knex;
+    // objection caches the bound class on the knex: after the first request this is a lookup.
+    if (form === 'bindKnex') req.models = { Person: Person.bindKnex(knex) };
+    next();
+  });
+  if (form === 'passing') {
+    app.get('/people/:id', route(async (req, id) => {
+      const { knex } = req as RecipeRequest;
+      const person = await Person.query(knex).findById(id);
+      const next = await Person.query(knex).where('id', '>', id).orderBy('id').limit(5);
+      return { person, next };
+    }));
+  } else {
+    app.get('/people/:id', route(async (req, id) => {
+      const { Person: P } = (req as RecipeRequest).models!;
+      const person = await P.query().findById(id);
+      const next = await P.query().where('id', '>', id).orderBy('id').limit(5);
+      return { person, next };
+    }));
+  }
+  app.use(((error, _req, res, _next) => {
+    res.status(500).json({ error: { code: 'INTERNAL', message: String(error) } });
+  }) as express.ErrorRequestHandler);
+  return app;
+}
+
+function listen(app: express.Express): Promise<{ url: string; close(): Promise<void> }> {
+  return new Promise((resolve) => {
+    const server = app.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      resolve({
+        url: `http://127.0.0.1:${port}`,
+        close: () => new Promise<void>((done) => {
+          server.closeAllConnections();
+          server.close(() => done());
+        }),
+      });
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function setUp(admin: Knex): Promise<string> {
+  const [rows] = await admin.raw('select version() as v');
+  for (const tenant of TENANTS) {
+    const db = dbName(tenant);
+    await admin.raw('drop database if exists ??', [db]);
+    await admin.raw('create database ?? character set utf8mb4', [db]);
+    await admin.raw(`create table ??.persons (id int not null auto_increment primary key, name varchar(255) not null)`, [db]);
+    const values = Array.from({ length: ROWS }, (_, i) => `${tenant}-person-${i + 1}`);
+    await admin.withSchema(db).table('persons').insert(values.map((name) => ({ name })));
+  }
+  return (rows as { v: string }[])[0]!.v;
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+const round3 = (value: number) => Math.round(value * 1000) / 1000;
+
+interface Variant {
+  key: 'ours' | 'passing' | 'bindKnex' | 'passingNoAls';
+  label: string;
+  url: string;
+  withoutAls?: boolean;
+}
+
+interface Cell {
+  rps: number[];
+  p50: number[];
+  p99: number[];
+  cpuUsPerReq: number[];
+  failures: number;
+  wrong: number;
+}
+
+async function main(): Promise<void> {
+  process.env.NODE_ENV ??= 'production';
+  const loadBefore = loadAverage();
+  const admin = knexFactory({ client: 'mysql2', connection: connection(), pool: { min: 0, max: 1 } });
+  const mariadb = await setUp(admin);
+
+  const tenancy = createTenancy({ knexConfig, tenantExists: (id) => TENANTS.includes(id) });
+  const passingKnexes = new Map(TENANTS.map((t) => [t, knexFactory(knexConfig(t))]));
+  const boundKnexes = new Map(TENANTS.map((t) => [t, knexFactory(knexConfig(t))]));
+  const servers = [await listen(oursApp(tenancy)), await listen(recipeApp(passingKnexes, 'passing')), await listen(recipeApp(boundKnexes, 'bindKnex'))];
+  const variants: Variant[] = [
+    { key: 'ours', label: 'ours: Person.query() in scope', url: servers[0]!.url },
+    { key: 'passing', label: 'recipe: Person.query(req.knex)', url: servers[1]!.url },
+    { key: 'bindKnex', label: 'recipe: req.models (bindKnex)', url: servers[2]!.url },
+    { key: 'passingNoAls', label: "recipe: Person.query(knex), no ALS", url: servers[1]!.url, withoutAls: true },
+  ];
+  // Before each cell: the AsyncLocalStorage on (a scope opened once turns it on) or off (passing').
+  const prepare = async (variant: Variant): Promise<void> => {
+    if (variant.withoutAls) globalState.storage.disable();
+    else await tenancy.runWithTenant(TENANTS[0]!, () => undefined);
+  };
+  const child = fork(__filename, ['--load-child'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+
+  try {
+    // Every variant answers with the right tenant's rows before anything is measured.
+    for (const variant of variants.filter((v) => !v.withoutAls)) {
+      for (const tenant of TENANTS) {
+        const response = await fetch(`${variant.url}/people/7`, { headers: { 'x-tenant-id': tenant } });
+        const body = (await response.json()) as { person: { name: string }; next: { name: string }[] };
+        const names = [body.person?.name, ...(body.next ?? []).map((r) => r.name)];
+        if (response.status !== 200 || names.join() !== [7, 8, 9, 10, 11, 12].map((i) => `${tenant}-person-${i}`).join()) {
+          throw new Error(`${variant.label}: wrong answer for ${tenant}: ${response.status} ${JSON.stringify(body)}`);
+        }
+      }
+    }
+
+    const cells = new Map<string, Cell>(variants.map((v) => [v.key, { rps: [], p50: [], p99: [], cpuUsPerReq: [], failures: 0, wrong: 0 }]));
+    const started = Date.now();
+    process.stderr.write(`warm-up: ${variants.length} x ${WARMUP_S} s\n`);
+    for (const variant of variants) {
+      await prepare(variant);
+      await load(child, { url: variant.url, seconds: WARMUP_S, connections: CONNECTIONS });
+    }
+    for (let round = 0; round < ROUNDS; round++) {
+      const order = variants.map((_, i) => variants[(i + round) % variants.length]!);
+      for (const variant of order) {
+        await prepare(variant);
+        const cpuStart = process.cpuUsage();
+        const summary = await load(child, { url: variant.url, seconds: CELL_S, connections: CONNECTIONS });
+        const cpu = process.cpuUsage(cpuStart);
+        const cell = cells.get(variant.key)!;
+        cell.rps.push(summary.ok / summary.duration);
+        cell.p50.push(summary.p50);
+        cell.p99.push(summary.p99);
+        cell.cpuUsPerReq.push((cpu.user + cpu.system) / Math.max(1, summary.ok));
+        cell.failures += summary.non2xx + summary.errors + summary.timeouts;
+        cell.wrong += summary.wrong;
+        process.stderr.write(`round ${round + 1}/${ROUNDS} ${variant.key}: ${(summary.ok / summary.duration).toFixed(0)} req/s\n`);
+      }
+    }
+    const seconds = (Date.now() - started) / 1000;
+    const loadAfter = loadAverage();
+
+    const rps = (key: Variant['key']) => median(cells.get(key)!.rps);
+    const cpu = (key: Variant['key']) => median(cells.get(key)!.cpuUsPerReq);
+    const pad = (text: string, width: number, right = true) => (right ? text.padStart(width) : text.padEnd(width));
+    console.log('');
+    console.log(`objection-tenancy over HTTP: GET /people/:id (findById + next 5 rows), ${TENANTS.length} tenant databases of ${ROWS} rows, random tenant per request`);
+    console.log(`Node ${process.version}, MariaDB ${mariadb}, express ${versionOf('express')}, autocannon ${versionOf('autocannon')}, knex ${versionOf('knex')}, objection ${versionOf('objection')}, NODE_ENV=${process.env.NODE_ENV}`);
+    console.log(`${CONNECTIONS} connections, pool max ${POOL_MAX} per tenant knex; ${ROUNDS} rounds x ${CELL_S} s per variant after ${WARMUP_S} s warm-up; medians over rounds; ${seconds.toFixed(0)} s`);
+    console.log(`load average ${loadBefore} before, ${loadAfter} after (2 cores shared by this server, autocannon and MariaDB)`);
+    console.log('');
+    const header = [pad('variant', 35, false), pad('req/s', 8), pad('p50 ms', 7), pad('p99 ms', 7), pad('cpu us/req', 10), pad('vs passing', 10), pad('vs bindKnex', 11), pad('errors', 6)].join('  ');
+    console.log(header);
+    console.log('-'.repeat(header.length));
+    for (const variant of variants) {
+      const cell = cells.get(variant.key)!;
+      console.log(
+        [
+          pad(variant.label, 35, false),
+          pad(rps(variant.key).toFixed(0), 8),
+          pad(median(cell.p50).toFixed(1), 7),
+          pad(median(cell.p99).toFixed(1), 7),
+          pad(cpu(variant.key).toFixed(0), 10),
+          pad((rps(variant.key) / rps('passing')).toFixed(3), 10),
+          pad((rps(variant.key) / rps('bindKnex')).toFixed(3), 11),
+          pad(String(cell.failures + cell.wrong), 6),
+        ].join('  '),
+      );
+    }
+    console.log('');
+    console.log('req/s: 2xx responses per second; p50/p99: autocannon latency; cpu us/req: this server process\'s CPU time per');
+    console.log('response (autocannon and MariaDB not counted); vs: req/s over the recipe\'s (higher is better); errors: non-2xx,');
+    console.log('socket errors, timeouts and bodies holding another tenant\'s row (must be 0). no ALS: the same app as passing,');
+    console.log('measured with the library\'s AsyncLocalStorage disabled (an app without the library).');
+    console.log('');
+    const failures = [...cells.values()].reduce((n, c) => n + c.failures, 0);
+    const wrong = [...cells.values()].reduce((n, c) => n + c.wrong, 0);
+    const result = {
+      ours_vs_passing: round3(rps('ours') / rps('passing')),
+      ours_vs_bindknex: round3(rps('ours') / rps('bindKnex')),
+      ours_vs_passing_no_als: round3(rps('ours') / rps('passingNoAls')),
+      ours_cpu_vs_passing: round3(cpu('ours') / cpu('passing')),
+      ours_cpu_vs_bindknex: round3(cpu('ours') / cpu('bindKnex')),
+      ours_cpu_vs_passing_no_als: round3(cpu('ours') / cpu('passingNoAls')),
+      ours_rps: Math.round(rps('ours')),
+      passing_rps: Math.round(rps('passing')),
+      bindknex_rps: Math.round(rps('bindKnex')),
+      passing_no_als_rps: Math.round(rps('passingNoAls')),
+      ours_p99_ms: round3(median(cells.get('ours')!.p99)),
+      passing_p99_ms: round3(median(cells.get('passing')!.p99)),
+      bindknex_p99_ms: round3(median(cells.get('bindKnex')!.p99)),
+      errors: failures,
+      wrong_tenant: wrong,
+    };
+    console.log(`RESULT ${JSON.stringify(result)}`);
+    writeResults('http', {
+      mariadb,
+      loadBefore,
+      settings: { tenants: TENANTS.length, rows: ROWS, connections: CONNECTIONS, poolMax: POOL_MAX, rounds: ROUNDS, cellS: CELL_S, warmupS: WARMUP_S, nodeEnv: process.env.NODE_ENV },
+      result,
+      express: versionOf('express'),
+      autocannon: versionOf('autocannon'),
+    });
+    if (failures > 0 || wrong > 0) process.exitCode = 1;
+  } finally {
+    child.disconnect();
+    for (const server of servers) await server.close();
+    await Promise.allSettled([tenancy.destroy(), ...[...passingKnexes.values(), ...boundKnexes.values()].map((k) => k.destroy())]);
+    for (const tenant of TENANTS) await admin.raw('drop database if exists ??', [dbName(tenant)]);
+    await admin.destroy();
+  }
+}
+
+if (process.argv.includes('--load-child')) {
+  loadChild();
+} else {
+  main().catch((error: unknown) => {
+    console.error(error);
+    process.exitCode = 1;
+  });
+}

@@ -1,0 +1,62 @@
+/**
+ * Where benchmark and soak results are recorded: `benchmarks/results/<name>.json`, one file per run
+ * kind, with the date, the versions and the machine, in the shape scale.bench.ts writes.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export const RESULTS_DIR = path.join(__dirname, 'results');
+
+/** The installed version of a dependency. */
+export function versionOf(name: string): string {
+  return (require(`${name}/package.json`) as { version: string }).version;
+}
+
+/** `linux x64, 2 x <CPU model>`. */
+export function machine(): string {
+  const cpu = os.cpus();
+  return `${os.platform()} ${os.arch()}, ${cpu.length} x ${cpu[0]?.model.trim() ?? 'unknown CPU'}`;
+}
+
+/** The 1, 5 and 15 minute load averages, as /proc/loadavg prints them. */
+export function loadAverage(): string {
+  return os.loadavg().map((n) => n.toFixed(2)).join(' ');
+}
+
+/**
+ * Writes `benchmarks/results/<name>.json`: date, Node, MariaDB, knex, objection and mysql2 versions,
+ * machine, the load average before and after, the settings and the result. Returns the file path.
+ */
+export function writeResults(
+  name: string,
+  data: { mariadb: string; loadBefore: string; settings: Record<string, unknown>; result: Record<string, unknown>; [key: string]: unknown },
+): string {
+  const { mariadb, loadBefore, settings, result, ...extra } = data;
+  const file = path.join(RESULTS_DIR, `${name}.json`);
+  fs.mkdirSync(RESULTS_DIR, { recursive: true });
+  const record = {
+    date: new Date().toISOString(),
+    node: process.version,
+    mariadb,
+    knex: versionOf('knex'),
+    objection: versionOf('objection'),
+    mysql2: versionOf('mysql2'),
+    machine: machine(),
+    load: { before: loadBefore, after: loadAverage() },
+    settings,
+    result,
+    ...extra,
+  };
+  fs.writeFileSync(file, `${JSON.stringify(record, null, 2)}\n`);
+  return file;
+}
+
+/** A positive integer from the environment, or `fallback`. */
+export function intEnv(name: string, fallback: number): number {
+  const value = process.env[name];
+  if (value === undefined || value === '') return fallback;
+  const parsed = Number(value);
+  if (!Number.isInteger(parsed) || parsed <= 0) throw new TypeError(`${name} must be a positive integer`);
+  return parsed;
+}
