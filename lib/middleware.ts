@@ -20,8 +20,11 @@ export type TenantMiddleware = (req: IncomingMessage, res: ServerResponse, next:
 
 /** What the middleware needs from a tenancy. */
 export interface ScopeOpener {
-  enter(tenantId: unknown): Promise<{ scope: TenantScope; release: () => void }>;
+  /** A scope at once when the tenant is cached (no promise on the hot path), else a promise of one. */
+  enterNow(tenantId: unknown): Entered | Promise<Entered>;
 }
+
+type Entered = { scope: TenantScope; release: () => void };
 
 const fromDefaultHeader = fromHeader('x-tenant-id');
 
@@ -66,11 +69,21 @@ export function createMiddleware(opener: ScopeOpener, options: TenantMiddlewareO
         if (optional) return runInScopeSync(undefined, next);
         return next(new TenantContextMissingError('This request names no tenant: send the x-tenant-id header (or what the resolver reads).', { statusCode: 400 }));
       }
+      let entered: Entered | Promise<Entered>;
+      try {
+        entered = opener.enterNow(tenantId);
+      } catch (error) {
+        return next(error);
+      }
+      if (!(entered instanceof Promise)) {
+        holdLease(res, entered.release, false);
+        return runInScopeSync(entered.scope, next);
+      }
       // Watch for a hang-up from now on: 'close' may fire while the tenant is still being looked up.
       let hungUp = false;
       const onClose = () => (hungUp = true);
       res.once('close', onClose);
-      return opener.enter(tenantId).then(({ scope, release }) => {
+      return entered.then(({ scope, release }) => {
         res.off('close', onClose);
         holdLease(res, release, hungUp);
         runInScopeSync(scope, next);

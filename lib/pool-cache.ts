@@ -17,6 +17,8 @@ export interface TenantLease {
  */
 export interface TenantConnections {
   lease(tenantId: string): Promise<TenantLease>;
+  /** A lease at once when the tenant's connection is cached and open, else `undefined`. */
+  tryLease(tenantId: string): TenantLease | undefined;
   /** Closes the tenant's handle once its leases are released; the next lease opens a new one. */
   evict(tenantId: string): Promise<void>;
   stats(): PoolCacheStats;
@@ -93,8 +95,7 @@ export class PoolCache implements TenantConnections {
     if (entry === undefined) {
       entry = this.#create(tenantId);
     } else {
-      this.#entries.delete(tenantId);
-      this.#entries.set(tenantId, entry);
+      this.#touch(entry);
     }
     entry.leases++;
     entry.lastUsed = Date.now();
@@ -105,14 +106,32 @@ export class PoolCache implements TenantConnections {
       this.#release(entry);
       throw error;
     }
-    const held = entry;
+    return this.#leaseOf(entry, knex);
+  }
+
+  tryLease(tenantId: string): TenantLease | undefined {
+    const entry = this.#entries.get(tenantId);
+    if (entry === undefined || entry.knex === undefined || this.#destroyed) return undefined;
+    this.#touch(entry);
+    entry.leases++;
+    entry.lastUsed = Date.now();
+    return this.#leaseOf(entry, entry.knex);
+  }
+
+  #touch(entry: Entry): void {
+    // Re-inserted: the Map's order is the LRU order.
+    this.#entries.delete(entry.id);
+    this.#entries.set(entry.id, entry);
+  }
+
+  #leaseOf(entry: Entry, knex: Knex): TenantLease {
     let released = false;
     return {
       knex,
       release: () => {
         if (released) return;
         released = true;
-        this.#release(held);
+        this.#release(entry);
       },
     };
   }

@@ -66,31 +66,22 @@ export class SharedConnections implements TenantConnections {
 
   async lease(tenantId: string): Promise<TenantLease> {
     if (this.#destroyed) throw new TenancyDestroyedError();
-    let handle = this.#handles.get(tenantId);
-    if (handle !== undefined) {
-      this.#handles.delete(tenantId);
-      this.#handles.set(tenantId, handle);
-    } else {
-      let opening = this.#opening.get(tenantId);
-      if (opening === undefined) {
-        opening = this.#open(tenantId).finally(() => this.#opening.delete(tenantId));
-        this.#opening.set(tenantId, opening);
-      }
-      handle = await opening;
+    const cached = this.tryLease(tenantId);
+    if (cached !== undefined) return cached;
+    let opening = this.#opening.get(tenantId);
+    if (opening === undefined) {
+      opening = this.#open(tenantId).finally(() => this.#opening.delete(tenantId));
+      this.#opening.set(tenantId, opening);
     }
-    const held = handle;
-    held.leases++;
-    let released = false;
-    return {
-      knex: held.knex,
-      release: () => {
-        if (!released) {
-          released = true;
-          held.leases--;
-          if (held.leases === 0) held.drained?.();
-        }
-      },
-    };
+    return leaseOf(await opening);
+  }
+
+  tryLease(tenantId: string): TenantLease | undefined {
+    const handle = this.#handles.get(tenantId);
+    if (handle === undefined || this.#destroyed) return undefined;
+    this.#handles.delete(tenantId);
+    this.#handles.set(tenantId, handle);
+    return leaseOf(handle);
   }
 
   /**
@@ -182,6 +173,20 @@ export class SharedConnections implements TenantConnections {
       this.#counters.evictions++;
     }
   }
+}
+
+function leaseOf(handle: Handle): TenantLease {
+  handle.leases++;
+  let released = false;
+  return {
+    knex: handle.knex,
+    release: () => {
+      if (released) return;
+      released = true;
+      handle.leases--;
+      if (handle.leases === 0) handle.drained?.();
+    },
+  };
 }
 
 /**

@@ -8,7 +8,7 @@ import { createMiddleware, type TenantMiddleware, type TenantMiddlewareOptions }
 import type { ConnectionBudget } from './connection-budget';
 import { createConnections } from './connections';
 import { checkTenancyOptions, type TenancyOptions, type TenancyStats } from './tenancy-options';
-import type { TenantConnections } from './pool-cache';
+import type { TenantConnections, TenantLease } from './pool-cache';
 import { bindTenant } from './propagation';
 import { CATALOG_DEFAULTS, CatalogCache } from './catalog-cache';
 import { createErrorHandler, type ErrorHandlerOptions, type TenantErrorHandler } from './http-errors';
@@ -26,6 +26,12 @@ import {
   type DropTenantResult,
 } from './tenant-lifecycle';
 import { TenantMigrations } from './tenant-migrations';
+
+/** A scope opened for a tenant, and the function that gives its connection lease back. */
+export interface EnteredScope {
+  scope: TenantScope;
+  release: () => void;
+}
 
 /**
  * A set of tenant databases: opens their pools, runs code in their scope, and closes them.
@@ -66,7 +72,8 @@ export class Tenancy implements ScopeOwner {
     if (current !== undefined && current.owner === this && current.tenantId === tenantId) {
       return runInScope(current, fn);
     }
-    const { scope, release } = await this.enter(tenantId);
+    const entered = this.enterNow(tenantId);
+    const { scope, release } = entered instanceof Promise ? await entered : entered;
     try {
       return await runInScope(scope, fn);
     } finally {
@@ -78,20 +85,37 @@ export class Tenancy implements ScopeOwner {
    * @internal Validates the id and leases the tenant's connection. The caller runs code in `scope`
    * and must call `release()` when that code is done (the middleware does so when the response ends).
    */
-  async enter(tenantId: unknown): Promise<{ scope: TenantScope; release: () => void }> {
+  async enter(tenantId: unknown): Promise<EnteredScope> {
+    return this.enterNow(tenantId);
+  }
+
+  /**
+   * @internal `enter()` without a promise when the tenant is known and its connection cached (the
+   * common case of a request), else a promise. Throws `InvalidTenantIdError` synchronously.
+   */
+  enterNow(tenantId: unknown): EnteredScope | Promise<EnteredScope> {
     const id = validateTenantId(tenantId, this.#validator);
-    if (this.#catalog !== undefined) {
-      let known = this.#catalog.exists(id);
-      if (typeof known !== 'boolean') {
-        try {
-          known = await known;
-        } catch (error) {
-          throw new TenantUnavailableError(id, { cause: error, reason: 'the tenant catalog lookup failed' });
-        }
-      }
-      if (!known) throw new UnknownTenantError(id);
+    const known = this.#catalog === undefined ? true : this.#catalog.exists(id);
+    if (known === true) {
+      const lease = this.#connections.tryLease(id);
+      if (lease !== undefined) return this.#entered(id, lease);
     }
-    const lease = await this.#connections.lease(id);
+    return this.#enterSlowly(id, known);
+  }
+
+  async #enterSlowly(id: string, known: boolean | Promise<boolean>): Promise<EnteredScope> {
+    if (typeof known !== 'boolean') {
+      try {
+        known = await known;
+      } catch (error) {
+        throw new TenantUnavailableError(id, { cause: error, reason: 'the tenant catalog lookup failed' });
+      }
+    }
+    if (!known) throw new UnknownTenantError(id);
+    return this.#entered(id, await this.#connections.lease(id));
+  }
+
+  #entered(id: string, lease: TenantLease): EnteredScope {
     let scope = this.#scopes.get(lease.knex);
     if (scope === undefined) {
       scope = Object.freeze({ owner: this, tenantId: id, knex: lease.knex });
@@ -99,6 +123,7 @@ export class Tenancy implements ScopeOwner {
     }
     return { scope, release: lease.release };
   }
+
 
   /**
    * The current tenant's knex for raw queries: the open transaction inside `transaction()`, else the
