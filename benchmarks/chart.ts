@@ -23,6 +23,8 @@ interface ResultsFile {
   mariadb?: string;
   machine?: string;
   load?: { before?: string | number; after?: string | number };
+  /** A caveat about the run (e.g. other jobs loaded the machine), shown under its panel. */
+  note?: string;
   result?: Record<string, unknown>;
   targets?: Record<string, number>;
 }
@@ -61,7 +63,8 @@ function num(record: Record<string, unknown> | undefined, key: string): number |
 function footer(file: ResultsFile): string {
   const date = file.date?.slice(0, 10) ?? 'undated';
   const load = file.load?.before !== undefined ? `, load ${String(file.load.before).split(' ')[0]}` : '';
-  return `${date}, Node ${file.node ?? '?'}, MariaDB ${(file.mariadb ?? '?').replace(/-MariaDB.*$/, '')}, ${file.machine ?? ''}${load}`;
+  const note = file.note === undefined ? '' : ` (${file.note})`;
+  return `${date}, Node ${file.node ?? '?'}, MariaDB ${(file.mariadb ?? '?').replace(/-MariaDB.*$/, '')}, ${file.machine ?? ''}${load}${note}`;
 }
 
 function targetOf(file: ResultsFile, key: string, fallback: number | undefined): number | undefined {
