@@ -34,6 +34,7 @@ import { createTenancy, TenantModel, type Tenancy } from '../lib/index';
 // Internal: only to switch the library's AsyncLocalStorage off for the passing' cells.
 import { globalState } from '../lib/scope';
 import { intEnv, loadAverage, versionOf, writeResults } from './results';
+import { mysqlConnection } from '../test/helpers/mysql-url';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
 const TENANTS = Array.from({ length: 8 }, (_, i) => `t${i + 1}`);
@@ -45,16 +46,7 @@ const CONNECTIONS = intEnv('BENCH_CONNECTIONS', 32);
 const POOL_MAX = intEnv('BENCH_POOL_MAX', 4);
 const dbName = (tenant: string) => `ot_hbench_${tenant}`;
 
-function connection(database?: string): Knex.MySql2ConnectionConfig {
-  const url = new URL(MYSQL_URL);
-  return {
-    host: url.hostname,
-    port: Number(url.port || 3306),
-    user: decodeURIComponent(url.username || 'root'),
-    password: decodeURIComponent(url.password),
-    ...(database === undefined ? {} : { database }),
-  };
-}
+const connection = (database?: string) => mysqlConnection(database, MYSQL_URL);
 
 function knexConfig(tenant: string): Knex.Config {
   return { client: 'mysql2', connection: connection(dbName(tenant)), pool: { min: 0, max: POOL_MAX } };

@@ -19,6 +19,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy, type MigrationReport } from '../lib/index';
+import { mysqlConnection } from '../test/helpers/mysql-url';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
 const TENANTS = intEnv('BENCH_TENANTS', 1000);
@@ -34,16 +35,7 @@ function intEnv(name: string, fallback: number): number {
   return parsed;
 }
 
-function connection(database?: string): Knex.MySql2ConnectionConfig {
-  const url = new URL(MYSQL_URL);
-  return {
-    host: url.hostname,
-    port: Number(url.port || 3306),
-    user: decodeURIComponent(url.username || 'root'),
-    password: decodeURIComponent(url.password),
-    ...(database === undefined ? {} : { database }),
-  };
-}
+const connection = (database?: string) => mysqlConnection(database, MYSQL_URL);
 
 const MIGRATIONS: Record<string, string> = {
   '20250101000001_accounts.js': `

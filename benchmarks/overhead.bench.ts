@@ -30,6 +30,7 @@ import { createTenancy, TenantModel } from '../lib/index';
 // Internal: only to switch the library's AsyncLocalStorage off for variant 3'.
 import { globalState } from '../lib/scope';
 import { writeResults } from './results';
+import { mysqlConnection } from '../test/helpers/mysql-url';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
 const DATABASE = 'ot_bench_overhead';
@@ -49,16 +50,7 @@ function intEnv(name: string, fallback: number): number {
   return parsed;
 }
 
-function connection(database?: string): mysql.ConnectionOptions & Knex.MySql2ConnectionConfig {
-  const url = new URL(MYSQL_URL);
-  return {
-    host: url.hostname,
-    port: Number(url.port || 3306),
-    user: decodeURIComponent(url.username || 'root'),
-    password: decodeURIComponent(url.password),
-    ...(database === undefined ? {} : { database }),
-  };
-}
+const connection = (database?: string) => mysqlConnection(database, MYSQL_URL);
 
 /** Every knex variant, the tenancy's included, gets its own pool with these settings. */
 function knexConfig(): Knex.Config {

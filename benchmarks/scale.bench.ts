@@ -55,6 +55,7 @@ import knexFactory, { type Knex } from 'knex';
 import mysql from 'mysql2/promise';
 import { Model } from 'objection';
 import { createTenancy, TenantModel, type Tenancy, type TenancyStats } from '../lib/index';
+import { mysqlConnection } from '../test/helpers/mysql-url';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
 const TENANTS = intEnv('BENCH_TENANTS', 10_000);
@@ -104,16 +105,7 @@ function intEnv(name: string, fallback: number): number {
   return parsed;
 }
 
-function connection(database?: string): mysql.ConnectionOptions & Knex.MySql2ConnectionConfig {
-  const url = new URL(MYSQL_URL);
-  return {
-    host: url.hostname,
-    port: Number(url.port || 3306),
-    user: decodeURIComponent(url.username || 'root'),
-    password: decodeURIComponent(url.password),
-    ...(database === undefined ? {} : { database }),
-  };
-}
+const connection = (database?: string) => mysqlConnection(database, MYSQL_URL);
 
 // Tenant i (1-based): id `t00001`, database `ot_sbench_00001`. Built once: no string work per query.
 const TENANT_IDS: string[] = [''];

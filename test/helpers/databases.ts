@@ -9,7 +9,9 @@ import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import type { ConnectionOptions } from '../../lib/connections';
 
-export const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
+import { MYSQL_URL, mysqlConnection } from './mysql-url';
+
+export { MYSQL_URL, mysqlConnection };
 
 function probeMysql(): string | undefined {
   const script = `require('mysql2').createConnection(process.argv[1]).promise().query('select 1')
@@ -66,18 +68,6 @@ export function sqliteBackend(label: string): Backend {
     connectionOptions() {
       return { knexConfig: this.knexConfig };
     },
-  };
-}
-
-/** Parses MYSQL_URL into a knex connection object. */
-export function mysqlConnection(database?: string): Knex.MySql2ConnectionConfig {
-  const url = new URL(MYSQL_URL);
-  return {
-    host: url.hostname,
-    port: Number(url.port || 3306),
-    user: decodeURIComponent(url.username || 'root'),
-    password: decodeURIComponent(url.password),
-    database: database ?? (url.pathname.slice(1) || undefined),
   };
 }
 
