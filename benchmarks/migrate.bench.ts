@@ -20,6 +20,7 @@ import { performance } from 'node:perf_hooks';
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy, type MigrationReport } from '../lib/index';
 import { mysqlConnection } from '../test/helpers/mysql-url';
+import { intEnv } from './results';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
 const TENANTS = intEnv('BENCH_TENANTS', 1000);
@@ -27,13 +28,6 @@ const CONCURRENCY = intEnv('BENCH_CONCURRENCY', 4);
 const BASELINE = process.env.BENCH_BASELINE !== '0';
 const PREFIX = 'ot_mbench_';
 
-function intEnv(name: string, fallback: number): number {
-  const value = process.env[name];
-  if (value === undefined || value === '') return fallback;
-  const parsed = Number(value);
-  if (!Number.isInteger(parsed) || parsed <= 0) throw new TypeError(`${name} must be a positive integer`);
-  return parsed;
-}
 
 const connection = (database?: string) => mysqlConnection(database, MYSQL_URL);
 

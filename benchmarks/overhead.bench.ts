@@ -29,7 +29,7 @@ import { Model } from 'objection';
 import { createTenancy, TenantModel } from '../lib/index';
 // Internal: only to switch the library's AsyncLocalStorage off for variant 3'.
 import { globalState } from '../lib/scope';
-import { writeResults } from './results';
+import { writeResults, intEnv } from './results';
 import { mysqlConnection } from '../test/helpers/mysql-url';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
@@ -42,13 +42,6 @@ const ROUNDS = intEnv('BENCH_ROUNDS', 15);
 const CELL_MS = intEnv('BENCH_CELL_MS', 300);
 const WARMUP_MS = intEnv('BENCH_WARMUP_MS', 500);
 
-function intEnv(name: string, fallback: number): number {
-  const value = process.env[name];
-  if (value === undefined || value === '') return fallback;
-  const parsed = Number(value);
-  if (!Number.isInteger(parsed) || parsed <= 0) throw new TypeError(`${name} must be a positive integer`);
-  return parsed;
-}
 
 const connection = (database?: string) => mysqlConnection(database, MYSQL_URL);
 

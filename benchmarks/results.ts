@@ -60,3 +60,4 @@ export function intEnv(name: string, fallback: number): number {
   if (!Number.isInteger(parsed) || parsed <= 0) throw new TypeError(`${name} must be a positive integer`);
   return parsed;
 }
+

@@ -56,6 +56,7 @@ import mysql from 'mysql2/promise';
 import { Model } from 'objection';
 import { createTenancy, TenantModel, type Tenancy, type TenancyStats } from '../lib/index';
 import { mysqlConnection } from '../test/helpers/mysql-url';
+import { intEnv } from './results';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
 const TENANTS = intEnv('BENCH_TENANTS', 10_000);
@@ -97,13 +98,6 @@ const SELECTED = new Set<VariantKey>(
   }),
 );
 
-function intEnv(name: string, fallback: number): number {
-  const value = process.env[name];
-  if (value === undefined || value === '') return fallback;
-  const parsed = Number(value);
-  if (!Number.isInteger(parsed) || parsed <= 0) throw new TypeError(`${name} must be a positive integer`);
-  return parsed;
-}
 
 const connection = (database?: string) => mysqlConnection(database, MYSQL_URL);
 
