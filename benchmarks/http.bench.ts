@@ -6,17 +6,18 @@
  *             and the knex passed to every query: `Person.query(req.knex)`
  *   bindKnex  the recipe's other form: `req.models = { Person: Person.bindKnex(req.knex) }` per request
  *             (objection caches the bound class on each tenant knex), `req.models.Person.query()`
- *   passing'  `passing` with the library's AsyncLocalStorage disabled for the cell: what an app without
- *             the library pays (on Node 20 an enabled AsyncLocalStorage adds promise hooks to every
- *             promise of the process, so in this process the recipe variants pay them too)
+ *   passing'  `passing` in a process with no AsyncLocalStorage at all. On Node 20 the first
+ *             AsyncLocalStorage.run() of a process adds promise hooks to every promise; the recipe
+ *             processes above have one in use (as apps with tracing or request logging do), this
+ *             one shows what the scope costs on this Node beyond the library's own code.
  * Eight tenant databases of 1,000 rows; every request names a random tenant (header `x-tenant-id`)
  * and a random id; the route does a `findById` and a list of the next 5 rows. Each variant has its
  * own knex per tenant with the same pool settings. autocannon runs in a child process (so the load
  * generator does not share the server's event loop) and checks that every body holds only rows of
- * the tenant asked for. The process runs with NODE_ENV=production unless set otherwise.
+ * the tenant asked for. The servers run with NODE_ENV=production unless set otherwise.
  *
  * Rounds interleave the variants (rotated order) after a warm-up; figures are medians over rounds:
- * requests/s, p50 and p99 latency (autocannon's), and this process's CPU time per request, which is
+ * requests/s, p50 and p99 latency (autocannon's), and the server process's CPU time per request, which is
  * far less sensitive to other load on the machine than throughput.
  *
  * Run: `npm run bench:http`. Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test), BENCH_ROUNDS
@@ -30,9 +31,8 @@ import autocannon from 'autocannon';
 import express from 'express';
 import knexFactory, { type Knex } from 'knex';
 import { Model } from 'objection';
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { createTenancy, TenantModel, type Tenancy } from '../lib/index';
-// Internal: only to switch the library's AsyncLocalStorage off for the passing' cells.
-import { globalState } from '../lib/scope';
 import { intEnv, loadAverage, versionOf, writeResults } from './results';
 import { mysqlConnection } from '../test/helpers/mysql-url';
 
@@ -254,12 +254,19 @@ function median(values: readonly number[]): number {
 
 const round3 = (value: number) => Math.round(value * 1000) / 1000;
 
+type VariantKey = 'ours' | 'passing' | 'bindKnex' | 'passingNoAls';
+
 interface Variant {
-  key: 'ours' | 'passing' | 'bindKnex' | 'passingNoAls';
+  key: VariantKey;
   label: string;
-  url: string;
-  withoutAls?: boolean;
 }
+
+const VARIANTS: readonly Variant[] = [
+  { key: 'ours', label: 'ours: Person.query() in scope' },
+  { key: 'passing', label: 'recipe: Person.query(req.knex)' },
+  { key: 'bindKnex', label: 'recipe: req.models (bindKnex)' },
+  { key: 'passingNoAls', label: 'recipe: Person.query(knex), no ALS' },
+];
 
 interface Cell {
   rps: number[];
@@ -270,34 +277,74 @@ interface Cell {
   wrong: number;
 }
 
-async function main(): Promise<void> {
+// ---------------------------------------------------------------------------------------------
+// A server (child process): one variant per process, so that no variant runs on code the JIT
+// specialised for another (objection's builders of two model hierarchies in one process make its
+// call sites polymorphic, which cost the variants measured second up to 8%).
+
+type ServerMessage = { url: string } | { cpu: NodeJS.CpuUsage };
+
+async function serverChild(key: VariantKey): Promise<void> {
   process.env.NODE_ENV ??= 'production';
+  let app: express.Express;
+  let close: () => Promise<unknown>;
+  if (key === 'ours') {
+    const tenancy = createTenancy({ knexConfig, tenantExists: (id) => TENANTS.includes(id) });
+    app = oursApp(tenancy);
+    close = () => tenancy.destroy();
+  } else {
+    const knexes = new Map(TENANTS.map((t) => [t, knexFactory(knexConfig(t))]));
+    app = recipeApp(knexes, key === 'bindKnex' ? 'bindKnex' : 'passing');
+    close = () => Promise.allSettled([...knexes.values()].map((k) => k.destroy()));
+    // An app with an AsyncLocalStorage in use (tracing, request logging): on Node 20 the first run()
+    // turns on promise hooks for the whole process. passingNoAls is the same app without one.
+    if (key !== 'passingNoAls') new AsyncLocalStorage<number>().run(0, () => undefined);
+  }
+  const server = await listen(app);
+  process.on('message', (message: string) => {
+    if (message === 'cpu') process.send!({ cpu: process.cpuUsage() } satisfies ServerMessage);
+  });
+  process.on('disconnect', () => {
+    void server.close().then(close).finally(() => process.exit(0));
+  });
+  process.send!({ url: server.url } satisfies ServerMessage);
+}
+
+function startServer(key: VariantKey): Promise<{ child: ChildProcess; url: string; cpu(): Promise<number> }> {
+  const child = fork(__filename, ['--server-child', key], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const cpu = () =>
+    new Promise<number>((resolve) => {
+      const onMessage = (message: ServerMessage) => {
+        if (!('cpu' in message)) return;
+        child.off('message', onMessage);
+        resolve(message.cpu.user + message.cpu.system);
+      };
+      child.on('message', onMessage);
+      child.send('cpu');
+    });
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code) => reject(new Error(`server ${key} exited with ${code}`)));
+    child.once('message', (message: ServerMessage) => {
+      if ('url' in message) resolve({ child, url: message.url, cpu });
+    });
+  });
+}
+
+async function main(): Promise<void> {
   const loadBefore = loadAverage();
   const admin = knexFactory({ client: 'mysql2', connection: connection(), pool: { min: 0, max: 1 } });
   const mariadb = await setUp(admin);
-
-  const tenancy = createTenancy({ knexConfig, tenantExists: (id) => TENANTS.includes(id) });
-  const passingKnexes = new Map(TENANTS.map((t) => [t, knexFactory(knexConfig(t))]));
-  const boundKnexes = new Map(TENANTS.map((t) => [t, knexFactory(knexConfig(t))]));
-  const servers = [await listen(oursApp(tenancy)), await listen(recipeApp(passingKnexes, 'passing')), await listen(recipeApp(boundKnexes, 'bindKnex'))];
-  const variants: Variant[] = [
-    { key: 'ours', label: 'ours: Person.query() in scope', url: servers[0]!.url },
-    { key: 'passing', label: 'recipe: Person.query(req.knex)', url: servers[1]!.url },
-    { key: 'bindKnex', label: 'recipe: req.models (bindKnex)', url: servers[2]!.url },
-    { key: 'passingNoAls', label: "recipe: Person.query(knex), no ALS", url: servers[1]!.url, withoutAls: true },
-  ];
-  // Before each cell: the AsyncLocalStorage on (a scope opened once turns it on) or off (passing').
-  const prepare = async (variant: Variant): Promise<void> => {
-    if (variant.withoutAls) globalState.storage.disable();
-    else await tenancy.runWithTenant(TENANTS[0]!, () => undefined);
-  };
+  const servers = new Map<VariantKey, Awaited<ReturnType<typeof startServer>>>();
   const child = fork(__filename, ['--load-child'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
 
   try {
+    for (const variant of VARIANTS) servers.set(variant.key, await startServer(variant.key));
+    const urlOf = (variant: Variant) => servers.get(variant.key)!.url;
     // Every variant answers with the right tenant's rows before anything is measured.
-    for (const variant of variants.filter((v) => !v.withoutAls)) {
+    for (const variant of VARIANTS) {
       for (const tenant of TENANTS) {
-        const response = await fetch(`${variant.url}/people/7`, { headers: { 'x-tenant-id': tenant } });
+        const response = await fetch(`${urlOf(variant)}/people/7`, { headers: { 'x-tenant-id': tenant } });
         const body = (await response.json()) as { person: { name: string }; next: { name: string }[] };
         const names = [body.person?.name, ...(body.next ?? []).map((r) => r.name)];
         if (response.status !== 200 || names.join() !== [7, 8, 9, 10, 11, 12].map((i) => `${tenant}-person-${i}`).join()) {
@@ -306,25 +353,22 @@ async function main(): Promise<void> {
       }
     }
 
-    const cells = new Map<string, Cell>(variants.map((v) => [v.key, { rps: [], p50: [], p99: [], cpuUsPerReq: [], failures: 0, wrong: 0 }]));
+    const cells = new Map<VariantKey, Cell>(VARIANTS.map((v) => [v.key, { rps: [], p50: [], p99: [], cpuUsPerReq: [], failures: 0, wrong: 0 }]));
     const started = Date.now();
-    process.stderr.write(`warm-up: ${variants.length} x ${WARMUP_S} s\n`);
-    for (const variant of variants) {
-      await prepare(variant);
-      await load(child, { url: variant.url, seconds: WARMUP_S, connections: CONNECTIONS });
-    }
+    process.stderr.write(`warm-up: ${VARIANTS.length} x ${WARMUP_S} s\n`);
+    for (const variant of VARIANTS) await load(child, { url: urlOf(variant), seconds: WARMUP_S, connections: CONNECTIONS });
     for (let round = 0; round < ROUNDS; round++) {
-      const order = variants.map((_, i) => variants[(i + round) % variants.length]!);
+      const order = VARIANTS.map((_, i) => VARIANTS[(i + round) % VARIANTS.length]!);
       for (const variant of order) {
-        await prepare(variant);
-        const cpuStart = process.cpuUsage();
-        const summary = await load(child, { url: variant.url, seconds: CELL_S, connections: CONNECTIONS });
-        const cpu = process.cpuUsage(cpuStart);
+        const server = servers.get(variant.key)!;
+        const cpuStart = await server.cpu();
+        const summary = await load(child, { url: server.url, seconds: CELL_S, connections: CONNECTIONS });
+        const cpu = (await server.cpu()) - cpuStart;
         const cell = cells.get(variant.key)!;
         cell.rps.push(summary.ok / summary.duration);
         cell.p50.push(summary.p50);
         cell.p99.push(summary.p99);
-        cell.cpuUsPerReq.push((cpu.user + cpu.system) / Math.max(1, summary.ok));
+        cell.cpuUsPerReq.push(cpu / Math.max(1, summary.ok));
         cell.failures += summary.non2xx + summary.errors + summary.timeouts;
         cell.wrong += summary.wrong;
         process.stderr.write(`round ${round + 1}/${ROUNDS} ${variant.key}: ${(summary.ok / summary.duration).toFixed(0)} req/s\n`);
@@ -333,19 +377,19 @@ async function main(): Promise<void> {
     const seconds = (Date.now() - started) / 1000;
     const loadAfter = loadAverage();
 
-    const rps = (key: Variant['key']) => median(cells.get(key)!.rps);
-    const cpu = (key: Variant['key']) => median(cells.get(key)!.cpuUsPerReq);
+    const rps = (key: VariantKey) => median(cells.get(key)!.rps);
+    const cpu = (key: VariantKey) => median(cells.get(key)!.cpuUsPerReq);
     const pad = (text: string, width: number, right = true) => (right ? text.padStart(width) : text.padEnd(width));
     console.log('');
     console.log(`objection-tenancy over HTTP: GET /people/:id (findById + next 5 rows), ${TENANTS.length} tenant databases of ${ROWS} rows, random tenant per request`);
-    console.log(`Node ${process.version}, MariaDB ${mariadb}, express ${versionOf('express')}, autocannon ${versionOf('autocannon')}, knex ${versionOf('knex')}, objection ${versionOf('objection')}, NODE_ENV=${process.env.NODE_ENV}`);
-    console.log(`${CONNECTIONS} connections, pool max ${POOL_MAX} per tenant knex; ${ROUNDS} rounds x ${CELL_S} s per variant after ${WARMUP_S} s warm-up; medians over rounds; ${seconds.toFixed(0)} s`);
-    console.log(`load average ${loadBefore} before, ${loadAfter} after (2 cores shared by this server, autocannon and MariaDB)`);
+    console.log(`Node ${process.version}, MariaDB ${mariadb}, express ${versionOf('express')}, autocannon ${versionOf('autocannon')}, knex ${versionOf('knex')}, objection ${versionOf('objection')}, NODE_ENV=production`);
+    console.log(`${CONNECTIONS} connections, pool max ${POOL_MAX} per tenant knex; one server process per variant; ${ROUNDS} rounds x ${CELL_S} s per variant after ${WARMUP_S} s warm-up; medians over rounds; ${seconds.toFixed(0)} s`);
+    console.log(`load average ${loadBefore} before, ${loadAfter} after (2 cores shared by the servers, autocannon and MariaDB)`);
     console.log('');
     const header = [pad('variant', 35, false), pad('req/s', 8), pad('p50 ms', 7), pad('p99 ms', 7), pad('cpu us/req', 10), pad('vs passing', 10), pad('vs bindKnex', 11), pad('errors', 6)].join('  ');
     console.log(header);
     console.log('-'.repeat(header.length));
-    for (const variant of variants) {
+    for (const variant of VARIANTS) {
       const cell = cells.get(variant.key)!;
       console.log(
         [
@@ -361,10 +405,11 @@ async function main(): Promise<void> {
       );
     }
     console.log('');
-    console.log('req/s: 2xx responses per second; p50/p99: autocannon latency; cpu us/req: this server process\'s CPU time per');
-    console.log('response (autocannon and MariaDB not counted); vs: req/s over the recipe\'s (higher is better); errors: non-2xx,');
-    console.log('socket errors, timeouts and bodies holding another tenant\'s row (must be 0). no ALS: the same app as passing,');
-    console.log('measured with the library\'s AsyncLocalStorage disabled (an app without the library).');
+    console.log('req/s: 2xx responses per second; p50/p99: autocannon latency; cpu us/req: the variant\'s server process CPU time');
+    console.log('per response (autocannon and MariaDB not counted); vs: req/s over the recipe\'s (higher is better); errors: non-2xx,');
+    console.log('socket errors, timeouts and bodies holding another tenant\'s row (must be 0). The recipe processes have an');
+    console.log('AsyncLocalStorage in use, as ours has; no ALS: the same recipe app in a process without any (Node 20 then runs');
+    console.log('without promise hooks: what the library\'s scope costs on this Node beyond its own code).');
     console.log('');
     const failures = [...cells.values()].reduce((n, c) => n + c.failures, 0);
     const wrong = [...cells.values()].reduce((n, c) => n + c.wrong, 0);
@@ -389,7 +434,7 @@ async function main(): Promise<void> {
     writeResults('http', {
       mariadb,
       loadBefore,
-      settings: { tenants: TENANTS.length, rows: ROWS, connections: CONNECTIONS, poolMax: POOL_MAX, rounds: ROUNDS, cellS: CELL_S, warmupS: WARMUP_S, nodeEnv: process.env.NODE_ENV },
+      settings: { tenants: TENANTS.length, rows: ROWS, connections: CONNECTIONS, poolMax: POOL_MAX, rounds: ROUNDS, cellS: CELL_S, warmupS: WARMUP_S, nodeEnv: 'production', processPerVariant: true },
       result,
       express: versionOf('express'),
       autocannon: versionOf('autocannon'),
@@ -397,15 +442,25 @@ async function main(): Promise<void> {
     if (failures > 0 || wrong > 0) process.exitCode = 1;
   } finally {
     child.disconnect();
-    for (const server of servers) await server.close();
-    await Promise.allSettled([tenancy.destroy(), ...[...passingKnexes.values(), ...boundKnexes.values()].map((k) => k.destroy())]);
+    await Promise.all(
+      [...servers.values()].map(({ child: server }) => new Promise((done) => {
+        server.once('exit', done);
+        server.disconnect();
+      })),
+    );
     for (const tenant of TENANTS) await admin.raw('drop database if exists ??', [dbName(tenant)]);
     await admin.destroy();
   }
 }
 
+const serverIndex = process.argv.indexOf('--server-child');
 if (process.argv.includes('--load-child')) {
   loadChild();
+} else if (serverIndex !== -1) {
+  serverChild(process.argv[serverIndex + 1] as VariantKey).catch((error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  });
 } else {
   main().catch((error: unknown) => {
     console.error(error);

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
-import { TenancyDestroyedError, TenantUnavailableError, UnknownTenantError } from './errors';
+import { TenancyDestroyedError, TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
 import { runInScopeSync } from './scope';
+import { inlineUse, type SwitchState } from './inline-switch';
 
 /** A raw driver connection (a mysql2 `Connection`), as knex's client hands it out. */
 type RawConnection = {
@@ -10,8 +11,10 @@ type RawConnection = {
 
 interface Slot {
   readonly conn: RawConnection;
-  /** The database the connection is on (`USE`), if any. */
+  /** The database the connection is on (`USE`), if any; undefined also when unknown. */
   db: string | undefined;
+  /** inlineSwitch: the database its next statement must switch to (sent with it), if any. */
+  pending: string | undefined;
   idleSince: number;
 }
 
@@ -35,6 +38,8 @@ export interface AffinityPoolOptions {
   idleTimeoutMs: number;
   /** 'wait' queues acquires when every connection is busy; 'reject' fails them at once. */
   overflow: 'wait' | 'reject';
+  /** Send a switch's `USE` with the next statement (see inline-switch.ts) rather than on its own. */
+  inlineSwitch: boolean;
 }
 
 /** Counters of one server's shared pool, as shown in `tenancy.stats().servers`. */
@@ -60,7 +65,7 @@ const LOOKAHEAD = 32;
  * with `USE` only when it is not already on the tenant's database, and a free connection already there
  * is preferred (affinity). Connections are opened lazily up to `max`, and reaped when idle.
  */
-export class AffinityPool {
+export class AffinityPool implements SwitchState {
   readonly #client: Knex.Client;
   readonly #options: AffinityPoolOptions;
   readonly #slots = new Map<RawConnection, Slot>();
@@ -116,6 +121,8 @@ export class AffinityPool {
       this.#unhold(tenantId);
     }
     if (slot === undefined) return;
+    // A switch never sent leaves the connection where it was.
+    slot.pending = undefined;
     if (this.#closed || !this.#valid(conn)) {
       this.#destroy(slot);
       this.#pump();
@@ -133,6 +140,41 @@ export class AffinityPool {
     this.#freeCount++;
     // A tenant at its cap that just released may unblock a waiter that a free connection can serve.
     if (this.#waiters.length > 0) this.#pump();
+  }
+
+  /** True when switches are sent with the next statement (the tenant handles then prefix it). */
+  get inlineSwitch(): boolean {
+    return this.#options.inlineSwitch;
+  }
+
+  pendingSwitch(conn: unknown): string | undefined {
+    return this.#slots.get(conn as RawConnection)?.pending;
+  }
+
+  settleSwitch(conn: unknown, ok: boolean): void {
+    const slot = this.#slots.get(conn as RawConnection);
+    if (slot === undefined || slot.pending === undefined) return;
+    if (ok) {
+      slot.db = slot.pending;
+      slot.pending = undefined;
+    } else {
+      // Whether the USE ran is unknown: the switch stays pending for any further statement of this
+      // acquire, and the database unknown for the next one.
+      slot.db = undefined;
+    }
+  }
+
+  async switchNow(conn: unknown, tenantId: string): Promise<void> {
+    const slot = this.#slots.get(conn as RawConnection);
+    if (slot === undefined || slot.pending === undefined) return;
+    const db = slot.pending;
+    slot.pending = undefined;
+    slot.db = undefined;
+    try {
+      await this.#use(slot, db);
+    } catch (error) {
+      throw mapSwitchError(tenantId, error);
+    }
   }
 
   stats(): AffinityPoolStats {
@@ -212,14 +254,22 @@ export class AffinityPool {
       this.#counters.affinityHits++;
       return slot.conn;
     }
+    this.#counters.switches++;
+    if (this.#inline(slot, db)) return slot.conn;
     try {
       await this.#use(slot, db);
     } catch (error) {
       this.release(slot.conn);
       throw mapSwitchError(tenantId, error);
     }
-    this.#counters.switches++;
     return slot.conn;
+  }
+
+  /** With inlineSwitch, defers the switch to the connection's next statement. */
+  #inline(slot: Slot, db: string): boolean {
+    if (!this.#options.inlineSwitch || inlineUse(db) === undefined) return false;
+    slot.pending = db;
+    return true;
   }
 
   async #create(tenantId: string, db: string): Promise<RawConnection> {
@@ -240,9 +290,11 @@ export class AffinityPool {
     }
     this.#creating--;
     this.#counters.created++;
-    const slot: Slot = { conn, db: undefined, idleSince: Date.now() };
+    const slot: Slot = { conn, db: undefined, pending: undefined, idleSince: Date.now() };
+    if (this.#options.inlineSwitch) guardPendingSwitch(slot);
     this.#slots.set(conn, slot);
     this.#owner.set(conn, tenantId);
+    if (this.#inline(slot, db)) return conn;
     try {
       await this.#use(slot, db);
     } catch (error) {
@@ -311,6 +363,31 @@ export class AffinityPool {
     this.#counters.destroyed++;
     return Promise.resolve(this.#client.destroyRawConnection(slot.conn as never)).catch(() => undefined);
   }
+}
+
+/**
+ * inlineSwitch, defence in depth: while a switch is pending on the connection, a statement that does
+ * not carry it (a path of knex's that bypassed the tenant handle's client) is refused rather than run
+ * on the database the connection is still on.
+ */
+function guardPendingSwitch(slot: Slot): void {
+  const conn = slot.conn as RawConnection & { query(...args: unknown[]): unknown };
+  const query = conn.query;
+  conn.query = function (this: unknown, ...args: unknown[]): unknown {
+    const pending = slot.pending;
+    if (pending !== undefined) {
+      const first = args[0];
+      const sql = typeof first === 'string' ? first : (first as { sql?: unknown } | null)?.sql;
+      if (typeof sql !== 'string' || !sql.startsWith(inlineUse(pending)!)) {
+        const error = new TenantError('TENANT_SWITCH_PENDING', `A statement reached a connection still to be switched to database "${pending}" without the switch: refused.`, { statusCode: 500 });
+        const callback = args[args.length - 1];
+        if (typeof callback !== 'function') throw error;
+        process.nextTick(callback as (error: unknown) => void, error);
+        return undefined;
+      }
+    }
+    return query.apply(this, args);
+  };
 }
 
 function mapSwitchError(tenantId: string, error: unknown): Error {

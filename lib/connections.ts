@@ -23,6 +23,13 @@ export interface ConnectionOptions {
   locate?(tenantId: string): TenantLocation | Promise<TenantLocation>;
   /** 'shared': connections one tenant may hold at once on its server. Default: half of the server's `pool.max`. */
   maxConnectionsPerTenant?: number;
+  /**
+   * 'shared' (MySQL/MariaDB): send the `USE` of a database switch in the same round trip as the
+   * tenant's next statement (`USE db; <sql>`) rather than in one of its own. It turns on
+   * `multipleStatements` for the server connections, so one `knex.raw()` string may then hold several
+   * statements: keep values in bindings. Default false.
+   */
+  inlineSwitch?: boolean;
   /** 'shared': cap on cached tenant handles (a few hundred bytes each, no connection). Default 100 000. */
   maxTenants?: number;
   /** 'pool-per-tenant': cap on cached tenant pools; the least recently used is evicted beyond it. Default 50. */
@@ -71,6 +78,7 @@ export function createConnections(options: ConnectionOptions): { connections: Te
       acquireTimeoutMs,
       idleTimeoutMs,
       overflow,
+      inlineSwitch: options.inlineSwitch === true,
       maxTenants: options.maxTenants ?? CONNECTION_DEFAULTS.maxTenants,
       createKnex,
       verify,

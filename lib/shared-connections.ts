@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import { AffinityPool, type AffinityPoolOptions, type AffinityPoolStats } from './affinity-pool';
 import { TenancyDestroyedError, TenantError, TenantUnavailableError } from './errors';
+import { installInlineSwitch } from './inline-switch';
 import type { PoolCacheStats, TenantConnections, TenantLease } from './pool-cache';
 
 /** Where a tenant lives: a server key of `options.servers` and the database name on it. */
@@ -18,6 +19,8 @@ export interface SharedConnectionsOptions {
   acquireTimeoutMs: number;
   idleTimeoutMs: number;
   overflow: 'wait' | 'reject';
+  /** Send a database switch's `USE` in the same round trip as the next statement (inline-switch.ts). */
+  inlineSwitch: boolean;
   /** Cap on cached tenant handles (LRU); a handle is a few hundred bytes, no connection. */
   maxTenants: number;
   /** Builds the knex of a server. */
@@ -150,7 +153,8 @@ export class SharedConnections implements TenantConnections {
     if (config === undefined) {
       throw new TenantUnavailableError(tenantId, { reason: `locate() named server "${key}", which is not in options.servers` });
     }
-    const knex = this.#options.createKnex({ ...config, pool: { min: 0, max: 1 } });
+    const connection = this.#options.inlineSwitch ? { ...(config.connection as object), multipleStatements: true } : config.connection;
+    const knex = this.#options.createKnex({ ...config, connection: connection as Knex.Config['connection'], pool: { min: 0, max: 1 } });
     const max = config.pool?.max ?? 10;
     const poolOptions: AffinityPoolOptions = {
       max,
@@ -158,6 +162,7 @@ export class SharedConnections implements TenantConnections {
       acquireTimeoutMs: this.#options.acquireTimeoutMs,
       idleTimeoutMs: this.#options.idleTimeoutMs,
       overflow: this.#options.overflow,
+      inlineSwitch: this.#options.inlineSwitch,
     };
     server = { knex, pool: new AffinityPool(knex.client, poolOptions) };
     this.#servers.set(key, server);
@@ -205,6 +210,7 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
   };
   // The server's pool outlives every handle.
   client.destroy = () => Promise.resolve();
+  if (server.pool.inlineSwitch) installInlineSwitch(client, server.pool, tenantId);
   const context = Object.create(base.context) as { client: unknown; queryBuilder(): Knex.QueryBuilder };
   context.client = client;
   const handle = function (tableName?: string, options?: unknown) {

@@ -66,6 +66,14 @@ export function checkTenancyOptions(options: TenancyOptions): void {
       throw new TypeError("createTenancy: options.servers must map server keys to knex configs when strategy is 'shared'");
     }
     if (typeof options.locate !== 'function') throw new TypeError("createTenancy: options.locate must be a function (tenantId) => { server, database } when strategy is 'shared'");
+    if (options.inlineSwitch !== undefined && typeof options.inlineSwitch !== 'boolean') throw new TypeError('createTenancy: options.inlineSwitch must be a boolean');
+    if (options.inlineSwitch === true) {
+      for (const [key, config] of Object.entries(options.servers)) {
+        if (config.connection === null || typeof config.connection !== 'object') {
+          throw new TypeError(`createTenancy: options.inlineSwitch needs servers.${key}.connection as an object (it sets multipleStatements on it)`);
+        }
+      }
+    }
   } else if (options.strategy !== undefined && options.strategy !== 'pool-per-tenant') {
     throw new TypeError("createTenancy: options.strategy must be 'pool-per-tenant' or 'shared'");
   } else if (typeof options.knexConfig !== 'function') {

@@ -18,7 +18,7 @@ const TENANTS = ['iso1', 'iso2', 'iso3', 'iso4'];
 const REQUESTS = 1200;
 const IN_FLIGHT = 48;
 
-for (const backend of allStrategies('iso')) {
+for (const backend of allStrategies('iso', { inlineSwitch: true })) {
   describe(`HTTP isolation on ${backend.name}`, { skip: backend.skip }, () => {
     let tenancy: Tenancy;
     const direct = new Map<string, Knex>();

@@ -12,7 +12,7 @@ import { Audit, createSchema, Movie, Person, Pet, reseed } from './helpers/fixtu
 
 const TENANTS = ['t1', 't2', 't3'] as const;
 
-for (const backend of allStrategies('conf')) {
+for (const backend of allStrategies('conf', { inlineSwitch: true })) {
   describe(`model conformance on ${backend.name}`, { skip: backend.skip }, () => {
     let tenancy: Tenancy;
     const direct = new Map<string, Knex>();

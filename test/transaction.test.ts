@@ -24,7 +24,7 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
   return { promise, resolve };
 }
 
-for (const backend of allStrategies('trx')) {
+for (const backend of allStrategies('trx', { inlineSwitch: true })) {
   describe(`transactions on ${backend.name}`, { skip: backend.skip }, () => {
     let tenancy: Tenancy;
     const direct = new Map<string, Knex>();

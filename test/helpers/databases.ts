@@ -33,7 +33,7 @@ export const skipMysql: string | undefined = mysqlProblem === undefined ? undefi
 
 /** One kind of tenant database: how to create, drop and connect to a tenant's database. */
 export interface Backend {
-  readonly name: 'sqlite' | 'mysql' | 'mysql-shared';
+  readonly name: 'sqlite' | 'mysql' | 'mysql-shared' | 'mysql-shared-inline';
   readonly skip: string | undefined;
   knexConfig(tenantId: string): Knex.Config;
   createDatabase(tenantId: string): Promise<void>;
@@ -101,16 +101,20 @@ export function mysqlBackend(label: string, poolMax = 4): Backend {
   };
 }
 
-/** MariaDB through the shared strategy: one pool of `poolMax` connections, `USE` per tenant. */
-export function mysqlSharedBackend(label: string, poolMax = 3): Backend {
+/**
+ * MariaDB through the shared strategy: one pool of `poolMax` connections, `USE` per tenant (with
+ * `inlineSwitch`, sent in the same round trip as the next statement).
+ */
+export function mysqlSharedBackend(label: string, poolMax = 3, inlineSwitch = false): Backend {
   const backend = mysqlBackend(label, poolMax);
   const { database: _database, ...server } = mysqlConnection();
   void _database;
   return {
     ...backend,
-    name: 'mysql-shared',
+    name: inlineSwitch ? 'mysql-shared-inline' : 'mysql-shared',
     connectionOptions: () => ({
       strategy: 'shared',
+      inlineSwitch,
       servers: { main: { client: 'mysql2', connection: server, pool: { max: poolMax } } },
       locate: (id: string) => ({ server: 'main', database: `ot_${label}_${id}`.replace(/-/g, '_') }),
     }),
@@ -122,7 +126,12 @@ export function backends(label: string): Backend[] {
   return [sqliteBackend(label), mysqlBackend(label)];
 }
 
-/** Both backends, plus MariaDB through the shared strategy. */
-export function allStrategies(label: string): Backend[] {
-  return [sqliteBackend(label), mysqlBackend(label), mysqlSharedBackend(`${label}s`)];
+/**
+ * Both backends, plus MariaDB through the shared strategy; with `inlineSwitch`, once more through the
+ * shared strategy with the inline switch (the suites that pin the model's behaviour run it).
+ */
+export function allStrategies(label: string, { inlineSwitch = false } = {}): Backend[] {
+  const strategies = [sqliteBackend(label), mysqlBackend(label), mysqlSharedBackend(`${label}s`)];
+  if (inlineSwitch) strategies.push(mysqlSharedBackend(`${label}i`, 3, true));
+  return strategies;
 }

@@ -1,0 +1,93 @@
+import type { Knex } from 'knex';
+import { UnknownTenantError } from './errors';
+
+/**
+ * The inline database switch of the shared strategy (`inlineSwitch: true`): when a connection has to
+ * change database, the `USE` goes in the same round trip as the tenant's first statement on it,
+ * `USE \`db\`; <sql>`, instead of a round trip of its own.
+ *
+ * Safe because MySQL and MariaDB stop a multi-statement batch at its first error: when the `USE`
+ * fails (database dropped), the tenant's statement never runs on the database the connection was on.
+ * After any error in such a batch the connection's database is treated as unknown, so the next
+ * acquire switches it again. Needs `multipleStatements` on the server's connections.
+ */
+
+/** What the inline switch needs from the shared pool. */
+export interface SwitchState {
+  /** The database `conn` must be switched to before its next statement, if any. */
+  pendingSwitch(conn: unknown): string | undefined;
+  /** Records the outcome of a batch that carried the switch. */
+  settleSwitch(conn: unknown, ok: boolean): void;
+  /** Switches `conn` with a `USE` round trip of its own (for streams), if a switch is pending. */
+  switchNow(conn: unknown, tenantId: string): Promise<void>;
+}
+
+type QueryObject = { sql: string; bindings?: unknown; options?: unknown; response?: [unknown, unknown] };
+type ClientQuery = (this: Knex.Client, conn: unknown, obj: QueryObject | string) => Promise<QueryObject>;
+type ClientStream = (this: Knex.Client, conn: unknown, obj: unknown, stream: unknown, options: unknown) => Promise<unknown>;
+
+/** `USE \`db\`; ` for a database name the driver's placeholder formatting cannot touch, else undefined. */
+export function inlineUse(database: string): string | undefined {
+  // mysql2 replaces every `?` of the text when it formats bindings, quoted or not.
+  return database.includes('?') ? undefined : `USE \`${database.replace(/`/g, '``')}\`; `;
+}
+
+/**
+ * Gives a tenant handle's client (`Object.create(serverClient)`) the inline switch: its `_query`
+ * prefixes the pending `USE` and hands knex only the tenant statement's result; streams and
+ * transactions switch with a round trip of their own first (a streamed query's rows are piped as they
+ * come; a transaction's statements go through a client knex builds without this one's methods).
+ * Must be called after the client's `acquireConnection` / `releaseConnection` are set.
+ */
+export function installInlineSwitch(client: Record<string, unknown>, state: SwitchState, tenantId: string): void {
+  const baseQuery = client._query as ClientQuery;
+  const baseStream = client._stream as ClientStream;
+
+  client._query = async function (this: Knex.Client, conn: unknown, input: QueryObject | string): Promise<QueryObject> {
+    const database = state.pendingSwitch(conn);
+    if (database === undefined) return baseQuery.call(this, conn, input);
+    const obj: QueryObject = typeof input === 'string' ? { sql: input } : input;
+    const batch: QueryObject = { ...obj, sql: `${inlineUse(database)!}${obj.sql}` };
+    let ok = false;
+    try {
+      await baseQuery.call(this, conn, batch);
+      ok = true;
+    } catch (error) {
+      const { errno, message } = error as { errno?: unknown; message?: unknown };
+      if (errno === 1049 && String(message).includes(database)) throw new UnknownTenantError(tenantId, { cause: error });
+      throw error;
+    } finally {
+      state.settleSwitch(conn, ok);
+    }
+    const [rows, fields] = batch.response as [unknown[], unknown[]];
+    // One result per statement: the USE's, then the tenant's (several if its SQL had several).
+    obj.response = rows.length === 2 ? [rows[1], fields[1]] : [rows.slice(1), fields.slice(1)];
+    return obj;
+  };
+
+  // knex builds a transaction's client from the client's class prototype, not from this client, so
+  // the `_query` above would not apply to its statements: a transaction switches when it takes its
+  // connection, with a round trip of its own.
+  const baseTransaction = client.transaction as (this: unknown, ...args: unknown[]) => unknown;
+  const acquire = client.acquireConnection as () => Promise<unknown>;
+  const release = client.releaseConnection as (conn: unknown) => Promise<unknown>;
+  client.transaction = function (this: Knex.Client, ...args: unknown[]): unknown {
+    const eager = Object.create(this) as Record<string, unknown>;
+    eager.acquireConnection = async () => {
+      const conn = await acquire();
+      try {
+        await state.switchNow(conn, tenantId);
+      } catch (error) {
+        await release(conn);
+        throw error;
+      }
+      return conn;
+    };
+    return baseTransaction.apply(eager, args);
+  };
+
+  client._stream = async function (this: Knex.Client, conn: unknown, obj: unknown, stream: unknown, options: unknown): Promise<unknown> {
+    await state.switchNow(conn, tenantId);
+    return baseStream.call(this, conn, obj, stream, options);
+  };
+}
