@@ -11,6 +11,7 @@
  *   budget      strategy 'pool-per-tenant', `maxConnections: 20`, `pool.max: 2`, `overflow: 'wait'`,
  *               `maxPools: 50` (see MAX_POOLS).
  *   shared      strategy 'shared': one server, `pool: { max: 20 }`, default per-tenant cap (10).
+ *   shared-inline  the same with `inlineSwitch: true` (a switch's USE sent with the query).
  *   single      the baseline: ONE tenant database, a plain knex with a pool of 20, `Person.query(knex)`:
  *               single-tenant throughput over the same number of connections, in the same run.
  *   raw-one,    reference rows for the server alone: a raw mysql2 pool of 20, fully qualified `select`
@@ -87,7 +88,7 @@ const TENANTS_PER_ROUND_TRIP = 100;
 const SAMPLE_MS = 20;
 const LATENCY_CAPACITY = 8_000_000;
 
-const VARIANT_KEYS = ['single', 'shared', 'budget', 'recipe', 'raw-one', 'raw-spread'] as const;
+const VARIANT_KEYS = ['single', 'shared', 'shared-inline', 'budget', 'recipe', 'raw-one', 'raw-spread'] as const;
 type VariantKey = (typeof VARIANT_KEYS)[number];
 const POPULARITIES = ['uniform', 'zipf'] as const;
 type Popularity = (typeof POPULARITIES)[number];
@@ -521,6 +522,22 @@ function rawInstance(spread: boolean): Instance {
   };
 }
 
+function sharedInstance(inlineSwitch: boolean): Instance {
+  const tenancy = createTenancy({
+    strategy: 'shared',
+    inlineSwitch,
+    servers: { main: serverConfig() },
+    locate: (id) => ({ server: 'main', database: DATABASE_OF.get(id)! }),
+  });
+  return {
+    query: tenancyQuery(tenancy),
+    cached: () => tenancy.stats().tenants ?? 0,
+    openAll: () => openAll(tenancy),
+    counters: () => sharedCounters(tenancy.stats()),
+    close: () => tenancy.destroy(),
+  };
+}
+
 const CREATE: Record<VariantKey, () => Instance> = {
   'raw-one': () => rawInstance(false),
   'raw-spread': () => rawInstance(true),
@@ -534,20 +551,8 @@ const CREATE: Record<VariantKey, () => Instance> = {
       close: () => knex.destroy(),
     };
   },
-  shared(): Instance {
-    const tenancy = createTenancy({
-      strategy: 'shared',
-      servers: { main: serverConfig() },
-      locate: (id) => ({ server: 'main', database: DATABASE_OF.get(id)! }),
-    });
-    return {
-      query: tenancyQuery(tenancy),
-      cached: () => tenancy.stats().tenants ?? 0,
-      openAll: () => openAll(tenancy),
-      counters: () => sharedCounters(tenancy.stats()),
-      close: () => tenancy.destroy(),
-    };
-  },
+  shared: () => sharedInstance(false),
+  'shared-inline': () => sharedInstance(true),
   budget(): Instance {
     const tenancy = createTenancy({
       knexConfig: (id) => ({ client: 'mysql2', connection: connection(DATABASE_OF.get(id)!), pool: { max: BUDGET_POOL_MAX } }),
@@ -873,7 +878,7 @@ async function main(): Promise<void> {
       if (kinds.size > 0) notes.push(`errors ${[...kinds].map(([kind, n]) => `${kind} x${n}`).join(', ')}`);
       if (wrong > 0) notes.push(`ROWS OF ANOTHER TENANT OR NONE: ${wrong}`);
       const counter = (name: string): number => sum(runs, (run) => run.counters[name] ?? 0);
-      if (cellKey.startsWith('shared/')) {
+      if (cellKey.startsWith('shared')) {
         const acquires = counter('switches') + counter('affinityHits');
         notes.push(
           `switches ${counter('switches')} (${((counter('switches') / Math.max(1, acquires)) * 100).toFixed(1)}% of acquires), ` +
@@ -894,8 +899,8 @@ async function main(): Promise<void> {
 
     if (sampler.failedSamples > 0) console.log(`(${sampler.failedSamples} connection samples failed and were skipped)`);
 
-    const hitRate = (popularity: Popularity): number => {
-      const runs = runsOf('shared', popularity);
+    const hitRate = (popularity: Popularity, key: VariantKey = 'shared'): number => {
+      const runs = runsOf(key, popularity);
       const hits = sum(runs, (run) => run.counters.affinityHits ?? 0);
       return hits / Math.max(1, hits + sum(runs, (run) => run.counters.switches ?? 0));
     };
@@ -923,6 +928,14 @@ async function main(): Promise<void> {
       recipe_ratio_zipf: round(ratio('recipe', 'zipf')),
       recipe_peak_connections: maxOf(all('recipe').map((run) => run.peakConnections)) ?? null,
       recipe_heap_bytes_per_tenant: round(maxOf(all('recipe').map((run) => run.heapPerTenant)), 0),
+      shared_inline_errors: sum(all('shared-inline'), (run) => run.errors),
+      shared_inline_peak_connections: maxOf(all('shared-inline').map((run) => run.peakConnections)) ?? null,
+      shared_inline_ratio_uniform: round(ratio('shared-inline', 'uniform')),
+      shared_inline_ratio_zipf: round(ratio('shared-inline', 'zipf')),
+      shared_inline_heap_bytes_per_tenant: round(maxOf(all('shared-inline').map((run) => run.heapPerTenant)), 0),
+      shared_inline_cpu_ratio_uniform: round(cpuRatio('shared-inline', 'uniform')),
+      shared_inline_cpu_ratio_zipf: round(cpuRatio('shared-inline', 'zipf')),
+      shared_inline_affinity_hit_rate_zipf: round(hitRate('zipf', 'shared-inline')),
       budget_errors: sum(all('budget'), (run) => run.errors),
       budget_ratio_uniform: round(ratio('budget', 'uniform')),
       budget_ratio_zipf: round(ratio('budget', 'zipf')),

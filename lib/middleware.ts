@@ -52,11 +52,8 @@ function holdLease(res: ServerResponse, release: () => void, hungUp: boolean): v
     } as ServerResponse['end'];
   };
   if (hungUp) return afterHangUp();
-  res.once('finish', release);
-  res.once('close', () => {
-    res.off('finish', release);
-    afterHangUp();
-  });
+  // 'close' follows 'finish' on every response (Node >= 16), and comes alone when the client hung up.
+  res.once('close', afterHangUp);
 }
 
 /** @internal Builds the middleware of `tenancy.middleware()`. */

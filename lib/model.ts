@@ -91,7 +91,8 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
   const BaseModel = Base as any;
 
   class TenantQueryBuilder extends (BaseModel.QueryBuilder as any) {
-    declare [CAPTURED]?: TenantScope;
+    // Defined on every builder from construction on, so that all builders share one shape.
+    [CAPTURED]: TenantScope | undefined = undefined;
 
     // A builder made in tenant A and awaited in tenant B runs on A, hooks included: the lookup of
     // objection is lazy, so the scope captured at creation is restored around execution.
