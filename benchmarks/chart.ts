@@ -81,6 +81,7 @@ function httpGroup(): Group {
     if (value !== undefined) group.bars.push({ label, value, ours: true, target: targetOf(file, key, fallbackTarget) });
   };
   add('ours_vs_passing', 'ours vs Person.query(req.knex)', DEFAULT_TARGET);
+  add('ours_vs_passing_side_by_side', 'ours vs Person.query(req.knex), side by side', DEFAULT_TARGET);
   add('ours_vs_bindknex', 'ours vs req.models (bindKnex)', DEFAULT_TARGET);
   // Against an app that never enables an AsyncLocalStorage: what the library costs in all (no target).
   add('ours_vs_passing_no_als', 'ours vs Person.query(req.knex), no ALS', undefined);
@@ -134,6 +135,8 @@ function scaleGroup(): Group {
   };
   add('shared_ratio_uniform', 'shared pool, uniform tenants', true);
   add('shared_ratio_zipf', 'shared pool, Zipf tenants', true);
+  add('shared_inline_ratio_uniform', 'shared pool + inlineSwitch, uniform', true);
+  add('shared_inline_ratio_zipf', 'shared pool + inlineSwitch, Zipf', true);
   add('budget_ratio_uniform', 'pool per tenant + budget, uniform', true);
   add('budget_ratio_zipf', 'pool per tenant + budget, Zipf', true);
   add('recipe_ratio_uniform', 'recipe (knex per tenant), uniform', false, 'recipe_error_rate_uniform');

@@ -11,17 +11,20 @@
  *             processes above have one in use (as apps with tracing or request logging do), this
  *             one shows what the scope costs on this Node beyond the library's own code.
  * Eight tenant databases of 1,000 rows; every request names a random tenant (header `x-tenant-id`)
- * and a random id; the route does a `findById` and a list of the next 5 rows. Each variant has its
- * own knex per tenant with the same pool settings. autocannon runs in a child process (so the load
- * generator does not share the server's event loop) and checks that every body holds only rows of
- * the tenant asked for. The servers run with NODE_ENV=production unless set otherwise.
+ * and a random id; the route does a `findById` and a list of the next 5 rows. Each variant is its own
+ * server process (no variant runs on JIT code specialised for another: in one process, objection's
+ * call sites see two model hierarchies and the variant measured second paid up to 8%), with its own
+ * knex per tenant and the same pool settings. autocannon runs in a child process and checks that every
+ * body holds only rows of the tenant asked for. The servers run with NODE_ENV=production unless set.
  *
- * Rounds interleave the variants (rotated order) after a warm-up; figures are medians over rounds:
- * requests/s, p50 and p99 latency (autocannon's), and the server process's CPU time per request, which is
- * far less sensitive to other load on the machine than throughput.
+ * Sequential rounds load one variant at a time (rotated order) after a warm-up; figures are medians
+ * over rounds: requests/s, p50 and p99 latency (autocannon's), and the server's CPU time per request.
+ * Side-by-side rounds then load all four at once, each with its own autocannon, so that other load on
+ * the machine hits them alike; their figure is the median of per-round ratios of requests served.
  *
  * Run: `npm run bench:http`. Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test), BENCH_ROUNDS
- * (5), BENCH_CELL_S (5), BENCH_WARMUP_S (3), BENCH_CONNECTIONS (32), BENCH_POOL_MAX (4).
+ * (9), BENCH_SIDE_BY_SIDE_ROUNDS (5), BENCH_CELL_S (5), BENCH_WARMUP_S (3), BENCH_CONNECTIONS (32), BENCH_POOL_MAX (4), BENCH_PROFILE_DIR
+ * (unset: when set, each server process writes its CPU profiles to `<dir>/<variant>/`).
  * Prints one table, ends with one line `RESULT {"ours_vs_passing": R, "ours_vs_bindknex": R2, ...}`
  * (req/s over req/s; the target is >= 0.97), and writes benchmarks/results/http.json.
  */
@@ -39,11 +42,12 @@ import { mysqlConnection } from '../test/helpers/mysql-url';
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
 const TENANTS = Array.from({ length: 8 }, (_, i) => `t${i + 1}`);
 const ROWS = 1000;
-const ROUNDS = intEnv('BENCH_ROUNDS', 5);
+const ROUNDS = intEnv('BENCH_ROUNDS', 9);
 const CELL_S = intEnv('BENCH_CELL_S', 5);
 const WARMUP_S = intEnv('BENCH_WARMUP_S', 3);
 const CONNECTIONS = intEnv('BENCH_CONNECTIONS', 32);
 const POOL_MAX = intEnv('BENCH_POOL_MAX', 4);
+const SIDE_BY_SIDE_ROUNDS = intEnv('BENCH_SIDE_BY_SIDE_ROUNDS', 5);
 const dbName = (tenant: string) => `ot_hbench_${tenant}`;
 
 const connection = (database?: string) => mysqlConnection(database, MYSQL_URL);
@@ -311,7 +315,11 @@ async function serverChild(key: VariantKey): Promise<void> {
 }
 
 function startServer(key: VariantKey): Promise<{ child: ChildProcess; url: string; cpu(): Promise<number> }> {
-  const child = fork(__filename, ['--server-child', key], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  // BENCH_PROFILE_DIR: each server writes its CPU profiles to <dir>/<variant>/ when it exits (one per
+  // thread: the largest is the main thread's).
+  const profile = process.env.BENCH_PROFILE_DIR;
+  const execArgv = profile === undefined ? process.execArgv : [...process.execArgv, '--cpu-prof', `--cpu-prof-dir=${profile}/${key}`];
+  const child = fork(__filename, ['--server-child', key], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
   const cpu = () =>
     new Promise<number>((resolve) => {
       const onMessage = (message: ServerMessage) => {
@@ -374,8 +382,36 @@ async function main(): Promise<void> {
         process.stderr.write(`round ${round + 1}/${ROUNDS} ${variant.key}: ${(summary.ok / summary.duration).toFixed(0)} req/s\n`);
       }
     }
+    // Side by side: every variant under its own load generator at the same time, so that whatever
+    // else slows the machine slows them all alike; per-round ratios of requests served.
+    const sideBySide = new Map<VariantKey, { rps: number[]; cpuUsPerReq: number[] }>(VARIANTS.map((v) => [v.key, { rps: [], cpuUsPerReq: [] }]));
+    const loaders = await Promise.all(VARIANTS.map(() => fork(__filename, ['--load-child'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })));
+    try {
+      for (let round = 0; round < SIDE_BY_SIDE_ROUNDS; round++) {
+        const cpuStart = await Promise.all(VARIANTS.map((v) => servers.get(v.key)!.cpu()));
+        const summaries = await Promise.all(VARIANTS.map((v, i) => load(loaders[i]!, { url: urlOf(v), seconds: CELL_S, connections: CONNECTIONS })));
+        const cpuEnd = await Promise.all(VARIANTS.map((v) => servers.get(v.key)!.cpu()));
+        VARIANTS.forEach((v, i) => {
+          const summary = summaries[i]!;
+          const cell = cells.get(v.key)!;
+          cell.failures += summary.non2xx + summary.errors + summary.timeouts;
+          cell.wrong += summary.wrong;
+          sideBySide.get(v.key)!.rps.push(summary.ok / summary.duration);
+          sideBySide.get(v.key)!.cpuUsPerReq.push((cpuEnd[i]! - cpuStart[i]!) / Math.max(1, summary.ok));
+        });
+        process.stderr.write(`side by side ${round + 1}/${SIDE_BY_SIDE_ROUNDS}: ${VARIANTS.map((v, i) => `${v.key} ${(summaries[i]!.ok / summaries[i]!.duration).toFixed(0)}`).join(', ')} req/s\n`);
+      }
+    } finally {
+      for (const loader of loaders) loader.disconnect();
+    }
     const seconds = (Date.now() - started) / 1000;
     const loadAfter = loadAverage();
+    /** Median over side-by-side rounds of a's requests/s over b's in the same round. */
+    const together = (a: VariantKey, b: VariantKey) => {
+      const x = sideBySide.get(a)!.rps;
+      const y = sideBySide.get(b)!.rps;
+      return median(x.map((value, i) => value / y[i]!));
+    };
 
     const rps = (key: VariantKey) => median(cells.get(key)!.rps);
     const cpu = (key: VariantKey) => median(cells.get(key)!.cpuUsPerReq);
@@ -413,7 +449,14 @@ async function main(): Promise<void> {
     console.log('');
     const failures = [...cells.values()].reduce((n, c) => n + c.failures, 0);
     const wrong = [...cells.values()].reduce((n, c) => n + c.wrong, 0);
+    console.log(`side by side (${SIDE_BY_SIDE_ROUNDS} rounds x ${CELL_S} s, all four loaded at once, ${CONNECTIONS} connections each): ` +
+      VARIANTS.map((v) => `${v.key} ${median(sideBySide.get(v.key)!.rps).toFixed(0)} req/s`).join(', '));
+    console.log(`  ours vs passing ${together('ours', 'passing').toFixed(3)}, vs bindKnex ${together('ours', 'bindKnex').toFixed(3)}, vs passing without ALS ${together('ours', 'passingNoAls').toFixed(3)} (medians of per-round ratios)`);
+    console.log('');
     const result = {
+      ours_vs_passing_side_by_side: round3(together('ours', 'passing')),
+      ours_vs_bindknex_side_by_side: round3(together('ours', 'bindKnex')),
+      ours_vs_passing_no_als_side_by_side: round3(together('ours', 'passingNoAls')),
       ours_vs_passing: round3(rps('ours') / rps('passing')),
       ours_vs_bindknex: round3(rps('ours') / rps('bindKnex')),
       ours_vs_passing_no_als: round3(rps('ours') / rps('passingNoAls')),

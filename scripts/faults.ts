@@ -1,5 +1,5 @@
 /**
- * Fault injection under HTTP load, for both strategies (pool-per-tenant and shared), through the ledger
+ * Fault injection under HTTP load, for each strategy (pool-per-tenant, shared, shared with inlineSwitch), through the ledger
  * app (scripts/ledger.ts) with `tenancy.errorHandler()`:
  *
  * (a) Server outage. Tenants `p1..p4` live on a private MariaDB started by this script
@@ -40,7 +40,7 @@ const ACQUIRE_MS = 1_000;
 const FAIL_FAST_SLACK_MS = 1_500;
 const CONCURRENCY = 16;
 const SIGNALS: ('SIGTERM' | 'SIGKILL')[] = SHORT ? ['SIGTERM'] : ['SIGTERM', 'SIGKILL'];
-const STRATEGIES = ['pool-per-tenant', 'shared'] as const;
+const STRATEGIES = ['pool-per-tenant', 'shared', 'shared-inline'] as const;
 type Strategy = (typeof STRATEGIES)[number];
 
 const PREFIX = 'ot_faults_';
@@ -77,9 +77,10 @@ function locate(servers: Servers, tenant: string): { server: 'private' | 'main';
 function tenancyOptions(strategy: Strategy, servers: Servers, tenants: readonly string[]): TenancyOptions {
   const known = new Set(tenants);
   const tenantExists = (id: string) => known.has(id);
-  if (strategy === 'shared') {
+  if (strategy !== 'pool-per-tenant') {
     return {
       strategy: 'shared',
+      inlineSwitch: strategy === 'shared-inline',
       servers: {
         private: { client: 'mysql2', connection: { ...servers.privateConnection, connectTimeout: ACQUIRE_MS }, pool: { max: 8 } },
         main: { client: 'mysql2', connection: { ...servers.mainConnection, connectTimeout: ACQUIRE_MS }, pool: { max: 8 } },

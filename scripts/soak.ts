@@ -16,11 +16,12 @@
  *
  * Run: `npm run soak`. Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test), SOAK_REQUESTS
  * (100000 per strategy), SOAK_TENANTS (50), SOAK_CONCURRENCY (64), SOAK_NEGATIVE_REQUESTS (5000),
- * SOAK_STRATEGIES (pool-per-tenant,shared), SOAK_MAX_CONNECTIONS (40: the pool-per-tenant budget), SOAK_SKIP
+ * SOAK_STRATEGIES (pool-per-tenant,shared; also shared-inline), SOAK_MAX_CONNECTIONS (40: the pool-per-tenant budget), SOAK_SKIP
  * (request kinds to leave out, e.g. `abort`), SOAK_TIME_LIMIT_S (900 per strategy) and SOAK_MAX_UNEXPECTED
  * (1000): a run that stalls or keeps failing stops there, and fails.
  * Ends with one line `RESULT {"requests": N, "leaks": 0, "lost_writes": 0, "negative_control_leaks": M, ...}`,
- * writes it to benchmarks/results/soak.json (soak-without-<kinds>.json with SOAK_SKIP), and exits
+ * writes it to benchmarks/results/soak.json (soak-without-<kinds>.json with SOAK_SKIP, soak-<strategies>.json
+ * with other SOAK_STRATEGIES), and exits
  * non-zero when a check fails.
  */
 import knexFactory, { type Knex } from 'knex';
@@ -48,7 +49,8 @@ const NEGATIVE_REQUESTS = intEnv('SOAK_NEGATIVE_REQUESTS', 5_000);
 const MAX_CONNECTIONS = intEnv('SOAK_MAX_CONNECTIONS', 40);
 const TIME_LIMIT_S = intEnv('SOAK_TIME_LIMIT_S', 900);
 const MAX_UNEXPECTED = intEnv('SOAK_MAX_UNEXPECTED', 1000);
-const STRATEGIES = (process.env.SOAK_STRATEGIES ?? 'pool-per-tenant,shared').split(',').map((s) => s.trim()) as ('pool-per-tenant' | 'shared')[];
+type Strategy = 'pool-per-tenant' | 'shared' | 'shared-inline';
+const STRATEGIES = (process.env.SOAK_STRATEGIES ?? 'pool-per-tenant,shared').split(',').map((s) => s.trim()) as Strategy[];
 const PREFIX = 'ot_soak_';
 const TENANTS = Array.from({ length: TENANT_COUNT }, (_, i) => `s${i + 1}`);
 const dbName = (tenant: string) => `${PREFIX}${tenant}`;
@@ -75,7 +77,7 @@ const SOAK_MIX = mix(without({
 const NEGATIVE_MIX = mix({ list: 40, get: 25, balance: 10, write: 25 });
 
 for (const strategy of STRATEGIES) {
-  if (strategy !== 'pool-per-tenant' && strategy !== 'shared') throw new TypeError(`SOAK_STRATEGIES: unknown strategy "${strategy}"`);
+  if (!['pool-per-tenant', 'shared', 'shared-inline'].includes(strategy)) throw new TypeError(`SOAK_STRATEGIES: unknown strategy "${strategy}"`);
 }
 
 let unhandled = 0;
@@ -87,14 +89,15 @@ process.on('unhandledRejection', (reason) => {
 const warnings = new Map<string, number>();
 process.on('warning', (warning) => warnings.set(warning.name, (warnings.get(warning.name) ?? 0) + 1));
 
-function tenancyOptions(strategy: 'pool-per-tenant' | 'shared'): TenancyOptions {
+function tenancyOptions(strategy: Strategy): TenancyOptions {
   const known = new Set(TENANTS);
   const tenantExists = (id: string) => known.has(id);
-  if (strategy === 'shared') {
+  if (strategy !== 'pool-per-tenant') {
     const { database: _database, ...server } = mysqlConnection();
     void _database;
     return {
       strategy: 'shared',
+      inlineSwitch: strategy === 'shared-inline',
       servers: { main: { client: 'mysql2', connection: server, pool: { max: 16 } } },
       locate: (id) => ({ server: 'main', database: dbName(id) }),
       tenantExists,
@@ -160,7 +163,7 @@ async function settleLeases(tenancy: Tenancy): Promise<number> {
   return tenancy.stats().leases;
 }
 
-async function soak(strategy: 'pool-per-tenant' | 'shared', admin: Knex): Promise<RunReport> {
+async function soak(strategy: Strategy, admin: Knex): Promise<RunReport> {
   await resetSchemas();
   const tenancy = createTenancy(tenancyOptions(strategy));
   const internal: string[] = [];
@@ -354,8 +357,10 @@ async function main(): Promise<void> {
     result.negative_control_leaks === 0;
   console.log(failed ? '\nSOAK FAILED' : '\nsoak passed');
   console.log(`RESULT ${JSON.stringify(result)}`);
-  // A run with kinds left out is not the soak of record: it gets its own file.
-  writeResults(SKIP.size === 0 ? 'soak' : `soak-without-${[...SKIP].sort().join('-')}`, {
+  // A run with kinds left out, or with other strategies, is not the soak of record: it gets its own file.
+  const defaultStrategies = STRATEGIES.join() === 'pool-per-tenant,shared';
+  const name = SKIP.size > 0 ? `soak-without-${[...SKIP].sort().join('-')}` : defaultStrategies ? 'soak' : `soak-${STRATEGIES.join('-')}`;
+  writeResults(name, {
     mariadb,
     loadBefore,
     settings: { requestsPerStrategy: REQUESTS, skipped: [...SKIP], timeLimitS: TIME_LIMIT_S, maxUnexpected: MAX_UNEXPECTED, tenants: TENANT_COUNT, inFlight: CONCURRENCY, negativeRequests: NEGATIVE_REQUESTS, maxConnections: MAX_CONNECTIONS, strategies: STRATEGIES },
