@@ -76,15 +76,17 @@ function httpGroup(): Group {
   const file = read('http');
   if (file === undefined) return { ...group, missing: 'no benchmarks/results/http.json yet: run npm run bench:http' };
   const r = file.result;
-  const add = (key: string, label: string, fallbackTarget: number | undefined) => {
+  const add = (key: string, label: string, fallbackTarget: number | undefined, ours = true) => {
     const value = num(r, key);
-    if (value !== undefined) group.bars.push({ label, value, ours: true, target: targetOf(file, key, fallbackTarget) });
+    if (value !== undefined) group.bars.push({ label, value, ours, target: targetOf(file, key, fallbackTarget) });
   };
   add('ours_vs_passing', 'ours vs Person.query(req.knex)', DEFAULT_TARGET);
   add('ours_vs_passing_side_by_side', 'ours vs Person.query(req.knex), side by side', DEFAULT_TARGET);
   add('ours_vs_bindknex', 'ours vs req.models (bindKnex)', DEFAULT_TARGET);
   // Against an app that never enables an AsyncLocalStorage: what the library costs in all (no target).
   add('ours_vs_passing_no_als', 'ours vs Person.query(req.knex), no ALS', undefined);
+  // The A/A control: the recipe against itself in another process, the run's noise floor.
+  add('passing_copy_vs_passing', 'recipe vs itself (A/A: the noise)', undefined, false);
   group.footer = footer(file);
   return group;
 }

@@ -1,11 +1,13 @@
 /**
- * The same Express app three ways (and the recipe once more without AsyncLocalStorage), over HTTP on
+ * The same Express app three ways (and the recipe twice more: again, and without AsyncLocalStorage), over HTTP on
  * loopback, under autocannon:
  *   ours      `tenancy.middleware()` and models imported directly: `Person.query()` (TenantModel)
  *   passing   the objection-docs recipe with its knex cache fixed (a Map of tenant knexes created once)
  *             and the knex passed to every query: `Person.query(req.knex)`
  *   bindKnex  the recipe's other form: `req.models = { Person: Person.bindKnex(req.knex) }` per request
  *             (objection caches the bound class on each tenant knex), `req.models.Person.query()`
+ *   passing2  `passing` again in a process of its own: an A/A control, the run's own noise floor
+ *             (two identical apps differ by this much; a ratio inside it proves nothing)
  *   passing'  `passing` in a process with no AsyncLocalStorage at all. On Node 20 the first
  *             AsyncLocalStorage.run() of a process adds promise hooks to every promise; the recipe
  *             processes above have one in use (as apps with tracing or request logging do), this
@@ -19,11 +21,11 @@
  *
  * Sequential rounds load one variant at a time (rotated order) after a warm-up; figures are medians
  * over rounds: requests/s, p50 and p99 latency (autocannon's), and the server's CPU time per request.
- * Side-by-side rounds then load all four at once, each with its own autocannon, so that other load on
+ * Side-by-side rounds then load all of them at once, each with its own autocannon, so that other load on
  * the machine hits them alike; their figure is the median of per-round ratios of requests served.
  *
  * Run: `npm run bench:http`. Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test), BENCH_ROUNDS
- * (9), BENCH_SIDE_BY_SIDE_ROUNDS (5), BENCH_CELL_S (5), BENCH_WARMUP_S (3), BENCH_CONNECTIONS (32), BENCH_POOL_MAX (4), BENCH_PROFILE_DIR
+ * (9), BENCH_SIDE_BY_SIDE_ROUNDS (5), BENCH_CELL_S (5), BENCH_WARMUP_S (3), BENCH_CONNECTIONS (32), BENCH_POOL_MAX (3: five servers x 8 tenants x 3 stay under MariaDB's 151 connections), BENCH_PROFILE_DIR
  * (unset: when set, each server process writes its CPU profiles to `<dir>/<variant>/`).
  * Prints one table, ends with one line `RESULT {"ours_vs_passing": R, "ours_vs_bindknex": R2, ...}`
  * (req/s over req/s; the target is >= 0.97), and writes benchmarks/results/http.json.
@@ -46,7 +48,7 @@ const ROUNDS = intEnv('BENCH_ROUNDS', 9);
 const CELL_S = intEnv('BENCH_CELL_S', 5);
 const WARMUP_S = intEnv('BENCH_WARMUP_S', 3);
 const CONNECTIONS = intEnv('BENCH_CONNECTIONS', 32);
-const POOL_MAX = intEnv('BENCH_POOL_MAX', 4);
+const POOL_MAX = intEnv('BENCH_POOL_MAX', 3);
 const SIDE_BY_SIDE_ROUNDS = intEnv('BENCH_SIDE_BY_SIDE_ROUNDS', 5);
 const dbName = (tenant: string) => `ot_hbench_${tenant}`;
 
@@ -258,7 +260,7 @@ function median(values: readonly number[]): number {
 
 const round3 = (value: number) => Math.round(value * 1000) / 1000;
 
-type VariantKey = 'ours' | 'passing' | 'bindKnex' | 'passingNoAls';
+type VariantKey = 'ours' | 'passing' | 'bindKnex' | 'passingNoAls' | 'passingCopy';
 
 interface Variant {
   key: VariantKey;
@@ -270,6 +272,7 @@ const VARIANTS: readonly Variant[] = [
   { key: 'passing', label: 'recipe: Person.query(req.knex)' },
   { key: 'bindKnex', label: 'recipe: req.models (bindKnex)' },
   { key: 'passingNoAls', label: 'recipe: Person.query(knex), no ALS' },
+  { key: 'passingCopy', label: 'recipe again (A/A: the noise)' },
 ];
 
 interface Cell {
@@ -298,6 +301,7 @@ async function serverChild(key: VariantKey): Promise<void> {
     close = () => tenancy.destroy();
   } else {
     const knexes = new Map(TENANTS.map((t) => [t, knexFactory(knexConfig(t))]));
+    // passingCopy is passing once more in a process of its own: what two identical apps differ by.
     app = recipeApp(knexes, key === 'bindKnex' ? 'bindKnex' : 'passing');
     close = () => Promise.allSettled([...knexes.values()].map((k) => k.destroy()));
     // An app with an AsyncLocalStorage in use (tracing, request logging): on Node 20 the first run()
@@ -415,6 +419,11 @@ async function main(): Promise<void> {
 
     const rps = (key: VariantKey) => median(cells.get(key)!.rps);
     const cpu = (key: VariantKey) => median(cells.get(key)!.cpuUsPerReq);
+    /** Median over sequential rounds of a's requests/s over b's in the same round (paired: slow spells of the machine last minutes). */
+    const paired = (a: VariantKey, b: VariantKey) => {
+      const y = cells.get(b)!.rps;
+      return median(cells.get(a)!.rps.map((value, i) => value / y[i]!));
+    };
     const pad = (text: string, width: number, right = true) => (right ? text.padStart(width) : text.padEnd(width));
     console.log('');
     console.log(`objection-tenancy over HTTP: GET /people/:id (findById + next 5 rows), ${TENANTS.length} tenant databases of ${ROWS} rows, random tenant per request`);
@@ -434,32 +443,34 @@ async function main(): Promise<void> {
           pad(median(cell.p50).toFixed(1), 7),
           pad(median(cell.p99).toFixed(1), 7),
           pad(cpu(variant.key).toFixed(0), 10),
-          pad((rps(variant.key) / rps('passing')).toFixed(3), 10),
-          pad((rps(variant.key) / rps('bindKnex')).toFixed(3), 11),
+          pad(paired(variant.key, 'passing').toFixed(3), 10),
+          pad(paired(variant.key, 'bindKnex').toFixed(3), 11),
           pad(String(cell.failures + cell.wrong), 6),
         ].join('  '),
       );
     }
     console.log('');
     console.log('req/s: 2xx responses per second; p50/p99: autocannon latency; cpu us/req: the variant\'s server process CPU time');
-    console.log('per response (autocannon and MariaDB not counted); vs: req/s over the recipe\'s (higher is better); errors: non-2xx,');
+    console.log('per response (autocannon and MariaDB not counted); vs: median of per-round ratios of req/s to the recipe\'s (higher is better); errors: non-2xx,');
     console.log('socket errors, timeouts and bodies holding another tenant\'s row (must be 0). The recipe processes have an');
     console.log('AsyncLocalStorage in use, as ours has; no ALS: the same recipe app in a process without any (Node 20 then runs');
     console.log('without promise hooks: what the library\'s scope costs on this Node beyond its own code).');
     console.log('');
     const failures = [...cells.values()].reduce((n, c) => n + c.failures, 0);
     const wrong = [...cells.values()].reduce((n, c) => n + c.wrong, 0);
-    console.log(`side by side (${SIDE_BY_SIDE_ROUNDS} rounds x ${CELL_S} s, all four loaded at once, ${CONNECTIONS} connections each): ` +
+    console.log(`side by side (${SIDE_BY_SIDE_ROUNDS} rounds x ${CELL_S} s, all loaded at once, ${CONNECTIONS} connections each): ` +
       VARIANTS.map((v) => `${v.key} ${median(sideBySide.get(v.key)!.rps).toFixed(0)} req/s`).join(', '));
-    console.log(`  ours vs passing ${together('ours', 'passing').toFixed(3)}, vs bindKnex ${together('ours', 'bindKnex').toFixed(3)}, vs passing without ALS ${together('ours', 'passingNoAls').toFixed(3)} (medians of per-round ratios)`);
+    console.log(`  ours vs passing ${together('ours', 'passing').toFixed(3)}, the recipe's copy vs passing ${together('passingCopy', 'passing').toFixed(3)}, vs bindKnex ${together('ours', 'bindKnex').toFixed(3)}, vs passing without ALS ${together('ours', 'passingNoAls').toFixed(3)} (medians of per-round ratios)`);
     console.log('');
     const result = {
       ours_vs_passing_side_by_side: round3(together('ours', 'passing')),
       ours_vs_bindknex_side_by_side: round3(together('ours', 'bindKnex')),
       ours_vs_passing_no_als_side_by_side: round3(together('ours', 'passingNoAls')),
-      ours_vs_passing: round3(rps('ours') / rps('passing')),
-      ours_vs_bindknex: round3(rps('ours') / rps('bindKnex')),
-      ours_vs_passing_no_als: round3(rps('ours') / rps('passingNoAls')),
+      passing_copy_vs_passing_side_by_side: round3(together('passingCopy', 'passing')),
+      ours_vs_passing: round3(paired('ours', 'passing')),
+      ours_vs_bindknex: round3(paired('ours', 'bindKnex')),
+      ours_vs_passing_no_als: round3(paired('ours', 'passingNoAls')),
+      passing_copy_vs_passing: round3(paired('passingCopy', 'passing')),
       ours_cpu_vs_passing: round3(cpu('ours') / cpu('passing')),
       ours_cpu_vs_bindknex: round3(cpu('ours') / cpu('bindKnex')),
       ours_cpu_vs_passing_no_als: round3(cpu('ours') / cpu('passingNoAls')),
@@ -479,6 +490,7 @@ async function main(): Promise<void> {
       loadBefore,
       settings: { tenants: TENANTS.length, rows: ROWS, connections: CONNECTIONS, poolMax: POOL_MAX, rounds: ROUNDS, cellS: CELL_S, warmupS: WARMUP_S, nodeEnv: 'production', processPerVariant: true },
       result,
+      rounds: Object.fromEntries(VARIANTS.map((v) => [v.key, { sequentialRps: cells.get(v.key)!.rps.map(Math.round), sideBySideRps: sideBySide.get(v.key)!.rps.map(Math.round) }])),
       express: versionOf('express'),
       autocannon: versionOf('autocannon'),
     });
