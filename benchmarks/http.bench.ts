@@ -35,9 +35,9 @@ import type { AddressInfo } from 'node:net';
 import autocannon from 'autocannon';
 import express from 'express';
 import knexFactory, { type Knex } from 'knex';
-import { Model } from 'objection';
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { createTenancy, TenantModel, type Tenancy } from '../lib/index';
+import { createTenancy, type Tenancy } from '../lib/index';
+import { Person, TPerson } from './models';
 import { intEnv, loadAverage, versionOf, writeResults } from './results';
 import { mysqlConnection } from '../test/helpers/mysql-url';
 
@@ -125,6 +125,11 @@ function loadChild(): void {
   process.on('disconnect', () => process.exit(0));
 }
 
+/** A load generator: a child process that runs autocannon on request. */
+function startLoader(): ChildProcess {
+  return fork(__filename, ['--load-child'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+}
+
 /** Asks the child for one autocannon run. */
 function load(child: ChildProcess, request: LoadRequest): Promise<LoadSummary> {
   return new Promise((resolve, reject) => {
@@ -138,18 +143,6 @@ function load(child: ChildProcess, request: LoadRequest): Promise<LoadSummary> {
 
 // ---------------------------------------------------------------------------------------------
 // The three apps.
-
-class TPerson extends TenantModel {
-  static override tableName = 'persons';
-  declare id: number;
-  declare name: string;
-}
-
-class Person extends Model {
-  static override tableName = 'persons';
-  declare id: number;
-  declare name: string;
-}
 
 type RecipeRequest = express.Request & { knex?: Knex; models?: { Person: typeof Person } };
 
@@ -348,7 +341,7 @@ async function main(): Promise<void> {
   const admin = knexFactory({ client: 'mysql2', connection: connection(), pool: { min: 0, max: 1 } });
   const mariadb = await setUp(admin);
   const servers = new Map<VariantKey, Awaited<ReturnType<typeof startServer>>>();
-  const child = fork(__filename, ['--load-child'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = startLoader();
 
   try {
     for (const variant of VARIANTS) servers.set(variant.key, await startServer(variant.key));
@@ -389,7 +382,7 @@ async function main(): Promise<void> {
     // Side by side: every variant under its own load generator at the same time, so that whatever
     // else slows the machine slows them all alike; per-round ratios of requests served.
     const sideBySide = new Map<VariantKey, { rps: number[]; cpuUsPerReq: number[] }>(VARIANTS.map((v) => [v.key, { rps: [], cpuUsPerReq: [] }]));
-    const loaders = await Promise.all(VARIANTS.map(() => fork(__filename, ['--load-child'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })));
+    const loaders = VARIANTS.map(() => startLoader());
     try {
       for (let round = 0; round < SIDE_BY_SIDE_ROUNDS; round++) {
         const cpuStart = await Promise.all(VARIANTS.map((v) => servers.get(v.key)!.cpu()));

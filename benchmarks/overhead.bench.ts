@@ -25,8 +25,8 @@
 import os from 'node:os';
 import knexFactory, { type Knex } from 'knex';
 import mysql from 'mysql2/promise';
-import { Model } from 'objection';
-import { createTenancy, TenantModel } from '../lib/index';
+import { createTenancy } from '../lib/index';
+import { Person, TPerson } from './models';
 // Internal: only to switch the library's AsyncLocalStorage off for variant 3'.
 import { globalState } from '../lib/scope';
 import { writeResults, intEnv } from './results';
@@ -48,18 +48,6 @@ const connection = (database?: string) => mysqlConnection(database, MYSQL_URL);
 /** Every knex variant, the tenancy's included, gets its own pool with these settings. */
 function knexConfig(): Knex.Config {
   return { client: 'mysql2', connection: connection(DATABASE), pool: { min: 0, max: POOL_MAX } };
-}
-
-class Person extends Model {
-  static override tableName = 'persons';
-  declare id: number;
-  declare name: string;
-}
-
-class TPerson extends TenantModel {
-  static override tableName = 'persons';
-  declare id: number;
-  declare name: string;
 }
 
 interface Row {

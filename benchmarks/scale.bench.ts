@@ -54,8 +54,8 @@ import os from 'node:os';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import mysql from 'mysql2/promise';
-import { Model } from 'objection';
-import { createTenancy, TenantModel, type Tenancy, type TenancyStats } from '../lib/index';
+import { createTenancy, type Tenancy, type TenancyStats } from '../lib/index';
+import { Person, TPerson } from './models';
 import { mysqlConnection } from '../test/helpers/mysql-url';
 import { intEnv } from './results';
 
@@ -114,18 +114,6 @@ for (let i = 1; i <= TENANTS; i++) {
 }
 /** The name of row `row` of tenant `i`, which every read checks. */
 const expectedName = (tenant: number, row: number): string => `${TENANT_IDS[tenant]}:${row}`;
-
-class Person extends Model {
-  static override tableName = 'persons';
-  declare id: number;
-  declare name: string;
-}
-
-class TPerson extends TenantModel {
-  static override tableName = 'persons';
-  declare id: number;
-  declare name: string;
-}
 
 // --- popularity ---------------------------------------------------------------------------------
 
