@@ -12,6 +12,10 @@
  *               `maxPools: 50` (see MAX_POOLS).
  *   shared      strategy 'shared': one server, `pool: { max: 20 }`, default per-tenant cap (10).
  *   shared-inline  the same with `inlineSwitch: true` (a switch's USE sent with the query).
+ *   shared-tuned   the same as shared-inline plus `maxSwitchedConnections: 4` (BENCH_MAX_SWITCHED): at
+ *               most 4 connections at once serve a tenant the pool has not used lately (a cold switch,
+ *               which makes the server open that tenant's table), the README's setting for this 2-core
+ *               server.
  *   single      the baseline: ONE tenant database, a plain knex with a pool of 20, `Person.query(knex)`:
  *               single-tenant throughput over the same number of connections, in the same run.
  *   raw-one,    reference rows for the server alone: a raw mysql2 pool of 20, fully qualified `select`
@@ -46,7 +50,8 @@
  *
  * Run: `npm run bench:scale` (node --expose-gc). Env: MYSQL_URL (default
  * mysql://root@127.0.0.1:3306/test), BENCH_TENANTS (10000), BENCH_ROUNDS (4), BENCH_CELL_MS (2500),
- * BENCH_WARMUP_MS (1000), BENCH_VARIANTS (comma list, default all), KEEP_DBS=1 (keep the databases).
+ * BENCH_WARMUP_MS (1000), BENCH_VARIANTS (comma list, default all), BENCH_POPULARITY (uniform or zipf, default
+ * both), BENCH_MAX_SWITCHED (4), KEEP_DBS=1 (keep the databases).
  * Prints one table, ends with one line `RESULT {...}`, and writes benchmarks/results/scale.json.
  */
 import fs from 'node:fs';
@@ -78,6 +83,8 @@ const BUDGET_POOL_MAX = 2;
  */
 const MAX_POOLS = 50;
 const PREFIX = 'ot_sbench_';
+/** shared-tuned: `maxSwitchedConnections`, about twice the database server's cores (README). */
+const MAX_SWITCHED = intEnv('BENCH_MAX_SWITCHED', 4);
 const META_DB = `${PREFIX}meta`;
 /** LIKE pattern of the tenant databases (and the marker database). */
 const TENANT_DB_PATTERN = `${PREFIX.replace(/_/g, '\\_')}%`;
@@ -88,9 +95,10 @@ const TENANTS_PER_ROUND_TRIP = 100;
 const SAMPLE_MS = 20;
 const LATENCY_CAPACITY = 8_000_000;
 
-const VARIANT_KEYS = ['single', 'shared', 'shared-inline', 'budget', 'recipe', 'raw-one', 'raw-spread'] as const;
+const VARIANT_KEYS = ['single', 'shared', 'shared-inline', 'shared-tuned', 'budget', 'recipe', 'raw-one', 'raw-spread'] as const;
 type VariantKey = (typeof VARIANT_KEYS)[number];
 const POPULARITIES = ['uniform', 'zipf'] as const;
+const ONLY_POPULARITY = process.env.BENCH_POPULARITY;
 type Popularity = (typeof POPULARITIES)[number];
 const SELECTED = new Set<VariantKey>(
   (process.env.BENCH_VARIANTS ?? VARIANT_KEYS.join(',')).split(',').map((key) => {
@@ -458,6 +466,7 @@ function sharedCounters(stats: TenancyStats): Record<string, number> {
     switches: server?.switches ?? 0,
     affinityHits: server?.affinityHits ?? 0,
     timeouts: server?.timeouts ?? 0,
+    coldWaits: server?.coldWaits ?? 0,
     connectionsCreated: server?.created ?? 0,
     handlesCreated: stats.created,
     evictions: stats.evictions,
@@ -510,10 +519,11 @@ function rawInstance(spread: boolean): Instance {
   };
 }
 
-function sharedInstance(inlineSwitch: boolean): Instance {
+function sharedInstance(inlineSwitch: boolean, maxSwitchedConnections?: number): Instance {
   const tenancy = createTenancy({
     strategy: 'shared',
     inlineSwitch,
+    ...(maxSwitchedConnections === undefined ? {} : { maxSwitchedConnections }),
     servers: { main: serverConfig() },
     locate: (id) => ({ server: 'main', database: DATABASE_OF.get(id)! }),
   });
@@ -541,6 +551,7 @@ const CREATE: Record<VariantKey, () => Instance> = {
   },
   shared: () => sharedInstance(false),
   'shared-inline': () => sharedInstance(true),
+  'shared-tuned': () => sharedInstance(true, MAX_SWITCHED),
   budget(): Instance {
     const tenancy = createTenancy({
       knexConfig: (id) => ({ client: 'mysql2', connection: connection(DATABASE_OF.get(id)!), pool: { max: BUDGET_POOL_MAX } }),
@@ -752,7 +763,7 @@ async function main(): Promise<void> {
     const baselineThreads = await sampler.threads();
 
     const order: [VariantKey, Popularity][] = [];
-    for (const popularity of POPULARITIES) for (const key of VARIANT_KEYS) if (SELECTED.has(key)) order.push([key, popularity]);
+    for (const popularity of POPULARITIES) for (const key of VARIANT_KEYS) if (SELECTED.has(key) && (ONLY_POPULARITY ?? popularity) === popularity) order.push([key, popularity]);
     const cells = new Map<string, CellRun[]>();
     const started = Date.now();
     for (let r = 0; r < ROUNDS; r++) {
@@ -808,7 +819,7 @@ async function main(): Promise<void> {
     );
     console.log('');
     const columns: [string, number][] = [
-      ['variant', 10], ['popularity', 10], ['ok', 7], ['errors', 7], ['q/s', 6], ['vs single', 9], ['range', 11],
+      ['variant', 13], ['popularity', 10], ['ok', 7], ['errors', 7], ['q/s', 6], ['vs single', 9], ['range', 11],
       ['p50 ms', 6], ['p99 ms', 6], ['node us/q', 9], ['db us/q', 7], ['peak conns', 10], ['ours', 4], ['cached', 6], ['heap/tenant', 11],
     ];
     const header = columns.map(([name, width], i) => pad(name, width, i > 1)).join('  ');
@@ -870,7 +881,8 @@ async function main(): Promise<void> {
         const acquires = counter('switches') + counter('affinityHits');
         notes.push(
           `switches ${counter('switches')} (${((counter('switches') / Math.max(1, acquires)) * 100).toFixed(1)}% of acquires), ` +
-            `affinity hits ${counter('affinityHits')}, timeouts ${counter('timeouts')}, connections opened ${counter('connectionsCreated')}`,
+            `affinity hits ${counter('affinityHits')}, timeouts ${counter('timeouts')}, cold waits ${counter('coldWaits')}, ` +
+            `connections opened ${counter('connectionsCreated')}`,
         );
         notes.push(`heap per tenant after opening all ${TENANTS} handles, before traffic: ${bytes(maxOf(runs.map((run) => run.heapPerHandle)))}`);
       }
@@ -924,6 +936,15 @@ async function main(): Promise<void> {
       shared_inline_cpu_ratio_uniform: round(cpuRatio('shared-inline', 'uniform')),
       shared_inline_cpu_ratio_zipf: round(cpuRatio('shared-inline', 'zipf')),
       shared_inline_affinity_hit_rate_zipf: round(hitRate('zipf', 'shared-inline')),
+      shared_tuned_errors: sum(all('shared-tuned'), (run) => run.errors),
+      shared_tuned_peak_connections: maxOf(all('shared-tuned').map((run) => run.peakConnections)) ?? null,
+      shared_tuned_ratio_uniform: round(ratio('shared-tuned', 'uniform')),
+      shared_tuned_ratio_zipf: round(ratio('shared-tuned', 'zipf')),
+      shared_tuned_heap_bytes_per_tenant: round(maxOf(all('shared-tuned').map((run) => run.heapPerTenant)), 0),
+      shared_tuned_cpu_ratio_uniform: round(cpuRatio('shared-tuned', 'uniform')),
+      shared_tuned_cpu_ratio_zipf: round(cpuRatio('shared-tuned', 'zipf')),
+      shared_tuned_affinity_hit_rate_zipf: round(hitRate('zipf', 'shared-tuned')),
+      shared_tuned_max_switched_connections: MAX_SWITCHED,
       budget_errors: sum(all('budget'), (run) => run.errors),
       budget_ratio_uniform: round(ratio('budget', 'uniform')),
       budget_ratio_zipf: round(ratio('budget', 'zipf')),
@@ -951,7 +972,7 @@ async function main(): Promise<void> {
       load: { before: loadBefore, after: loadAfter },
       settings: {
         tenants: TENANTS, inFlight: IN_FLIGHT, connections: CONNECTIONS, cellMs: CELL_MS, rounds: ROUNDS, warmupMs: WARMUP_MS,
-        zipfS: ZIPF_S, budgetPoolMax: BUDGET_POOL_MAX, maxPools: MAX_POOLS, variants: [...SELECTED],
+        zipfS: ZIPF_S, maxSwitchedConnections: MAX_SWITCHED, budgetPoolMax: BUDGET_POOL_MAX, maxPools: MAX_POOLS, variants: [...SELECTED],
       },
       setup: { reused: setup.reused, ms: Math.round(setup.ms) },
       result,

@@ -15,6 +15,8 @@ interface Slot {
   db: string | undefined;
   /** inlineSwitch: the database its next statement must switch to (sent with it), if any. */
   pending: string | undefined;
+  /** Holds one of `maxSwitched` (this acquire switched it, or opened it, to a cold database). */
+  switched: boolean;
   idleSince: number;
 }
 
@@ -40,6 +42,14 @@ export interface AffinityPoolOptions {
   overflow: 'wait' | 'reject';
   /** Send a switch's `USE` with the next statement (see inline-switch.ts) rather than on its own. */
   inlineSwitch: boolean;
+  /**
+   * Connections that may at once serve an acquire that switched them (or opened them) to a cold
+   * database: one not among the `warmDatabases` this pool used last. Cold switches make the server
+   * open the tenant's tables (see README, "Cold switches"). Infinity: no limit.
+   */
+  maxSwitched: number;
+  /** How many of the databases used last count as warm (their switches are not limited). */
+  warmDatabases: number;
 }
 
 /** Counters of one server's shared pool, as shown in `tenancy.stats().servers`. */
@@ -54,6 +64,10 @@ export interface AffinityPoolStats {
   created: number;
   destroyed: number;
   timeouts: number;
+  /** Connections in use now that were switched (or opened) to a cold database for their acquire. */
+  coldSwitching: number;
+  /** Acquires for a cold database that waited because `maxSwitched` connections were serving one. */
+  coldWaits: number;
 }
 
 // How far down the wait queue a released connection looks for a waiter on its own database:
@@ -72,17 +86,24 @@ export class AffinityPool implements SwitchState {
   /** Free connections by database, most recently used last. */
   readonly #free = new Map<string | undefined, Slot[]>();
   readonly #waiters: Waiter[] = [];
+  /** Waiters by database: whether a released connection has one on its own database. */
+  readonly #waitingFor = new Map<string, number>();
   readonly #heldBy = new Map<string, number>();
   readonly #owner = new Map<RawConnection, string>();
   readonly #reaper: NodeJS.Timeout | undefined;
   #freeCount = 0;
   #creating = 0;
+  /** Acquires holding a cold-switch permit (see `maxSwitched`), creations included. */
+  #switching = 0;
+  /** With `maxSwitched`: the databases used last, least recent first (the warm ones). */
+  readonly #recent: Map<string, undefined> | undefined;
   #closed = false;
-  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0 };
+  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0, coldWaits: 0 };
 
   constructor(client: Knex.Client, options: AffinityPoolOptions) {
     this.#client = client;
     this.#options = options;
+    this.#recent = options.maxSwitched === Infinity ? undefined : new Map();
     if (options.idleTimeoutMs > 0) {
       this.#reaper = setInterval(() => this.#reapIdle(), Math.max(50, Math.min(options.idleTimeoutMs / 2, 10_000)));
       this.#reaper.unref();
@@ -93,9 +114,12 @@ export class AffinityPool implements SwitchState {
   acquire(tenantId: string, db: string): Promise<RawConnection> {
     if (this.#closed) return Promise.reject(new TenancyDestroyedError());
     if (this.#held(tenantId) < this.#options.perTenantMax) {
-      const slot = this.#takeFree(db);
+      const maySwitch = this.#maySwitchTo(db);
+      const slot = this.#takeFree(db, maySwitch);
       if (slot !== undefined) return this.#assign(slot, tenantId, db);
-      if (this.#slots.size + this.#creating < this.#options.max) return this.#create(tenantId, db);
+      const canCreate = this.#slots.size + this.#creating < this.#options.max;
+      if (maySwitch && canCreate) return this.#create(tenantId, db);
+      if (!maySwitch && (this.#freeCount > 0 || canCreate)) this.#counters.coldWaits++;
     }
     if (this.#options.overflow === 'reject') {
       return Promise.reject(new TenantUnavailableError(tenantId, { reason: 'every connection of its database server is busy' }));
@@ -104,11 +128,11 @@ export class AffinityPool implements SwitchState {
       const waiter: Waiter = { tenantId, db, resolve, reject, timer: undefined };
       waiter.timer = setTimeout(() => {
         const index = this.#waiters.indexOf(waiter);
-        if (index >= 0) this.#waiters.splice(index, 1);
+        if (index >= 0) this.#dequeue(index);
         this.#counters.timeouts++;
         reject(new TenantUnavailableError(tenantId, { reason: `no connection was free within ${this.#options.acquireTimeoutMs} ms` }));
       }, this.#options.acquireTimeoutMs);
-      this.#waiters.push(waiter);
+      this.#enqueue(waiter, false);
     });
   }
 
@@ -121,6 +145,11 @@ export class AffinityPool implements SwitchState {
       this.#unhold(tenantId);
     }
     if (slot === undefined) return;
+    const gavePermit = slot.switched;
+    if (gavePermit) {
+      slot.switched = false;
+      this.#switching--;
+    }
     // A switch never sent leaves the connection where it was.
     slot.pending = undefined;
     if (this.#closed || !this.#valid(conn)) {
@@ -128,9 +157,12 @@ export class AffinityPool implements SwitchState {
       this.#pump();
       return;
     }
-    const waiter = this.#nextWaiter(slot.db);
+    const waiter = this.#nextWaiter(slot.db, (w) => w.db === slot.db || this.#maySwitchTo(w.db));
     if (waiter !== undefined) {
-      this.#assign(slot, waiter.tenantId, waiter.db).then(waiter.resolve, waiter.reject);
+      this.#serve(waiter, this.#assign(slot, waiter.tenantId, waiter.db));
+      // The permit this connection gave back, if that waiter did not need it, may serve another
+      // waiter from a free connection.
+      if (gavePermit && this.#waiters.length > 0 && this.#freeCount > 0 && this.#switching < this.#options.maxSwitched) this.#pump();
       return;
     }
     slot.idleSince = Date.now();
@@ -182,6 +214,7 @@ export class AffinityPool implements SwitchState {
       open: this.#slots.size,
       inUse: this.#slots.size - this.#freeCount,
       waiting: this.#waiters.length,
+      coldSwitching: this.#switching,
       ...this.#counters,
     };
   }
@@ -190,6 +223,7 @@ export class AffinityPool implements SwitchState {
   async destroy(): Promise<void> {
     this.#closed = true;
     if (this.#reaper !== undefined) clearInterval(this.#reaper);
+    this.#waitingFor.clear();
     for (const waiter of this.#waiters.splice(0)) {
       clearTimeout(waiter.timer);
       waiter.reject(new TenancyDestroyedError());
@@ -221,19 +255,38 @@ export class AffinityPool implements SwitchState {
     this.#heldBy.set(tenantId, this.#held(tenantId) + 1);
   }
 
-  #takeFree(db: string): Slot | undefined {
+  /** Whether an acquire for `db` may switch (or open) a connection now. */
+  #maySwitchTo(db: string): boolean {
+    return this.#switching < this.#options.maxSwitched || this.#recent!.has(db);
+  }
+
+  /** Whether switching to `db` takes a permit: it is not among the databases used last. */
+  #cold(db: string): boolean {
+    return this.#recent !== undefined && !this.#recent.has(db);
+  }
+
+  #touch(db: string): void {
+    const recent = this.#recent;
+    if (recent === undefined) return;
+    recent.delete(db);
+    recent.set(db, undefined);
+    if (recent.size > this.#options.warmDatabases) recent.delete(recent.keys().next().value!);
+  }
+
+  /** A free connection on `db`, else (when `mayswitch`) the free connection idle longest. */
+  #takeFree(db: string, maySwitch: boolean): Slot | undefined {
     for (;;) {
-      const slot = this.#takeFreeSlot(db);
+      const slot = this.#takeFreeSlot(db, maySwitch);
       // A free connection may have died while idle (server restart): drop it, as tarn does on acquire.
       if (slot === undefined || this.#valid(slot.conn)) return slot;
       void this.#destroy(slot);
     }
   }
 
-  #takeFreeSlot(db: string): Slot | undefined {
+  #takeFreeSlot(db: string, maySwitch: boolean): Slot | undefined {
     const same = this.#free.get(db);
     let slot = same?.pop();
-    if (slot === undefined) {
+    if (slot === undefined && maySwitch) {
       // No free connection on this database: take the one idle longest (least likely to be wanted back).
       let oldest: Slot[] | undefined;
       for (const list of this.#free.values()) {
@@ -252,9 +305,15 @@ export class AffinityPool implements SwitchState {
     this.#claim(slot.conn, tenantId);
     if (slot.db === db) {
       this.#counters.affinityHits++;
+      this.#touch(db);
       return slot.conn;
     }
     this.#counters.switches++;
+    if (this.#cold(db)) {
+      slot.switched = true;
+      this.#switching++;
+    }
+    this.#touch(db);
     if (this.#inline(slot, db)) return slot.conn;
     try {
       await this.#use(slot, db);
@@ -276,6 +335,9 @@ export class AffinityPool implements SwitchState {
     // The tenant's share is taken before the connection exists, or concurrent acquires of one
     // tenant would all see room under its cap while their connections are being opened.
     this.#creating++;
+    const permit = this.#cold(db);
+    if (permit) this.#switching++;
+    this.#touch(db);
     this.#heldBy.set(tenantId, this.#held(tenantId) + 1);
     let conn: RawConnection;
     try {
@@ -284,13 +346,14 @@ export class AffinityPool implements SwitchState {
       conn = (await runInScopeSync(undefined, () => this.#client.acquireRawConnection())) as RawConnection;
     } catch (error) {
       this.#creating--;
+      if (permit) this.#switching--;
       this.#unhold(tenantId);
       this.#pump();
       throw new TenantUnavailableError(tenantId, { cause: error, reason: 'its database server refused a connection' });
     }
     this.#creating--;
     this.#counters.created++;
-    const slot: Slot = { conn, db: undefined, pending: undefined, idleSince: Date.now() };
+    const slot: Slot = { conn, db: undefined, pending: undefined, switched: permit, idleSince: Date.now() };
     if (this.#options.inlineSwitch) guardPendingSwitch(slot);
     this.#slots.set(conn, slot);
     this.#owner.set(conn, tenantId);
@@ -315,23 +378,42 @@ export class AffinityPool implements SwitchState {
     });
   }
 
-  /** The first waiter that may take a connection, preferring one on database `db`. */
-  #nextWaiter(db: string | undefined): Waiter | undefined {
+  /** The first waiter that may take a connection (`eligible`), preferring one on database `db`. */
+  #nextWaiter(db: string | undefined, eligible: (waiter: Waiter) => boolean): Waiter | undefined {
+    // Without a waiter on `db`, the first that may take a connection is the one.
+    const prefer = db !== undefined && this.#waitingFor.has(db);
     let first = -1;
     const end = Math.min(this.#waiters.length, LOOKAHEAD);
     for (let i = 0; i < end; i++) {
       const waiter = this.#waiters[i]!;
-      if (this.#held(waiter.tenantId) >= this.#options.perTenantMax) continue;
-      if (waiter.db === db) {
+      if (this.#held(waiter.tenantId) >= this.#options.perTenantMax || !eligible(waiter)) continue;
+      if (waiter.db === db || !prefer) {
         first = i;
         break;
       }
       if (first < 0) first = i;
     }
     if (first < 0) return undefined;
-    const [waiter] = this.#waiters.splice(first, 1);
-    clearTimeout(waiter!.timer);
+    return this.#dequeue(first);
+  }
+
+  #enqueue(waiter: Waiter, front: boolean): void {
+    if (front) this.#waiters.unshift(waiter);
+    else this.#waiters.push(waiter);
+    this.#waitingFor.set(waiter.db, (this.#waitingFor.get(waiter.db) ?? 0) + 1);
+  }
+
+  #dequeue(index: number): Waiter {
+    const waiter = this.#waiters.splice(index, 1)[0]!;
+    const count = this.#waitingFor.get(waiter.db)! - 1;
+    if (count === 0) this.#waitingFor.delete(waiter.db);
+    else this.#waitingFor.set(waiter.db, count);
     return waiter;
+  }
+
+  #serve(waiter: Waiter, served: Promise<RawConnection>): void {
+    clearTimeout(waiter.timer);
+    served.then(waiter.resolve, waiter.reject);
   }
 
   /** Serves waiters from free connections or new ones while capacity allows. */
@@ -339,11 +421,18 @@ export class AffinityPool implements SwitchState {
     while (this.#waiters.length > 0 && !this.#closed) {
       const canCreate = this.#slots.size + this.#creating < this.#options.max;
       if (this.#freeCount === 0 && !canCreate) return;
-      const waiter = this.#nextWaiter(undefined);
+      // A waiter for a cold database, with every cold-switch permit taken, is served only by a free
+      // connection already on its database.
+      const waiter = this.#nextWaiter(undefined, (w) => this.#free.has(w.db) || this.#maySwitchTo(w.db));
       if (waiter === undefined) return;
-      const slot = this.#takeFree(waiter.db);
-      const served = slot !== undefined ? this.#assign(slot, waiter.tenantId, waiter.db) : this.#create(waiter.tenantId, waiter.db);
-      served.then(waiter.resolve, waiter.reject);
+      const maySwitch = this.#maySwitchTo(waiter.db);
+      const slot = this.#takeFree(waiter.db, maySwitch);
+      if (slot === undefined && !(maySwitch && canCreate)) {
+        // Its free connection was dead (dropped by takeFree): back to the head of the queue.
+        this.#enqueue(waiter, true);
+        continue;
+      }
+      this.#serve(waiter, slot !== undefined ? this.#assign(slot, waiter.tenantId, waiter.db) : this.#create(waiter.tenantId, waiter.db));
     }
   }
 

@@ -30,6 +30,11 @@ export interface ConnectionOptions {
    * statements: keep values in bindings. Default false.
    */
   inlineSwitch?: boolean;
+  /**
+   * 'shared': connections of a server that may at once serve a tenant they had to be switched to (or
+   * be opened for); the others only serve tenants already on their database. Default: no limit.
+   */
+  maxSwitchedConnections?: number;
   /** 'shared': cap on cached tenant handles (a few hundred bytes each, no connection). Default 100 000. */
   maxTenants?: number;
   /** 'pool-per-tenant': cap on cached tenant pools; the least recently used is evicted beyond it. Default 50. */
@@ -79,6 +84,7 @@ export function createConnections(options: ConnectionOptions): { connections: Te
       idleTimeoutMs,
       overflow,
       inlineSwitch: options.inlineSwitch === true,
+      maxSwitched: options.maxSwitchedConnections,
       maxTenants: options.maxTenants ?? CONNECTION_DEFAULTS.maxTenants,
       createKnex,
       verify,

@@ -21,6 +21,8 @@ export interface SharedConnectionsOptions {
   overflow: 'wait' | 'reject';
   /** Send a database switch's `USE` in the same round trip as the next statement (inline-switch.ts). */
   inlineSwitch: boolean;
+  /** Connections of a server that may at once serve an acquire that switched (or opened) them. */
+  maxSwitched: number | undefined;
   /** Cap on cached tenant handles (LRU); a handle is a few hundred bytes, no connection. */
   maxTenants: number;
   /** Builds the knex of a server. */
@@ -31,6 +33,13 @@ export interface SharedConnectionsOptions {
   onServerKnex?(knex: Knex): void;
 }
 
+/**
+ * With `maxSwitchedConnections`: a switch to one of the databases a server's pool used last is not
+ * limited. MariaDB keeps 400 table definitions by default (`table_definition_cache`); a few tables
+ * per tenant make ~100-400 tenants whose tables are likely still open.
+ */
+const WARM_DATABASES = 256;
+
 interface Server {
   readonly knex: Knex;
   readonly pool: AffinityPool;
@@ -39,6 +48,8 @@ interface Server {
 interface Handle {
   readonly knex: Knex;
   leases: number;
+  /** Leased since the cache was last trimmed past it (second-chance LRU: no reordering per lease). */
+  used: boolean;
   /** Set once evicted: resolves the eviction when the last lease is given back. */
   drained?: () => void;
 }
@@ -82,8 +93,7 @@ export class SharedConnections implements TenantConnections {
   tryLease(tenantId: string): TenantLease | undefined {
     const handle = this.#handles.get(tenantId);
     if (handle === undefined || this.#destroyed) return undefined;
-    this.#handles.delete(tenantId);
-    this.#handles.set(tenantId, handle);
+    handle.used = true;
     return leaseOf(handle);
   }
 
@@ -139,7 +149,7 @@ export class SharedConnections implements TenantConnections {
       }
     }
     if (this.#destroyed) throw new TenancyDestroyedError();
-    const handle: Handle = { knex, leases: 0 };
+    const handle: Handle = { knex, leases: 0, used: false };
     this.#handles.set(tenantId, handle);
     this.#counters.created++;
     this.#trim();
@@ -163,6 +173,8 @@ export class SharedConnections implements TenantConnections {
       idleTimeoutMs: this.#options.idleTimeoutMs,
       overflow: this.#options.overflow,
       inlineSwitch: this.#options.inlineSwitch,
+      maxSwitched: this.#options.maxSwitched ?? Infinity,
+      warmDatabases: WARM_DATABASES,
     };
     server = { knex, pool: new AffinityPool(knex.client, poolOptions) };
     this.#servers.set(key, server);
@@ -170,12 +182,22 @@ export class SharedConnections implements TenantConnections {
     return server;
   }
 
+  /**
+   * Evicts beyond `maxTenants`, oldest first, but a handle leased since it was last passed gets a
+   * second chance (moved to the back), and one in use is never evicted: an approximate LRU that
+   * costs a lease one property write instead of two Map operations.
+   */
   #trim(): void {
     for (const [id, handle] of this.#handles) {
       if (this.#handles.size <= this.#options.maxTenants) return;
       if (handle.leases > 0) continue;
       this.#handles.delete(id);
-      this.#counters.evictions++;
+      if (handle.used) {
+        handle.used = false;
+        this.#handles.set(id, handle);
+      } else {
+        this.#counters.evictions++;
+      }
     }
   }
 }

@@ -1,0 +1,182 @@
+/**
+ * The shared strategy's cold-switch limit (`maxSwitchedConnections`) and its tenant-handle cache
+ * (`maxTenants`), on real MariaDB. A switch to a database the pool has not used lately makes the
+ * server open that tenant's tables; the limit bounds how many connections do that at once, counted on
+ * the server (processlist), while tenants used lately (warm) and connections already on their
+ * tenant's database go ahead. The negative control runs the same load with no limit and must exceed
+ * it, so the bound is a property of the option, not of the load.
+ */
+import assert from 'node:assert/strict';
+import { after, afterEach, before, describe, it } from 'node:test';
+import knexFactory, { type Knex } from 'knex';
+import { createTenancy, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
+import { mysqlConnection, skipMysql } from './helpers/databases';
+
+const TENANTS = Array.from({ length: 10 }, (_, i) => `c${i}`);
+const db = (t: string) => `ot_cold_${t}`;
+const SLEEP = 0.15;
+
+describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: skipMysql }, () => {
+  let admin: Knex;
+  let tenancy: Tenancy | undefined;
+  const { database: _database, ...server } = mysqlConnection();
+  void _database;
+  const open = (options: Partial<TenancyOptions> & { max?: number } = {}) => {
+    const { max = 8, ...rest } = options;
+    return (tenancy = createTenancy({
+      strategy: 'shared',
+      servers: { main: { client: 'mysql2', connection: server, pool: { max } } },
+      // 'gone' is a tenant whose database does not exist.
+      locate: (id) => ({ server: 'main', database: id === 'gone' ? 'ot_cold_gone' : db(id) }),
+      verifyConnection: false,
+      ...rest,
+    }));
+  };
+  const mainStats = () => tenancy!.stats().servers!.main!;
+  /** Holds a connection on the tenant's database for SLEEP seconds; answers the database it ran on. */
+  const slow = (t: string) =>
+    tenancy!.runWithTenant(t, async () => {
+      const [rows] = await tenancy!.knex().raw(`select sleep(${SLEEP}) as s, database() as d, (select tenant_id from marker) as m`);
+      return (rows as { d: string; m: string }[])[0]!;
+    });
+  const quick = (t: string) =>
+    tenancy!.runWithTenant(t, async () => {
+      const [rows] = await tenancy!.knex().raw('select database() as d, (select tenant_id from marker) as m');
+      return (rows as { d: string; m: string }[])[0]!;
+    });
+
+  /** Runs `work` while sampling how many statements of this suite's sleep run on tenant databases. */
+  async function peakSleeping<T>(work: () => Promise<T>): Promise<{ result: T; peak: number }> {
+    let peak = 0;
+    let running = true;
+    const sampler = (async () => {
+      while (running) {
+        const [rows] = await admin.raw(
+          "select count(*) as n from information_schema.processlist where db like 'ot\\_cold\\_%' and command = 'Query' and info like ?",
+          [`%sleep(${SLEEP})%`],
+        );
+        peak = Math.max(peak, Number((rows as { n: number }[])[0]!.n));
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    })();
+    try {
+      const result = await work();
+      return { result, peak };
+    } finally {
+      running = false;
+      await sampler;
+    }
+  }
+
+  before(async () => {
+    admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 2 } });
+    await admin.raw('drop database if exists ot_cold_gone');
+    for (const t of TENANTS) {
+      await admin.raw('drop database if exists ??', [db(t)]);
+      await admin.raw('create database ??', [db(t)]);
+      await admin.raw('create table ??.marker (tenant_id varchar(16) not null)', [db(t)]);
+      await admin.raw('insert into ??.marker values (?)', [db(t), t]);
+    }
+  });
+  afterEach(async () => {
+    await tenancy?.destroy();
+    tenancy = undefined;
+  });
+  after(async () => {
+    for (const t of TENANTS) await admin.raw('drop database if exists ??', [db(t)]);
+    await admin.destroy();
+  });
+
+  for (const inlineSwitch of [false, true]) {
+    it(`at most maxSwitchedConnections connections serve cold tenants at once, counted on the server (inlineSwitch ${inlineSwitch})`, async () => {
+      open({ max: 8, maxSwitchedConnections: 2, inlineSwitch });
+      const started = Date.now();
+      const { result, peak } = await peakSleeping(() => Promise.all(TENANTS.map(slow)));
+      const elapsed = Date.now() - started;
+      assert.deepEqual(result.map((r) => r.m), TENANTS, 'each statement ran on its own tenant database');
+      assert.deepEqual(result.map((r) => r.d), TENANTS.map(db));
+      assert.ok(peak >= 1 && peak <= 2, `peak ${peak} statements on tenant databases at once`);
+      // Ten statements of 150 ms, two at a time.
+      assert.ok(elapsed >= 5 * SLEEP * 1000 * 0.9, `took ${elapsed} ms`);
+      const stats = mainStats();
+      assert.ok(stats.coldWaits >= 1, `coldWaits ${stats.coldWaits}`);
+      assert.equal(stats.coldSwitching, 0, 'every permit given back');
+      assert.ok(stats.open <= 3, `${stats.open} connections opened for two permits (+1 at most, opened for a warm tenant)`);
+    });
+  }
+
+  it('negative control: without the limit the same load runs more than two at once', async () => {
+    open({ max: 8 });
+    const { result, peak } = await peakSleeping(() => Promise.all(TENANTS.map(slow)));
+    assert.deepEqual(result.map((r) => r.m), TENANTS);
+    assert.ok(peak > 2, `peak ${peak}: the load itself must exceed the limit for the test above to mean anything`);
+    assert.equal(mainStats().coldWaits, 0);
+  });
+
+  it('a warm tenant (used lately) and a connection already on its database are not held behind cold switches', async () => {
+    open({ max: 4, maxSwitchedConnections: 1 });
+    assert.equal((await quick('c0')).m, 'c0');
+    const done: string[] = [];
+    const cold = ['c1', 'c2', 'c3'].map((t) => slow(t).then((r) => done.push(r.m)));
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    const warm = quick('c0').then((r) => done.push(`warm:${r.m}`));
+    await Promise.all([...cold, warm]);
+    // The cold ones run one at a time (about 450 ms); the warm one finishes while the first still runs.
+    assert.equal(done[0], 'warm:c0', `completion order ${done.join(', ')}`);
+    assert.deepEqual(done.slice(1).sort(), ['c1', 'c2', 'c3']);
+    assert.equal(mainStats().coldSwitching, 0);
+  });
+
+  it('permits come back after failed switches (unknown database): the limit never shrinks', async () => {
+    open({ max: 4, maxSwitchedConnections: 1, acquireTimeoutMs: 2_000, inlineSwitch: true });
+    for (let i = 0; i < 5; i++) {
+      await assert.rejects(quick('gone'), UnknownTenantError);
+      assert.equal(mainStats().coldSwitching, 0);
+      assert.equal((await quick(TENANTS[i]!)).m, TENANTS[i]);
+    }
+    await tenancy!.destroy();
+    open({ max: 4, maxSwitchedConnections: 1, acquireTimeoutMs: 2_000 });
+    await assert.rejects(quick('gone'), UnknownTenantError);
+    assert.equal((await quick('c9')).m, 'c9');
+    assert.equal(mainStats().coldSwitching, 0);
+  });
+
+  it('a cold acquire that gets no permit within acquireTimeoutMs fails with a 503-mapped error', async () => {
+    open({ max: 4, maxSwitchedConnections: 1, acquireTimeoutMs: 100 });
+    const holder = slow('c4');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const error = await quick('c5').then(
+      () => assert.fail('served without a permit'),
+      (e: unknown) => e,
+    );
+    assert.ok(error instanceof TenantUnavailableError, String(error));
+    assert.equal(error.statusCode, 503);
+    assert.equal((await holder).m, 'c4');
+    assert.ok(mainStats().timeouts >= 1);
+    assert.equal((await quick('c5')).m, 'c5');
+  });
+
+  it('maxTenants keeps the tenants used lately: a handle leased since the last trim gets a second chance', async () => {
+    open({ max: 2, maxTenants: 3 });
+    for (const t of ['c0', 'c1', 'c2']) await quick(t);
+    await quick('c0');
+    await quick('c3');
+    let stats = tenancy!.stats();
+    assert.equal(stats.tenants, 3);
+    assert.equal(stats.evictions, 1);
+    const created = stats.created;
+    // c0 was used again before c3 came in, so c1 (oldest, unused since) went.
+    assert.equal((await quick('c0')).m, 'c0');
+    assert.equal(tenancy!.stats().created, created, 'c0 still cached');
+    assert.equal((await quick('c1')).m, 'c1');
+    stats = tenancy!.stats();
+    assert.equal(stats.created, created + 1, 'c1 was evicted and is opened again');
+    assert.equal(stats.tenants, 3);
+  });
+
+  it('rejects a maxSwitchedConnections that is not a positive integer', () => {
+    for (const value of [0, -1, 1.5, Number.NaN]) {
+      assert.throws(() => open({ maxSwitchedConnections: value }), /maxSwitchedConnections must be an integer >= 1/);
+    }
+  });
+});
