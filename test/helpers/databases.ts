@@ -103,7 +103,8 @@ export function mysqlBackend(label: string, poolMax = 4): Backend {
 
 /**
  * MariaDB through the shared strategy: one pool of `poolMax` connections, `USE` per tenant (with
- * `inlineSwitch`, sent in the same round trip as the next statement).
+ * `inlineSwitch`, sent in the same round trip as the next statement, and at most one connection at
+ * once serving a tenant the pool has not used lately: `maxSwitchedConnections: 1`).
  */
 export function mysqlSharedBackend(label: string, poolMax = 3, inlineSwitch = false): Backend {
   const backend = mysqlBackend(label, poolMax);
@@ -115,6 +116,7 @@ export function mysqlSharedBackend(label: string, poolMax = 3, inlineSwitch = fa
     connectionOptions: () => ({
       strategy: 'shared',
       inlineSwitch,
+      ...(inlineSwitch ? { maxSwitchedConnections: 1 } : {}),
       servers: { main: { client: 'mysql2', connection: server, pool: { max: poolMax } } },
       locate: (id: string) => ({ server: 'main', database: `ot_${label}_${id}`.replace(/-/g, '_') }),
     }),
