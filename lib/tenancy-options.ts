@@ -76,6 +76,9 @@ export function checkTenancyOptions(options: TenancyOptions): void {
     }
   } else if (options.strategy !== undefined && options.strategy !== 'pool-per-tenant') {
     throw new TypeError("createTenancy: options.strategy must be 'pool-per-tenant' or 'shared'");
+  } else if (options.inlineSwitch === true || options.maxSwitchedConnections !== undefined) {
+    const name = options.inlineSwitch === true ? 'inlineSwitch' : 'maxSwitchedConnections';
+    throw new TypeError(`createTenancy: options.${name} applies to strategy 'shared' only (a pool per tenant never switches databases)`);
   } else if (typeof options.knexConfig !== 'function') {
     throw new TypeError('createTenancy: options.knexConfig must be a function (tenantId) => knex config');
   }

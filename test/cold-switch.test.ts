@@ -174,9 +174,12 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
     assert.equal(stats.tenants, 3);
   });
 
-  it('rejects a maxSwitchedConnections that is not a positive integer', () => {
+  it('rejects a maxSwitchedConnections that is not a positive integer, and shared-only options without the shared strategy', () => {
     for (const value of [0, -1, 1.5, Number.NaN]) {
       assert.throws(() => open({ maxSwitchedConnections: value }), /maxSwitchedConnections must be an integer >= 1/);
     }
+    const knexConfig = () => ({ client: 'mysql2', connection: server });
+    assert.throws(() => createTenancy({ knexConfig, maxSwitchedConnections: 4 }), /maxSwitchedConnections applies to strategy 'shared' only/);
+    assert.throws(() => createTenancy({ knexConfig, inlineSwitch: true }), /inlineSwitch applies to strategy 'shared' only/);
   });
 });
