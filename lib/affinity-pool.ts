@@ -191,8 +191,9 @@ export class AffinityPool implements SwitchState {
       slot.pending = undefined;
     } else {
       // Whether the USE ran is unknown: the switch stays pending for any further statement of this
-      // acquire, and the database unknown for the next one.
+      // acquire, and the database unknown for the next one. Nor is it warm (it may not exist).
       slot.db = undefined;
+      this.#recent?.delete(slot.pending);
     }
   }
 
@@ -371,7 +372,11 @@ export class AffinityPool implements SwitchState {
     const sql = `USE \`${db.replace(/`/g, '``')}\``;
     return new Promise((resolve, reject) => {
       slot.conn.query(sql, (error) => {
-        if (error) return reject(error);
+        if (error) {
+          // A database that could not be entered (dropped, never created) is not warm.
+          this.#recent?.delete(db);
+          return reject(error);
+        }
         slot.db = db;
         resolve();
       });

@@ -141,6 +141,19 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
     assert.equal(mainStats().coldSwitching, 0);
   });
 
+  for (const inlineSwitch of [false, true]) {
+    it(`a database that could not be entered does not count as warm: it stays under the cap (inlineSwitch ${inlineSwitch})`, async () => {
+      open({ max: 4, maxSwitchedConnections: 1, acquireTimeoutMs: 100, inlineSwitch });
+      await assert.rejects(quick('gone'), UnknownTenantError);
+      const holder = slow('c6');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      // Were 'gone' warm, it would bypass the cap and fail at once with UnknownTenantError.
+      await assert.rejects(quick('gone'), TenantUnavailableError);
+      assert.equal((await holder).m, 'c6');
+      await assert.rejects(quick('gone'), UnknownTenantError);
+    });
+  }
+
   it('a cold acquire that gets no permit within acquireTimeoutMs fails with a 503-mapped error', async () => {
     open({ max: 4, maxSwitchedConnections: 1, acquireTimeoutMs: 100 });
     const holder = slow('c4');
