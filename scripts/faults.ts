@@ -1,5 +1,6 @@
 /**
- * Fault injection under HTTP load, for each strategy (pool-per-tenant, shared, shared with inlineSwitch), through the ledger
+ * Fault injection under HTTP load, for each strategy (pool-per-tenant, shared, shared with inlineSwitch, and shared
+ * with inlineSwitch and maxSwitchedConnections: 2), through the ledger
  * app (scripts/ledger.ts) with `tenancy.errorHandler()`:
  *
  * (a) Server outage. Tenants `p1..p4` live on a private MariaDB started by this script
@@ -40,7 +41,7 @@ const ACQUIRE_MS = 1_000;
 const FAIL_FAST_SLACK_MS = 1_500;
 const CONCURRENCY = 16;
 const SIGNALS: ('SIGTERM' | 'SIGKILL')[] = SHORT ? ['SIGTERM'] : ['SIGTERM', 'SIGKILL'];
-const STRATEGIES = ['pool-per-tenant', 'shared', 'shared-inline'] as const;
+const STRATEGIES = ['pool-per-tenant', 'shared', 'shared-inline', 'shared-tuned'] as const;
 type Strategy = (typeof STRATEGIES)[number];
 
 const PREFIX = 'ot_faults_';
@@ -80,7 +81,8 @@ function tenancyOptions(strategy: Strategy, servers: Servers, tenants: readonly 
   if (strategy !== 'pool-per-tenant') {
     return {
       strategy: 'shared',
-      inlineSwitch: strategy === 'shared-inline',
+      inlineSwitch: strategy !== 'shared',
+      ...(strategy === 'shared-tuned' ? { maxSwitchedConnections: 2 } : {}),
       servers: {
         private: { client: 'mysql2', connection: { ...servers.privateConnection, connectTimeout: ACQUIRE_MS }, pool: { max: 8 } },
         main: { client: 'mysql2', connection: { ...servers.mainConnection, connectTimeout: ACQUIRE_MS }, pool: { max: 8 } },
