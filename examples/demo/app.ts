@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import express from 'express';
 import type { Express } from 'express';
-import { createTenancy, type Tenancy } from '../../lib/index'; // in your app: from 'objection-tenancy'
+import { createTenancy, type Tenancy, type TenancyOptions } from '../../lib/index'; // in your app: from 'objection-tenancy'
 import { mariadbDatabases, sqliteDatabases, type DemoDatabases } from './databases';
 import { errorHandler, notFound } from './errors';
 import { DEMO_TENANTS, demoMigrations } from './migrations';
@@ -20,6 +20,14 @@ export interface DemoOptions {
   dataDir?: string;
   /** A `mysql://user:pass@host:port/db` URL: use MariaDB databases `demo_<tenant>` instead of SQLite. */
   mysqlUrl?: string;
+  /** With `mysqlUrl`: the prefix of the tenant database names. Default `demo_`. */
+  databasePrefix?: string;
+  /**
+   * With `mysqlUrl`: `'pool-per-tenant'` (default, a pool per tenant database) or `'shared'` (one pool
+   * of 10 connections for the server, switched between tenant databases: the setting for thousands of
+   * tenants).
+   */
+  strategy?: 'pool-per-tenant' | 'shared';
 }
 
 /** A running demo. */
@@ -53,6 +61,23 @@ export function createApp(tenancy: Tenancy): Express {
   return app;
 }
 
+function tenancyOptions(databases: DemoDatabases, strategy: 'pool-per-tenant' | 'shared'): TenancyOptions {
+  const tenantExists = (tenantId: string) => databases.tenantExists(tenantId);
+  if (strategy === 'pool-per-tenant') return { knexConfig: (tenantId) => databases.knexConfig(tenantId), tenantExists };
+  const shared = databases.shared;
+  if (shared === undefined) throw new TypeError("demo: strategy 'shared' needs MariaDB (mysqlUrl)");
+  return {
+    strategy: 'shared',
+    servers: { main: shared.server },
+    locate: (tenantId) => ({ server: 'main', database: shared.databaseName(tenantId) }),
+    // The USE of a switch travels with the next statement, and at most 4 connections at once serve
+    // a tenant the pool has not used lately (README, "Thousands of tenants").
+    inlineSwitch: true,
+    maxSwitchedConnections: 4,
+    tenantExists,
+  };
+}
+
 /** Creates each demo tenant's database if missing and brings its schema and seed rows up to date. */
 async function provision(tenancy: Tenancy, databases: DemoDatabases): Promise<void> {
   for (const tenantId of DEMO_TENANTS) {
@@ -80,11 +105,8 @@ function listen(server: http.Server, port: number): Promise<void> {
  */
 export async function start(options: DemoOptions = {}): Promise<RunningDemo> {
   const databases =
-    options.mysqlUrl !== undefined ? mariadbDatabases(options.mysqlUrl) : sqliteDatabases(options.dataDir ?? DEFAULT_DATA_DIR);
-  const tenancy = createTenancy({
-    knexConfig: (tenantId) => databases.knexConfig(tenantId),
-    tenantExists: (tenantId) => databases.tenantExists(tenantId),
-  });
+    options.mysqlUrl !== undefined ? mariadbDatabases(options.mysqlUrl, options.databasePrefix) : sqliteDatabases(options.dataDir ?? DEFAULT_DATA_DIR);
+  const tenancy = createTenancy(tenancyOptions(databases, options.strategy ?? 'pool-per-tenant'));
   const app = createApp(tenancy);
   const server = http.createServer(app);
   try {

@@ -14,6 +14,11 @@ export interface DemoDatabases {
   create(tenantId: string): Promise<void>;
   /** Closes admin connections. */
   close(): Promise<void>;
+  /**
+   * MariaDB only, for the shared strategy: the server's knex config (no database) and the database
+   * name of a tenant on it.
+   */
+  readonly shared?: { server: Knex.Config; databaseName(tenantId: string): string };
 }
 
 /**
@@ -57,8 +62,8 @@ export function sqliteDatabases(dataDir: string): DemoDatabases {
   };
 }
 
-/** MariaDB/MySQL: one database per tenant, `demo_<tenantId>`, on the server of `url`. */
-export function mariadbDatabases(url: string): DemoDatabases {
+/** MariaDB/MySQL: one database per tenant, `<prefix><tenantId>` (`demo_acme`), on the server of `url`. */
+export function mariadbDatabases(url: string, prefix = 'demo_'): DemoDatabases {
   const parsed = new URL(url);
   const connection = (database: string | undefined): Knex.MySql2ConnectionConfig => ({
     host: parsed.hostname,
@@ -67,7 +72,7 @@ export function mariadbDatabases(url: string): DemoDatabases {
     password: decodeURIComponent(parsed.password),
     database,
   });
-  const databaseName = (tenantId: string) => `demo_${tenantId}`;
+  const databaseName = (tenantId: string) => `${prefix}${tenantId}`;
   // One small admin pool for the catalog lookups and CREATE DATABASE; tenants get their own pools.
   const admin = knexFactory({
     client: 'mysql2',
@@ -75,7 +80,7 @@ export function mariadbDatabases(url: string): DemoDatabases {
     pool: { min: 0, max: 2 },
   });
   return {
-    description: `MariaDB at ${parsed.host}, databases demo_<tenant>`,
+    description: `MariaDB at ${parsed.host}, databases ${prefix}<tenant>`,
     knexConfig: (tenantId) => ({ client: 'mysql2', connection: connection(databaseName(tenantId)), pool: { max: 5 } }),
     async tenantExists(tenantId) {
       const [rows] = await admin.raw('select schema_name from information_schema.schemata where schema_name = ?', [
@@ -88,5 +93,6 @@ export function mariadbDatabases(url: string): DemoDatabases {
       await admin.raw('create database if not exists ?? character set utf8mb4', [databaseName(tenantId)]);
     },
     close: () => admin.destroy(),
+    shared: { server: { client: 'mysql2', connection: connection(undefined), pool: { max: 10 } }, databaseName },
   };
 }

@@ -1,17 +1,25 @@
 /**
  * Entry of `npm run demo`. Environment: PORT (default 3000), DATA_DIR (SQLite files, default
- * examples/demo/data), MYSQL_URL (use MariaDB databases demo_acme and demo_globex instead).
+ * examples/demo/data), MYSQL_URL (use MariaDB databases demo_acme and demo_globex instead), DEMO_STRATEGY
+ * (with MYSQL_URL: `shared` for one pool switched between the tenant databases).
  */
 import { start } from './app';
+
+function strategyFromEnv(value: string | undefined): 'pool-per-tenant' | 'shared' | undefined {
+  if (value === undefined || value === '') return undefined;
+  if (value === 'shared' || value === 'pool-per-tenant') return value;
+  throw new TypeError(`DEMO_STRATEGY must be 'shared' or 'pool-per-tenant', not "${value}"`);
+}
 
 async function main(): Promise<void> {
   const demo = await start({
     port: process.env.PORT === undefined ? 3000 : Number(process.env.PORT),
     dataDir: process.env.DATA_DIR || undefined,
     mysqlUrl: process.env.MYSQL_URL || undefined,
+    strategy: strategyFromEnv(process.env.DEMO_STRATEGY),
   });
   const base = `http://localhost:${demo.port}`;
-  console.log(`objection-tenancy demo on ${base} (${demo.databases.description}), tenants: acme, globex
+  console.log(`objection-tenancy demo on ${base} (${demo.databases.description}, strategy ${demo.tenancy.stats().strategy}), tenants: acme, globex
 
   curl -H 'x-tenant-id: acme' ${base}/people
   curl -H 'x-tenant-id: globex' ${base}/people
