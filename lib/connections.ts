@@ -31,8 +31,10 @@ export interface ConnectionOptions {
    */
   inlineSwitch?: boolean;
   /**
-   * 'shared': connections of a server that may at once serve a tenant they had to be switched to (or
-   * be opened for); the others only serve tenants already on their database. Default: no limit.
+   * 'shared': connections of a server that may at once serve a cold tenant (one not among the 256
+   * databases its pool used last), which makes the server open that tenant's tables; a query for a
+   * cold tenant beyond it waits for one (up to `acquireTimeoutMs`). Tenants used lately and connections
+   * already on their tenant's database are not limited. About twice the server's cores; default: no limit.
    */
   maxSwitchedConnections?: number;
   /** 'shared': cap on cached tenant handles (a few hundred bytes each, no connection). Default 100 000. */
