@@ -904,6 +904,17 @@ async function main(): Promise<void> {
       const hits = sum(runs, (run) => run.counters.affinityHits ?? 0);
       return hits / Math.max(1, hits + sum(runs, (run) => run.counters.switches ?? 0));
     };
+    /** The RESULT keys of one form of the shared strategy (`<prefix>_errors`, ...). */
+    const sharedFormKeys = (prefix: string, key: VariantKey): Record<string, number | null> => ({
+      [`${prefix}_errors`]: sum(all(key), (run) => run.errors),
+      [`${prefix}_peak_connections`]: maxOf(all(key).map((run) => run.peakConnections)) ?? null,
+      [`${prefix}_ratio_uniform`]: round(ratio(key, 'uniform')),
+      [`${prefix}_ratio_zipf`]: round(ratio(key, 'zipf')),
+      [`${prefix}_heap_bytes_per_tenant`]: round(maxOf(all(key).map((run) => run.heapPerTenant)), 0),
+      [`${prefix}_cpu_ratio_uniform`]: round(cpuRatio(key, 'uniform')),
+      [`${prefix}_cpu_ratio_zipf`]: round(cpuRatio(key, 'zipf')),
+      [`${prefix}_affinity_hit_rate_zipf`]: round(hitRate('zipf', key)),
+    });
     const result: Record<string, number | null> = {
       tenants: TENANTS,
       shared_errors: sum(all('shared'), (run) => run.errors),
@@ -928,22 +939,8 @@ async function main(): Promise<void> {
       recipe_ratio_zipf: round(ratio('recipe', 'zipf')),
       recipe_peak_connections: maxOf(all('recipe').map((run) => run.peakConnections)) ?? null,
       recipe_heap_bytes_per_tenant: round(maxOf(all('recipe').map((run) => run.heapPerTenant)), 0),
-      shared_inline_errors: sum(all('shared-inline'), (run) => run.errors),
-      shared_inline_peak_connections: maxOf(all('shared-inline').map((run) => run.peakConnections)) ?? null,
-      shared_inline_ratio_uniform: round(ratio('shared-inline', 'uniform')),
-      shared_inline_ratio_zipf: round(ratio('shared-inline', 'zipf')),
-      shared_inline_heap_bytes_per_tenant: round(maxOf(all('shared-inline').map((run) => run.heapPerTenant)), 0),
-      shared_inline_cpu_ratio_uniform: round(cpuRatio('shared-inline', 'uniform')),
-      shared_inline_cpu_ratio_zipf: round(cpuRatio('shared-inline', 'zipf')),
-      shared_inline_affinity_hit_rate_zipf: round(hitRate('zipf', 'shared-inline')),
-      shared_tuned_errors: sum(all('shared-tuned'), (run) => run.errors),
-      shared_tuned_peak_connections: maxOf(all('shared-tuned').map((run) => run.peakConnections)) ?? null,
-      shared_tuned_ratio_uniform: round(ratio('shared-tuned', 'uniform')),
-      shared_tuned_ratio_zipf: round(ratio('shared-tuned', 'zipf')),
-      shared_tuned_heap_bytes_per_tenant: round(maxOf(all('shared-tuned').map((run) => run.heapPerTenant)), 0),
-      shared_tuned_cpu_ratio_uniform: round(cpuRatio('shared-tuned', 'uniform')),
-      shared_tuned_cpu_ratio_zipf: round(cpuRatio('shared-tuned', 'zipf')),
-      shared_tuned_affinity_hit_rate_zipf: round(hitRate('zipf', 'shared-tuned')),
+      ...sharedFormKeys('shared_inline', 'shared-inline'),
+      ...sharedFormKeys('shared_tuned', 'shared-tuned'),
       shared_tuned_max_switched_connections: MAX_SWITCHED,
       budget_errors: sum(all('budget'), (run) => run.errors),
       budget_ratio_uniform: round(ratio('budget', 'uniform')),
