@@ -274,7 +274,7 @@ export class AffinityPool implements SwitchState {
     if (recent.size > this.#options.warmDatabases) recent.delete(recent.keys().next().value!);
   }
 
-  /** A free connection on `db`, else (when `mayswitch`) the free connection idle longest. */
+  /** A free connection on `db`, else (when `maySwitch`) the free connection idle longest. */
   #takeFree(db: string, maySwitch: boolean): Slot | undefined {
     for (;;) {
       const slot = this.#takeFreeSlot(db, maySwitch);
