@@ -21,7 +21,7 @@ export interface SharedConnectionsOptions {
   overflow: 'wait' | 'reject';
   /** Send a database switch's `USE` in the same round trip as the next statement (inline-switch.ts). */
   inlineSwitch: boolean;
-  /** Connections of a server that may at once serve an acquire that switched (or opened) them. */
+  /** Connections of a server that may at once serve a cold tenant (`maxSwitchedConnections`); undefined: no limit. */
   maxSwitched: number | undefined;
   /** Cap on cached tenant handles (LRU); a handle is a few hundred bytes, no connection. */
   maxTenants: number;
