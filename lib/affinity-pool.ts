@@ -6,8 +6,13 @@ import { inlineUse, type SwitchState } from './inline-switch';
 /** A raw driver connection (a mysql2 `Connection`), as knex's client hands it out. */
 type RawConnection = {
   query(sql: string, callback: (error: unknown) => void): unknown;
+  /** COM_RESET_CONNECTION (mysql2). */
+  reset?(callback: (error: unknown) => void): unknown;
   __knexUid?: string;
 };
+
+/** knex's `pool.afterCreate`: set up a new connection's session, then call `done`. */
+export type AfterCreate = (conn: unknown, done: (error?: unknown) => void) => void;
 
 interface Slot {
   readonly conn: RawConnection;
@@ -17,6 +22,10 @@ interface Slot {
   pending: string | undefined;
   /** Holds one of `maxSwitched` (this acquire switched it, or opened it, to a cold database). */
   switched: boolean;
+  /** The tenant that held the connection last (resetSession resets it when another takes it). */
+  tenant: string | undefined;
+  /** Its session could not be reset: closed when released, never handed out again. */
+  broken: boolean;
   idleSince: number;
 }
 
@@ -50,6 +59,13 @@ export interface AffinityPoolOptions {
   maxSwitched: number;
   /** How many of the databases used last count as warm (their switches are not limited). */
   warmDatabases: number;
+  /**
+   * Reset a connection's session (COM_RESET_CONNECTION: user variables, session variables, temporary
+   * tables, prepared statements, named locks) when it passes from one tenant to another.
+   */
+  resetSession: boolean;
+  /** The server's `pool.afterCreate`: run on each new connection, and again after each reset. */
+  afterCreate: AfterCreate | undefined;
 }
 
 /** Counters of one server's shared pool, as shown in `tenancy.stats().servers`. */
@@ -68,6 +84,8 @@ export interface AffinityPoolStats {
   coldSwitching: number;
   /** Acquires for a cold database that waited because `maxSwitched` connections were serving one. */
   coldWaits: number;
+  /** resetSession: sessions reset because their connection passed to another tenant. */
+  resets: number;
 }
 
 // How far down the wait queue a released connection looks for a waiter on its own database:
@@ -98,7 +116,7 @@ export class AffinityPool implements SwitchState {
   /** With `maxSwitched`: the databases used last, least recent first (the warm ones). */
   readonly #recent: Map<string, undefined> | undefined;
   #closed = false;
-  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0, coldWaits: 0 };
+  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0, coldWaits: 0, resets: 0 };
 
   constructor(client: Knex.Client, options: AffinityPoolOptions) {
     this.#client = client;
@@ -152,7 +170,7 @@ export class AffinityPool implements SwitchState {
     }
     // A switch never sent leaves the connection where it was.
     slot.pending = undefined;
-    if (this.#closed || !this.#valid(conn)) {
+    if (this.#closed || slot.broken || !this.#valid(conn)) {
       this.#destroy(slot);
       this.#pump();
       return;
@@ -304,9 +322,12 @@ export class AffinityPool implements SwitchState {
 
   async #assign(slot: Slot, tenantId: string, db: string): Promise<RawConnection> {
     this.#claim(slot.conn, tenantId);
+    const reset = this.#options.resetSession && slot.tenant !== undefined && slot.tenant !== tenantId;
+    slot.tenant = tenantId;
     if (slot.db === db) {
       this.#counters.affinityHits++;
       this.#touch(db);
+      if (reset) await this.#reset(slot, tenantId);
       return slot.conn;
     }
     this.#counters.switches++;
@@ -315,6 +336,7 @@ export class AffinityPool implements SwitchState {
       this.#switching++;
     }
     this.#touch(db);
+    if (reset) await this.#reset(slot, tenantId);
     if (this.#inline(slot, db)) return slot.conn;
     try {
       await this.#use(slot, db);
@@ -323,6 +345,35 @@ export class AffinityPool implements SwitchState {
       throw mapSwitchError(tenantId, error);
     }
     return slot.conn;
+  }
+
+  /**
+   * resetSession: clears what the previous tenant left on the connection's session, then runs the
+   * server's `afterCreate` again (the reset also cleared what it set). The database stays selected.
+   * A connection that fails either is closed, never handed to the tenant.
+   */
+  async #reset(slot: Slot, tenantId: string): Promise<void> {
+    this.#counters.resets++;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        if (typeof slot.conn.reset !== 'function') throw new TypeError('resetSession needs a driver connection with reset() (mysql2)');
+        slot.conn.reset((error) => (error ? reject(error) : resolve()));
+      });
+      await this.#setUp(slot.conn);
+    } catch (error) {
+      slot.broken = true;
+      this.release(slot.conn);
+      throw new TenantUnavailableError(tenantId, { cause: error, reason: 'its connection could not be reset for it' });
+    }
+  }
+
+  /** The server's `pool.afterCreate`, outside any tenant scope (it sets up a connection every tenant will use). */
+  #setUp(conn: RawConnection): Promise<void> {
+    const afterCreate = this.#options.afterCreate;
+    if (afterCreate === undefined) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      runInScopeSync(undefined, () => afterCreate(conn, (error?: unknown) => (error ? reject(error) : resolve())));
+    });
   }
 
   /** With inlineSwitch, defers the switch to the connection's next statement. */
@@ -340,21 +391,24 @@ export class AffinityPool implements SwitchState {
     if (permit) this.#switching++;
     this.#touch(db);
     this.#heldBy.set(tenantId, this.#held(tenantId) + 1);
-    let conn: RawConnection;
+    let conn: RawConnection | undefined;
     try {
       // Opened outside any scope: a socket's events run in the context it was created in, and this
       // connection will serve many tenants (DESIGN: never let pool internals carry a tenant).
       conn = (await runInScopeSync(undefined, () => this.#client.acquireRawConnection())) as RawConnection;
+      await this.#setUp(conn);
     } catch (error) {
       this.#creating--;
       if (permit) this.#switching--;
       this.#unhold(tenantId);
+      if (conn !== undefined) await Promise.resolve(this.#client.destroyRawConnection(conn as never)).catch(() => undefined);
       this.#pump();
-      throw new TenantUnavailableError(tenantId, { cause: error, reason: 'its database server refused a connection' });
+      const reason = conn === undefined ? 'its database server refused a connection' : 'setting up a new connection (pool.afterCreate) failed';
+      throw new TenantUnavailableError(tenantId, { cause: error, reason });
     }
     this.#creating--;
     this.#counters.created++;
-    const slot: Slot = { conn, db: undefined, pending: undefined, switched: permit, idleSince: Date.now() };
+    const slot: Slot = { conn, db: undefined, pending: undefined, switched: permit, tenant: tenantId, broken: false, idleSince: Date.now() };
     if (this.#options.inlineSwitch) guardPendingSwitch(slot);
     this.#slots.set(conn, slot);
     this.#owner.set(conn, tenantId);

@@ -37,6 +37,13 @@ export interface ConnectionOptions {
    * already on their tenant's database are not limited. About twice the server's cores; default: no limit.
    */
   maxSwitchedConnections?: number;
+  /**
+   * 'shared' (MySQL/MariaDB): when a connection passes from one tenant to another, reset its session
+   * first (COM_RESET_CONNECTION: user and session variables, temporary tables, prepared statements,
+   * named locks, `LAST_INSERT_ID()`), then run the server's `pool.afterCreate` again. One round trip
+   * per change of tenant. Default false.
+   */
+  resetSession?: boolean;
   /** 'shared': cap on cached tenant handles (a few hundred bytes each, no connection). Default 100 000. */
   maxTenants?: number;
   /** 'pool-per-tenant': cap on cached tenant pools; the least recently used is evicted beyond it. Default 50. */
@@ -87,6 +94,7 @@ export function createConnections(options: ConnectionOptions): { connections: Te
       overflow,
       inlineSwitch: options.inlineSwitch === true,
       maxSwitched: options.maxSwitchedConnections,
+      resetSession: options.resetSession === true,
       maxTenants: options.maxTenants ?? CONNECTION_DEFAULTS.maxTenants,
       createKnex,
       verify,

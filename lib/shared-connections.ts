@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { AffinityPool, type AffinityPoolOptions, type AffinityPoolStats } from './affinity-pool';
+import { AffinityPool, type AffinityPoolOptions, type AffinityPoolStats, type AfterCreate } from './affinity-pool';
 import { TenancyDestroyedError, TenantError, TenantUnavailableError } from './errors';
 import { installInlineSwitch } from './inline-switch';
 import type { PoolCacheStats, TenantConnections, TenantLease } from './pool-cache';
@@ -23,6 +23,8 @@ export interface SharedConnectionsOptions {
   inlineSwitch: boolean;
   /** Connections of a server that may at once serve a cold tenant (`maxSwitchedConnections`); undefined: no limit. */
   maxSwitched: number | undefined;
+  /** Reset a connection's session when it passes to another tenant (`resetSession`). */
+  resetSession: boolean;
   /** Cap on cached tenant handles (LRU); a handle is a few hundred bytes, no connection. */
   maxTenants: number;
   /** Builds the knex of a server. */
@@ -175,6 +177,8 @@ export class SharedConnections implements TenantConnections {
       inlineSwitch: this.#options.inlineSwitch,
       maxSwitched: this.#options.maxSwitched ?? Infinity,
       warmDatabases: WARM_DATABASES,
+      resetSession: this.#options.resetSession,
+      afterCreate: (config.pool as { afterCreate?: AfterCreate } | undefined)?.afterCreate,
     };
     server = { knex, pool: new AffinityPool(knex.client, poolOptions) };
     this.#servers.set(key, server);

@@ -66,7 +66,9 @@ export function checkTenancyOptions(options: TenancyOptions): void {
       throw new TypeError("createTenancy: options.servers must map server keys to knex configs when strategy is 'shared'");
     }
     if (typeof options.locate !== 'function') throw new TypeError("createTenancy: options.locate must be a function (tenantId) => { server, database } when strategy is 'shared'");
-    if (options.inlineSwitch !== undefined && typeof options.inlineSwitch !== 'boolean') throw new TypeError('createTenancy: options.inlineSwitch must be a boolean');
+    for (const name of ['inlineSwitch', 'resetSession'] as const) {
+      if (options[name] !== undefined && typeof options[name] !== 'boolean') throw new TypeError(`createTenancy: options.${name} must be a boolean`);
+    }
     if (options.inlineSwitch === true) {
       for (const [key, config] of Object.entries(options.servers)) {
         if (config.connection === null || typeof config.connection !== 'object') {
@@ -76,8 +78,8 @@ export function checkTenancyOptions(options: TenancyOptions): void {
     }
   } else if (options.strategy !== undefined && options.strategy !== 'pool-per-tenant') {
     throw new TypeError("createTenancy: options.strategy must be 'pool-per-tenant' or 'shared'");
-  } else if (options.inlineSwitch === true || options.maxSwitchedConnections !== undefined) {
-    const name = options.inlineSwitch === true ? 'inlineSwitch' : 'maxSwitchedConnections';
+  } else if (options.inlineSwitch === true || options.maxSwitchedConnections !== undefined || options.resetSession === true) {
+    const name = options.inlineSwitch === true ? 'inlineSwitch' : options.resetSession === true ? 'resetSession' : 'maxSwitchedConnections';
     throw new TypeError(`createTenancy: options.${name} applies to strategy 'shared' only (a pool per tenant never switches databases)`);
   } else if (typeof options.knexConfig !== 'function') {
     throw new TypeError('createTenancy: options.knexConfig must be a function (tenantId) => knex config');

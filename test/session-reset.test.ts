@@ -1,0 +1,258 @@
+/**
+ * Session state on the shared strategy's connections, on real MariaDB. A connection serves many
+ * tenants one after the other; whatever a query leaves on its session (user variables, session
+ * variables, temporary tables, named locks, `LAST_INSERT_ID()`) is seen by the next tenant on it
+ * unless `resetSession` resets it (COM_RESET_CONNECTION) when the connection changes tenant. The
+ * server's `pool.afterCreate` sets up each new connection, and again after each reset.
+ *
+ * Negative controls: the same sequences without `resetSession` must show the previous tenant's state,
+ * so the checks are able to fail.
+ */
+import assert from 'node:assert/strict';
+import { after, afterEach, before, describe, it } from 'node:test';
+import knexFactory, { type Knex } from 'knex';
+import { createTenancy, tryCurrentTenantId, TenantUnavailableError, type Tenancy, type TenancyOptions } from '../lib/index';
+import { mysqlConnection, skipMysql } from './helpers/databases';
+
+const TENANTS = ['a', 'b', 'c', 'd', 'e', 'f'];
+const db = (t: string) => `ot_reset_${t}`;
+
+/** The part of a mysql2 connection `pool.afterCreate` uses here. */
+type MysqlConn = { query(sql: string, ...rest: unknown[]): unknown };
+
+type Seen = { d: string; m: string; secret: string | null; tz: string; lock: number | null; lastId: number; setup: string | null };
+
+describe('shared strategy, session state between tenants', { skip: skipMysql }, () => {
+  let admin: Knex;
+  let tenancy: Tenancy | undefined;
+  const { database: _database, ...server } = mysqlConnection();
+  void _database;
+  let globalTimeZone = '';
+
+  const open = (options: Partial<TenancyOptions> & { max?: number; afterCreate?: (conn: MysqlConn, done: (error?: unknown) => void) => void } = {}) => {
+    const { max = 1, afterCreate, ...rest } = options;
+    return (tenancy = createTenancy({
+      strategy: 'shared',
+      servers: { main: { client: 'mysql2', connection: { ...server }, pool: afterCreate === undefined ? { max } : { max, afterCreate } } },
+      locate: (id) => ({ server: 'main', database: db(id) }),
+      verifyConnection: false,
+      ...rest,
+    }));
+  };
+  const raw = async <T>(sql: string, bindings: readonly Knex.RawBinding[] = []): Promise<T[]> => {
+    const [rows] = await tenancy!.knex().raw(sql, bindings);
+    return rows as T[];
+  };
+  /** Leaves state on the session: a user variable, the time zone, a temporary table, a named lock, an insert id. */
+  const dirty = (t: string) =>
+    tenancy!.runWithTenant(t, async () => {
+      await raw("set @secret = ?, time_zone = '+05:00'", [`${t}-secret`]);
+      await raw('create temporary table tmp_secret (v varchar(32))');
+      await raw('insert into tmp_secret values (?)', [`${t}-row`]);
+      await raw('select get_lock(?, 0) as l', [`ot_reset_lock_${t}`]);
+      await raw('insert into counter () values ()');
+    });
+  const look = (t: string) =>
+    tenancy!.runWithTenant(t, async () => {
+      const [row] = await raw<Seen>(
+        "select database() as d, (select tenant_id from marker) as m, @secret as secret, @@session.time_zone as tz, is_used_lock('ot_reset_lock_a') as `lock`, last_insert_id() as lastId, @setup as setup",
+      );
+      let tmp: string[] | string;
+      try {
+        // A temporary table belongs to the database it was created in: another tenant reaches it qualified.
+        tmp = (await raw<{ v: string }>('select v from ??.tmp_secret', [db('a')])).map((r) => r.v);
+      } catch (error) {
+        tmp = (error as { code?: string }).code ?? String(error);
+      }
+      return { ...row!, lock: row!.lock === null ? null : Number(row!.lock), lastId: Number(row!.lastId), tmp };
+    });
+
+  before(async () => {
+    admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 2 } });
+    for (const t of TENANTS) {
+      await admin.raw('drop database if exists ??', [db(t)]);
+      await admin.raw('create database ??', [db(t)]);
+      await admin.raw('create table ??.marker (tenant_id varchar(16) not null)', [db(t)]);
+      await admin.raw('insert into ??.marker values (?)', [db(t), t]);
+      await admin.raw('create table ??.counter (id int auto_increment primary key)', [db(t)]);
+    }
+    const [rows] = await admin.raw('select @@global.time_zone as tz');
+    globalTimeZone = (rows as { tz: string }[])[0]!.tz;
+  });
+  afterEach(async () => {
+    await tenancy?.destroy();
+    tenancy = undefined;
+  });
+  after(async () => {
+    for (const t of TENANTS) await admin.raw('drop database if exists ??', [db(t)]);
+    await admin.destroy();
+  });
+
+  it('negative control: without resetSession the next tenant on the connection sees the previous one\'s session', async () => {
+    open();
+    await dirty('a');
+    const seen = await look('b');
+    assert.equal(seen.d, db('b'));
+    assert.equal(seen.m, 'b');
+    assert.equal(seen.secret, 'a-secret');
+    assert.equal(seen.tz, '+05:00');
+    assert.deepEqual(seen.tmp, ['a-row'], "a's temporary table is readable from b");
+    assert.notEqual(seen.lock, null, "a's named lock is still held");
+    assert.equal(seen.lastId, 1, "a's insert id");
+  });
+
+  for (const inlineSwitch of [false, true]) {
+    describe(inlineSwitch ? 'inlineSwitch' : 'USE round trip', () => {
+      it('resetSession: the next tenant finds a clean session on its own database', async () => {
+        open({ resetSession: true, inlineSwitch });
+        await dirty('a');
+        const seen = await look('b');
+        assert.deepEqual(seen, { d: db('b'), m: 'b', secret: null, tz: globalTimeZone, lock: null, lastId: 0, setup: null, tmp: 'ER_NO_SUCH_TABLE' });
+        const stats = tenancy!.stats().servers!.main!;
+        assert.equal(stats.open, 1, 'one connection served both tenants');
+        assert.equal(stats.resets, 1);
+        // The same connection still serves a's queries, on a's database.
+        const back = await look('a');
+        assert.equal(back.d, db('a'));
+        assert.equal(back.m, 'a');
+        assert.equal(back.secret, null);
+      });
+
+      it('a tenant keeps its own session state: no reset while the connection stays with it', async () => {
+        open({ resetSession: true, inlineSwitch });
+        await dirty('a');
+        const seen = await look('a');
+        assert.equal(seen.secret, 'a-secret');
+        assert.deepEqual(seen.tmp, ['a-row']);
+        assert.equal(tenancy!.stats().servers!.main!.resets, 0);
+      });
+    });
+  }
+
+  it('a transaction of the next tenant starts on a reset session', async () => {
+    open({ resetSession: true, inlineSwitch: true });
+    await tenancy!.runWithTenant('a', () =>
+      tenancy!.knex().transaction(async (trx) => {
+        await trx.raw("set @secret = 'a-in-trx'");
+        await trx.raw('create temporary table tmp_secret (v varchar(32))');
+        await trx.raw("insert into tmp_secret values ('a-row')");
+      }),
+    );
+    const seen = await tenancy!.runWithTenant('b', () =>
+      tenancy!.knex().transaction(async (trx) => {
+        const [rows] = await trx.raw('select database() as d, @secret as secret');
+        const row = (rows as { d: string; secret: string | null }[])[0]!;
+        const tmp = await trx.raw('select v from ??.tmp_secret', [db('a')]).then(
+          () => 'readable',
+          (error: { code?: string }) => error.code,
+        );
+        return { ...row, tmp };
+      }),
+    );
+    assert.deepEqual(seen, { d: db('b'), secret: null, tmp: 'ER_NO_SUCH_TABLE' });
+  });
+
+  it('pool.afterCreate sets up each new connection, outside any tenant scope, and again after each reset', async () => {
+    const scopes: (string | undefined)[] = [];
+    open({
+      resetSession: true,
+      afterCreate: (conn, done) => {
+        scopes.push(tryCurrentTenantId());
+        conn.query("set time_zone = '+03:00', @setup = 'yes'", (error: unknown) => done(error));
+      },
+    });
+    const first = await look('a');
+    assert.equal(first.tz, '+03:00');
+    assert.equal(first.setup, 'yes');
+    await dirty('a');
+    const seen = await look('b');
+    assert.equal(seen.tz, '+03:00', 'afterCreate ran again after the reset');
+    assert.equal(seen.setup, 'yes');
+    assert.equal(seen.secret, null);
+    assert.deepEqual(scopes, [undefined, undefined], 'once for the new connection, once after the reset; never in a tenant scope');
+  });
+
+  it('pool.afterCreate runs without resetSession too; when it fails the query fails with 503 and no connection is kept', async () => {
+    let zone = '+03:00';
+    open({ afterCreate: (conn, done) => conn.query('set time_zone = ?', [zone], (error: unknown) => done(error)) });
+    assert.equal((await look('a')).tz, '+03:00');
+    await tenancy!.destroy();
+    zone = 'Not/AZone';
+    open({ afterCreate: (conn, done) => conn.query('set time_zone = ?', [zone], (error: unknown) => done(error)) });
+    await assert.rejects(look('a'), (error: unknown) => {
+      assert.ok(error instanceof TenantUnavailableError);
+      assert.equal(error.statusCode, 503);
+      assert.match(String((error.cause as { message?: string }).message), /time zone/i);
+      return true;
+    });
+    const stats = tenancy!.stats().servers!.main!;
+    assert.equal(stats.open, 0);
+    assert.equal(stats.inUse, 0);
+  });
+
+  it('a connection whose reset fails is closed, the tenant gets 503, and the next query runs on a fresh, clean connection', async () => {
+    let zone = '+03:00';
+    open({ resetSession: true, afterCreate: (conn, done) => conn.query('set time_zone = ?', [zone], (error: unknown) => done(error)) });
+    await dirty('a');
+    zone = 'Not/AZone';
+    await assert.rejects(look('b'), (error: unknown) => error instanceof TenantUnavailableError && error.statusCode === 503);
+    let stats = tenancy!.stats().servers!.main!;
+    assert.equal(stats.open, 0, 'the connection that failed its reset is closed');
+    assert.equal(stats.destroyed, 1);
+    zone = '+04:00';
+    const seen = await look('b');
+    assert.equal(seen.d, db('b'));
+    assert.equal(seen.secret, null);
+    assert.equal(seen.tz, '+04:00');
+    stats = tenancy!.stats().servers!.main!;
+    assert.equal(stats.open, 1);
+    assert.equal(stats.inUse, 0);
+  });
+
+  /**
+   * Many tenants through two connections, every query first reading the user variable `@owner`
+   * (null or its own tenant) and then claiming it. Without resetSession (the negative control) some
+   * query finds another tenant's value.
+   */
+  const claimOwners = async (rounds: number): Promise<{ foreign: number; total: number }> => {
+    let foreign = 0;
+    let total = 0;
+    // 12 workers, each going through the tenants in its own order, one scope at a time.
+    await Promise.all(
+      Array.from({ length: 12 }, async (_, w) => {
+        for (let i = 0; i < rounds / 12; i++) {
+          const t = TENANTS[(w * 5 + i * 7) % TENANTS.length]!;
+          await tenancy!.runWithTenant(t, async () => {
+            const [row] = await raw<{ owner: string | null; m: string }>('select @owner as owner, (select tenant_id from marker) as m');
+            total++;
+            if (row!.m !== t) throw new Error(`tenant ${t} read ${row!.m}'s marker`);
+            if (row!.owner !== null && row!.owner !== t) foreign++;
+            await raw('set @owner = ?', [t]);
+          });
+        }
+      }),
+    );
+    return { foreign, total };
+  };
+
+  it('under concurrent load no tenant sees another tenant\'s user variable (negative control: without resetSession it does)', async () => {
+    open({ max: 2 });
+    const control = await claimOwners(240);
+    console.log(`# negative control: ${control.foreign} of ${control.total} queries saw another tenant's @owner`);
+    assert.ok(control.foreign > 0, `without resetSession, queries should see another tenant's @owner (saw ${control.foreign} of ${control.total})`);
+    await tenancy!.destroy();
+    for (const inlineSwitch of [false, true]) {
+      open({ max: 2, resetSession: true, inlineSwitch });
+      const result = await claimOwners(240);
+      assert.equal(result.total, 240);
+      assert.equal(result.foreign, 0);
+      assert.ok(tenancy!.stats().servers!.main!.resets > 0);
+      await tenancy!.destroy();
+    }
+  });
+
+  it('resetSession is validated and applies to the shared strategy only', () => {
+    assert.throws(() => createTenancy({ knexConfig: () => ({ client: 'mysql2' }), resetSession: true } as TenancyOptions), /resetSession applies to strategy 'shared' only/);
+    assert.throws(() => open({ resetSession: 'yes' as unknown as boolean }), /resetSession must be a boolean/);
+  });
+});
