@@ -16,6 +16,8 @@
  *               most 4 connections at once serve a tenant the pool has not used lately (a cold switch,
  *               which makes the server open that tenant's table), the README's setting for this 2-core
  *               server.
+ *   shared-reset   shared-inline plus `resetSession: true`: a session reset (COM_RESET_CONNECTION, one
+ *               round trip) each time a connection passes to another tenant: what that safety costs.
  *   single      the baseline: ONE tenant database, a plain knex with a pool of 20, `Person.query(knex)`:
  *               single-tenant throughput over the same number of connections, in the same run.
  *   raw-one,    reference rows for the server alone: a raw mysql2 pool of 20, fully qualified `select`
@@ -95,7 +97,7 @@ const TENANTS_PER_ROUND_TRIP = 100;
 const SAMPLE_MS = 20;
 const LATENCY_CAPACITY = 8_000_000;
 
-const VARIANT_KEYS = ['single', 'shared', 'shared-inline', 'shared-tuned', 'budget', 'recipe', 'raw-one', 'raw-spread'] as const;
+const VARIANT_KEYS = ['single', 'shared', 'shared-inline', 'shared-tuned', 'shared-reset', 'budget', 'recipe', 'raw-one', 'raw-spread'] as const;
 type VariantKey = (typeof VARIANT_KEYS)[number];
 const POPULARITIES = ['uniform', 'zipf'] as const;
 const ONLY_POPULARITY = process.env.BENCH_POPULARITY;
@@ -467,6 +469,7 @@ function sharedCounters(stats: TenancyStats): Record<string, number> {
     affinityHits: server?.affinityHits ?? 0,
     timeouts: server?.timeouts ?? 0,
     coldWaits: server?.coldWaits ?? 0,
+    resets: server?.resets ?? 0,
     connectionsCreated: server?.created ?? 0,
     handlesCreated: stats.created,
     evictions: stats.evictions,
@@ -519,10 +522,11 @@ function rawInstance(spread: boolean): Instance {
   };
 }
 
-function sharedInstance(inlineSwitch: boolean, maxSwitchedConnections?: number): Instance {
+function sharedInstance(inlineSwitch: boolean, maxSwitchedConnections?: number, resetSession = false): Instance {
   const tenancy = createTenancy({
     strategy: 'shared',
     inlineSwitch,
+    resetSession,
     ...(maxSwitchedConnections === undefined ? {} : { maxSwitchedConnections }),
     servers: { main: serverConfig() },
     locate: (id) => ({ server: 'main', database: DATABASE_OF.get(id)! }),
@@ -552,6 +556,7 @@ const CREATE: Record<VariantKey, () => Instance> = {
   shared: () => sharedInstance(false),
   'shared-inline': () => sharedInstance(true),
   'shared-tuned': () => sharedInstance(true, MAX_SWITCHED),
+  'shared-reset': () => sharedInstance(true, undefined, true),
   budget(): Instance {
     const tenancy = createTenancy({
       knexConfig: (id) => ({ client: 'mysql2', connection: connection(DATABASE_OF.get(id)!), pool: { max: BUDGET_POOL_MAX } }),
@@ -882,7 +887,7 @@ async function main(): Promise<void> {
         notes.push(
           `switches ${counter('switches')} (${((counter('switches') / Math.max(1, acquires)) * 100).toFixed(1)}% of acquires), ` +
             `affinity hits ${counter('affinityHits')}, timeouts ${counter('timeouts')}, cold waits ${counter('coldWaits')}, ` +
-            `connections opened ${counter('connectionsCreated')}`,
+            `session resets ${counter('resets')}, connections opened ${counter('connectionsCreated')}`,
         );
         notes.push(`heap per tenant after opening all ${TENANTS} handles, before traffic: ${bytes(maxOf(runs.map((run) => run.heapPerHandle)))}`);
       }
@@ -942,6 +947,7 @@ async function main(): Promise<void> {
       ...sharedFormKeys('shared_inline', 'shared-inline'),
       ...sharedFormKeys('shared_tuned', 'shared-tuned'),
       shared_tuned_max_switched_connections: MAX_SWITCHED,
+      ...sharedFormKeys('shared_reset', 'shared-reset'),
       budget_errors: sum(all('budget'), (run) => run.errors),
       budget_ratio_uniform: round(ratio('budget', 'uniform')),
       budget_ratio_zipf: round(ratio('budget', 'zipf')),

@@ -1,7 +1,7 @@
 /**
- * Fault injection under HTTP load, for each strategy (pool-per-tenant, shared, shared with inlineSwitch, and shared
- * with inlineSwitch and maxSwitchedConnections: 2), through the ledger
- * app (scripts/ledger.ts) with `tenancy.errorHandler()`:
+ * Fault injection under HTTP load, for each strategy (pool-per-tenant, shared, shared with
+ * inlineSwitch, shared with inlineSwitch and maxSwitchedConnections: 2, and shared with inlineSwitch
+ * and resetSession), through the ledger app (scripts/ledger.ts) with `tenancy.errorHandler()`:
  *
  * (a) Server outage. Tenants `p1..p4` live on a private MariaDB started by this script
  *     (scripts/private-mariadb.ts, port 3308 or a free one; the system server is never stopped) and
@@ -41,7 +41,7 @@ const ACQUIRE_MS = 1_000;
 const FAIL_FAST_SLACK_MS = 1_500;
 const CONCURRENCY = 16;
 const SIGNALS: ('SIGTERM' | 'SIGKILL')[] = SHORT ? ['SIGTERM'] : ['SIGTERM', 'SIGKILL'];
-const STRATEGIES = ['pool-per-tenant', 'shared', 'shared-inline', 'shared-tuned'] as const;
+const STRATEGIES = ['pool-per-tenant', 'shared', 'shared-inline', 'shared-tuned', 'shared-reset'] as const;
 type Strategy = (typeof STRATEGIES)[number];
 
 const PREFIX = 'ot_faults_';
@@ -50,7 +50,10 @@ const MAIN_TENANTS = ['m1', 'm2'];
 const DROP_TENANTS = ['d1', 'd2', 'd3', 'd4'];
 const DROPPED = 'd2';
 const dbName = (tenant: string) => `${PREFIX}${tenant}`;
-const LOAD_MIX = mix({ list: 35, get: 20, balance: 10, write: 20, txWrite: 15 });
+const LOAD_WEIGHTS = { list: 35, get: 20, balance: 10, write: 20, txWrite: 15 };
+/** `session` requests (another tenant's user variable is a leak) where a clean session per tenant is promised. */
+const loadMix = (strategy: Strategy) =>
+  mix(strategy === 'pool-per-tenant' || strategy === 'shared-reset' ? { ...LOAD_WEIGHTS, session: 8 } : LOAD_WEIGHTS);
 
 let unhandled = 0;
 const unhandledSamples: string[] = [];
@@ -83,6 +86,7 @@ function tenancyOptions(strategy: Strategy, servers: Servers, tenants: readonly 
       strategy: 'shared',
       inlineSwitch: strategy !== 'shared',
       ...(strategy === 'shared-tuned' ? { maxSwitchedConnections: 2 } : {}),
+      resetSession: strategy === 'shared-reset',
       servers: {
         private: { client: 'mysql2', connection: { ...servers.privateConnection, connectTimeout: ACQUIRE_MS }, pool: { max: 8 } },
         main: { client: 'mysql2', connection: { ...servers.mainConnection, connectTimeout: ACQUIRE_MS }, pool: { max: 8 } },
@@ -158,12 +162,13 @@ async function startLoad(strategy: Strategy, servers: Servers, tenants: readonly
   });
   const http = await listen(app);
   const client = new LedgerClient(http.url, label, CONCURRENCY);
+  const nextKind = loadMix(strategy);
   const outcomes: Outcome[] = [];
   let running = true;
   const workers = Array.from({ length: CONCURRENCY }, async () => {
     while (running) {
       const tenant = tenants[Math.floor(Math.random() * tenants.length)]!;
-      outcomes.push(await client.send(LOAD_MIX(), tenant));
+      outcomes.push(await client.send(nextKind(), tenant));
     }
   });
   return {

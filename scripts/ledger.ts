@@ -121,6 +121,17 @@ export function ledgerApp(options: LedgerAppOptions): express.Express {
     res.json({ tenant: (info as { tenant_id: string }).tenant_id, total: Number((sum as unknown as { total: unknown }).total) });
   }));
 
+  // Session state: what the last request on this connection left in a user variable (null, or this
+  // tenant's own when the connection stays with it), then claims it for this tenant.
+  app.get('/session', route(async (_req, res) => {
+    const knex = Person.knex();
+    const [rows] = await knex.raw('select @ledger_owner as seen, (select tenant_id from tenant_info limit 1) as tenant');
+    const { seen, tenant } = (rows as { seen: string | null; tenant: string }[])[0]!;
+    await randomPause();
+    await knex.raw('set @ledger_owner = ?', [tenant]);
+    res.json({ tenant, seen });
+  }));
+
   app.post('/people', route(async (req, res) => {
     const entry = entryOf(req.body);
     await randomPause();
@@ -184,7 +195,8 @@ export type RequestKind =
   | 'txFail' // POST /people/tx with fail: two inserts, then a throw: 409, all rolled back
   | 'abort' // GET /people?slow: the client hangs up after a few ms
   | 'unknownTenant' // a valid tenant id nobody has: 404
-  | 'invalidTenant'; // a malformed tenant id: 400
+  | 'invalidTenant' // a malformed tenant id: 400
+  | 'session'; // GET /session: a user variable left by another tenant is a leak (resetSession, or a pool per tenant)
 
 /** The statuses a healthy app answers each kind with (0: the client aborted). */
 export const EXPECTED: Readonly<Record<RequestKind, readonly number[]>> = {
@@ -199,6 +211,7 @@ export const EXPECTED: Readonly<Record<RequestKind, readonly number[]>> = {
   abort: [0, 200],
   unknownTenant: [404],
   invalidTenant: [400],
+  session: [200],
 };
 
 /** Picks a kind from weights. */
@@ -296,6 +309,9 @@ export class LedgerClient {
       case 'get':
         path = `/people/${1 + Math.floor(Math.random() * SEED_ROWS)}`;
         break;
+      case 'session':
+        path = '/session';
+        break;
       case 'balance':
         path = '/balance';
         break;
@@ -373,6 +389,10 @@ export class LedgerClient {
 
   #holdsOtherTenant(kind: RequestKind, tenant: string, text: string): boolean {
     if (kind === 'balance') return (JSON.parse(text) as { tenant: string }).tenant !== tenant;
+    if (kind === 'session') {
+      const body = JSON.parse(text) as { tenant: string; seen: string | null };
+      return body.tenant !== tenant || (body.seen !== null && body.seen !== tenant);
+    }
     const body = JSON.parse(text) as { name: string } | { name: string }[];
     const rows = Array.isArray(body) ? body : [body];
     return rows.length === 0 || rows.some((row) => !row.name.startsWith(`${tenant}-`));

@@ -5,19 +5,24 @@
  * transactions that throw after their writes (409, all rolled back), bad ids (400/404), unknown and
  * malformed tenants (404/400), and requests the client hangs up on.
  *
- * Checks, per strategy: no response holds another tenant's row; every answer is the one a healthy app
- * gives (no 5xx, also none answered to a client that already hung up); every tenant's sum of amounts
+ * Checks, per strategy: no response holds another tenant's row (nor, for pool-per-tenant and
+ * shared-reset, which also send `session` requests, a user variable another tenant set on the
+ * connection); every answer is the one a healthy app gives (no 5xx, also none answered to a client
+ * that already hung up); every tenant's sum of amounts
  * equals the sum acknowledged to it, every acknowledged write is there and nothing rolled back is; no
  * unhandled rejection; no lease left when the load ends.
  * Negative control: a shorter run against the deliberately broken global-variable tenancy
- * (test/helpers/broken-tenancy.ts) must report leaks, or the check could not have caught one.
+ * (test/helpers/broken-tenancy.ts) must report leaks, or the check could not have caught one. With
+ * shared-reset, a second one: `session` requests on the shared strategy without resetSession must
+ * see another tenant's user variable.
  *
  * The databases (`ot_soak_s1`...) are created at the start and dropped at the end.
  *
  * Run: `npm run soak`. Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test), SOAK_REQUESTS
  * (100000 per strategy), SOAK_TENANTS (50), SOAK_CONCURRENCY (64), SOAK_NEGATIVE_REQUESTS (5000),
- * SOAK_STRATEGIES (pool-per-tenant,shared; also shared-inline, and shared-tuned: inlineSwitch with
- * maxSwitchedConnections 2, which only binds with more than 256 tenants, e.g. SOAK_TENANTS=1000), SOAK_MAX_CONNECTIONS (40: the pool-per-tenant budget), SOAK_SKIP
+ * SOAK_STRATEGIES (pool-per-tenant,shared; also shared-inline, shared-tuned: inlineSwitch with
+ * maxSwitchedConnections 2, which only binds with more than 256 tenants, e.g. SOAK_TENANTS=1000, and
+ * shared-reset: inlineSwitch with resetSession), SOAK_MAX_CONNECTIONS (40: the pool-per-tenant budget), SOAK_SKIP
  * (request kinds to leave out, e.g. `abort`), SOAK_TIME_LIMIT_S (900 per strategy) and SOAK_MAX_UNEXPECTED
  * (1000): a run that stalls or keeps failing stops there, and fails.
  * Ends with one line `RESULT {"requests": N, "leaks": 0, "lost_writes": 0, "negative_control_leaks": M, ...}`,
@@ -50,7 +55,7 @@ const NEGATIVE_REQUESTS = intEnv('SOAK_NEGATIVE_REQUESTS', 5_000);
 const MAX_CONNECTIONS = intEnv('SOAK_MAX_CONNECTIONS', 40);
 const TIME_LIMIT_S = intEnv('SOAK_TIME_LIMIT_S', 900);
 const MAX_UNEXPECTED = intEnv('SOAK_MAX_UNEXPECTED', 1000);
-type Strategy = 'pool-per-tenant' | 'shared' | 'shared-inline' | 'shared-tuned';
+type Strategy = 'pool-per-tenant' | 'shared' | 'shared-inline' | 'shared-tuned' | 'shared-reset';
 const STRATEGIES = (process.env.SOAK_STRATEGIES ?? 'pool-per-tenant,shared').split(',').map((s) => s.trim()) as Strategy[];
 const PREFIX = 'ot_soak_';
 const TENANTS = Array.from({ length: TENANT_COUNT }, (_, i) => `s${i + 1}`);
@@ -60,7 +65,7 @@ const dbName = (tenant: string) => `${PREFIX}${tenant}`;
 const SKIP = new Set((process.env.SOAK_SKIP ?? '').split(',').map((s) => s.trim()).filter(Boolean));
 const without = <T extends Record<string, number>>(weights: T): T =>
   Object.fromEntries(Object.entries(weights).map(([kind, w]) => [kind, SKIP.has(kind) ? 0 : w])) as T;
-const SOAK_MIX = mix(without({
+const WEIGHTS = {
   list: 28,
   get: 18,
   balance: 8,
@@ -72,13 +77,19 @@ const SOAK_MIX = mix(without({
   abort: 4,
   unknownTenant: 3,
   invalidTenant: 2,
-}));
+};
+/**
+ * `session` requests (a user variable left by another tenant is a leak) go only to strategies that
+ * promise a clean session per tenant: a pool per tenant, and shared with `resetSession`.
+ */
+const soakMix = (strategy: Strategy) =>
+  mix(without(strategy === 'pool-per-tenant' || strategy === 'shared-reset' ? { ...WEIGHTS, session: 6 } : { ...WEIGHTS, session: 0 }));
 // The broken tenancy has no implicit transactions (its queries ignore the one open), so its run sticks
 // to reads and single writes: enough to show that the check sees leaks.
 const NEGATIVE_MIX = mix({ list: 40, get: 25, balance: 10, write: 25 });
 
 for (const strategy of STRATEGIES) {
-  if (!['pool-per-tenant', 'shared', 'shared-inline', 'shared-tuned'].includes(strategy)) throw new TypeError(`SOAK_STRATEGIES: unknown strategy "${strategy}"`);
+  if (!['pool-per-tenant', 'shared', 'shared-inline', 'shared-tuned', 'shared-reset'].includes(strategy)) throw new TypeError(`SOAK_STRATEGIES: unknown strategy "${strategy}"`);
 }
 
 let unhandled = 0;
@@ -100,6 +111,7 @@ function tenancyOptions(strategy: Strategy): TenancyOptions {
       strategy: 'shared',
       inlineSwitch: strategy !== 'shared',
       ...(strategy === 'shared-tuned' ? { maxSwitchedConnections: 2 } : {}),
+      resetSession: strategy === 'shared-reset',
       servers: { main: { client: 'mysql2', connection: server, pool: { max: 16 } } },
       locate: (id) => ({ server: 'main', database: dbName(id) }),
       tenantExists,
@@ -165,7 +177,13 @@ async function settleLeases(tenancy: Tenancy): Promise<number> {
   return tenancy.stats().leases;
 }
 
-async function soak(strategy: Strategy, admin: Knex): Promise<RunReport> {
+/**
+ * One strategy under the soak mix. `sessionControl`: instead, only `session` requests, NEGATIVE_REQUESTS
+ * of them, on the shared strategy without resetSession: the negative control of the session check
+ * (it must see another tenant's user variable).
+ */
+async function soak(strategy: Strategy, admin: Knex, sessionControl = false): Promise<RunReport> {
+  const requests = sessionControl ? NEGATIVE_REQUESTS : REQUESTS;
   await resetSchemas();
   const tenancy = createTenancy(tenancyOptions(strategy));
   const internal: string[] = [];
@@ -186,25 +204,26 @@ async function soak(strategy: Strategy, admin: Knex): Promise<RunReport> {
     onInternalError: onError,
   });
   const server = await listen(app);
-  const label = `soak-${strategy}`;
+  const label = sessionControl ? 'soak-shared-session-control' : `soak-${strategy}`;
   const client = new LedgerClient(server.url, label, CONCURRENCY);
-  const timer = progress(label, client, REQUESTS, tenancy);
+  const timer = progress(label, client, requests, tenancy);
   const started = performance.now();
   const deadline = started + TIME_LIMIT_S * 1000;
+  const nextKind = sessionControl ? mix({ session: 1 }) : soakMix(strategy);
   let stoppedEarly = false;
   try {
-    await load(REQUESTS, CONCURRENCY, async () => {
+    await load(requests, CONCURRENCY, async () => {
       if (performance.now() > deadline || client.unexpected > MAX_UNEXPECTED) {
         stoppedEarly = true;
         return;
       }
-      await client.send(SOAK_MIX(), TENANTS[Math.floor(Math.random() * TENANTS.length)]!);
+      await client.send(nextKind(), TENANTS[Math.floor(Math.random() * TENANTS.length)]!);
     });
   } finally {
     clearInterval(timer);
   }
   if (stoppedEarly) {
-    console.error(`${label}: stopped early (SOAK_TIME_LIMIT_S=${TIME_LIMIT_S}, SOAK_MAX_UNEXPECTED=${MAX_UNEXPECTED}) with ${client.requests} of ${REQUESTS} requests sent`);
+    console.error(`${label}: stopped early (SOAK_TIME_LIMIT_S=${TIME_LIMIT_S}, SOAK_MAX_UNEXPECTED=${MAX_UNEXPECTED}) with ${client.requests} of ${requests} requests sent`);
   }
   const seconds = (performance.now() - started) / 1000;
   const leasesLeft = await settleLeases(tenancy);
@@ -214,7 +233,7 @@ async function soak(strategy: Strategy, admin: Knex): Promise<RunReport> {
   await server.close();
   await tenancy.destroy();
   return {
-    label: strategy,
+    label: sessionControl ? 'shared without resetSession, session requests only (negative control)' : strategy,
     requests: client.requests,
     seconds,
     perSecond: client.requests / seconds,
@@ -302,6 +321,7 @@ async function main(): Promise<void> {
   let mariadb = 'unknown';
   const runs: RunReport[] = [];
   let negative: RunReport | undefined;
+  let sessionNegative: RunReport | undefined;
   try {
     const [rows] = await admin.raw('select version() as v');
     mariadb = (rows as { v: string }[])[0]!.v;
@@ -311,6 +331,7 @@ async function main(): Promise<void> {
     }, 2);
     for (const strategy of STRATEGIES) runs.push(await soak(strategy, admin));
     negative = await negativeControl(admin);
+    if (STRATEGIES.includes('shared-reset')) sessionNegative = await soak('shared', admin, true);
   } finally {
     await eachTenant((tenant) => admin.raw('drop database if exists ??', [dbName(tenant)]).then(() => undefined), 2).catch((error: unknown) => {
       console.error('dropping the soak databases failed:', error);
@@ -322,6 +343,7 @@ async function main(): Promise<void> {
   console.log(`Node ${process.version}, MariaDB ${mariadb}; load average ${loadBefore} before, ${loadAverage()} after`);
   for (const run of runs) printRun(run);
   printRun(negative);
+  if (sessionNegative !== undefined) printRun(sessionNegative);
   console.log(`\nunhandled rejections ${unhandled}; process warnings ${JSON.stringify(Object.fromEntries(warnings))}`);
   for (const sample of unhandledSamples) console.log(`  unhandled: ${sample}`);
 
@@ -344,6 +366,8 @@ async function main(): Promise<void> {
     strategies: runs.map((r) => r.label),
     requests_per_second: Object.fromEntries(runs.map((r) => [r.label, Math.round(r.perSecond)])),
     negative_control_requests: negative.requests,
+    // With shared-reset: the session check's own negative control (shared, no resetSession).
+    session_negative_control_leaks: sessionNegative?.leaks ?? null,
   };
   const failed =
     result.leaks > 0 ||
@@ -356,7 +380,8 @@ async function main(): Promise<void> {
     result.stopped_early ||
     result.unhandled_rejections > 0 ||
     result.leases_left > 0 ||
-    result.negative_control_leaks === 0;
+    result.negative_control_leaks === 0 ||
+    result.session_negative_control_leaks === 0;
   console.log(failed ? '\nSOAK FAILED' : '\nsoak passed');
   console.log(`RESULT ${JSON.stringify(result)}`);
   // A run with kinds left out, or with other strategies, is not the soak of record: it gets its own file.
