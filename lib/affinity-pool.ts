@@ -8,6 +8,8 @@ type RawConnection = {
   query(sql: string, callback: (error: unknown) => void): unknown;
   /** COM_RESET_CONNECTION (mysql2). */
   reset?(callback: (error: unknown) => void): unknown;
+  /** The server status flags of the last statement's answer (mysql2). */
+  serverStatus?: number;
   __knexUid?: string;
 };
 
@@ -26,6 +28,8 @@ interface Slot {
   tenant: string | undefined;
   /** Its session could not be reset: closed when released, never handed out again. */
   broken: boolean;
+  /** Whether its session was in autocommit mode once set up (only then is an open transaction a leftover). */
+  autocommit: boolean;
   idleSince: number;
 }
 
@@ -86,6 +90,11 @@ export interface AffinityPoolStats {
   coldWaits: number;
   /** resetSession: sessions reset because their connection passed to another tenant. */
   resets: number;
+  /**
+   * Connections given back inside a transaction (a raw `BEGIN` never committed) or with autocommit
+   * turned off: closed rather than handed to the next tenant, so the server rolls back.
+   */
+  openTransactionsClosed: number;
 }
 
 // How far down the wait queue a released connection looks for a waiter on its own database:
@@ -116,7 +125,8 @@ export class AffinityPool implements SwitchState {
   /** With `maxSwitched`: the databases used last, least recent first (the warm ones). */
   readonly #recent: Map<string, undefined> | undefined;
   #closed = false;
-  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0, coldWaits: 0, resets: 0 };
+  #warnedOpenTransaction = false;
+  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0, coldWaits: 0, resets: 0, openTransactionsClosed: 0 };
 
   constructor(client: Knex.Client, options: AffinityPoolOptions) {
     this.#client = client;
@@ -170,6 +180,7 @@ export class AffinityPool implements SwitchState {
     }
     // A switch never sent leaves the connection where it was.
     slot.pending = undefined;
+    if (!this.#closed && !slot.broken && slot.autocommit && leftTransactional(conn) && this.#valid(conn)) this.#leftInTransaction(slot, tenantId);
     if (this.#closed || slot.broken || !this.#valid(conn)) {
       this.#destroy(slot);
       this.#pump();
@@ -360,11 +371,30 @@ export class AffinityPool implements SwitchState {
         slot.conn.reset((error) => (error ? reject(error) : resolve()));
       });
       await this.#setUp(slot.conn);
+      slot.autocommit = autocommitOn(slot.conn);
     } catch (error) {
       slot.broken = true;
       this.release(slot.conn);
       throw new TenantUnavailableError(tenantId, { cause: error, reason: 'its connection could not be reset for it' });
     }
+  }
+
+  /**
+   * A connection given back inside a transaction (a raw `BEGIN` never committed; knex's own
+   * transactions end before they give their connection back), or with `autocommit` turned off, would
+   * run the next tenant's statements in a transaction nobody commits: it is closed instead, and the
+   * server rolls back. A session set up with autocommit off (`afterCreate`) is left alone.
+   */
+  #leftInTransaction(slot: Slot, tenantId: string | undefined): void {
+    slot.broken = true;
+    this.#counters.openTransactionsClosed++;
+    if (this.#warnedOpenTransaction) return;
+    this.#warnedOpenTransaction = true;
+    process.emitWarning(
+      `objection-tenancy: a connection of tenant "${tenantId ?? '?'}" came back to the shared pool inside a transaction ` +
+        '(a raw BEGIN never committed, or autocommit turned off); it was closed, so the server rolled back. Use knex transactions.',
+      'TenantOpenTransactionWarning',
+    );
   }
 
   /** The server's `pool.afterCreate`, outside any tenant scope (it sets up a connection every tenant will use). */
@@ -408,7 +438,7 @@ export class AffinityPool implements SwitchState {
     }
     this.#creating--;
     this.#counters.created++;
-    const slot: Slot = { conn, db: undefined, pending: undefined, switched: permit, tenant: tenantId, broken: false, idleSince: Date.now() };
+    const slot: Slot = { conn, db: undefined, pending: undefined, switched: permit, tenant: tenantId, broken: false, autocommit: autocommitOn(conn), idleSince: Date.now() };
     if (this.#options.inlineSwitch) guardPendingSwitch(slot);
     this.#slots.set(conn, slot);
     this.#owner.set(conn, tenantId);
@@ -536,6 +566,21 @@ function guardPendingSwitch(slot: Slot): void {
     }
     return query.apply(this, args);
   };
+}
+
+// mysql2's server status flags (SERVER_STATUS_IN_TRANS, SERVER_STATUS_AUTOCOMMIT), as of the last answer.
+const IN_TRANS = 0x1;
+const AUTOCOMMIT = 0x2;
+
+/** Inside a transaction, or with autocommit turned off (so that the next statement would open one). */
+function leftTransactional(conn: RawConnection): boolean {
+  const status = conn.serverStatus ?? 0;
+  return (status & IN_TRANS) !== 0 || (status & AUTOCOMMIT) === 0;
+}
+
+/** With autocommit off (a server default some setups choose), every statement opens a transaction: not a leftover. */
+function autocommitOn(conn: RawConnection): boolean {
+  return ((conn.serverStatus ?? 0) & AUTOCOMMIT) !== 0;
 }
 
 function mapSwitchError(tenantId: string, error: unknown): Error {

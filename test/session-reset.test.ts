@@ -11,6 +11,7 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
+import mysql from 'mysql2/promise';
 import { createTenancy, tryCurrentTenantId, TenantUnavailableError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 
@@ -249,6 +250,103 @@ describe('shared strategy, session state between tenants', { skip: skipMysql }, 
       assert.ok(tenancy!.stats().servers!.main!.resets > 0);
       await tenancy!.destroy();
     }
+  });
+
+  describe('a transaction left open on a shared connection', () => {
+    const markers = async (t: string) => (await admin.withSchema(db(t)).from('marker').pluck('tenant_id')) as string[];
+    const cleanMarkers = async () => {
+      for (const t of ['a', 'b']) await admin.withSchema(db(t)).from('marker').whereNot('tenant_id', t).delete();
+    };
+    // One raw string (inlineSwitch turns on multipleStatements): a pooled connection could not be
+    // relied on to keep a transaction across two statements anyway.
+    const leaveOpen = () => tenancy!.runWithTenant('a', () => raw("begin; insert into marker values ('a-uncommitted')"));
+    const writeB = () => tenancy!.runWithTenant('b', () => raw("insert into marker values ('b-row')"));
+
+    it('negative control: on one connection, the next tenant\'s write lands in the open transaction, uncommitted', async () => {
+      await cleanMarkers();
+      const conn = await mysql.createConnection({ ...server });
+      try {
+        await conn.query(`use ${db('a')}`);
+        await conn.query('begin');
+        await conn.query("insert into marker values ('a-uncommitted')");
+        await conn.query(`use ${db('b')}`);
+        await conn.query("insert into marker values ('b-row')");
+        assert.deepEqual(await markers('b'), ['b'], "b's acknowledged write is not committed: it is in a's transaction");
+      } finally {
+        await conn.end();
+      }
+      assert.deepEqual(await markers('a'), ['a']);
+      assert.deepEqual(await markers('b'), ['b']);
+    });
+
+    for (const resetSession of [false, true]) {
+      it(`the connection is closed, the transaction rolled back, and the next tenant writes on its own${resetSession ? ' (resetSession)' : ''}`, async () => {
+        await cleanMarkers();
+        const warnings: string[] = [];
+        const onWarning = (warning: Error) => {
+          if (warning.name === 'TenantOpenTransactionWarning') warnings.push(warning.message);
+        };
+        process.on('warning', onWarning);
+        try {
+          open({ resetSession, inlineSwitch: true });
+          await leaveOpen();
+          await writeB();
+          assert.deepEqual((await markers('b')).sort(), ['b', 'b-row'], "b's write is committed");
+          assert.deepEqual(await markers('a'), ['a'], "a's uncommitted insert was rolled back");
+          const stats = tenancy!.stats().servers!.main!;
+          assert.equal(stats.openTransactionsClosed, 1);
+          assert.equal(stats.destroyed, 1);
+          await new Promise((resolve) => setImmediate(resolve));
+          assert.equal(warnings.length, 1);
+          assert.match(warnings[0]!, /tenant "a".*inside a transaction/);
+        } finally {
+          process.off('warning', onWarning);
+        }
+      });
+    }
+
+    it('a connection whose autocommit was turned off is closed too: later writes, its own or the next tenant\'s, commit', async () => {
+      await cleanMarkers();
+      open();
+      await tenancy!.runWithTenant('a', async () => {
+        await raw('set autocommit = 0');
+        await raw("insert into marker values ('a-later')");
+      });
+      await writeB();
+      assert.deepEqual((await markers('a')).sort(), ['a', 'a-later']);
+      assert.deepEqual((await markers('b')).sort(), ['b', 'b-row']);
+      const stats = tenancy!.stats().servers!.main!;
+      assert.equal(stats.openTransactionsClosed, 1);
+      assert.equal(stats.created, 2);
+    });
+
+    it('knex transactions, savepoints and rollbacks never trip it, nor does a server with autocommit off', async () => {
+      await cleanMarkers();
+      open({ inlineSwitch: true });
+      for (const t of ['a', 'b', 'a']) {
+        await tenancy!.runWithTenant(t, () =>
+          tenancy!.knex().transaction(async (trx) => {
+            await trx.raw('select 1');
+            await trx.transaction(async (inner) => {
+              await inner.raw('select 2');
+              throw new Error('roll back the savepoint');
+            }).catch(() => undefined);
+          }),
+        );
+        await assert.rejects(tenancy!.runWithTenant(t, () => tenancy!.knex().transaction(async () => {
+          throw new Error('roll back');
+        })));
+      }
+      let stats = tenancy!.stats().servers!.main!;
+      assert.equal(stats.openTransactionsClosed, 0);
+      assert.equal(stats.destroyed, 0);
+      await tenancy!.destroy();
+      open({ afterCreate: (conn, done) => conn.query('set autocommit = 0', (error: unknown) => done(error)) });
+      for (const t of ['a', 'b', 'a', 'b']) assert.equal((await look(t)).m, t);
+      stats = tenancy!.stats().servers!.main!;
+      assert.equal(stats.openTransactionsClosed, 0, 'with autocommit off every statement opens a transaction: not a leftover');
+      assert.equal(stats.created, 1);
+    });
   });
 
   it('resetSession is validated and applies to the shared strategy only', () => {
