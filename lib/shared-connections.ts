@@ -78,6 +78,9 @@ export class SharedConnections implements TenantConnections {
 
   constructor(options: SharedConnectionsOptions) {
     this.#options = options;
+    // resetSession needs the driver's COM_RESET_CONNECTION: fail at createTenancy(), not at the
+    // first change of tenant under load.
+    if (options.resetSession) for (const key of Object.keys(options.servers)) checkResetSupport(this.#server(key, '').knex, key);
   }
 
   async lease(tenantId: string): Promise<TenantLease> {
@@ -246,4 +249,11 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
   Object.setPrototypeOf(handle, base);
   handle.context = context;
   return handle;
+}
+
+function checkResetSupport(knex: Knex, key: string): void {
+  const driver = (knex.client as { driver?: { Connection?: { prototype?: { reset?: unknown } } } }).driver;
+  if (typeof driver?.Connection?.prototype?.reset !== 'function') {
+    throw new TypeError(`createTenancy: options.resetSession needs mysql2 3.22 or later (connection.reset(), COM_RESET_CONNECTION) for servers.${key}`);
+  }
 }

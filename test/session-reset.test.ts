@@ -352,5 +352,13 @@ describe('shared strategy, session state between tenants', { skip: skipMysql }, 
   it('resetSession is validated and applies to the shared strategy only', () => {
     assert.throws(() => createTenancy({ knexConfig: () => ({ client: 'mysql2' }), resetSession: true } as TenancyOptions), /resetSession applies to strategy 'shared' only/);
     assert.throws(() => open({ resetSession: 'yes' as unknown as boolean }), /resetSession must be a boolean/);
+    // A driver without connection.reset() (mysql2 before 3.22): refused when the tenancy is created.
+    const oldDriver = (config: Knex.Config) => {
+      const knex = knexFactory(config);
+      (knex.client as { driver: unknown }).driver = { Connection: class {} };
+      return knex;
+    };
+    assert.throws(() => open({ resetSession: true, createKnex: oldDriver }), /resetSession needs mysql2 3\.22 or later .*servers\.main/);
+    open({ resetSession: false, createKnex: oldDriver });
   });
 });
