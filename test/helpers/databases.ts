@@ -103,8 +103,10 @@ export function mysqlBackend(label: string, poolMax = 4): Backend {
 
 /**
  * MariaDB through the shared strategy: one pool of `poolMax` connections, `USE` per tenant (with
- * `inlineSwitch`, sent in the same round trip as the next statement, and at most one connection at
- * once serving a tenant the pool has not used lately: `maxSwitchedConnections: 1`).
+ * `inlineSwitch`, every shared option on: the switch sent in the same round trip as the next
+ * statement, at most one connection at once serving a tenant the pool has not used lately
+ * (`maxSwitchedConnections: 1`), and the session reset when a connection changes tenant
+ * (`resetSession`)).
  */
 export function mysqlSharedBackend(label: string, poolMax = 3, inlineSwitch = false): Backend {
   const backend = mysqlBackend(label, poolMax);
@@ -116,7 +118,7 @@ export function mysqlSharedBackend(label: string, poolMax = 3, inlineSwitch = fa
     connectionOptions: () => ({
       strategy: 'shared',
       inlineSwitch,
-      ...(inlineSwitch ? { maxSwitchedConnections: 1 } : {}),
+      ...(inlineSwitch ? { maxSwitchedConnections: 1, resetSession: true } : {}),
       servers: { main: { client: 'mysql2', connection: server, pool: { max: poolMax } } },
       locate: (id: string) => ({ server: 'main', database: `ot_${label}_${id}`.replace(/-/g, '_') }),
     }),
