@@ -147,6 +147,8 @@ function scaleGroup(): Group {
   add('budget_ratio_zipf', 'pool per tenant + budget, Zipf', true);
   add('recipe_ratio_uniform', 'recipe (knex per tenant), uniform', false, 'recipe_error_rate_uniform');
   add('recipe_ratio_zipf', 'recipe (knex per tenant), Zipf', false, 'recipe_error_rate_zipf');
+  add('orm_qualified_ratio_uniform', 'plain knex, no switch at all (bound), uniform', false);
+  add('orm_qualified_ratio_zipf', 'plain knex, no switch at all (bound), Zipf', false);
   add('server_spread_ratio_uniform', 'raw SQL, all dbs vs one (server), uniform', false);
   add('server_spread_ratio_zipf', 'raw SQL, all dbs vs one (server), Zipf', false);
   group.footer = footer(file);

@@ -18,6 +18,10 @@
  *               server.
  *   shared-reset   shared-inline plus `resetSession: true`: a session reset (COM_RESET_CONNECTION, one
  *               round trip) each time a connection passes to another tenant: what that safety costs.
+ *   orm-qualified  a reference row, not a design: every tenant over one plain knex pool of 20 with no
+ *               `USE` at all, `Person.query(knex).withSchema(db).findById(row)`: the bound of a shared
+ *               pool that sends no switch (unsafe as it stands: an unqualified table would read the
+ *               connection's database).
  *   single      the baseline: ONE tenant database, a plain knex with a pool of 20, `Person.query(knex)`:
  *               single-tenant throughput over the same number of connections, in the same run.
  *   raw-one,    reference rows for the server alone: a raw mysql2 pool of 20, fully qualified `select`
@@ -97,7 +101,7 @@ const TENANTS_PER_ROUND_TRIP = 100;
 const SAMPLE_MS = 20;
 const LATENCY_CAPACITY = 8_000_000;
 
-const VARIANT_KEYS = ['single', 'shared', 'shared-inline', 'shared-tuned', 'shared-reset', 'budget', 'recipe', 'raw-one', 'raw-spread'] as const;
+const VARIANT_KEYS = ['single', 'shared', 'shared-inline', 'shared-tuned', 'shared-reset', 'budget', 'recipe', 'orm-qualified', 'raw-one', 'raw-spread'] as const;
 type VariantKey = (typeof VARIANT_KEYS)[number];
 const POPULARITIES = ['uniform', 'zipf'] as const;
 const ONLY_POPULARITY = process.env.BENCH_POPULARITY;
@@ -553,6 +557,17 @@ const CREATE: Record<VariantKey, () => Instance> = {
       close: () => knex.destroy(),
     };
   },
+  'orm-qualified'(): Instance {
+    // Every tenant over one plain pool with no USE at all: objection's `withSchema(db)` names the
+    // database in the SQL. Not a safe design (an unqualified table would read the connection's
+    // database), only the bound of one that sends no switch.
+    const knex = knexFactory({ ...serverConfig(), connection: connection(DATABASES[1]) });
+    return {
+      query: (tenant, row) => Person.query(knex).withSchema(DATABASES[tenant]!).findById(row),
+      cached: () => 0,
+      close: () => knex.destroy(),
+    };
+  },
   shared: () => sharedInstance(false),
   'shared-inline': () => sharedInstance(true),
   'shared-tuned': () => sharedInstance(true, MAX_SWITCHED),
@@ -954,6 +969,8 @@ async function main(): Promise<void> {
       budget_peak_connections: maxOf(all('budget').map((run) => run.peakConnections)) ?? null,
       budget_peak_tenant_threads: maxOf(all('budget').map((run) => run.peakTenantThreads)) ?? null,
       budget_heap_bytes_per_pool: round(maxOf(all('budget').map((run) => run.heapPerTenant)), 0),
+      orm_qualified_ratio_uniform: round(ratio('orm-qualified', 'uniform')),
+      orm_qualified_ratio_zipf: round(ratio('orm-qualified', 'zipf')),
       server_spread_ratio_uniform: round(ratio('raw-spread', 'uniform')),
       server_spread_ratio_zipf: round(ratio('raw-spread', 'zipf')),
     };
