@@ -439,6 +439,7 @@ export class AffinityPool implements SwitchState {
     this.#creating--;
     this.#counters.created++;
     const slot: Slot = { conn, db: undefined, pending: undefined, switched: permit, tenant: tenantId, broken: false, autocommit: autocommitOn(conn), idleSince: Date.now() };
+    trackSchemaChanges(slot);
     if (this.#options.inlineSwitch) guardPendingSwitch(slot);
     this.#slots.set(conn, slot);
     this.#owner.set(conn, tenantId);
@@ -566,6 +567,52 @@ function guardPendingSwitch(slot: Slot): void {
     }
     return query.apply(this, args);
   };
+}
+
+/**
+ * Keeps `slot.db` true to the server when a statement changes the session's database itself (a raw
+ * `USE` in application code): MariaDB and MySQL name the new database in the OK packet
+ * (`session_track_schema`, on by default) and mysql2 hands it over as `stateChanges.schema`. Without
+ * this, the pool would believe the connection still on its tenant's database and skip the next
+ * switch. In a batch (inlineSwitch), the last change counts, and the pending switch is settled here.
+ */
+function trackSchemaChanges(slot: Slot): void {
+  const conn = slot.conn as RawConnection & { query(...args: unknown[]): unknown };
+  const query = conn.query;
+  conn.query = function (this: unknown, ...args: unknown[]): unknown {
+    const last = args.length - 1;
+    const callback = args[last];
+    if (typeof callback === 'function') {
+      args[last] = function (this: unknown, error: unknown, result: unknown, ...rest: unknown[]): unknown {
+        const schema = error ? undefined : changedSchema(result);
+        if (schema !== undefined) {
+          slot.db = schema;
+          slot.pending = undefined;
+        }
+        return (callback as (...a: unknown[]) => unknown).call(this, error, result, ...rest);
+      };
+    }
+    return query.apply(this, args);
+  };
+}
+
+/**
+ * The database a statement's answer says the session moved to (the last one, for a batch), if any.
+ * Only mysql2's `ResultSetHeader`s (the answers of statements without rows) are read: a row, even one
+ * with a JSON column named `stateChanges`, never counts.
+ */
+function changedSchema(result: unknown): string | undefined {
+  if (!Array.isArray(result)) return headerSchema(result);
+  // A batch answers one entry per statement; a single SELECT, its rows (never headers).
+  let schema: string | undefined;
+  for (const part of result) schema = headerSchema(part) ?? schema;
+  return schema;
+}
+
+function headerSchema(value: unknown): string | undefined {
+  if (value === null || typeof value !== 'object' || value.constructor?.name !== 'ResultSetHeader') return undefined;
+  const schema = (value as { stateChanges?: { schema?: unknown } | null }).stateChanges?.schema;
+  return typeof schema === 'string' && schema !== '' ? schema : undefined;
 }
 
 // mysql2's server status flags (SERVER_STATUS_IN_TRANS, SERVER_STATUS_AUTOCOMMIT), as of the last answer.

@@ -349,6 +349,50 @@ describe('shared strategy, session state between tenants', { skip: skipMysql }, 
     });
   });
 
+  describe('a database changed by the application itself (a raw USE)', () => {
+    const marker = (t: string) => tenancy!.runWithTenant(t, async () => (await raw<{ d: string; m: string }>('select database() as d, (select tenant_id from marker) as m'))[0]!);
+
+    for (const inlineSwitch of [false, true]) {
+      it(`the pool follows the connection to the database it was moved to${inlineSwitch ? ' (inlineSwitch)' : ''}`, async () => {
+        open({ inlineSwitch });
+        assert.equal((await marker('a')).m, 'a');
+        // Tenant a's code moves its connection to b's database (a bug, or a report across databases).
+        await tenancy!.runWithTenant('a', () => raw(`use ${db('b')}`));
+        const before = tenancy!.stats().servers!.main!;
+        // Without tracking, the pool would believe the connection still on a's database: a would read b.
+        assert.deepEqual(await marker('a'), { d: db('a'), m: 'a' });
+        assert.deepEqual(await marker('b'), { d: db('b'), m: 'b' });
+        const after = tenancy!.stats().servers!.main!;
+        assert.equal(after.open, 1);
+        assert.equal(after.switches - before.switches, 2, 'a switched back to its database, then b switched again');
+      });
+    }
+
+    it('in a batch, the last USE counts (inlineSwitch)', async () => {
+      open({ inlineSwitch: true });
+      assert.equal((await marker('a')).m, 'a');
+      await tenancy!.runWithTenant('a', () => raw(`select 1; use ${db('c')}; select 2`));
+      const hits = tenancy!.stats().servers!.main!.affinityHits;
+      assert.deepEqual(await marker('c'), { d: db('c'), m: 'c' });
+      assert.equal(tenancy!.stats().servers!.main!.affinityHits - hits, 1, "c's query found the connection already on c's database");
+      assert.deepEqual(await marker('a'), { d: db('a'), m: 'a' });
+    });
+
+    it('a row with a column named stateChanges is not mistaken for a database change', async () => {
+      open();
+      assert.equal((await marker('a')).m, 'a');
+      // The row carries { schema: <b's database> } as an object, as a JSON column parsed by typeCast would.
+      const [rows] = await tenancy!.runWithTenant('a', () =>
+        tenancy!.knex().raw(`select json_object('schema', ?) as stateChanges`, [db('b')]).options({
+          typeCast: (field: { string(): string | null }, next: () => unknown) => JSON.parse(field.string() ?? 'null') ?? next(),
+        }),
+      );
+      assert.deepEqual((rows as { stateChanges: unknown }[])[0]!.stateChanges, { schema: db('b') });
+      // Mistaken for a USE, the pool would believe the connection on b's database and skip b's switch.
+      assert.deepEqual(await marker('b'), { d: db('b'), m: 'b' });
+    });
+  });
+
   it('resetSession is validated and applies to the shared strategy only', () => {
     assert.throws(() => createTenancy({ knexConfig: () => ({ client: 'mysql2' }), resetSession: true } as TenancyOptions), /resetSession applies to strategy 'shared' only/);
     assert.throws(() => open({ resetSession: 'yes' as unknown as boolean }), /resetSession must be a boolean/);
