@@ -30,6 +30,13 @@ interface Slot {
   broken: boolean;
   /** Whether its session was in autocommit mode once set up (only then is an open transaction a leftover). */
   autocommit: boolean;
+  /**
+   * qualifyTables: the connection has never had a current database (opened without one, never
+   * switched), so that a statement naming no database is refused by the server, not run elsewhere.
+   */
+  clean: boolean;
+  /** qualifyTables: the database of the tenant a clean connection serves in this acquire. */
+  target: string | undefined;
   idleSince: number;
 }
 
@@ -70,6 +77,11 @@ export interface AffinityPoolOptions {
   resetSession: boolean;
   /** The server's `pool.afterCreate`: run on each new connection, and again after each reset. */
   afterCreate: AfterCreate | undefined;
+  /**
+   * qualifyTables: new connections open with no current database and serve any tenant without a
+   * `USE` while they stay that way (the tenant's statements name its database; see inline-switch.ts).
+   */
+  cleanConnections: boolean;
 }
 
 /** Counters of one server's shared pool, as shown in `tenancy.stats().servers`. */
@@ -95,6 +107,10 @@ export interface AffinityPoolStats {
    * turned off: closed rather than handed to the next tenant, so the server rolls back.
    */
   openTransactionsClosed: number;
+  /** qualifyTables: acquires served by a connection with no current database (no `USE`). */
+  cleanHits: number;
+  /** qualifyTables: statements refused on such a connection ("No database selected"), sent again after a `USE`. */
+  qualifyRetries: number;
 }
 
 // How far down the wait queue a released connection looks for a waiter on its own database:
@@ -126,7 +142,7 @@ export class AffinityPool implements SwitchState {
   readonly #recent: Map<string, undefined> | undefined;
   #closed = false;
   #warnedOpenTransaction = false;
-  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0, coldWaits: 0, resets: 0, openTransactionsClosed: 0 };
+  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0, coldWaits: 0, resets: 0, openTransactionsClosed: 0, cleanHits: 0, qualifyRetries: 0 };
 
   constructor(client: Knex.Client, options: AffinityPoolOptions) {
     this.#client = client;
@@ -180,6 +196,7 @@ export class AffinityPool implements SwitchState {
     }
     // A switch never sent leaves the connection where it was.
     slot.pending = undefined;
+    slot.target = undefined;
     if (!this.#closed && !slot.broken && slot.autocommit && leftTransactional(conn) && this.#valid(conn)) this.#leftInTransaction(slot, tenantId);
     if (this.#closed || slot.broken || !this.#valid(conn)) {
       this.#destroy(slot);
@@ -208,6 +225,16 @@ export class AffinityPool implements SwitchState {
     return this.#options.inlineSwitch;
   }
 
+  /** qualifyTables: connections open with no current database (tenant handles then name theirs). */
+  get cleanConnectionsOn(): boolean {
+    return this.#options.cleanConnections;
+  }
+
+  /** True when tenant handles take part in switching (inlineSwitch, or qualifyTables' clean connections). */
+  get switchesInStatements(): boolean {
+    return this.#options.inlineSwitch || this.#options.cleanConnections;
+  }
+
   pendingSwitch(conn: unknown): string | undefined {
     return this.#slots.get(conn as RawConnection)?.pending;
   }
@@ -226,10 +253,23 @@ export class AffinityPool implements SwitchState {
     }
   }
 
+  /** qualifyTables: the tenant database a clean connection (no current database) serves now, if it is one. */
+  cleanTarget(conn: unknown): string | undefined {
+    const slot = this.#slots.get(conn as RawConnection);
+    return slot !== undefined && slot.clean ? slot.target : undefined;
+  }
+
+  /** qualifyTables: a statement was refused on a clean connection ("No database selected") and is sent again after a switch. */
+  noteQualifyRetry(): void {
+    this.#counters.qualifyRetries++;
+  }
+
   async switchNow(conn: unknown, tenantId: string): Promise<void> {
     const slot = this.#slots.get(conn as RawConnection);
-    if (slot === undefined || slot.pending === undefined) return;
-    const db = slot.pending;
+    const db = slot === undefined ? undefined : (slot.pending ?? (slot.clean ? slot.target : undefined));
+    if (slot === undefined || db === undefined) return;
+    // A pending switch was counted when it was decided; a clean connection's is decided here.
+    if (slot.pending === undefined) this.#counters.switches++;
     slot.pending = undefined;
     slot.db = undefined;
     try {
@@ -316,6 +356,7 @@ export class AffinityPool implements SwitchState {
   #takeFreeSlot(db: string, maySwitch: boolean): Slot | undefined {
     const same = this.#free.get(db);
     let slot = same?.pop();
+    if (slot === undefined && maySwitch && this.#options.cleanConnections) slot = this.#takeClean();
     if (slot === undefined && maySwitch) {
       // No free connection on this database: take the one idle longest (least likely to be wanted back).
       let oldest: Slot[] | undefined;
@@ -331,10 +372,33 @@ export class AffinityPool implements SwitchState {
     return slot;
   }
 
+  /** A free connection with no current database, if any (they are listed under `undefined`). */
+  #takeClean(): Slot | undefined {
+    const list = this.#free.get(undefined);
+    if (list === undefined) return undefined;
+    for (let i = list.length - 1; i >= 0; i--) {
+      const slot = list[i]!;
+      if (slot.clean) return list.splice(i, 1)[0];
+    }
+    return undefined;
+  }
+
   async #assign(slot: Slot, tenantId: string, db: string): Promise<RawConnection> {
     this.#claim(slot.conn, tenantId);
     const reset = this.#options.resetSession && slot.tenant !== undefined && slot.tenant !== tenantId;
     slot.tenant = tenantId;
+    if (slot.clean) {
+      // No database to leave: the tenant's statements name theirs, anything else is refused.
+      this.#counters.cleanHits++;
+      if (this.#cold(db)) {
+        slot.switched = true;
+        this.#switching++;
+      }
+      this.#touch(db);
+      if (reset) await this.#reset(slot, tenantId);
+      slot.target = db;
+      return slot.conn;
+    }
     if (slot.db === db) {
       this.#counters.affinityHits++;
       this.#touch(db);
@@ -421,28 +485,46 @@ export class AffinityPool implements SwitchState {
     if (permit) this.#switching++;
     this.#touch(db);
     this.#heldBy.set(tenantId, this.#held(tenantId) + 1);
-    let conn: RawConnection | undefined;
+    let slot: Slot | undefined;
     try {
       // Opened outside any scope: a socket's events run in the context it was created in, and this
       // connection will serve many tenants (DESIGN: never let pool internals carry a tenant).
-      conn = (await runInScopeSync(undefined, () => this.#client.acquireRawConnection())) as RawConnection;
+      const conn = (await runInScopeSync(undefined, () => this.#client.acquireRawConnection())) as RawConnection;
+      slot = {
+        conn,
+        db: undefined,
+        pending: undefined,
+        switched: permit,
+        tenant: tenantId,
+        broken: false,
+        autocommit: false,
+        clean: this.#options.cleanConnections,
+        target: undefined,
+        idleSince: Date.now(),
+      };
+      // Before afterCreate, so that a USE there is seen (the connection is then not clean).
+      trackSchemaChanges(slot);
       await this.#setUp(conn);
+      slot.autocommit = autocommitOn(conn);
     } catch (error) {
       this.#creating--;
       if (permit) this.#switching--;
       this.#unhold(tenantId);
-      if (conn !== undefined) await Promise.resolve(this.#client.destroyRawConnection(conn as never)).catch(() => undefined);
+      if (slot !== undefined) await Promise.resolve(this.#client.destroyRawConnection(slot.conn as never)).catch(() => undefined);
       this.#pump();
-      const reason = conn === undefined ? 'its database server refused a connection' : 'setting up a new connection (pool.afterCreate) failed';
+      const reason = slot === undefined ? 'its database server refused a connection' : 'setting up a new connection (pool.afterCreate) failed';
       throw new TenantUnavailableError(tenantId, { cause: error, reason });
     }
     this.#creating--;
     this.#counters.created++;
-    const slot: Slot = { conn, db: undefined, pending: undefined, switched: permit, tenant: tenantId, broken: false, autocommit: autocommitOn(conn), idleSince: Date.now() };
-    trackSchemaChanges(slot);
+    const conn = slot.conn;
     if (this.#options.inlineSwitch) guardPendingSwitch(slot);
     this.#slots.set(conn, slot);
     this.#owner.set(conn, tenantId);
+    if (slot.clean) {
+      slot.target = db;
+      return conn;
+    }
     if (this.#inline(slot, db)) return conn;
     try {
       await this.#use(slot, db);
@@ -454,6 +536,8 @@ export class AffinityPool implements SwitchState {
   }
 
   #use(slot: Slot, db: string): Promise<void> {
+    slot.clean = false;
+    slot.target = undefined;
     const sql = `USE \`${db.replace(/`/g, '``')}\``;
     return new Promise((resolve, reject) => {
       slot.conn.query(sql, (error) => {
@@ -588,6 +672,8 @@ function trackSchemaChanges(slot: Slot): void {
         if (schema !== undefined) {
           slot.db = schema;
           slot.pending = undefined;
+          slot.clean = false;
+          slot.target = undefined;
         }
         return (callback as (...a: unknown[]) => unknown).call(this, error, result, ...rest);
       };

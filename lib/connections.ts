@@ -44,6 +44,14 @@ export interface ConnectionOptions {
    * per change of tenant. Default false.
    */
   resetSession?: boolean;
+  /**
+   * 'shared' (MySQL/MariaDB): TenantModel queries name the tenant's database in their SQL
+   * (objection's `withSchema`), and connections that have never been switched (opened with no
+   * current database) serve them without a `USE`. Anything that names no database (raw SQL, joined
+   * tables) is refused there by the server ("No database selected") and sent again after a `USE`.
+   * Needs `servers[key].connection` without `database`. Default false.
+   */
+  qualifyTables?: boolean;
   /** 'shared': cap on cached tenant handles (a few hundred bytes each, no connection). Default 100 000. */
   maxTenants?: number;
   /** 'pool-per-tenant': cap on cached tenant pools; the least recently used is evicted beyond it. Default 50. */
@@ -95,6 +103,7 @@ export function createConnections(options: ConnectionOptions): { connections: Te
       inlineSwitch: options.inlineSwitch === true,
       maxSwitched: options.maxSwitchedConnections,
       resetSession: options.resetSession === true,
+      qualifyTables: options.qualifyTables === true,
       maxTenants: options.maxTenants ?? CONNECTION_DEFAULTS.maxTenants,
       createKnex,
       verify,

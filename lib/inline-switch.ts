@@ -20,11 +20,20 @@ export interface SwitchState {
   settleSwitch(conn: unknown, ok: boolean): void;
   /** Switches `conn` with a `USE` round trip of its own (for streams), if a switch is pending. */
   switchNow(conn: unknown, tenantId: string): Promise<void>;
+  /** qualifyTables: the tenant database `conn` serves with no current database of its own, if so. */
+  cleanTarget(conn: unknown): string | undefined;
+  /** qualifyTables: counts a statement sent again after a switch. */
+  noteQualifyRetry(): void;
 }
 
 type QueryObject = { sql: string; bindings?: unknown; options?: unknown; response?: [unknown, unknown] };
 type ClientQuery = (this: Knex.Client, conn: unknown, obj: QueryObject | string) => Promise<QueryObject>;
 type ClientStream = (this: Knex.Client, conn: unknown, obj: unknown, stream: unknown, options: unknown) => Promise<unknown>;
+
+/** ER_NO_DB_ERROR: a statement named a table without a database on a session that has none. */
+const NO_DATABASE_SELECTED = 1046;
+/** Functions that read the session's current database (NULL on a clean connection). */
+const CURRENT_DATABASE = /\b(?:database|schema)\s*\(/i;
 
 /** `USE \`db\`; ` for a database name the driver's placeholder formatting cannot touch, else undefined. */
 export function inlineUse(database: string): string | undefined {
@@ -44,6 +53,7 @@ export function installInlineSwitch(client: Record<string, unknown>, state: Swit
   const baseStream = client._stream as ClientStream;
 
   client._query = async function (this: Knex.Client, conn: unknown, input: QueryObject | string): Promise<QueryObject> {
+    if (state.cleanTarget(conn) !== undefined) return cleanQuery.call(this, conn, input);
     const database = state.pendingSwitch(conn);
     if (database === undefined) return baseQuery.call(this, conn, input);
     const obj: QueryObject = typeof input === 'string' ? { sql: input } : input;
@@ -64,6 +74,31 @@ export function installInlineSwitch(client: Record<string, unknown>, state: Swit
     obj.response = rows.length === 2 ? [rows[1], fields[1]] : [rows.slice(1), fields.slice(1)];
     return obj;
   };
+
+  /**
+   * qualifyTables, on a connection that has no current database: the statement goes as it is. A
+   * table it names without a database cannot resolve anywhere, so the server refuses it ("No
+   * database selected", before running anything); it is then sent again after a `USE`. `DATABASE()`
+   * and `SCHEMA()` would answer NULL there, and in a string of several statements an earlier one may
+   * have run: such statements are switched first.
+   */
+  async function cleanQuery(this: Knex.Client, conn: unknown, input: QueryObject | string): Promise<QueryObject> {
+    const sql = typeof input === 'string' ? input : input.sql;
+    // Several statements in one string (multipleStatements): the first may have run when a later one
+    // is refused, so such a string is switched first rather than sent twice.
+    if (CURRENT_DATABASE.test(sql) || sql.includes(';')) {
+      await state.switchNow(conn, tenantId);
+      return baseQuery.call(this, conn, input);
+    }
+    try {
+      return await baseQuery.call(this, conn, input);
+    } catch (error) {
+      if ((error as { errno?: unknown }).errno !== NO_DATABASE_SELECTED || state.cleanTarget(conn) === undefined) throw error;
+      state.noteQualifyRetry();
+      await state.switchNow(conn, tenantId);
+      return baseQuery.call(this, conn, input);
+    }
+  }
 
   // knex builds a transaction's client from the client's class prototype, not from this client, so
   // the `_query` above would not apply to its statements: a transaction switches when it takes its

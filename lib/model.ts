@@ -2,6 +2,7 @@ import { Model } from 'objection';
 import type { Knex } from 'knex';
 import { TenantContextMissingError, TenantMismatchError } from './errors';
 import { currentScope, globalState, runInScope, type TenantScope } from './scope';
+import { qualifiedDatabase } from './qualify-tables';
 
 // Objection's own typings do not describe the members overridden here (unsafeKnex, $$knex, the
 // untyped transaction overloads), so the mixin body works on loose types and the result keeps the
@@ -98,8 +99,15 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
     // objection is lazy, so the scope captured at creation is restored around execution.
     execute(): Promise<unknown> {
       const captured = this[CAPTURED];
-      if (captured !== undefined && currentScope() !== captured) return runInScope(captured, () => super.execute());
+      if (captured !== undefined && currentScope() !== captured) return runInScope(captured, () => this.#qualifiedExecute());
       if ((this as any).unsafeKnex() === null) return Promise.reject(missing((this as any).modelClass()));
+      return this.#qualifiedExecute();
+    }
+
+    // qualifyTables: a query through a tenant handle names the handle's database, unless it names one.
+    #qualifiedExecute(): Promise<unknown> {
+      const database = qualifiedDatabase((this as any).unsafeKnex());
+      if (database !== undefined && (this as any).internalOptions().schema === undefined) (this as any).withSchema(database);
       return super.execute();
     }
 

@@ -2,6 +2,7 @@ import type { Knex } from 'knex';
 import { AffinityPool, type AffinityPoolOptions, type AffinityPoolStats, type AfterCreate } from './affinity-pool';
 import { TenancyDestroyedError, TenantError, TenantUnavailableError } from './errors';
 import { installInlineSwitch } from './inline-switch';
+import { markQualified } from './qualify-tables';
 import type { PoolCacheStats, TenantConnections, TenantLease } from './pool-cache';
 
 /** Where a tenant lives: a server key of `options.servers` and the database name on it. */
@@ -25,6 +26,8 @@ export interface SharedConnectionsOptions {
   maxSwitched: number | undefined;
   /** Reset a connection's session when it passes to another tenant (`resetSession`). */
   resetSession: boolean;
+  /** Model queries name the tenant's database; never-switched connections serve them without `USE` (`qualifyTables`). */
+  qualifyTables: boolean;
   /** Cap on cached tenant handles (LRU); a handle is a few hundred bytes, no connection. */
   maxTenants: number;
   /** Builds the knex of a server. */
@@ -181,6 +184,8 @@ export class SharedConnections implements TenantConnections {
       maxSwitched: this.#options.maxSwitched ?? Infinity,
       warmDatabases: WARM_DATABASES,
       resetSession: this.#options.resetSession,
+      // A connection opened on a database is not clean; checkTenancyOptions refuses that combination.
+      cleanConnections: this.#options.qualifyTables && (config.connection as { database?: unknown }).database == null,
       afterCreate: (config.pool as { afterCreate?: AfterCreate } | undefined)?.afterCreate,
     };
     server = { knex, pool: new AffinityPool(knex.client, poolOptions) };
@@ -239,7 +244,7 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
   };
   // The server's pool outlives every handle.
   client.destroy = () => Promise.resolve();
-  if (server.pool.inlineSwitch) installInlineSwitch(client, server.pool, tenantId);
+  if (server.pool.switchesInStatements) installInlineSwitch(client, server.pool, tenantId);
   const context = Object.create(base.context) as { client: unknown; queryBuilder(): Knex.QueryBuilder };
   context.client = client;
   const handle = function (tableName?: string, options?: unknown) {
@@ -248,6 +253,7 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
   } as unknown as Knex & { context: unknown };
   Object.setPrototypeOf(handle, base);
   handle.context = context;
+  if (server.pool.cleanConnectionsOn) markQualified(handle, database);
   return handle;
 }
 

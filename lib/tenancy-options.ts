@@ -66,8 +66,16 @@ export function checkTenancyOptions(options: TenancyOptions): void {
       throw new TypeError("createTenancy: options.servers must map server keys to knex configs when strategy is 'shared'");
     }
     if (typeof options.locate !== 'function') throw new TypeError("createTenancy: options.locate must be a function (tenantId) => { server, database } when strategy is 'shared'");
-    for (const name of ['inlineSwitch', 'resetSession'] as const) {
+    for (const name of ['inlineSwitch', 'resetSession', 'qualifyTables'] as const) {
       if (options[name] !== undefined && typeof options[name] !== 'boolean') throw new TypeError(`createTenancy: options.${name} must be a boolean`);
+    }
+    if (options.qualifyTables === true) {
+      for (const [key, config] of Object.entries(options.servers)) {
+        const connection = config.connection as { database?: unknown } | null | undefined;
+        if (connection === null || typeof connection !== 'object' || connection.database != null) {
+          throw new TypeError(`createTenancy: options.qualifyTables needs servers.${key}.connection as an object without database (its connections must start on none)`);
+        }
+      }
     }
     if (options.inlineSwitch === true) {
       for (const [key, config] of Object.entries(options.servers)) {
@@ -78,8 +86,12 @@ export function checkTenancyOptions(options: TenancyOptions): void {
     }
   } else if (options.strategy !== undefined && options.strategy !== 'pool-per-tenant') {
     throw new TypeError("createTenancy: options.strategy must be 'pool-per-tenant' or 'shared'");
-  } else if (options.inlineSwitch === true || options.maxSwitchedConnections !== undefined || options.resetSession === true) {
-    const name = options.inlineSwitch === true ? 'inlineSwitch' : options.resetSession === true ? 'resetSession' : 'maxSwitchedConnections';
+  } else if (options.inlineSwitch === true || options.maxSwitchedConnections !== undefined || options.resetSession === true || options.qualifyTables === true) {
+    const name =
+      options.inlineSwitch === true ? 'inlineSwitch'
+      : options.resetSession === true ? 'resetSession'
+      : options.qualifyTables === true ? 'qualifyTables'
+      : 'maxSwitchedConnections';
     throw new TypeError(`createTenancy: options.${name} applies to strategy 'shared' only (a pool per tenant never switches databases)`);
   } else if (typeof options.knexConfig !== 'function') {
     throw new TypeError('createTenancy: options.knexConfig must be a function (tenantId) => knex config');

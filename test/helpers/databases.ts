@@ -33,7 +33,7 @@ export const skipMysql: string | undefined = mysqlProblem === undefined ? undefi
 
 /** One kind of tenant database: how to create, drop and connect to a tenant's database. */
 export interface Backend {
-  readonly name: 'sqlite' | 'mysql' | 'mysql-shared' | 'mysql-shared-inline';
+  readonly name: 'sqlite' | 'mysql' | 'mysql-shared' | 'mysql-shared-inline' | 'mysql-shared-qualified';
   readonly skip: string | undefined;
   knexConfig(tenantId: string): Knex.Config;
   createDatabase(tenantId: string): Promise<void>;
@@ -108,17 +108,18 @@ export function mysqlBackend(label: string, poolMax = 4): Backend {
  * (`maxSwitchedConnections: 1`), and the session reset when a connection changes tenant
  * (`resetSession`)).
  */
-export function mysqlSharedBackend(label: string, poolMax = 3, inlineSwitch = false): Backend {
+export function mysqlSharedBackend(label: string, poolMax = 3, inlineSwitch = false, qualifyTables = false): Backend {
   const backend = mysqlBackend(label, poolMax);
   const { database: _database, ...server } = mysqlConnection();
   void _database;
   return {
     ...backend,
-    name: inlineSwitch ? 'mysql-shared-inline' : 'mysql-shared',
+    name: qualifyTables ? 'mysql-shared-qualified' : inlineSwitch ? 'mysql-shared-inline' : 'mysql-shared',
     connectionOptions: () => ({
       strategy: 'shared',
       inlineSwitch,
       ...(inlineSwitch ? { maxSwitchedConnections: 1, resetSession: true } : {}),
+      ...(qualifyTables ? { qualifyTables } : {}),
       servers: { main: { client: 'mysql2', connection: server, pool: { max: poolMax } } },
       locate: (id: string) => ({ server: 'main', database: `ot_${label}_${id}`.replace(/-/g, '_') }),
     }),
@@ -131,11 +132,12 @@ export function backends(label: string): Backend[] {
 }
 
 /**
- * Both backends, plus MariaDB through the shared strategy; with `inlineSwitch`, once more through the
- * shared strategy with the inline switch (the suites that pin the model's behaviour run it).
+ * Both backends, plus MariaDB through the shared strategy; with `inlineSwitch`, twice more through the
+ * shared strategy: with the inline switch (and every other option), and with `qualifyTables` (model
+ * queries on connections with no current database). The suites that pin the model's behaviour run them.
  */
 export function allStrategies(label: string, { inlineSwitch = false } = {}): Backend[] {
   const strategies = [sqliteBackend(label), mysqlBackend(label), mysqlSharedBackend(`${label}s`)];
-  if (inlineSwitch) strategies.push(mysqlSharedBackend(`${label}i`, 3, true));
+  if (inlineSwitch) strategies.push(mysqlSharedBackend(`${label}i`, 3, true), mysqlSharedBackend(`${label}q`, 3, false, true));
   return strategies;
 }

@@ -1,0 +1,169 @@
+/**
+ * `qualifyTables` (shared strategy) on real MariaDB: TenantModel queries name their tenant's database
+ * and run on connections that have never had a current database, with no `USE`. What names no
+ * database (raw SQL, a many-to-many join table, `DATABASE()`) is refused there by the server and sent
+ * again after a switch, or switched first.
+ *
+ * Why that fails closed: on a connection with no current database, a table named without a database
+ * resolves nowhere. The negative control shows the hazard the design avoids: the same unqualified
+ * statement on a connection left on another tenant's database reads that tenant's rows.
+ */
+import assert from 'node:assert/strict';
+import { after, afterEach, before, describe, it } from 'node:test';
+import knexFactory from 'knex';
+import { createTenancy, type Tenancy, type TenancyOptions } from '../lib/index';
+import { mysqlConnection, skipMysql } from './helpers/databases';
+import { Audit, createSchema, Movie, Person, Pet, seed } from './helpers/fixtures';
+
+const TENANTS = ['a', 'b', 'c'];
+const db = (t: string) => `ot_qualify_${t}`;
+
+describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
+  let tenancy: Tenancy | undefined;
+  const { database: _database, ...server } = mysqlConnection();
+  void _database;
+  const open = (options: Partial<TenancyOptions> & { max?: number } = {}) => {
+    const { max = 2, ...rest } = options;
+    return (tenancy = createTenancy({
+      strategy: 'shared',
+      qualifyTables: true,
+      servers: { main: { client: 'mysql2', connection: { ...server }, pool: { max } } },
+      locate: (id) => ({ server: 'main', database: db(id) }),
+      verifyConnection: false,
+      ...rest,
+    }));
+  };
+  const stats = () => tenancy!.stats().servers!.main!;
+  const names = (t: string) => tenancy!.runWithTenant(t, async () => (await Person.query().orderBy('id')).map((p) => p.name));
+
+  before(async () => {
+    for (const t of TENANTS) {
+      const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
+      await admin.raw('drop database if exists ??', [db(t)]);
+      await admin.raw('create database ??', [db(t)]);
+      await admin.destroy();
+      const knex = knexFactory({ client: 'mysql2', connection: { ...server, database: db(t) }, pool: { min: 0, max: 1 } });
+      await createSchema(knex, t);
+      await seed(knex, t);
+      await knex.destroy();
+    }
+  });
+  afterEach(async () => {
+    await tenancy?.destroy();
+    tenancy = undefined;
+  });
+  after(async () => {
+    const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
+    for (const t of TENANTS) await admin.raw('drop database if exists ??', [db(t)]);
+    await admin.destroy();
+  });
+
+  it('model queries of many tenants share connections with no USE at all', async () => {
+    open();
+    for (let round = 0; round < 5; round++) {
+      for (const t of TENANTS) {
+        assert.deepEqual(await names(t), [`${t}-ada`, `${t}-bob`]);
+        const ada = await tenancy!.runWithTenant(t, () => Person.query().findById(1).withGraphFetched('pets'));
+        assert.deepEqual(ada!.pets!.map((p) => p.name), [`${t}-rex`]);
+      }
+    }
+    await Promise.all(Array.from({ length: 60 }, (_, i) => TENANTS[i % 3]!).map(async (t) => assert.deepEqual(await names(t), [`${t}-ada`, `${t}-bob`])));
+    const s = stats();
+    assert.equal(s.switches, 0);
+    assert.equal(s.qualifyRetries, 0);
+    assert.ok(s.cleanHits >= 80, `cleanHits ${s.cleanHits}`);
+    assert.ok(s.open <= 2);
+  });
+
+  it('writes, updates and deletes name the tenant database too, hooks included', async () => {
+    open({ max: 1 });
+    for (const t of TENANTS) {
+      await tenancy!.runWithTenant(t, async () => {
+        const row = await Audit.query().insert({ message: `${t}-new` });
+        await Audit.query().patch({ message: `${t}-patched` }).where('id', row.id);
+        assert.equal((await Audit.query().findById(row.id))!.message, `${t}-patched`);
+        // Pet's static afterInsert hook writes an audit row.
+        const pet = await Pet.query().insert({ name: `${t}-new-pet` });
+        assert.deepEqual((await Audit.query().orderBy('id')).map((a) => a.message), [`${t}-patched`, `pet:${t}-new-pet`]);
+        await Pet.query().deleteById(pet.id);
+        await Audit.query().delete();
+      });
+    }
+    assert.equal(stats().switches, 0);
+    assert.equal(stats().qualifyRetries, 0);
+    for (const t of TENANTS) assert.deepEqual(await names(t), [`${t}-ada`, `${t}-bob`]);
+  });
+
+  it("a model query that names a table without its database (a raw subquery in Person's hook) is sent again after a switch", async () => {
+    open({ max: 1 });
+    const row = await tenancy!.runWithTenant('a', () => Person.query().insert({ name: 'a-hooked' }));
+    assert.equal(row.note, 'inserted-in:a');
+    assert.equal(stats().qualifyRetries, 1);
+    await tenancy!.runWithTenant('a', () => Person.query().deleteById(row.id));
+    assert.deepEqual(await names('b'), ['b-ada', 'b-bob']);
+  });
+
+  it('what names no database is refused, then sent again after a switch: raw SQL, a join table', async () => {
+    open({ max: 1 });
+    const [rows] = await tenancy!.runWithTenant('b', () => tenancy!.knex().raw('select name from persons order by id'));
+    assert.deepEqual((rows as { name: string }[]).map((r) => r.name), ['b-ada', 'b-bob']);
+    assert.equal(stats().qualifyRetries, 1);
+    assert.equal(stats().switches, 1);
+    // The connection is now on b's database, no longer clean: a's unqualified SQL must not run as it
+    // is (it would read b's rows), it is switched first.
+    const [aRows] = await tenancy!.runWithTenant('a', () => tenancy!.knex().raw('select name from persons order by id'));
+    assert.deepEqual((aRows as { name: string }[]).map((r) => r.name), ['a-ada', 'a-bob']);
+    assert.equal(stats().switches, 2);
+    assert.equal(stats().qualifyRetries, 1);
+    // Many-to-many: objection joins persons_movies without naming its database.
+    const movies = await tenancy!.runWithTenant('c', () => Person.relatedQuery('movies').for(1));
+    assert.deepEqual(movies.map((m: Movie) => m.title), ['c-alien']);
+  });
+
+  it('DATABASE() and strings of several statements are switched first', async () => {
+    open({ max: 1, inlineSwitch: true });
+    const [rows] = await tenancy!.runWithTenant('c', () => tenancy!.knex().raw('select database() as d'));
+    assert.equal((rows as { d: string }[])[0]!.d, db('c'));
+    assert.equal(stats().qualifyRetries, 0);
+    await tenancy!.destroy();
+    open({ max: 1, inlineSwitch: true });
+    const [results] = await tenancy!.runWithTenant('a', () => tenancy!.knex().raw(`insert into ${db('a')}.audit (message) values ('once'); select count(*) as n from audit`));
+    assert.equal(Number((results as [unknown, { n: number }[]])[1]![0]!.n), 1, 'the insert ran once');
+    assert.equal(stats().qualifyRetries, 0);
+    await tenancy!.runWithTenant('a', () => tenancy!.knex().raw('delete from audit'));
+  });
+
+  it('transactions switch their connection when they take it', async () => {
+    open({ max: 1 });
+    await tenancy!.runWithTenant('b', () =>
+      tenancy!.transaction(async () => {
+        await Person.query().insert({ name: 'b-tx' });
+        const [rows] = await tenancy!.knex().raw('select database() as d, count(*) as n from persons');
+        assert.deepEqual((rows as { d: string; n: number }[]).map((r) => [r.d, Number(r.n)]), [[db('b'), 3]]);
+        await Person.query().delete().where('name', 'b-tx');
+      }),
+    );
+    assert.deepEqual(await names('b'), ['b-ada', 'b-bob']);
+    assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+  });
+
+  it('negative control: the same unqualified statement on a connection left on another database reads that tenant', async () => {
+    // What a pool that trusted a switched connection as "clean" would do.
+    const conn = knexFactory({ client: 'mysql2', connection: { ...server, database: db('a') }, pool: { min: 1, max: 1 } });
+    try {
+      const [rows] = await conn.raw('select name from persons order by id');
+      assert.deepEqual((rows as { name: string }[]).map((r) => r.name), ['a-ada', 'a-bob'], "meant for b, it read a's rows");
+    } finally {
+      await conn.destroy();
+    }
+  });
+
+  it('is validated: shared only, connections with no database', () => {
+    assert.throws(() => createTenancy({ knexConfig: () => ({ client: 'mysql2' }), qualifyTables: true } as TenancyOptions), /qualifyTables applies to strategy 'shared' only/);
+    assert.throws(
+      () => open({ servers: { main: { client: 'mysql2', connection: { ...server, database: db('a') } } } }),
+      /qualifyTables needs servers\.main\.connection as an object without database/,
+    );
+    assert.throws(() => open({ qualifyTables: 1 as unknown as boolean }), /qualifyTables must be a boolean/);
+  });
+});
