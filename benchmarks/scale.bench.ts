@@ -18,6 +18,10 @@
  *               server.
  *   shared-reset   shared-inline plus `resetSession: true`: a session reset (COM_RESET_CONNECTION, one
  *               round trip) each time a connection passes to another tenant: what that safety costs.
+ *   shared-qualified  strategy 'shared' with `qualifyTables: true`: model queries name the tenant's
+ *               database and run on connections that were never switched, with no `USE`.
+ *   shared-qualified-tuned  the same plus `maxSwitchedConnections: 4` (cold tenants' table opens
+ *               limited as in shared-tuned).
  *   orm-qualified  a reference row, not a design: every tenant over one plain knex pool of 20 with no
  *               `USE` at all, `Person.query(knex).withSchema(db).findById(row)`: the bound of a shared
  *               pool that sends no switch (unsafe as it stands: an unqualified table would read the
@@ -101,7 +105,7 @@ const TENANTS_PER_ROUND_TRIP = 100;
 const SAMPLE_MS = 20;
 const LATENCY_CAPACITY = 8_000_000;
 
-const VARIANT_KEYS = ['single', 'shared', 'shared-inline', 'shared-tuned', 'shared-reset', 'budget', 'recipe', 'orm-qualified', 'raw-one', 'raw-spread'] as const;
+const VARIANT_KEYS = ['single', 'shared', 'shared-inline', 'shared-tuned', 'shared-reset', 'shared-qualified', 'shared-qualified-tuned', 'budget', 'recipe', 'orm-qualified', 'raw-one', 'raw-spread'] as const;
 type VariantKey = (typeof VARIANT_KEYS)[number];
 const POPULARITIES = ['uniform', 'zipf'] as const;
 const ONLY_POPULARITY = process.env.BENCH_POPULARITY;
@@ -115,6 +119,11 @@ const SELECTED = new Set<VariantKey>(
 
 
 const connection = (database?: string) => mysqlConnection(database, MYSQL_URL);
+/**
+ * The qualified variants' connections sit on no database, so the samplers cannot tell them by it:
+ * they log in as this user instead (created for the run, dropped with the databases).
+ */
+const QUALIFIED_USER = 'ot_sbench_q';
 
 // Tenant i (1-based): id `t00001`, database `ot_sbench_00001`. Built once: no string work per query.
 const TENANT_IDS: string[] = [''];
@@ -282,10 +291,10 @@ class ThreadSampler {
   async sample(): Promise<{ threads: number; ours: number; others: number }> {
     const [rows] = await this.#admin.query<mysql.RowDataPacket[]>(
       "select (select variable_value from information_schema.global_status where variable_name = 'THREADS_CONNECTED') as threads, " +
-        '(select count(*) from information_schema.processlist where db like ?) as ours, ' +
+        '(select count(*) from information_schema.processlist where db like ? or user = ?) as ours, ' +
         "(select count(*) from information_schema.processlist where command not in ('Daemon', 'Binlog Dump') " +
-        "and user not in ('system user', 'event_scheduler') and (db is null or db not like ?) and id not in (?)) as others",
-      [TENANT_DB_PATTERN, TENANT_DB_PATTERN, [...ownThreadIds, 0]],
+        "and user not in ('system user', 'event_scheduler', ?) and (db is null or db not like ?) and id not in (?)) as others",
+      [TENANT_DB_PATTERN, QUALIFIED_USER, QUALIFIED_USER, TENANT_DB_PATTERN, [...ownThreadIds, 0]],
     );
     return { threads: Number(rows[0]!.threads), ours: Number(rows[0]!.ours), others: Number(rows[0]!.others) };
   }
@@ -474,6 +483,8 @@ function sharedCounters(stats: TenancyStats): Record<string, number> {
     timeouts: server?.timeouts ?? 0,
     coldWaits: server?.coldWaits ?? 0,
     resets: server?.resets ?? 0,
+    cleanHits: server?.cleanHits ?? 0,
+    qualifyRetries: server?.qualifyRetries ?? 0,
     connectionsCreated: server?.created ?? 0,
     handlesCreated: stats.created,
     evictions: stats.evictions,
@@ -526,13 +537,14 @@ function rawInstance(spread: boolean): Instance {
   };
 }
 
-function sharedInstance(inlineSwitch: boolean, maxSwitchedConnections?: number, resetSession = false): Instance {
+function sharedInstance(inlineSwitch: boolean, maxSwitchedConnections?: number, resetSession = false, qualifyTables = false): Instance {
   const tenancy = createTenancy({
     strategy: 'shared',
     inlineSwitch,
     resetSession,
+    qualifyTables,
     ...(maxSwitchedConnections === undefined ? {} : { maxSwitchedConnections }),
-    servers: { main: serverConfig() },
+    servers: { main: qualifyTables ? { ...serverConfig(), connection: { ...(connection() as object), user: QUALIFIED_USER, password: '' } } : serverConfig() },
     locate: (id) => ({ server: 'main', database: DATABASE_OF.get(id)! }),
   });
   return {
@@ -572,6 +584,8 @@ const CREATE: Record<VariantKey, () => Instance> = {
   'shared-inline': () => sharedInstance(true),
   'shared-tuned': () => sharedInstance(true, MAX_SWITCHED),
   'shared-reset': () => sharedInstance(true, undefined, true),
+  'shared-qualified': () => sharedInstance(false, undefined, false, true),
+  'shared-qualified-tuned': () => sharedInstance(false, MAX_SWITCHED, false, true),
   budget(): Instance {
     const tenancy = createTenancy({
       knexConfig: (id) => ({ client: 'mysql2', connection: connection(DATABASE_OF.get(id)!), pool: { max: BUDGET_POOL_MAX } }),
@@ -768,6 +782,8 @@ async function main(): Promise<void> {
     const loadBefore = loadAverage();
     process.stderr.write(`load average ${loadBefore}; setting up ${TENANTS} tenant databases...\n`);
     const setup = await setUpDatabases(admin);
+    await admin.query(`create user if not exists '${QUALIFIED_USER}'@'%'`);
+    await admin.query(`grant select, insert, update, delete on \`${PREFIX.replace(/_/g, '\\_')}%\`.* to '${QUALIFIED_USER}'@'%'`);
     process.stderr.write(`setup: ${setup.reused ? 'reused' : 'created'} in ${(setup.ms / 1000).toFixed(1)} s\n`);
 
     // Warm objection's and knex's lazy module state before any heap baseline, and open one tenant scope
@@ -839,7 +855,7 @@ async function main(): Promise<void> {
     );
     console.log('');
     const columns: [string, number][] = [
-      ['variant', 13], ['popularity', 10], ['ok', 7], ['errors', 7], ['q/s', 6], ['vs single', 9], ['range', 11],
+      ['variant', 22], ['popularity', 10], ['ok', 7], ['errors', 7], ['q/s', 6], ['vs single', 9], ['range', 11],
       ['p50 ms', 6], ['p99 ms', 6], ['node us/q', 9], ['db us/q', 7], ['peak conns', 10], ['ours', 4], ['cached', 6], ['heap/tenant', 11],
     ];
     const header = columns.map(([name, width], i) => pad(name, width, i > 1)).join('  ');
@@ -902,7 +918,8 @@ async function main(): Promise<void> {
         notes.push(
           `switches ${counter('switches')} (${((counter('switches') / Math.max(1, acquires)) * 100).toFixed(1)}% of acquires), ` +
             `affinity hits ${counter('affinityHits')}, timeouts ${counter('timeouts')}, cold waits ${counter('coldWaits')}, ` +
-            `session resets ${counter('resets')}, connections opened ${counter('connectionsCreated')}`,
+            `session resets ${counter('resets')}, served with no USE ${counter('cleanHits')}, ` +
+            `sent again after a switch ${counter('qualifyRetries')}, connections opened ${counter('connectionsCreated')}`,
         );
         notes.push(`heap per tenant after opening all ${TENANTS} handles, before traffic: ${bytes(maxOf(runs.map((run) => run.heapPerHandle)))}`);
       }
@@ -963,6 +980,8 @@ async function main(): Promise<void> {
       ...sharedFormKeys('shared_tuned', 'shared-tuned'),
       shared_tuned_max_switched_connections: MAX_SWITCHED,
       ...sharedFormKeys('shared_reset', 'shared-reset'),
+      ...sharedFormKeys('shared_qualified', 'shared-qualified'),
+      ...sharedFormKeys('shared_qualified_tuned', 'shared-qualified-tuned'),
       budget_errors: sum(all('budget'), (run) => run.errors),
       budget_ratio_uniform: round(ratio('budget', 'uniform')),
       budget_ratio_zipf: round(ratio('budget', 'zipf')),
@@ -1002,6 +1021,7 @@ async function main(): Promise<void> {
     if (KEEP_DBS) {
       process.stderr.write(`KEEP_DBS=1: the ${PREFIX}* databases are kept for the next run\n`);
     } else {
+      await admin.query(`drop user if exists '${QUALIFIED_USER}'@'%'`).catch(() => undefined);
       const dropped = await dropDatabases(admin).catch((error: unknown) => {
         console.error('dropping the tenant databases failed:', error);
         return undefined;
