@@ -53,7 +53,7 @@ export function installInlineSwitch(client: Record<string, unknown>, state: Swit
   const baseStream = client._stream as ClientStream;
 
   client._query = async function (this: Knex.Client, conn: unknown, input: QueryObject | string): Promise<QueryObject> {
-    if (state.cleanTarget(conn) !== undefined) return cleanQuery.call(this, conn, input);
+    if (state.cleanTarget(conn) !== undefined) return cleanQuery(this, baseQuery, state, tenantId, conn, input);
     const database = state.pendingSwitch(conn);
     if (database === undefined) return baseQuery.call(this, conn, input);
     const obj: QueryObject = typeof input === 'string' ? { sql: input } : input;
@@ -74,31 +74,6 @@ export function installInlineSwitch(client: Record<string, unknown>, state: Swit
     obj.response = rows.length === 2 ? [rows[1], fields[1]] : [rows.slice(1), fields.slice(1)];
     return obj;
   };
-
-  /**
-   * qualifyTables, on a connection that has no current database: the statement goes as it is. A
-   * table it names without a database cannot resolve anywhere, so the server refuses it ("No
-   * database selected", before running anything); it is then sent again after a `USE`. `DATABASE()`
-   * and `SCHEMA()` would answer NULL there, and in a string of several statements an earlier one may
-   * have run: such statements are switched first.
-   */
-  async function cleanQuery(this: Knex.Client, conn: unknown, input: QueryObject | string): Promise<QueryObject> {
-    const sql = typeof input === 'string' ? input : input.sql;
-    // Several statements in one string (multipleStatements): the first may have run when a later one
-    // is refused, so such a string is switched first rather than sent twice.
-    if (CURRENT_DATABASE.test(sql) || sql.includes(';')) {
-      await state.switchNow(conn, tenantId);
-      return baseQuery.call(this, conn, input);
-    }
-    try {
-      return await baseQuery.call(this, conn, input);
-    } catch (error) {
-      if ((error as { errno?: unknown }).errno !== NO_DATABASE_SELECTED || state.cleanTarget(conn) === undefined) throw error;
-      state.noteQualifyRetry();
-      await state.switchNow(conn, tenantId);
-      return baseQuery.call(this, conn, input);
-    }
-  }
 
   // knex builds a transaction's client from the client's class prototype, not from this client, so
   // the `_query` above would not apply to its statements: a transaction switches when it takes its
@@ -125,4 +100,34 @@ export function installInlineSwitch(client: Record<string, unknown>, state: Swit
     await state.switchNow(conn, tenantId);
     return baseStream.call(this, conn, obj, stream, options);
   };
+}
+
+/**
+ * qualifyTables, on a connection that has no current database: the statement goes as it is. A table
+ * it names without a database cannot resolve anywhere, so the server refuses it ("No database
+ * selected", before running anything); it is then sent again after a `USE`. `DATABASE()` and
+ * `SCHEMA()` would answer NULL there, and in a string of several statements an earlier one may have
+ * run: such statements are switched first. (Module level: no closure per tenant handle.)
+ */
+async function cleanQuery(
+  client: Knex.Client,
+  baseQuery: ClientQuery,
+  state: SwitchState,
+  tenantId: string,
+  conn: unknown,
+  input: QueryObject | string,
+): Promise<QueryObject> {
+  const sql = typeof input === 'string' ? input : input.sql;
+  if (CURRENT_DATABASE.test(sql) || sql.includes(';')) {
+    await state.switchNow(conn, tenantId);
+    return baseQuery.call(client, conn, input);
+  }
+  try {
+    return await baseQuery.call(client, conn, input);
+  } catch (error) {
+    if ((error as { errno?: unknown }).errno !== NO_DATABASE_SELECTED || state.cleanTarget(conn) === undefined) throw error;
+    state.noteQualifyRetry();
+    await state.switchNow(conn, tenantId);
+    return baseQuery.call(client, conn, input);
+  }
 }
