@@ -143,6 +143,8 @@ function scaleGroup(): Group {
   add('shared_tuned_ratio_zipf', 'shared + inlineSwitch + cold-switch cap, Zipf', true);
   add('shared_reset_ratio_uniform', 'shared + inlineSwitch + resetSession, uniform', true);
   add('shared_reset_ratio_zipf', 'shared + inlineSwitch + resetSession, Zipf', true);
+  add('shared_qualified_ratio_uniform', 'shared + qualifyTables (no USE), uniform', true);
+  add('shared_qualified_ratio_zipf', 'shared + qualifyTables (no USE), Zipf', true);
   add('budget_ratio_uniform', 'pool per tenant + budget, uniform', true);
   add('budget_ratio_zipf', 'pool per tenant + budget, Zipf', true);
   add('recipe_ratio_uniform', 'recipe (knex per tenant), uniform', false, 'recipe_error_rate_uniform');

@@ -124,6 +124,7 @@ const connection = (database?: string) => mysqlConnection(database, MYSQL_URL);
  * they log in as this user instead (created for the run, dropped with the databases).
  */
 const QUALIFIED_USER = 'ot_sbench_q';
+const QUALIFIED_HOSTS = ['%', 'localhost', '127.0.0.1'];
 
 // Tenant i (1-based): id `t00001`, database `ot_sbench_00001`. Built once: no string work per query.
 const TENANT_IDS: string[] = [''];
@@ -782,8 +783,11 @@ async function main(): Promise<void> {
     const loadBefore = loadAverage();
     process.stderr.write(`load average ${loadBefore}; setting up ${TENANTS} tenant databases...\n`);
     const setup = await setUpDatabases(admin);
-    await admin.query(`create user if not exists '${QUALIFIED_USER}'@'%'`);
-    await admin.query(`grant select, insert, update, delete on \`${PREFIX.replace(/_/g, '\\_')}%\`.* to '${QUALIFIED_USER}'@'%'`);
+    // Every host form: a fresh server's anonymous ''@'localhost' would otherwise win for 127.0.0.1.
+    for (const host of QUALIFIED_HOSTS) {
+      await admin.query(`create user if not exists '${QUALIFIED_USER}'@'${host}'`);
+      await admin.query(`grant select, insert, update, delete on \`${PREFIX.replace(/_/g, '\\_')}%\`.* to '${QUALIFIED_USER}'@'${host}'`);
+    }
     process.stderr.write(`setup: ${setup.reused ? 'reused' : 'created'} in ${(setup.ms / 1000).toFixed(1)} s\n`);
 
     // Warm objection's and knex's lazy module state before any heap baseline, and open one tenant scope
@@ -1021,7 +1025,7 @@ async function main(): Promise<void> {
     if (KEEP_DBS) {
       process.stderr.write(`KEEP_DBS=1: the ${PREFIX}* databases are kept for the next run\n`);
     } else {
-      await admin.query(`drop user if exists '${QUALIFIED_USER}'@'%'`).catch(() => undefined);
+      for (const host of QUALIFIED_HOSTS) await admin.query(`drop user if exists '${QUALIFIED_USER}'@'${host}'`).catch(() => undefined);
       const dropped = await dropDatabases(admin).catch((error: unknown) => {
         console.error('dropping the tenant databases failed:', error);
         return undefined;

@@ -1,7 +1,8 @@
 /**
  * Fault injection under HTTP load, for each strategy (pool-per-tenant, shared, shared with
- * inlineSwitch, shared with inlineSwitch and maxSwitchedConnections: 2, and shared with inlineSwitch
- * and resetSession), through the ledger app (scripts/ledger.ts) with `tenancy.errorHandler()`:
+ * inlineSwitch, shared with inlineSwitch and maxSwitchedConnections: 2, shared with inlineSwitch
+ * and resetSession, and shared with qualifyTables), through the ledger app (scripts/ledger.ts) with
+ * `tenancy.errorHandler()`:
  *
  * (a) Server outage. Tenants `p1..p4` live on a private MariaDB started by this script
  *     (scripts/private-mariadb.ts, port 3308 or a free one; the system server is never stopped) and
@@ -41,7 +42,7 @@ const ACQUIRE_MS = 1_000;
 const FAIL_FAST_SLACK_MS = 1_500;
 const CONCURRENCY = 16;
 const SIGNALS: ('SIGTERM' | 'SIGKILL')[] = SHORT ? ['SIGTERM'] : ['SIGTERM', 'SIGKILL'];
-const STRATEGIES = ['pool-per-tenant', 'shared', 'shared-inline', 'shared-tuned', 'shared-reset'] as const;
+const STRATEGIES = ['pool-per-tenant', 'shared', 'shared-inline', 'shared-tuned', 'shared-reset', 'shared-qualified'] as const;
 type Strategy = (typeof STRATEGIES)[number];
 
 const PREFIX = 'ot_faults_';
@@ -84,9 +85,10 @@ function tenancyOptions(strategy: Strategy, servers: Servers, tenants: readonly 
   if (strategy !== 'pool-per-tenant') {
     return {
       strategy: 'shared',
-      inlineSwitch: strategy !== 'shared',
+      inlineSwitch: strategy !== 'shared' && strategy !== 'shared-qualified',
       ...(strategy === 'shared-tuned' ? { maxSwitchedConnections: 2 } : {}),
       resetSession: strategy === 'shared-reset',
+      qualifyTables: strategy === 'shared-qualified',
       servers: {
         private: { client: 'mysql2', connection: { ...servers.privateConnection, connectTimeout: ACQUIRE_MS }, pool: { max: 8 } },
         main: { client: 'mysql2', connection: { ...servers.mainConnection, connectTimeout: ACQUIRE_MS }, pool: { max: 8 } },
