@@ -387,31 +387,25 @@ export class AffinityPool implements SwitchState {
     this.#claim(slot.conn, tenantId);
     const reset = this.#options.resetSession && slot.tenant !== undefined && slot.tenant !== tenantId;
     slot.tenant = tenantId;
-    if (slot.clean) {
-      // No database to leave: the tenant's statements name theirs, anything else is refused.
-      this.#counters.cleanHits++;
-      if (this.#cold(db)) {
-        slot.switched = true;
-        this.#switching++;
-      }
-      this.#touch(db);
-      if (reset) await this.#reset(slot, tenantId);
-      slot.target = db;
-      return slot.conn;
-    }
     if (slot.db === db) {
       this.#counters.affinityHits++;
       this.#touch(db);
       if (reset) await this.#reset(slot, tenantId);
       return slot.conn;
     }
-    this.#counters.switches++;
+    if (slot.clean) this.#counters.cleanHits++;
+    else this.#counters.switches++;
     if (this.#cold(db)) {
       slot.switched = true;
       this.#switching++;
     }
     this.#touch(db);
     if (reset) await this.#reset(slot, tenantId);
+    if (slot.clean) {
+      // No database to leave: the tenant's statements name theirs, anything else is refused.
+      slot.target = db;
+      return slot.conn;
+    }
     if (this.#inline(slot, db)) return slot.conn;
     try {
       await this.#use(slot, db);
