@@ -10,6 +10,9 @@ import { UnknownTenantError } from './errors';
  * fails (database dropped), the tenant's statement never runs on the database the connection was on.
  * After any error in such a batch the connection's database is treated as unknown, so the next
  * acquire switches it again. Needs `multipleStatements` on the server's connections.
+ *
+ * The same hook serves `qualifyTables`: on a connection that has no current database, statements
+ * go as they are and are switched only when the server refuses them (`cleanQuery` below).
  */
 
 /** What the inline switch needs from the shared pool. */
@@ -18,7 +21,7 @@ export interface SwitchState {
   pendingSwitch(conn: unknown): string | undefined;
   /** Records the outcome of a batch that carried the switch. */
   settleSwitch(conn: unknown, ok: boolean): void;
-  /** Switches `conn` with a `USE` round trip of its own (for streams), if a switch is pending. */
+  /** Switches `conn` with a `USE` round trip of its own (streams, transactions, refused statements), if it has one to make. */
   switchNow(conn: unknown, tenantId: string): Promise<void>;
   /** qualifyTables: the tenant database `conn` serves with no current database of its own, if so. */
   cleanTarget(conn: unknown): string | undefined;
@@ -42,8 +45,9 @@ export function inlineUse(database: string): string | undefined {
 }
 
 /**
- * Gives a tenant handle's client (`Object.create(serverClient)`) the inline switch: its `_query`
- * prefixes the pending `USE` and hands knex only the tenant statement's result; streams and
+ * Gives a tenant handle's client (`Object.create(serverClient)`) the inline switch (and the clean
+ * connections of qualifyTables): its `_query` prefixes the pending `USE` and hands knex only the
+ * tenant statement's result; streams and
  * transactions switch with a round trip of their own first (a streamed query's rows are piped as they
  * come; a transaction's statements go through a client knex builds without this one's methods).
  * Must be called after the client's `acquireConnection` / `releaseConnection` are set.
