@@ -47,10 +47,10 @@ export function inlineUse(database: string): string | undefined {
 /**
  * Gives a tenant handle's client (`Object.create(serverClient)`) the inline switch (and the clean
  * connections of qualifyTables): its `_query` prefixes the pending `USE` and hands knex only the
- * tenant statement's result; streams and
- * transactions switch with a round trip of their own first (a streamed query's rows are piped as they
- * come; a transaction's statements go through a client knex builds without this one's methods).
- * Must be called after the client's `acquireConnection` / `releaseConnection` are set.
+ * tenant statement's result; streams and transactions switch with a round trip of their own first
+ * (a streamed query's rows are piped as they come; a transaction's statements go through a client
+ * knex builds without this one's methods). Must be called after the client's `acquireConnection` /
+ * `releaseConnection` are set.
  */
 export function installInlineSwitch(client: Record<string, unknown>, state: SwitchState, tenantId: string): void {
   const baseQuery = client._query as ClientQuery;
