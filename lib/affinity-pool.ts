@@ -516,6 +516,7 @@ export class AffinityPool implements SwitchState {
     this.#slots.set(conn, slot);
     this.#owner.set(conn, tenantId);
     if (slot.clean) {
+      this.#counters.cleanHits++;
       slot.target = db;
       return conn;
     }

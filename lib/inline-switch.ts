@@ -37,6 +37,8 @@ type ClientStream = (this: Knex.Client, conn: unknown, obj: unknown, stream: unk
 const NO_DATABASE_SELECTED = 1046;
 /** Functions that read the session's current database (NULL on a clean connection). */
 const CURRENT_DATABASE = /\b(?:database|schema)\s*\(/i;
+/** A `;` with anything after it: possibly several statements (a `;` inside a literal only costs a switch). */
+const SEVERAL_STATEMENTS = /;\s*\S/;
 
 /** `USE \`db\`; ` for a database name the driver's placeholder formatting cannot touch, else undefined. */
 export function inlineUse(database: string): string | undefined {
@@ -122,7 +124,7 @@ async function cleanQuery(
   input: QueryObject | string,
 ): Promise<QueryObject> {
   const sql = typeof input === 'string' ? input : input.sql;
-  if (CURRENT_DATABASE.test(sql) || sql.includes(';')) {
+  if (CURRENT_DATABASE.test(sql) || SEVERAL_STATEMENTS.test(sql)) {
     await state.switchNow(conn, tenantId);
     return baseQuery.call(client, conn, input);
   }

@@ -130,6 +130,14 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     const [results] = await tenancy!.runWithTenant('a', () => tenancy!.knex().raw(`insert into ${db('a')}.audit (message) values ('once'); select count(*) as n from audit`));
     assert.equal(Number((results as [unknown, { n: number }[]])[1]![0]!.n), 1, 'the insert ran once');
     assert.equal(stats().qualifyRetries, 0);
+    assert.equal(stats().switches, 1);
+    await tenancy!.destroy();
+    // One statement with a trailing `;` is not several: it goes as it is on a clean connection.
+    open({ max: 1, inlineSwitch: true });
+    const [counted] = await tenancy!.runWithTenant('a', () => tenancy!.knex().raw(`select count(*) as n from ${db('a')}.audit;`));
+    assert.equal(Number((counted as { n: number }[])[0]!.n), 1);
+    assert.equal(stats().switches, 0);
+    assert.equal(stats().cleanHits, 1);
     await tenancy!.runWithTenant('a', () => tenancy!.knex().raw('delete from audit'));
   });
 
