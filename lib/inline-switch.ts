@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { UnknownTenantError } from './errors';
+import { markQualified } from './qualify-tables';
 
 /**
  * The inline database switch of the shared strategy (`inlineSwitch: true`): when a connection has to
@@ -54,7 +55,7 @@ export function inlineUse(database: string): string | undefined {
  * knex builds without this one's methods). Must be called after the client's `acquireConnection` /
  * `releaseConnection` are set.
  */
-export function installInlineSwitch(client: Record<string, unknown>, state: SwitchState, tenantId: string): void {
+export function installInlineSwitch(client: Record<string, unknown>, state: SwitchState, tenantId: string, qualifiedDatabase?: string): void {
   const baseQuery = client._query as ClientQuery;
   const baseStream = client._stream as ClientStream;
 
@@ -83,7 +84,9 @@ export function installInlineSwitch(client: Record<string, unknown>, state: Swit
 
   // knex builds a transaction's client from the client's class prototype, not from this client, so
   // the `_query` above would not apply to its statements: a transaction switches when it takes its
-  // connection, with a round trip of its own.
+  // connection, with a round trip of its own. With qualifyTables, a clean connection stays clean:
+  // the transaction's client is built from a prototype that handles refusals as `cleanQuery` does,
+  // and the transaction is marked so that model queries in it name the tenant's database.
   const baseTransaction = client.transaction as (this: unknown, ...args: unknown[]) => unknown;
   const acquire = client.acquireConnection as () => Promise<unknown>;
   const release = client.releaseConnection as (conn: unknown) => Promise<unknown>;
@@ -92,13 +95,18 @@ export function installInlineSwitch(client: Record<string, unknown>, state: Swit
     eager.acquireConnection = async () => {
       const conn = await acquire();
       try {
-        await state.switchNow(conn, tenantId);
+        if (qualifiedDatabase === undefined || state.cleanTarget(conn) === undefined) await state.switchNow(conn, tenantId);
       } catch (error) {
         await release(conn);
         throw error;
       }
       return conn;
     };
+    if (qualifiedDatabase !== undefined) {
+      const txClass = cleanTransactionClass((this.constructor as { prototype: object }).prototype, state, tenantId, qualifiedDatabase);
+      Object.defineProperty(eager, 'constructor', { value: txClass, configurable: true, writable: true });
+      markContainer(args, qualifiedDatabase);
+    }
     return baseTransaction.apply(eager, args);
   };
 
@@ -136,4 +144,40 @@ async function cleanQuery(
     await state.switchNow(conn, tenantId);
     return baseQuery.call(client, conn, input);
   }
+}
+
+/**
+ * qualifyTables: the class knex builds a transaction's client from (`Object.create(client.constructor
+ * .prototype)`, nested transactions included): the driver's, with `_query` and `_stream` that leave
+ * a clean connection clean until a statement needs its database.
+ */
+function cleanTransactionClass(proto: object, state: SwitchState, tenantId: string, database: string): { prototype: object } {
+  const base = proto as { _query: ClientQuery; _stream: ClientStream; transaction: (...args: unknown[]) => unknown };
+  const txProto = Object.create(proto) as Record<string, unknown>;
+  const txClass = { prototype: txProto };
+  Object.defineProperty(txProto, 'constructor', { value: txClass, configurable: true, writable: true });
+  txProto._query = function (this: Knex.Client, conn: unknown, input: QueryObject | string): Promise<QueryObject> {
+    if (state.cleanTarget(conn) !== undefined) return cleanQuery(this, base._query, state, tenantId, conn, input);
+    return base._query.call(this, conn, input);
+  };
+  txProto._stream = async function (this: Knex.Client, conn: unknown, obj: unknown, stream: unknown, options: unknown): Promise<unknown> {
+    await state.switchNow(conn, tenantId);
+    return base._stream.call(this, conn, obj, stream, options);
+  };
+  // A nested transaction (a savepoint) is marked too.
+  txProto.transaction = function (this: Knex.Client, ...args: unknown[]): unknown {
+    markContainer(args, database);
+    return base.transaction.apply(this, args);
+  };
+  return txClass;
+}
+
+/** Marks the transaction a `transaction(container, ...)` call hands its container (knex passes one even to the promise form). */
+function markContainer(args: unknown[], database: string): void {
+  const container = args[0];
+  if (typeof container !== 'function') return;
+  args[0] = (trx: Knex) => {
+    markQualified(trx, database);
+    return (container as (trx: Knex) => unknown)(trx);
+  };
 }

@@ -244,7 +244,8 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
   };
   // The server's pool outlives every handle.
   client.destroy = () => Promise.resolve();
-  if (server.pool.switchesInStatements) installInlineSwitch(client, server.pool, tenantId);
+  const qualified = server.pool.cleanConnectionsOn ? database : undefined;
+  if (server.pool.switchesInStatements) installInlineSwitch(client, server.pool, tenantId, qualified);
   const context = Object.create(base.context) as { client: unknown; queryBuilder(): Knex.QueryBuilder };
   context.client = client;
   const handle = function (tableName?: string, options?: unknown) {
@@ -253,7 +254,7 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
   } as unknown as Knex & { context: unknown };
   Object.setPrototypeOf(handle, base);
   handle.context = context;
-  if (server.pool.cleanConnectionsOn) markQualified(handle, database);
+  if (qualified !== undefined) markQualified(handle, qualified);
   return handle;
 }
 

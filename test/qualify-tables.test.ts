@@ -141,16 +141,44 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     await tenancy!.runWithTenant('a', () => tenancy!.knex().raw('delete from audit'));
   });
 
-  it('transactions switch their connection when they take it', async () => {
+  it('transactions keep a clean connection clean: their model queries name the database, the rest is switched', async () => {
     open({ max: 1 });
     await tenancy!.runWithTenant('b', () =>
       tenancy!.transaction(async () => {
-        await Person.query().insert({ name: 'b-tx' });
-        const [rows] = await tenancy!.knex().raw('select database() as d, count(*) as n from persons');
-        assert.deepEqual((rows as { d: string; n: number }[]).map((r) => [r.d, Number(r.n)]), [[db('b'), 3]]);
-        await Person.query().delete().where('name', 'b-tx');
+        await Audit.query().insert({ message: 'b-tx' });
+        assert.equal((await Audit.query().where('message', 'b-tx')).length, 1);
+        // A nested transaction is a savepoint on the same connection.
+        await tenancy!.transaction(async () => {
+          await Audit.query().insert({ message: 'b-inner' });
+          throw new Error('roll back the savepoint');
+        }).catch(() => undefined);
       }),
     );
+    let s = stats();
+    assert.equal(s.switches, 0, 'BEGIN, qualified statements, SAVEPOINT, COMMIT: no USE');
+    assert.equal(s.qualifyRetries, 0);
+    assert.deepEqual((await tenancy!.runWithTenant('b', () => Audit.query())).map((a) => a.message), ['b-tx']);
+    // A rolled-back transaction leaves nothing.
+    await assert.rejects(tenancy!.runWithTenant('c', () => tenancy!.transaction(async () => {
+      await Audit.query().insert({ message: 'c-gone' });
+      throw new Error('roll back');
+    })));
+    assert.deepEqual(await tenancy!.runWithTenant('c', () => Audit.query()), []);
+    assert.equal(stats().switches, 0);
+    // Unqualified SQL in a transaction is refused, then sent again after a USE inside it.
+    await tenancy!.runWithTenant('b', () =>
+      tenancy!.transaction(async () => {
+        await Audit.query().insert({ message: 'b-two' });
+        const [rows] = await tenancy!.knex().raw('select count(*) as n from audit');
+        assert.equal(Number((rows as { n: number }[])[0]!.n), 2, 'the refused statement ran in the same transaction, after the switch');
+        const [where] = await tenancy!.knex().raw('select database() as d');
+        assert.equal((where as { d: string }[])[0]!.d, db('b'));
+      }),
+    );
+    s = stats();
+    assert.equal(s.qualifyRetries, 1);
+    assert.equal(s.switches, 1);
+    await tenancy!.runWithTenant('b', () => Audit.query().delete());
     assert.deepEqual(await names('b'), ['b-ada', 'b-bob']);
     assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
   });
