@@ -250,7 +250,10 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
   context.client = client;
   const handle = function (tableName?: string, options?: unknown) {
     const builder = context.queryBuilder();
-    return tableName ? builder.table(tableName, options as never) : builder;
+    if (!tableName) return builder;
+    // qualifyTables: `knex('table')` names the tenant's database too (unless the name has its own).
+    if (qualified !== undefined && typeof tableName === 'string' && !tableName.includes('.')) builder.withSchema(qualified);
+    return builder.table(tableName, options as never);
   } as unknown as Knex & { context: unknown };
   Object.setPrototypeOf(handle, base);
   handle.context = context;
