@@ -36,6 +36,8 @@ type ClientStream = (this: Knex.Client, conn: unknown, obj: unknown, stream: unk
 
 /** ER_NO_DB_ERROR: a statement named a table without a database on a session that has none. */
 const NO_DATABASE_SELECTED = 1046;
+/** ER_NO_SUCH_TABLE: also what a qualified statement gets when its whole database is gone. */
+const NO_SUCH_TABLE = 1146;
 /** Functions that read the session's current database (NULL on a clean connection). */
 const CURRENT_DATABASE = /\b(?:database|schema)\s*\(/i;
 /** A `;` with anything after it: possibly several statements (a `;` inside a literal only costs a switch). */
@@ -139,7 +141,15 @@ async function cleanQuery(
   try {
     return await baseQuery.call(client, conn, input);
   } catch (error) {
-    if ((error as { errno?: unknown }).errno !== NO_DATABASE_SELECTED || state.cleanTarget(conn) === undefined) throw error;
+    const errno = (error as { errno?: unknown }).errno;
+    if (state.cleanTarget(conn) === undefined) throw error;
+    // A table of a dropped tenant database: the switch says so (UnknownTenantError), as it would
+    // without qualifyTables; a database that is there leaves the missing table's own error.
+    if (errno === NO_SUCH_TABLE) {
+      await state.switchNow(conn, tenantId);
+      throw error;
+    }
+    if (errno !== NO_DATABASE_SELECTED) throw error;
     state.noteQualifyRetry();
     await state.switchNow(conn, tenantId);
     return baseQuery.call(client, conn, input);

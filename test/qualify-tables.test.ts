@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
 import knexFactory from 'knex';
-import { createTenancy, type Tenancy, type TenancyOptions } from '../lib/index';
+import { createTenancy, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { Audit, createSchema, Movie, Person, Pet, seed } from './helpers/fixtures';
 
@@ -188,6 +188,25 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     await tenancy!.runWithTenant('b', () => Audit.query().delete());
     assert.deepEqual(await names('b'), ['b-ada', 'b-bob']);
     assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+  });
+
+  it('a tenant whose database was dropped gets UnknownTenantError, as without qualifyTables', async () => {
+    const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
+    try {
+      await admin.raw('drop database if exists ??', [db('gone')]);
+      await admin.raw('create database ??', [db('gone')]);
+      await admin.raw('create table ??.persons (id int primary key, name varchar(32), note varchar(64))', [db('gone')]);
+      open({ max: 1 });
+      assert.deepEqual(await names('gone'), []);
+      await admin.raw('drop database ??', [db('gone')]);
+      await assert.rejects(names('gone'), UnknownTenantError);
+      // A table missing from a database that is there keeps its own error.
+      await assert.rejects(tenancy!.runWithTenant('a', () => tenancy!.knex()('no_such_table').select()), (error: { errno?: number }) => error.errno === 1146);
+      assert.deepEqual(await names('b'), ['b-ada', 'b-bob']);
+    } finally {
+      await admin.raw('drop database if exists ??', [db('gone')]);
+      await admin.destroy();
+    }
   });
 
   it('negative control: the same unqualified statement on a connection left on another database reads that tenant', async () => {
