@@ -104,10 +104,13 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       return this.#qualifiedExecute();
     }
 
-    // qualifyTables: a query through a tenant handle names the handle's database, unless it names one.
+    // qualifyTables: a query through a tenant handle names the handle's database, unless it names one
+    // (`withSchema`, or a model table written `db.table`).
     #qualifiedExecute(): Promise<unknown> {
       const database = qualifiedDatabase((this as any).unsafeKnex());
-      if (database !== undefined && (this as any).internalOptions().schema === undefined) (this as any).withSchema(database);
+      if (database !== undefined && (this as any).internalOptions().schema === undefined && !String((this as any).modelClass().getTableName()).includes('.')) {
+        (this as any).withSchema(database);
+      }
       return super.execute();
     }
 
