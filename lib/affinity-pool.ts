@@ -662,7 +662,7 @@ function trackSchemaChanges(slot: Slot): void {
     const last = args.length - 1;
     const callback = args[last];
     if (typeof callback === 'function') {
-      args[last] = function (this: unknown, error: unknown, result: unknown, ...rest: unknown[]): unknown {
+      args[last] = function (this: unknown, error: unknown, result: unknown, fields: unknown): unknown {
         const schema = error ? undefined : changedSchema(result);
         if (schema !== undefined) {
           slot.db = schema;
@@ -670,7 +670,7 @@ function trackSchemaChanges(slot: Slot): void {
           slot.clean = false;
           slot.target = undefined;
         }
-        return (callback as (...a: unknown[]) => unknown).call(this, error, result, ...rest);
+        return (callback as (...a: unknown[]) => unknown).call(this, error, result, fields);
       };
     }
     return query.apply(this, args);
@@ -684,14 +684,21 @@ function trackSchemaChanges(slot: Slot): void {
  */
 function changedSchema(result: unknown): string | undefined {
   if (!Array.isArray(result)) return headerSchema(result);
-  // A batch answers one entry per statement; a single SELECT, its rows (never headers).
+  // A batch answers one entry per statement (an array of rows, or a header); a single SELECT, its
+  // rows, which are never read here: no per-row work on the query path.
+  const first: unknown = result[0];
+  if (!Array.isArray(first) && !isHeader(first)) return undefined;
   let schema: string | undefined;
   for (const part of result) schema = headerSchema(part) ?? schema;
   return schema;
 }
 
+function isHeader(value: unknown): boolean {
+  return value !== null && typeof value === 'object' && value.constructor?.name === 'ResultSetHeader';
+}
+
 function headerSchema(value: unknown): string | undefined {
-  if (value === null || typeof value !== 'object' || value.constructor?.name !== 'ResultSetHeader') return undefined;
+  if (!isHeader(value)) return undefined;
   const schema = (value as { stateChanges?: { schema?: unknown } | null }).stateChanges?.schema;
   return typeof schema === 'string' && schema !== '' ? schema : undefined;
 }

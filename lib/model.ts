@@ -99,15 +99,16 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
     // objection is lazy, so the scope captured at creation is restored around execution.
     execute(): Promise<unknown> {
       const captured = this[CAPTURED];
-      if (captured !== undefined && currentScope() !== captured) return runInScope(captured, () => this.#qualifiedExecute());
-      if ((this as any).unsafeKnex() === null) return Promise.reject(missing((this as any).modelClass()));
-      return this.#qualifiedExecute();
+      if (captured !== undefined && currentScope() !== captured) return runInScope(captured, () => this.#qualifiedExecute((this as any).unsafeKnex()));
+      const knex = (this as any).unsafeKnex();
+      if (knex === null) return Promise.reject(missing((this as any).modelClass()));
+      return this.#qualifiedExecute(knex);
     }
 
     // qualifyTables: a query through a tenant handle names the handle's database, unless it names one
     // (`withSchema`, or a model table written `db.table`).
-    #qualifiedExecute(): Promise<unknown> {
-      const database = qualifiedDatabase((this as any).unsafeKnex());
+    #qualifiedExecute(knex: unknown): Promise<unknown> {
+      const database = qualifiedDatabase(knex);
       if (database !== undefined && (this as any).internalOptions().schema === undefined && !String((this as any).modelClass().getTableName()).includes('.')) {
         (this as any).withSchema(database);
       }
