@@ -631,20 +631,20 @@ export class AffinityPool implements SwitchState {
 function guardPendingSwitch(slot: Slot): void {
   const conn = slot.conn as RawConnection & { query(...args: unknown[]): unknown };
   const query = conn.query;
-  conn.query = function (this: unknown, ...args: unknown[]): unknown {
+  // Fixed arity, `arguments` forwarded as they are: this runs on every statement (see trackSchemaChanges).
+  conn.query = function (this: unknown, sql: unknown): unknown {
     const pending = slot.pending;
     if (pending !== undefined) {
-      const first = args[0];
-      const sql = typeof first === 'string' ? first : (first as { sql?: unknown } | null)?.sql;
-      if (typeof sql !== 'string' || !sql.startsWith(inlineUse(pending)!)) {
+      const text = typeof sql === 'string' ? sql : (sql as { sql?: unknown } | null)?.sql;
+      if (typeof text !== 'string' || !text.startsWith(inlineUse(pending)!)) {
         const error = new TenantError('TENANT_SWITCH_PENDING', `A statement reached a connection still to be switched to database "${pending}" without the switch: refused.`, { statusCode: 500 });
-        const callback = args[args.length - 1];
+        const callback: unknown = arguments[arguments.length - 1];
         if (typeof callback !== 'function') throw error;
         process.nextTick(callback as (error: unknown) => void, error);
         return undefined;
       }
     }
-    return query.apply(this, args);
+    return query.apply(this, arguments as never);
   };
 }
 
@@ -656,24 +656,32 @@ function guardPendingSwitch(slot: Slot): void {
  * switch. In a batch (inlineSwitch), the last change counts, and the pending switch is settled here.
  */
 function trackSchemaChanges(slot: Slot): void {
-  const conn = slot.conn as RawConnection & { query(...args: unknown[]): unknown };
+  const conn = slot.conn as unknown as { query(sql: unknown, values?: unknown, callback?: unknown): unknown };
   const query = conn.query;
-  conn.query = function (this: unknown, ...args: unknown[]): unknown {
-    const last = args.length - 1;
-    const callback = args[last];
-    if (typeof callback === 'function') {
-      args[last] = function (this: unknown, error: unknown, result: unknown, fields: unknown): unknown {
-        const schema = error ? undefined : changedSchema(result);
-        if (schema !== undefined) {
-          slot.db = schema;
-          slot.pending = undefined;
-          slot.clean = false;
-          slot.target = undefined;
-        }
-        return (callback as (...a: unknown[]) => unknown).call(this, error, result, fields);
-      };
+  // Fixed arity and a callback wrapped by a module-level function: the first version took a rest
+  // array, replaced its last element and handed it to `apply`, which cost ~8 µs of CPU per query
+  // (a third of the library's whole cost per query, measured over a fake driver).
+  conn.query = function (this: unknown, sql: unknown, values: unknown, callback: unknown): unknown {
+    if (typeof callback === 'function') return query.call(this, sql, values, tracked(slot, callback as Callback));
+    if (typeof values === 'function') return query.call(this, sql, tracked(slot, values as Callback));
+    return query.apply(this, arguments as never);
+  };
+}
+
+type Callback = (error: unknown, result: unknown, fields: unknown) => unknown;
+
+function tracked(slot: Slot, callback: Callback): Callback {
+  return function (this: unknown, error: unknown, result: unknown, fields: unknown): unknown {
+    if (!error) {
+      const schema = changedSchema(result);
+      if (schema !== undefined) {
+        slot.db = schema;
+        slot.pending = undefined;
+        slot.clean = false;
+        slot.target = undefined;
+      }
     }
-    return query.apply(this, args);
+    return callback.call(this, error, result, fields);
   };
 }
 

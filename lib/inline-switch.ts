@@ -61,27 +61,13 @@ export function installInlineSwitch(client: Record<string, unknown>, state: Swit
   const baseQuery = client._query as ClientQuery;
   const baseStream = client._stream as ClientStream;
 
-  client._query = async function (this: Knex.Client, conn: unknown, input: QueryObject | string): Promise<QueryObject> {
+  // Not an async function: most statements take the first or the last branch, and a promise per layer
+  // is what this path costs.
+  client._query = function (this: Knex.Client, conn: unknown, input: QueryObject | string): Promise<QueryObject> {
     if (state.cleanTarget(conn) !== undefined) return cleanQuery(this, baseQuery, state, tenantId, conn, input);
     const database = state.pendingSwitch(conn);
-    if (database === undefined) return baseQuery.call(this, conn, input);
-    const obj: QueryObject = typeof input === 'string' ? { sql: input } : input;
-    const batch: QueryObject = { ...obj, sql: `${inlineUse(database)!}${obj.sql}` };
-    let ok = false;
-    try {
-      await baseQuery.call(this, conn, batch);
-      ok = true;
-    } catch (error) {
-      const { errno, message } = error as { errno?: unknown; message?: unknown };
-      if (errno === 1049 && String(message).includes(database)) throw new UnknownTenantError(tenantId, { cause: error });
-      throw error;
-    } finally {
-      state.settleSwitch(conn, ok);
-    }
-    const [rows, fields] = batch.response as [unknown[], unknown[]];
-    // One result per statement: the USE's, then the tenant's (several if its SQL had several).
-    obj.response = rows.length === 2 ? [rows[1], fields[1]] : [rows.slice(1), fields.slice(1)];
-    return obj;
+    if (database !== undefined) return switchInline(this, baseQuery, state, tenantId, conn, input, database);
+    return baseQuery.call(this, conn, input);
   };
 
   // knex builds a transaction's client from the client's class prototype, not from this client, so
@@ -118,6 +104,35 @@ export function installInlineSwitch(client: Record<string, unknown>, state: Swit
   };
 }
 
+/** inlineSwitch: sends the pending `USE` and the tenant's statement in one round trip. */
+async function switchInline(
+  client: Knex.Client,
+  baseQuery: ClientQuery,
+  state: SwitchState,
+  tenantId: string,
+  conn: unknown,
+  input: QueryObject | string,
+  database: string,
+): Promise<QueryObject> {
+  const obj: QueryObject = typeof input === 'string' ? { sql: input } : input;
+  const batch: QueryObject = { ...obj, sql: `${inlineUse(database)!}${obj.sql}` };
+  let ok = false;
+  try {
+    await baseQuery.call(client, conn, batch);
+    ok = true;
+  } catch (error) {
+    const { errno, message } = error as { errno?: unknown; message?: unknown };
+    if (errno === 1049 && String(message).includes(database)) throw new UnknownTenantError(tenantId, { cause: error });
+    throw error;
+  } finally {
+    state.settleSwitch(conn, ok);
+  }
+  const [rows, fields] = batch.response as [unknown[], unknown[]];
+  // One result per statement: the USE's, then the tenant's (several if its SQL had several).
+  obj.response = rows.length === 2 ? [rows[1], fields[1]] : [rows.slice(1), fields.slice(1)];
+  return obj;
+}
+
 /**
  * qualifyTables, on a connection that has no current database: the statement goes as it is. A table
  * it names without a database cannot resolve anywhere, so the server refuses it ("No database
@@ -125,7 +140,7 @@ export function installInlineSwitch(client: Record<string, unknown>, state: Swit
  * `SCHEMA()` would answer NULL there, and in a string of several statements an earlier one may have
  * run: such statements are switched first. (Module level: no closure per tenant handle.)
  */
-async function cleanQuery(
+function cleanQuery(
   client: Knex.Client,
   baseQuery: ClientQuery,
   state: SwitchState,
@@ -135,25 +150,34 @@ async function cleanQuery(
 ): Promise<QueryObject> {
   const sql = typeof input === 'string' ? input : input.sql;
   if (CURRENT_DATABASE.test(sql) || SEVERAL_STATEMENTS.test(sql)) {
-    await state.switchNow(conn, tenantId);
-    return baseQuery.call(client, conn, input);
+    return state.switchNow(conn, tenantId).then(() => baseQuery.call(client, conn, input));
   }
-  try {
-    return await baseQuery.call(client, conn, input);
-  } catch (error) {
-    const errno = (error as { errno?: unknown }).errno;
-    if (state.cleanTarget(conn) === undefined) throw error;
-    // A table of a dropped tenant database: the switch says so (UnknownTenantError), as it would
-    // without qualifyTables; a database that is there leaves the missing table's own error.
-    if (errno === NO_SUCH_TABLE) {
-      await state.switchNow(conn, tenantId);
-      throw error;
-    }
-    if (errno !== NO_DATABASE_SELECTED) throw error;
-    state.noteQualifyRetry();
+  // No async function here: this is every statement's path, and its promises are what it costs.
+  return baseQuery.call(client, conn, input).then(undefined, (error: unknown) => refused(client, baseQuery, state, tenantId, conn, input, error));
+}
+
+/** cleanQuery, once the server refused a statement sent with no current database. */
+async function refused(
+  client: Knex.Client,
+  baseQuery: ClientQuery,
+  state: SwitchState,
+  tenantId: string,
+  conn: unknown,
+  input: QueryObject | string,
+  error: unknown,
+): Promise<QueryObject> {
+  const errno = (error as { errno?: unknown }).errno;
+  if (state.cleanTarget(conn) === undefined) throw error;
+  // A table of a dropped tenant database: the switch says so (UnknownTenantError), as it would
+  // without qualifyTables; a database that is there leaves the missing table's own error.
+  if (errno === NO_SUCH_TABLE) {
     await state.switchNow(conn, tenantId);
-    return baseQuery.call(client, conn, input);
+    throw error;
   }
+  if (errno !== NO_DATABASE_SELECTED) throw error;
+  state.noteQualifyRetry();
+  await state.switchNow(conn, tenantId);
+  return baseQuery.call(client, conn, input);
 }
 
 /**
