@@ -73,6 +73,26 @@ function failing<B extends { runBefore(fn: () => unknown): B }>(builder: B, erro
 }
 
 /**
+ * qualifyTables: names the tenant's database in a model query's knex builder when its knex is a
+ * marked tenant handle (or a transaction of one), unless the query names a database itself
+ * (`withSchema`, a `from`/`tableName` written `db.table`) or has common table expressions (a `from`
+ * naming one must stay unqualified). What is left unqualified is refused by the server and sent
+ * again after a switch: slower, never wrong (see inline-switch.ts).
+ */
+function qualifyBuilt(builder: any, built: any): void {
+  const database = qualifiedDatabase(builder.unsafeKnex());
+  if (database === undefined || builder.internalOptions().schema !== undefined) return;
+  const single = built._single as { schema?: unknown; table?: unknown } | undefined;
+  if (single === undefined || single.schema !== undefined) return;
+  // No explicit table yet: objection sets the model's own after this.
+  const table = single.table === undefined ? builder.modelClass().getTableName() : single.table;
+  if (typeof table !== 'string' || table.includes('.')) return;
+  const statements = built._statements as { grouping?: unknown }[] | undefined;
+  if (statements !== undefined && statements.some((statement) => statement.grouping === 'with')) return;
+  built.withSchema(database);
+}
+
+/**
  * The tenant of a model instance: the scope it was loaded or created in, or `undefined`.
  */
 export function instanceTenantId(instance: Model): string | undefined {
@@ -99,20 +119,17 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
     // objection is lazy, so the scope captured at creation is restored around execution.
     execute(): Promise<unknown> {
       const captured = this[CAPTURED];
-      if (captured !== undefined && currentScope() !== captured) return runInScope(captured, () => this.#qualifiedExecute((this as any).unsafeKnex()));
-      const knex = (this as any).unsafeKnex();
-      if (knex === null) return Promise.reject(missing((this as any).modelClass()));
-      return this.#qualifiedExecute(knex);
+      if (captured !== undefined && currentScope() !== captured) return runInScope(captured, () => super.execute());
+      if ((this as any).unsafeKnex() === null) return Promise.reject(missing((this as any).modelClass()));
+      return super.execute();
     }
 
-    // qualifyTables: a query through a tenant handle names the handle's database, unless it names one
-    // (`withSchema`, or a model table written `db.table`).
-    #qualifiedExecute(knex: unknown): Promise<unknown> {
-      const database = qualifiedDatabase(knex);
-      if (database !== undefined && (this as any).internalOptions().schema === undefined && !String((this as any).modelClass().getTableName()).includes('.')) {
-        (this as any).withSchema(database);
-      }
-      return super.execute();
+    // qualifyTables: a query through a tenant handle names the handle's database (see qualifyBuilt).
+    // Here rather than through objection's `withSchema`, which costs an operation per query.
+    executeOnBuildKnex(knexBuilder: unknown): any {
+      const built = super.executeOnBuildKnex(knexBuilder);
+      if (!(this as any).isPartial()) qualifyBuilt(this, built);
+      return built;
     }
 
     knex(...args: unknown[]): any {

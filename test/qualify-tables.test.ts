@@ -87,6 +87,27 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     assert.ok(s.open <= 2);
   });
 
+  it('model subqueries name the database too; a CTE and a from() naming its own database stay as written', async () => {
+    open({ max: 1 });
+    for (const t of TENANTS) {
+      await tenancy!.runWithTenant(t, async () => {
+        // A model query used as a subquery is built, never executed: it is qualified all the same.
+        // (The pet's name is the tenant's own: run on another database, it would find no owner.)
+        const owners = await Person.query().whereIn('id', Pet.query().select('owner_id').where('name', `${t}-tom`));
+        assert.deepEqual(owners.map((p) => p.name), [`${t}-bob`]);
+        // A common table expression: `from x` names the CTE, not a table of the tenant's database.
+        const named = await Person.query().with('x', Person.query().select('id', 'name').where('id', 2)).from('x');
+        assert.deepEqual(named.map((p) => p.name), [`${t}-bob`]);
+        // An explicit from() with its own database keeps it.
+        const other = await Person.query().from(`${db('a')}.persons`).orderBy('id');
+        assert.deepEqual(other.map((p) => p.name), ['a-ada', 'a-bob']);
+      });
+    }
+    const s = stats();
+    assert.equal(s.qualifyRetries, 0, 'nothing was refused: the subquery named its database');
+    assert.equal(s.switches, 0);
+  });
+
   it('writes, updates and deletes name the tenant database too, hooks included', async () => {
     open({ max: 1 });
     for (const t of TENANTS) {
