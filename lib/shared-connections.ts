@@ -244,6 +244,10 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
   };
   // The server's pool outlives every handle.
   client.destroy = () => Promise.resolve();
+  // knex's MySQL columnInfo() (objection reads it for withGraphJoined's table metadata) asks for
+  // `table_schema = client.database()`: the tenant's database, not the server connection's (none,
+  // which matched no column and left joined relations without their columns). Transactions copy it.
+  client.connectionSettings = { ...(base.client.connectionSettings as object), database };
   const qualified = server.pool.cleanConnectionsOn ? database : undefined;
   if (server.pool.switchesInStatements) installInlineSwitch(client, server.pool, tenantId, qualified);
   const context = Object.create(base.context) as { client: unknown; queryBuilder(): Knex.QueryBuilder };

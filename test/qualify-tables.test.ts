@@ -87,7 +87,7 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     assert.ok(s.open <= 2);
   });
 
-  it('model subqueries name the database too; a CTE and a from() naming its own database stay as written', async () => {
+  it('model subqueries and joined eager loads name the database too; a CTE and a from() naming its own database stay as written', async () => {
     open({ max: 1 });
     for (const t of TENANTS) {
       await tenancy!.runWithTenant(t, async () => {
@@ -106,6 +106,19 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     const s = stats();
     assert.equal(s.qualifyRetries, 0, 'nothing was refused: the subquery named its database');
     assert.equal(s.switches, 0);
+  });
+
+  it("withGraphJoined reads the joined tables' columns from the tenant's database (shared, with and without qualifyTables)", async () => {
+    for (const qualifyTables of [false, true]) {
+      // objection caches each model's table metadata (read through columnInfo()) for the process.
+      for (const model of [Person, Pet]) Reflect.deleteProperty(model, '$$tableMetadata');
+      open({ max: 1, qualifyTables });
+      for (const t of TENANTS) {
+        const joined = await tenancy!.runWithTenant(t, () => Person.query().withGraphJoined('pets').where('persons.id', 2));
+        assert.deepEqual(joined.map((p) => [p.name, p.pets!.map((pet) => [pet.id, pet.name])]), [[`${t}-bob`, [[2, `${t}-tom`]]]], `qualifyTables: ${qualifyTables}`);
+      }
+      await tenancy!.destroy();
+    }
   });
 
   it('writes, updates and deletes name the tenant database too, hooks included', async () => {
