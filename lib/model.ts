@@ -73,23 +73,44 @@ function failing<B extends { runBefore(fn: () => unknown): B }>(builder: B, erro
 }
 
 /**
- * qualifyTables: names the tenant's database in a model query's knex builder when its knex is a
- * marked tenant handle (or a transaction of one), unless the query names a database itself
- * (`withSchema`, a `from`/`tableName` written `db.table`) or has common table expressions (a `from`
- * naming one must stay unqualified). What is left unqualified is refused by the server and sent
- * again after a switch: slower, never wrong (see inline-switch.ts).
+ * qualifyTables: the database a model query's knex builder should name, when its knex is a marked
+ * tenant handle (or a transaction of one), unless the query names one itself (objection's
+ * `withSchema`, or a model `tableName` written `db.table`). What is left unqualified is refused by
+ * the server and sent again after a switch: slower, never wrong (see inline-switch.ts).
  */
-function qualifyBuilt(builder: any, built: any): void {
+function qualifyingDatabase(builder: any, knexBuilder: any): string | undefined {
   const database = qualifiedDatabase(builder.unsafeKnex());
-  if (database === undefined || builder.internalOptions().schema !== undefined) return;
-  const single = built._single as { schema?: unknown; table?: unknown } | undefined;
-  if (single === undefined || single.schema !== undefined) return;
-  // No explicit table yet: objection sets the model's own after this.
-  const table = single.table === undefined ? builder.modelClass().getTableName() : single.table;
-  if (typeof table !== 'string' || table.includes('.')) return;
-  const statements = built._statements as { grouping?: unknown }[] | undefined;
-  if (statements !== undefined && statements.some((statement) => statement.grouping === 'with')) return;
-  built.withSchema(database);
+  if (database === undefined || builder.internalOptions().schema !== undefined) return undefined;
+  if (knexBuilder?._single?.schema !== undefined || String(builder.modelClass().getTableName()).includes('.')) return undefined;
+  return database;
+}
+
+type KnexStatement = { grouping?: unknown; alias?: unknown; table?: unknown; schema?: unknown };
+
+/**
+ * Takes the tenant's database back off the names that carry their own: a `from()` or join written
+ * `db.table`, or naming a common table expression of the query (`with('x', ...)`: `from('x')` is the
+ * CTE, not a table).
+ */
+function unqualifyOwnNames(built: any, database: string): void {
+  const single = built._single as KnexStatement | undefined;
+  const statements = built._statements as KnexStatement[] | undefined;
+  if (single === undefined || !Array.isArray(statements)) return;
+  let ctes: Set<string> | undefined;
+  for (const statement of statements) {
+    if (statement.grouping === 'with' && typeof statement.alias === 'string') (ctes ??= new Set()).add(statement.alias);
+  }
+  if (single.schema === database && ownName(single.table, ctes)) single.schema = undefined;
+  for (const statement of statements) {
+    if (statement.grouping === 'join' && statement.schema === database && ownName(statement.table, ctes)) statement.schema = undefined;
+  }
+}
+
+/** A table name that must not be prefixed: `db.table`, or a CTE's name (either with an alias). */
+function ownName(table: unknown, ctes: Set<string> | undefined): boolean {
+  if (typeof table !== 'string') return false;
+  if (table.includes('.')) return true;
+  return ctes !== undefined && ctes.has(table.split(/\s+as\s+/i)[0]!.trim());
 }
 
 /**
@@ -126,9 +147,12 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
 
     // qualifyTables: a query through a tenant handle names the handle's database (see qualifyBuilt).
     // Here rather than through objection's `withSchema`, which costs an operation per query.
-    executeOnBuildKnex(knexBuilder: unknown): any {
+    executeOnBuildKnex(knexBuilder: any): any {
+      const database = (this as any).isPartial() ? undefined : qualifyingDatabase(this, knexBuilder);
+      // Set first, as objection's own withSchema does, so that the joins the operations add name it too.
+      if (database !== undefined) knexBuilder.withSchema(database);
       const built = super.executeOnBuildKnex(knexBuilder);
-      if (!(this as any).isPartial()) qualifyBuilt(this, built);
+      if (database !== undefined) unqualifyOwnNames(built, database);
       return built;
     }
 

@@ -1,8 +1,8 @@
 /**
  * `qualifyTables` (shared strategy) on real MariaDB: TenantModel queries name their tenant's database
- * and run on connections that have never had a current database, with no `USE`. What names no
- * database (raw SQL, a many-to-many join table, `DATABASE()`) is refused there by the server and sent
- * again after a switch, or switched first.
+ * (joins, eager loads and subqueries included) and run on connections that have never had a current
+ * database, with no `USE`. What names no database (raw SQL, `DATABASE()`) is refused there by the
+ * server and sent again after a switch, or switched first.
  *
  * Why that fails closed: on a connection with no current database, a table named without a database
  * resolves nowhere. The negative control shows the hazard the design avoids: the same unqualified
@@ -98,6 +98,9 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
         // A common table expression: `from x` names the CTE, not a table of the tenant's database.
         const named = await Person.query().with('x', Person.query().select('id', 'name').where('id', 2)).from('x');
         assert.deepEqual(named.map((p) => p.name), [`${t}-bob`]);
+        // ...and a join to one names the CTE too, while the model's own table is qualified.
+        const owner = await Person.query().with('x', Pet.query().select('owner_id').where('name', `${t}-tom`)).join('x', 'x.owner_id', 'persons.id');
+        assert.deepEqual(owner.map((p) => p.name), [`${t}-bob`]);
         // An explicit from() with its own database keeps it.
         const other = await Person.query().from(`${db('a')}.persons`).orderBy('id');
         assert.deepEqual(other.map((p) => p.name), ['a-ada', 'a-bob']);
@@ -117,6 +120,8 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
         const joined = await tenancy!.runWithTenant(t, () => Person.query().withGraphJoined('pets').where('persons.id', 2));
         assert.deepEqual(joined.map((p) => [p.name, p.pets!.map((pet) => [pet.id, pet.name])]), [[`${t}-bob`, [[2, `${t}-tom`]]]], `qualifyTables: ${qualifyTables}`);
       }
+      // With qualifyTables, the joins name the database too: nothing refused, no connection switched.
+      if (qualifyTables) assert.deepEqual([stats().qualifyRetries, stats().switches], [0, 0]);
       await tenancy!.destroy();
     }
   });
@@ -149,7 +154,7 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     assert.deepEqual(await names('b'), ['b-ada', 'b-bob']);
   });
 
-  it('what names no database is refused, then sent again after a switch: raw SQL, a join table', async () => {
+  it('what names no database is refused, then sent again after a switch: raw SQL', async () => {
     open({ max: 1 });
     const [rows] = await tenancy!.runWithTenant('b', () => tenancy!.knex().raw('select name from persons order by id'));
     assert.deepEqual((rows as { name: string }[]).map((r) => r.name), ['b-ada', 'b-bob']);
@@ -161,7 +166,7 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     assert.deepEqual((aRows as { name: string }[]).map((r) => r.name), ['a-ada', 'a-bob']);
     assert.equal(stats().switches, 2);
     assert.equal(stats().qualifyRetries, 1);
-    // Many-to-many: objection joins persons_movies without naming its database.
+    // Many-to-many: the join table is named with its database too (the relation's join is qualified).
     const movies = await tenancy!.runWithTenant('c', () => Person.relatedQuery('movies').for(1));
     assert.deepEqual(movies.map((m: Movie) => m.title), ['c-alien']);
   });
