@@ -660,7 +660,7 @@ function trackSchemaChanges(slot: Slot): void {
   const query = conn.query;
   // Fixed arity and a callback wrapped by a module-level function: the first version took a rest
   // array, replaced its last element and handed it to `apply`, which cost ~8 µs of CPU per query
-  // (a third of the library's whole cost per query, measured over a fake driver).
+  // (more than the rest of the library's cost per query; benchmarks/cpu.bench.ts).
   conn.query = function (this: unknown, sql: unknown, values: unknown, callback: unknown): unknown {
     if (typeof callback === 'function') return query.call(this, sql, values, tracked(slot, callback as Callback));
     if (typeof values === 'function') return query.call(this, sql, tracked(slot, values as Callback));

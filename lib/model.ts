@@ -145,8 +145,9 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       return super.execute();
     }
 
-    // qualifyTables: a query through a tenant handle names the handle's database (see qualifyBuilt).
-    // Here rather than through objection's `withSchema`, which costs an operation per query.
+    // qualifyTables: a query through a tenant handle names the handle's database (see
+    // qualifyingDatabase). On the knex builder rather than with objection's `withSchema`, which costs
+    // an operation (and a scan of the operations) per query.
     executeOnBuildKnex(knexBuilder: any): any {
       const database = (this as any).isPartial() ? undefined : qualifyingDatabase(this, knexBuilder);
       // Set first, as objection's own withSchema does, so that the joins the operations add name it too.
