@@ -8,6 +8,8 @@ type RawConnection = {
   query(sql: string, callback: (error: unknown) => void): unknown;
   /** COM_RESET_CONNECTION (mysql2). */
   reset?(callback: (error: unknown) => void): unknown;
+  /** COM_CHANGE_USER (mysql2): with no options, the same user and the connection's configured database (none here). */
+  changeUser?(options: Record<string, never>, callback: (error: unknown) => void): unknown;
   /** The server status flags of the last statement's answer (mysql2). */
   serverStatus?: number;
   __knexUid?: string;
@@ -111,11 +113,27 @@ export interface AffinityPoolStats {
   cleanHits: number;
   /** qualifyTables: statements refused on such a connection ("No database selected"), sent again after a `USE`. */
   qualifyRetries: number;
+  /**
+   * qualifyTables: connections left on a tenant's database by such a statement, taken back to no
+   * database (COM_CHANGE_USER) when another tenant took them, rather than switched with `USE`.
+   */
+  restores: number;
 }
 
 // How far down the wait queue a released connection looks for a waiter on its own database:
 // affinity without letting the head of the queue starve.
 const LOOKAHEAD = 32;
+
+// qualifyTables: a connection a refused statement left on a tenant's database is taken back to no
+// database (COM_CHANGE_USER: the round trip of about three USEs, twice their CPU) when another tenant takes
+// it, while fewer than RESTORE_BELOW statements per acquire on a clean connection are refused; above
+// that, one chance in EXPLORE, so that the share is still measured. Restoring every time, against
+// never (stop 13, 200 tenants, 20 connections, paired runs): +10% of throughput with 2% of statements
+// raw, even at 5-10%, -10% at 20-50%. benchmarks/raw-mix.bench.ts measures the rule.
+const RESTORE_BELOW = 0.1;
+const EXPLORE = 256;
+/** Acquires on clean connections per update of the refused share (halved into the previous value). */
+const REFUSAL_WINDOW = 256;
 
 /**
  * One database server's connections, shared by every tenant database on it. A connection is switched
@@ -142,7 +160,12 @@ export class AffinityPool implements SwitchState {
   readonly #recent: Map<string, undefined> | undefined;
   #closed = false;
   #warnedOpenTransaction = false;
-  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0, coldWaits: 0, resets: 0, openTransactionsClosed: 0, cleanHits: 0, qualifyRetries: 0 };
+  /** qualifyTables: statements refused per acquire on a clean connection, smoothed (see RESTORE_BELOW). */
+  #refusedShare = 0;
+  #windowClean = 0;
+  #windowRefused = 0;
+  #restoreChances = 0;
+  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0, coldWaits: 0, resets: 0, openTransactionsClosed: 0, cleanHits: 0, qualifyRetries: 0, restores: 0 };
 
   constructor(client: Knex.Client, options: AffinityPoolOptions) {
     this.#client = client;
@@ -262,6 +285,7 @@ export class AffinityPool implements SwitchState {
   /** qualifyTables: a statement was refused on a clean connection ("No database selected") and is sent again after a switch. */
   noteQualifyRetry(): void {
     this.#counters.qualifyRetries++;
+    this.#windowRefused++;
   }
 
   async switchNow(conn: unknown, tenantId: string): Promise<void> {
@@ -393,14 +417,18 @@ export class AffinityPool implements SwitchState {
       if (reset) await this.#reset(slot, tenantId);
       return slot.conn;
     }
-    if (slot.clean) this.#counters.cleanHits++;
-    else this.#counters.switches++;
+    // qualifyTables: a connection a refused statement left on another tenant's database goes back to
+    // no database rather than to this one, so that it serves every tenant with no USE again.
+    const restore = this.#options.cleanConnections && !slot.clean && this.#restoreWorthIt();
+    if (slot.clean) this.#servedClean();
+    else if (!restore) this.#counters.switches++;
     if (this.#cold(db)) {
       slot.switched = true;
       this.#switching++;
     }
     this.#touch(db);
-    if (reset) await this.#reset(slot, tenantId);
+    if (restore) await this.#restore(slot, tenantId, reset);
+    else if (reset) await this.#reset(slot, tenantId);
     if (slot.clean) {
       // No database to leave: the tenant's statements name theirs, anything else is refused.
       slot.target = db;
@@ -435,6 +463,48 @@ export class AffinityPool implements SwitchState {
       this.release(slot.conn);
       throw new TenantUnavailableError(tenantId, { cause: error, reason: 'its connection could not be reset for it' });
     }
+  }
+
+  /**
+   * qualifyTables: takes a connection back to no current database (COM_CHANGE_USER as the same user;
+   * its configured database is none), then runs the server's `afterCreate` again (the command also
+   * resets the session, as resetSession's reset does). A connection that fails either is closed,
+   * never handed to the tenant. Should `afterCreate` itself select a database, the connection stays
+   * switched and is switched to the tenant's database as usual.
+   */
+  async #restore(slot: Slot, tenantId: string, countReset: boolean): Promise<void> {
+    this.#counters.restores++;
+    if (countReset) this.#counters.resets++;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        if (typeof slot.conn.changeUser !== 'function') throw new TypeError('qualifyTables needs a driver connection with changeUser() (mysql2)');
+        slot.conn.changeUser({}, (error) => (error ? reject(error) : resolve()));
+      });
+      slot.db = undefined;
+      slot.clean = true;
+      await this.#setUp(slot.conn);
+      slot.autocommit = autocommitOn(slot.conn);
+    } catch (error) {
+      slot.broken = true;
+      this.release(slot.conn);
+      throw new TenantUnavailableError(tenantId, { cause: error, reason: 'its connection could not be taken back to no database' });
+    }
+    if (slot.clean) this.#servedClean();
+    else this.#counters.switches++;
+  }
+
+  /** An acquire served by a connection with no current database. */
+  #servedClean(): void {
+    this.#counters.cleanHits++;
+    if (++this.#windowClean < REFUSAL_WINDOW) return;
+    this.#refusedShare = (this.#refusedShare + this.#windowRefused / this.#windowClean) / 2;
+    this.#windowClean = 0;
+    this.#windowRefused = 0;
+  }
+
+  /** Whether to take a switched connection back to no database (see RESTORE_BELOW). */
+  #restoreWorthIt(): boolean {
+    return this.#refusedShare < RESTORE_BELOW || ++this.#restoreChances % EXPLORE === 0;
   }
 
   /**
@@ -516,7 +586,7 @@ export class AffinityPool implements SwitchState {
     this.#slots.set(conn, slot);
     this.#owner.set(conn, tenantId);
     if (slot.clean) {
-      this.#counters.cleanHits++;
+      this.#servedClean();
       slot.target = db;
       return conn;
     }
