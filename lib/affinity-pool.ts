@@ -125,11 +125,11 @@ export interface AffinityPoolStats {
 const LOOKAHEAD = 32;
 
 // qualifyTables: a connection a refused statement left on a tenant's database is taken back to no
-// database (COM_CHANGE_USER: the round trip of about three USEs, twice their CPU) when another tenant takes
-// it, while fewer than RESTORE_BELOW statements per acquire on a clean connection are refused; above
-// that, one chance in EXPLORE, so that the share is still measured. Restoring every time, against
-// never (stop 13, 200 tenants, 20 connections, paired runs): +10% of throughput with 2% of statements
-// raw, even at 5-10%, -10% at 20-50%. benchmarks/raw-mix.bench.ts measures the rule.
+// database (COM_CHANGE_USER: the round trip of about three USEs, twice their CPU) when another tenant
+// takes it, while fewer than RESTORE_BELOW statements per acquire on a clean connection are refused;
+// above that, one chance in EXPLORE, so that the share is still measured. Restoring every time,
+// against never (stop 13, 200 tenants, 20 connections, paired runs): +10% of throughput with 2% of
+// statements raw, even at 5-10%, -10% at 20-50%. benchmarks/raw-mix.bench.ts measures the rule.
 const RESTORE_BELOW = 0.1;
 const EXPLORE = 256;
 /** Acquires on clean connections per update of the refused share (halved into the previous value). */
