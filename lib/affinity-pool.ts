@@ -447,50 +447,56 @@ export class AffinityPool implements SwitchState {
   /**
    * resetSession: clears what the previous tenant left on the connection's session, then runs the
    * server's `afterCreate` again (the reset also cleared what it set). The database stays selected.
-   * A connection that fails either is closed, never handed to the tenant.
    */
-  async #reset(slot: Slot, tenantId: string): Promise<void> {
+  #reset(slot: Slot, tenantId: string): Promise<void> {
     this.#counters.resets++;
-    try {
-      await new Promise<void>((resolve, reject) => {
-        if (typeof slot.conn.reset !== 'function') throw new TypeError('resetSession needs a driver connection with reset() (mysql2)');
-        slot.conn.reset((error) => (error ? reject(error) : resolve()));
-      });
-      await this.#setUp(slot.conn);
-      slot.autocommit = autocommitOn(slot.conn);
-    } catch (error) {
-      slot.broken = true;
-      this.release(slot.conn);
-      throw new TenantUnavailableError(tenantId, { cause: error, reason: 'its connection could not be reset for it' });
-    }
+    return this.#renewSession(slot, tenantId, 'its connection could not be reset for it', (done) => {
+      if (typeof slot.conn.reset !== 'function') throw new TypeError('resetSession needs a driver connection with reset() (mysql2)');
+      slot.conn.reset(done);
+    });
   }
 
   /**
    * qualifyTables: takes a connection back to no current database (COM_CHANGE_USER as the same user;
    * its configured database is none), then runs the server's `afterCreate` again (the command also
-   * resets the session, as resetSession's reset does). A connection that fails either is closed,
-   * never handed to the tenant. Should `afterCreate` itself select a database, the connection stays
-   * switched and is switched to the tenant's database as usual.
+   * resets the session, as resetSession's reset does). Should `afterCreate` itself select a
+   * database, the connection stays switched and is switched to the tenant's database as usual.
    */
   async #restore(slot: Slot, tenantId: string, countReset: boolean): Promise<void> {
     this.#counters.restores++;
     if (countReset) this.#counters.resets++;
-    try {
-      await new Promise<void>((resolve, reject) => {
+    await this.#renewSession(
+      slot,
+      tenantId,
+      'its connection could not be taken back to no database',
+      (done) => {
         if (typeof slot.conn.changeUser !== 'function') throw new TypeError('qualifyTables needs a driver connection with changeUser() (mysql2)');
-        slot.conn.changeUser({}, (error) => (error ? reject(error) : resolve()));
-      });
-      slot.db = undefined;
-      slot.clean = true;
+        slot.conn.changeUser({}, done);
+      },
+      () => {
+        slot.db = undefined;
+        slot.clean = true;
+      },
+    );
+    if (slot.clean) this.#servedClean();
+    else this.#counters.switches++;
+  }
+
+  /**
+   * Sends a session command (a reset, a change of user), then runs the server's `afterCreate` again.
+   * A connection that fails either is closed, never handed to the tenant (503).
+   */
+  async #renewSession(slot: Slot, tenantId: string, reason: string, send: (done: (error: unknown) => void) => void, sent?: () => void): Promise<void> {
+    try {
+      await new Promise<void>((resolve, reject) => send((error) => (error ? reject(error) : resolve())));
+      sent?.();
       await this.#setUp(slot.conn);
       slot.autocommit = autocommitOn(slot.conn);
     } catch (error) {
       slot.broken = true;
       this.release(slot.conn);
-      throw new TenantUnavailableError(tenantId, { cause: error, reason: 'its connection could not be taken back to no database' });
+      throw new TenantUnavailableError(tenantId, { cause: error, reason });
     }
-    if (slot.clean) this.#servedClean();
-    else this.#counters.switches++;
   }
 
   /** An acquire served by a connection with no current database. */
