@@ -247,6 +247,30 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     assert.equal(stats().restores, before + 1, 'a connection switched by b is taken back for c');
   });
 
+  it('takes connections back to no database for a user with a password (the change of user authenticates again)', async () => {
+    const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
+    const user = 'ot_qualify_user';
+    try {
+      await admin.raw('drop user if exists ?@?', [user, server.host]);
+      await admin.raw('create user ?@? identified by ?', [user, server.host, 'pw-Qualify-1']);
+      await admin.raw('grant all on `ot\\_qualify\\_%`.* to ?@?', [user, server.host]);
+      open({ servers: { main: { client: 'mysql2', connection: { ...server, user, password: 'pw-Qualify-1' }, pool: { max: 1 } } } });
+      for (let i = 0; i < 3; i++) {
+        const [rows] = await tenancy!.runWithTenant('b', () => tenancy!.knex().raw('select name from persons order by id'));
+        assert.deepEqual((rows as { name: string }[]).map((r) => r.name), ['b-ada', 'b-bob']);
+        assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+      }
+      assert.deepEqual([stats().restores, stats().created, stats().destroyed], [3, 1, 0]);
+      const [who] = await tenancy!.runWithTenant('a', () => tenancy!.knex().raw('select current_user() as u, database() as d'));
+      assert.equal((who as { u: string }[])[0]!.u, `${user}@${server.host}`);
+    } finally {
+      await tenancy?.destroy();
+      tenancy = undefined;
+      await admin.raw('drop user if exists ?@?', [user, server.host]);
+      await admin.destroy();
+    }
+  });
+
   it('a connection that cannot be taken back to no database is closed, never handed out (503)', async () => {
     let setUps = 0;
     open({
