@@ -16,7 +16,8 @@
  *
  * Both: no response holds another tenant's row; every tenant's database holds every write
  * acknowledged to it, no rolled-back write, and no row of another tenant (writes that got no answer
- * or a 503 may or may not have landed); no unhandled rejection; no lease left.
+ * or a 503 may or may not have landed); no unhandled rejection; no lease left. With qualifyTables,
+ * raw SQL naming no database is part of the load, and connections were taken back to no database.
  *
  * Run: `npm run faults` (full: ~1.5 min) or `npm run faults -- --short` (CI: SIGTERM only, shorter
  * phases, ~30 s). Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test), FAULTS_MARIADB_PORT
@@ -52,9 +53,16 @@ const DROP_TENANTS = ['d1', 'd2', 'd3', 'd4'];
 const DROPPED = 'd2';
 const dbName = (tenant: string) => `${PREFIX}${tenant}`;
 const LOAD_WEIGHTS = { list: 35, get: 20, balance: 10, write: 20, txWrite: 15 };
-/** `session` requests (another tenant's user variable is a leak) where a clean session per tenant is promised. */
-const loadMix = (strategy: Strategy) =>
-  mix(strategy === 'pool-per-tenant' || strategy === 'shared-reset' ? { ...LOAD_WEIGHTS, session: 8 } : LOAD_WEIGHTS);
+/**
+ * `session` requests (another tenant's user variable is a leak) where a clean session per tenant is
+ * promised; with qualifyTables, `raw` requests (SQL naming no database: refused on a clean connection,
+ * sent again after a switch, the connection taken back to no database when another tenant takes it).
+ */
+const loadMix = (strategy: Strategy) => {
+  if (strategy === 'pool-per-tenant' || strategy === 'shared-reset') return mix({ ...LOAD_WEIGHTS, session: 8 });
+  if (strategy === 'shared-qualified') return mix({ ...LOAD_WEIGHTS, raw: 3 });
+  return mix(LOAD_WEIGHTS);
+};
 
 let unhandled = 0;
 const unhandledSamples: string[] = [];
@@ -179,17 +187,26 @@ async function startLoad(strategy: Strategy, servers: Servers, tenants: readonly
     outcomes,
     serverErrors,
     unmapped,
-    async stop(): Promise<{ leasesLeft: number }> {
+    async stop(): Promise<{ leasesLeft: number; restores: number }> {
       running = false;
       await Promise.all(workers);
       client.close();
       await http.close();
       for (let i = 0; i < 50 && tenancy.stats().leases > 0; i++) await sleep(20);
-      const leasesLeft = tenancy.stats().leases;
+      const stats = tenancy.stats();
+      const restores = Object.values(stats.servers ?? {}).reduce((sum, server) => sum + server.restores, 0);
       await tenancy.destroy();
-      return { leasesLeft };
+      return { leasesLeft: stats.leases, restores };
     },
   };
+}
+
+/** shared-qualified: the raw requests ran, and connections were taken back to no database. */
+function qualifiedRestores(scenario: Scenario, restores: number, outcomes: readonly Outcome[]): void {
+  const raw = outcomes.filter((o) => o.kind === 'raw');
+  scenario.facts.rawAnswers = statusCounts(raw);
+  scenario.facts.restores = restores;
+  scenario.checks.push({ name: 'raw SQL was served, and connections were taken back to no database', ok: raw.some((o) => is2xx(o.status)) && restores > 0, detail: `${raw.length} raw requests, ${restores} restores` });
 }
 
 interface Scenario {
@@ -267,7 +284,8 @@ async function outage(strategy: Strategy, signal: 'SIGTERM' | 'SIGKILL', servers
       break;
     }
   }
-  const { leasesLeft } = await run.stop();
+  const { leasesLeft, restores } = await run.stop();
+  if (strategy === 'shared-qualified') qualifiedRestores(scenario, restores, run.outcomes);
   const outcomes = run.outcomes;
   scenario.requests = outcomes.length;
 
@@ -322,7 +340,8 @@ async function droppedDatabase(strategy: Strategy, servers: Servers): Promise<Sc
   await withKnex(servers.mainConnection, (admin) => admin.raw('drop database ??', [dbName(DROPPED)]));
   const droppedAt = performance.now();
   await sleep(AFTER_DROP_MS);
-  const { leasesLeft } = await run.stop();
+  const { leasesLeft, restores } = await run.stop();
+  if (strategy === 'shared-qualified') qualifiedRestores(scenario, restores, run.outcomes);
   const outcomes = run.outcomes;
   scenario.requests = outcomes.length;
 

@@ -121,6 +121,12 @@ export function ledgerApp(options: LedgerAppOptions): express.Express {
     res.json({ tenant: (info as { tenant_id: string }).tenant_id, total: Number((sum as unknown as { total: unknown }).total) });
   }));
 
+  // Raw SQL naming no database (qualifyTables: refused on a clean connection, sent again after a switch).
+  app.get('/raw', route(async (_req, res) => {
+    const [rows] = await Person.knex().raw('select tenant_id from tenant_info limit 1');
+    res.json({ tenant: (rows as { tenant_id: string }[])[0]!.tenant_id });
+  }));
+
   // Session state: what the last request on this connection left in a user variable (null, or this
   // tenant's own when the connection stays with it), then claims it for this tenant.
   app.get('/session', route(async (_req, res) => {
@@ -196,6 +202,7 @@ export type RequestKind =
   | 'abort' // GET /people?slow: the client hangs up after a few ms
   | 'unknownTenant' // a valid tenant id nobody has: 404
   | 'invalidTenant' // a malformed tenant id: 400
+  | 'raw' // GET /raw: raw SQL that names no database
   | 'session'; // GET /session: a user variable left by another tenant is a leak (resetSession, or a pool per tenant)
 
 /** The statuses a healthy app answers each kind with (0: the client aborted). */
@@ -211,6 +218,7 @@ export const EXPECTED: Readonly<Record<RequestKind, readonly number[]>> = {
   abort: [0, 200],
   unknownTenant: [404],
   invalidTenant: [400],
+  raw: [200],
   session: [200],
 };
 
@@ -312,6 +320,9 @@ export class LedgerClient {
       case 'session':
         path = '/session';
         break;
+      case 'raw':
+        path = '/raw';
+        break;
       case 'balance':
         path = '/balance';
         break;
@@ -388,7 +399,7 @@ export class LedgerClient {
   }
 
   #holdsOtherTenant(kind: RequestKind, tenant: string, text: string): boolean {
-    if (kind === 'balance') return (JSON.parse(text) as { tenant: string }).tenant !== tenant;
+    if (kind === 'balance' || kind === 'raw') return (JSON.parse(text) as { tenant: string }).tenant !== tenant;
     if (kind === 'session') {
       const body = JSON.parse(text) as { tenant: string; seen: string | null };
       return body.tenant !== tenant || (body.seen !== null && body.seen !== tenant);
