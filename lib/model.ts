@@ -2,7 +2,7 @@ import { Model } from 'objection';
 import type { Knex } from 'knex';
 import { TenantContextMissingError, TenantMismatchError } from './errors';
 import { currentScope, globalState, runInScope, type TenantScope } from './scope';
-import { qualifiedDatabase } from './qualify-tables';
+import { namesItsDatabase, qualifiedDatabase } from './qualify-tables';
 
 // Objection's own typings do not describe the members overridden here (unsafeKnex, $$knex, the
 // untyped transaction overloads), so the mixin body works on loose types and the result keeps the
@@ -81,7 +81,7 @@ function failing<B extends { runBefore(fn: () => unknown): B }>(builder: B, erro
 function qualifyingDatabase(builder: any, knexBuilder: any): string | undefined {
   const database = qualifiedDatabase(builder.unsafeKnex());
   if (database === undefined || builder.internalOptions().schema !== undefined) return undefined;
-  if (knexBuilder?._single?.schema !== undefined || String(builder.modelClass().getTableName()).includes('.')) return undefined;
+  if (knexBuilder?._single?.schema !== undefined || namesItsDatabase(builder.modelClass().getTableName())) return undefined;
   return database;
 }
 
@@ -109,7 +109,7 @@ function unqualifyOwnNames(built: any, database: string): void {
 /** A table name that must not be prefixed: `db.table`, or a CTE's name (either with an alias). */
 function ownName(table: unknown, ctes: Set<string> | undefined): boolean {
   if (typeof table !== 'string') return false;
-  if (table.includes('.')) return true;
+  if (namesItsDatabase(table)) return true;
   return ctes !== undefined && ctes.has(table.split(/\s+as\s+/i)[0]!.trim());
 }
 

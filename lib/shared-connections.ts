@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import { AffinityPool, type AffinityPoolOptions, type AffinityPoolStats, type AfterCreate } from './affinity-pool';
 import { TenancyDestroyedError, TenantError, TenantUnavailableError } from './errors';
 import { installInlineSwitch } from './inline-switch';
-import { markQualified } from './qualify-tables';
+import { markQualified, namesItsDatabase } from './qualify-tables';
 import type { PoolCacheStats, TenantConnections, TenantLease } from './pool-cache';
 
 /** Where a tenant lives: a server key of `options.servers` and the database name on it. */
@@ -256,7 +256,7 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
     const builder = context.queryBuilder();
     if (!tableName) return builder;
     // qualifyTables: `knex('table')` names the tenant's database too (unless the name has its own).
-    if (qualified !== undefined && typeof tableName === 'string' && !tableName.includes('.')) builder.withSchema(qualified);
+    if (qualified !== undefined && typeof tableName === 'string' && !namesItsDatabase(tableName)) builder.withSchema(qualified);
     return builder.table(tableName, options as never);
   } as unknown as Knex & { context: unknown };
   Object.setPrototypeOf(handle, base);
