@@ -24,7 +24,7 @@ import { execFileSync } from 'node:child_process';
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy, type Tenancy } from '../lib/index';
 import { Person, TPerson } from './models';
-import { intEnv, loadAverage, writeResults } from './results';
+import { intEnv, loadAverage, median, writeResults } from './results';
 
 const VARIANTS = ['passing', 'bindKnex', 'pool-per-tenant', 'shared', 'shared-inline', 'shared-qualified'] as const;
 type Variant = (typeof VARIANTS)[number];
@@ -135,11 +135,6 @@ async function child(variant: Variant): Promise<void> {
 
 // --- parent -------------------------------------------------------------------------------------
 
-const median = (values: number[]): number => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-};
 const round3 = (n: number): number => Math.round(n * 1000) / 1000;
 
 function parent(): void {

@@ -38,7 +38,7 @@ import knexFactory, { type Knex } from 'knex';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { createTenancy, type Tenancy } from '../lib/index';
 import { Person, TPerson } from './models';
-import { intEnv, loadAverage, versionOf, writeResults } from './results';
+import { intEnv, loadAverage, median, versionOf, writeResults } from './results';
 import { mysqlConnection } from '../test/helpers/mysql-url';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
@@ -243,12 +243,6 @@ async function setUp(admin: Knex): Promise<string> {
     await admin.withSchema(db).table('persons').insert(values.map((name) => ({ name })));
   }
   return (rows as { v: string }[])[0]!.v;
-}
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
 const round3 = (value: number) => Math.round(value * 1000) / 1000;

@@ -29,7 +29,7 @@ import { createTenancy } from '../lib/index';
 import { Person, TPerson } from './models';
 // Internal: only to switch the library's AsyncLocalStorage off for variant 3'.
 import { globalState } from '../lib/scope';
-import { writeResults, intEnv } from './results';
+import { intEnv, median, writeResults } from './results';
 import { mysqlConnection } from '../test/helpers/mysql-url';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
@@ -41,7 +41,6 @@ const CONCURRENCIES = [1, 32] as const;
 const ROUNDS = intEnv('BENCH_ROUNDS', 15);
 const CELL_MS = intEnv('BENCH_CELL_MS', 300);
 const WARMUP_MS = intEnv('BENCH_WARMUP_MS', 500);
-
 
 const connection = (database?: string) => mysqlConnection(database, MYSQL_URL);
 
@@ -130,12 +129,6 @@ async function runCell(
   const ns = Number(process.hrtime.bigint() - start);
   const cpu = process.cpuUsage(cpuStart);
   return { ns, cpuNs: (cpu.user + cpu.system) * 1000, ops };
-}
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
 function percentile(values: readonly number[], q: number): number {

@@ -24,7 +24,7 @@
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy, type Tenancy, type TenancyOptions } from '../lib/index';
 import { Person, TPerson } from './models';
-import { intEnv, loadAverage, writeResults } from './results';
+import { intEnv, loadAverage, median, writeResults } from './results';
 import { mysqlConnection } from '../test/helpers/mysql-url';
 
 const TENANTS = intEnv('BENCH_TENANTS', 200);
@@ -138,12 +138,6 @@ async function runCell(variant: Variant, share: number): Promise<Cell> {
     await tenancy.destroy();
   }
 }
-
-const median = (values: number[]): number => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-};
 
 async function main(): Promise<void> {
   const loadBefore = loadAverage();

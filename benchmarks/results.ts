@@ -52,6 +52,14 @@ export function writeResults(
   return file;
 }
 
+/** The median of `values` (the mean of the two middle ones for an even count); NaN when empty. */
+export function median(values: readonly number[]): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
 /** A positive integer from the environment, or `fallback`. */
 export function intEnv(name: string, fallback: number): number {
   const value = process.env[name];

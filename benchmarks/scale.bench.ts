@@ -72,7 +72,7 @@ import mysql from 'mysql2/promise';
 import { createTenancy, type Tenancy, type TenancyStats } from '../lib/index';
 import { Person, TPerson } from './models';
 import { mysqlConnection } from '../test/helpers/mysql-url';
-import { intEnv } from './results';
+import { intEnv, median } from './results';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
 const TENANTS = intEnv('BENCH_TENANTS', 10_000);
@@ -116,7 +116,6 @@ const SELECTED = new Set<VariantKey>(
     return key as VariantKey;
   }),
 );
-
 
 const connection = (database?: string) => mysqlConnection(database, MYSQL_URL);
 /**
@@ -685,18 +684,10 @@ async function runCell(key: VariantKey, popularity: Popularity, sampler: ThreadS
   };
 }
 
-
 // --- report -------------------------------------------------------------------------------------
 
 function sum(runs: readonly CellRun[], pick: (run: CellRun) => number): number {
   return runs.reduce((total, run) => total + pick(run), 0);
-}
-
-function median(values: readonly number[]): number {
-  if (values.length === 0) return Number.NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
 function maxOf(values: readonly (number | undefined)[]): number | undefined {
