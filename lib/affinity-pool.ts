@@ -118,6 +118,12 @@ export interface AffinityPoolStats {
    * database (COM_CHANGE_USER) when another tenant took them, rather than switched with `USE`.
    */
   restores: number;
+  /**
+   * qualifyTables: changes of user refused (the pool user's password changed since the
+   * connection opened, say). The connection is closed, the pool stops taking connections back to no
+   * database, and the acquire is served as it would be without that (a `USE`).
+   */
+  restoreRefusals: number;
 }
 
 // How far down the wait queue a released connection looks for a waiter on its own database:
@@ -165,7 +171,9 @@ export class AffinityPool implements SwitchState {
   #windowClean = 0;
   #windowRefused = 0;
   #restoreChances = 0;
-  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0, coldWaits: 0, resets: 0, openTransactionsClosed: 0, cleanHits: 0, qualifyRetries: 0, restores: 0 };
+  /** qualifyTables: the server refused a change of user once; connections are no longer taken back. */
+  #restoresOff = false;
+  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0, coldWaits: 0, resets: 0, openTransactionsClosed: 0, cleanHits: 0, qualifyRetries: 0, restores: 0, restoreRefusals: 0 };
 
   constructor(client: Knex.Client, options: AffinityPoolOptions) {
     this.#client = client;
@@ -427,8 +435,10 @@ export class AffinityPool implements SwitchState {
       this.#switching++;
     }
     this.#touch(db);
-    if (restore) await this.#restore(slot, tenantId, reset);
-    else if (reset) await this.#reset(slot, tenantId);
+    if (restore) {
+      // A change of user the server refused closed the connection: the acquire starts again, restores off.
+      if (!(await this.#restore(slot, tenantId, reset))) return this.acquire(tenantId, db);
+    } else if (reset) await this.#reset(slot, tenantId);
     if (slot.clean) {
       // No database to leave: the tenant's statements name theirs, anything else is refused.
       slot.target = db;
@@ -462,24 +472,39 @@ export class AffinityPool implements SwitchState {
    * resets the session, as resetSession's reset does). Should `afterCreate` itself select a
    * database, the connection stays switched and is switched to the tenant's database as usual.
    */
-  async #restore(slot: Slot, tenantId: string, countReset: boolean): Promise<void> {
+  async #restore(slot: Slot, tenantId: string, countReset: boolean): Promise<boolean> {
     this.#counters.restores++;
     if (countReset) this.#counters.resets++;
-    await this.#renewSession(
-      slot,
-      tenantId,
-      'its connection could not be taken back to no database',
-      (done) => {
-        if (typeof slot.conn.changeUser !== 'function') throw new TypeError('qualifyTables needs a driver connection with changeUser() (mysql2)');
-        slot.conn.changeUser({}, done);
-      },
-      () => {
-        slot.db = undefined;
-        slot.clean = true;
-      },
-    );
+    let refusal: unknown;
+    try {
+      await this.#renewSession(
+        slot,
+        tenantId,
+        'its connection could not be taken back to no database',
+        (done) => {
+          if (typeof slot.conn.changeUser !== 'function') throw new TypeError('qualifyTables needs a driver connection with changeUser() (mysql2)');
+          slot.conn.changeUser({}, (error) => {
+            if (refusedChange(error)) refusal = error;
+            done(error);
+          });
+        },
+        () => {
+          slot.db = undefined;
+          slot.clean = true;
+        },
+      );
+    } catch (error) {
+      // The change of user was refused (the user's password changed since the connection opened, say)
+      // and would be again: a plain USE needs no authentication, so switches go on without restores.
+      // A lost connection or a failed afterCreate stays a 503, as for a new connection.
+      if (refusal === undefined) throw error;
+      this.#counters.restoreRefusals++;
+      this.#restoresOff = true;
+      return false;
+    }
     if (slot.clean) this.#servedClean();
     else this.#counters.switches++;
+    return true;
   }
 
   /**
@@ -510,6 +535,7 @@ export class AffinityPool implements SwitchState {
 
   /** Whether to take a switched connection back to no database (see RESTORE_BELOW). */
   #restoreWorthIt(): boolean {
+    if (this.#restoresOff) return false;
     return this.#refusedShare < RESTORE_BELOW || ++this.#restoreChances % EXPLORE === 0;
   }
 
@@ -807,4 +833,17 @@ function mapSwitchError(tenantId: string, error: unknown): Error {
   if ((error as { errno?: unknown }).errno === 1049) return new UnknownTenantError(tenantId, { cause: error });
   const code = (error as { code?: unknown }).code;
   return new TenantUnavailableError(tenantId, { cause: error, reason: typeof code === 'string' ? code : 'switching its database failed' });
+}
+
+/**
+ * Whether a failed command is a refusal that would repeat (access denied, 28000; an authentication
+ * plugin the driver cannot complete) rather than a connection lost on the way: a connection
+ * exception (SQLSTATE class 08: a shutdown), an interruption (class 70: the connection was killed),
+ * or a socket or protocol failure of the driver (ECONNRESET, PROTOCOL_CONNECTION_LOST).
+ */
+function refusedChange(error: unknown): boolean {
+  if (error == null) return false;
+  const { sqlState, code } = error as { sqlState?: unknown; code?: unknown };
+  if (typeof sqlState === 'string') return !sqlState.startsWith('08') && !sqlState.startsWith('70');
+  return !(typeof code === 'string' && (code.startsWith('PROTOCOL_') || /^E[A-Z]+$/.test(code)));
 }

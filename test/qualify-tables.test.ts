@@ -271,6 +271,38 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     }
   });
 
+  it("after the pool user's password changes, a refused change of user costs no query: restores stop, USE goes on", async () => {
+    // Sessions opened before a password change stay authenticated; a change of user authenticates
+    // again and is refused. The connections themselves can still switch with USE.
+    const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
+    const user = 'ot_qualify_rotated';
+    const raw = async (t: string, sql: string) => ((await tenancy!.runWithTenant(t, () => tenancy!.knex().raw(sql))) as [{ name: string }[]])[0].map((r) => r.name);
+    try {
+      await admin.raw('drop user if exists ?@?', [user, server.host]);
+      await admin.raw('create user ?@? identified by ?', [user, server.host, 'pw-Before-1']);
+      await admin.raw('grant all on `ot\\_qualify\\_%`.* to ?@?', [user, server.host]);
+      open({ servers: { main: { client: 'mysql2', connection: { ...server, user, password: 'pw-Before-1' }, pool: { max: 2 } } } });
+      // Two connections at once, each left on a tenant's database by refused raw SQL.
+      const [b, c] = await Promise.all([raw('b', 'select name from persons where sleep(0.1) = 0 order by id'), raw('c', 'select name from persons where sleep(0.1) = 0 order by id')]);
+      assert.deepEqual([b, c], [['b-ada', 'b-bob'], ['c-ada', 'c-bob']]);
+      assert.deepEqual([stats().created, stats().switches, stats().restores], [2, 2, 0]);
+      await admin.raw('alter user ?@? identified by ?', [user, server.host, 'pw-After-2']);
+      // a's query takes one of them: the change of user is refused, that connection closed, and the
+      // acquire takes the other one with a USE. New connections would be refused too.
+      assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+      assert.deepEqual([stats().restores, stats().restoreRefusals, stats().destroyed, stats().open, stats().switches], [1, 1, 1, 1, 3]);
+      // From now on connections are switched with USE, never taken back.
+      assert.deepEqual(await raw('b', 'select name from persons order by id'), ['b-ada', 'b-bob']);
+      assert.deepEqual(await names('c'), ['c-ada', 'c-bob']);
+      assert.deepEqual([stats().restores, stats().restoreRefusals, stats().switches, stats().destroyed], [1, 1, 5, 1]);
+    } finally {
+      await tenancy?.destroy();
+      tenancy = undefined;
+      await admin.raw('drop user if exists ?@?', [user, server.host]);
+      await admin.destroy();
+    }
+  });
+
   it('a connection that cannot be taken back to no database is closed, never handed out (503)', async () => {
     let setUps = 0;
     open({
