@@ -836,14 +836,12 @@ function mapSwitchError(tenantId: string, error: unknown): Error {
 }
 
 /**
- * Whether a failed command is a refusal that would repeat (access denied, 28000; an authentication
- * plugin the driver cannot complete) rather than a connection lost on the way: a connection
- * exception (SQLSTATE class 08: a shutdown), an interruption (class 70: the connection was killed),
- * or a socket or protocol failure of the driver (ECONNRESET, PROTOCOL_CONNECTION_LOST).
+ * Whether a failed command was refused by the server itself (an error with an SQLSTATE: access
+ * denied is 28000), not lost on the way: a connection exception (class 08: a shutdown) or an
+ * interruption (class 70: the connection was killed) is a loss, and so is any error of the driver's
+ * own (a closed socket has no SQLSTATE).
  */
 function refusedChange(error: unknown): boolean {
-  if (error == null) return false;
-  const { sqlState, code } = error as { sqlState?: unknown; code?: unknown };
-  if (typeof sqlState === 'string') return !sqlState.startsWith('08') && !sqlState.startsWith('70');
-  return !(typeof code === 'string' && (code.startsWith('PROTOCOL_') || /^E[A-Z]+$/.test(code)));
+  const sqlState = error == null ? undefined : (error as { sqlState?: unknown }).sqlState;
+  return typeof sqlState === 'string' && !sqlState.startsWith('08') && !sqlState.startsWith('70');
 }
