@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
-import knexFactory from 'knex';
+import knexFactory, { type Knex } from 'knex';
 import { createTenancy, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { Audit, createSchema, Movie, Person, Pet, seed } from './helpers/fixtures';
@@ -35,6 +35,21 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
   };
   const stats = () => tenancy!.stats().servers!.main!;
   const names = (t: string) => tenancy!.runWithTenant(t, async () => (await Person.query().orderBy('id')).map((p) => p.name));
+  /** Runs `fn` with a user that has a password and the test databases' grants; drops it (and the tenancy) after. */
+  const withPasswordUser = async (user: string, password: string, fn: (admin: Knex) => Promise<void>) => {
+    const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
+    try {
+      await admin.raw('drop user if exists ?@?', [user, server.host]);
+      await admin.raw('create user ?@? identified by ?', [user, server.host, password]);
+      await admin.raw('grant all on `ot\\_qualify\\_%`.* to ?@?', [user, server.host]);
+      await fn(admin);
+    } finally {
+      await tenancy?.destroy();
+      tenancy = undefined;
+      await admin.raw('drop user if exists ?@?', [user, server.host]);
+      await admin.destroy();
+    }
+  };
 
   before(async () => {
     for (const t of TENANTS) {
@@ -248,12 +263,8 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
   });
 
   it('takes connections back to no database for a user with a password (the change of user authenticates again)', async () => {
-    const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
     const user = 'ot_qualify_user';
-    try {
-      await admin.raw('drop user if exists ?@?', [user, server.host]);
-      await admin.raw('create user ?@? identified by ?', [user, server.host, 'pw-Qualify-1']);
-      await admin.raw('grant all on `ot\\_qualify\\_%`.* to ?@?', [user, server.host]);
+    await withPasswordUser(user, 'pw-Qualify-1', async () => {
       open({ servers: { main: { client: 'mysql2', connection: { ...server, user, password: 'pw-Qualify-1' }, pool: { max: 1 } } } });
       for (let i = 0; i < 3; i++) {
         const [rows] = await tenancy!.runWithTenant('b', () => tenancy!.knex().raw('select name from persons order by id'));
@@ -263,24 +274,15 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
       assert.deepEqual([stats().restores, stats().created, stats().destroyed], [3, 1, 0]);
       const [who] = await tenancy!.runWithTenant('a', () => tenancy!.knex().raw('select current_user() as u, database() as d'));
       assert.equal((who as { u: string }[])[0]!.u, `${user}@${server.host}`);
-    } finally {
-      await tenancy?.destroy();
-      tenancy = undefined;
-      await admin.raw('drop user if exists ?@?', [user, server.host]);
-      await admin.destroy();
-    }
+    });
   });
 
   it("after the pool user's password changes, a refused change of user costs no query: restores stop, USE goes on", async () => {
     // Sessions opened before a password change stay authenticated; a change of user authenticates
     // again and is refused. The connections themselves can still switch with USE.
-    const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
     const user = 'ot_qualify_rotated';
     const raw = async (t: string, sql: string) => ((await tenancy!.runWithTenant(t, () => tenancy!.knex().raw(sql))) as [{ name: string }[]])[0].map((r) => r.name);
-    try {
-      await admin.raw('drop user if exists ?@?', [user, server.host]);
-      await admin.raw('create user ?@? identified by ?', [user, server.host, 'pw-Before-1']);
-      await admin.raw('grant all on `ot\\_qualify\\_%`.* to ?@?', [user, server.host]);
+    await withPasswordUser(user, 'pw-Before-1', async (admin) => {
       open({ servers: { main: { client: 'mysql2', connection: { ...server, user, password: 'pw-Before-1' }, pool: { max: 2 } } } });
       // Two connections at once, each left on a tenant's database by refused raw SQL.
       const [b, c] = await Promise.all([raw('b', 'select name from persons where sleep(0.1) = 0 order by id'), raw('c', 'select name from persons where sleep(0.1) = 0 order by id')]);
@@ -295,12 +297,7 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
       assert.deepEqual(await raw('b', 'select name from persons order by id'), ['b-ada', 'b-bob']);
       assert.deepEqual(await names('c'), ['c-ada', 'c-bob']);
       assert.deepEqual([stats().restores, stats().restoreRefusals, stats().switches, stats().destroyed], [1, 1, 5, 1]);
-    } finally {
-      await tenancy?.destroy();
-      tenancy = undefined;
-      await admin.raw('drop user if exists ?@?', [user, server.host]);
-      await admin.destroy();
-    }
+    });
   });
 
   it('a connection that cannot be taken back to no database is closed, never handed out (503)', async () => {
