@@ -12,6 +12,8 @@
  *               current database; raw SQL is refused there and sent again after a `USE`. A connection
  *               left switched that way is taken back to no database when another tenant takes it,
  *               while few statements are refused (lib/affinity-pool.ts, RESTORE_BELOW).
+ *   qualified-inline  both options: model queries as in `qualified`; a connection that must be switched
+ *               (it was left on another tenant's database) gets its `USE` with the next statement.
  * Every answer is checked against the tenant's own row (a wrong row is counted and printed).
  * BENCH_ROUNDS rounds (3) of BENCH_CELL_MS (3000) per cell after BENCH_WARMUP_MS (500), the order
  * reversed every other round; each cell opens a new tenancy. Reported: median queries/s, the median of
@@ -19,7 +21,8 @@
  *
  * Run: `npm run bench:raw-mix`. Prints one table, ends with `RESULT {...}`, writes results/raw-mix.json.
  * Env: MYSQL_URL, BENCH_TENANTS, BENCH_ROUNDS, BENCH_CELL_MS, BENCH_WARMUP_MS, BENCH_SHARES (comma list
- * of raw shares, default 0,0.02,0.05,0.1,0.2,0.5), KEEP_DBS=1 (keep the databases).
+ * of raw shares, default 0,0.02,0.05,0.1,0.2,0.5), BENCH_VARIANTS (comma list, default all; `single` is
+ * needed for the ratios), KEEP_DBS=1 (keep the databases).
  */
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy, type Tenancy, type TenancyOptions } from '../lib/index';
@@ -36,8 +39,11 @@ const KEEP_DBS = process.env.KEEP_DBS === '1';
 const IN_FLIGHT = 32;
 const CONNECTIONS = 20;
 const PREFIX = 'ot_rbench_';
-const VARIANTS = ['single', 'shared', 'inline', 'qualified'] as const;
-type Variant = (typeof VARIANTS)[number];
+const VARIANTS = (process.env.BENCH_VARIANTS ?? 'single,shared,inline,qualified,qualified-inline').split(',') as Variant[];
+const ALL_VARIANTS = ['single', 'shared', 'inline', 'qualified', 'qualified-inline'] as const;
+type Variant = (typeof ALL_VARIANTS)[number];
+for (const variant of VARIANTS) if (!(ALL_VARIANTS as readonly string[]).includes(variant)) throw new Error(`BENCH_VARIANTS: unknown variant ${variant}`);
+if (!VARIANTS.includes('single')) throw new Error('BENCH_VARIANTS must include single (the ratios are to it)');
 
 const db = (i: number) => `${PREFIX}${i}`;
 const { database: _database, ...server } = mysqlConnection();
@@ -115,7 +121,12 @@ async function runCell(variant: Variant, share: number): Promise<Cell> {
       await knex.destroy();
     }
   }
-  const options: Partial<TenancyOptions> = variant === 'inline' ? { inlineSwitch: true } : variant === 'qualified' ? { qualifyTables: true } : {};
+  const options: Partial<TenancyOptions> = {
+    shared: {},
+    inline: { inlineSwitch: true },
+    qualified: { qualifyTables: true },
+    'qualified-inline': { qualifyTables: true, inlineSwitch: true },
+  }[variant];
   const tenancy: Tenancy = createTenancy({
     strategy: 'shared',
     servers: { main: { client: 'mysql2', connection: { ...server }, pool: { max: CONNECTIONS } } },
@@ -165,7 +176,7 @@ async function main(): Promise<void> {
   const result: Record<string, number> = {};
   const lines: string[] = [];
   lines.push(`\nThe shared strategy with a share of raw SQL naming no database: ${TENANTS} tenant databases, uniform, ${IN_FLIGHT} in flight, ${CONNECTIONS} connections, ${ROUNDS} rounds x ${CELL_MS} ms`);
-  lines.push(`${'raw share'.padEnd(10)}${'variant'.padEnd(11)}${'q/s'.padStart(8)}${'vs single'.padStart(11)}${'wrong'.padStart(7)}   per query: switches, refused, restores (qualified: connections taken back to no database)`);
+  lines.push(`${'raw share'.padEnd(10)}${'variant'.padEnd(18)}${'q/s'.padStart(8)}${'vs single'.padStart(11)}${'wrong'.padStart(7)}   per query: switches, refused, restores (qualified: connections taken back to no database)`);
   let wrongTotal = 0;
   for (const share of SHARES) {
     const singles = cells.get(key('single', share))!;
@@ -179,8 +190,8 @@ async function main(): Promise<void> {
       const served = c('switches') - c('refused') + c('affinityHits') + c('cleanHits');
       const per = (name: string) => (served > 0 ? (c(name) / served).toFixed(3) : '-');
       const detail = variant === 'single' ? '' : `${per('switches')}, ${per('refused')}, ${per('restores')}`;
-      lines.push(`${String(share).padEnd(10)}${variant.padEnd(11)}${Math.round(qps).toString().padStart(8)}${ratio.toFixed(3).padStart(11)}${String(wrong).padStart(7)}   ${detail}`);
-      if (variant !== 'single') result[`${variant}_ratio_raw_${share}`] = Number(ratio.toFixed(3));
+      lines.push(`${String(share).padEnd(10)}${variant.padEnd(18)}${Math.round(qps).toString().padStart(8)}${ratio.toFixed(3).padStart(11)}${String(wrong).padStart(7)}   ${detail}`);
+      if (variant !== 'single') result[`${variant.replace('-', '_')}_ratio_raw_${share}`] = Number(ratio.toFixed(3));
     }
   }
   lines.push('vs single: median of the per-round ratios to one database through plain knex under the same share. Per query: over the');
@@ -198,7 +209,7 @@ async function main(): Promise<void> {
   writeResults('raw-mix', {
     mariadb: versionRows[0]!.v,
     loadBefore,
-    settings: { tenants: TENANTS, rounds: ROUNDS, cellMs: CELL_MS, warmupMs: WARMUP_MS, shares: SHARES, inFlight: IN_FLIGHT, connections: CONNECTIONS },
+    settings: { tenants: TENANTS, rounds: ROUNDS, cellMs: CELL_MS, warmupMs: WARMUP_MS, shares: SHARES, inFlight: IN_FLIGHT, connections: CONNECTIONS, variants: VARIANTS },
     result,
   });
   process.stdout.write(`RESULT ${JSON.stringify(result)}\n`);
