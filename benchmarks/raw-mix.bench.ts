@@ -15,7 +15,7 @@
  *   qualified-inline  both options: model queries as in `qualified`; a connection that must be switched
  *               (it was left on another tenant's database) gets its `USE` with the next statement.
  * Every answer is checked against the tenant's own row (a wrong row is counted and printed).
- * BENCH_ROUNDS rounds (3) of BENCH_CELL_MS (3000) per cell after BENCH_WARMUP_MS (500), the order
+ * BENCH_ROUNDS rounds (8) of BENCH_CELL_MS (3000) per cell after BENCH_WARMUP_MS (500), the order
  * reversed every other round; each cell opens a new tenancy. Reported: median queries/s, the median of
  * per-round ratios to `single`, and the qualified cells' switches, refusals and restores.
  *
@@ -31,7 +31,7 @@ import { intEnv, loadAverage, median, writeResults } from './results';
 import { mysqlConnection } from '../test/helpers/mysql-url';
 
 const TENANTS = intEnv('BENCH_TENANTS', 200);
-const ROUNDS = intEnv('BENCH_ROUNDS', 3);
+const ROUNDS = intEnv('BENCH_ROUNDS', 8);
 const CELL_MS = intEnv('BENCH_CELL_MS', 3000);
 const WARMUP_MS = intEnv('BENCH_WARMUP_MS', 500);
 const SHARES = (process.env.BENCH_SHARES ?? '0,0.02,0.05,0.1,0.2,0.5').split(',').map(Number);
