@@ -35,6 +35,8 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
   };
   const stats = () => tenancy!.stats().servers!.main!;
   const names = (t: string) => tenancy!.runWithTenant(t, async () => (await Person.query().orderBy('id')).map((p) => p.name));
+  /** The rows of raw SQL run in tenant `t`'s scope through `tenancy.knex()`. */
+  const raw = async <T>(t: string, sql: string) => ((await tenancy!.runWithTenant(t, () => tenancy!.knex().raw(sql))) as [T[]])[0];
   /** Runs `fn` with a user that has a password and the test databases' grants; drops it (and the tenancy) after. */
   const withPasswordUser = async (user: string, password: string, fn: (admin: Knex) => Promise<void>) => {
     const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
@@ -194,7 +196,6 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
       const [rows] = await admin.raw('select db from information_schema.processlist where id = ?', [thread]);
       return (rows as { db: string | null }[])[0]!.db;
     };
-    const raw = async <T>(t: string, sql: string) => ((await tenancy!.runWithTenant(t, () => tenancy!.knex().raw(sql))) as [T[]])[0];
     let setUps = 0;
     try {
       open({
@@ -281,11 +282,11 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     // Sessions opened before a password change stay authenticated; a change of user authenticates
     // again and is refused. The connections themselves can still switch with USE.
     const user = 'ot_qualify_rotated';
-    const raw = async (t: string, sql: string) => ((await tenancy!.runWithTenant(t, () => tenancy!.knex().raw(sql))) as [{ name: string }[]])[0].map((r) => r.name);
+    const rawNames = async (t: string, sql: string) => (await raw<{ name: string }>(t, sql)).map((r) => r.name);
     await withPasswordUser(user, 'pw-Before-1', async (admin) => {
       open({ servers: { main: { client: 'mysql2', connection: { ...server, user, password: 'pw-Before-1' }, pool: { max: 2 } } } });
       // Two connections at once, each left on a tenant's database by refused raw SQL.
-      const [b, c] = await Promise.all([raw('b', 'select name from persons where sleep(0.1) = 0 order by id'), raw('c', 'select name from persons where sleep(0.1) = 0 order by id')]);
+      const [b, c] = await Promise.all([rawNames('b', 'select name from persons where sleep(0.1) = 0 order by id'), rawNames('c', 'select name from persons where sleep(0.1) = 0 order by id')]);
       assert.deepEqual([b, c], [['b-ada', 'b-bob'], ['c-ada', 'c-bob']]);
       assert.deepEqual([stats().created, stats().switches, stats().restores], [2, 2, 0]);
       await admin.raw('alter user ?@? identified by ?', [user, server.host, 'pw-After-2']);
@@ -294,7 +295,7 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
       assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
       assert.deepEqual([stats().restores, stats().restoreRefusals, stats().destroyed, stats().open, stats().switches], [1, 1, 1, 1, 3]);
       // From now on connections are switched with USE, never taken back.
-      assert.deepEqual(await raw('b', 'select name from persons order by id'), ['b-ada', 'b-bob']);
+      assert.deepEqual(await rawNames('b', 'select name from persons order by id'), ['b-ada', 'b-bob']);
       assert.deepEqual(await names('c'), ['c-ada', 'c-bob']);
       assert.deepEqual([stats().restores, stats().restoreRefusals, stats().switches, stats().destroyed], [1, 1, 5, 1]);
     });
