@@ -13,6 +13,10 @@ type RawConnection = {
   /** The server status flags of the last statement's answer (mysql2). */
   serverStatus?: number;
   __knexUid?: string;
+  /** Set by knex on a connection whose statement timed out without being cancelled: never reuse it. */
+  __knex__disposed?: unknown;
+  /** mysql2: the command the connection is running, null when idle. */
+  _command?: unknown;
 };
 
 /** knex's `pool.afterCreate`: set up a new connection's session, then call `done`. */
@@ -213,13 +217,17 @@ export class AffinityPool implements SwitchState {
 
   /** Gives a connection back: to a waiter (preferring one on the same database), or to the free list. */
   release(conn: RawConnection): void {
-    const slot = this.#slots.get(conn);
     const tenantId = this.#owner.get(conn);
-    if (tenantId !== undefined) {
-      this.#owner.delete(conn);
-      this.#unhold(tenantId);
-    }
+    // Not checked out: a second release of one acquire (knex's streams release twice, tenant
+    // handles release once). Listing the connection free again would hand it to two tenants.
+    if (tenantId === undefined) return;
+    this.#owner.delete(conn);
+    this.#unhold(tenantId);
+    const slot = this.#slots.get(conn);
     if (slot === undefined) return;
+    // A statement still runs on it (knex gave up on it: a timeout, cancelled or not, or an abandoned
+    // stream): whatever it and the statements queued behind it do, no other acquire may follow them.
+    if (stillRunning(conn)) slot.broken = true;
     const gavePermit = slot.switched;
     if (gavePermit) {
       slot.switched = false;
@@ -719,9 +727,17 @@ export class AffinityPool implements SwitchState {
   }
 
   #destroy(slot: Slot): Promise<unknown> {
-    this.#slots.delete(slot.conn);
     this.#counters.destroyed++;
-    return Promise.resolve(this.#client.destroyRawConnection(slot.conn as never)).catch(() => undefined);
+    const running = stillRunning(slot.conn);
+    if (!running) this.#slots.delete(slot.conn);
+    const closed = Promise.resolve(this.#client.destroyRawConnection(slot.conn as never)).catch(() => undefined);
+    if (!running) return closed;
+    // Its server connection lives until the statement it runs ends (the close waits behind it), so
+    // it keeps its place in the connection budget until then.
+    return closed.then(() => {
+      this.#slots.delete(slot.conn);
+      this.#pump();
+    });
   }
 }
 
@@ -766,6 +782,10 @@ function trackSchemaChanges(slot: Slot): void {
   conn.query = function (this: unknown, sql: unknown, values: unknown, callback: unknown): unknown {
     if (typeof callback === 'function') return query.call(this, sql, values, tracked(slot, callback as Callback));
     if (typeof values === 'function') return query.call(this, sql, tracked(slot, values as Callback));
+    // No callback (knex's streams): its answer is not read here, so where it leaves the session is
+    // unknown (a streamed `USE`): the next acquire switches the connection again.
+    slot.db = undefined;
+    slot.clean = false;
     return query.apply(this, arguments as never);
   };
 }
@@ -818,6 +838,11 @@ const IN_TRANS = 0x1;
 const AUTOCOMMIT = 0x2;
 
 /** Inside a transaction, or with autocommit turned off (so that the next statement would open one). */
+/** A statement is still running on it, or knex marked it unusable after a timeout. */
+function stillRunning(conn: RawConnection): boolean {
+  return conn._command != null || conn.__knex__disposed !== undefined;
+}
+
 function leftTransactional(conn: RawConnection): boolean {
   const status = conn.serverStatus ?? 0;
   return (status & IN_TRANS) !== 0 || (status & AUTOCOMMIT) === 0;

@@ -38,8 +38,12 @@ type ClientStream = (this: Knex.Client, conn: unknown, obj: unknown, stream: unk
 const NO_DATABASE_SELECTED = 1046;
 /** ER_NO_SUCH_TABLE: also what a qualified statement gets when its whole database is gone. */
 const NO_SUCH_TABLE = 1146;
-/** Functions that read the session's current database (NULL on a clean connection). */
-const CURRENT_DATABASE = /\b(?:database|schema)\s*\(/i;
+/**
+ * Functions that read the session's current database (NULL on a clean connection). Any word
+ * `database` or `schema`, as comments and quotes can sit between the name and its parenthesis
+ * (`DATABASE/**\/()`, `` `schema`() ``): a word that is not a call only costs a switch.
+ */
+const CURRENT_DATABASE = /\b(?:database|schema)\b/i;
 /** A `;` with anything after it: possibly several statements (a `;` inside a literal only costs a switch). */
 const SEVERAL_STATEMENTS = /;\s*\S/;
 

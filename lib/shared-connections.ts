@@ -147,6 +147,12 @@ export class SharedConnections implements TenantConnections {
       throw error instanceof TenantError ? error : new TenantUnavailableError(tenantId, { cause: error, reason: 'locating it failed' });
     }
     const server = this.#server(location.server, tenantId);
+    // knex's withSchema trims each part of a name and splits it at dots: such a database would be
+    // named as another one in qualified SQL ('tenant_b ' as `tenant_b`).
+    if (server.pool.cleanConnectionsOn && !/^[^\s.`]+$/.test(location.database)) {
+      this.#counters.failures++;
+      throw new TenantUnavailableError(tenantId, { reason: `qualifyTables cannot name database "${location.database}" in SQL (it has a dot, a backtick or whitespace)` });
+    }
     const knex = tenantHandle(server, tenantId, location.database);
     if (this.#options.verify !== undefined) {
       try {
@@ -242,6 +248,7 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
     server.pool.release(conn);
     return Promise.resolve();
   };
+  client.runner = runnerReleasingOnce;
   // The server's pool outlives every handle.
   client.destroy = () => Promise.resolve();
   // knex's MySQL columnInfo() (objection reads it for withGraphJoined's table metadata) asks for
@@ -263,6 +270,33 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
   handle.context = context;
   if (qualified !== undefined) markQualified(handle, qualified);
   return handle;
+}
+
+type Runner = { client: Knex.Client; stream(...args: unknown[]): unknown };
+
+/** knex's runner of a tenant handle's query; its streams release their connection once (below). */
+function runnerReleasingOnce(this: Knex.Client, builder: unknown): Runner {
+  const runner = (Object.getPrototypeOf(this) as { runner(builder: unknown): Runner }).runner.call(this, builder);
+  runner.stream = streamReleasingOnce;
+  return runner;
+}
+
+/**
+ * knex releases a stream's connection twice, on the stream's 'close' and in the `finally` of its
+ * acquire; its own pool ignores the second. Here the first may already have handed the connection
+ * to another acquire, which the second would then give back while it runs: a runner releases once.
+ */
+function streamReleasingOnce(this: Runner, ...args: unknown[]): unknown {
+  const client = this.client;
+  let released = false;
+  const once = Object.create(client) as Knex.Client;
+  once.releaseConnection = (conn: unknown) => {
+    if (released) return Promise.resolve();
+    released = true;
+    return client.releaseConnection(conn as never);
+  };
+  this.client = once;
+  return (Object.getPrototypeOf(this) as Runner).stream.apply(this, args);
 }
 
 function checkResetSupport(knex: Knex, key: string): void {

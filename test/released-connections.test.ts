@@ -1,0 +1,131 @@
+/**
+ * What a shared connection may carry back into the pool, on real MariaDB (stop 15's adversarial
+ * review found each of these leaking one tenant's rows to another):
+ * - knex releases a stream's connection twice (the stream's 'close' and its acquire's `finally`):
+ *   the pool listed it free twice and handed it to two tenants at once;
+ * - a statement abandoned by `.timeout()` (cancelled or not) still runs, and whatever it switches
+ *   (an inline `USE`) lands after the pool handed the connection on;
+ * - a `USE` sent through a stream was not followed;
+ * - under `qualifyTables`, a database name knex rewrites in `withSchema` (whitespace, dots) named
+ *   another database, and `DATABASE/**\/()` slipped past the switch-first check.
+ * Every case ran against the code before the fix and failed there (see the stop 15 note).
+ */
+import assert from 'node:assert/strict';
+import { after, afterEach, before, describe, it } from 'node:test';
+import knexFactory from 'knex';
+import { createTenancy, TenantUnavailableError, type Tenancy, type TenancyOptions } from '../lib/index';
+import { mysqlConnection, skipMysql } from './helpers/databases';
+import { createSchema, Person, seed } from './helpers/fixtures';
+
+const TENANTS = ['a', 'b'];
+const db = (t: string) => `ot_release_${t}`;
+const CONFIGS: { name: string; options: Partial<TenancyOptions> }[] = [
+  { name: 'default', options: {} },
+  { name: 'inlineSwitch', options: { inlineSwitch: true } },
+  { name: 'qualifyTables', options: { qualifyTables: true } },
+  { name: 'qualifyTables + inlineSwitch + resetSession', options: { qualifyTables: true, inlineSwitch: true, resetSession: true } },
+];
+
+describe('connections released to the shared pool', { skip: skipMysql }, () => {
+  const { database: _database, ...server } = mysqlConnection();
+  void _database;
+  let tenancy: Tenancy | undefined;
+  const open = (options: Partial<TenancyOptions>, max = 1) =>
+    (tenancy = createTenancy({
+      strategy: 'shared',
+      servers: { main: { client: 'mysql2', connection: { ...server }, pool: { max } } },
+      locate: (id) => ({ server: 'main', database: db(id) }),
+      verifyConnection: false,
+      acquireTimeoutMs: 5_000,
+      ...options,
+    }));
+  const names = (t: string) => tenancy!.runWithTenant(t, async () => (await Person.query().orderBy('id')).map((p) => p.name));
+  const rawNames = (t: string, sql: string) =>
+    tenancy!.runWithTenant(t, async () => ((await tenancy!.knex().raw(sql)) as [{ name: string }[]])[0].map((r) => r.name));
+  const main = () => tenancy!.stats().servers!.main!;
+
+  before(async () => {
+    for (const t of TENANTS) {
+      const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
+      await admin.raw('drop database if exists ??', [db(t)]);
+      await admin.raw('create database ??', [db(t)]);
+      await admin.destroy();
+      const knex = knexFactory({ client: 'mysql2', connection: { ...server, database: db(t) }, pool: { min: 0, max: 1 } });
+      await createSchema(knex, t);
+      await seed(knex, t);
+      await knex.destroy();
+    }
+  });
+  afterEach(async () => {
+    await tenancy?.destroy();
+    tenancy = undefined;
+  });
+  after(async () => {
+    const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
+    for (const t of TENANTS) await admin.raw('drop database if exists ??', [db(t)]);
+    await admin.destroy();
+  });
+
+  for (const { name, options } of CONFIGS) {
+    it(`${name}: a stream read to its end gives its connection back once; two tenants at once then read their own rows`, async () => {
+      open(options);
+      await tenancy!.runWithTenant('a', async () => {
+        for await (const row of tenancy!.knex().select('name').from('persons').stream()) void row;
+      });
+      assert.equal(main().inUse, 0);
+      for (let round = 0; round < 3; round++) {
+        const [a, b] = await Promise.all([rawNames('a', 'select name from persons order by id'), rawNames('b', 'select name from persons order by id')]);
+        assert.deepEqual([a, b], [['a-ada', 'a-bob'], ['b-ada', 'b-bob']]);
+      }
+      assert.deepEqual([main().inUse, main().open], [0, 1]);
+    });
+
+    it(`${name}: a connection whose statement outlived its timeout is never handed to another tenant`, async () => {
+      open(options);
+      assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+      for (const cancel of [false, true]) {
+        // b's statement (carrying b's switch, with inlineSwitch) is abandoned while it runs.
+        await assert.rejects(tenancy!.runWithTenant('b', () => tenancy!.knex().raw('select sleep(0.5) as s from persons').timeout(60, { cancel })), /timeout/i);
+        assert.deepEqual(await rawNames('a', 'select name from persons order by id'), ['a-ada', 'a-bob']);
+        assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+      }
+      assert.ok(main().destroyed >= 1, 'the abandoned connection was closed');
+      assert.ok(main().open <= 1, 'within pool.max');
+    });
+  }
+
+  it('a USE sent through a stream is followed: the tenant reads its own database next', async () => {
+    open({});
+    await tenancy!.runWithTenant('a', async () => {
+      for await (const row of tenancy!.knex().raw(`use ${db('b')}`).stream()) void row;
+    });
+    assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+    assert.deepEqual(await rawNames('a', 'select name from persons order by id'), ['a-ada', 'a-bob']);
+  });
+
+  it('qualifyTables: a database name knex would rewrite in SQL (whitespace, a dot) is refused, never read as another', async () => {
+    for (const database of [`${db('b')} `, ` ${db('b')}`, `${db('b')}\t`, `x.${db('b')}`]) {
+      tenancy = createTenancy({
+        strategy: 'shared',
+        qualifyTables: true,
+        servers: { main: { client: 'mysql2', connection: { ...server }, pool: { max: 1 } } },
+        locate: () => ({ server: 'main', database }),
+        verifyConnection: false,
+      });
+      await assert.rejects(
+        tenancy.runWithTenant('evil', () => Person.query()),
+        (error: Error) => error instanceof TenantUnavailableError && /cannot name database/.test(error.message),
+      );
+      await tenancy.destroy();
+      tenancy = undefined;
+    }
+  });
+
+  it('qualifyTables: DATABASE() however spelled is switched first, never NULL on a clean connection', async () => {
+    open({ qualifyTables: true });
+    for (const call of ['DATABASE/**/()', 'database /* x */ ()', '`database`()', 'SCHEMA/**/()']) {
+      const [rows] = (await tenancy!.runWithTenant('a', () => tenancy!.knex().raw(`select ${call} as d`))) as [{ d: string | null }[]];
+      assert.equal(rows[0]!.d, db('a'), call);
+    }
+  });
+});
