@@ -837,12 +837,12 @@ function headerSchema(value: unknown): string | undefined {
 const IN_TRANS = 0x1;
 const AUTOCOMMIT = 0x2;
 
-/** Inside a transaction, or with autocommit turned off (so that the next statement would open one). */
 /** A statement is still running on it, or knex marked it unusable after a timeout. */
 function stillRunning(conn: RawConnection): boolean {
   return conn._command != null || conn.__knex__disposed !== undefined;
 }
 
+/** Inside a transaction, or with autocommit turned off (so that the next statement would open one). */
 function leftTransactional(conn: RawConnection): boolean {
   const status = conn.serverStatus ?? 0;
   return (status & IN_TRANS) !== 0 || (status & AUTOCOMMIT) === 0;

@@ -48,6 +48,8 @@ const WARM_DATABASES = 256;
 interface Server {
   readonly knex: Knex;
   readonly pool: AffinityPool;
+  /** The tenant handles' `client.runner`: knex's, with streams that release their connection once. */
+  readonly runner: (this: Knex.Client, builder: unknown) => Runner;
 }
 
 interface Handle {
@@ -194,7 +196,7 @@ export class SharedConnections implements TenantConnections {
       cleanConnections: this.#options.qualifyTables && (config.connection as { database?: unknown }).database == null,
       afterCreate: (config.pool as { afterCreate?: AfterCreate } | undefined)?.afterCreate,
     };
-    server = { knex, pool: new AffinityPool(knex.client, poolOptions) };
+    server = { knex, pool: new AffinityPool(knex.client, poolOptions), runner: streamsReleasingOnce(knex.client) };
     this.#servers.set(key, server);
     this.#options.onServerKnex?.(knex);
     return server;
@@ -248,7 +250,7 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
     server.pool.release(conn);
     return Promise.resolve();
   };
-  client.runner = runnerReleasingOnce;
+  client.runner = server.runner;
   // The server's pool outlives every handle.
   client.destroy = () => Promise.resolve();
   // knex's MySQL columnInfo() (objection reads it for withGraphJoined's table metadata) asks for
@@ -273,30 +275,34 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
 }
 
 type Runner = { client: Knex.Client; stream(...args: unknown[]): unknown };
-
-/** knex's runner of a tenant handle's query; its streams release their connection once (below). */
-function runnerReleasingOnce(this: Knex.Client, builder: unknown): Runner {
-  const runner = (Object.getPrototypeOf(this) as { runner(builder: unknown): Runner }).runner.call(this, builder);
-  runner.stream = streamReleasingOnce;
-  return runner;
-}
+type RunnerClass = new (client: Knex.Client, builder: unknown) => Runner;
 
 /**
  * knex releases a stream's connection twice, on the stream's 'close' and in the `finally` of its
  * acquire; its own pool ignores the second. Here the first may already have handed the connection
- * to another acquire, which the second would then give back while it runs: a runner releases once.
+ * to another acquire, which the second would then give back while it runs: a runner of this class
+ * (knex's own, subclassed once per server: nothing added to a query's path) releases once.
  */
-function streamReleasingOnce(this: Runner, ...args: unknown[]): unknown {
-  const client = this.client;
-  let released = false;
-  const once = Object.create(client) as Knex.Client;
-  once.releaseConnection = (conn: unknown) => {
-    if (released) return Promise.resolve();
-    released = true;
-    return client.releaseConnection(conn as never);
+function streamsReleasingOnce(client: Knex.Client): Server['runner'] {
+  // knex's Runner is not exported: its class is read off a runner (its constructor only stores).
+  const KnexRunner = (client as unknown as { runner(builder: unknown): Runner }).runner(undefined).constructor as RunnerClass;
+  class OnceRunner extends KnexRunner {
+    override stream(...args: unknown[]): unknown {
+      const owner = this.client;
+      let released = false;
+      const once = Object.create(owner) as Knex.Client;
+      once.releaseConnection = (conn: unknown) => {
+        if (released) return Promise.resolve();
+        released = true;
+        return owner.releaseConnection(conn as never);
+      };
+      this.client = once;
+      return super.stream(...args);
+    }
+  }
+  return function (this: Knex.Client, builder: unknown) {
+    return new OnceRunner(this, builder);
   };
-  this.client = once;
-  return (Object.getPrototypeOf(this) as Runner).stream.apply(this, args);
 }
 
 function checkResetSupport(knex: Knex, key: string): void {
