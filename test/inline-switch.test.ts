@@ -11,7 +11,7 @@ import knexFactory, { type Knex } from 'knex';
 import { createTenancy, currentTenantId, UnknownTenantError, type Tenancy } from '../lib/index';
 import { AffinityPool } from '../lib/affinity-pool';
 import { mysqlConnection, skipMysql } from './helpers/databases';
-import { createSchema, Person, seed } from './helpers/fixtures';
+import { createSchema, createTenantDatabases, Person, seed } from './helpers/fixtures';
 
 const TENANTS = ['ia', 'ib', 'ic'];
 const db = (t: string) => `ot_inline_${t}`;
@@ -34,14 +34,7 @@ describe('shared strategy, inline switch (USE sent with the statement)', { skip:
 
   before(async () => {
     admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
-    for (const t of TENANTS) {
-      await admin.raw('drop database if exists ??', [db(t)]);
-      await admin.raw('create database ??', [db(t)]);
-      const knex = knexFactory({ client: 'mysql2', connection: { ...server, database: db(t) }, pool: { min: 0, max: 1 } });
-      await createSchema(knex, t);
-      await seed(knex, t);
-      await knex.destroy();
-    }
+    await createTenantDatabases(server, TENANTS, db);
   });
   afterEach(async () => {
     await tenancy?.destroy();

@@ -13,7 +13,7 @@ import { after, afterEach, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
-import { Audit, createSchema, Movie, Person, Pet, seed } from './helpers/fixtures';
+import { Audit, createTenantDatabases, dropTenantDatabases, Movie, Person, Pet } from './helpers/fixtures';
 
 const TENANTS = ['a', 'b', 'c'];
 const db = (t: string) => `ot_qualify_${t}`;
@@ -53,27 +53,12 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     }
   };
 
-  before(async () => {
-    for (const t of TENANTS) {
-      const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
-      await admin.raw('drop database if exists ??', [db(t)]);
-      await admin.raw('create database ??', [db(t)]);
-      await admin.destroy();
-      const knex = knexFactory({ client: 'mysql2', connection: { ...server, database: db(t) }, pool: { min: 0, max: 1 } });
-      await createSchema(knex, t);
-      await seed(knex, t);
-      await knex.destroy();
-    }
-  });
+  before(() => createTenantDatabases(server, TENANTS, db));
   afterEach(async () => {
     await tenancy?.destroy();
     tenancy = undefined;
   });
-  after(async () => {
-    const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
-    for (const t of TENANTS) await admin.raw('drop database if exists ??', [db(t)]);
-    await admin.destroy();
-  });
+  after(() => dropTenantDatabases(server, TENANTS, db));
 
   it('model queries of many tenants share connections with no USE at all', async () => {
     open();

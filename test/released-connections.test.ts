@@ -12,10 +12,9 @@
  */
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
-import knexFactory from 'knex';
 import { createTenancy, TenantUnavailableError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
-import { createSchema, Person, seed } from './helpers/fixtures';
+import { createTenantDatabases, dropTenantDatabases, Person } from './helpers/fixtures';
 
 const TENANTS = ['a', 'b'];
 const db = (t: string) => `ot_release_${t}`;
@@ -44,27 +43,12 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
     tenancy!.runWithTenant(t, async () => ((await tenancy!.knex().raw(sql)) as [{ name: string }[]])[0].map((r) => r.name));
   const main = () => tenancy!.stats().servers!.main!;
 
-  before(async () => {
-    for (const t of TENANTS) {
-      const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
-      await admin.raw('drop database if exists ??', [db(t)]);
-      await admin.raw('create database ??', [db(t)]);
-      await admin.destroy();
-      const knex = knexFactory({ client: 'mysql2', connection: { ...server, database: db(t) }, pool: { min: 0, max: 1 } });
-      await createSchema(knex, t);
-      await seed(knex, t);
-      await knex.destroy();
-    }
-  });
+  before(() => createTenantDatabases(server, TENANTS, db));
   afterEach(async () => {
     await tenancy?.destroy();
     tenancy = undefined;
   });
-  after(async () => {
-    const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
-    for (const t of TENANTS) await admin.raw('drop database if exists ??', [db(t)]);
-    await admin.destroy();
-  });
+  after(() => dropTenantDatabases(server, TENANTS, db));
 
   for (const { name, options } of CONFIGS) {
     it(`${name}: a stream read to its end gives its connection back once; two tenants at once then read their own rows`, async () => {

@@ -1,5 +1,5 @@
 /** A small schema and model graph used by the suites: persons, pets, movies (many-to-many), audit. */
-import type { Knex } from 'knex';
+import knexFactory, { type Knex } from 'knex';
 import { Model, type RelationMappings } from 'objection';
 import { TenantModel, type Tenancy } from '../../lib/index';
 
@@ -52,6 +52,39 @@ export async function seed(knex: Knex, t: string): Promise<void> {
 export async function reseed(knex: Knex, t: string): Promise<void> {
   for (const table of ['persons_movies', 'pets', 'movies', 'persons', 'audit']) await knex(table).delete();
   await seed(knex, t);
+}
+
+/** MariaDB settings with no database: what `mysqlConnection()` gives, `database` left out. */
+type Server = { host: string; port: number; user: string; password: string };
+
+/** Creates each tenant's MariaDB database afresh (`database(t)`), with the schema and the seed rows. */
+export async function createTenantDatabases(server: Server, tenantIds: readonly string[], database: (t: string) => string): Promise<void> {
+  const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
+  try {
+    for (const t of tenantIds) {
+      await admin.raw('drop database if exists ??', [database(t)]);
+      await admin.raw('create database ??', [database(t)]);
+      const knex = knexFactory({ client: 'mysql2', connection: { ...server, database: database(t) }, pool: { min: 0, max: 1 } });
+      try {
+        await createSchema(knex, t);
+        await seed(knex, t);
+      } finally {
+        await knex.destroy();
+      }
+    }
+  } finally {
+    await admin.destroy();
+  }
+}
+
+/** Drops the databases createTenantDatabases made. */
+export async function dropTenantDatabases(server: Server, tenantIds: readonly string[], database: (t: string) => string): Promise<void> {
+  const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
+  try {
+    for (const t of tenantIds) await admin.raw('drop database if exists ??', [database(t)]);
+  } finally {
+    await admin.destroy();
+  }
 }
 
 /** Creates the schema and seeds it in each tenant, through the tenancy's own scope. */
