@@ -13,7 +13,10 @@ export interface ConnectionBudgetOptions {
 }
 
 interface Waiter {
+  /** The tenant pool's client whose connection waits for a unit. */
+  readonly owner: object;
   resolve(): void;
+  reject(error: unknown): void;
   timer: NodeJS.Timeout;
 }
 
@@ -39,8 +42,9 @@ export class ConnectionBudget {
     const client = knex.client as Knex.Client & Record<string, (...args: never[]) => Promise<unknown>>;
     const acquireRaw = client.acquireRawConnection!.bind(client);
     const destroyRaw = client.destroyRawConnection!.bind(client);
+    const destroy = client.destroy.bind(client) as (...args: unknown[]) => Promise<void>;
     client.acquireRawConnection = async () => {
-      await this.take(tenantId);
+      await this.take(tenantId, client);
       try {
         return await acquireRaw();
       } catch (error) {
@@ -58,9 +62,15 @@ export class ConnectionBudget {
         this.give();
       }
     };
+    // Closing a pool (the budget reclaiming it, say) waits for the connections it is opening: one
+    // waiting here for a unit would wait for the unit that only this close gives back.
+    client.destroy = (...args: unknown[]) => {
+      this.#cancel(client, tenantId);
+      return destroy(...args);
+    };
   }
 
-  async take(tenantId: string): Promise<void> {
+  async take(tenantId: string, owner: object = this): Promise<void> {
     if (this.#used < this.#options.max) {
       this.#count();
       return;
@@ -69,7 +79,9 @@ export class ConnectionBudget {
     if (!reclaiming && this.#options.overflow === 'reject') throw this.#exhausted(tenantId);
     await new Promise<void>((resolve, reject) => {
       const waiter: Waiter = {
+        owner,
         resolve,
+        reject,
         timer: setTimeout(() => {
           this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
           this.#timeouts++;
@@ -92,6 +104,17 @@ export class ConnectionBudget {
 
   stats(): { max: number; used: number; peak: number; waiting: number; timeouts: number } {
     return { max: this.#options.max, used: this.#used, peak: this.#peak, waiting: this.#waiters.length, timeouts: this.#timeouts };
+  }
+
+  /** Fails the waits of `owner`'s connections: their pool is closing. */
+  #cancel(owner: object, tenantId: string): void {
+    for (let i = this.#waiters.length - 1; i >= 0; i--) {
+      const waiter = this.#waiters[i]!;
+      if (waiter.owner !== owner) continue;
+      this.#waiters.splice(i, 1);
+      clearTimeout(waiter.timer);
+      waiter.reject(new TenantUnavailableError(tenantId, { reason: 'its pool was closed while a connection waited for the connection budget' }));
+    }
   }
 
   #count(): void {

@@ -221,6 +221,27 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     }
   });
 
+  it('pool-per-tenant budget: closing an idle pool whose pool.max > 1 frees its unit at once (no wait on its own pending connection)', async () => {
+    // sa4 runs two queries at once over a budget of one: tarn opens a second connection, which waits
+    // for the budget. Reclaiming sa4's idle pool for sa5 used to wait for that pending connection,
+    // which waited for the unit only the close gives back: sa5 timed out with nothing running.
+    const tenancy = createTenancy({
+      knexConfig: (id) => ({ ...serverConfig(mysqlConnection().port!, 2), connection: { ...(serverConfig(0, 0).connection as object), port: mysqlConnection().port, database: db(id) } }),
+      maxConnections: 1,
+      overflow: 'wait',
+      acquireTimeoutMs: 3_000,
+    });
+    try {
+      const both = tenancy.runWithTenant('sa4', () => Promise.all([Person.query().orderBy('id'), Person.query().orderBy('id')]));
+      const other = tenancy.runWithTenant('sa5', () => Person.query().orderBy('id'));
+      const [[first, second], rows] = await Promise.all([both, other]);
+      assert.deepEqual([first[0]!.name, second[0]!.name, rows[0]!.name], ['sa4-ada', 'sa4-ada', 'sa5-ada']);
+      assert.equal(tenancy.stats().budget!.timeouts, 0);
+    } finally {
+      await tenancy.destroy();
+    }
+  });
+
   it("pool-per-tenant budget with overflow 'reject' fails fast with a 503-mapped error", async () => {
     const tenancy = createTenancy({
       knexConfig: (id) => ({ ...serverConfig(mysqlConnection().port!, 2), connection: { ...(serverConfig(0, 0).connection as object), port: mysqlConnection().port, database: db(id) } }),
