@@ -134,6 +134,7 @@ export function createConnections(options: ConnectionOptions): { connections: Te
       }
       budget?.attach(knex, tenantId);
       openOutsideScopes(knex);
+      failTypedOnceClosed(knex, tenantId);
       if (verify !== undefined) {
         try {
           await verify(knex, tenantId);
@@ -178,6 +179,19 @@ function openOutsideScopes(knex: Knex): void {
   const client = knex.client as Knex.Client & { acquireRawConnection(): Promise<unknown> };
   const acquireRaw = client.acquireRawConnection.bind(client);
   client.acquireRawConnection = () => runInScopeSync(undefined, acquireRaw);
+}
+
+/**
+ * A query built in a tenant's scope and run after that tenant's pool closed (`forget()`, `evict()`,
+ * the budget reclaiming it) gets a 503, not knex's untyped "Unable to acquire a connection".
+ */
+function failTypedOnceClosed(knex: Knex, tenantId: string): void {
+  const client = knex.client as Knex.Client & { pool?: unknown; acquireConnection(): Promise<unknown> };
+  const acquire = client.acquireConnection.bind(client);
+  client.acquireConnection = () =>
+    client.pool === undefined
+      ? Promise.reject(new TenantUnavailableError(tenantId, { reason: 'its pool was closed (forget, evict or the connection budget) after this query was built; build it again in a new scope' }))
+      : acquire();
 }
 
 /** One query through the new knex; a missing database is an unknown tenant, anything else unavailable. */

@@ -77,6 +77,15 @@ for (const backend of backends('pool')) {
       assert.equal(await backend.databaseExists('nope'), false, 'nothing was created for the unknown tenant');
     });
 
+    it("a query built in a scope and run after forget() closed that tenant's pool fails with a 503, not an untyped error", async () => {
+      const tenancy = make();
+      const { query } = await tenancy.runWithTenant('p2', () => ({ query: tenancy.knex().raw('select 1 as one') }));
+      await tenancy.forget('p2');
+      await assert.rejects(Promise.resolve(query), (error: Error) => error instanceof TenantUnavailableError && /pool was closed/.test(error.message));
+      // The tenant itself is served again by a new pool.
+      assert.equal(await tenancy.runWithTenant('p2', async () => (await tenancy.knex().raw('select 1 as one')) !== undefined), true);
+    });
+
     it('does not cache a failed opening: the next request tries again', async () => {
       let fail = true;
       const tenancy = make({
