@@ -131,9 +131,19 @@ export class SharedConnections implements TenantConnections {
     return { pools: this.#servers.size, draining: 0, leases, tenants: this.#handles.size, ...this.#counters, servers };
   }
 
-  async destroy(): Promise<void> {
+  /** Refuses new scopes, waits up to `drainTimeoutMs` for the scopes in flight, then closes every server pool. */
+  async destroy(drainTimeoutMs = 10_000): Promise<void> {
     this.#destroyed = true;
+    const busy = [...this.#handles.values()].filter((handle) => handle.leases > 0);
     this.#handles.clear();
+    if (busy.length > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.all(busy.map((handle) => new Promise<void>((resolve) => (handle.drained = resolve)))),
+        new Promise<void>((resolve) => (timer = setTimeout(resolve, drainTimeoutMs))),
+      ]);
+      clearTimeout(timer);
+    }
     await Promise.all([...this.#servers.values()].map(async (server) => {
       await server.pool.destroy();
       await server.knex.destroy();

@@ -78,6 +78,21 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
     });
   }
 
+  it('destroy() lets the scopes in flight finish (as the pool-per-tenant strategy does), then refuses new ones', async () => {
+    open({});
+    // A scope (a request, say) between two queries when shutdown starts: its second query still runs.
+    const running = tenancy!.runWithTenant('a', async () => {
+      await Person.query().first();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      return (await Person.query().orderBy('id')).map((p) => p.name);
+    });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const destroyed = tenancy!.destroy();
+    assert.deepEqual(await running, ['a-ada', 'a-bob']);
+    await destroyed;
+    await assert.rejects(names('a'), (error: Error) => (error as { code?: string }).code === 'TENANCY_DESTROYED');
+  });
+
   it('a USE sent through a stream is followed: the tenant reads its own database next', async () => {
     open({});
     await tenancy!.runWithTenant('a', async () => {
