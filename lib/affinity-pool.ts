@@ -2,6 +2,7 @@ import type { Knex } from 'knex';
 import { TenancyDestroyedError, TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
 import { runInScopeSync } from './scope';
 import { inlineUse, type SwitchState } from './inline-switch';
+import { socketClosed } from './connection-budget';
 
 /** A raw driver connection (a mysql2 `Connection`), as knex's client hands it out. */
 type RawConnection = {
@@ -213,6 +214,22 @@ export class AffinityPool implements SwitchState {
       }, this.#options.acquireTimeoutMs);
       this.#enqueue(waiter, false);
     });
+  }
+
+  /**
+   * A free connection for the `KILL QUERY` with which knex cancels the statement running on
+   * `cancelling`: it needs no database and serves no tenant. With none free, the cancel fails at once
+   * rather than open a connection beyond `max` (the timed-out statement's connection is then closed
+   * once that statement ends). Given back with `release()`.
+   */
+  borrowForKill(cancelling: unknown): Promise<RawConnection> {
+    const slot = this.#closed ? undefined : this.#takeFree('', true);
+    if (slot === undefined) {
+      const tenantId = this.#owner.get(cancelling as RawConnection) ?? '';
+      return Promise.reject(new TenantUnavailableError(tenantId, { reason: 'no connection of its database server was free to cancel its query with' }));
+    }
+    this.#claim(slot.conn, '');
+    return Promise.resolve(slot.conn);
   }
 
   /** Gives a connection back: to a waiter (preferring one on the same database), or to the free list. */
@@ -732,12 +749,14 @@ export class AffinityPool implements SwitchState {
     if (!running) this.#slots.delete(slot.conn);
     const closed = Promise.resolve(this.#client.destroyRawConnection(slot.conn as never)).catch(() => undefined);
     if (!running) return closed;
-    // Its server connection lives until the statement it runs ends (the close waits behind it), so
-    // it keeps its place in the connection budget until then.
-    return closed.then(() => {
-      this.#slots.delete(slot.conn);
-      this.#pump();
-    });
+    // Its server connection lives until the statement it runs ends (the close waits behind it) and
+    // the server closes the socket, so it keeps its place under `max` until then.
+    return closed
+      .then(() => socketClosed(slot.conn))
+      .then(() => {
+        this.#slots.delete(slot.conn);
+        this.#pump();
+      });
   }
 }
 

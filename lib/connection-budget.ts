@@ -62,6 +62,26 @@ export class ConnectionBudget {
         this.give();
       }
     };
+    // knex's cancel (`.timeout(ms, { cancel: true })`) opens a connection for its `KILL QUERY`: it
+    // takes a unit only if one is free now. Waiting would wait on the unit of the very query it
+    // cancels; failing leaves that query's connection to close once its statement ends.
+    const cancel = (client as unknown as { cancelQuery?(connectionToKill: unknown): Promise<unknown> }).cancelQuery;
+    if (typeof cancel === 'function') {
+      (client as unknown as { cancelQuery(connectionToKill: unknown): Promise<unknown> }).cancelQuery = (connectionToKill) => {
+        const killer = Object.create(client) as typeof client;
+        killer.acquireRawConnection = async () => {
+          if (this.#used >= this.#options.max) throw this.#exhausted(tenantId);
+          this.#count();
+          try {
+            return await acquireRaw();
+          } catch (error) {
+            this.give();
+            throw error;
+          }
+        };
+        return cancel.call(killer, connectionToKill);
+      };
+    }
     // Closing a pool (the budget reclaiming it, say) waits for the connections it is opening: one
     // waiting here for a unit would wait for the unit that only this close gives back.
     client.destroy = (...args: unknown[]) => {

@@ -50,6 +50,8 @@ interface Server {
   readonly pool: AffinityPool;
   /** The tenant handles' `client.runner`: knex's, with streams that release their connection once. */
   readonly runner: (this: Knex.Client, builder: unknown) => Runner;
+  /** The tenant handles' `client.cancelQuery`: knex's, its `KILL QUERY` sent over a free pooled connection. */
+  readonly cancelQuery: (connectionToKill: unknown) => Promise<unknown>;
 }
 
 interface Handle {
@@ -206,7 +208,8 @@ export class SharedConnections implements TenantConnections {
       cleanConnections: this.#options.qualifyTables && (config.connection as { database?: unknown }).database == null,
       afterCreate: (config.pool as { afterCreate?: AfterCreate } | undefined)?.afterCreate,
     };
-    server = { knex, pool: new AffinityPool(knex.client, poolOptions), runner: streamsReleasingOnce(knex.client) };
+    const pool = new AffinityPool(knex.client, poolOptions);
+    server = { knex, pool, runner: streamsReleasingOnce(knex.client), cancelQuery: cancelsOverPool(knex.client, pool) };
     this.#servers.set(key, server);
     this.#options.onServerKnex?.(knex);
     return server;
@@ -261,6 +264,7 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
     return Promise.resolve();
   };
   client.runner = server.runner;
+  (client as unknown as { cancelQuery: Server['cancelQuery'] }).cancelQuery = server.cancelQuery;
   // The server's pool outlives every handle.
   client.destroy = () => Promise.resolve();
   // knex's MySQL columnInfo() (objection reads it for withGraphJoined's table metadata) asks for
@@ -312,6 +316,24 @@ function streamsReleasingOnce(client: Knex.Client): Server['runner'] {
   }
   return function (this: Knex.Client, builder: unknown) {
     return new OnceRunner(this, builder);
+  };
+}
+
+/**
+ * `.timeout(ms, { cancel: true })`: knex opens a connection of its own for the `KILL QUERY`, outside
+ * any pool, so the server would see `pool.max + 1`. Here it borrows a free connection of the server's
+ * pool (from the server's client, so no tenant switching applies to it) and gives it back after.
+ */
+function cancelsOverPool(base: Knex.Client, pool: AffinityPool): Server['cancelQuery'] {
+  const cancel = (base as unknown as { cancelQuery(connectionToKill: unknown): Promise<unknown> }).cancelQuery;
+  return (connectionToKill) => {
+    const killer = Object.create(base) as Knex.Client & Record<string, unknown>;
+    killer.acquireRawConnection = () => pool.borrowForKill(connectionToKill);
+    killer.destroyRawConnection = (conn: never) => {
+      pool.release(conn);
+      return Promise.resolve();
+    };
+    return cancel.call(killer, connectionToKill);
   };
 }
 

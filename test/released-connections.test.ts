@@ -12,6 +12,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
+import knexFactory from 'knex';
 import { createTenancy, TenantUnavailableError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { createTenantDatabases, dropTenantDatabases, Person } from './helpers/fixtures';
@@ -77,6 +78,33 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
       assert.ok(main().open <= 1, 'within pool.max');
     });
   }
+
+  it('a cancelled timeout sends its KILL QUERY over a free pooled connection, never a connection beyond pool.max', async () => {
+    open({}, 2);
+    const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 1, max: 1 } });
+    const connections = async () => Number(((await admin.raw("show global status like 'Connections'")) as [{ Value: string }[]])[0][0]!.Value);
+    try {
+      // Both pool connections open, one free again.
+      await Promise.all([names('a'), rawNames('b', 'select name from persons where sleep(0.05) = 0')]);
+      assert.equal(main().open, 2);
+      const before = await connections();
+      const started = Date.now();
+      await assert.rejects(tenancy!.runWithTenant('a', () => tenancy!.knex().raw('select sleep(3)').timeout(100, { cancel: true })), (error: Error) => error.name === 'KnexTimeoutError');
+      assert.equal((await connections()) - before, 0, 'no connection was opened for the KILL');
+      // The KILL ended the statement: the pool serves again at once, not after 3 s.
+      assert.deepEqual(await names('b'), ['b-ada', 'b-bob']);
+      assert.ok(Date.now() - started < 2_000, `took ${Date.now() - started} ms`);
+      assert.ok(main().open <= 2);
+      // With no free connection, the cancel fails at once (503) instead of opening a third one.
+      const busy = rawNames('b', 'select name from persons where sleep(0.5) = 0');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      await assert.rejects(tenancy!.runWithTenant('a', () => tenancy!.knex().raw('select sleep(0.4)').timeout(50, { cancel: true })), TenantUnavailableError);
+      await busy;
+      assert.ok(main().open <= 2);
+    } finally {
+      await admin.destroy();
+    }
+  });
 
   it('destroy() lets the scopes in flight finish (as the pool-per-tenant strategy does), then refuses new ones', async () => {
     open({});

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
-import { createTenancy, type TenancyOptions } from '../lib/index';
+import { createTenancy, TenantUnavailableError, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { createSchema, Person, seed } from './helpers/fixtures';
 import { jsonErrors, listen, load } from './helpers/http';
@@ -239,6 +239,33 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
       assert.equal(tenancy.stats().budget!.timeouts, 0);
     } finally {
       await tenancy.destroy();
+    }
+  });
+
+  it('pool-per-tenant budget: a cancelled timeout takes a free unit for its KILL, or fails at once when none is free', async () => {
+    const make = (maxConnections: number) =>
+      createTenancy({
+        knexConfig: (id) => ({ ...serverConfig(mysqlConnection().port!, 1), connection: { ...(serverConfig(0, 0).connection as object), port: mysqlConnection().port, database: db(id) } }),
+        maxConnections,
+        overflow: 'wait',
+        acquireTimeoutMs: 3_000,
+      });
+    const roomy = make(2);
+    try {
+      await assert.rejects(roomy.runWithTenant('sa4', () => roomy.knex().raw('select sleep(2)').timeout(100, { cancel: true })), (error: Error) => error.name === 'KnexTimeoutError');
+      assert.ok(roomy.stats().budget!.peak <= 2);
+    } finally {
+      await roomy.destroy();
+    }
+    // The only unit is the cancelled query's own: the KILL used to wait acquireTimeoutMs for it.
+    const full = make(1);
+    try {
+      const started = Date.now();
+      await assert.rejects(full.runWithTenant('sa4', () => full.knex().raw('select sleep(0.5)').timeout(100, { cancel: true })), TenantUnavailableError);
+      assert.ok(Date.now() - started < 1_500, `answered after ${Date.now() - started} ms`);
+      assert.equal(full.stats().budget!.peak, 1);
+    } finally {
+      await full.destroy();
     }
   });
 
