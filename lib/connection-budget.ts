@@ -43,8 +43,9 @@ export class ConnectionBudget {
     const acquireRaw = client.acquireRawConnection!.bind(client);
     const destroyRaw = client.destroyRawConnection!.bind(client);
     const destroy = client.destroy.bind(client) as (...args: unknown[]) => Promise<void>;
-    client.acquireRawConnection = async () => {
-      await this.take(tenantId, client);
+    /** Opens a connection once `take` got it a unit, which goes back if the opening fails. */
+    const open = async (take: () => Promise<void> | void): Promise<unknown> => {
+      await take();
       try {
         return await acquireRaw();
       } catch (error) {
@@ -52,6 +53,7 @@ export class ConnectionBudget {
         throw error;
       }
     };
+    client.acquireRawConnection = () => open(() => this.take(tenantId, client));
     client.destroyRawConnection = async (connection: never) => {
       try {
         return await destroyRaw(connection);
@@ -69,16 +71,11 @@ export class ConnectionBudget {
     if (typeof cancel === 'function') {
       (client as unknown as { cancelQuery(connectionToKill: unknown): Promise<unknown> }).cancelQuery = (connectionToKill) => {
         const killer = Object.create(client) as typeof client;
-        killer.acquireRawConnection = async () => {
-          if (this.#used >= this.#options.max) throw this.#exhausted(tenantId);
-          this.#count();
-          try {
-            return await acquireRaw();
-          } catch (error) {
-            this.give();
-            throw error;
-          }
-        };
+        killer.acquireRawConnection = () =>
+          open(() => {
+            if (this.#used >= this.#options.max) throw this.#exhausted(tenantId);
+            this.#count();
+          });
         return cancel.call(killer, connectionToKill);
       };
     }
@@ -90,7 +87,7 @@ export class ConnectionBudget {
     };
   }
 
-  async take(tenantId: string, owner: object = this): Promise<void> {
+  async take(tenantId: string, owner: object): Promise<void> {
     if (this.#used < this.#options.max) {
       this.#count();
       return;
