@@ -30,13 +30,19 @@ export async function runTransaction<T>(
 ): Promise<T> {
   const hooks: TransactionHooks = { commit: [], rollback: [], parent: scope.txHooks };
   const base = scope.trx ?? scope.knex;
+  // A savepoint: knex deletes its connection's transaction mark (`__knexTxId`) when it ends, though
+  // the outer transaction goes on on that connection. Put back, its statements still read as inside.
+  const outer = scope.trx === undefined ? undefined : ((await (scope.trx.client as unknown as { acquireConnection(): Promise<{ __knexTxId?: string }> }).acquireConnection()));
+  const outerTxId = outer?.__knexTxId;
   let result: T;
   try {
     result = (await base.transaction((trx) => runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx)))) as T;
   } catch (error) {
+    if (outer !== undefined) outer.__knexTxId = outerTxId;
     await runCallbacks(scope, hooks.rollback, onHookError);
     throw error;
   }
+  if (outer !== undefined) outer.__knexTxId = outerTxId;
   if (hooks.parent !== undefined) {
     hooks.parent.commit.push(...hooks.commit);
     hooks.parent.rollback.push(...hooks.rollback);

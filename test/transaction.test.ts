@@ -245,6 +245,26 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
         assert.match(warnings[0]!, /x1.*persons/);
         assert.match(warnings[1]!, /movies/);
       });
+
+      it('does not warn about the transaction\'s own statements after a savepoint inside it ended', async () => {
+        const warnings: string[] = [];
+        const listener = (w: Error) => w.name === 'TenantTransactionWarning' && warnings.push(w.message);
+        process.on('warning', listener);
+        try {
+          await tenancy.runWithTenant('x1', () =>
+            tenancy.transaction(async () => {
+              await tenancy.transaction(() => tenancy.knex()('pets').count({ n: '*' }));
+              // knex dropped the connection's transaction mark when the savepoint ended.
+              await tenancy.knex()('audit').count({ n: 'id' });
+              await Person.query().where('name', 'like', 'savepoint-%');
+            }),
+          );
+          await new Promise((r) => setImmediate(r));
+        } finally {
+          process.off('warning', listener);
+        }
+        assert.deepEqual(warnings, []);
+      });
     }
   });
 }
