@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import { TenancyDestroyedError, TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
 import { runInScopeSync } from './scope';
-import { inlineUse, type SwitchState } from './inline-switch';
+import { inlineUse, severalStatements, type SwitchState } from './inline-switch';
 import { socketClosed } from './connection-budget';
 
 /** A raw driver connection (a mysql2 `Connection`), as knex's client hands it out. */
@@ -799,8 +799,8 @@ function trackSchemaChanges(slot: Slot): void {
   // array, replaced its last element and handed it to `apply`, which cost ~8 µs of CPU per query
   // (more than the rest of the library's cost per query; benchmarks/cpu.bench.ts).
   conn.query = function (this: unknown, sql: unknown, values: unknown, callback: unknown): unknown {
-    if (typeof callback === 'function') return query.call(this, sql, values, tracked(slot, callback as Callback));
-    if (typeof values === 'function') return query.call(this, sql, tracked(slot, values as Callback));
+    if (typeof callback === 'function') return query.call(this, sql, values, tracked(slot, sql, callback as Callback));
+    if (typeof values === 'function') return query.call(this, sql, tracked(slot, sql, values as Callback));
     // No callback (knex's streams): its answer is not read here, so where it leaves the session is
     // unknown (a streamed `USE`): the next acquire switches the connection again.
     slot.db = undefined;
@@ -811,7 +811,7 @@ function trackSchemaChanges(slot: Slot): void {
 
 type Callback = (error: unknown, result: unknown, fields: unknown) => unknown;
 
-function tracked(slot: Slot, callback: Callback): Callback {
+function tracked(slot: Slot, sql: unknown, callback: Callback): Callback {
   return function (this: unknown, error: unknown, result: unknown, fields: unknown): unknown {
     if (!error) {
       const schema = changedSchema(result);
@@ -821,6 +821,11 @@ function tracked(slot: Slot, callback: Callback): Callback {
         slot.clean = false;
         slot.target = undefined;
       }
+    } else if (severalStatements(sql)) {
+      // A failed batch answers only its error: a `USE` that ran before it is not reported, so where
+      // the session is left is unknown; the next acquire switches it again.
+      slot.db = undefined;
+      slot.clean = false;
     }
     return callback.call(this, error, result, fields);
   };

@@ -47,6 +47,12 @@ const CURRENT_DATABASE = /\b(?:database|schema)\b/i;
 /** A `;` with anything after it: possibly several statements (a `;` inside a literal only costs a switch). */
 const SEVERAL_STATEMENTS = /;\s*\S/;
 
+/** Whether `sql` (a string or knex's `{ sql }`) may hold several statements. */
+export function severalStatements(sql: unknown): boolean {
+  const text = typeof sql === 'string' ? sql : (sql as { sql?: unknown } | null)?.sql;
+  return typeof text === 'string' && SEVERAL_STATEMENTS.test(text);
+}
+
 /** `USE \`db\`; ` for a database name the driver's placeholder formatting cannot touch, else undefined. */
 export function inlineUse(database: string): string | undefined {
   // mysql2 replaces every `?` of the text when it formats bindings, quoted or not.

@@ -121,6 +121,14 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
     await assert.rejects(names('a'), (error: Error) => (error as { code?: string }).code === 'TENANCY_DESTROYED');
   });
 
+  it('inlineSwitch: a batch that fails after its own USE leaves the connection to be switched again', async () => {
+    open({ inlineSwitch: true });
+    // The connection is on a's database already: the batch carries no switch of the pool's.
+    assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+    await assert.rejects(tenancy!.runWithTenant('a', () => tenancy!.knex().raw(`use ${db('b')}; select * from no_such_table`)));
+    assert.deepEqual(await rawNames('a', 'select name from persons order by id'), ['a-ada', 'a-bob']);
+  });
+
   it('a USE sent through a stream is followed: the tenant reads its own database next', async () => {
     open({});
     await tenancy!.runWithTenant('a', async () => {
