@@ -48,8 +48,6 @@ const WARM_DATABASES = 256;
 interface Server {
   readonly knex: Knex;
   readonly pool: AffinityPool;
-  /** The tenant handles' `client.runner`: knex's, with streams that release their connection once. */
-  readonly runner: (this: Knex.Client, builder: unknown) => Runner;
   /** The tenant handles' `client.cancelQuery`: knex's, its `KILL QUERY` sent over a free pooled connection. */
   readonly cancelQuery: (connectionToKill: unknown) => Promise<unknown>;
 }
@@ -209,7 +207,8 @@ export class SharedConnections implements TenantConnections {
       afterCreate: (config.pool as { afterCreate?: AfterCreate } | undefined)?.afterCreate,
     };
     const pool = new AffinityPool(knex.client, poolOptions);
-    server = { knex, pool, runner: streamsReleasingOnce(knex.client), cancelQuery: cancelsOverPool(knex.client, pool) };
+    streamsReleaseOnce(knex.client);
+    server = { knex, pool, cancelQuery: cancelsOverPool(knex.client, pool) };
     this.#servers.set(key, server);
     this.#options.onServerKnex?.(knex);
     return server;
@@ -263,7 +262,6 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
     server.pool.release(conn);
     return Promise.resolve();
   };
-  client.runner = server.runner;
   (client as unknown as { cancelQuery: Server['cancelQuery'] }).cancelQuery = server.cancelQuery;
   // The server's pool outlives every handle.
   client.destroy = () => Promise.resolve();
@@ -289,34 +287,33 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
 }
 
 type Runner = { client: Knex.Client; stream(...args: unknown[]): unknown };
-type RunnerClass = new (client: Knex.Client, builder: unknown) => Runner;
+const STREAMS_RELEASE_ONCE = Symbol.for('objection-tenancy.streamsReleaseOnce');
 
 /**
  * knex releases a stream's connection twice, on the stream's 'close' and in the `finally` of its
  * acquire; its own pool ignores the second. Here the first may already have handed the connection
- * to another acquire, which the second would then give back while it runs: a runner of this class
- * (knex's own, subclassed once per server: nothing added to a query's path) releases once.
+ * to another acquire, which the second would then give back while it runs. knex's Runner (not
+ * exported: its class is read off a runner, whose constructor only stores) is patched once, for
+ * every knex of that copy: a stream's runner releases its connection once. Patching the prototype
+ * leaves a query's path as it was (a runner of our own per query cost 1.5-5 µs, bench:cpu).
  */
-function streamsReleasingOnce(client: Knex.Client): Server['runner'] {
-  // knex's Runner is not exported: its class is read off a runner (its constructor only stores).
-  const KnexRunner = (client as unknown as { runner(builder: unknown): Runner }).runner(undefined).constructor as RunnerClass;
-  class OnceRunner extends KnexRunner {
-    override stream(...args: unknown[]): unknown {
-      const owner = this.client;
-      let released = false;
-      const once = Object.create(owner) as Knex.Client;
-      once.releaseConnection = (conn: unknown) => {
-        if (released) return Promise.resolve();
-        released = true;
-        return owner.releaseConnection(conn as never);
-      };
-      this.client = once;
-      return super.stream(...args);
-    }
-  }
-  return function (this: Knex.Client, builder: unknown) {
-    return new OnceRunner(this, builder);
+function streamsReleaseOnce(client: Knex.Client): void {
+  const proto = Object.getPrototypeOf((client as unknown as { runner(builder: unknown): Runner }).runner(undefined)) as Runner & { [STREAMS_RELEASE_ONCE]?: true };
+  if (proto[STREAMS_RELEASE_ONCE]) return;
+  const stream = proto.stream;
+  proto.stream = function (this: Runner, ...args: unknown[]): unknown {
+    const owner = this.client;
+    let released = false;
+    const once = Object.create(owner) as Knex.Client;
+    once.releaseConnection = (conn: unknown) => {
+      if (released) return Promise.resolve();
+      released = true;
+      return owner.releaseConnection(conn as never);
+    };
+    this.client = once;
+    return stream.apply(this, args);
   };
+  proto[STREAMS_RELEASE_ONCE] = true;
 }
 
 /**

@@ -65,6 +65,23 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
       assert.deepEqual([main().inUse, main().open], [0, 1]);
     });
 
+    it(`${name}: a stream that ends while other tenants wait gives its connection to one of them, once`, async () => {
+      open(options);
+      for (let round = 0; round < 3; round++) {
+        const streamed = tenancy!.runWithTenant('a', async () => {
+          const seen: string[] = [];
+          for await (const row of tenancy!.knex().select('name').from('persons').orderBy('id').stream()) seen.push((row as { name: string }).name);
+          return seen;
+        });
+        // Queued behind the stream: the first release hands the connection to b; a second one would
+        // hand it to the next waiter while b still runs on it.
+        const waiting = ['b', 'a', 'b', 'a'].map((t) => rawNames(t, 'select name from persons where sleep(0.02) = 0 order by id'));
+        assert.deepEqual(await streamed, ['a-ada', 'a-bob']);
+        assert.deepEqual(await Promise.all(waiting), [['b-ada', 'b-bob'], ['a-ada', 'a-bob'], ['b-ada', 'b-bob'], ['a-ada', 'a-bob']]);
+      }
+      assert.deepEqual([main().inUse, main().open], [0, 1]);
+    });
+
     it(`${name}: a connection whose statement outlived its timeout is never handed to another tenant`, async () => {
       open(options);
       assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
