@@ -31,12 +31,15 @@ export interface ConnectionOptions {
    */
   inlineSwitch?: boolean;
   /**
-   * 'shared': connections of a server that may at once serve a cold tenant (one not among the 256
+   * 'shared': connections of a server that may at once serve a cold tenant (one not among the
    * databases its pool used last), which makes the server open that tenant's tables; a query for a
    * cold tenant beyond it waits for one (up to `acquireTimeoutMs`). Tenants used lately and connections
-   * already on their tenant's database are not limited. About twice the server's cores; default: no limit.
+   * already on their tenant's database are not limited. Default `'auto'`: three per core of a MariaDB
+   * server (read as `thread_pool_size` when the pool opens its first connection), with as many warm
+   * databases as the server keeps open tables and table definitions; no limit on a server that does
+   * not tell its cores (MySQL Community). A number: that cap, with 256 warm databases. `Infinity`: no limit.
    */
-  maxSwitchedConnections?: number;
+  maxSwitchedConnections?: number | 'auto';
   /**
    * 'shared' (MySQL/MariaDB): when a connection passes from one tenant to another, reset its session
    * first (COM_RESET_CONNECTION: user and session variables, temporary tables, prepared statements,
@@ -49,7 +52,10 @@ export interface ConnectionOptions {
    * (objection's `withSchema`), and connections that have never been switched (opened with no
    * current database) serve them without a `USE`. Anything that names no database (raw SQL, joined
    * tables) is refused there by the server ("No database selected") and sent again after a `USE`.
-   * Needs `servers[key].connection` without `database`. Default false.
+   * Default: on for each server whose `connection` is an object without `database` (others switch
+   * with `USE`), and for each database name knex can write in SQL (one with a dot, a backtick or
+   * whitespace is switched with `USE`). `true` insists: it throws for a server config that cannot
+   * have it, and fails such a name with a 503. `false`: every switch is a `USE`.
    */
   qualifyTables?: boolean;
   /** 'shared': cap on cached tenant handles (a few hundred bytes each, no connection). Default 100 000. */
@@ -101,9 +107,9 @@ export function createConnections(options: ConnectionOptions): { connections: Te
       idleTimeoutMs,
       overflow,
       inlineSwitch: options.inlineSwitch === true,
-      maxSwitched: options.maxSwitchedConnections,
+      maxSwitched: options.maxSwitchedConnections ?? 'auto',
       resetSession: options.resetSession === true,
-      qualifyTables: options.qualifyTables === true,
+      qualifyTables: options.qualifyTables ?? 'auto',
       maxTenants: options.maxTenants ?? CONNECTION_DEFAULTS.maxTenants,
       createKnex,
       verify,

@@ -15,6 +15,18 @@ export interface TenantErrorOptions {
 }
 
 /** Base class of every error thrown by objection-tenancy. Check `code`, not the class, across package copies. */
+/**
+ * The message a TenantError was made with. knex prefixes the message of an error thrown while a
+ * statement runs with that statement's SQL (database names included); the HTTP answer uses this one.
+ */
+const OWN_MESSAGE = Symbol.for('objection-tenancy.ownMessage');
+
+/** @internal A tenant error's own message, before knex prefixed its SQL (see OWN_MESSAGE). */
+export function ownMessage(error: { message: string }): string {
+  const own = (error as unknown as Record<symbol, unknown>)[OWN_MESSAGE];
+  return typeof own === 'string' ? own : error.message;
+}
+
 export class TenantError extends Error {
   /** Stable machine-readable code, e.g. `TENANT_UNKNOWN`. */
   readonly code: string;
@@ -25,6 +37,7 @@ export class TenantError extends Error {
 
   constructor(code: string, message: string, options: TenantErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    Object.defineProperty(this, OWN_MESSAGE, { value: message });
     this.name = new.target.name;
     this.code = code;
     if (options.statusCode !== undefined) this.statusCode = options.statusCode;

@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { TenantError } from './errors';
+import { ownMessage, TenantError } from './errors';
 import { currentScope, type TenantScope } from './scope';
 
 /** How an error is answered over HTTP. */
@@ -40,7 +40,7 @@ const GONE: Readonly<HttpErrorAnswer> = Object.freeze({ status: 404, code: 'TENA
 export function toHttpError(error: unknown): HttpErrorAnswer | undefined {
   if (error instanceof TenantError || isTenantErrorLike(error)) {
     const e = error as TenantError & { retryAfter?: number };
-    const answer: HttpErrorAnswer = { status: e.statusCode ?? 500, code: e.code, message: e.message };
+    const answer: HttpErrorAnswer = { status: e.statusCode ?? 500, code: e.code, message: ownMessage(e) };
     if (typeof e.retryAfter === 'number') answer.retryAfter = e.retryAfter;
     // Unknown inside its own scope: the tenant was served until now, so its database went away
     // (a shared connection could not switch to it). Outside a scope it is a catalog answer, already cached.

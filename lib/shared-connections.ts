@@ -22,12 +22,17 @@ export interface SharedConnectionsOptions {
   overflow: 'wait' | 'reject';
   /** Send a database switch's `USE` in the same round trip as the next statement (inline-switch.ts). */
   inlineSwitch: boolean;
-  /** Connections of a server that may at once serve a cold tenant (`maxSwitchedConnections`); undefined: no limit. */
-  maxSwitched: number | undefined;
+  /** Connections of a server that may at once serve a cold tenant (`maxSwitchedConnections`); Infinity: no limit; 'auto': sized from each server. */
+  maxSwitched: number | 'auto';
   /** Reset a connection's session when it passes to another tenant (`resetSession`). */
   resetSession: boolean;
-  /** Model queries name the tenant's database; never-switched connections serve them without `USE` (`qualifyTables`). */
-  qualifyTables: boolean;
+  /**
+   * Model queries name the tenant's database; never-switched connections serve them without `USE`
+   * (`qualifyTables`). 'auto' (the default): on each server whose connection config is an object
+   * without `database`, and for each database name knex can write (a name it would split or trim is
+   * served with `USE` instead); true: the same, but such a name fails with a 503.
+   */
+  qualifyTables: boolean | 'auto';
   /** Cap on cached tenant handles (LRU); a handle is a few hundred bytes, no connection. */
   maxTenants: number;
   /** Builds the knex of a server. */
@@ -161,11 +166,14 @@ export class SharedConnections implements TenantConnections {
     const server = this.#server(location.server, tenantId);
     // knex's withSchema trims each part of a name and splits it at dots: such a database would be
     // named as another one in qualified SQL ('tenant_b ' as `tenant_b`).
-    if (server.pool.cleanConnectionsOn && !/^[^\s.`]+$/.test(location.database)) {
+    const writable = /^[^\s.`]+$/.test(location.database);
+    if (server.pool.cleanConnectionsOn && !writable && this.#options.qualifyTables === true) {
       this.#counters.failures++;
       throw new TenantUnavailableError(tenantId, { reason: `qualifyTables cannot name database "${location.database}" in SQL (it has a dot, a backtick or whitespace)` });
     }
-    const knex = tenantHandle(server, tenantId, location.database);
+    // By default such a tenant's queries name no database: on a clean connection the server refuses
+    // them and they are sent again after a `USE` (inline-switch.ts), as raw SQL is.
+    const knex = tenantHandle(server, tenantId, location.database, writable);
     if (this.#options.verify !== undefined) {
       try {
         await this.#options.verify(knex, tenantId);
@@ -199,11 +207,13 @@ export class SharedConnections implements TenantConnections {
       idleTimeoutMs: this.#options.idleTimeoutMs,
       overflow: this.#options.overflow,
       inlineSwitch: this.#options.inlineSwitch,
-      maxSwitched: this.#options.maxSwitched ?? Infinity,
+      maxSwitched: this.#options.maxSwitched,
       warmDatabases: WARM_DATABASES,
       resetSession: this.#options.resetSession,
-      // A connection opened on a database is not clean; checkTenancyOptions refuses that combination.
-      cleanConnections: this.#options.qualifyTables && (config.connection as { database?: unknown }).database == null,
+      // A connection opened on a database is not clean: with qualifyTables true checkTenancyOptions
+      // refuses that combination; by default such a server (or one configured by a string or a
+      // function, whose database cannot be read here) switches with USE.
+      cleanConnections: this.#options.qualifyTables !== false && opensOnNoDatabase(config.connection),
       afterCreate: (config.pool as { afterCreate?: AfterCreate } | undefined)?.afterCreate,
     };
     const pool = new AffinityPool(knex.client, poolOptions);
@@ -254,7 +264,7 @@ function leaseOf(handle: Handle): TenantLease {
  * The server's knex is never handed out, so nothing is bound to it (objection keeps bound models on
  * `knex.$$objection`, which each handle then owns).
  */
-function tenantHandle(server: Server, tenantId: string, database: string): Knex {
+function tenantHandle(server: Server, tenantId: string, database: string, writable: boolean): Knex {
   const base = server.knex as Knex & { context: { client: unknown } };
   const client = Object.create(base.client) as Knex.Client & Record<string, unknown>;
   client.acquireConnection = () => server.pool.acquire(tenantId, database);
@@ -269,7 +279,7 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
   // `table_schema = client.database()`: the tenant's database, not the server connection's (none,
   // which matched no column and left joined relations without their columns). Transactions copy it.
   client.connectionSettings = { ...(base.client.connectionSettings as object), database };
-  const qualified = server.pool.cleanConnectionsOn ? database : undefined;
+  const qualified = server.pool.cleanConnectionsOn && writable ? database : undefined;
   if (server.pool.switchesInStatements) installInlineSwitch(client, server.pool, tenantId, qualified);
   const context = Object.create(base.context) as { client: unknown; queryBuilder(): Knex.QueryBuilder };
   context.client = client;
@@ -284,6 +294,11 @@ function tenantHandle(server: Server, tenantId: string, database: string): Knex 
   handle.context = context;
   if (qualified !== undefined) markQualified(handle, qualified);
   return handle;
+}
+
+/** Whether a server's connection config is an object that names no database (its connections open on none). */
+export function opensOnNoDatabase(connection: unknown): boolean {
+  return connection !== null && typeof connection === 'object' && (connection as { database?: unknown }).database == null;
 }
 
 type Runner = { client: Knex.Client; stream(...args: unknown[]): unknown };

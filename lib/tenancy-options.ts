@@ -102,8 +102,12 @@ export function checkTenancyOptions(options: TenancyOptions): void {
   if (options.tenantExists !== undefined && typeof options.tenantExists !== 'function') {
     throw new TypeError('createTenancy: options.tenantExists must be a function (tenantId) => boolean');
   }
-  const positive = new Set(['maxPools', 'maxTenants', 'maxConnections', 'maxConnectionsPerTenant', 'maxSwitchedConnections', 'acquireTimeoutMs']);
-  for (const name of ['maxPools', 'maxTenants', 'maxConnections', 'maxConnectionsPerTenant', 'maxSwitchedConnections', 'acquireTimeoutMs', 'idleTimeoutMs', 'catalogTtlMs', 'negativeCacheTtlMs', 'negativeCacheSize'] as const) {
+  const cap = options.maxSwitchedConnections;
+  if (cap !== undefined && cap !== 'auto' && cap !== Infinity && (!Number.isInteger(cap) || cap < 1)) {
+    throw new TypeError("createTenancy: options.maxSwitchedConnections must be 'auto', an integer >= 1 or Infinity");
+  }
+  const positive = new Set(['maxPools', 'maxTenants', 'maxConnections', 'maxConnectionsPerTenant', 'acquireTimeoutMs']);
+  for (const name of ['maxPools', 'maxTenants', 'maxConnections', 'maxConnectionsPerTenant', 'acquireTimeoutMs', 'idleTimeoutMs', 'catalogTtlMs', 'negativeCacheTtlMs', 'negativeCacheSize'] as const) {
     const value = options[name];
     const min = positive.has(name) ? 1 : 0;
     if (value !== undefined && (!Number.isInteger(value) || value < min)) {

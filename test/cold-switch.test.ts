@@ -68,15 +68,20 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
     }
   }
 
-  before(async () => {
-    admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 2 } });
-    await admin.raw('drop database if exists ot_cold_gone');
-    for (const t of TENANTS) {
+  /** A database per tenant with one table, `marker`, holding the tenant's id. */
+  async function createMarkedDatabases(tenants: readonly string[]): Promise<void> {
+    for (const t of tenants) {
       await admin.raw('drop database if exists ??', [db(t)]);
       await admin.raw('create database ??', [db(t)]);
       await admin.raw('create table ??.marker (tenant_id varchar(16) not null)', [db(t)]);
       await admin.raw('insert into ??.marker values (?)', [db(t), t]);
     }
+  }
+
+  before(async () => {
+    admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 2 } });
+    await admin.raw('drop database if exists ot_cold_gone');
+    await createMarkedDatabases(TENANTS);
   });
   afterEach(async () => {
     await tenancy?.destroy();
@@ -106,11 +111,65 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
   }
 
   it('negative control: without the limit the same load runs more than two at once', async () => {
-    open({ max: 8 });
+    open({ max: 8, maxSwitchedConnections: Infinity });
     const { result, peak } = await peakSleeping(() => Promise.all(TENANTS.map(slow)));
     assert.deepEqual(result.map((r) => r.m), TENANTS);
     assert.ok(peak > 2, `peak ${peak}: the load itself must exceed the limit for the test above to mean anything`);
     assert.equal(mainStats().coldWaits, 0);
+  });
+
+  it("by default ('auto') the cap is three per server core and the warm set the server's table caches, read from the server; the limit holds under load", async () => {
+    const [rows] = await admin.raw("show global variables where Variable_name in ('thread_pool_size', 'table_open_cache', 'table_definition_cache')");
+    const variable = (name: string) => Number((rows as { Variable_name: string; Value: string }[]).find((r) => r.Variable_name === name)!.Value);
+    const cap = 3 * variable('thread_pool_size');
+    const warm = Math.min(variable('table_open_cache'), variable('table_definition_cache'));
+    // More cold tenants than the cap, and more connections, so that the cap is what limits them.
+    const extra = Array.from({ length: cap + 4 - TENANTS.length }, (_, i) => `c${TENANTS.length + i}`);
+    await createMarkedDatabases(extra);
+    try {
+      const tenants = [...TENANTS, ...extra];
+      open({ max: cap + 2 });
+      const { result, peak } = await peakSleeping(() => Promise.all(tenants.map(slow)));
+      assert.deepEqual(result.map((r) => r.m), tenants, 'each statement ran on its own tenant database');
+      const stats = mainStats();
+      assert.deepEqual([stats.maxSwitchedConnections, stats.warmDatabases], [cap, warm]);
+      // The first connection's statement ran before the server was read (no cap yet): one above at most.
+      assert.ok(peak <= cap + 1, `peak ${peak} statements on tenant databases at once, cap ${cap}`);
+      assert.ok(stats.coldWaits >= 1, `coldWaits ${stats.coldWaits}`);
+      assert.equal(stats.coldSwitching, 0);
+    } finally {
+      await tenancy?.destroy();
+      tenancy = undefined;
+      for (const t of extra) await admin.raw('drop database if exists ??', [db(t)]);
+    }
+  });
+
+  it("'auto' with a server that does not tell its cores (the read fails) sets no cap, and queries go on", async () => {
+    open({
+      max: 4,
+      createKnex: (config) => {
+        const knex = knexFactory(config);
+        const client = knex.client as { acquireRawConnection(): Promise<{ query: (...args: unknown[]) => unknown }> };
+        const acquire = client.acquireRawConnection.bind(client);
+        client.acquireRawConnection = async () => {
+          const conn = await acquire();
+          const query = conn.query.bind(conn);
+          conn.query = (sql: unknown, ...rest: unknown[]) => query(typeof sql === 'string' && sql.startsWith('SHOW GLOBAL VARIABLES') ? 'select @@no_such_variable' : sql, ...rest);
+          return conn;
+        };
+        return knex;
+      },
+    });
+    assert.deepEqual(await Promise.all(TENANTS.map(quick)), TENANTS.map((t) => ({ d: db(t), m: t })));
+    // (They waited while the first connection read the server: the interim cap is one.)
+    assert.deepEqual([mainStats().maxSwitchedConnections, mainStats().warmDatabases], [null, null]);
+
+  });
+
+  it('maxSwitchedConnections: Infinity sets no cap', async () => {
+    open({ max: 4, maxSwitchedConnections: Infinity });
+    assert.equal((await quick('c0')).m, 'c0');
+    assert.deepEqual([mainStats().maxSwitchedConnections, mainStats().warmDatabases], [null, null]);
   });
 
   it('a warm tenant (used lately) and a connection already on its database are not held behind cold switches', async () => {
@@ -188,11 +247,12 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
   });
 
   it('rejects a maxSwitchedConnections that is not a positive integer, and shared-only options without the shared strategy', () => {
-    for (const value of [0, -1, 1.5, Number.NaN]) {
-      assert.throws(() => open({ maxSwitchedConnections: value }), /maxSwitchedConnections must be an integer >= 1/);
+    for (const value of [0, -1, 1.5, Number.NaN, -Infinity, 'on' as unknown as number]) {
+      assert.throws(() => open({ maxSwitchedConnections: value }), /maxSwitchedConnections must be 'auto', an integer >= 1 or Infinity/);
     }
     const knexConfig = () => ({ client: 'mysql2', connection: server });
     assert.throws(() => createTenancy({ knexConfig, maxSwitchedConnections: 4 }), /maxSwitchedConnections applies to strategy 'shared' only/);
+    assert.throws(() => createTenancy({ knexConfig, maxSwitchedConnections: 'auto' }), /maxSwitchedConnections applies to strategy 'shared' only/);
     assert.throws(() => createTenancy({ knexConfig, inlineSwitch: true }), /inlineSwitch applies to strategy 'shared' only/);
   });
 });

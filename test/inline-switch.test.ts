@@ -25,6 +25,7 @@ describe('shared strategy, inline switch (USE sent with the statement)', { skip:
     (tenancy = createTenancy({
       strategy: 'shared',
       inlineSwitch: true,
+      qualifyTables: false,
       servers: { main: { client: 'mysql2', connection: server, pool: { max } } },
       locate: (id) => ({ server: 'main', database: db(id) }),
       maxConnectionsPerTenant: max,

@@ -84,8 +84,8 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     }
   }
 
-  it('shared strategy: tenants on both servers under concurrent load, no leak, no lost write, at most 3 connections per server', async () => {
-    const tenancy = createTenancy(sharedOptions(3, { maxConnectionsPerTenant: 2 }));
+  for (const [mode, extra] of [['defaults', {}], ['USE switching', { qualifyTables: false }]] as const) it(`shared strategy (${mode}): tenants on both servers under concurrent load, no leak, no lost write, at most 3 connections per server`, async () => {
+    const tenancy = createTenancy(sharedOptions(3, { maxConnectionsPerTenant: 2, ...extra }));
     const app = isolationApp(Person, tenancy.middleware());
     app.use(jsonErrors);
     const server = await listen(app);
@@ -112,6 +112,7 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     // Each connection honours only its first USE: the bug a connection-switching pool must not have.
     const tenancy = createTenancy(
       sharedOptions(3, {
+        qualifyTables: false,
         createKnex: (config) => {
           const knex = knexFactory(config);
           const client = knex.client as { acquireRawConnection(): Promise<{ query: (...args: unknown[]) => unknown }> };

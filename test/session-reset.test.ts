@@ -37,6 +37,9 @@ describe('shared strategy, session state between tenants', { skip: skipMysql }, 
       servers: { main: { client: 'mysql2', connection: { ...server }, pool: afterCreate === undefined ? { max } : { max, afterCreate } } },
       locate: (id) => ({ server: 'main', database: db(id) }),
       verifyConnection: false,
+      // USE switching: connections stay on their tenant's database, so the negative controls can
+      // show state crossing tenants on one (qualifyTables' clean connections are tested below).
+      qualifyTables: false,
       ...rest,
     }));
   };
@@ -129,6 +132,22 @@ describe('shared strategy, session state between tenants', { skip: skipMysql }, 
       });
     });
   }
+
+  it('under the defaults (qualifyTables), a connection with no database passes session state to the next tenant unless resetSession (negative control first)', async () => {
+    const leftBy = async (resetSession: boolean) => {
+      open({ qualifyTables: true, resetSession });
+      // Statements that name no table run on the clean connection itself: it stays clean.
+      await tenancy!.runWithTenant('a', () => raw("set @secret = 'a-secret'"));
+      const [seen] = await tenancy!.runWithTenant('b', () => raw<{ secret: string | null; d: string | null }>('select @secret as secret, database() as d'));
+      const stats = tenancy!.stats().servers!.main!;
+      assert.equal(stats.open, 1, 'one connection served both tenants');
+      await tenancy!.destroy();
+      tenancy = undefined;
+      return { secret: seen!.secret, resets: stats.resets };
+    };
+    assert.deepEqual(await leftBy(false), { secret: 'a-secret', resets: 0 }, 'negative control: without resetSession b sees a\'s variable');
+    assert.deepEqual(await leftBy(true), { secret: null, resets: 1 });
+  });
 
   it('a transaction of the next tenant starts on a reset session', async () => {
     open({ resetSession: true, inlineSwitch: true });

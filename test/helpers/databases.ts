@@ -33,7 +33,7 @@ export const skipMysql: string | undefined = mysqlProblem === undefined ? undefi
 
 /** One kind of tenant database: how to create, drop and connect to a tenant's database. */
 export interface Backend {
-  readonly name: 'sqlite' | 'mysql' | 'mysql-shared' | 'mysql-shared-inline' | 'mysql-shared-qualified';
+  readonly name: 'sqlite' | 'mysql' | 'mysql-shared' | 'mysql-shared-inline' | 'mysql-shared-use';
   readonly skip: string | undefined;
   knexConfig(tenantId: string): Knex.Config;
   createDatabase(tenantId: string): Promise<void>;
@@ -102,24 +102,31 @@ export function mysqlBackend(label: string, poolMax = 4): Backend {
 }
 
 /**
- * MariaDB through the shared strategy: one pool of `poolMax` connections, `USE` per tenant (with
- * `inlineSwitch`, every shared option on: the switch sent in the same round trip as the next
- * statement, at most one connection at once serving a tenant the pool has not used lately
- * (`maxSwitchedConnections: 1`), and the session reset when a connection changes tenant
- * (`resetSession`)).
+ * MariaDB through the shared strategy, one pool of `poolMax` connections, in one of three modes:
+ * - `default`: the strategy's defaults (queries name their database on connections with no current
+ *   one, `qualifyTables`; the cold-switch cap sized from the server);
+ * - `use`: `qualifyTables: false`, every change of tenant a `USE` round trip;
+ * - `inline`: `qualifyTables: false` with every other shared option on: the switch sent in the same
+ *   round trip as the next statement (`inlineSwitch`), at most one connection at once serving a
+ *   tenant the pool has not used lately (`maxSwitchedConnections: 1`), and the session reset when a
+ *   connection changes tenant (`resetSession`).
  */
-export function mysqlSharedBackend(label: string, poolMax = 3, inlineSwitch = false, qualifyTables = false): Backend {
+export type SharedMode = 'default' | 'use' | 'inline';
+
+export function mysqlSharedBackend(label: string, poolMax = 3, mode: SharedMode = 'default'): Backend {
   const backend = mysqlBackend(label, poolMax);
   const { database: _database, ...server } = mysqlConnection();
   void _database;
+  const modeOptions =
+    mode === 'use' ? { qualifyTables: false }
+    : mode === 'inline' ? { qualifyTables: false, inlineSwitch: true, maxSwitchedConnections: 1, resetSession: true }
+    : {};
   return {
     ...backend,
-    name: qualifyTables ? 'mysql-shared-qualified' : inlineSwitch ? 'mysql-shared-inline' : 'mysql-shared',
+    name: mode === 'default' ? 'mysql-shared' : `mysql-shared-${mode}`,
     connectionOptions: () => ({
       strategy: 'shared',
-      inlineSwitch,
-      ...(inlineSwitch ? { maxSwitchedConnections: 1, resetSession: true } : {}),
-      ...(qualifyTables ? { qualifyTables } : {}),
+      ...modeOptions,
       servers: { main: { client: 'mysql2', connection: server, pool: { max: poolMax } } },
       locate: (id: string) => ({ server: 'main', database: `ot_${label}_${id}`.replace(/-/g, '_') }),
     }),
@@ -132,12 +139,12 @@ export function backends(label: string): Backend[] {
 }
 
 /**
- * Both backends, plus MariaDB through the shared strategy; with `inlineSwitch`, twice more through the
- * shared strategy: with the inline switch (and every other option), and with `qualifyTables` (model
- * queries on connections with no current database). The suites that pin the model's behaviour run them.
+ * Both backends, plus MariaDB through the shared strategy with its defaults and with `USE` switching
+ * (`qualifyTables: false`); with `inlineSwitch`, once more through the shared strategy with the
+ * inline switch and every other option. The suites that pin the model's behaviour run them all.
  */
 export function allStrategies(label: string, { inlineSwitch = false } = {}): Backend[] {
-  const strategies = [sqliteBackend(label), mysqlBackend(label), mysqlSharedBackend(`${label}s`)];
-  if (inlineSwitch) strategies.push(mysqlSharedBackend(`${label}i`, 3, true), mysqlSharedBackend(`${label}q`, 3, false, true));
+  const strategies = [sqliteBackend(label), mysqlBackend(label), mysqlSharedBackend(`${label}s`), mysqlSharedBackend(`${label}u`, 3, 'use')];
+  if (inlineSwitch) strategies.push(mysqlSharedBackend(`${label}i`, 3, 'inline'));
   return strategies;
 }
