@@ -20,9 +20,9 @@ import { createTenantDatabases, dropTenantDatabases, Person } from './helpers/fi
 const TENANTS = ['a', 'b'];
 const db = (t: string) => `ot_release_${t}`;
 const CONFIGS: { name: string; options: Partial<TenancyOptions> }[] = [
-  { name: 'default', options: {} },
-  { name: 'inlineSwitch', options: { inlineSwitch: true } },
-  { name: 'qualifyTables', options: { qualifyTables: true } },
+  { name: 'default (qualifyTables)', options: {} },
+  { name: 'USE switching', options: { qualifyTables: false } },
+  { name: 'inlineSwitch', options: { qualifyTables: false, inlineSwitch: true } },
   { name: 'qualifyTables + inlineSwitch + resetSession', options: { qualifyTables: true, inlineSwitch: true, resetSession: true } },
 ];
 
@@ -170,6 +170,31 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
       );
       await tenancy.destroy();
       tenancy = undefined;
+    }
+  });
+
+  it('by default a database name knex would rewrite in SQL (a dot, a leading space) is served with USE: its own rows, never another tenant\'s', async () => {
+    const odd = new Map([['dot', `${db('d')}.x`], ['space', ` ${db('s')}`]]);
+    const oddDb = (t: string) => odd.get(t)!;
+    await createTenantDatabases(server, [...odd.keys()], oddDb);
+    try {
+      tenancy = createTenancy({
+        strategy: 'shared',
+        servers: { main: { client: 'mysql2', connection: { ...server }, pool: { max: 2 } } },
+        locate: (id) => ({ server: 'main', database: odd.get(id) ?? db(id) }),
+        acquireTimeoutMs: 5_000,
+      });
+      const order = ['dot', 'a', 'space', 'b', 'dot', 'space', 'a'];
+      for (let round = 0; round < 3; round++) {
+        const seen = await Promise.all(order.map((t) => names(t)));
+        assert.deepEqual(seen, order.map((t) => [`${t}-ada`, `${t}-bob`]));
+      }
+      // The plain names stayed qualified: connections served them with no USE.
+      assert.ok(main().cleanHits > 0, JSON.stringify(main()));
+    } finally {
+      await tenancy?.destroy();
+      tenancy = undefined;
+      await dropTenantDatabases(server, [...odd.keys()], oddDb);
     }
   });
 

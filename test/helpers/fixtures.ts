@@ -57,13 +57,18 @@ export async function reseed(knex: Knex, t: string): Promise<void> {
 /** MariaDB settings with no database: what `mysqlConnection()` gives, `database` left out. */
 type Server = { host: string; port: number; user: string; password: string };
 
+/** A database name quoted whole (knex's `??` splits it at dots). */
+function quoteName(name: string): string {
+  return `\`${name.replace(/`/g, '``')}\``;
+}
+
 /** Creates each tenant's MariaDB database afresh (`database(t)`), with the schema and the seed rows. */
 export async function createTenantDatabases(server: Server, tenantIds: readonly string[], database: (t: string) => string): Promise<void> {
   const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
   try {
     for (const t of tenantIds) {
-      await admin.raw('drop database if exists ??', [database(t)]);
-      await admin.raw('create database ??', [database(t)]);
+      await admin.raw(`drop database if exists ${quoteName(database(t))}`);
+      await admin.raw(`create database ${quoteName(database(t))}`);
       const knex = knexFactory({ client: 'mysql2', connection: { ...server, database: database(t) }, pool: { min: 0, max: 1 } });
       try {
         await createSchema(knex, t);
@@ -81,7 +86,7 @@ export async function createTenantDatabases(server: Server, tenantIds: readonly 
 export async function dropTenantDatabases(server: Server, tenantIds: readonly string[], database: (t: string) => string): Promise<void> {
   const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
   try {
-    for (const t of tenantIds) await admin.raw('drop database if exists ??', [database(t)]);
+    for (const t of tenantIds) await admin.raw(`drop database if exists ${quoteName(database(t))}`);
   } finally {
     await admin.destroy();
   }
