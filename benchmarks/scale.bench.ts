@@ -10,18 +10,22 @@
  *               runs out of server connections: its "Too many connections" errors are counted.
  *   budget      strategy 'pool-per-tenant', `maxConnections: 20`, `pool.max: 2`, `overflow: 'wait'`,
  *               `maxPools: 50` (see MAX_POOLS).
- *   shared      strategy 'shared': one server, `pool: { max: 20 }`, default per-tenant cap (10).
- *   shared-inline  the same with `inlineSwitch: true` (a switch's USE sent with the query).
- *   shared-tuned   the same as shared-inline plus `maxSwitchedConnections: 4` (BENCH_MAX_SWITCHED): at
+ *   shared      strategy 'shared' with its defaults: one server, `pool: { max: 20 }`, default
+ *               per-tenant cap (10); model queries name the tenant's database on connections with no
+ *               current database (`qualifyTables`, on by default), and cold tenants' table opens are
+ *               capped at three connections per server core (`maxSwitchedConnections: 'auto'`).
+ *               RESULT's `shared_*` keys.
+ *   shared-use  `qualifyTables: false, maxSwitchedConnections: Infinity`: every change of tenant a
+ *               `USE` round trip, no cap (the defaults before stop 16).
+ *   shared-inline  shared-use with `inlineSwitch: true` (a switch's USE sent with the query).
+ *   shared-tuned   shared-inline plus `maxSwitchedConnections: 4` (BENCH_MAX_SWITCHED): at
  *               most 4 connections at once serve a tenant the pool has not used lately (a cold switch,
- *               which makes the server open that tenant's table), the README's setting for this 2-core
- *               server.
+ *               which makes the server open that tenant's table).
  *   shared-reset   shared-inline plus `resetSession: true`: a session reset (COM_RESET_CONNECTION, one
  *               round trip) each time a connection passes to another tenant: what that safety costs.
- *   shared-qualified  strategy 'shared' with `qualifyTables: true`: model queries name the tenant's
- *               database and run on connections that were never switched, with no `USE`.
- *   shared-qualified-tuned  the same plus `maxSwitchedConnections: 4` (cold tenants' table opens
- *               limited as in shared-tuned).
+ *   shared-qualified  `qualifyTables` with no cap (`maxSwitchedConnections: Infinity`).
+ *   shared-qualified-tuned  `qualifyTables` with `maxSwitchedConnections: 4` (BENCH_MAX_SWITCHED) and
+ *               its 256 warm databases, where the default sizes both from the server.
  *   orm-qualified  a reference row, not a design: every tenant over one plain knex pool of 20 with no
  *               `USE` at all, `Person.query(knex).withSchema(db).findById(row)`: the bound of a shared
  *               pool that sends no switch (unsafe as it stands: an unqualified table would read the
@@ -69,7 +73,7 @@ import os from 'node:os';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import mysql from 'mysql2/promise';
-import { createTenancy, type Tenancy, type TenancyStats } from '../lib/index';
+import { createTenancy, type Tenancy, type TenancyOptions, type TenancyStats } from '../lib/index';
 import { Person, TPerson } from './models';
 import { mysqlConnection } from '../test/helpers/mysql-url';
 import { intEnv, median } from './results';
@@ -105,7 +109,7 @@ const TENANTS_PER_ROUND_TRIP = 100;
 const SAMPLE_MS = 20;
 const LATENCY_CAPACITY = 8_000_000;
 
-const VARIANT_KEYS = ['single', 'shared', 'shared-inline', 'shared-tuned', 'shared-reset', 'shared-qualified', 'shared-qualified-tuned', 'budget', 'recipe', 'orm-qualified', 'raw-one', 'raw-spread'] as const;
+const VARIANT_KEYS = ['single', 'shared', 'shared-use', 'shared-inline', 'shared-tuned', 'shared-reset', 'shared-qualified', 'shared-qualified-tuned', 'budget', 'recipe', 'orm-qualified', 'raw-one', 'raw-spread'] as const;
 type VariantKey = (typeof VARIANT_KEYS)[number];
 const POPULARITIES = ['uniform', 'zipf'] as const;
 const ONLY_POPULARITY = process.env.BENCH_POPULARITY;
@@ -486,6 +490,8 @@ function sharedCounters(stats: TenancyStats): Record<string, number> {
     cleanHits: server?.cleanHits ?? 0,
     qualifyRetries: server?.qualifyRetries ?? 0,
     connectionsCreated: server?.created ?? 0,
+    // The cap in force at the end of the cell (0: none), as `maxSwitchedConnections: 'auto'` sized it.
+    maxSwitched: server?.maxSwitchedConnections ?? 0,
     handlesCreated: stats.created,
     evictions: stats.evictions,
   };
@@ -537,14 +543,14 @@ function rawInstance(spread: boolean): Instance {
   };
 }
 
-function sharedInstance(inlineSwitch: boolean, maxSwitchedConnections?: number, resetSession = false, qualifyTables = false): Instance {
+function sharedInstance(options: Partial<Pick<TenancyOptions, 'inlineSwitch' | 'maxSwitchedConnections' | 'resetSession' | 'qualifyTables'>> = {}): Instance {
+  // Connections with no current database (qualifyTables, the default) log in as QUALIFIED_USER, so
+  // that the samplers can tell them from other clients' threads.
+  const clean = options.qualifyTables !== false;
   const tenancy = createTenancy({
     strategy: 'shared',
-    inlineSwitch,
-    resetSession,
-    qualifyTables,
-    ...(maxSwitchedConnections === undefined ? {} : { maxSwitchedConnections }),
-    servers: { main: qualifyTables ? { ...serverConfig(), connection: { ...(connection() as object), user: QUALIFIED_USER, password: '' } } : serverConfig() },
+    ...options,
+    servers: { main: clean ? { ...serverConfig(), connection: { ...(connection() as object), user: QUALIFIED_USER, password: '' } } : serverConfig() },
     locate: (id) => ({ server: 'main', database: DATABASE_OF.get(id)! }),
   });
   return {
@@ -580,12 +586,13 @@ const CREATE: Record<VariantKey, () => Instance> = {
       close: () => knex.destroy(),
     };
   },
-  shared: () => sharedInstance(false),
-  'shared-inline': () => sharedInstance(true),
-  'shared-tuned': () => sharedInstance(true, MAX_SWITCHED),
-  'shared-reset': () => sharedInstance(true, undefined, true),
-  'shared-qualified': () => sharedInstance(false, undefined, false, true),
-  'shared-qualified-tuned': () => sharedInstance(false, MAX_SWITCHED, false, true),
+  shared: () => sharedInstance(),
+  'shared-use': () => sharedInstance({ qualifyTables: false, maxSwitchedConnections: Infinity }),
+  'shared-inline': () => sharedInstance({ qualifyTables: false, maxSwitchedConnections: Infinity, inlineSwitch: true }),
+  'shared-tuned': () => sharedInstance({ qualifyTables: false, maxSwitchedConnections: MAX_SWITCHED, inlineSwitch: true }),
+  'shared-reset': () => sharedInstance({ qualifyTables: false, maxSwitchedConnections: Infinity, inlineSwitch: true, resetSession: true }),
+  'shared-qualified': () => sharedInstance({ qualifyTables: true, maxSwitchedConnections: Infinity }),
+  'shared-qualified-tuned': () => sharedInstance({ qualifyTables: true, maxSwitchedConnections: MAX_SWITCHED }),
   budget(): Instance {
     const tenancy = createTenancy({
       knexConfig: (id) => ({ client: 'mysql2', connection: connection(DATABASE_OF.get(id)!), pool: { max: BUDGET_POOL_MAX } }),
@@ -664,7 +671,7 @@ async function runCell(key: VariantKey, popularity: Popularity, sampler: ThreadS
   const measured = await load(instance, pick, CELL_MS, true);
   const after = instance.counters?.() ?? {};
   const counters: Record<string, number> = {};
-  for (const [name, value] of Object.entries(after)) counters[name] = name === 'budgetPeak' ? value : value - (before[name] ?? 0);
+  for (const [name, value] of Object.entries(after)) counters[name] = name === 'budgetPeak' || name === 'maxSwitched' ? value : value - (before[name] ?? 0);
   const cached = instance.cached();
   const heapAfter = await settledHeap();
   const closeStarted = performance.now();
@@ -914,7 +921,8 @@ async function main(): Promise<void> {
           `switches ${counter('switches')} (${((counter('switches') / Math.max(1, acquires)) * 100).toFixed(1)}% of acquires), ` +
             `affinity hits ${counter('affinityHits')}, timeouts ${counter('timeouts')}, cold waits ${counter('coldWaits')}, ` +
             `session resets ${counter('resets')}, served with no USE ${counter('cleanHits')}, ` +
-            `sent again after a switch ${counter('qualifyRetries')}, connections opened ${counter('connectionsCreated')}`,
+            `sent again after a switch ${counter('qualifyRetries')}, connections opened ${counter('connectionsCreated')}, ` +
+            `cold-switch cap ${maxOf(runs.map((run) => run.counters.maxSwitched ?? 0)) || 'none'}`,
         );
         notes.push(`heap per tenant after opening all ${TENANTS} handles, before traffic: ${bytes(maxOf(runs.map((run) => run.heapPerHandle)))}`);
       }
@@ -971,6 +979,8 @@ async function main(): Promise<void> {
       recipe_ratio_zipf: round(ratio('recipe', 'zipf')),
       recipe_peak_connections: maxOf(all('recipe').map((run) => run.peakConnections)) ?? null,
       recipe_heap_bytes_per_tenant: round(maxOf(all('recipe').map((run) => run.heapPerTenant)), 0),
+      shared_max_switched_connections: maxOf(all('shared').map((run) => run.counters.maxSwitched ?? 0)) || null,
+      ...sharedFormKeys('shared_use', 'shared-use'),
       ...sharedFormKeys('shared_inline', 'shared-inline'),
       ...sharedFormKeys('shared_tuned', 'shared-tuned'),
       shared_tuned_max_switched_connections: MAX_SWITCHED,

@@ -1,7 +1,8 @@
 /**
- * Fault injection under HTTP load, for each strategy (pool-per-tenant, shared, shared with
- * inlineSwitch, shared with inlineSwitch and maxSwitchedConnections: 2, shared with inlineSwitch
- * and resetSession, and shared with qualifyTables), through the ledger app (scripts/ledger.ts) with
+ * Fault injection under HTTP load, for each strategy (pool-per-tenant; shared with its defaults,
+ * qualifyTables and the 'auto' cold-switch cap; and shared with `qualifyTables: false`: alone
+ * (shared-use), with inlineSwitch, with inlineSwitch and maxSwitchedConnections: 2, and with
+ * inlineSwitch and resetSession), through the ledger app (scripts/ledger.ts) with
  * `tenancy.errorHandler()`:
  *
  * (a) Server outage. Tenants `p1..p4` live on a private MariaDB started by this script
@@ -16,8 +17,8 @@
  *
  * Both: no response holds another tenant's row; every tenant's database holds every write
  * acknowledged to it, no rolled-back write, and no row of another tenant (writes that got no answer
- * or a 503 may or may not have landed); no unhandled rejection; no lease left. With qualifyTables,
- * raw SQL naming no database is part of the load, and connections were taken back to no database.
+ * or a 503 may or may not have landed); no unhandled rejection; no lease left. With qualifyTables
+ * (shared), raw SQL naming no database is part of the load, and connections were taken back to no database.
  *
  * Run: `npm run faults` (full: ~1.5 min) or `npm run faults -- --short` (CI: SIGTERM only, shorter
  * phases, ~30 s). Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test), FAULTS_MARIADB_PORT
@@ -43,7 +44,7 @@ const ACQUIRE_MS = 1_000;
 const FAIL_FAST_SLACK_MS = 1_500;
 const CONCURRENCY = 16;
 const SIGNALS: ('SIGTERM' | 'SIGKILL')[] = SHORT ? ['SIGTERM'] : ['SIGTERM', 'SIGKILL'];
-const STRATEGIES = ['pool-per-tenant', 'shared', 'shared-inline', 'shared-tuned', 'shared-reset', 'shared-qualified'] as const;
+const STRATEGIES = ['pool-per-tenant', 'shared', 'shared-use', 'shared-inline', 'shared-tuned', 'shared-reset'] as const;
 type Strategy = (typeof STRATEGIES)[number];
 
 const PREFIX = 'ot_faults_';
@@ -60,7 +61,7 @@ const LOAD_WEIGHTS = { list: 35, get: 20, balance: 10, write: 20, txWrite: 15 };
  */
 const loadMix = (strategy: Strategy) => {
   if (strategy === 'pool-per-tenant' || strategy === 'shared-reset') return mix({ ...LOAD_WEIGHTS, session: 8 });
-  if (strategy === 'shared-qualified') return mix({ ...LOAD_WEIGHTS, raw: 3 });
+  if (strategy === 'shared') return mix({ ...LOAD_WEIGHTS, raw: 3 });
   return mix(LOAD_WEIGHTS);
 };
 
@@ -93,10 +94,10 @@ function tenancyOptions(strategy: Strategy, servers: Servers, tenants: readonly 
   if (strategy !== 'pool-per-tenant') {
     return {
       strategy: 'shared',
-      inlineSwitch: strategy !== 'shared' && strategy !== 'shared-qualified',
-      ...(strategy === 'shared-tuned' ? { maxSwitchedConnections: 2 } : {}),
+      // shared: the defaults; the others USE switching, with no cap unless named.
+      ...(strategy === 'shared' ? {} : { qualifyTables: false, maxSwitchedConnections: strategy === 'shared-tuned' ? 2 : Infinity }),
+      inlineSwitch: strategy !== 'shared' && strategy !== 'shared-use',
       resetSession: strategy === 'shared-reset',
-      qualifyTables: strategy === 'shared-qualified',
       servers: {
         private: { client: 'mysql2', connection: { ...servers.privateConnection, connectTimeout: ACQUIRE_MS }, pool: { max: 8 } },
         main: { client: 'mysql2', connection: { ...servers.mainConnection, connectTimeout: ACQUIRE_MS }, pool: { max: 8 } },
@@ -202,14 +203,14 @@ async function startLoad(strategy: Strategy, servers: Servers, tenants: readonly
   };
 }
 
-/** shared-qualified: changes of user sent to take connections back to no database, and those refused. */
+/** shared (qualifyTables): changes of user sent to take connections back to no database, and those refused. */
 interface Restores {
   taken: number;
   refused: number;
 }
 
 /**
- * shared-qualified: the raw requests ran, and connections were taken back to no database. Refused
+ * shared (qualifyTables): the raw requests ran, and connections were taken back to no database. Refused
  * changes of user are recorded, not checked: a dead connection is dropped before one is sent, so an
  * outage almost never reaches that path (the short form passed with every failure counted as one).
  */
@@ -297,7 +298,7 @@ async function outage(strategy: Strategy, signal: 'SIGTERM' | 'SIGKILL', servers
     }
   }
   const { leasesLeft, restores } = await run.stop();
-  if (strategy === 'shared-qualified') qualifiedRestores(scenario, restores, run.outcomes);
+  if (strategy === 'shared') qualifiedRestores(scenario, restores, run.outcomes);
   const outcomes = run.outcomes;
   scenario.requests = outcomes.length;
 
@@ -353,7 +354,7 @@ async function droppedDatabase(strategy: Strategy, servers: Servers): Promise<Sc
   const droppedAt = performance.now();
   await sleep(AFTER_DROP_MS);
   const { leasesLeft, restores } = await run.stop();
-  if (strategy === 'shared-qualified') qualifiedRestores(scenario, restores, run.outcomes);
+  if (strategy === 'shared') qualifiedRestores(scenario, restores, run.outcomes);
   const outcomes = run.outcomes;
   scenario.requests = outcomes.length;
 

@@ -20,9 +20,10 @@
  *
  * Run: `npm run soak`. Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test), SOAK_REQUESTS
  * (100000 per strategy), SOAK_TENANTS (50), SOAK_CONCURRENCY (64), SOAK_NEGATIVE_REQUESTS (5000),
- * SOAK_STRATEGIES (pool-per-tenant,shared; also shared-inline, shared-tuned: inlineSwitch with
- * maxSwitchedConnections 2, which only binds with more than 256 tenants, e.g. SOAK_TENANTS=1000,
- * shared-reset: inlineSwitch with resetSession, and shared-qualified: qualifyTables), SOAK_MAX_CONNECTIONS (40: the pool-per-tenant budget), SOAK_SKIP
+ * SOAK_STRATEGIES (pool-per-tenant,shared: shared with its defaults, qualifyTables and the 'auto'
+ * cold-switch cap; also, with `qualifyTables: false`: shared-use (USE switching), shared-inline,
+ * shared-tuned: inlineSwitch with maxSwitchedConnections 2, which only binds with more than 256
+ * tenants, e.g. SOAK_TENANTS=1000, and shared-reset: inlineSwitch with resetSession), SOAK_MAX_CONNECTIONS (40: the pool-per-tenant budget), SOAK_SKIP
  * (request kinds to leave out, e.g. `abort`), SOAK_TIME_LIMIT_S (900 per strategy) and SOAK_MAX_UNEXPECTED
  * (1000): a run that stalls or keeps failing stops there, and fails.
  * Ends with one line `RESULT {"requests": N, "leaks": 0, "lost_writes": 0, "negative_control_leaks": M, ...}`,
@@ -55,7 +56,7 @@ const NEGATIVE_REQUESTS = intEnv('SOAK_NEGATIVE_REQUESTS', 5_000);
 const MAX_CONNECTIONS = intEnv('SOAK_MAX_CONNECTIONS', 40);
 const TIME_LIMIT_S = intEnv('SOAK_TIME_LIMIT_S', 900);
 const MAX_UNEXPECTED = intEnv('SOAK_MAX_UNEXPECTED', 1000);
-type Strategy = 'pool-per-tenant' | 'shared' | 'shared-inline' | 'shared-tuned' | 'shared-reset' | 'shared-qualified';
+type Strategy = 'pool-per-tenant' | 'shared' | 'shared-use' | 'shared-inline' | 'shared-tuned' | 'shared-reset';
 const STRATEGIES = (process.env.SOAK_STRATEGIES ?? 'pool-per-tenant,shared').split(',').map((s) => s.trim()) as Strategy[];
 const PREFIX = 'ot_soak_';
 const TENANTS = Array.from({ length: TENANT_COUNT }, (_, i) => `s${i + 1}`);
@@ -89,7 +90,7 @@ const soakMix = (strategy: Strategy) =>
 const NEGATIVE_MIX = mix({ list: 40, get: 25, balance: 10, write: 25 });
 
 for (const strategy of STRATEGIES) {
-  if (!['pool-per-tenant', 'shared', 'shared-inline', 'shared-tuned', 'shared-reset', 'shared-qualified'].includes(strategy)) throw new TypeError(`SOAK_STRATEGIES: unknown strategy "${strategy}"`);
+  if (!['pool-per-tenant', 'shared', 'shared-use', 'shared-inline', 'shared-tuned', 'shared-reset'].includes(strategy)) throw new TypeError(`SOAK_STRATEGIES: unknown strategy "${strategy}"`);
 }
 
 let unhandled = 0;
@@ -109,10 +110,10 @@ function tenancyOptions(strategy: Strategy): TenancyOptions {
     void _database;
     return {
       strategy: 'shared',
-      inlineSwitch: strategy !== 'shared' && strategy !== 'shared-qualified',
-      ...(strategy === 'shared-tuned' ? { maxSwitchedConnections: 2 } : {}),
+      // shared: the defaults; the others USE switching, with no cap unless named.
+      ...(strategy === 'shared' ? {} : { qualifyTables: false, maxSwitchedConnections: strategy === 'shared-tuned' ? 2 : Infinity }),
+      inlineSwitch: strategy !== 'shared' && strategy !== 'shared-use',
       resetSession: strategy === 'shared-reset',
-      qualifyTables: strategy === 'shared-qualified',
       servers: { main: { client: 'mysql2', connection: server, pool: { max: 16 } } },
       locate: (id) => ({ server: 'main', database: dbName(id) }),
       tenantExists,
@@ -332,7 +333,7 @@ async function main(): Promise<void> {
     }, 2);
     for (const strategy of STRATEGIES) runs.push(await soak(strategy, admin));
     negative = await negativeControl(admin);
-    if (STRATEGIES.includes('shared-reset')) sessionNegative = await soak('shared', admin, true);
+    if (STRATEGIES.includes('shared-reset')) sessionNegative = await soak('shared-use', admin, true);
   } finally {
     await eachTenant((tenant) => admin.raw('drop database if exists ??', [dbName(tenant)]).then(() => undefined), 2).catch((error: unknown) => {
       console.error('dropping the soak databases failed:', error);

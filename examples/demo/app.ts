@@ -70,10 +70,9 @@ function tenancyOptions(databases: DemoDatabases, strategy: 'pool-per-tenant' | 
     strategy: 'shared',
     servers: { main: shared.server },
     locate: (tenantId) => ({ server: 'main', database: shared.databaseName(tenantId) }),
-    // The USE of a switch travels with the next statement, and at most 4 connections at once serve
-    // a tenant the pool has not used lately (README, "Thousands of tenants").
-    inlineSwitch: true,
-    maxSwitchedConnections: 4,
+    // The defaults: model queries name the tenant's database on connections that have none
+    // (qualifyTables), and the connections serving tenants the pool has not used lately are capped
+    // from the server's cores (maxSwitchedConnections 'auto'; README, "Thousands of tenants").
     tenantExists,
   };
 }
