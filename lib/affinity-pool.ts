@@ -31,6 +31,8 @@ interface Slot {
   pending: string | undefined;
   /** Holds one of `maxSwitched` (this acquire switched it, or opened it, to a cold database). */
   switched: boolean;
+  /** When it took that permit (a permit lapses after PERMIT_MS; see `#lapsePermits`). */
+  permitSince: number;
   /** The tenant that held the connection last (resetSession resets it when another takes it). */
   tenant: string | undefined;
   /** Its session could not be reset: closed when released, never handed out again. */
@@ -142,6 +144,10 @@ export interface AffinityPoolStats {
 // (with qualifyTables: 0.58-0.60x of one database at 3 per core, 0.55x at 2 and 4, 0.48x at 5).
 const COLD_PER_CPU = 3;
 
+// A cold-switch permit covers the first PERMIT_MS of its acquire: the cold tenant's tables are opened
+// by its first statements, milliseconds after the switch; a transaction that goes on holds no permit.
+const PERMIT_MS = 200;
+
 // How far down the wait queue a released connection looks for a waiter on its own database:
 // affinity without letting the head of the queue starve.
 const LOOKAHEAD = 32;
@@ -185,6 +191,7 @@ export class AffinityPool implements SwitchState {
   #warmDatabases: number;
   /** 'auto' cap not yet sized: the next connection opened reads the server's cores and table caches. */
   #sizeFromServer: boolean;
+  #lapseTimer: NodeJS.Timeout | undefined;
   #closed = false;
   #warnedOpenTransaction = false;
   /** qualifyTables: statements refused per acquire on a clean connection, smoothed (see RESTORE_BELOW). */
@@ -235,6 +242,7 @@ export class AffinityPool implements SwitchState {
         reject(new TenantUnavailableError(tenantId, { reason: `no connection was free within ${this.#options.acquireTimeoutMs} ms` }));
       }, this.#options.acquireTimeoutMs);
       this.#enqueue(waiter, false);
+      if (this.#recent !== undefined) this.#armLapse();
     });
   }
 
@@ -374,6 +382,7 @@ export class AffinityPool implements SwitchState {
   async destroy(): Promise<void> {
     this.#closed = true;
     if (this.#reaper !== undefined) clearInterval(this.#reaper);
+    clearTimeout(this.#lapseTimer);
     this.#waitingFor.clear();
     for (const waiter of this.#waiters.splice(0)) {
       clearTimeout(waiter.timer);
@@ -409,6 +418,38 @@ export class AffinityPool implements SwitchState {
   /** Whether an acquire for `db` may switch (or open) a connection now. */
   #maySwitchTo(db: string): boolean {
     return this.#switching < this.#maxSwitched || this.#recent!.has(db);
+  }
+
+  /**
+   * Takes back the permits held PERMIT_MS or longer (their connections stay in use): by then the
+   * cold tenant's tables are open, and a long transaction on a cold tenant no longer keeps other
+   * cold tenants waiting.
+   */
+  #lapsePermits(): void {
+    const now = Date.now();
+    for (const slot of this.#slots.values()) {
+      if (slot.switched && now - slot.permitSince >= PERMIT_MS) {
+        slot.switched = false;
+        this.#switching--;
+      }
+    }
+  }
+
+  /**
+   * An acquire waits with every permit taken: in PERMIT_MS, permits held that long lapse and the
+   * waiters are looked at again (one timer per pool, while such waits go on; releases serve them
+   * before that in the usual case).
+   */
+  #armLapse(): void {
+    if (this.#lapseTimer !== undefined || this.#switching < this.#maxSwitched) return;
+    this.#lapseTimer = setTimeout(() => {
+      this.#lapseTimer = undefined;
+      if (this.#closed) return;
+      this.#lapsePermits();
+      this.#pump();
+      if (this.#waiters.length > 0) this.#armLapse();
+    }, PERMIT_MS);
+    this.#lapseTimer.unref();
   }
 
   /** Whether switching to `db` takes a permit: it is not among the databases used last. */
@@ -481,6 +522,7 @@ export class AffinityPool implements SwitchState {
     else if (!restore) this.#counters.switches++;
     if (this.#cold(db)) {
       slot.switched = true;
+      slot.permitSince = Date.now();
       this.#switching++;
     }
     this.#touch(db);
@@ -640,6 +682,7 @@ export class AffinityPool implements SwitchState {
         db: undefined,
         pending: undefined,
         switched: permit,
+        permitSince: Date.now(),
         tenant: tenantId,
         broken: false,
         autocommit: false,

@@ -172,6 +172,28 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
     assert.deepEqual([mainStats().maxSwitchedConnections, mainStats().warmDatabases], [null, null]);
   });
 
+  it('a long transaction on a cold tenant holds its permit for its first 200 ms only: another cold tenant is served while it goes on', async () => {
+    open({ max: 4, maxSwitchedConnections: 1 });
+    let finished = 0;
+    const transaction = tenancy!.runWithTenant('c1', () =>
+      tenancy!.transaction(async () => {
+        await tenancy!.knex().raw('select tenant_id from marker');
+        await tenancy!.knex().raw('select sleep(1.2)');
+        finished = Date.now();
+      }),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(mainStats().coldSwitching, 1, 'the transaction holds the one permit');
+    const started = Date.now();
+    assert.equal((await quick('c2')).m, 'c2');
+    const served = Date.now();
+    await transaction;
+    assert.ok(served < finished, `c2 was served ${served - started} ms after it asked, before the transaction ended`);
+    assert.ok(served - started < 1_000, `c2 waited ${served - started} ms`);
+    assert.ok(mainStats().coldWaits >= 1, 'c2 did wait for the permit first');
+    assert.equal(mainStats().coldSwitching, 0);
+  });
+
   it('a warm tenant (used lately) and a connection already on its database are not held behind cold switches', async () => {
     open({ max: 4, maxSwitchedConnections: 1 });
     assert.equal((await quick('c0')).m, 'c0');
