@@ -33,6 +33,11 @@ interface Slot {
   switched: boolean;
   /** When it took that permit (a permit lapses after PERMIT_MS; see `#lapsePermits`). */
   permitSince: number;
+  /**
+   * A statement of the tenant's has been answered on it since it was handed out (the pool's own
+   * statements, a `USE` or `afterCreate`'s, do not count): its tables are open.
+   */
+  answered: boolean;
   /** The tenant that held the connection last (resetSession resets it when another takes it). */
   tenant: string | undefined;
   /** Its session could not be reset: closed when released, never handed out again. */
@@ -421,14 +426,15 @@ export class AffinityPool implements SwitchState {
   }
 
   /**
-   * Takes back the permits held PERMIT_MS or longer (their connections stay in use): by then the
-   * cold tenant's tables are open, and a long transaction on a cold tenant no longer keeps other
-   * cold tenants waiting.
+   * Takes back the permits held PERMIT_MS or longer by connections that have answered a statement
+   * of their tenant's (they stay in use): its tables are open, and a long transaction on a cold
+   * tenant no longer keeps other cold tenants waiting. A first statement still running (a server
+   * slow to open the table) keeps its permit: the cap holds when the server is slowest.
    */
   #lapsePermits(): void {
     const now = Date.now();
     for (const slot of this.#slots.values()) {
-      if (slot.switched && now - slot.permitSince >= PERMIT_MS) {
+      if (slot.switched && slot.answered && now - slot.permitSince >= PERMIT_MS) {
         slot.switched = false;
         this.#switching--;
       }
@@ -520,6 +526,7 @@ export class AffinityPool implements SwitchState {
     const restore = this.#options.cleanConnections && !slot.clean && this.#restoreWorthIt();
     if (slot.clean) this.#servedClean();
     else if (!restore) this.#counters.switches++;
+    slot.answered = false;
     if (this.#cold(db)) {
       slot.switched = true;
       slot.permitSince = Date.now();
@@ -608,6 +615,7 @@ export class AffinityPool implements SwitchState {
       sent?.();
       await this.#setUp(slot.conn);
       slot.autocommit = autocommitOn(slot.conn);
+      slot.answered = false;
     } catch (error) {
       slot.broken = true;
       this.release(slot.conn);
@@ -683,6 +691,7 @@ export class AffinityPool implements SwitchState {
         pending: undefined,
         switched: permit,
         permitSince: Date.now(),
+        answered: false,
         tenant: tenantId,
         broken: false,
         autocommit: false,
@@ -700,6 +709,7 @@ export class AffinityPool implements SwitchState {
         // Acquires held back by the interim cap of one may go now.
         queueMicrotask(() => this.#pump());
       }
+      slot.answered = false;
     } catch (error) {
       this.#creating--;
       if (permit) this.#switching--;
@@ -773,6 +783,7 @@ export class AffinityPool implements SwitchState {
           return reject(error);
         }
         slot.db = db;
+        slot.answered = false;
         resolve();
       });
     });
@@ -917,6 +928,7 @@ type Callback = (error: unknown, result: unknown, fields: unknown) => unknown;
 
 function tracked(slot: Slot, sql: unknown, callback: Callback): Callback {
   return function (this: unknown, error: unknown, result: unknown, fields: unknown): unknown {
+    slot.answered = true;
     if (!error) {
       const schema = changedSchema(result);
       if (schema !== undefined) {

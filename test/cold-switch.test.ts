@@ -194,6 +194,20 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
     assert.equal(mainStats().coldSwitching, 0);
   });
 
+  it('a first statement still running past 200 ms keeps its permit (a server slow to open tables stays capped)', async () => {
+    open({ max: 4, maxSwitchedConnections: 1 });
+    let finished = 0;
+    const first = tenancy!.runWithTenant('c1', async () => {
+      await tenancy!.knex().raw('select sleep(0.6), (select tenant_id from marker) as m');
+      finished = Date.now();
+    });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal((await quick('c2')).m, 'c2');
+    const served = Date.now();
+    await first;
+    assert.ok(served >= finished, `c2 was served ${finished - served} ms before c1's first statement ended`);
+  });
+
   it('a warm tenant (used lately) and a connection already on its database are not held behind cold switches', async () => {
     open({ max: 4, maxSwitchedConnections: 1 });
     assert.equal((await quick('c0')).m, 'c0');
