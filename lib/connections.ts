@@ -36,7 +36,7 @@ export interface ConnectionOptions {
    * cold tenant beyond it waits for one (up to `acquireTimeoutMs`). Tenants used lately and connections
    * already on their tenant's database are not limited. Default `'auto'`: three per core of a MariaDB
    * server (read as `thread_pool_size` when the pool opens its first connection), with as many warm
-   * databases as the server keeps tables open (`table_open_cache`); no limit on a server that does
+   * databases as the server keeps open tables and table definitions; no limit on a server that does
    * not tell its cores (MySQL Community). A number: that cap, with 256 warm databases. `Infinity`: no limit.
    */
   maxSwitchedConnections?: number | 'auto';

@@ -118,11 +118,11 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
     assert.equal(mainStats().coldWaits, 0);
   });
 
-  it("by default ('auto') the cap is three per server core and the warm set the server's table_open_cache, read from the server; the limit holds under load", async () => {
-    const [rows] = await admin.raw("show global variables where Variable_name in ('thread_pool_size', 'table_open_cache')");
+  it("by default ('auto') the cap is three per server core and the warm set the server's table caches, read from the server; the limit holds under load", async () => {
+    const [rows] = await admin.raw("show global variables where Variable_name in ('thread_pool_size', 'table_open_cache', 'table_definition_cache')");
     const variable = (name: string) => Number((rows as { Variable_name: string; Value: string }[]).find((r) => r.Variable_name === name)!.Value);
     const cap = 3 * variable('thread_pool_size');
-    const warm = variable('table_open_cache');
+    const warm = Math.min(variable('table_open_cache'), variable('table_definition_cache'));
     // More cold tenants than the cap, and more connections, so that the cap is what limits them.
     const extra = Array.from({ length: cap + 4 - TENANTS.length }, (_, i) => `c${TENANTS.length + i}`);
     await createMarkedDatabases(extra);
