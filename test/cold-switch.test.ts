@@ -11,6 +11,7 @@ import { after, afterEach, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
+import { knexWithStatementHook } from './helpers/statement-hook';
 
 const TENANTS = Array.from({ length: 10 }, (_, i) => `c${i}`);
 const db = (t: string) => `ot_cold_${t}`;
@@ -147,18 +148,7 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
   it("'auto' with a server that does not tell its cores (the read fails) sets no cap, and queries go on", async () => {
     open({
       max: 4,
-      createKnex: (config) => {
-        const knex = knexFactory(config);
-        const client = knex.client as { acquireRawConnection(): Promise<{ query: (...args: unknown[]) => unknown }> };
-        const acquire = client.acquireRawConnection.bind(client);
-        client.acquireRawConnection = async () => {
-          const conn = await acquire();
-          const query = conn.query.bind(conn);
-          conn.query = (sql: unknown, ...rest: unknown[]) => query(typeof sql === 'string' && sql.startsWith('SHOW GLOBAL VARIABLES') ? 'select @@no_such_variable' : sql, ...rest);
-          return conn;
-        };
-        return knex;
-      },
+      createKnex: knexWithStatementHook(() => (send, sql, rest) => send(typeof sql === 'string' && sql.startsWith('SHOW GLOBAL VARIABLES') ? 'select @@no_such_variable' : sql, ...rest)),
     });
     assert.deepEqual(await Promise.all(TENANTS.map(quick)), TENANTS.map((t) => ({ d: db(t), m: t })));
     // (They waited while the first connection read the server: the interim cap is one.)

@@ -13,6 +13,7 @@ import { createSchema, Person, seed } from './helpers/fixtures';
 import { jsonErrors, listen, load } from './helpers/http';
 import { isolationApp, runIsolationLoad } from './helpers/isolation';
 import { startSecondServer, type SecondServer } from './helpers/second-server';
+import { knexWithStatementHook } from './helpers/statement-hook';
 
 const ON_FIRST = ['sa1', 'sa2', 'sa3', 'sa4', 'sa5', 'sa6'];
 const ON_SECOND = ['sb1', 'sb2', 'sb3', 'sb4'];
@@ -113,23 +114,14 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     const tenancy = createTenancy(
       sharedOptions(3, {
         qualifyTables: false,
-        createKnex: (config) => {
-          const knex = knexFactory(config);
-          const client = knex.client as { acquireRawConnection(): Promise<{ query: (...args: unknown[]) => unknown }> };
-          const acquire = client.acquireRawConnection.bind(client);
-          client.acquireRawConnection = async () => {
-            const conn = await acquire();
-            const query = conn.query.bind(conn);
-            let switched = false;
-            conn.query = (sql: unknown, ...rest: unknown[]) => {
-              if (typeof sql === 'string' && sql.startsWith('USE ') && switched) return (rest.at(-1) as (e: null) => void)(null);
-              if (typeof sql === 'string' && sql.startsWith('USE ')) switched = true;
-              return query(sql, ...rest);
-            };
-            return conn;
+        createKnex: knexWithStatementHook(() => {
+          let switched = false;
+          return (send, sql, rest) => {
+            if (typeof sql === 'string' && sql.startsWith('USE ') && switched) return (rest.at(-1) as (e: null) => void)(null);
+            if (typeof sql === 'string' && sql.startsWith('USE ')) switched = true;
+            return send(sql, ...rest);
           };
-          return knex;
-        },
+        }),
       }),
     );
     const app = isolationApp(Person, tenancy.middleware());
