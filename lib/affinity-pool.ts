@@ -80,8 +80,8 @@ export interface AffinityPoolOptions {
    * Connections that may at once serve an acquire that switched them (or opened them) to a cold
    * database: one not among the `warmDatabases` this pool used last. Cold switches make the server
    * open the tenant's tables (see README, "Cold switches"). Infinity: no limit. 'auto': sized from
-   * the server when the pool opens its first connection (see `sizeFromServer`), no limit until then
-   * or when the server does not tell its cores.
+   * the server when the pool opens its first connection (see `#sizeFrom`), one until then, no limit
+   * when the server does not tell its cores.
    */
   maxSwitched: number | 'auto';
   /** How many of the databases used last count as warm (their switches are not limited); with 'auto' cap, sized from the server. */
@@ -149,8 +149,9 @@ export interface AffinityPoolStats {
 // (with qualifyTables: 0.58-0.60x of one database at 3 per core, 0.55x at 2 and 4, 0.48x at 5).
 const COLD_PER_CPU = 3;
 
-// A cold-switch permit covers the first PERMIT_MS of its acquire: the cold tenant's tables are opened
-// by its first statements, milliseconds after the switch; a transaction that goes on holds no permit.
+// A cold-switch permit lapses PERMIT_MS after it was taken once a statement of the tenant's has been
+// answered on its connection: its tables are open by then, and a transaction that goes on holds no
+// permit (see #lapsePermits).
 const PERMIT_MS = 200;
 
 // How far down the wait queue a released connection looks for a waiter on its own database:
@@ -191,7 +192,7 @@ export class AffinityPool implements SwitchState {
   #switching = 0;
   /** With `maxSwitched`: the databases used last, least recent first (the warm ones). */
   readonly #recent: Map<string, undefined> | undefined;
-  /** The cold-switch cap in force (`maxSwitched`; 'auto' starts with none until the server is read). */
+  /** The cold-switch cap in force (`maxSwitched`; 'auto' starts at one until the server is read). */
   #maxSwitched: number;
   #warmDatabases: number;
   /** 'auto' cap not yet sized: the next connection opened reads the server's cores and table caches. */
