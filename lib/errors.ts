@@ -14,7 +14,6 @@ export interface TenantErrorOptions {
   cause?: unknown;
 }
 
-/** Base class of every error thrown by objection-tenancy. Check `code`, not the class, across package copies. */
 /**
  * The message a TenantError was made with. knex prefixes the message of an error thrown while a
  * statement runs with that statement's SQL (database names included); the HTTP answer uses this one.
@@ -27,6 +26,7 @@ export function ownMessage(error: { message: string }): string {
   return typeof own === 'string' ? own : error.message;
 }
 
+/** Base class of every error thrown by objection-tenancy. Check `code`, not the class, across package copies. */
 export class TenantError extends Error {
   /** Stable machine-readable code, e.g. `TENANT_UNKNOWN`. */
   readonly code: string;

@@ -3,6 +3,7 @@ import type { AffinityPoolStats } from './affinity-pool';
 import type { ConnectionOptions } from './connections';
 import type { PoolCacheStats } from './pool-cache';
 import type { TenantIdValidator } from './tenant-id';
+import { opensOnNoDatabase } from './shared-connections';
 import type { HookErrorHandler } from './transaction';
 
 /** Options of `createTenancy()`. */
@@ -71,8 +72,7 @@ export function checkTenancyOptions(options: TenancyOptions): void {
     }
     if (options.qualifyTables === true) {
       for (const [key, config] of Object.entries(options.servers)) {
-        const connection = config.connection as { database?: unknown } | null | undefined;
-        if (connection === null || typeof connection !== 'object' || connection.database != null) {
+        if (!opensOnNoDatabase(config.connection)) {
           throw new TypeError(`createTenancy: options.qualifyTables needs servers.${key}.connection as an object without database (its connections must start on none)`);
         }
       }
