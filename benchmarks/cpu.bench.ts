@@ -10,8 +10,11 @@
  *   passing      the objection recipe: one knex per tenant (a Map), `Person.query(knex)`. The baseline.
  *   bindKnex     the recipe's other form: `Person.bindKnex(knex).query()`.
  *   pool-per-tenant  ours: `runWithTenant(id, () => TPerson.query().findById(row))`, a pool per tenant.
- *   shared, shared-inline, shared-qualified  ours, strategy 'shared' (20 connections), default,
- *                `inlineSwitch`, `qualifyTables`; the stand-in answers `USE` like a server.
+ *   shared       ours, strategy 'shared' (20 connections) with its defaults (`qualifyTables`, the
+ *                'auto' cap: the stand-in tells no cores, so no cap).
+ *   shared-use, shared-inline  the same with `qualifyTables: false`: a `USE` per change of tenant,
+ *                alone or sent with the statement (`inlineSwitch`); the stand-in answers `USE` like a server.
+ *                (Before stop 16, `shared` was `USE` switching and `shared-qualified` the `qualifyTables` form.)
  * Each run of a variant is its own process (in one process, every variant's code shapes would
  * share objection's call sites); BENCH_ROUNDS rounds (7), the order rotated each round; per run,
  * BENCH_QUERIES (60,000) queries after half as many to warm up. Reported: median and lowest CPU time
@@ -26,7 +29,7 @@ import { createTenancy, type Tenancy } from '../lib/index';
 import { Person, TPerson } from './models';
 import { intEnv, loadAverage, median, writeResults } from './results';
 
-const VARIANTS = ['passing', 'bindKnex', 'pool-per-tenant', 'shared', 'shared-inline', 'shared-qualified'] as const;
+const VARIANTS = ['passing', 'bindKnex', 'pool-per-tenant', 'shared', 'shared-use', 'shared-inline'] as const;
 type Variant = (typeof VARIANTS)[number];
 const ROUNDS = intEnv('BENCH_ROUNDS', 7);
 const QUERIES = intEnv('BENCH_QUERIES', 60_000);
@@ -84,8 +87,7 @@ function tenancyFor(variant: Variant): Tenancy {
   }
   return createTenancy({
     strategy: 'shared',
-    inlineSwitch: variant === 'shared-inline',
-    qualifyTables: variant === 'shared-qualified',
+    ...(variant === 'shared' ? {} : { qualifyTables: false, inlineSwitch: variant === 'shared-inline' }),
     servers: { main: { client: 'mysql2', connection: CONNECTION, pool: { max: CONNECTIONS } } },
     locate: (id) => ({ server: 'main', database: `db_${id}` }),
   });

@@ -2,7 +2,7 @@ import { Model } from 'objection';
 import type { Knex } from 'knex';
 import { TenantContextMissingError, TenantMismatchError } from './errors';
 import { currentScope, globalState, runInScope, type TenantScope } from './scope';
-import { namesItsDatabase, qualifiedDatabase } from './qualify-tables';
+import { namesItsDatabase, qualifiedDatabase, unqualifyOwnNames } from './qualify-tables';
 
 // Objection's own typings do not describe the members overridden here (unsafeKnex, $$knex, the
 // untyped transaction overloads), so the mixin body works on loose types and the result keeps the
@@ -83,34 +83,6 @@ function qualifyingDatabase(builder: any, knexBuilder: any): string | undefined 
   if (database === undefined || builder.internalOptions().schema !== undefined) return undefined;
   if (knexBuilder?._single?.schema !== undefined || namesItsDatabase(builder.modelClass().getTableName())) return undefined;
   return database;
-}
-
-type KnexStatement = { grouping?: unknown; alias?: unknown; table?: unknown; schema?: unknown };
-
-/**
- * Takes the tenant's database back off the names that carry their own: a `from()` or join written
- * `db.table`, or naming a common table expression of the query (`with('x', ...)`: `from('x')` is the
- * CTE, not a table).
- */
-function unqualifyOwnNames(built: any, database: string): void {
-  const single = built._single as KnexStatement | undefined;
-  const statements = built._statements as KnexStatement[] | undefined;
-  if (single === undefined || !Array.isArray(statements)) return;
-  let ctes: Set<string> | undefined;
-  for (const statement of statements) {
-    if (statement.grouping === 'with' && typeof statement.alias === 'string') (ctes ??= new Set()).add(statement.alias);
-  }
-  if (single.schema === database && ownName(single.table, ctes)) single.schema = undefined;
-  for (const statement of statements) {
-    if (statement.grouping === 'join' && statement.schema === database && ownName(statement.table, ctes)) statement.schema = undefined;
-  }
-}
-
-/** A table name that must not be prefixed: `db.table`, or a CTE's name (either with an alias). */
-function ownName(table: unknown, ctes: Set<string> | undefined): boolean {
-  if (typeof table !== 'string') return false;
-  if (namesItsDatabase(table)) return true;
-  return ctes !== undefined && ctes.has(table.split(/\s+as\s+/i)[0]!.trim());
 }
 
 /**

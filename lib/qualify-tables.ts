@@ -24,3 +24,31 @@ export function qualifiedDatabase(knex: unknown): string | undefined {
   if (knex === null || knex === undefined) return undefined;
   return (knex as Record<symbol, string | undefined>)[TENANT_DATABASE];
 }
+
+type KnexStatement = { grouping?: unknown; alias?: unknown; table?: unknown; schema?: unknown };
+
+/**
+ * Takes the tenant's database back off the names that carry their own: a `from()` or join written
+ * `db.table`, or naming a common table expression of the query (`with('x', ...)`: `from('x')` is the
+ * CTE, not a table).
+ */
+export function unqualifyOwnNames(built: unknown, database: string): void {
+  const single = (built as { _single?: KnexStatement })._single;
+  const statements = (built as { _statements?: KnexStatement[] })._statements;
+  if (single === undefined || !Array.isArray(statements)) return;
+  let ctes: Set<string> | undefined;
+  for (const statement of statements) {
+    if (statement.grouping === 'with' && typeof statement.alias === 'string') (ctes ??= new Set()).add(statement.alias);
+  }
+  if (single.schema === database && ownName(single.table, ctes)) single.schema = undefined;
+  for (const statement of statements) {
+    if (statement.grouping === 'join' && statement.schema === database && ownName(statement.table, ctes)) statement.schema = undefined;
+  }
+}
+
+/** A table name that must not be prefixed: `db.table`, or a CTE's name (either with an alias). */
+function ownName(table: unknown, ctes: Set<string> | undefined): boolean {
+  if (typeof table !== 'string') return false;
+  if (namesItsDatabase(table)) return true;
+  return ctes !== undefined && ctes.has(table.split(/\s+as\s+/i)[0]!.trim());
+}

@@ -106,6 +106,13 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
         // An explicit from() with its own database keeps it.
         const other = await Person.query().from(`${db('a')}.persons`).orderBy('id');
         assert.deepEqual(other.map((p) => p.name), ['a-ada', 'a-bob']);
+        // A bare knex('x') builder whose `x` is a CTE defined after it reads the CTE, not a table.
+        const knex = tenancy!.knex();
+        const bare = await knex('x').with('x', knex('persons').select('id', 'name').where('id', 2)).select('name');
+        assert.deepEqual(bare.map((p: { name: string }) => p.name), [`${t}-bob`]);
+        // (A table the tenant has, named like that, would be shadowed the same way in plain SQL.)
+        const shadow = await knex('pets').with('pets', knex('persons').select('name').where('id', 1)).select('name');
+        assert.deepEqual(shadow.map((p: { name: string }) => p.name), [`${t}-ada`]);
       });
     }
     const s = stats();
