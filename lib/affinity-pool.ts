@@ -198,6 +198,12 @@ export class AffinityPool implements SwitchState {
   /** 'auto' cap not yet sized: the next connection opened reads the server's cores and table caches. */
   #sizeFromServer: boolean;
   #lapseTimer: NodeJS.Timeout | undefined;
+  /**
+   * qualifyTables: connections open with no current database. Turned off for good when a new
+   * connection turns out to have one (a `uri` or an `init_connect` naming a database, an
+   * `afterCreate` that changes user): its switches are then `USE`s, as without the option.
+   */
+  #clean: boolean;
   #closed = false;
   #warnedOpenTransaction = false;
   /** qualifyTables: statements refused per acquire on a clean connection, smoothed (see RESTORE_BELOW). */
@@ -218,6 +224,7 @@ export class AffinityPool implements SwitchState {
     this.#maxSwitched = auto ? 1 : (options.maxSwitched as number);
     this.#warmDatabases = options.warmDatabases;
     this.#sizeFromServer = auto;
+    this.#clean = options.cleanConnections;
     this.#recent = options.maxSwitched === Infinity ? undefined : new Map();
     if (options.idleTimeoutMs > 0) {
       this.#reaper = setInterval(() => this.#reapIdle(), Math.max(50, Math.min(options.idleTimeoutMs / 2, 10_000)));
@@ -319,12 +326,12 @@ export class AffinityPool implements SwitchState {
 
   /** qualifyTables: connections open with no current database (tenant handles then name theirs). */
   get cleanConnectionsOn(): boolean {
-    return this.#options.cleanConnections;
+    return this.#clean;
   }
 
   /** True when tenant handles take part in switching (inlineSwitch, or qualifyTables' clean connections). */
   get switchesInStatements(): boolean {
-    return this.#options.inlineSwitch || this.#options.cleanConnections;
+    return this.#options.inlineSwitch || this.#clean;
   }
 
   pendingSwitch(conn: unknown): string | undefined {
@@ -485,7 +492,7 @@ export class AffinityPool implements SwitchState {
   #takeFreeSlot(db: string, maySwitch: boolean): Slot | undefined {
     const same = this.#free.get(db);
     let slot = same?.pop();
-    if (slot === undefined && maySwitch && this.#options.cleanConnections) slot = this.#takeClean();
+    if (slot === undefined && maySwitch && this.#clean) slot = this.#takeClean();
     if (slot === undefined && maySwitch) {
       // No free connection on this database: take the one idle longest (least likely to be wanted back).
       let oldest: Slot[] | undefined;
@@ -524,7 +531,7 @@ export class AffinityPool implements SwitchState {
     }
     // qualifyTables: a connection a refused statement left on another tenant's database goes back to
     // no database rather than to this one, so that it serves every tenant with no USE again.
-    const restore = this.#options.cleanConnections && !slot.clean && this.#restoreWorthIt();
+    const restore = this.#clean && !slot.clean && this.#restoreWorthIt();
     if (slot.clean) this.#servedClean();
     else if (!restore) this.#counters.switches++;
     slot.answered = false;
@@ -696,7 +703,7 @@ export class AffinityPool implements SwitchState {
         tenant: tenantId,
         broken: false,
         autocommit: false,
-        clean: this.#options.cleanConnections,
+        clean: this.#clean,
         target: undefined,
         idleSince: Date.now(),
       };
@@ -704,6 +711,7 @@ export class AffinityPool implements SwitchState {
       trackSchemaChanges(slot);
       await this.#setUp(conn);
       slot.autocommit = autocommitOn(conn);
+      if (slot.clean) await this.#verifyClean(slot);
       if (this.#sizeFromServer) {
         this.#sizeFromServer = false;
         await this.#sizeFrom(conn);
@@ -767,6 +775,27 @@ export class AffinityPool implements SwitchState {
         const tables = Math.min(value('table_open_cache'), value('table_definition_cache'));
         this.#maxSwitched = Number.isNaN(cpus) ? Infinity : COLD_PER_CPU * cpus;
         if (!Number.isNaN(tables)) this.#warmDatabases = tables;
+        resolve();
+      });
+    });
+  }
+
+  /**
+   * qualifyTables: a new connection is trusted to have no current database only once the server
+   * says so (`DATABASE()` is NULL): a connection config may name one where the library cannot see
+   * it (`uri`, a server's `init_connect`, an `afterCreate` that changes user). One that has one ends
+   * clean connections for the pool: unqualified SQL would otherwise run on that database.
+   */
+  #verifyClean(slot: Slot): Promise<void> {
+    return new Promise((resolve, reject) => {
+      slot.conn.query('SELECT DATABASE() AS d', (error, rows) => {
+        if (error) return reject(error);
+        const current = Array.isArray(rows) ? (rows[0] as { d?: unknown } | undefined)?.d : undefined;
+        if (current != null) {
+          this.#clean = false;
+          slot.clean = false;
+          slot.db = String(current);
+        }
         resolve();
       });
     });

@@ -371,6 +371,22 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
   });
 
+  it('a server connection that names a database where the library cannot see it (a uri) is switched with USE: raw SQL never runs on that database', async () => {
+    const uri = `mysql://${server.user}${server.password ? `:${server.password}` : ''}@${server.host}:${server.port}/${db('b')}`;
+    for (const qualifyTables of [undefined, true]) {
+      open({ max: 1, ...(qualifyTables === undefined ? {} : { qualifyTables }), servers: { main: { client: 'mysql2', connection: { uri } as never, pool: { max: 1 } } } });
+      // The connection is on b's database; a's unqualified SQL must not run there.
+      assert.deepEqual((await raw<{ tenant_id: string }>('a', 'select tenant_id from tenant_info')).map((r) => r.tenant_id), ['a'], `qualifyTables ${qualifyTables}`);
+      assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+      assert.deepEqual((await raw<{ tenant_id: string }>('b', 'select tenant_id from tenant_info')).map((r) => r.tenant_id), ['b']);
+      assert.deepEqual((await raw<{ tenant_id: string }>('a', 'select tenant_id from tenant_info')).map((r) => r.tenant_id), ['a']);
+      assert.equal(stats().cleanHits, 0, 'no connection counted as clean');
+      assert.ok(stats().switches >= 2, JSON.stringify(stats()));
+      await tenancy!.destroy();
+      tenancy = undefined;
+    }
+  });
+
   it('a tenant whose database was dropped gets UnknownTenantError, as without qualifyTables', async () => {
     const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
     try {
