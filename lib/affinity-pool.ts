@@ -34,8 +34,9 @@ interface Slot {
   /** When it took that permit (a permit lapses after PERMIT_MS; see `#lapsePermits`). */
   permitSince: number;
   /**
-   * A statement of the tenant's has been answered on it since it was handed out (the pool's own
-   * statements, a `USE` or `afterCreate`'s, do not count): its tables are open.
+   * A statement of the tenant's that may open tables has been answered on it since it was handed
+   * out (the pool's own statements, a `USE` or `afterCreate`'s, and `BEGIN`, `SAVEPOINT`, `SET`...
+   * do not count): its tables are open. Tracked only while it holds a permit.
    */
   answered: boolean;
   /** The tenant that held the connection last (resetSession resets it when another takes it). */
@@ -539,6 +540,7 @@ export class AffinityPool implements SwitchState {
       slot.switched = true;
       slot.permitSince = Date.now();
       this.#switching++;
+      if (this.#waiters.length > 0) this.#armLapse();
     }
     this.#touch(db);
     if (restore) {
@@ -685,7 +687,10 @@ export class AffinityPool implements SwitchState {
     // tenant would all see room under its cap while their connections are being opened.
     this.#creating++;
     const permit = this.#cold(db);
-    if (permit) this.#switching++;
+    if (permit) {
+      this.#switching++;
+      if (this.#waiters.length > 0) this.#armLapse();
+    }
     this.#touch(db);
     this.#heldBy.set(tenantId, this.#held(tenantId) + 1);
     let slot: Slot | undefined;
@@ -821,14 +826,17 @@ export class AffinityPool implements SwitchState {
 
   /** The first waiter that may take a connection (`eligible`), preferring one on database `db`. */
   #nextWaiter(db: string | undefined, eligible: (waiter: Waiter) => boolean): Waiter | undefined {
-    // Without a waiter on `db`, the first that may take a connection is the one.
+    // Without a waiter on `db`, the first that may take a connection is the one. Affinity looks
+    // LOOKAHEAD deep; with no waiter there that may take it (cold ones held back by the cap,
+    // tenants at their share), the first one further down that may.
     const prefer = db !== undefined && this.#waitingFor.has(db);
     let first = -1;
-    const end = Math.min(this.#waiters.length, LOOKAHEAD);
+    const end = this.#waiters.length;
     for (let i = 0; i < end; i++) {
+      if (i >= LOOKAHEAD && first >= 0) break;
       const waiter = this.#waiters[i]!;
       if (this.#held(waiter.tenantId) >= this.#options.perTenantMax || !eligible(waiter)) continue;
-      if (waiter.db === db || !prefer) {
+      if (waiter.db === db || !prefer || i >= LOOKAHEAD) {
         first = i;
         break;
       }
@@ -958,7 +966,7 @@ type Callback = (error: unknown, result: unknown, fields: unknown) => unknown;
 
 function tracked(slot: Slot, sql: unknown, callback: Callback): Callback {
   return function (this: unknown, error: unknown, result: unknown, fields: unknown): unknown {
-    slot.answered = true;
+    if (slot.switched && !slot.answered && opensTables(sql)) slot.answered = true;
     if (!error) {
       const schema = changedSchema(result);
       if (schema !== undefined) {
@@ -1006,6 +1014,15 @@ function headerSchema(value: unknown): string | undefined {
 // mysql2's server status flags (SERVER_STATUS_IN_TRANS, SERVER_STATUS_AUTOCOMMIT), as of the last answer.
 const IN_TRANS = 0x1;
 const AUTOCOMMIT = 0x2;
+
+// Statements that open no table: their answer does not mean the tenant's tables are open.
+const OPENS_NO_TABLE = /^\s*(?:begin|start\s+transaction|savepoint|release\s+savepoint|rollback|commit|set|use|xa)\b/i;
+
+/** Whether a statement (text, or mysql2's query options) may open tables (see `Slot.answered`). */
+function opensTables(sql: unknown): boolean {
+  const text = typeof sql === 'string' ? sql : (sql as { sql?: unknown } | null)?.sql;
+  return typeof text !== 'string' || !OPENS_NO_TABLE.test(text);
+}
 
 /** A statement is still running on it, or knex marked it unusable after a timeout. */
 function stillRunning(conn: RawConnection): boolean {

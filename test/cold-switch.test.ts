@@ -9,13 +9,27 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
-import { createTenancy, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
+import { raw } from 'objection';
+import { createTenancy, TenantModel, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { knexWithStatementHook } from './helpers/statement-hook';
 
 const TENANTS = Array.from({ length: 10 }, (_, i) => `c${i}`);
 const db = (t: string) => `ot_cold_${t}`;
 const SLEEP = 0.15;
+
+/** Each tenant database's one table. */
+class Marker extends TenantModel {
+  static override tableName = 'marker';
+  static override idColumn = 'tenant_id';
+}
+
+/** A promise and the function that resolves it. */
+function gate(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
 
 describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: skipMysql }, () => {
   let admin: Knex;
@@ -196,6 +210,83 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
     const served = Date.now();
     await first;
     assert.ok(served >= finished, `c2 was served ${finished - served} ms before c1's first statement ended`);
+  });
+
+  it('a cold tenant that queued while the pool was full is served once the permit taken after it lapses', async () => {
+    open({ max: 2, maxSwitchedConnections: 1, maxConnectionsPerTenant: 2, acquireTimeoutMs: 1_500 });
+    assert.equal((await quick('c0')).m, 'c0');
+    // c0 (warm now) holds both connections in two transactions, each until its gate opens.
+    const gates = [gate(), gate()];
+    const holds = gates.map((gate) =>
+      tenancy!.runWithTenant('c0', () => tenancy!.transaction(async () => {
+        await tenancy!.knex().raw('select tenant_id from marker');
+        await gate.promise;
+      })),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // c1 queues with the permit still free; c2 queues behind it.
+    const c1 = tenancy!.runWithTenant('c1', () => tenancy!.transaction(async () => {
+      await tenancy!.knex().raw('select tenant_id from marker');
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+    }));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const asked = Date.now();
+    const c2 = quick('c2').then(() => Date.now() - asked);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    gates[0]!.resolve(); // its connection goes to c1, which takes the permit for 2 s
+    await holds[0];
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(mainStats().coldSwitching, 1);
+    gates[1]!.resolve(); // a connection is free, but c2 is cold and the permit is taken
+    await holds[1];
+    const waited = await c2;
+    await c1;
+    assert.ok(waited < 1_000, `c2 waited ${waited} ms (the permit should lapse 200 ms after c1's first statement)`);
+  });
+
+  for (const qualifyTables of [undefined, false]) {
+    it(`a transaction whose first statement after BEGIN is still running keeps its permit (qualifyTables ${qualifyTables ?? 'default'})`, async () => {
+      open({ max: 4, maxSwitchedConnections: 1, ...(qualifyTables === undefined ? {} : { qualifyTables }) });
+      let finished = 0;
+      const first = tenancy!.runWithTenant('c1', () => tenancy!.transaction(async () => {
+        // A model query names its database (no refusal, no USE before it) when qualifyTables is on.
+        await Marker.query().select(raw('sleep(0.6) as s'), 'tenant_id');
+        finished = Date.now();
+      }));
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.equal((await quick('c2')).m, 'c2');
+      const served = Date.now();
+      await first;
+      assert.ok(served >= finished, `c2 was served ${finished - served} ms before c1's first statement ended`);
+    });
+  }
+
+  it('a warm tenant is served by a free connection even behind more cold waiters than the pool looks ahead', async () => {
+    open({ max: 3, maxSwitchedConnections: 1, maxConnectionsPerTenant: 3, acquireTimeoutMs: 1_500 });
+    const raw = (t: string, sql: string) => tenancy!.runWithTenant(t, () => tenancy!.knex().raw(sql));
+    await raw('c1', 'select tenant_id from marker');
+    await raw('c2', 'select tenant_id from marker');
+    const holder = raw('c0', 'select sleep(1.5), tenant_id from marker'); // the permit, no answer for 1.5 s
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    const opened = gate();
+    const busy = [opened.promise, new Promise((resolve) => setTimeout(resolve, 1_800))].map((until) =>
+      tenancy!.runWithTenant('c2', () => tenancy!.transaction(async () => {
+        await tenancy!.knex().raw('select 1');
+        await until;
+      })),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(mainStats().inUse, 3);
+    // 40 cold tenants (their databases do not exist: they fail once served) queue ahead of the warm c1.
+    const cold = Array.from({ length: 40 }, (_, i) => raw(`x${i}`, 'select 1').catch(() => undefined));
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    const asked = Date.now();
+    const warm = raw('c1', 'select tenant_id from marker').then(() => Date.now() - asked);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    opened.resolve();
+    const waited = await warm;
+    await Promise.all([holder, ...busy, ...cold]);
+    assert.ok(waited < 500, `the warm tenant waited ${waited} ms with a connection free`);
   });
 
   it('a warm tenant (used lately) and a connection already on its database are not held behind cold switches', async () => {
