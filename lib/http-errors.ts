@@ -40,7 +40,8 @@ const GONE: Readonly<HttpErrorAnswer> = Object.freeze({ status: 404, code: 'TENA
 export function toHttpError(error: unknown): HttpErrorAnswer | undefined {
   if (error instanceof TenantError || isTenantErrorLike(error)) {
     const e = error as TenantError & { retryAfter?: number };
-    const answer: HttpErrorAnswer = { status: e.statusCode ?? 500, code: e.code, message: ownMessage(e) };
+    const status = e.statusCode ?? 500;
+    const answer: HttpErrorAnswer = { status, code: e.code, message: status >= 500 ? serverSideMessage(e) : ownMessage(e) };
     if (typeof e.retryAfter === 'number') answer.retryAfter = e.retryAfter;
     // Unknown inside its own scope: the tenant was served until now, so its database went away
     // (a shared connection could not switch to it). Outside a scope it is a catalog answer, already cached.
@@ -62,6 +63,15 @@ export function toHttpError(error: unknown): HttpErrorAnswer | undefined {
     return { status: 503, code: 'TENANT_UNAVAILABLE', message: 'The tenant database is unavailable. Retry later.', retryAfter: 1 };
   }
   return undefined;
+}
+
+/**
+ * A 5xx answer says what happened, not why: the reasons (which name databases, servers and
+ * settings) stay on the error, for the server's logs.
+ */
+function serverSideMessage(e: { code: string; tenantId?: string; statusCode?: number }): string {
+  if (e.code === 'TENANT_UNAVAILABLE') return e.tenantId === undefined ? 'The tenant database is unavailable. Retry later.' : `The database of tenant "${e.tenantId}" is unavailable. Retry later.`;
+  return e.statusCode === 503 ? 'Service unavailable. Retry later.' : 'Internal error.';
 }
 
 /** The driver's error: objection wraps it in a DBError (db-errors) with `nativeError`. */

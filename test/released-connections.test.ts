@@ -13,7 +13,7 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
 import knexFactory from 'knex';
-import { createTenancy, TenantUnavailableError, type Tenancy, type TenancyOptions } from '../lib/index';
+import { createTenancy, TenantUnavailableError, toHttpError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { createTenantDatabases, dropTenantDatabases, Person } from './helpers/fixtures';
 
@@ -166,7 +166,14 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
       });
       await assert.rejects(
         tenancy.runWithTenant('evil', () => Person.query()),
-        (error: Error) => error instanceof TenantUnavailableError && /cannot name database/.test(error.message),
+        (error: Error) => {
+          assert.ok(error instanceof TenantUnavailableError && /cannot name database/.test(error.message), error.message);
+          // The reason names the database: it stays on the error, out of the HTTP answer.
+          const answer = toHttpError(error)!;
+          assert.equal(answer.status, 503);
+          assert.equal(answer.message, 'The database of tenant "evil" is unavailable. Retry later.');
+          return true;
+        },
       );
       await tenancy.destroy();
       tenancy = undefined;
