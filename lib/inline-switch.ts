@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { UnknownTenantError } from './errors';
-import { markQualified } from './qualify-tables';
+import { markQualified, unqualifyOwnNames } from './qualify-tables';
 
 /**
  * The inline database switch of the shared strategy (`inlineSwitch: true`): when a connection has to
@@ -207,6 +207,13 @@ function cleanTransactionClass(proto: object, state: SwitchState, tenantId: stri
   txProto._stream = async function (this: Knex.Client, conn: unknown, obj: unknown, stream: unknown, options: unknown): Promise<unknown> {
     await state.switchNow(conn, tenantId);
     return base._stream.call(this, conn, obj, stream, options);
+  };
+  // A builder moved into the transaction (`.transacting(trx)`) is compiled by this client: a CTE it
+  // names is settled here too (see tenantHandle in shared-connections.ts).
+  const baseCompiler = (proto as { queryCompiler: (this: unknown, builder: unknown, formatter?: unknown) => unknown }).queryCompiler;
+  txProto.queryCompiler = function (this: unknown, builder: unknown, formatter?: unknown): unknown {
+    unqualifyOwnNames(builder, database);
+    return baseCompiler.call(this, builder, formatter);
   };
   // A nested transaction (a savepoint) is marked too.
   txProto.transaction = function (this: Knex.Client, ...args: unknown[]): unknown {

@@ -113,6 +113,9 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
         // (A table the tenant has, named like that, would be shadowed the same way in plain SQL.)
         const shadow = await knex('pets').with('pets', knex('persons').select('name').where('id', 1)).select('name');
         assert.deepEqual(shadow.map((p: { name: string }) => p.name), [`${t}-ada`]);
+        // ...also when it is moved into a transaction, whose client compiles it.
+        const moved = await knex.transaction((trx) => knex('x').with('x', knex('persons').select('name').where('id', 2)).select('name').transacting(trx));
+        assert.deepEqual(moved.map((p: { name: string }) => p.name), [`${t}-bob`]);
       });
     }
     const s = stats();
