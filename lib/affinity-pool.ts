@@ -764,7 +764,8 @@ export class AffinityPool implements SwitchState {
    * MariaDB tells its cores as `thread_pool_size` (default: the CPUs it sees), whether or not its
    * thread pool is on; MySQL Community has no such variable, and stays without a cap. A server
    * sized for its tenants (table caches of tens of thousands) counts them all warm: no cap applies.
-   * A failed read leaves no cap; it never fails the acquire. Until the read, the cap is one.
+   * A failed read leaves no cap until the next connection the pool opens reads it again; it never
+   * fails the acquire. Until the first read, the cap is one.
    */
   #sizeFrom(conn: RawConnection): Promise<void> {
     const sql = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('thread_pool_size', 'table_open_cache', 'table_definition_cache')";
@@ -780,6 +781,8 @@ export class AffinityPool implements SwitchState {
         const tables = Math.min(value('table_open_cache'), value('table_definition_cache'));
         this.#maxSwitched = Number.isNaN(cpus) ? Infinity : COLD_PER_CPU * cpus;
         if (!Number.isNaN(tables)) this.#warmDatabases = tables;
+        // A failed read (not a server without the variable) is tried again on the next connection.
+        if (error) this.#sizeFromServer = true;
         resolve();
       });
     });

@@ -170,6 +170,24 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
 
   });
 
+  it("'auto' reads the server again on the next connection after a failed read", async () => {
+    let reads = 0;
+    open({
+      max: 4,
+      maxConnectionsPerTenant: 4,
+      createKnex: knexWithStatementHook(() => (send, sql, rest) => {
+        const sizing = typeof sql === 'string' && sql.startsWith('SHOW GLOBAL VARIABLES');
+        return send(sizing && reads++ === 0 ? 'select @@no_such_variable' : sql, ...rest);
+      }),
+    });
+    assert.equal((await quick('c0')).m, 'c0');
+    assert.equal(mainStats().maxSwitchedConnections, null, 'no cap after the failed read');
+    // Two at once: the second opens a connection, which reads the server again.
+    await Promise.all([slow('c1'), slow('c2')]);
+    assert.equal(reads, 2);
+    assert.ok(mainStats().maxSwitchedConnections !== null && mainStats().maxSwitchedConnections! >= 3, JSON.stringify(mainStats()));
+  });
+
   it('maxSwitchedConnections: Infinity sets no cap', async () => {
     open({ max: 4, maxSwitchedConnections: Infinity });
     assert.equal((await quick('c0')).m, 'c0');
