@@ -50,9 +50,12 @@
  * state; the other variants open tenants as traffic reaches them, after a warm-up.
  *
  * Cells run one at a time: each variant is created for its cell and closed after it, and the server's
- * connection count is back to its baseline before the next cell. BENCH_ROUNDS rounds, the order
- * reversed every other round; throughput is the median of the rounds, ratios the median of per-round
- * ratios (the machine is shared: rounds damp bursts of other load).
+ * connection count is back to its baseline before the next cell. BENCH_ROUNDS rounds; within each
+ * popularity the variants run in the orders of a Williams design (each variant right after each
+ * other one equally often over n rounds for n variants, 2n for odd n: see roundOrder), or with
+ * BENCH_ORDER=alternate in one order reversed every other round (before stop 16); throughput is the
+ * median of the rounds, ratios the median of per-round ratios (the machine is shared: rounds damp
+ * bursts of other load).
  *
  * Setup: the databases (`ot_sbench_00001`...) are created in batches of statements per round trip
  * (`multipleStatements`) over several admin connections, and reused when the marker database
@@ -65,7 +68,7 @@
  * Run: `npm run bench:scale` (node --expose-gc). Env: MYSQL_URL (default
  * mysql://root@127.0.0.1:3306/test), BENCH_TENANTS (10000), BENCH_ROUNDS (4), BENCH_CELL_MS (2500),
  * BENCH_WARMUP_MS (1000), BENCH_VARIANTS (comma list, default all), BENCH_POPULARITY (uniform or zipf, default
- * both), BENCH_MAX_SWITCHED (4), KEEP_DBS=1 (keep the databases).
+ * both), BENCH_MAX_SWITCHED (4), BENCH_ORDER (balanced or alternate), KEEP_DBS=1 (keep the databases).
  * Prints one table, ends with one line `RESULT {...}`, and writes benchmarks/results/scale.json.
  */
 import fs from 'node:fs';
@@ -99,6 +102,8 @@ const MAX_POOLS = 50;
 const PREFIX = 'ot_sbench_';
 /** shared-tuned: `maxSwitchedConnections`, about twice the database server's cores (README). */
 const MAX_SWITCHED = intEnv('BENCH_MAX_SWITCHED', 4);
+const ORDER = process.env.BENCH_ORDER ?? 'balanced';
+if (ORDER !== 'balanced' && ORDER !== 'alternate') throw new TypeError(`BENCH_ORDER: "${ORDER}" is neither balanced nor alternate`);
 const META_DB = `${PREFIX}meta`;
 /** LIKE pattern of the tenant databases (and the marker database). */
 const TENANT_DB_PATTERN = `${PREFIX.replace(/_/g, '\\_')}%`;
@@ -459,6 +464,34 @@ function percentile(sorted: Float64Array, q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
 }
 
+/**
+ * The cells of round `r`, one popularity after the other (their order reversed every other round).
+ * BENCH_ORDER=alternate: the variants in the same order, reversed every other round (before stop
+ * 16). balanced (the default): the variants in the orders of a Williams design, in which every
+ * variant runs right after every other one equally often over n rounds (n variants, n even) or 2n
+ * (n odd). With the alternate order the variant listed after `single` always ran right after it or
+ * right before it, and in stop 16's runs a cell right after `single` ran up to 10-20% slower under
+ * Zipf than the same variant right after another tenant variant (benchmarks/README.md).
+ */
+function roundOrder<T>(groups: T[][], r: number): T[] {
+  const reverse = r % 2 === 1;
+  const out: T[] = [];
+  for (const group of reverse ? [...groups].reverse() : groups) {
+    if (ORDER === 'alternate') out.push(...(reverse ? [...group].reverse() : group));
+    else out.push(...williamsRow(group.length, r).map((i) => group[i]!));
+  }
+  return out;
+}
+
+/** Row `r` of a Williams design for `n` treatments (rows repeat after n, or 2n for odd n). */
+function williamsRow(n: number, r: number): number[] {
+  const first = [0];
+  for (let i = 1, lo = 1, hi = n - 1; i < n; i++) first.push(i % 2 === 1 ? lo++ : hi--);
+  const k = r % (n % 2 === 0 ? n : 2 * n);
+  const row = first.map((v) => (v + (k % n)) % n);
+  return k >= n ? row.reverse() : row;
+}
+
 // --- variants -----------------------------------------------------------------------------------
 
 /** One variant's life for one cell: created, warmed, measured, closed. */
@@ -800,12 +833,15 @@ async function main(): Promise<void> {
     await warm.close();
     const baselineThreads = await sampler.threads();
 
-    const order: [VariantKey, Popularity][] = [];
-    for (const popularity of POPULARITIES) for (const key of VARIANT_KEYS) if (SELECTED.has(key) && (ONLY_POPULARITY ?? popularity) === popularity) order.push([key, popularity]);
+    const groups: [VariantKey, Popularity][][] = [];
+    for (const popularity of POPULARITIES) {
+      if ((ONLY_POPULARITY ?? popularity) !== popularity) continue;
+      groups.push(VARIANT_KEYS.filter((key) => SELECTED.has(key)).map((key) => [key, popularity]));
+    }
     const cells = new Map<string, CellRun[]>();
     const started = Date.now();
     for (let r = 0; r < ROUNDS; r++) {
-      for (const [key, popularity] of r % 2 === 0 ? order : [...order].reverse()) {
+      for (const [key, popularity] of roundOrder(groups, r)) {
         process.stderr.write(`round ${r + 1}/${ROUNDS}: ${key} ${popularity}... `);
         const run = await runCell(key, popularity, sampler, baselineThreads);
         process.stderr.write(`${run.opsPerSec.toFixed(0)} q/s, ${run.errors} errors, peak ${run.peakConnections} connections\n`);
@@ -849,7 +885,7 @@ async function main(): Promise<void> {
     console.log(`${machine} (shared with the database server); load average ${loadBefore} before, ${loadAfter} after`);
     console.log(
       `setup: ${setup.reused ? 'reused (marker found)' : 'created'} ${TENANTS} databases in ${(setup.ms / 1000).toFixed(1)} s; ` +
-        `${ROUNDS} rounds x ${CELL_MS} ms per cell after ${WARMUP_MS} ms warm-up, order reversed every other round; ${seconds} s`,
+        `${ROUNDS} rounds x ${CELL_MS} ms per cell after ${WARMUP_MS} ms warm-up, ${ORDER === 'balanced' ? 'variants in the orders of a Williams design' : 'order reversed every other round'}; ${seconds} s`,
     );
     console.log(
       `Zipf(s=${ZIPF_S}): top tenant ${(zipfShare(1) * 100).toFixed(1)}% of queries, top 20 ${(zipfShare(20) * 100).toFixed(1)}%, ` +
@@ -1015,7 +1051,7 @@ async function main(): Promise<void> {
       server: serverSettings,
       load: { before: loadBefore, after: loadAfter },
       settings: {
-        tenants: TENANTS, inFlight: IN_FLIGHT, connections: CONNECTIONS, cellMs: CELL_MS, rounds: ROUNDS, warmupMs: WARMUP_MS,
+        tenants: TENANTS, inFlight: IN_FLIGHT, connections: CONNECTIONS, cellMs: CELL_MS, rounds: ROUNDS, warmupMs: WARMUP_MS, order: ORDER,
         zipfS: ZIPF_S, maxSwitchedConnections: MAX_SWITCHED, budgetPoolMax: BUDGET_POOL_MAX, maxPools: MAX_POOLS, variants: [...SELECTED],
       },
       setup: { reused: setup.reused, ms: Math.round(setup.ms) },
