@@ -60,6 +60,20 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
       return (rows as { d: string; m: string }[])[0]!;
     });
 
+  /**
+   * Starts `slowFirst` (c1 takes the only permit with a slow first statement), then asks for cold c2:
+   * c2 must be served only once that statement has ended, the permit still held until then.
+   */
+  async function servedAfter(slowFirst: () => Promise<unknown>): Promise<void> {
+    let finished = 0;
+    const first = slowFirst().then(() => (finished = Date.now()));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal((await quick('c2')).m, 'c2');
+    const served = Date.now();
+    await first;
+    assert.ok(served >= finished, `c2 was served ${finished - served} ms before c1's first statement ended`);
+  }
+
   /** Runs `work` while sampling how many statements of this suite's sleep run on tenant databases. */
   async function peakSleeping<T>(work: () => Promise<T>): Promise<{ result: T; peak: number }> {
     let peak = 0;
@@ -218,16 +232,7 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
 
   it('a first statement still running past 200 ms keeps its permit (a server slow to open tables stays capped)', async () => {
     open({ max: 4, maxSwitchedConnections: 1 });
-    let finished = 0;
-    const first = tenancy!.runWithTenant('c1', async () => {
-      await tenancy!.knex().raw('select sleep(0.6), (select tenant_id from marker) as m');
-      finished = Date.now();
-    });
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    assert.equal((await quick('c2')).m, 'c2');
-    const served = Date.now();
-    await first;
-    assert.ok(served >= finished, `c2 was served ${finished - served} ms before c1's first statement ended`);
+    await servedAfter(() => tenancy!.runWithTenant('c1', () => tenancy!.knex().raw('select sleep(0.6), (select tenant_id from marker) as m')));
   });
 
   it('a cold tenant that queued while the pool was full is served once the permit taken after it lapses', async () => {
@@ -265,17 +270,8 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
   for (const qualifyTables of [undefined, false]) {
     it(`a transaction whose first statement after BEGIN is still running keeps its permit (qualifyTables ${qualifyTables ?? 'default'})`, async () => {
       open({ max: 4, maxSwitchedConnections: 1, ...(qualifyTables === undefined ? {} : { qualifyTables }) });
-      let finished = 0;
-      const first = tenancy!.runWithTenant('c1', () => tenancy!.transaction(async () => {
-        // A model query names its database (no refusal, no USE before it) when qualifyTables is on.
-        await Marker.query().select(raw('sleep(0.6) as s'), 'tenant_id');
-        finished = Date.now();
-      }));
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      assert.equal((await quick('c2')).m, 'c2');
-      const served = Date.now();
-      await first;
-      assert.ok(served >= finished, `c2 was served ${finished - served} ms before c1's first statement ended`);
+      // A model query names its database (no refusal, no USE before it) when qualifyTables is on.
+      await servedAfter(() => tenancy!.runWithTenant('c1', () => tenancy!.transaction(() => Marker.query().select(raw('sleep(0.6) as s'), 'tenant_id'))));
     });
   }
 
