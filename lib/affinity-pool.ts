@@ -450,6 +450,12 @@ export class AffinityPool implements SwitchState {
     }
   }
 
+  /** Takes a cold-switch permit; with acquires waiting, they are looked at again once permits may lapse. */
+  #takePermit(): void {
+    this.#switching++;
+    if (this.#waiters.length > 0) this.#armLapse();
+  }
+
   /**
    * An acquire waits with every permit taken: in PERMIT_MS, permits held that long lapse and the
    * waiters are looked at again (one timer per pool, while such waits go on; releases serve them
@@ -539,8 +545,7 @@ export class AffinityPool implements SwitchState {
     if (this.#cold(db)) {
       slot.switched = true;
       slot.permitSince = Date.now();
-      this.#switching++;
-      if (this.#waiters.length > 0) this.#armLapse();
+      this.#takePermit();
     }
     this.#touch(db);
     if (restore) {
@@ -687,10 +692,7 @@ export class AffinityPool implements SwitchState {
     // tenant would all see room under its cap while their connections are being opened.
     this.#creating++;
     const permit = this.#cold(db);
-    if (permit) {
-      this.#switching++;
-      if (this.#waiters.length > 0) this.#armLapse();
-    }
+    if (permit) this.#takePermit();
     this.#touch(db);
     this.#heldBy.set(tenantId, this.#held(tenantId) + 1);
     let slot: Slot | undefined;
@@ -821,6 +823,7 @@ export class AffinityPool implements SwitchState {
           return reject(error);
         }
         slot.db = db;
+        // What was answered before (a statement refused on a clean connection) opened no table.
         slot.answered = false;
         resolve();
       });

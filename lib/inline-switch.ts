@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { UnknownTenantError } from './errors';
-import { markQualified, unqualifyOwnNames } from './qualify-tables';
+import { markQualified, settleOwnNamesOnCompile } from './qualify-tables';
 
 /**
  * The inline database switch of the shared strategy (`inlineSwitch: true`): when a connection has to
@@ -208,13 +208,9 @@ function cleanTransactionClass(proto: object, state: SwitchState, tenantId: stri
     await state.switchNow(conn, tenantId);
     return base._stream.call(this, conn, obj, stream, options);
   };
-  // A builder moved into the transaction (`.transacting(trx)`) is compiled by this client: a CTE it
-  // names is settled here too (see tenantHandle in shared-connections.ts).
-  const baseCompiler = (proto as { queryCompiler: (this: unknown, builder: unknown, formatter?: unknown) => unknown }).queryCompiler;
-  txProto.queryCompiler = function (this: unknown, builder: unknown, formatter?: unknown): unknown {
-    unqualifyOwnNames(builder, database);
-    return baseCompiler.call(this, builder, formatter);
-  };
+  // The transaction's statements (its model queries, a builder moved in with `.transacting(trx)`)
+  // are compiled by this client: their own names are settled here too.
+  settleOwnNamesOnCompile(txProto, database);
   // A nested transaction (a savepoint) is marked too.
   txProto.transaction = function (this: Knex.Client, ...args: unknown[]): unknown {
     markContainer(args, database);

@@ -2,7 +2,7 @@ import { Model } from 'objection';
 import type { Knex } from 'knex';
 import { TenantContextMissingError, TenantMismatchError } from './errors';
 import { currentScope, globalState, runInScope, type TenantScope } from './scope';
-import { namesItsDatabase, qualifiedDatabase, unqualifyOwnNames } from './qualify-tables';
+import { namesItsDatabase, qualifiedDatabase } from './qualify-tables';
 
 // Objection's own typings do not describe the members overridden here (unsafeKnex, $$knex, the
 // untyped transaction overloads), so the mixin body works on loose types and the result keeps the
@@ -124,9 +124,9 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       const database = (this as any).isPartial() ? undefined : qualifyingDatabase(this, knexBuilder);
       // Set first, as objection's own withSchema does, so that the joins the operations add name it too.
       if (database !== undefined) knexBuilder.withSchema(database);
-      const built = super.executeOnBuildKnex(knexBuilder);
-      if (database !== undefined) unqualifyOwnNames(built, database);
-      return built;
+      // Names that carry their own database or a CTE's are settled when the query is compiled
+      // (settleOwnNamesOnCompile: the marked knex's client does it).
+      return super.executeOnBuildKnex(knexBuilder);
     }
 
     knex(...args: unknown[]): any {

@@ -52,3 +52,18 @@ function ownName(table: unknown, ctes: Set<string> | undefined): boolean {
   if (namesItsDatabase(table)) return true;
   return ctes !== undefined && ctes.has(table.split(/\s+as\s+/i)[0]!.trim());
 }
+
+/**
+ * Settles a qualified builder's own names (`unqualifyOwnNames`) when `client` compiles it: a
+ * `knex('x')` builder is qualified when it is made, before a `with('x', ...)` may name a CTE `x`,
+ * and a model query's joins are added after its database is set. Installed on tenant handles'
+ * clients and on the transaction clients made from them (a builder moved with `.transacting()`).
+ */
+export function settleOwnNamesOnCompile(client: object, database: string): void {
+  const target = client as { queryCompiler: (this: unknown, builder: unknown, formatter?: unknown) => unknown };
+  const baseCompiler = target.queryCompiler;
+  target.queryCompiler = function (this: unknown, builder: unknown, formatter?: unknown): unknown {
+    unqualifyOwnNames(builder, database);
+    return baseCompiler.call(this, builder, formatter);
+  };
+}

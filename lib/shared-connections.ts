@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import { AffinityPool, type AffinityPoolOptions, type AffinityPoolStats, type AfterCreate } from './affinity-pool';
 import { TenancyDestroyedError, TenantError, TenantUnavailableError } from './errors';
 import { installInlineSwitch } from './inline-switch';
-import { markQualified, namesItsDatabase, unqualifyOwnNames } from './qualify-tables';
+import { markQualified, namesItsDatabase, settleOwnNamesOnCompile } from './qualify-tables';
 import type { PoolCacheStats, TenantConnections, TenantLease } from './pool-cache';
 
 /** Where a tenant lives: a server key of `options.servers` and the database name on it. */
@@ -281,15 +281,7 @@ function tenantHandle(server: Server, tenantId: string, database: string, writab
   client.connectionSettings = { ...(base.client.connectionSettings as object), database };
   const qualified = server.pool.cleanConnectionsOn && writable ? database : undefined;
   if (server.pool.switchesInStatements) installInlineSwitch(client, server.pool, tenantId, qualified);
-  if (qualified !== undefined) {
-    // A `knex('x')` builder is qualified when it is made, before a `with('x', ...)` may name a CTE
-    // `x`: that is settled when it is compiled (model queries settle it themselves, model.ts).
-    const baseCompiler = client.queryCompiler as (this: unknown, builder: unknown, formatter?: unknown) => unknown;
-    (client as Record<string, unknown>).queryCompiler = function (this: unknown, builder: unknown, formatter?: unknown): unknown {
-      unqualifyOwnNames(builder, qualified);
-      return baseCompiler.call(this, builder, formatter);
-    };
-  }
+  if (qualified !== undefined) settleOwnNamesOnCompile(client, qualified);
   const context = Object.create(base.context) as { client: unknown; queryBuilder(): Knex.QueryBuilder };
   context.client = client;
   const handle = function (tableName?: string, options?: unknown) {

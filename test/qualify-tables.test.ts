@@ -100,6 +100,9 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
         // A common table expression: `from x` names the CTE, not a table of the tenant's database.
         const named = await Person.query().with('x', Person.query().select('id', 'name').where('id', 2)).from('x');
         assert.deepEqual(named.map((p) => p.name), [`${t}-bob`]);
+        // ...also inside a transaction, whose client compiles it.
+        const inTransaction = await tenancy!.transaction(() => Person.query().with('x', Person.query().select('id', 'name').where('id', 2)).from('x'));
+        assert.deepEqual(inTransaction.map((p) => p.name), [`${t}-bob`]);
         // ...and a join to one names the CTE too, while the model's own table is qualified.
         const owner = await Person.query().with('x', Pet.query().select('owner_id').where('name', `${t}-tom`)).join('x', 'x.owner_id', 'persons.id');
         assert.deepEqual(owner.map((p) => p.name), [`${t}-bob`]);
