@@ -374,7 +374,7 @@ export class AffinityPool implements SwitchState {
     slot.pending = undefined;
     slot.db = undefined;
     try {
-      await this.#use(slot, db);
+      await this.#use(slot, db, tenantId);
     } catch (error) {
       throw mapSwitchError(tenantId, error);
     }
@@ -559,7 +559,7 @@ export class AffinityPool implements SwitchState {
     }
     if (this.#inline(slot, db)) return slot.conn;
     try {
-      await this.#use(slot, db);
+      await this.#use(slot, db, tenantId);
     } catch (error) {
       this.release(slot.conn);
       throw mapSwitchError(tenantId, error);
@@ -626,14 +626,15 @@ export class AffinityPool implements SwitchState {
    */
   async #renewSession(slot: Slot, tenantId: string, reason: string, send: (done: (error: unknown) => void) => void, sent?: () => void): Promise<void> {
     try {
-      await new Promise<void>((resolve, reject) => send((error) => (error ? reject(error) : resolve())));
+      await this.#answered(tenantId, 'a session command', new Promise<void>((resolve, reject) => send((error) => (error ? reject(error) : resolve()))));
       sent?.();
-      await this.#setUp(slot.conn);
+      await this.#answered(tenantId, 'pool.afterCreate', this.#setUp(slot.conn));
       slot.autocommit = autocommitOn(slot.conn);
       slot.answered = false;
     } catch (error) {
       slot.broken = true;
       this.release(slot.conn);
+      if (error instanceof TenantUnavailableError) throw error;
       throw new TenantUnavailableError(tenantId, { cause: error, reason });
     }
   }
@@ -716,22 +717,23 @@ export class AffinityPool implements SwitchState {
       };
       // Before afterCreate, so that a USE there is seen (the connection is then not clean).
       trackSchemaChanges(slot);
-      await this.#setUp(conn);
+      await this.#answered(tenantId, 'pool.afterCreate', this.#setUp(conn));
       slot.autocommit = autocommitOn(conn);
-      if (slot.clean) await this.#verifyClean(slot);
+      if (slot.clean) await this.#verifyClean(slot, tenantId);
       if (this.#sizeFromServer) {
         this.#sizeFromServer = false;
-        await this.#sizeFrom(conn);
+        await this.#sizeFrom(conn, tenantId);
         // Acquires held back by the interim cap of one may go now.
         queueMicrotask(() => this.#pump());
       }
       slot.answered = false;
     } catch (error) {
-      this.#creating--;
       if (permit) this.#switching--;
       this.#unhold(tenantId);
-      if (slot !== undefined) await Promise.resolve(this.#client.destroyRawConnection(slot.conn as never)).catch(() => undefined);
+      if (slot === undefined) this.#creating--;
+      else await this.#discardNew(slot.conn);
       this.#pump();
+      if (error instanceof TenantUnavailableError) throw error;
       const reason = slot === undefined ? 'its database server refused a connection' : 'setting up a new connection (pool.afterCreate) failed';
       throw new TenantUnavailableError(tenantId, { cause: error, reason });
     }
@@ -748,7 +750,7 @@ export class AffinityPool implements SwitchState {
     }
     if (this.#inline(slot, db)) return conn;
     try {
-      await this.#use(slot, db);
+      await this.#use(slot, db, tenantId);
     } catch (error) {
       this.release(conn);
       throw mapSwitchError(tenantId, error);
@@ -767,27 +769,31 @@ export class AffinityPool implements SwitchState {
    * thread pool is on; MySQL Community has no such variable, and stays without a cap. A server
    * sized for its tenants (table caches of tens of thousands) counts them all warm: no cap applies.
    * A failed read leaves no cap until the next connection the pool opens reads it again; it never
-   * fails the acquire. Until the first read, the cap is one.
+   * fails the acquire. A read not answered within `acquireTimeoutMs` does (see #answered), and the
+   * cap stays at one until a later connection reads the server. Until the first read, the cap is one.
    */
-  #sizeFrom(conn: RawConnection): Promise<void> {
+  async #sizeFrom(conn: RawConnection, tenantId: string): Promise<void> {
     const sql = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('thread_pool_size', 'table_open_cache', 'table_definition_cache')";
-    return new Promise((resolve) => {
-      conn.query(sql, (error, rows) => {
-        const read = new Map<unknown, number>();
-        if (!error && Array.isArray(rows)) for (const row of rows as { Variable_name?: unknown; Value?: unknown }[]) read.set(row.Variable_name, Number(row.Value));
-        const value = (name: string): number => {
-          const n = read.get(name);
-          return n !== undefined && Number.isInteger(n) && n > 0 ? n : NaN;
-        };
-        const cpus = value('thread_pool_size');
-        const tables = Math.min(value('table_open_cache'), value('table_definition_cache'));
-        this.#maxSwitched = Number.isNaN(cpus) ? Infinity : COLD_PER_CPU * cpus;
-        if (!Number.isNaN(tables)) this.#warmDatabases = tables;
-        // A failed read (not a server without the variable) is tried again on the next connection.
-        if (error) this.#sizeFromServer = true;
-        resolve();
-      });
-    });
+    let rows: unknown;
+    try {
+      rows = await this.#answered(tenantId, 'SHOW GLOBAL VARIABLES', ask(conn, sql));
+    } catch (error) {
+      // No answer in time: the connection is closed (the acquire fails) and the next one reads again,
+      // the interim cap staying in force meanwhile.
+      this.#sizeFromServer = true;
+      if (error instanceof TenantUnavailableError) throw error;
+      rows = undefined;
+    }
+    const read = new Map<unknown, number>();
+    if (Array.isArray(rows)) for (const row of rows as { Variable_name?: unknown; Value?: unknown }[]) read.set(row.Variable_name, Number(row.Value));
+    const value = (name: string): number => {
+      const n = read.get(name);
+      return n !== undefined && Number.isInteger(n) && n > 0 ? n : NaN;
+    };
+    const cpus = value('thread_pool_size');
+    const tables = Math.min(value('table_open_cache'), value('table_definition_cache'));
+    this.#maxSwitched = Number.isNaN(cpus) ? Infinity : COLD_PER_CPU * cpus;
+    if (!Number.isNaN(tables)) this.#warmDatabases = tables;
   }
 
   /**
@@ -796,26 +802,57 @@ export class AffinityPool implements SwitchState {
    * it (`uri`, a server's `init_connect`, an `afterCreate` that changes user). One that has one ends
    * clean connections for the pool: unqualified SQL would otherwise run on that database.
    */
-  #verifyClean(slot: Slot): Promise<void> {
-    return new Promise((resolve, reject) => {
-      slot.conn.query('SELECT DATABASE() AS d', (error, rows) => {
-        if (error) return reject(error);
-        const current = Array.isArray(rows) ? (rows[0] as { d?: unknown } | undefined)?.d : undefined;
-        if (current != null) {
-          this.#clean = false;
-          slot.clean = false;
-          slot.db = String(current);
-        }
-        resolve();
-      });
-    });
+  async #verifyClean(slot: Slot, tenantId: string): Promise<void> {
+    const rows = await this.#answered(tenantId, 'SELECT DATABASE()', ask(slot.conn, 'SELECT DATABASE() AS d'));
+    const current = Array.isArray(rows) ? (rows[0] as { d?: unknown } | undefined)?.d : undefined;
+    if (current != null) {
+      this.#clean = false;
+      slot.clean = false;
+      slot.db = String(current);
+    }
   }
 
-  #use(slot: Slot, db: string): Promise<void> {
+  /**
+   * What the pool itself waits for from the server before it hands a connection out (`afterCreate`,
+   * its reads of a new connection, a `USE`, a session reset) gets `acquireTimeoutMs` like any wait
+   * for a connection: a server that accepted the connection and then stopped answering fails the
+   * acquire with a 503 rather than hold it forever. The connection is then closed by the caller; its
+   * place under `max` is freed once its socket closes (when the server answers, or is gone).
+   */
+  #answered<T>(tenantId: string, what: string, work: Promise<T>): Promise<T> {
+    const ms = this.#options.acquireTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new TenantUnavailableError(tenantId, { reason: `its database server did not answer ${what} within ${ms} ms` })), ms);
+    });
+    return Promise.race([work, late]).finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * Closes a connection that failed its set-up. One whose statement still runs (no answer in time)
+   * keeps its place under `max` until its socket closes, as `#destroy` does for a connection in use.
+   */
+  async #discardNew(conn: RawConnection): Promise<void> {
+    const running = stillRunning(conn);
+    if (!running) this.#creating--;
+    const closed = Promise.resolve(this.#client.destroyRawConnection(conn as never)).catch(() => undefined);
+    if (!running) {
+      await closed;
+      return;
+    }
+    void closed
+      .then(() => socketClosed(conn))
+      .then(() => {
+        this.#creating--;
+        this.#pump();
+      });
+  }
+
+  #use(slot: Slot, db: string, tenantId: string): Promise<void> {
     slot.clean = false;
     slot.target = undefined;
     const sql = `USE \`${db.replace(/`/g, '``')}\``;
-    return new Promise((resolve, reject) => {
+    return this.#answered(tenantId, 'a USE', new Promise((resolve, reject) => {
       slot.conn.query(sql, (error) => {
         if (error) {
           // A database that could not be entered (dropped, never created) is not warm.
@@ -827,7 +864,7 @@ export class AffinityPool implements SwitchState {
         slot.answered = false;
         resolve();
       });
-    });
+    }));
   }
 
   /** The first waiter that may take a connection (`eligible`), preferring one on database `db`. */
@@ -1035,6 +1072,11 @@ function stillRunning(conn: RawConnection): boolean {
   return conn._command != null || conn.__knex__disposed !== undefined;
 }
 
+/** One statement the pool sends itself, its rows or its error. */
+function ask(conn: RawConnection, sql: string): Promise<unknown> {
+  return new Promise((resolve, reject) => conn.query(sql, (error, rows) => (error ? reject(error) : resolve(rows))));
+}
+
 /** Inside a transaction, or with autocommit turned off (so that the next statement would open one). */
 function leftTransactional(conn: RawConnection): boolean {
   const status = conn.serverStatus ?? 0;
@@ -1047,6 +1089,7 @@ function autocommitOn(conn: RawConnection): boolean {
 }
 
 function mapSwitchError(tenantId: string, error: unknown): Error {
+  if (error instanceof TenantError) return error;
   // 1049: the tenant's database does not exist (never created, or dropped).
   if ((error as { errno?: unknown }).errno === 1049) return new UnknownTenantError(tenantId, { cause: error });
   const code = (error as { code?: unknown }).code;

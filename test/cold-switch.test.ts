@@ -202,6 +202,64 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
     assert.ok(mainStats().maxSwitchedConnections !== null && mainStats().maxSwitchedConnections! >= 3, JSON.stringify(mainStats()));
   });
 
+  it("a server that does not answer a new connection's set-up within acquireTimeoutMs fails the acquire with a 503; the connection keeps its place under max until it closes, and the next one reads the server", async () => {
+    // The first sizing read runs for 2 s on the server (a server that stopped answering it).
+    let reads = 0;
+    open({
+      max: 1,
+      acquireTimeoutMs: 400,
+      createKnex: knexWithStatementHook(() => (send, sql, rest) => {
+        const sizing = typeof sql === 'string' && sql.startsWith('SHOW GLOBAL VARIABLES');
+        return send(sizing && reads++ === 0 ? 'select sleep(2)' : sql, ...rest);
+      }),
+    });
+    const started = Date.now();
+    await assert.rejects(quick('c0'), (error: unknown) => error instanceof TenantUnavailableError && /did not answer SHOW GLOBAL VARIABLES within 400 ms/.test(error.message));
+    const failedAfter = Date.now() - started;
+    assert.ok(failedAfter < 1_500, `the acquire failed after ${failedAfter} ms, not at its timeout`);
+    // Its statement still runs: the connection is not closed yet and holds the only place (max 1).
+    assert.deepEqual([mainStats().open, mainStats().maxSwitchedConnections], [0, 1]);
+    await assert.rejects(quick('c1'), (error: unknown) => error instanceof TenantUnavailableError && /no connection was free within 400 ms/.test(error.message));
+    // Once the server answers and the socket closes, a new connection serves, and reads the server.
+    await new Promise((resolve) => setTimeout(resolve, 2_200 - (Date.now() - started)));
+    assert.deepEqual(await quick('c1'), { d: db('c1'), m: 'c1' });
+    assert.equal(reads, 2);
+    assert.ok(mainStats().maxSwitchedConnections! >= 3, JSON.stringify(mainStats()));
+  });
+
+  it('a USE the server does not answer within acquireTimeoutMs fails the acquire with a 503 (qualifyTables off)', async () => {
+    let uses = 0;
+    open({
+      max: 2,
+      acquireTimeoutMs: 300,
+      qualifyTables: false,
+      maxSwitchedConnections: Infinity,
+      createKnex: knexWithStatementHook(() => (send, sql, rest) => send(typeof sql === 'string' && sql.startsWith('USE ') && uses++ === 0 ? 'select sleep(1)' : sql, ...rest)),
+    });
+    await assert.rejects(quick('c0'), (error: unknown) => error instanceof TenantUnavailableError && /did not answer a USE within 300 ms/.test(error.message));
+    // The other connection serves meanwhile; the first is closed once its statement ends.
+    assert.deepEqual(await quick('c0'), { d: db('c0'), m: 'c0' });
+    assert.equal(mainStats().destroyed, 1);
+  });
+
+  it('a pool.afterCreate that never calls back fails the acquire with a 503 at acquireTimeoutMs, not never', async () => {
+    let calls = 0;
+    open({
+      acquireTimeoutMs: 300,
+      servers: {
+        main: {
+          client: 'mysql2',
+          connection: server,
+          pool: { max: 2, afterCreate: (_conn: unknown, done: (error?: Error) => void) => void (calls++ === 0 ? undefined : done()) },
+        },
+      },
+    });
+    await assert.rejects(quick('c0'), (error: unknown) => error instanceof TenantUnavailableError && /did not answer pool.afterCreate within 300 ms/.test(error.message));
+    // No statement runs on it: it is closed at once, and the next acquire opens a working one.
+    assert.deepEqual(await quick('c0'), { d: db('c0'), m: 'c0' });
+    assert.equal(calls, 2);
+  });
+
   it('maxSwitchedConnections: Infinity sets no cap', async () => {
     open({ max: 4, maxSwitchedConnections: Infinity });
     assert.equal((await quick('c0')).m, 'c0');
