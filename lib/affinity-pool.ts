@@ -697,10 +697,11 @@ export class AffinityPool implements SwitchState {
     this.#touch(db);
     this.#heldBy.set(tenantId, this.#held(tenantId) + 1);
     let slot: Slot | undefined;
+    // Opened outside any scope: a socket's events run in the context it was created in, and this
+    // connection will serve many tenants (DESIGN: never let pool internals carry a tenant).
+    const attempt = runInScopeSync(undefined, () => Promise.resolve(this.#client.acquireRawConnection())) as Promise<RawConnection>;
     try {
-      // Opened outside any scope: a socket's events run in the context it was created in, and this
-      // connection will serve many tenants (DESIGN: never let pool internals carry a tenant).
-      const conn = (await runInScopeSync(undefined, () => this.#client.acquireRawConnection())) as RawConnection;
+      const conn = await this.#answered(tenantId, 'a connection attempt', attempt);
       slot = {
         conn,
         db: undefined,
@@ -730,11 +731,12 @@ export class AffinityPool implements SwitchState {
     } catch (error) {
       if (permit) this.#switching--;
       this.#unhold(tenantId);
-      if (slot === undefined) this.#creating--;
-      else await this.#discardNew(slot.conn);
+      if (slot !== undefined) await this.#discardNew(slot.conn);
+      else if (error instanceof TenantUnavailableError) this.#abandon(attempt);
+      else this.#creating--;
       this.#pump();
       if (error instanceof TenantUnavailableError) throw error;
-      const reason = slot === undefined ? 'its database server refused a connection' : 'setting up a new connection (pool.afterCreate) failed';
+      const reason = slot === undefined ? 'no connection to its database server could be opened (refused, or its handshake timed out)' : 'setting up a new connection (pool.afterCreate) failed';
       throw new TenantUnavailableError(tenantId, { cause: error, reason });
     }
     this.#creating--;
@@ -826,6 +828,26 @@ export class AffinityPool implements SwitchState {
       timer = setTimeout(() => reject(new TenantUnavailableError(tenantId, { reason: `its database server did not answer ${what} within ${ms} ms` })), ms);
     });
     return Promise.race([work, late]).finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * A connection attempt given up on (no handshake within `acquireTimeoutMs`: a server that is
+   * frozen, or cut off without a reset) keeps its place under `max` until it ends: its connection,
+   * should it come, is closed at once.
+   */
+  #abandon(attempt: Promise<RawConnection>): void {
+    void attempt
+      .then(
+        async (conn) => {
+          await Promise.resolve(this.#client.destroyRawConnection(conn as never)).catch(() => undefined);
+          await socketClosed(conn);
+        },
+        () => undefined,
+      )
+      .then(() => {
+        this.#creating--;
+        this.#pump();
+      });
   }
 
   /**

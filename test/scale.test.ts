@@ -5,6 +5,7 @@
  * load with no failed query).
  */
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy, TenantUnavailableError, type TenancyOptions } from '../lib/index';
@@ -133,6 +134,43 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     } finally {
       await server.close();
       await tenancy.destroy();
+    }
+  });
+
+  it('shared strategy: a server that accepts connections and never answers (frozen, or cut off without a reset) fails its tenants with a 503 at acquireTimeoutMs, while the other server serves; the attempt keeps its place under max until it ends', async () => {
+    // A real listening socket that never sends the handshake: what a SIGSTOPped server or a dropped route looks like.
+    const sockets = new Set<net.Socket>();
+    const frozen = net.createServer((socket) => void sockets.add(socket));
+    await new Promise<void>((resolve) => frozen.listen(0, '127.0.0.1', resolve));
+    const port = (frozen.address() as net.AddressInfo).port;
+    const frozenConfig = serverConfig(port, 1);
+    // mysql2 gives up on the handshake after 1 s (its default: 10 s).
+    frozenConfig.connection = { ...(frozenConfig.connection as object), connectTimeout: 1_000 };
+    const tenancy = createTenancy({
+      ...sharedOptions(2, { acquireTimeoutMs: 300 }),
+      servers: { first: serverConfig(mysqlConnection().port!, 2), frozen: frozenConfig },
+      locate: (id) => (id === 'cold' ? { server: 'frozen', database: 'ot_scale_cold' } : { server: 'first', database: db(id) }),
+    });
+    const read = (t: string) => tenancy.runWithTenant(t, () => Person.query().select('name').orderBy('id').first());
+    const unavailable = (pattern: RegExp) => (error: unknown) => error instanceof TenantUnavailableError && error.statusCode === 503 && pattern.test(error.message);
+    try {
+      const started = Date.now();
+      const [cold, served] = await Promise.allSettled([read('cold'), read('sa1')]);
+      assert.equal(cold.status, 'rejected');
+      assert.ok(unavailable(/did not answer a connection attempt within 300 ms/)((cold as PromiseRejectedResult).reason), String((cold as PromiseRejectedResult).reason));
+      assert.ok(Date.now() - started < 900, `answered after ${Date.now() - started} ms`);
+      assert.equal((served as PromiseFulfilledResult<{ name: string } | undefined>).value?.name.startsWith('sa1'), true);
+      // The attempt still counts under the frozen server's max of 1: the next acquire waits for it.
+      await assert.rejects(read('cold'), unavailable(/no connection was free within 300 ms/));
+      // Once mysql2 gives up on it (1 s), its place is free: a new attempt, given up on in turn.
+      await new Promise((resolve) => setTimeout(resolve, 1_100 - (Date.now() - started)));
+      await assert.rejects(read('cold'), unavailable(/did not answer a connection attempt within 300 ms/));
+      assert.equal(tenancy.stats().servers!.frozen!.open, 0);
+      assert.ok(sockets.size >= 2, `${sockets.size} connection attempts reached the frozen server`);
+    } finally {
+      await tenancy.destroy();
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => frozen.close(resolve));
     }
   });
 
