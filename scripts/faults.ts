@@ -12,6 +12,10 @@
  *     same data directory. Checks: while it is down its tenants get 503 with Retry-After, fast (the
  *     acquire timeout is 1 s); every answer to them is 2xx or 503 (never a 500); they are served again
  *     after the restart without restarting the app; the tenants on the other server never notice.
+ *     The full run also freezes it (SIGSTOP, thawed with SIGCONT after the same time): a server that
+ *     accepts connections and answers nothing, as a hung one or one cut off without a reset. Then
+ *     the requests answered while it is frozen are 503s within the same bound, and only statements
+ *     already on one of its connections wait for the thaw (at most one per connection it may hold).
  * (b) Dropped database. Tenants `d1..d4` on the system MariaDB; under load `d2`'s database is dropped.
  *     Checks: `d2` then gets 404 or 503 only; the other tenants never notice.
  *
@@ -20,7 +24,7 @@
  * or a 503 may or may not have landed); no unhandled rejection; no lease left. With qualifyTables
  * (shared), raw SQL naming no database is part of the load, and connections were taken back to no database.
  *
- * Run: `npm run faults` (full: ~1.5 min) or `npm run faults -- --short` (CI: SIGTERM only, shorter
+ * Run: `npm run faults` (full: ~2.5 min) or `npm run faults -- --short` (CI: SIGTERM only, shorter
  * phases, ~30 s). Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test), FAULTS_MARIADB_PORT
  * (3308). Prints a summary, ends with one line `RESULT {...}`, exits non-zero when a check fails; the
  * full run also writes benchmarks/results/faults.json.
@@ -43,7 +47,11 @@ const ACQUIRE_MS = 1_000;
 /** A 503 while the server is down must come within the acquire timeout plus this much. */
 const FAIL_FAST_SLACK_MS = 1_500;
 const CONCURRENCY = 16;
-const SIGNALS: ('SIGTERM' | 'SIGKILL')[] = SHORT ? ['SIGTERM'] : ['SIGTERM', 'SIGKILL'];
+const SHARED_POOL_MAX = 8;
+const PER_TENANT_POOL_MAX = 3;
+/** SIGSTOP: the server is frozen (thawed with SIGCONT) rather than stopped and started again. */
+type Fault = 'SIGTERM' | 'SIGKILL' | 'SIGSTOP';
+const SIGNALS: Fault[] = SHORT ? ['SIGTERM'] : ['SIGTERM', 'SIGKILL', 'SIGSTOP'];
 const STRATEGIES = ['pool-per-tenant', 'shared', 'shared-use', 'shared-inline', 'shared-tuned', 'shared-reset'] as const;
 type Strategy = (typeof STRATEGIES)[number];
 
@@ -99,8 +107,8 @@ function tenancyOptions(strategy: Strategy, servers: Servers, tenants: readonly 
       inlineSwitch: strategy !== 'shared' && strategy !== 'shared-use',
       resetSession: strategy === 'shared-reset',
       servers: {
-        private: { client: 'mysql2', connection: { ...servers.privateConnection, connectTimeout: ACQUIRE_MS }, pool: { max: 8 } },
-        main: { client: 'mysql2', connection: { ...servers.mainConnection, connectTimeout: ACQUIRE_MS }, pool: { max: 8 } },
+        private: { client: 'mysql2', connection: { ...servers.privateConnection, connectTimeout: ACQUIRE_MS }, pool: { max: SHARED_POOL_MAX } },
+        main: { client: 'mysql2', connection: { ...servers.mainConnection, connectTimeout: ACQUIRE_MS }, pool: { max: SHARED_POOL_MAX } },
       },
       locate: (id) => ({ server: locate(servers, id).server, database: dbName(id) }),
       acquireTimeoutMs: ACQUIRE_MS,
@@ -111,7 +119,7 @@ function tenancyOptions(strategy: Strategy, servers: Servers, tenants: readonly 
     knexConfig: (id) => ({
       client: 'mysql2',
       connection: { ...locate(servers, id).connection, database: dbName(id), connectTimeout: ACQUIRE_MS },
-      pool: { max: 3 },
+      pool: { max: PER_TENANT_POOL_MAX },
       acquireConnectionTimeout: ACQUIRE_MS,
     }),
     tenantExists,
@@ -271,18 +279,27 @@ async function databaseChecks(scenario: Scenario, client: LedgerClient, servers:
   scenario.checks.push({ name: 'every tenant sum = acknowledged (+ landed unanswered) amounts', ok: mismatches === 0, detail: `${mismatches} tenants differ` });
 }
 
-async function outage(strategy: Strategy, signal: 'SIGTERM' | 'SIGKILL', servers: Servers): Promise<Scenario> {
+/** Connections the private server's tenants may hold at once: as many statements can be caught by a freeze. */
+function privateConnections(strategy: Strategy): number {
+  return strategy === 'pool-per-tenant' ? PRIVATE_TENANTS.length * PER_TENANT_POOL_MAX : SHARED_POOL_MAX;
+}
+
+async function outage(strategy: Strategy, signal: Fault, servers: Servers): Promise<Scenario> {
   const tenants = [...PRIVATE_TENANTS, ...MAIN_TENANTS];
   await createTenantDatabases(servers, tenants);
-  const scenario: Scenario = { name: `server ${signal === 'SIGTERM' ? 'stopped' : 'killed'} (${signal})`, strategy, requests: 0, checks: [], facts: {} };
+  const frozen = signal === 'SIGSTOP';
+  const name = frozen ? 'server frozen (SIGSTOP, then SIGCONT)' : `server ${signal === 'SIGTERM' ? 'stopped' : 'killed'} (${signal})`;
+  const scenario: Scenario = { name, strategy, requests: 0, checks: [], facts: {} };
   const run = await startLoad(strategy, servers, tenants, `faults-${strategy}-${signal}`);
   await sleep(WARM_MS);
   const stopAt = performance.now();
-  await servers.private.stop(signal);
+  if (frozen) servers.private.freeze();
+  else await servers.private.stop(signal);
   const downAt = performance.now();
   await sleep(DOWN_MS);
   const startAt = performance.now();
-  await servers.private.start();
+  if (frozen) servers.private.thaw();
+  else await servers.private.start();
   const upAt = performance.now();
   // Served again: every private tenant answered 2xx since the restart, and no private-tenant failure for STEADY_MS.
   const isPrivate = (o: Outcome) => PRIVATE_TENANTS.includes(o.tenant);
@@ -306,6 +323,9 @@ async function outage(strategy: Strategy, signal: 'SIGTERM' | 'SIGKILL', servers
   const main = outcomes.filter((o) => !isPrivate(o));
   const before = priv.filter((o) => o.sentAt + o.ms < stopAt);
   const down = priv.filter((o) => o.sentAt >= downAt && o.sentAt + o.ms <= startAt);
+  // Frozen: answered only after the thaw, though sent early enough for their acquire to have timed
+  // out before it (before the freeze or during it): statements the freeze caught on a connection.
+  const caught = priv.filter((o) => o.sentAt + ACQUIRE_MS + FAIL_FAST_SLACK_MS <= startAt && o.sentAt + o.ms > startAt);
   const downOk = down.filter((o) => o.status === 503);
   const downMs = down.map((o) => o.ms);
   const bad = priv.filter((o) => !is2xx(o.status) && o.status !== 503);
@@ -318,6 +338,7 @@ async function outage(strategy: Strategy, signal: 'SIGTERM' | 'SIGKILL', servers
     down503p50Ms: Math.round(percentile(downMs, 0.5)),
     down503p99Ms: Math.round(percentile(downMs, 0.99)),
     down503MaxMs: Math.round(Math.max(0, ...downMs)),
+    ...(frozen ? { waitedForThaw: caught.length, waitedForThawAnswers: statusCounts(caught) } : {}),
     stopMs: Math.round(downAt - stopAt),
     startMs: Math.round(upAt - startAt),
     recoveryMs: recoveredAt === undefined ? null : Math.round(recoveredAt - upAt),
@@ -326,6 +347,14 @@ async function outage(strategy: Strategy, signal: 'SIGTERM' | 'SIGKILL', servers
   if (run.unmapped.length > 0) scenario.facts.unmappedErrors = run.unmapped;
   scenario.checks.push({ name: 'before the fault, its tenants are served', ok: before.length > 0 && before.every((o) => is2xx(o.status)), detail: JSON.stringify(statusCounts(before)) });
   scenario.checks.push({ name: 'while it is down, its tenants get 503', ok: down.length > 0 && downOk.length === down.length, detail: `${downOk.length}/${down.length} ${JSON.stringify(statusCounts(down))}` });
+  if (frozen) {
+    const bound = privateConnections(strategy);
+    scenario.checks.push({
+      name: `only statements already on a connection wait for the thaw (at most ${bound}, one per connection)`,
+      ok: caught.length <= bound,
+      detail: `${caught.length} ${JSON.stringify(statusCounts(caught))}`,
+    });
+  }
   scenario.checks.push({
     name: `503s come fast (within ${ACQUIRE_MS + FAIL_FAST_SLACK_MS} ms)`,
     ok: down.length > 0 && Math.max(...downMs) <= ACQUIRE_MS + FAIL_FAST_SLACK_MS,
@@ -334,7 +363,7 @@ async function outage(strategy: Strategy, signal: 'SIGTERM' | 'SIGKILL', servers
   scenario.checks.push({ name: 'its tenants never get anything but 2xx or 503', ok: bad.length === 0, detail: bad.slice(0, 3).map((o) => `${o.kind} ${o.status} ${o.body ?? ''}`).join(' | ') || 'none' });
   scenario.checks.push({ name: 'every 503 carries Retry-After', ok: no503Header.length === 0, detail: String(no503Header.length) });
   scenario.checks.push({
-    name: `served again after the restart, without restarting the app (within ${RECOVERY_LIMIT_MS / 1000} s)`,
+    name: `served again after the ${frozen ? 'thaw' : 'restart'}, without restarting the app (within ${RECOVERY_LIMIT_MS / 1000} s)`,
     ok: recoveredAt !== undefined,
     detail: recoveredAt === undefined ? 'no recovery' : `${Math.round(recoveredAt - upAt)} ms after the server answered`,
   });
@@ -430,7 +459,7 @@ async function main(): Promise<void> {
       scenarios
         .filter((s) => s.strategy === strategy && s.name.startsWith('server'))
         .map((s) => [
-          s.name.includes('SIGKILL') ? 'killed' : 'stopped',
+          s.name.includes('SIGKILL') ? 'killed' : s.name.includes('SIGSTOP') ? 'frozen' : 'stopped',
           { down_503: (s.facts.downAnswers as Record<string, number>)['503'] ?? 0, max_503_ms: s.facts.down503MaxMs, recovery_ms: s.facts.recoveryMs },
         ]),
     );

@@ -27,6 +27,13 @@ export interface PrivateMariaDb {
   stop(signal?: 'SIGTERM' | 'SIGKILL'): Promise<void>;
   /** Starts the server again on the same data directory; resolves once it answers queries. */
   start(): Promise<void>;
+  /**
+   * Freezes the running server (SIGSTOP): it keeps its sockets and accepts connections (the kernel
+   * does) but answers nothing, as a hung server or one cut off by a network fault that sends no
+   * reset. `thaw()` (SIGCONT) lets it go on where it stopped.
+   */
+  freeze(): void;
+  thaw(): void;
   /** Stops the server (if running) and removes its data directory. */
   destroy(): Promise<void>;
 }
@@ -145,7 +152,11 @@ export async function startPrivateMariaDb(options: { port?: number; label?: stri
       if (child !== undefined) return;
       await spawnServer();
     },
+    freeze: () => void child?.kill('SIGSTOP'),
+    thaw: () => void child?.kill('SIGCONT'),
     destroy: async () => {
+      // A frozen server would not act on SIGTERM.
+      child?.kill('SIGCONT');
       await stop('SIGTERM');
       process.off('exit', killChild);
       fs.rmSync(dir, { recursive: true, force: true });
