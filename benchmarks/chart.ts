@@ -137,6 +137,8 @@ function scaleGroup(): Group {
   };
   add('shared_ratio_uniform', 'shared pool (defaults), uniform tenants', true);
   add('shared_ratio_zipf', 'shared pool (defaults), Zipf tenants', true);
+  add('shared_ratio_uniform_vs_plain', 'shared pool (defaults) vs an app with no AsyncLocalStorage, uniform', true);
+  add('shared_ratio_zipf_vs_plain', 'shared pool (defaults) vs an app with no AsyncLocalStorage, Zipf', true);
   add('shared_use_ratio_uniform', 'shared pool, USE switching, uniform', true);
   add('shared_use_ratio_zipf', 'shared pool, USE switching, Zipf', true);
   add('shared_inline_ratio_uniform', 'shared pool + inlineSwitch, uniform', true);

@@ -31,7 +31,13 @@
  *               pool that sends no switch (unsafe as it stands: an unqualified table would read the
  *               connection's database).
  *   single      the baseline: ONE tenant database, a plain knex with a pool of 20, `Person.query(knex)`:
- *               single-tenant throughput over the same number of connections, in the same run.
+ *               single-tenant throughput over the same number of connections, in the same run. It runs in
+ *               this process, where the library's AsyncLocalStorage is on (as in an app that uses the
+ *               library, or any other AsyncLocalStorage: tracing, request logging).
+ *   single-plain  `single` in a child process of its own that never opens a scope: a single-tenant app
+ *               with no AsyncLocalStorage at all. On Node 20 an AsyncLocalStorage in use adds promise
+ *               hooks to every promise of the process; this row measures what that costs the baseline
+ *               (RESULT's `*_vs_plain` keys are ratios to it).
  *   raw-one,    reference rows for the server alone: a raw mysql2 pool of 20, fully qualified `select`
  *   raw-spread  (no ORM, no USE), on one database or spread over every tenant: how much the server
  *               itself slows down when the same queries touch 10,000 tables instead of one.
@@ -71,6 +77,7 @@
  * both), BENCH_MAX_SWITCHED (4), BENCH_ORDER (balanced or alternate), KEEP_DBS=1 (keep the databases).
  * Prints one table, ends with one line `RESULT {...}`, and writes benchmarks/results/scale.json.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -114,7 +121,7 @@ const TENANTS_PER_ROUND_TRIP = 100;
 const SAMPLE_MS = 20;
 const LATENCY_CAPACITY = 8_000_000;
 
-const VARIANT_KEYS = ['single', 'shared', 'shared-use', 'shared-inline', 'shared-tuned', 'shared-reset', 'shared-qualified', 'shared-qualified-tuned', 'budget', 'recipe', 'orm-qualified', 'raw-one', 'raw-spread'] as const;
+const VARIANT_KEYS = ['single', 'single-plain', 'shared', 'shared-use', 'shared-inline', 'shared-tuned', 'shared-reset', 'shared-qualified', 'shared-qualified-tuned', 'budget', 'recipe', 'orm-qualified', 'raw-one', 'raw-spread'] as const;
 type VariantKey = (typeof VARIANT_KEYS)[number];
 const POPULARITIES = ['uniform', 'zipf'] as const;
 const ONLY_POPULARITY = process.env.BENCH_POPULARITY;
@@ -391,6 +398,8 @@ interface LoadResult {
 
 /** CPU time of the local database server process in microseconds, when its pid file is readable. */
 let serverCpuUs: (() => number | undefined) | undefined;
+/** The server's pid file, when it runs here (passed to the single-plain child process). */
+let serverPidFile: string | undefined;
 
 function serverCpuReader(pidFile: string): (() => number | undefined) | undefined {
   try {
@@ -595,7 +604,7 @@ function sharedInstance(options: Partial<Pick<TenancyOptions, 'inlineSwitch' | '
   };
 }
 
-const CREATE: Record<VariantKey, () => Instance> = {
+const CREATE: Record<Exclude<VariantKey, 'single-plain'>, () => Instance> = {
   'raw-one': () => rawInstance(false),
   'raw-spread': () => rawInstance(true),
   single(): Instance {
@@ -690,6 +699,11 @@ async function runCell(key: VariantKey, popularity: Popularity, sampler: ThreadS
       process.stderr.write(`\nwarning: ${others} connection(s) of other clients on the server; while the recipe fills max_connections, their new connections are refused too\n`);
     }
   }
+  if (key === 'single-plain') {
+    const measured = await plainCell(popularity);
+    const peak = await sampler.stop();
+    return { ...measured, opsPerSec: (measured.ok * 1e9) / measured.ns, peakConnections: peak.threads, peakTenantThreads: peak.ours, cached: 1, heapPerTenant: undefined, heapPerHandle: undefined, counters: {}, closeMs: 0 };
+  }
   const instance = CREATE[key]();
   let heapPerHandle: number | undefined;
   if (instance.openAll !== undefined) {
@@ -722,6 +736,41 @@ async function runCell(key: VariantKey, popularity: Popularity, sampler: ThreadS
     counters,
     closeMs,
   };
+}
+
+/**
+ * single-plain: the `single` cell (warm-up, then the measured load) in a child process of this script
+ * that never opens a tenant scope, so no AsyncLocalStorage is on there. Its latencies come back in a
+ * file, the rest as one line of JSON.
+ */
+async function plainCell(popularity: Popularity): Promise<LoadResult> {
+  const file = path.join(os.tmpdir(), `ot-scale-plain-${process.pid}.bin`);
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!], {
+    env: { ...process.env, BENCH_CHILD_CELL: popularity, BENCH_CHILD_LATENCIES: file, BENCH_CHILD_PID_FILE: serverPidFile ?? '' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  if (code !== 0) throw new Error(`single-plain: the child process exited with ${code}`);
+  const line = out.trim().split('\n').pop()!;
+  const parsed = JSON.parse(line) as Omit<LoadResult, 'kinds' | 'latencies'> & { kinds: [string, number][] };
+  const latencies = new Float64Array(new Uint8Array(fs.readFileSync(file)).buffer);
+  fs.rmSync(file, { force: true });
+  return { ...parsed, kinds: new Map(parsed.kinds), latencies };
+}
+
+/** In the child process of `plainCell`: one `single` cell, printed as JSON. */
+async function childCell(popularity: Popularity, file: string): Promise<void> {
+  if (process.env.BENCH_CHILD_PID_FILE) serverCpuUs = serverCpuReader(process.env.BENCH_CHILD_PID_FILE);
+  const instance = CREATE.single();
+  await load(instance, PICK[popularity], WARMUP_MS, false);
+  const measured = await load(instance, PICK[popularity], CELL_MS, true);
+  await instance.close();
+  fs.writeFileSync(file, Buffer.from(measured.latencies.buffer, measured.latencies.byteOffset, measured.latencies.byteLength));
+  const { latencies: _latencies, kinds, ...rest } = measured;
+  void _latencies;
+  process.stdout.write(`${JSON.stringify({ ...rest, kinds: [...kinds] })}\n`);
 }
 
 // --- report -------------------------------------------------------------------------------------
@@ -810,7 +859,10 @@ async function main(): Promise<void> {
         '@@innodb_buffer_pool_size as bufferPool, @@pid_file as pidFile',
     )) as unknown as [[ServerInfo]];
     const info = server!;
-    if (['127.0.0.1', 'localhost', '::1'].includes(new URL(MYSQL_URL).hostname)) serverCpuUs = serverCpuReader(info.pidFile);
+    if (['127.0.0.1', 'localhost', '::1'].includes(new URL(MYSQL_URL).hostname)) {
+      serverPidFile = info.pidFile;
+      serverCpuUs = serverCpuReader(info.pidFile);
+    }
     const loadBefore = loadAverage();
     process.stderr.write(`load average ${loadBefore}; setting up ${TENANTS} tenant databases...\n`);
     const setup = await setUpDatabases(admin);
@@ -857,12 +909,13 @@ async function main(): Promise<void> {
     const qps = (key: VariantKey, popularity: Popularity): number => median(runsOf(key, popularity).map((run) => run.opsPerSec));
     // The raw reference rows compare with the raw single-database row, everything else with `single`.
     const baseOf = (key: VariantKey): VariantKey => (key.startsWith('raw-') ? 'raw-one' : 'single');
-    /** Per-round ratios to the base variant measured in the same round. */
-    const ratios = (key: VariantKey, popularity: Popularity): number[] => {
-      const base = runsOf(baseOf(key), popularity);
+    /** Per-round ratios to `base` (by default the variant's base) measured in the same round. */
+    const ratios = (key: VariantKey, popularity: Popularity, baseKey: VariantKey = baseOf(key)): number[] => {
+      const base = runsOf(baseKey, popularity);
       return runsOf(key, popularity).map((run, r) => run.opsPerSec / (base[r]?.opsPerSec ?? Number.NaN));
     };
     const ratio = (key: VariantKey, popularity: Popularity): number => median(ratios(key, popularity));
+    const ratioTo = (key: VariantKey, baseKey: VariantKey, popularity: Popularity): number => median(ratios(key, popularity, baseKey));
     /** Throughput ratio predicted from CPU per query (both processes), which other load on the machine disturbs less. */
     const cpuRatio = (key: VariantKey, popularity: Popularity): number | undefined => {
       const base = cpuPerQuery(runsOf(baseOf(key), popularity), 'both');
@@ -905,7 +958,7 @@ async function main(): Promise<void> {
         if (runs.length === 0) continue;
         const lat = merged(runs);
         const rs = ratios(key, popularity);
-        const perTenant = key !== 'single' && !key.startsWith('raw-');
+        const perTenant = !key.startsWith('single') && !key.startsWith('raw-');
         const cells_ = [
           key,
           popularity,
@@ -937,7 +990,8 @@ async function main(): Promise<void> {
       'connections only), both sampled every 20 ms. heap/tenant: heap growth after a forced GC over cached tenants',
       '(handles for shared, pools for budget, knex instances for recipe), largest of the rounds. raw-*: the server',
       'alone (mysql2 pool of 20, fully qualified select, no ORM, no USE) on one database (raw-one) or spread over',
-      'every tenant (raw-spread).',
+      'every tenant (raw-spread). single-plain: single in a child process that never opens a scope (no',
+      'AsyncLocalStorage: on Node 20 one in use adds promise hooks to every promise of the process, as in this one).',
     ]) {
       console.log(line);
     }
@@ -1009,6 +1063,13 @@ async function main(): Promise<void> {
       shared_qps_zipf: round(qps('shared', 'zipf'), 0),
       single_qps_uniform: round(qps('single', 'uniform'), 0),
       single_qps_zipf: round(qps('single', 'zipf'), 0),
+      // Against a single-tenant app with no AsyncLocalStorage in its process (single-plain).
+      single_plain_qps_uniform: round(qps('single-plain', 'uniform'), 0),
+      single_plain_qps_zipf: round(qps('single-plain', 'zipf'), 0),
+      shared_ratio_uniform_vs_plain: round(ratioTo('shared', 'single-plain', 'uniform')),
+      shared_ratio_zipf_vs_plain: round(ratioTo('shared', 'single-plain', 'zipf')),
+      orm_qualified_ratio_uniform_vs_plain: round(ratioTo('orm-qualified', 'single-plain', 'uniform')),
+      orm_qualified_ratio_zipf_vs_plain: round(ratioTo('orm-qualified', 'single-plain', 'zipf')),
       recipe_error_rate_uniform: round(errorRate(runsOf('recipe', 'uniform'))),
       recipe_error_rate_zipf: round(errorRate(runsOf('recipe', 'zipf'))),
       recipe_ratio_uniform: round(ratio('recipe', 'uniform')),
@@ -1076,7 +1137,8 @@ async function main(): Promise<void> {
   if (resultLine !== undefined) console.log(resultLine);
 }
 
-main().catch((error: unknown) => {
+const CHILD_CELL = process.env.BENCH_CHILD_CELL;
+(CHILD_CELL !== undefined ? childCell(CHILD_CELL as Popularity, process.env.BENCH_CHILD_LATENCIES!) : main()).catch((error: unknown) => {
   console.error(error);
   process.exitCode = 1;
 });
