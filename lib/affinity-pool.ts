@@ -699,7 +699,14 @@ export class AffinityPool implements SwitchState {
     let slot: Slot | undefined;
     // Opened outside any scope: a socket's events run in the context it was created in, and this
     // connection will serve many tenants (DESIGN: never let pool internals carry a tenant).
-    const attempt = runInScopeSync(undefined, () => Promise.resolve(this.#client.acquireRawConnection())) as Promise<RawConnection>;
+    const attempt = runInScopeSync(undefined, () => {
+      try {
+        return Promise.resolve(this.#client.acquireRawConnection()) as Promise<RawConnection>;
+      } catch (error) {
+        // A driver that throws at once (a bad config) fails the acquire like a refused connection.
+        return Promise.reject(error);
+      }
+    });
     try {
       const conn = await this.#answered(tenantId, 'a connection attempt', attempt);
       slot = {

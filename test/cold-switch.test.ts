@@ -227,6 +227,29 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
     assert.ok(mainStats().maxSwitchedConnections! >= 3, JSON.stringify(mainStats()));
   });
 
+  it('a driver that throws at once when asked for a connection fails the acquire with a 503 and frees its place', async () => {
+    let attempts = 0;
+    open({
+      max: 1,
+      acquireTimeoutMs: 300,
+      createKnex: (config) => {
+        const knex = knexFactory(config);
+        const client = knex.client as { acquireRawConnection(): unknown };
+        const acquire = client.acquireRawConnection.bind(client);
+        client.acquireRawConnection = () => {
+          if (attempts++ < 2) throw new Error('bad driver config');
+          return acquire();
+        };
+        return knex;
+      },
+    });
+    const refused = (error: unknown) => error instanceof TenantUnavailableError && /no connection to its database server could be opened/.test(error.message);
+    await assert.rejects(quick('c0'), refused);
+    // Its place under max (1) was given back: the next acquire tries again rather than wait for it.
+    await assert.rejects(quick('c0'), refused);
+    assert.deepEqual(await quick('c0'), { d: db('c0'), m: 'c0' });
+  });
+
   it('a USE the server does not answer within acquireTimeoutMs fails the acquire with a 503 (qualifyTables off)', async () => {
     let uses = 0;
     open({
