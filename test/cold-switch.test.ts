@@ -24,6 +24,14 @@ class Marker extends TenantModel {
   static override idColumn = 'tenant_id';
 }
 
+/** A `createKnex` whose connections send `replacement` instead of the pool's first sizing read ('auto'); `reads.n` counts the reads. */
+function firstSizingReadSends(replacement: string, reads: { n: number }): (config: Knex.Config) => Knex {
+  return knexWithStatementHook(() => (send, sql, rest) => {
+    const sizing = typeof sql === 'string' && sql.startsWith('SHOW GLOBAL VARIABLES');
+    return send(sizing && reads.n++ === 0 ? replacement : sql, ...rest);
+  });
+}
+
 /** A promise and the function that resolves it. */
 function gate(): { promise: Promise<void>; resolve: () => void } {
   let resolve!: () => void;
@@ -185,34 +193,20 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
   });
 
   it("'auto' reads the server again on the next connection after a failed read", async () => {
-    let reads = 0;
-    open({
-      max: 4,
-      maxConnectionsPerTenant: 4,
-      createKnex: knexWithStatementHook(() => (send, sql, rest) => {
-        const sizing = typeof sql === 'string' && sql.startsWith('SHOW GLOBAL VARIABLES');
-        return send(sizing && reads++ === 0 ? 'select @@no_such_variable' : sql, ...rest);
-      }),
-    });
+    const reads = { n: 0 };
+    open({ max: 4, maxConnectionsPerTenant: 4, createKnex: firstSizingReadSends('select @@no_such_variable', reads) });
     assert.equal((await quick('c0')).m, 'c0');
     assert.equal(mainStats().maxSwitchedConnections, null, 'no cap after the failed read');
     // Two at once: the second opens a connection, which reads the server again.
     await Promise.all([slow('c1'), slow('c2')]);
-    assert.equal(reads, 2);
+    assert.equal(reads.n, 2);
     assert.ok(mainStats().maxSwitchedConnections !== null && mainStats().maxSwitchedConnections! >= 3, JSON.stringify(mainStats()));
   });
 
   it("a server that does not answer a new connection's set-up within acquireTimeoutMs fails the acquire with a 503; the connection keeps its place under max until it closes, and the next one reads the server", async () => {
     // The first sizing read runs for 2 s on the server (a server that stopped answering it).
-    let reads = 0;
-    open({
-      max: 1,
-      acquireTimeoutMs: 400,
-      createKnex: knexWithStatementHook(() => (send, sql, rest) => {
-        const sizing = typeof sql === 'string' && sql.startsWith('SHOW GLOBAL VARIABLES');
-        return send(sizing && reads++ === 0 ? 'select sleep(2)' : sql, ...rest);
-      }),
-    });
+    const reads = { n: 0 };
+    open({ max: 1, acquireTimeoutMs: 400, createKnex: firstSizingReadSends('select sleep(2)', reads) });
     const started = Date.now();
     await assert.rejects(quick('c0'), (error: unknown) => error instanceof TenantUnavailableError && /did not answer SHOW GLOBAL VARIABLES within 400 ms/.test(error.message));
     const failedAfter = Date.now() - started;
@@ -223,7 +217,7 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
     // Once the server answers and the socket closes, a new connection serves, and reads the server.
     await new Promise((resolve) => setTimeout(resolve, 2_200 - (Date.now() - started)));
     assert.deepEqual(await quick('c1'), { d: db('c1'), m: 'c1' });
-    assert.equal(reads, 2);
+    assert.equal(reads.n, 2);
     assert.ok(mainStats().maxSwitchedConnections! >= 3, JSON.stringify(mainStats()));
   });
 
