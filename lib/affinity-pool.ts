@@ -843,18 +843,10 @@ export class AffinityPool implements SwitchState {
    * should it come, is closed at once.
    */
   #abandon(attempt: Promise<RawConnection>): void {
-    void attempt
-      .then(
-        async (conn) => {
-          await Promise.resolve(this.#client.destroyRawConnection(conn as never)).catch(() => undefined);
-          await socketClosed(conn);
-        },
-        () => undefined,
-      )
-      .then(() => {
-        this.#creating--;
-        this.#pump();
-      });
+    void attempt.then(
+      (conn) => this.#closeUnjoined(conn),
+      () => this.#freeCreatingPlace(),
+    );
   }
 
   /**
@@ -862,19 +854,24 @@ export class AffinityPool implements SwitchState {
    * keeps its place under `max` until its socket closes, as `#destroy` does for a connection in use.
    */
   async #discardNew(conn: RawConnection): Promise<void> {
-    const running = stillRunning(conn);
-    if (!running) this.#creating--;
-    const closed = Promise.resolve(this.#client.destroyRawConnection(conn as never)).catch(() => undefined);
-    if (!running) {
-      await closed;
+    if (stillRunning(conn)) {
+      void this.#closeUnjoined(conn);
       return;
     }
-    void closed
-      .then(() => socketClosed(conn))
-      .then(() => {
-        this.#creating--;
-        this.#pump();
-      });
+    this.#creating--;
+    await Promise.resolve(this.#client.destroyRawConnection(conn as never)).catch(() => undefined);
+  }
+
+  /** Closes a connection that never joined the pool; its place under `max` is freed once its socket is closed. */
+  async #closeUnjoined(conn: RawConnection): Promise<void> {
+    await Promise.resolve(this.#client.destroyRawConnection(conn as never)).catch(() => undefined);
+    await socketClosed(conn);
+    this.#freeCreatingPlace();
+  }
+
+  #freeCreatingPlace(): void {
+    this.#creating--;
+    this.#pump();
   }
 
   #use(slot: Slot, db: string, tenantId: string): Promise<void> {
