@@ -15,12 +15,11 @@
  * Run: `npm run bench:als` (Node 20 here); with another Node: `<node> --import tsx benchmarks/als-cost.bench.ts`.
  * Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test).
  */
-import { spawn } from 'node:child_process';
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy } from '../lib/index';
 import { Person, TPerson } from './models';
 import { mysqlConnection } from '../test/helpers/mysql-url';
-import { intEnv, loadAverage, median, writeResults } from './results';
+import { intEnv, loadAverage, median, runSelfAsChild, writeResults } from './results';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
 const ROUNDS = intEnv('BENCH_ROUNDS', 5);
@@ -76,18 +75,6 @@ async function child(variant: Variant): Promise<void> {
   process.stdout.write(`${JSON.stringify(cell)}\n`);
 }
 
-function runChild(variant: Variant): Promise<Cell> {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [...process.execArgv, process.argv[1]!], { env: { ...process.env, ALS_BENCH_CHILD: variant }, stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    proc.stdout.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
-    proc.once('exit', (code) => {
-      if (code !== 0) return reject(new Error(`${variant}: the child process exited with ${code}`));
-      resolve(JSON.parse(out.trim().split('\n').pop()!) as Cell);
-    });
-  });
-}
-
 async function setUp(admin: Knex): Promise<string> {
   await admin.raw('create database if not exists ??', [DATABASE]);
   await admin.raw('drop table if exists ??.persons', [DATABASE]);
@@ -107,7 +94,7 @@ async function main(): Promise<void> {
       const order = VARIANTS.map((_, i) => VARIANTS[(i + r) % VARIANTS.length]!);
       for (const variant of order) {
         process.stderr.write(`round ${r + 1}/${ROUNDS}: ${variant}... `);
-        const cell = await runChild(variant);
+        const cell = await runSelfAsChild<Cell>(variant, { ALS_BENCH_CHILD: variant });
         process.stderr.write(`${cell.qps.toFixed(0)} q/s, ${cell.nodeUs.toFixed(0)} µs/q\n`);
         cells.get(variant)!.push(cell);
       }

@@ -2,6 +2,7 @@
  * Where benchmark and soak results are recorded: `benchmarks/results/<name>.json`, one file per run
  * kind, with the date, the versions and the machine, in the shape scale.bench.ts writes.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -69,3 +70,16 @@ export function intEnv(name: string, fallback: number): number {
   return parsed;
 }
 
+
+/**
+ * Runs this script again in a child process (same Node flags, `env` added) and resolves to the last
+ * line it printed on stdout, parsed as JSON: one benchmark cell in a process of its own.
+ */
+export async function runSelfAsChild<T>(label: string, env: Record<string, string>): Promise<T> {
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  if (code !== 0) throw new Error(`${label}: the child process exited with ${code}`);
+  return JSON.parse(out.trim().split('\n').pop()!) as T;
+}

@@ -77,7 +77,6 @@
  * both), BENCH_MAX_SWITCHED (4), BENCH_ORDER (balanced or alternate), KEEP_DBS=1 (keep the databases).
  * Prints one table, ends with one line `RESULT {...}`, and writes benchmarks/results/scale.json.
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -86,7 +85,7 @@ import mysql from 'mysql2/promise';
 import { createTenancy, type Tenancy, type TenancyOptions, type TenancyStats } from '../lib/index';
 import { Person, TPerson } from './models';
 import { mysqlConnection } from '../test/helpers/mysql-url';
-import { intEnv, median } from './results';
+import { intEnv, median, runSelfAsChild } from './results';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
 const TENANTS = intEnv('BENCH_TENANTS', 10_000);
@@ -745,16 +744,11 @@ async function runCell(key: VariantKey, popularity: Popularity, sampler: ThreadS
  */
 async function plainCell(popularity: Popularity): Promise<LoadResult> {
   const file = path.join(os.tmpdir(), `ot-scale-plain-${process.pid}.bin`);
-  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!], {
-    env: { ...process.env, BENCH_CHILD_CELL: popularity, BENCH_CHILD_LATENCIES: file, BENCH_CHILD_PID_FILE: serverPidFile ?? '' },
-    stdio: ['ignore', 'pipe', 'inherit'],
+  const parsed = await runSelfAsChild<Omit<LoadResult, 'kinds' | 'latencies'> & { kinds: [string, number][] }>('single-plain', {
+    BENCH_CHILD_CELL: popularity,
+    BENCH_CHILD_LATENCIES: file,
+    BENCH_CHILD_PID_FILE: serverPidFile ?? '',
   });
-  let out = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
-  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-  if (code !== 0) throw new Error(`single-plain: the child process exited with ${code}`);
-  const line = out.trim().split('\n').pop()!;
-  const parsed = JSON.parse(line) as Omit<LoadResult, 'kinds' | 'latencies'> & { kinds: [string, number][] };
   const latencies = new Float64Array(new Uint8Array(fs.readFileSync(file)).buffer);
   fs.rmSync(file, { force: true });
   return { ...parsed, kinds: new Map(parsed.kinds), latencies };
