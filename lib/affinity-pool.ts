@@ -3,6 +3,7 @@ import { TenancyDestroyedError, TenantError, TenantUnavailableError, UnknownTena
 import { runInScopeSync } from './scope';
 import { inlineUse, severalStatements, type SwitchState } from './inline-switch';
 import { socketClosed } from './connection-budget';
+import { WaitQueue, type QueuedAcquire } from './wait-queue';
 
 /** A raw driver connection (a mysql2 `Connection`), as knex's client hands it out. */
 type RawConnection = {
@@ -55,9 +56,7 @@ interface Slot {
   idleSince: number;
 }
 
-interface Waiter {
-  readonly tenantId: string;
-  readonly db: string;
+interface Waiter extends QueuedAcquire {
   resolve(conn: RawConnection): void;
   reject(error: unknown): void;
   timer: NodeJS.Timeout | undefined;
@@ -158,6 +157,10 @@ const PERMIT_MS = 200;
 // How far down the wait queue a released connection looks for a waiter on its own database:
 // affinity without letting the head of the queue starve.
 const LOOKAHEAD = 32;
+// How far down the wait queue any search looks, at the least (and at least `max` past LOOKAHEAD: the
+// waiters of tenants at their connection cap, which the queue holds to `perTenantMax` each, never
+// hide one that may take the connection). See wait-queue.ts.
+const SEARCH_DEPTH = 256;
 
 // qualifyTables: a connection a refused statement left on a tenant's database is taken back to no
 // database (COM_CHANGE_USER: the round trip of about three USEs, twice their CPU) when another tenant
@@ -181,9 +184,7 @@ export class AffinityPool implements SwitchState {
   readonly #slots = new Map<RawConnection, Slot>();
   /** Free connections by database, most recently used last. */
   readonly #free = new Map<string | undefined, Slot[]>();
-  readonly #waiters: Waiter[] = [];
-  /** Waiters by database: whether a released connection has one on its own database. */
-  readonly #waitingFor = new Map<string, number>();
+  readonly #waiters: WaitQueue<Waiter>;
   readonly #heldBy = new Map<string, number>();
   readonly #owner = new Map<RawConnection, string>();
   readonly #reaper: NodeJS.Timeout | undefined;
@@ -219,6 +220,7 @@ export class AffinityPool implements SwitchState {
   constructor(client: Knex.Client, options: AffinityPoolOptions) {
     this.#client = client;
     this.#options = options;
+    this.#waiters = new WaitQueue(options.perTenantMax, Math.max(SEARCH_DEPTH, LOOKAHEAD + options.max), LOOKAHEAD);
     const auto = options.maxSwitched === 'auto';
     // 'auto': one cold switch at a time until the first connection has read the server, so that a
     // burst at start (a restart under load) does not open every connection on cold tenants at once.
@@ -248,14 +250,13 @@ export class AffinityPool implements SwitchState {
       return Promise.reject(new TenantUnavailableError(tenantId, { reason: 'every connection of its database server is busy' }));
     }
     return new Promise((resolve, reject) => {
-      const waiter: Waiter = { tenantId, db, resolve, reject, timer: undefined };
+      const waiter: Waiter = { tenantId, db, place: 'out', resolve, reject, timer: undefined };
       waiter.timer = setTimeout(() => {
-        const index = this.#waiters.indexOf(waiter);
-        if (index >= 0) this.#dequeue(index);
+        this.#waiters.cancel(waiter);
         this.#counters.timeouts++;
         reject(new TenantUnavailableError(tenantId, { reason: `no connection was free within ${this.#options.acquireTimeoutMs} ms` }));
       }, this.#options.acquireTimeoutMs);
-      this.#enqueue(waiter, false);
+      this.#waiters.add(waiter);
       if (this.#recent !== undefined) this.#armLapse();
     });
   }
@@ -308,7 +309,7 @@ export class AffinityPool implements SwitchState {
       this.#serve(waiter, this.#assign(slot, waiter.tenantId, waiter.db));
       // The permit this connection gave back, if that waiter did not need it, may serve another
       // waiter from a free connection.
-      if (gavePermit && this.#waiters.length > 0 && this.#freeCount > 0 && this.#switching < this.#maxSwitched) this.#pump();
+      if (gavePermit && this.#waiters.size > 0 && this.#freeCount > 0 && this.#switching < this.#maxSwitched) this.#pump();
       return;
     }
     slot.idleSince = Date.now();
@@ -317,7 +318,7 @@ export class AffinityPool implements SwitchState {
     else list.push(slot);
     this.#freeCount++;
     // A tenant at its cap that just released may unblock a waiter that a free connection can serve.
-    if (this.#waiters.length > 0) this.#pump();
+    if (this.#waiters.size > 0) this.#pump();
   }
 
   /** True when switches are sent with the next statement (the tenant handles then prefix it). */
@@ -384,7 +385,7 @@ export class AffinityPool implements SwitchState {
     return {
       open: this.#slots.size,
       inUse: this.#slots.size - this.#freeCount,
-      waiting: this.#waiters.length,
+      waiting: this.#waiters.size,
       coldSwitching: this.#switching,
       maxSwitchedConnections: this.#maxSwitched === Infinity ? null : this.#maxSwitched,
       warmDatabases: this.#maxSwitched === Infinity ? null : this.#warmDatabases,
@@ -397,8 +398,7 @@ export class AffinityPool implements SwitchState {
     this.#closed = true;
     if (this.#reaper !== undefined) clearInterval(this.#reaper);
     clearTimeout(this.#lapseTimer);
-    this.#waitingFor.clear();
-    for (const waiter of this.#waiters.splice(0)) {
+    for (const waiter of this.#waiters.drain()) {
       clearTimeout(waiter.timer);
       waiter.reject(new TenancyDestroyedError());
     }
@@ -453,7 +453,7 @@ export class AffinityPool implements SwitchState {
   /** Takes a cold-switch permit; with acquires waiting, they are looked at again once permits may lapse. */
   #takePermit(): void {
     this.#switching++;
-    if (this.#waiters.length > 0) this.#armLapse();
+    if (this.#waiters.size > 0) this.#armLapse();
   }
 
   /**
@@ -468,7 +468,7 @@ export class AffinityPool implements SwitchState {
       if (this.#closed) return;
       this.#lapsePermits();
       this.#pump();
-      if (this.#waiters.length > 0) this.#armLapse();
+      if (this.#waiters.size > 0) this.#armLapse();
     }, PERMIT_MS);
     this.#lapseTimer.unref();
   }
@@ -893,40 +893,9 @@ export class AffinityPool implements SwitchState {
     }));
   }
 
-  /** The first waiter that may take a connection (`eligible`), preferring one on database `db`. */
+  /** The first waiter that may take a connection (`eligible`, under its tenant's cap), preferring one on database `db`. */
   #nextWaiter(db: string | undefined, eligible: (waiter: Waiter) => boolean): Waiter | undefined {
-    // Without a waiter on `db`, the first that may take a connection is the one. Affinity looks
-    // LOOKAHEAD deep; with no waiter there that may take it (cold ones held back by the cap,
-    // tenants at their share), the first one further down that may.
-    const prefer = db !== undefined && this.#waitingFor.has(db);
-    let first = -1;
-    const end = this.#waiters.length;
-    for (let i = 0; i < end; i++) {
-      if (i >= LOOKAHEAD && first >= 0) break;
-      const waiter = this.#waiters[i]!;
-      if (this.#held(waiter.tenantId) >= this.#options.perTenantMax || !eligible(waiter)) continue;
-      if (waiter.db === db || !prefer || i >= LOOKAHEAD) {
-        first = i;
-        break;
-      }
-      if (first < 0) first = i;
-    }
-    if (first < 0) return undefined;
-    return this.#dequeue(first);
-  }
-
-  #enqueue(waiter: Waiter, front: boolean): void {
-    if (front) this.#waiters.unshift(waiter);
-    else this.#waiters.push(waiter);
-    this.#waitingFor.set(waiter.db, (this.#waitingFor.get(waiter.db) ?? 0) + 1);
-  }
-
-  #dequeue(index: number): Waiter {
-    const waiter = this.#waiters.splice(index, 1)[0]!;
-    const count = this.#waitingFor.get(waiter.db)! - 1;
-    if (count === 0) this.#waitingFor.delete(waiter.db);
-    else this.#waitingFor.set(waiter.db, count);
-    return waiter;
+    return this.#waiters.take(db, (waiter) => this.#held(waiter.tenantId) < this.#options.perTenantMax && eligible(waiter));
   }
 
   #serve(waiter: Waiter, served: Promise<RawConnection>): void {
@@ -936,7 +905,7 @@ export class AffinityPool implements SwitchState {
 
   /** Serves waiters from free connections or new ones while capacity allows. */
   #pump(): void {
-    while (this.#waiters.length > 0 && !this.#closed) {
+    while (this.#waiters.size > 0 && !this.#closed) {
       const canCreate = this.#slots.size + this.#creating < this.#options.max;
       if (this.#freeCount === 0 && !canCreate) return;
       // A waiter for a cold database, with every cold-switch permit taken, is served only by a free
@@ -947,7 +916,7 @@ export class AffinityPool implements SwitchState {
       const slot = this.#takeFree(waiter.db, maySwitch);
       if (slot === undefined && !(maySwitch && canCreate)) {
         // Its free connection was dead (dropped by takeFree): back to the head of the queue.
-        this.#enqueue(waiter, true);
+        this.#waiters.add(waiter, true);
         continue;
       }
       this.#serve(waiter, slot !== undefined ? this.#assign(slot, waiter.tenantId, waiter.db) : this.#create(waiter.tenantId, waiter.db));

@@ -215,6 +215,37 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     }
   });
 
+  it('fairness under a flood: 3,000 queries of one tenant at once wait past its cap while the others are served; each gets its own rows', async () => {
+    const tenancy = createTenancy(sharedOptions(4, { maxConnectionsPerTenant: 2, acquireTimeoutMs: 60_000 }));
+    try {
+      let floodDone = 0;
+      const names = (t: string) => tenancy.runWithTenant(t, async () => (await Person.query().select('name').orderBy('id').limit(1))[0]!.name);
+      for (const t of ['sa2', 'sa3', 'sa4']) await names(t); // handles opened, the cap sized
+      const flood = Promise.all(
+        Array.from({ length: 3_000 }, async () => {
+          const name = await names('sa3');
+          floodDone++;
+          return name;
+        }),
+      );
+      // Most of the flood waits (parked past the tenant's cap, counted all the same).
+      const waiting = () => tenancy.stats().servers!.first!.waiting;
+      for (let i = 0; i < 200 && waiting() < 2_900; i++) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(waiting() >= 2_900, JSON.stringify(tenancy.stats().servers!.first));
+      const others = await Promise.all(Array.from({ length: 40 }, (_, i) => names(i % 2 === 0 ? 'sa2' : 'sa4')));
+      const floodDoneWhenOthersWere = floodDone;
+      const flooded = await flood;
+      assert.ok(floodDoneWhenOthersWere < 3_000, 'the other tenants waited for the whole flood');
+      assert.ok(others.every((name, i) => name.startsWith(i % 2 === 0 ? 'sa2-' : 'sa4-')), JSON.stringify(others));
+      assert.ok(flooded.every((name) => name.startsWith('sa3-')), 'a flood query read another tenant');
+      const stats = tenancy.stats().servers!.first!;
+      assert.equal(stats.waiting, 0);
+      assert.ok(stats.open <= 4, JSON.stringify(stats));
+    } finally {
+      await tenancy.destroy();
+    }
+  });
+
   it('pool-per-tenant budget: 6 tenants, 4 connections at most, evictions under load, no failed query', async () => {
     // One server, so that one Threads_connected reading is one instant (two servers read one after
     // the other would count a connection that moved between them twice).
