@@ -61,6 +61,31 @@ export function median(values: readonly number[]): number {
   return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
+/**
+ * A distribution-free interval for the median of `values` (order statistics, binomial coverage):
+ * the widest symmetric pair of order statistics whose coverage is at least 95%, or the range (and
+ * its coverage, below 95%) when there are too few values. NaNs are left out.
+ */
+export function medianInterval(values: readonly number[]): { low: number; high: number; coverage: number } {
+  const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
+  const n = sorted.length;
+  if (n === 0) return { low: Number.NaN, high: Number.NaN, coverage: 0 };
+  // P(Binomial(n, 1/2) <= j), j = 0..n.
+  const cdf: number[] = [];
+  let term = 0.5 ** n;
+  let total = 0;
+  for (let j = 0; j <= n; j++) {
+    total += term;
+    cdf.push(total);
+    term = (term * (n - j)) / (j + 1);
+  }
+  // The interval [x_(k), x_(n-k+1)] (1-based) covers the median with probability 1 - 2 P(X <= k-1).
+  const coverage = (k: number): number => 1 - 2 * cdf[k - 1]!;
+  let k = 1;
+  while (k + 1 <= (n + 1) / 2 && coverage(k + 1) >= 0.95) k++;
+  return { low: sorted[k - 1]!, high: sorted[n - k]!, coverage: coverage(k) };
+}
+
 /** A positive integer from the environment, or `fallback`. */
 export function intEnv(name: string, fallback: number): number {
   const value = process.env[name];
