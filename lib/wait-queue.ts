@@ -6,7 +6,8 @@
  * - A tenant has at most `perTenant` (its connection cap) acquires in the queue; the rest wait parked,
  *   in order, and one enters at the back of the queue each time one of its own leaves it. A tenant at
  *   its cap is then skipped in a handful of steps, not once per acquire it has waiting (a batch job's
- *   64,000 queries made every release walk past all of them: 58% of the process's CPU).
+ *   64,000 queries made every release walk past all of them: 58% of the process's CPU with a
+ *   stand-in driver).
  * - A search looks `depth` waiters deep at most. Past that, a waiter that could take the connection
  *   waits for the ones ahead of it to move (they can once a cold-switch permit comes back).
  * A waiter taken or cancelled (timed out) leaves a hole, skipped and compacted later: a cancel
