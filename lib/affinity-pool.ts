@@ -250,13 +250,13 @@ export class AffinityPool implements SwitchState {
       return Promise.reject(new TenantUnavailableError(tenantId, { reason: 'every connection of its database server is busy' }));
     }
     return new Promise((resolve, reject) => {
-      const waiter: Waiter = { tenantId, db, place: 'out', resolve, reject, timer: undefined };
+      const waiter: Waiter = { tenantId, db, place: 'out', ticket: undefined, resolve, reject, timer: undefined };
       waiter.timer = setTimeout(() => {
         this.#waiters.cancel(waiter);
         this.#counters.timeouts++;
         reject(new TenantUnavailableError(tenantId, { reason: `no connection was free within ${this.#options.acquireTimeoutMs} ms` }));
       }, this.#options.acquireTimeoutMs);
-      this.#waiters.add(waiter);
+      this.#waiters.add(waiter, false, this.#recent?.has(db) ?? false);
       if (this.#recent !== undefined) this.#armLapse();
     });
   }
@@ -893,9 +893,20 @@ export class AffinityPool implements SwitchState {
     }));
   }
 
-  /** The first waiter that may take a connection (`eligible`, under its tenant's cap), preferring one on database `db`. */
+  /**
+   * The first waiter that may take a connection (`eligible`, under its tenant's cap), preferring one
+   * on database `db`. Past the queue's search depth, waiters on a database a connection may go to
+   * without a cold-switch permit: `db`, one with a free connection, one that was warm when it came.
+   */
   #nextWaiter(db: string | undefined, eligible: (waiter: Waiter) => boolean): Waiter | undefined {
-    return this.#waiters.take(db, (waiter) => this.#held(waiter.tenantId) < this.#options.perTenantMax && eligible(waiter));
+    return this.#waiters.take(db, (waiter) => this.#held(waiter.tenantId) < this.#options.perTenantMax && eligible(waiter), () => this.#permitFree(db));
+  }
+
+  /** Where a connection goes without a permit, besides the warm databases: `db`, and those with a free connection. */
+  #permitFree(db: string | undefined): string[] {
+    const dbs: string[] = db === undefined ? [] : [db];
+    for (const free of this.#free.keys()) if (free !== undefined && free !== db) dbs.push(free);
+    return dbs;
   }
 
   #serve(waiter: Waiter, served: Promise<RawConnection>): void {
@@ -916,7 +927,7 @@ export class AffinityPool implements SwitchState {
       const slot = this.#takeFree(waiter.db, maySwitch);
       if (slot === undefined && !(maySwitch && canCreate)) {
         // Its free connection was dead (dropped by takeFree): back to the head of the queue.
-        this.#waiters.add(waiter, true);
+        this.#waiters.add(waiter, true, this.#recent?.has(waiter.db) ?? false);
         continue;
       }
       this.#serve(waiter, slot !== undefined ? this.#assign(slot, waiter.tenantId, waiter.db) : this.#create(waiter.tenantId, waiter.db));

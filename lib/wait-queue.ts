@@ -2,48 +2,117 @@
  * The acquires waiting for a connection of one server's shared pool, in arrival order, built so that
  * finding the next one to serve costs the same under overload as at rest.
  *
- * Two bounds make that so:
  * - A tenant has at most `perTenant` (its connection cap) acquires in the queue; the rest wait parked,
  *   in order, and one enters at the back of the queue each time one of its own leaves it. A tenant at
  *   its cap is then skipped in a handful of steps, not once per acquire it has waiting (a batch job's
  *   64,000 queries made every release walk past all of them: 58% of the process's CPU with a
  *   stand-in driver).
- * - A search looks `depth` waiters deep at most. Past that, a waiter that could take the connection
- *   waits for the ones ahead of it to move (they can once a cold-switch permit comes back).
- * A waiter taken or cancelled (timed out) leaves a hole, skipped and compacted later: a cancel
- * never searches the queue.
+ * - A search looks `depth` waiters deep at most. Past that, it looks at the first waiters on the
+ *   databases the pool names (the released connection's, those with a free connection: a handful)
+ *   and at the first of those that were warm when they came (a line of their own), and takes the
+ *   earliest that may go: cold tenants stalled at the front do not hold back warm ones behind them,
+ *   and that costs a few looks, not one per cold waiter.
+ * Each entry is a ticket; taking or cancelling a waiter kills its ticket where it lies (no search),
+ * and dead tickets are skipped and compacted away later.
  */
 
-/** What the queue needs of a waiting acquire; `place` is the queue's own. */
+/** What the queue needs of a waiting acquire; `place` and `ticket` are the queue's own. */
 export interface QueuedAcquire {
   readonly tenantId: string;
   readonly db: string;
   /** Where the queue holds it: 'queued' (searchable), 'parked' (behind its tenant's cap) or 'out'. */
   place: 'queued' | 'parked' | 'out';
+  ticket: unknown;
+}
+
+interface Ticket<W> {
+  readonly waiter: W;
+  /** Arrival order (kept when a waiter is put back, or enters from the parked ones). */
+  readonly seq: number;
+  /** Its database was warm when it came (see `add`). */
+  readonly warm: boolean;
+  live: boolean;
+}
+
+/** How many of the first warm waiters a search past `depth` looks at (one gone cold meanwhile is skipped). */
+const WARM_LOOKS = 8;
+
+const DEAD: Ticket<never> = { waiter: undefined as never, seq: -1, warm: false, live: false };
+
+/** A FIFO of tickets read from a moving head (Array.shift() copies a long array). */
+class Line<W> {
+  items: Ticket<W>[] = [];
+  head = 0;
+
+  /**
+   * The first live ticket that `accept` takes among the first `looks` live ones, without taking it
+   * out; dead ones at the front are dropped.
+   */
+  peek(accept: (ticket: Ticket<W>) => boolean, looks = Infinity): Ticket<W> | undefined {
+    while (this.head < this.items.length && !this.items[this.head]!.live) this.head++;
+    let dead = 0;
+    let found: Ticket<W> | undefined;
+    let i = this.head;
+    for (; i < this.items.length && looks > 0; i++) {
+      const ticket = this.items[i]!;
+      if (!ticket.live) {
+        dead++;
+        continue;
+      }
+      if (accept(ticket)) {
+        found = ticket;
+        break;
+      }
+      looks--;
+    }
+    // Dead tickets behind live ones that stay at the front are walked once, not on every look.
+    if (dead > 32) this.closeUp(i);
+    return found;
+  }
+
+  /** Moves the live tickets before index `end` up against it, dropping the dead ones among them. */
+  closeUp(end: number): void {
+    let write = end;
+    for (let read = end - 1; read >= this.head; read--) {
+      const ticket = this.items[read]!;
+      if (ticket.live) this.items[--write] = ticket;
+    }
+    // What is left before the new head is never read again; it holds no waiter.
+    for (let i = this.head; i < write; i++) this.items[i] = DEAD as Ticket<W>;
+    this.head = write;
+  }
+
+  /** Drops dead tickets once they are most of the line (amortized O(1) per ticket). */
+  compact(live: number): void {
+    if (this.items.length - live > 64 && this.items.length - live > live) {
+      this.items = this.items.slice(this.head).filter((ticket) => ticket.live);
+      this.head = 0;
+    }
+  }
 }
 
 export class WaitQueue<W extends QueuedAcquire> {
   readonly #perTenant: number;
   readonly #depth: number;
   readonly #lookahead: number;
-  /**
-   * Searchable waiters from #head on. Holes: `undefined` where one was taken, the waiter itself
-   * (`place` 'out') where one was cancelled; a cancelled waiter is never added again.
-   */
-  #items: (W | undefined)[] = [];
-  #head = 0;
-  #holes = 0;
-  /** Waiters of each tenant among #items. */
+  /** Searchable waiters' tickets, in order from the head. */
+  readonly #items = new Line<W>();
+  #queuedCount = 0;
+  /** Searchable waiters of each tenant. */
   readonly #queued = new Map<string, number>();
-  /** Waiters on each database among #items. */
-  readonly #onDb = new Map<string, number>();
-  /** Each tenant's waiters beyond `perTenant`, in order from `head` (cancelled ones are dropped when reached). */
-  readonly #parked = new Map<string, { items: W[]; head: number }>();
+  /** Searchable waiters on each database, and their tickets in order (for searches past `depth`). */
+  readonly #onDb = new Map<string, { count: number; line: Line<W> }>();
+  /** Each tenant's waiters beyond `perTenant`, in order. */
+  readonly #parked = new Map<string, Line<W>>();
+  /** Searchable waiters whose database was warm when they came, in order (for searches past `depth`). */
+  readonly #warm = new Line<W>();
+  #warmCount = 0;
   #size = 0;
+  #seq = 0;
 
   /**
    * @param perTenant searchable waiters per tenant (the pool's per-tenant connection cap)
-   * @param depth how many waiters a search looks at, at most
+   * @param depth how many waiters a search looks at in order, at most
    * @param lookahead how deep a search prefers a waiter on the released connection's database
    */
   constructor(perTenant: number, depth: number, lookahead: number) {
@@ -62,82 +131,97 @@ export class WaitQueue<W extends QueuedAcquire> {
     return this.#onDb.has(db);
   }
 
-  /** Adds a waiter at the back (`front`: at the front, as one that was taken and could not be served). */
-  add(waiter: W, front = false): void {
+  /**
+   * Adds a waiter at the back (`front`: at the front, as one that was taken and could not be served).
+   * `warm`: its database is one a connection may switch to without waiting for a permit (the pool's
+   * recent databases), so that a search past `depth` finds it.
+   */
+  add(waiter: W, front = false, warm = false): void {
     this.#size++;
+    const seq = front && waiter.ticket !== undefined ? (waiter.ticket as Ticket<W>).seq : this.#seq++;
     if ((this.#queued.get(waiter.tenantId) ?? 0) >= this.#perTenant) {
       waiter.place = 'parked';
-      const parked = this.#parked.get(waiter.tenantId);
-      if (parked === undefined) this.#parked.set(waiter.tenantId, { items: [waiter], head: 0 });
-      else if (!front) parked.items.push(waiter);
-      else if (parked.head > 0) parked.items[--parked.head] = waiter;
-      else parked.items.unshift(waiter);
+      const ticket: Ticket<W> = { waiter, seq, warm, live: true };
+      waiter.ticket = ticket;
+      let parked = this.#parked.get(waiter.tenantId);
+      if (parked === undefined) this.#parked.set(waiter.tenantId, (parked = new Line()));
+      pushTo(parked, ticket, front);
       return;
     }
-    this.#enter(waiter, front);
+    this.#enter(waiter, seq, front, warm);
   }
 
   /** Takes a waiter out without serving it (it timed out). No-op when it is already out. */
   cancel(waiter: W): void {
     if (waiter.place === 'out') return;
     this.#size--;
+    const ticket = waiter.ticket as Ticket<W>;
+    ticket.live = false;
     if (waiter.place === 'parked') {
       waiter.place = 'out';
       return;
     }
-    // Left where it is, as a hole (its place says so): no search for it.
-    this.#holes++;
-    this.#leave(waiter);
-    this.#compact();
+    this.#leave(ticket);
   }
 
   /**
    * The first waiter that `eligible` lets take a connection, taken out of the queue: within the first
-   * `lookahead` waiters, one on database `prefer` if there is one; else the first eligible one
-   * within `depth`. Undefined when none is.
+   * `lookahead` waiters, one on database `prefer` if there is one; else the first eligible one within
+   * `depth`; past `depth`, the earliest eligible one among the first on each database `beyond()`
+   * names and the first warm ones. Undefined when none is.
    */
-  take(prefer: string | undefined, eligible: (waiter: W) => boolean): W | undefined {
+  take(prefer: string | undefined, eligible: (waiter: W) => boolean, beyond?: () => Iterable<string>): W | undefined {
     const preferring = prefer !== undefined && this.#onDb.has(prefer);
-    const items = this.#items;
-    let first = -1;
+    const line = this.#items;
+    const { items } = line;
+    while (line.head < items.length && !items[line.head]!.live) line.head++;
+    let found: Ticket<W> | undefined;
     let seen = 0;
-    for (let i = this.#head; i < items.length; i++) {
-      const waiter = items[i];
-      if (waiter === undefined || waiter.place !== 'queued') continue;
-      if (seen >= this.#lookahead && first >= 0) break;
+    let dead = 0;
+    let i = line.head;
+    for (; i < items.length; i++) {
+      const ticket = items[i]!;
+      if (!ticket.live) {
+        dead++;
+        continue;
+      }
+      if (seen >= this.#lookahead && found !== undefined) break;
       if (seen >= this.#depth) break;
       const position = seen++;
-      if (!eligible(waiter)) continue;
-      if (waiter.db === prefer || !preferring || position >= this.#lookahead) {
-        first = i;
+      if (!eligible(ticket.waiter)) continue;
+      if (ticket.waiter.db === prefer || !preferring || position >= this.#lookahead) {
+        found = ticket;
         break;
       }
-      if (first < 0) first = i;
+      found ??= ticket;
     }
-    if (first < 0) return undefined;
-    const waiter = items[first]!;
-    items[first] = undefined;
-    this.#holes++;
+    if (found === undefined && i < items.length) found = this.#earliestBeyond(beyond?.() ?? [], eligible);
+    // Tickets taken behind waiters that stay at the front: the live ones it walked past close up
+    // behind them, so that no later search walks the same dead ones again.
+    if (dead > this.#lookahead) line.closeUp(i);
+    if (found === undefined) return undefined;
+    found.live = false;
     this.#size--;
-    this.#leave(waiter);
-    this.#compact();
-    return waiter;
+    this.#leave(found);
+    return found.waiter;
   }
 
   /** Every waiting acquire, parked ones included, in no particular order; the queue is left empty. */
   drain(): W[] {
     const all: W[] = [];
-    for (let i = this.#head; i < this.#items.length; i++) {
-      const waiter = this.#items[i];
-      if (waiter !== undefined && waiter.place === 'queued') all.push(waiter);
+    for (const line of [this.#items, ...this.#parked.values()]) {
+      for (let i = line.head; i < line.items.length; i++) if (line.items[i]!.live) all.push(line.items[i]!.waiter);
     }
-    for (const { items, head } of this.#parked.values()) {
-      for (let i = head; i < items.length; i++) if (items[i]!.place === 'parked') all.push(items[i]!);
+    for (const waiter of all) {
+      (waiter.ticket as Ticket<W>).live = false;
+      waiter.place = 'out';
     }
-    for (const waiter of all) waiter.place = 'out';
-    this.#items = [];
-    this.#head = 0;
-    this.#holes = 0;
+    for (const line of [this.#items, this.#warm]) {
+      line.items = [];
+      line.head = 0;
+    }
+    this.#queuedCount = 0;
+    this.#warmCount = 0;
     this.#queued.clear();
     this.#onDb.clear();
     this.#parked.clear();
@@ -145,56 +229,66 @@ export class WaitQueue<W extends QueuedAcquire> {
     return all;
   }
 
-  #enter(waiter: W, front: boolean): void {
-    waiter.place = 'queued';
-    if (!front) this.#items.push(waiter);
-    else if (this.#head > 0) this.#items[--this.#head] = waiter;
-    else this.#items.unshift(waiter);
-    this.#queued.set(waiter.tenantId, (this.#queued.get(waiter.tenantId) ?? 0) + 1);
-    this.#onDb.set(waiter.db, (this.#onDb.get(waiter.db) ?? 0) + 1);
+  /** The earliest eligible one among the first searchable waiters on each of `dbs` and the first warm ones. */
+  #earliestBeyond(dbs: Iterable<string>, eligible: (waiter: W) => boolean): Ticket<W> | undefined {
+    const accept = (t: Ticket<W>): boolean => eligible(t.waiter);
+    let earliest = this.#warm.peek(accept, WARM_LOOKS);
+    for (const db of dbs) {
+      const ticket = this.#onDb.get(db)?.line.peek(accept);
+      if (ticket !== undefined && (earliest === undefined || ticket.seq < earliest.seq)) earliest = ticket;
+    }
+    return earliest;
   }
 
-  /** A searchable waiter left: counts down, and its tenant's next parked waiter enters at the back. */
-  #leave(waiter: W): void {
+  #enter(waiter: W, seq: number, front: boolean, warm: boolean): void {
+    waiter.place = 'queued';
+    const ticket: Ticket<W> = { waiter, seq, warm, live: true };
+    waiter.ticket = ticket;
+    pushTo(this.#items, ticket, front);
+    if (warm) {
+      this.#warmCount++;
+      pushTo(this.#warm, ticket, front);
+      this.#warm.compact(this.#warmCount);
+    }
+    this.#queuedCount++;
+    this.#queued.set(waiter.tenantId, (this.#queued.get(waiter.tenantId) ?? 0) + 1);
+    let onDb = this.#onDb.get(waiter.db);
+    if (onDb === undefined) this.#onDb.set(waiter.db, (onDb = { count: 0, line: new Line() }));
+    onDb.count++;
+    pushTo(onDb.line, ticket, front);
+    onDb.line.compact(onDb.count);
+  }
+
+  /** A searchable waiter left (its ticket dead): counts down, and its tenant's next parked waiter enters at the back. */
+  #leave(ticket: Ticket<W>): void {
+    const { waiter } = ticket;
     waiter.place = 'out';
+    this.#queuedCount--;
+    this.#items.compact(this.#queuedCount);
+    if (ticket.warm) this.#warmCount--;
     const queued = this.#queued.get(waiter.tenantId)! - 1;
     if (queued === 0) this.#queued.delete(waiter.tenantId);
     else this.#queued.set(waiter.tenantId, queued);
-    const onDb = this.#onDb.get(waiter.db)! - 1;
-    if (onDb === 0) this.#onDb.delete(waiter.db);
-    else this.#onDb.set(waiter.db, onDb);
+    const onDb = this.#onDb.get(waiter.db)!;
+    if (--onDb.count === 0) this.#onDb.delete(waiter.db);
     const parked = this.#parked.get(waiter.tenantId);
     if (parked === undefined) return;
-    // Array.shift() copies a long array: a flood's parked list is read from a moving head instead.
-    const { items } = parked;
-    let next: W | undefined;
-    while (parked.head < items.length && next === undefined) {
-      const candidate = items[parked.head++]!;
-      if (candidate.place === 'parked') next = candidate;
+    const next = parked.peek(() => true);
+    if (next !== undefined) {
+      next.live = false;
+      parked.head++;
     }
-    if (parked.head === items.length) this.#parked.delete(waiter.tenantId);
-    else if (parked.head > 1024 && parked.head > items.length >> 1) {
-      items.splice(0, parked.head);
+    if (parked.peek(() => true) === undefined) this.#parked.delete(waiter.tenantId);
+    else if (parked.head > 1024 && parked.head > parked.items.length >> 1) {
+      parked.items = parked.items.slice(parked.head);
       parked.head = 0;
     }
-    if (next !== undefined) this.#enter(next, false);
+    if (next !== undefined) this.#enter(next.waiter, next.seq, false, next.warm);
   }
+}
 
-  /** Drops the holes at the front; rebuilds the array once holes are most of it. */
-  #compact(): void {
-    const items = this.#items;
-    while (this.#head < items.length && items[this.#head]?.place !== 'queued') {
-      this.#head++;
-      this.#holes--;
-    }
-    if (this.#head === items.length) {
-      this.#items = [];
-      this.#head = 0;
-      this.#holes = 0;
-    } else if (this.#holes + this.#head > 64 && this.#holes + this.#head > (items.length >> 1)) {
-      this.#items = items.filter((waiter, i) => i >= this.#head && waiter?.place === 'queued');
-      this.#head = 0;
-      this.#holes = 0;
-    }
-  }
+function pushTo<W>(line: Line<W>, ticket: Ticket<W>, front: boolean): void {
+  if (!front) line.items.push(ticket);
+  else if (line.head > 0) line.items[--line.head] = ticket;
+  else line.items.unshift(ticket);
 }

@@ -11,7 +11,7 @@ import { WaitQueue, type QueuedAcquire } from '../lib/wait-queue';
 interface W extends QueuedAcquire {
   readonly name: string;
 }
-const waiter = (tenantId: string, name: string, db = `db_${tenantId}`): W => ({ tenantId, db, name, place: 'out' });
+const waiter = (tenantId: string, name: string, db = `db_${tenantId}`): W => ({ tenantId, db, name, place: 'out', ticket: undefined });
 const any = (): boolean => true;
 const takeAll = (queue: WaitQueue<W>, eligible: (w: W) => boolean = any): string[] => {
   const names: string[] = [];
@@ -88,6 +88,42 @@ describe('wait queue', () => {
     assert.equal(queue.take(undefined, warmOnly), undefined);
     queue.take(undefined, any);
     assert.equal(queue.take(undefined, warmOnly)!.name, 'warm1');
+  });
+
+  it('past the depth, takes the earliest that may go of the first on the databases the pool names and the first warm ones', () => {
+    const queue = new WaitQueue<W>(10, 4, 2);
+    for (let i = 1; i <= 6; i++) queue.add(waiter(`cold${i}`, `cold${i}`));
+    queue.add(waiter('free', 'free1'));
+    queue.add(waiter('warm', 'warm1'), false, true);
+    queue.add(waiter('warm', 'warm2'), false, true);
+    const mayGo = (w: W): boolean => w.tenantId === 'warm' || w.tenantId === 'free';
+    // Within the depth, none may go; without names past it, the first warm one.
+    assert.equal(queue.take(undefined, mayGo)!.name, 'warm1');
+    // A connection free on db_free: its first waiter came before warm2.
+    assert.equal(queue.take(undefined, mayGo, () => ['db_free', 'db_none'])!.name, 'free1');
+    // Put back at the front after it could not be served: one live copy of it, no duplicate.
+    const warm2 = queue.take(undefined, mayGo)!;
+    assert.equal(warm2.name, 'warm2');
+    queue.add(warm2, true, true);
+    assert.deepEqual(takeAll(queue), ['warm2', 'cold1', 'cold2', 'cold3', 'cold4', 'cold5', 'cold6']);
+    assert.equal(queue.size, 0);
+  });
+
+  it('20,000 waiters served behind one that stays at the front: the searches stay linear in all', () => {
+    const queue = new WaitQueue<W>(10, 256, 32);
+    const stuck = waiter('stuck', 'stuck');
+    queue.add(stuck);
+    for (let i = 0; i < 20_000; i++) queue.add(waiter(`t${i}`, `w${i}`));
+    let looks = 0;
+    const notStuck = (w: W): boolean => {
+      looks++;
+      return w !== stuck;
+    };
+    let served = 0;
+    while (queue.take(undefined, notStuck) !== undefined) served++;
+    assert.equal(served, 20_000);
+    assert.ok(looks <= 3 * 20_000, `looked at ${looks} waiters`);
+    assert.equal(queue.take(undefined, any), stuck);
   });
 
   it('a tenant at its cap with 100,000 waiters costs a search a handful of looks, not one per waiter', () => {
