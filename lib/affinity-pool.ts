@@ -895,18 +895,11 @@ export class AffinityPool implements SwitchState {
 
   /**
    * The first waiter that may take a connection (`eligible`, under its tenant's cap), preferring one
-   * on database `db`. Past the queue's search depth, waiters on a database a connection may go to
-   * without a cold-switch permit: `db`, one with a free connection, one that was warm when it came.
+   * on database `db`. Past the queue's search depth, the first of those that came on a warm database
+   * (one a connection may go to without a cold-switch permit).
    */
   #nextWaiter(db: string | undefined, eligible: (waiter: Waiter) => boolean): Waiter | undefined {
-    return this.#waiters.take(db, (waiter) => this.#held(waiter.tenantId) < this.#options.perTenantMax && eligible(waiter), () => this.#permitFree(db));
-  }
-
-  /** Where a connection goes without a permit, besides the warm databases: `db`, and those with a free connection. */
-  #permitFree(db: string | undefined): string[] {
-    const dbs: string[] = db === undefined ? [] : [db];
-    for (const free of this.#free.keys()) if (free !== undefined && free !== db) dbs.push(free);
-    return dbs;
+    return this.#waiters.take(db, (waiter) => this.#held(waiter.tenantId) < this.#options.perTenantMax && eligible(waiter));
   }
 
   #serve(waiter: Waiter, served: Promise<RawConnection>): void {

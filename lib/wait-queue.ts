@@ -7,11 +7,9 @@
  *   its cap is then skipped in a handful of steps, not once per acquire it has waiting (a batch job's
  *   64,000 queries made every release walk past all of them: 58% of the process's CPU with a
  *   stand-in driver).
- * - A search looks `depth` waiters deep at most. Past that, it looks at the first waiters on the
- *   databases the pool names (the released connection's, those with a free connection: a handful)
- *   and at the first of those that were warm when they came (a line of their own), and takes the
- *   earliest that may go: cold tenants stalled at the front do not hold back warm ones behind them,
- *   and that costs a few looks, not one per cold waiter.
+ * - A search looks `depth` waiters deep at most. Past that, it looks at the first of the waiters
+ *   whose database was warm when they came (a line of their own): cold tenants stalled at the front
+ *   do not hold back warm ones behind them, and that costs a few looks, not one per cold waiter.
  * Each entry is a ticket; taking or cancelling a waiter kills its ticket where it lies (no search),
  * and dead tickets are skipped and compacted away later.
  */
@@ -100,8 +98,8 @@ export class WaitQueue<W extends QueuedAcquire> {
   #queuedCount = 0;
   /** Searchable waiters of each tenant. */
   readonly #queued = new Map<string, number>();
-  /** Searchable waiters on each database, and their tickets in order (for searches past `depth`). */
-  readonly #onDb = new Map<string, { count: number; line: Line<W> }>();
+  /** Searchable waiters on each database. */
+  readonly #onDb = new Map<string, number>();
   /** Each tenant's waiters beyond `perTenant`, in order. */
   readonly #parked = new Map<string, Line<W>>();
   /** Searchable waiters whose database was warm when they came, in order (for searches past `depth`). */
@@ -167,10 +165,10 @@ export class WaitQueue<W extends QueuedAcquire> {
   /**
    * The first waiter that `eligible` lets take a connection, taken out of the queue: within the first
    * `lookahead` waiters, one on database `prefer` if there is one; else the first eligible one within
-   * `depth`; past `depth`, the earliest eligible one among the first on each database `beyond()`
-   * names and the first warm ones. Undefined when none is.
+   * `depth`; past `depth`, the first eligible one among the first that came warm. Undefined when
+   * none is.
    */
-  take(prefer: string | undefined, eligible: (waiter: W) => boolean, beyond?: () => Iterable<string>): W | undefined {
+  take(prefer: string | undefined, eligible: (waiter: W) => boolean): W | undefined {
     const preferring = prefer !== undefined && this.#onDb.has(prefer);
     const line = this.#items;
     const { items } = line;
@@ -195,7 +193,7 @@ export class WaitQueue<W extends QueuedAcquire> {
       }
       found ??= ticket;
     }
-    if (found === undefined && i < items.length) found = this.#earliestBeyond(beyond?.() ?? [], eligible);
+    if (found === undefined && i < items.length) found = this.#firstWarm(eligible);
     // Tickets taken behind waiters that stay at the front: the live ones it walked past close up
     // behind them, so that no later search walks the same dead ones again.
     if (dead > this.#lookahead) line.closeUp(i);
@@ -229,15 +227,9 @@ export class WaitQueue<W extends QueuedAcquire> {
     return all;
   }
 
-  /** The earliest eligible one among the first searchable waiters on each of `dbs` and the first warm ones. */
-  #earliestBeyond(dbs: Iterable<string>, eligible: (waiter: W) => boolean): Ticket<W> | undefined {
-    const accept = (t: Ticket<W>): boolean => eligible(t.waiter);
-    let earliest = this.#warm.peek(accept, WARM_LOOKS);
-    for (const db of dbs) {
-      const ticket = this.#onDb.get(db)?.line.peek(accept);
-      if (ticket !== undefined && (earliest === undefined || ticket.seq < earliest.seq)) earliest = ticket;
-    }
-    return earliest;
+  /** The first eligible one among the first searchable waiters that came warm. */
+  #firstWarm(eligible: (waiter: W) => boolean): Ticket<W> | undefined {
+    return this.#warm.peek((t) => eligible(t.waiter), WARM_LOOKS);
   }
 
   #enter(waiter: W, seq: number, front: boolean, warm: boolean): void {
@@ -252,11 +244,7 @@ export class WaitQueue<W extends QueuedAcquire> {
     }
     this.#queuedCount++;
     this.#queued.set(waiter.tenantId, (this.#queued.get(waiter.tenantId) ?? 0) + 1);
-    let onDb = this.#onDb.get(waiter.db);
-    if (onDb === undefined) this.#onDb.set(waiter.db, (onDb = { count: 0, line: new Line() }));
-    onDb.count++;
-    pushTo(onDb.line, ticket, front);
-    onDb.line.compact(onDb.count);
+    this.#onDb.set(waiter.db, (this.#onDb.get(waiter.db) ?? 0) + 1);
   }
 
   /** A searchable waiter left (its ticket dead): counts down, and its tenant's next parked waiter enters at the back. */
@@ -269,8 +257,9 @@ export class WaitQueue<W extends QueuedAcquire> {
     const queued = this.#queued.get(waiter.tenantId)! - 1;
     if (queued === 0) this.#queued.delete(waiter.tenantId);
     else this.#queued.set(waiter.tenantId, queued);
-    const onDb = this.#onDb.get(waiter.db)!;
-    if (--onDb.count === 0) this.#onDb.delete(waiter.db);
+    const onDb = this.#onDb.get(waiter.db)! - 1;
+    if (onDb === 0) this.#onDb.delete(waiter.db);
+    else this.#onDb.set(waiter.db, onDb);
     const parked = this.#parked.get(waiter.tenantId);
     if (parked === undefined) return;
     const next = parked.peek(() => true);

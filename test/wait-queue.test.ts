@@ -90,22 +90,22 @@ describe('wait queue', () => {
     assert.equal(queue.take(undefined, warmOnly)!.name, 'warm1');
   });
 
-  it('past the depth, takes the earliest that may go of the first on the databases the pool names and the first warm ones', () => {
+  it('past the depth, takes the first of those that came warm that may go (warm tenants behind a stall of cold ones)', () => {
     const queue = new WaitQueue<W>(10, 4, 2);
     for (let i = 1; i <= 6; i++) queue.add(waiter(`cold${i}`, `cold${i}`));
-    queue.add(waiter('free', 'free1'));
+    queue.add(waiter('late', 'late1'));
+    queue.add(waiter('full', 'full1'), false, true);
     queue.add(waiter('warm', 'warm1'), false, true);
     queue.add(waiter('warm', 'warm2'), false, true);
-    const mayGo = (w: W): boolean => w.tenantId === 'warm' || w.tenantId === 'free';
-    // Within the depth, none may go; without names past it, the first warm one.
+    // cold*: no permit; late: may go, but neither within the depth nor warm; full: at its cap.
+    const mayGo = (w: W): boolean => w.tenantId === 'warm' || w.tenantId === 'late';
     assert.equal(queue.take(undefined, mayGo)!.name, 'warm1');
-    // A connection free on db_free: its first waiter came before warm2.
-    assert.equal(queue.take(undefined, mayGo, () => ['db_free', 'db_none'])!.name, 'free1');
     // Put back at the front after it could not be served: one live copy of it, no duplicate.
-    const warm2 = queue.take(undefined, mayGo)!;
-    assert.equal(warm2.name, 'warm2');
-    queue.add(warm2, true, true);
-    assert.deepEqual(takeAll(queue), ['warm2', 'cold1', 'cold2', 'cold3', 'cold4', 'cold5', 'cold6']);
+    const again = queue.take(undefined, mayGo)!;
+    assert.equal(again.name, 'warm2');
+    queue.add(again, true, true);
+    assert.equal(queue.size, 9);
+    assert.deepEqual(takeAll(queue), ['warm2', 'cold1', 'cold2', 'cold3', 'cold4', 'cold5', 'cold6', 'late1', 'full1']);
     assert.equal(queue.size, 0);
   });
 
