@@ -47,7 +47,7 @@ class Line<W> {
    * out; dead ones at the front are dropped.
    */
   peek(accept: (ticket: Ticket<W>) => boolean, looks = Infinity): Ticket<W> | undefined {
-    while (this.head < this.items.length && !this.items[this.head]!.live) this.head++;
+    this.skipDead();
     let dead = 0;
     let found: Ticket<W> | undefined;
     let i = this.head;
@@ -66,6 +66,11 @@ class Line<W> {
     // Dead tickets behind live ones that stay at the front are walked once, not on every look.
     if (dead > 32) this.closeUp(i);
     return found;
+  }
+
+  /** Moves the head past the dead tickets at the front. */
+  skipDead(): void {
+    while (this.head < this.items.length && !this.items[this.head]!.live) this.head++;
   }
 
   /** Moves the live tickets before index `end` up against it, dropping the dead ones among them. */
@@ -124,11 +129,6 @@ export class WaitQueue<W extends QueuedAcquire> {
     return this.#size;
   }
 
-  /** Whether a searchable waiter is on database `db`. */
-  waitsOn(db: string): boolean {
-    return this.#onDb.has(db);
-  }
-
   /**
    * Adds a waiter at the back (`front`: at the front, as one that was taken and could not be served).
    * `warm`: its database is one a connection may switch to without waiting for a permit (the pool's
@@ -172,7 +172,7 @@ export class WaitQueue<W extends QueuedAcquire> {
     const preferring = prefer !== undefined && this.#onDb.has(prefer);
     const line = this.#items;
     const { items } = line;
-    while (line.head < items.length && !items[line.head]!.live) line.head++;
+    line.skipDead();
     let found: Ticket<W> | undefined;
     let seen = 0;
     let dead = 0;
@@ -262,12 +262,14 @@ export class WaitQueue<W extends QueuedAcquire> {
     else this.#onDb.set(waiter.db, onDb);
     const parked = this.#parked.get(waiter.tenantId);
     if (parked === undefined) return;
-    const next = parked.peek(() => true);
+    parked.skipDead();
+    const next = parked.items[parked.head];
     if (next !== undefined) {
       next.live = false;
       parked.head++;
     }
-    if (parked.peek(() => true) === undefined) this.#parked.delete(waiter.tenantId);
+    parked.skipDead();
+    if (parked.head === parked.items.length) this.#parked.delete(waiter.tenantId);
     else if (parked.head > 1024 && parked.head > parked.items.length >> 1) {
       parked.items = parked.items.slice(parked.head);
       parked.head = 0;
