@@ -68,6 +68,37 @@ class Line<W> {
     return found;
   }
 
+  /** Adds a ticket at the back, or at the front. */
+  push(ticket: Ticket<W>, front: boolean): void {
+    if (!front) this.items.push(ticket);
+    else if (this.head > 0) this.items[--this.head] = ticket;
+    else this.items.unshift(ticket);
+  }
+
+  /**
+   * Takes the first live ticket out (it is then dead), or undefined; `empty` tells whether a live
+   * one is left. The dead front is dropped from the array once it is most of it.
+   */
+  shift(): Ticket<W> | undefined {
+    this.skipDead();
+    const ticket = this.items[this.head];
+    if (ticket !== undefined) {
+      ticket.live = false;
+      this.head++;
+    }
+    this.skipDead();
+    if (this.head > 1024 && this.head > this.items.length >> 1) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+    return ticket;
+  }
+
+  /** Whether no live ticket is left at or after the head (call after `skipDead` or `shift`). */
+  get empty(): boolean {
+    return this.head === this.items.length;
+  }
+
   /** Moves the head past the dead tickets at the front. */
   skipDead(): void {
     while (this.head < this.items.length && !this.items[this.head]!.live) this.head++;
@@ -143,7 +174,7 @@ export class WaitQueue<W extends QueuedAcquire> {
       waiter.ticket = ticket;
       let parked = this.#parked.get(waiter.tenantId);
       if (parked === undefined) this.#parked.set(waiter.tenantId, (parked = new Line()));
-      pushTo(parked, ticket, front);
+      parked.push(ticket, front);
       return;
     }
     this.#enter(waiter, seq, front, warm);
@@ -236,10 +267,10 @@ export class WaitQueue<W extends QueuedAcquire> {
     waiter.place = 'queued';
     const ticket: Ticket<W> = { waiter, seq, warm, live: true };
     waiter.ticket = ticket;
-    pushTo(this.#items, ticket, front);
+    this.#items.push(ticket, front);
     if (warm) {
       this.#warmCount++;
-      pushTo(this.#warm, ticket, front);
+      this.#warm.push(ticket, front);
       this.#warm.compact(this.#warmCount);
     }
     this.#queuedCount++;
@@ -262,24 +293,8 @@ export class WaitQueue<W extends QueuedAcquire> {
     else this.#onDb.set(waiter.db, onDb);
     const parked = this.#parked.get(waiter.tenantId);
     if (parked === undefined) return;
-    parked.skipDead();
-    const next = parked.items[parked.head];
-    if (next !== undefined) {
-      next.live = false;
-      parked.head++;
-    }
-    parked.skipDead();
-    if (parked.head === parked.items.length) this.#parked.delete(waiter.tenantId);
-    else if (parked.head > 1024 && parked.head > parked.items.length >> 1) {
-      parked.items = parked.items.slice(parked.head);
-      parked.head = 0;
-    }
+    const next = parked.shift();
+    if (parked.empty) this.#parked.delete(waiter.tenantId);
     if (next !== undefined) this.#enter(next.waiter, next.seq, false, next.warm);
   }
-}
-
-function pushTo<W>(line: Line<W>, ticket: Ticket<W>, front: boolean): void {
-  if (!front) line.items.push(ticket);
-  else if (line.head > 0) line.items[--line.head] = ticket;
-  else line.items.unshift(ticket);
 }
