@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
-import { AffinityPool, type AffinityPoolOptions, type AffinityPoolStats, type AfterCreate } from './affinity-pool';
+import { AffinityPool, type AffinityPoolOptions, type AffinityPoolStats } from './affinity-pool';
+import type { AfterCreate } from './pooled-connection';
 import { TenancyDestroyedError, TenantError, TenantUnavailableError } from './errors';
 import { installInlineSwitch } from './inline-switch';
 import { markQualified, namesItsDatabase, settleOwnNamesOnCompile } from './qualify-tables';
