@@ -26,8 +26,13 @@ export interface SwitchState {
   switchNow(conn: unknown, tenantId: string): Promise<void>;
   /** qualifyTables: the tenant database `conn` serves with no current database of its own, if so. */
   cleanTarget(conn: unknown): string | undefined;
-  /** qualifyTables: counts a statement sent again after a switch. */
-  noteQualifyRetry(): void;
+  /**
+   * qualifyTables: counts a statement that needed a switch on a clean connection (refused there, or
+   * known to be) and remembers its text (`knownRefused`).
+   */
+  noteQualifyRetry(sql: string): void;
+  /** qualifyTables: whether a statement with this text was refused on a clean connection lately (it would be again). */
+  knownRefused(sql: string): boolean;
 }
 
 type QueryObject = { sql: string; bindings?: unknown; options?: unknown; response?: [unknown, unknown] };
@@ -148,7 +153,9 @@ async function switchInline(
  * it names without a database cannot resolve anywhere, so the server refuses it ("No database
  * selected", before running anything); it is then sent again after a `USE`. `DATABASE()` and
  * `SCHEMA()` would answer NULL there, and in a string of several statements an earlier one may have
- * run: such statements are switched first. (Module level: no closure per tenant handle.)
+ * run: such statements are switched first. So is a statement whose text the server refused lately
+ * (the same text names the same tables): the doomed round trip is skipped. (Module level: no closure
+ * per tenant handle.)
  */
 function cleanQuery(
   client: Knex.Client,
@@ -160,6 +167,10 @@ function cleanQuery(
 ): Promise<QueryObject> {
   const sql = typeof input === 'string' ? input : input.sql;
   if (CURRENT_DATABASE.test(sql) || SEVERAL_STATEMENTS.test(sql)) {
+    return state.switchNow(conn, tenantId).then(() => baseQuery.call(client, conn, input));
+  }
+  if (state.knownRefused(sql)) {
+    state.noteQualifyRetry(sql);
     return state.switchNow(conn, tenantId).then(() => baseQuery.call(client, conn, input));
   }
   // No async function here: this is every statement's path, and its promises are what it costs.
@@ -185,7 +196,7 @@ async function refused(
     throw error;
   }
   if (errno !== NO_DATABASE_SELECTED) throw error;
-  state.noteQualifyRetry();
+  state.noteQualifyRetry(typeof input === 'string' ? input : input.sql);
   await state.switchNow(conn, tenantId);
   return baseQuery.call(client, conn, input);
 }

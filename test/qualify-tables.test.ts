@@ -14,6 +14,8 @@ import knexFactory, { type Knex } from 'knex';
 import { createTenancy, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { Audit, createTenantDatabases, dropTenantDatabases, Movie, Person, Pet } from './helpers/fixtures';
+import { knexWithStatementHook } from './helpers/statement-hook';
+import { AffinityPool } from '../lib/affinity-pool';
 
 const TENANTS = ['a', 'b', 'c'];
 const db = (t: string) => `ot_qualify_${t}`;
@@ -179,13 +181,47 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     // is (it would read b's rows), it is switched first.
     const [aRows] = await tenancy!.runWithTenant('a', () => tenancy!.knex().raw('select name from persons order by id'));
     assert.deepEqual((aRows as { name: string }[]).map((r) => r.name), ['a-ada', 'a-bob']);
-    // a took it back to no database first (COM_CHANGE_USER), so a's statement was refused in turn.
+    // a took it back to no database first (COM_CHANGE_USER); the same text was refused for b, so a's
+    // statement was switched first (the next test shows what went to the server).
     assert.equal(stats().restores, 1);
     assert.equal(stats().switches, 2);
     assert.equal(stats().qualifyRetries, 2);
     // Many-to-many: the join table is named with its database too (the relation's join is qualified).
     const movies = await tenancy!.runWithTenant('c', () => Person.relatedQuery('movies').for(1));
     assert.deepEqual(movies.map((m: Movie) => m.title), ['c-alien']);
+  });
+
+  it('a statement the server refused lately is switched first on a clean connection, not sent to be refused again', async () => {
+    const sent: string[] = [];
+    open({
+      max: 1,
+      createKnex: knexWithStatementHook(() => (send, sql, rest) => {
+        sent.push(typeof sql === 'string' ? sql : String((sql as { sql?: unknown }).sql));
+        return send(sql, ...rest);
+      }),
+    });
+    const text = 'select name from persons order by id';
+    const since = (mark: number) => sent.slice(mark).filter((sql) => !/^(SHOW GLOBAL VARIABLES|SELECT DATABASE\(\))/.test(sql));
+    let mark = sent.length;
+    assert.deepEqual((await raw<{ name: string }>('b', text)).map((r) => r.name), ['b-ada', 'b-bob']);
+    assert.deepEqual(since(mark), [text, `USE \`${db('b')}\``, text], 'the first time: refused, switched, sent again');
+    // a's model query takes the connection back to no database (a change of user: no statement).
+    assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+    assert.equal(stats().restores, 1);
+    mark = sent.length;
+    assert.deepEqual((await raw<{ name: string }>('a', text)).map((r) => r.name), ['a-ada', 'a-bob']);
+    assert.deepEqual(since(mark), [`USE \`${db('a')}\``, text], 'known: switched first, no refused round trip');
+    assert.deepEqual([stats().qualifyRetries, stats().switches, stats().restores], [2, 2, 1]);
+    // Another text is not known: refused once, as usual.
+    await names('c');
+    mark = sent.length;
+    assert.deepEqual((await raw<{ n: number }>('c', 'select count(*) as n from persons')).map((r) => Number(r.n)), [2]);
+    assert.deepEqual(since(mark), ['select count(*) as n from persons', `USE \`${db('c')}\``, 'select count(*) as n from persons']);
+    // A statement with no table (it runs on a clean connection) is never remembered as refused.
+    await names('b');
+    mark = sent.length;
+    assert.equal((await raw<{ one: number }>('b', 'select 1 as one'))[0]!.one, 1);
+    assert.deepEqual(since(mark), ['select 1 as one']);
   });
 
   it('a connection a refused statement left on a tenant database goes back to no database when another tenant takes it', async () => {
@@ -430,5 +466,44 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
       /qualifyTables needs servers\.main\.connection as an object without database/,
     );
     assert.throws(() => open({ qualifyTables: 1 as unknown as boolean }), /qualifyTables must be a boolean/);
+  });
+});
+
+describe('qualifyTables: the texts a shared pool remembers as refused', () => {
+  const pool = () =>
+    new AffinityPool({} as Knex.Client, {
+      max: 1,
+      perTenantMax: 1,
+      acquireTimeoutMs: 1_000,
+      idleTimeoutMs: 0,
+      overflow: 'wait',
+      inlineSwitch: false,
+      maxSwitched: Infinity,
+      warmDatabases: 0,
+      resetSession: false,
+      afterCreate: undefined,
+      cleanConnections: true,
+    });
+
+  it('are bounded: the 256 refused last, none longer than 4 KiB', async () => {
+    const p = pool();
+    try {
+      assert.equal(p.knownRefused('select 0 from t'), false);
+      for (let i = 0; i < 300; i++) p.noteQualifyRetry(`select ${i} from t`);
+      assert.equal(p.knownRefused('select 299 from t'), true);
+      assert.equal(p.knownRefused('select 44 from t'), true);
+      assert.equal(p.knownRefused('select 43 from t'), false, 'the least recent ones are forgotten');
+      // Refused again, a text becomes the most recent: it outlives those refused after it once.
+      p.noteQualifyRetry('select 44 from t');
+      for (let i = 300; i < 555; i++) p.noteQualifyRetry(`select ${i} from t`);
+      assert.equal(p.knownRefused('select 44 from t'), true);
+      assert.equal(p.knownRefused('select 45 from t'), false);
+      const long = `select '${'x'.repeat(4096)}' from t`;
+      p.noteQualifyRetry(long);
+      assert.equal(p.knownRefused(long), false, 'a statement with its values written in is not kept');
+      assert.equal(p.stats().qualifyRetries, 300 + 1 + 255 + 1);
+    } finally {
+      await p.destroy();
+    }
   });
 });
