@@ -142,7 +142,7 @@ const REFUSAL_WINDOW = 256;
 // qualifyTables: how many texts of statements refused on clean connections the pool remembers (the
 // most recent), so that the same statement is switched first next time rather than sent to be refused
 // again (a round trip of ~70-90 µs of Node CPU on a 2-vCPU host); texts longer than REFUSED_TEXT_MAX
-// (a statement with its values written in) are not kept. At most ~1 MiB per server.
+// characters (a statement with its values written in) are not kept: at most 1 Mi characters per server.
 const REFUSED_TEXTS = 256;
 const REFUSED_TEXT_MAX = 4096;
 

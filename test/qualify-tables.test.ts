@@ -485,7 +485,7 @@ describe('qualifyTables: the texts a shared pool remembers as refused', () => {
       cleanConnections: true,
     });
 
-  it('are bounded: the 256 refused last, none longer than 4 KiB', async () => {
+  it('are bounded: the 256 refused last, none longer than 4,096 characters', async () => {
     const p = pool();
     try {
       assert.equal(p.knownRefused('select 0 from t'), false);
