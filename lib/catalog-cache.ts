@@ -25,7 +25,8 @@ export class CatalogCache {
   // Positive answers are bounded by the number of real tenants; negative ones by negativeMax.
   readonly #positive = new Map<string, number>();
   readonly #negative = new Map<string, number>();
-  readonly #pending = new Map<string, Promise<boolean>>();
+  /** Lookups in flight; `stale` once `forget()` ran meanwhile: the answer is returned, not cached. */
+  readonly #pending = new Map<string, { answer: Promise<boolean>; stale: boolean }>();
   /** Catalog calls made, for stats and tests. */
   lookups = 0;
 
@@ -55,26 +56,38 @@ export class CatalogCache {
     }
     let pending = this.#pending.get(tenantId);
     if (pending === undefined) {
+      const started = { stale: false } as { answer: Promise<boolean>; stale: boolean };
       // .finally runs in a later microtask, so the entry is removed even if the lookup throws at once.
-      pending = this.#ask(tenantId).finally(() => this.#pending.delete(tenantId));
-      this.#pending.set(tenantId, pending);
+      started.answer = this.#ask(tenantId, started).finally(() => {
+        if (this.#pending.get(tenantId) === started) this.#pending.delete(tenantId);
+      });
+      this.#pending.set(tenantId, (pending = started));
     }
-    return pending;
+    return pending.answer;
   }
 
-  /** Drops what is known about `tenantId`: the next request asks the catalog again. */
+  /**
+   * Drops what is known about `tenantId`: the next request asks the catalog again. A lookup in flight
+   * (begun before a create or a drop, say) is not cached when it ends, nor joined by later requests.
+   */
   forget(tenantId: string): void {
     this.#positive.delete(tenantId);
     this.#negative.delete(tenantId);
+    const pending = this.#pending.get(tenantId);
+    if (pending !== undefined) {
+      pending.stale = true;
+      this.#pending.delete(tenantId);
+    }
   }
 
   stats(): { known: number; unknown: number; lookups: number } {
     return { known: this.#positive.size, unknown: this.#negative.size, lookups: this.lookups };
   }
 
-  async #ask(tenantId: string): Promise<boolean> {
+  async #ask(tenantId: string, pending: { readonly stale: boolean }): Promise<boolean> {
     this.lookups++;
     const exists = (await this.#lookup(tenantId)) === true;
+    if (pending.stale) return exists;
     if (exists) {
       this.#positive.set(tenantId, Date.now() + this.#options.ttlMs);
     } else {

@@ -63,8 +63,19 @@ interface Handle {
   leases: number;
   /** Leased since the cache was last trimmed past it (second-chance LRU: no reordering per lease). */
   used: boolean;
+  /** Set by `evict()` (not by trimming the cache): an acquire that waited for its opening leases it no more. */
+  forgotten: boolean;
   /** Set once evicted: resolves the eviction when the last lease is given back. */
   drained?: () => void;
+}
+
+/**
+ * A handle being opened. `stale` once the tenant is evicted meanwhile (`forget()` after a move, a
+ * drop): the location it read may be the old one, so it is not cached, and its acquires open again.
+ */
+interface Opening {
+  readonly handle: Promise<Handle | undefined>;
+  stale: boolean;
 }
 
 /** Stats of the shared strategy. */
@@ -83,7 +94,7 @@ export class SharedConnections implements TenantConnections {
   readonly #options: SharedConnectionsOptions;
   readonly #servers = new Map<string, Server>();
   readonly #handles = new Map<string, Handle>();
-  readonly #opening = new Map<string, Promise<Handle>>();
+  readonly #opening = new Map<string, Opening>();
   #destroyed = false;
   readonly #counters = { created: 0, evictions: 0, failures: 0 };
 
@@ -95,15 +106,22 @@ export class SharedConnections implements TenantConnections {
   }
 
   async lease(tenantId: string): Promise<TenantLease> {
-    if (this.#destroyed) throw new TenancyDestroyedError();
-    const cached = this.tryLease(tenantId);
-    if (cached !== undefined) return cached;
-    let opening = this.#opening.get(tenantId);
-    if (opening === undefined) {
-      opening = this.#open(tenantId).finally(() => this.#opening.delete(tenantId));
-      this.#opening.set(tenantId, opening);
+    for (;;) {
+      if (this.#destroyed) throw new TenancyDestroyedError();
+      const cached = this.tryLease(tenantId);
+      if (cached !== undefined) return cached;
+      let opening = this.#opening.get(tenantId);
+      if (opening === undefined) {
+        const started = { stale: false } as { handle: Promise<Handle | undefined>; stale: boolean };
+        started.handle = this.#open(tenantId, started).finally(() => {
+          if (this.#opening.get(tenantId) === started) this.#opening.delete(tenantId);
+        });
+        this.#opening.set(tenantId, (opening = started));
+      }
+      const handle = await opening.handle;
+      // Evicted while it opened, or after (before this acquire got back to it): locate the tenant again.
+      if (handle !== undefined && !handle.forgotten) return leaseOf(handle);
     }
-    return leaseOf(await opening);
   }
 
   tryLease(tenantId: string): TenantLease | undefined {
@@ -119,9 +137,15 @@ export class SharedConnections implements TenantConnections {
    * tenant's database does not pull it from under requests in flight.
    */
   evict(tenantId: string): Promise<void> {
+    const opening = this.#opening.get(tenantId);
+    if (opening !== undefined) {
+      opening.stale = true;
+      this.#opening.delete(tenantId);
+    }
     const handle = this.#handles.get(tenantId);
     if (handle === undefined) return Promise.resolve();
     this.#handles.delete(tenantId);
+    handle.forgotten = true;
     this.#counters.evictions++;
     if (handle.leases === 0) return Promise.resolve();
     return new Promise((resolve) => {
@@ -156,7 +180,7 @@ export class SharedConnections implements TenantConnections {
     }));
   }
 
-  async #open(tenantId: string): Promise<Handle> {
+  async #open(tenantId: string, opening: { readonly stale: boolean }): Promise<Handle | undefined> {
     let location: TenantLocation;
     try {
       location = await this.#options.locate(tenantId);
@@ -184,7 +208,8 @@ export class SharedConnections implements TenantConnections {
       }
     }
     if (this.#destroyed) throw new TenancyDestroyedError();
-    const handle: Handle = { knex, leases: 0, used: false };
+    if (opening.stale) return undefined;
+    const handle: Handle = { knex, leases: 0, used: false, forgotten: false };
     this.#handles.set(tenantId, handle);
     this.#counters.created++;
     this.#trim();

@@ -90,6 +90,37 @@ describe('catalog cache', () => {
     assert.equal(asked.get('later'), 3);
   });
 
+  it('forget() during a lookup in flight: its answer is not cached, and later requests ask again', async () => {
+    let calls = 0;
+    let looked!: () => void;
+    const lookedUp = new Promise<void>((resolve) => (looked = resolve));
+    let letGo!: () => void;
+    const held = new Promise<void>((resolve) => (letGo = resolve));
+    const tenancy = createTenancy({
+      knexConfig: backend.knexConfig,
+      // The first lookup reads "no such tenant", then waits while the tenant is created.
+      tenantExists: async (id) => {
+        const exists = await backend.databaseExists(id);
+        if (++calls === 1) {
+          looked();
+          await held;
+        }
+        return exists;
+      },
+    });
+    tenancies.push(tenancy);
+    const early = unknown(tenancy, 'racer'); // asked before the create: "no" is its answer
+    await lookedUp;
+    await backend.createDatabase('racer');
+    await tenancy.forget('racer');
+    const after = tenancy.runWithTenant('racer', () => 'served');
+    letGo();
+    await early;
+    assert.equal(await after, 'served', 'a request after forget() joined the lookup begun before it');
+    assert.equal(await tenancy.runWithTenant('racer', () => 'served'), 'served', 'the answer begun before forget() was cached');
+    assert.equal(calls, 2);
+  });
+
   it('a failing catalog answers TenantUnavailableError (503) and is not cached', async () => {
     let down = true;
     const tenancy = createTenancy({

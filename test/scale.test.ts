@@ -219,25 +219,66 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     }
   });
 
+  /** "Moves" sa1: a copy of its database on the second server, with a row that tells them apart. */
+  const copySa1ToSecond = async () => {
+    const target = admins.get('second')!;
+    await target.raw('drop database if exists ??', [db('sa1')]);
+    await target.raw('create database ??', [db('sa1')]);
+    await target.raw(`create table ${db('sa1')}.persons (id int auto_increment primary key, name varchar(255) not null, note varchar(255))`);
+    await target.raw(`insert into ${db('sa1')}.persons (name) values ('sa1-moved')`);
+  };
+  const sa1Names = (tenancy: ReturnType<typeof createTenancy>) =>
+    tenancy.runWithTenant('sa1', async () => (await Person.query().orderBy('id').limit(2)).map((p) => p.name));
+
   it('a tenant moved to another server is picked up after forget()', async () => {
     const where = new Map([['sa1', 'first']]);
     const tenancy = createTenancy(sharedOptions(2, { locate: (id) => ({ server: where.get(id) ?? 'first', database: db(id) }) }));
     try {
-      const names = () => tenancy.runWithTenant('sa1', async () => (await Person.query().orderBy('id').limit(2)).map((p) => p.name));
-      assert.deepEqual(await names(), ['sa1-ada', 'sa1-bob']);
-      // "Move" sa1: a copy of its database on the second server, with a row that tells them apart.
-      const target = admins.get('second')!;
-      await target.raw('drop database if exists ??', [db('sa1')]);
-      await target.raw('create database ??', [db('sa1')]);
-      await target.raw(`create table ${db('sa1')}.persons (id int auto_increment primary key, name varchar(255) not null, note varchar(255))`);
-      await target.raw(`insert into ${db('sa1')}.persons (name) values ('sa1-moved')`);
+      assert.deepEqual(await sa1Names(tenancy), ['sa1-ada', 'sa1-bob']);
+      await copySa1ToSecond();
       where.set('sa1', 'second');
-      assert.deepEqual(await names(), ['sa1-ada', 'sa1-bob'], 'cached until forgotten');
+      assert.deepEqual(await sa1Names(tenancy), ['sa1-ada', 'sa1-bob'], 'cached until forgotten');
       await tenancy.forget('sa1');
-      assert.deepEqual(await names(), ['sa1-moved']);
-      await target.raw('drop database ??', [db('sa1')]);
+      assert.deepEqual(await sa1Names(tenancy), ['sa1-moved']);
     } finally {
       await tenancy.destroy();
+      await admins.get('second')!.raw('drop database if exists ??', [db('sa1')]);
+    }
+  });
+
+  it('a tenant moved while it is being opened: forget() keeps the open in flight out of the cache, and its request locates the tenant again', async () => {
+    const where = new Map([['sa1', 'first']]);
+    let calls = 0;
+    let located!: () => void;
+    const firstLocated = new Promise<void>((resolve) => (located = resolve));
+    let letGo!: () => void;
+    const held = new Promise<void>((resolve) => (letGo = resolve));
+    const tenancy = createTenancy(
+      sharedOptions(2, {
+        // The first lookup reads the old location, then waits while the tenant moves.
+        locate: async (id) => {
+          const server = where.get(id) ?? 'first';
+          if (++calls === 1) {
+            located();
+            await held;
+          }
+          return { server, database: db(id) };
+        },
+      }),
+    );
+    try {
+      const early = sa1Names(tenancy);
+      await firstLocated;
+      await copySa1ToSecond();
+      where.set('sa1', 'second');
+      await tenancy.forget('sa1');
+      letGo();
+      assert.deepEqual(await early, ['sa1-moved'], 'the request in flight was served from the old location');
+      assert.deepEqual(await sa1Names(tenancy), ['sa1-moved'], 'the old location was cached');
+      assert.equal(calls, 2);
+    } finally {
+      await tenancy.destroy();
+      await admins.get('second')!.raw('drop database if exists ??', [db('sa1')]);
     }
   });
 
