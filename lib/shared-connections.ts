@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import type { Knex } from 'knex';
 import { AffinityPool, type AffinityPoolOptions, type AffinityPoolStats } from './affinity-pool';
 import type { AfterCreate } from './pooled-connection';
@@ -319,8 +320,32 @@ function tenantHandle(server: Server, tenantId: string, database: string, writab
   } as unknown as Knex & { context: unknown };
   Object.setPrototypeOf(handle, base);
   handle.context = context;
+  ownEvents(handle, client);
   if (qualified !== undefined) markQualified(handle, qualified);
   return handle;
+}
+
+/** The events a knex passes on from its client (knex's make-knex.js), as a tenant's knex does. */
+const KNEX_EVENTS: ReadonlySet<string | symbol> = new Set(['start', 'query', 'query-error', 'query-response']);
+const HANDLE_OF = Symbol('objection-tenancy.handleOf');
+type TenantClient = EventEmitter & { [HANDLE_OF]: EventEmitter };
+
+/**
+ * Gives a handle and its client emitters of their own. Both inherit the server knex's and its
+ * client's, which every tenant's handle shares: `tenancy.knex().on('query-response', fn)` in one
+ * tenant's scope would hear every tenant's statements and rows. A tenant's statements now reach the
+ * listeners added on its own handle (or its client), as with a knex per tenant.
+ */
+function ownEvents(handle: Knex, client: Knex.Client): void {
+  const own = { _events: undefined, _eventsCount: 0 };
+  Object.assign(handle, own);
+  Object.assign(client, own, { [HANDLE_OF]: handle, emit: emitToHandle });
+}
+
+/** A tenant client's `emit`: to its own listeners, and knex's events on to its handle. */
+function emitToHandle(this: TenantClient, event: string | symbol, ...args: unknown[]): boolean {
+  const heard = EventEmitter.prototype.emit.call(this, event, ...args);
+  return KNEX_EVENTS.has(event) ? this[HANDLE_OF].emit(event, ...args) || heard : heard;
 }
 
 /** Whether a server's connection config is an object that names no database (its connections open on none). */

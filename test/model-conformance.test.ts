@@ -135,6 +135,30 @@ for (const backend of allStrategies('conf', { inlineSwitch: true })) {
       assert.equal(viaKnex.tenant_id, 't3');
     });
 
+    it("knex events: a listener on a tenant's knex hears that tenant's statements only, its transactions' included", async () => {
+      const heard = new Map<string, string[]>(TENANTS.map((t) => [t, []]));
+      const listening: [Knex, (...args: unknown[]) => void][] = [];
+      for (const t of TENANTS) {
+        const knex = await runWithTenant(t, () => Person.knex());
+        const listener = (response: unknown) => {
+          if (Array.isArray(response)) heard.get(t)!.push(...response.map((row) => (row as { name?: string }).name ?? '?'));
+        };
+        knex.on('query-response', listener);
+        listening.push([knex, listener]);
+      }
+      try {
+        for (const t of TENANTS) await runWithTenant(t, () => Person.query().select('name').orderBy('id'));
+        await runWithTenant('t2', () => Person.transaction(async () => await Person.query().select('name').where('id', 1)));
+        assert.deepEqual(Object.fromEntries(heard), {
+          t1: ['t1-ada', 't1-bob'],
+          t2: ['t2-ada', 't2-bob', 't2-ada'],
+          t3: ['t3-ada', 't3-bob'],
+        });
+      } finally {
+        for (const [knex, listener] of listening) knex.off('query-response', listener);
+      }
+    });
+
     it('raw, ref and fn inside builders', async () => {
       const rows = await runWithTenant('t1', () =>
         Person.query()
