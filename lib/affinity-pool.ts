@@ -361,11 +361,22 @@ export class AffinityPool implements SwitchState {
     if (slot.pending === undefined) this.#counters.switches++;
     slot.pending = undefined;
     slot.db = undefined;
-    try {
-      await this.#use(slot, db, tenantId);
-    } catch (error) {
+    const switching = this.#use(slot, db, tenantId).catch((error: unknown) => {
       throw mapSwitchError(tenantId, error);
+    });
+    slot.switching = switching;
+    try {
+      await switching;
+    } finally {
+      if (slot.switching === switching) slot.switching = undefined;
     }
+  }
+
+  async switchedTo(conn: unknown, database: string): Promise<boolean> {
+    const slot = this.#slots.get(conn as RawConnection);
+    if (slot === undefined) return false;
+    if (slot.switching !== undefined) await slot.switching;
+    return slot.db === database;
   }
 
   stats(): AffinityPoolStats {
@@ -708,6 +719,7 @@ export class AffinityPool implements SwitchState {
         autocommit: false,
         clean: this.#clean,
         target: undefined,
+        switching: undefined,
         idleSince: Date.now(),
       };
       // Before afterCreate, so that a USE there is seen (the connection is then not clean).

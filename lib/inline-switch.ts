@@ -33,6 +33,11 @@ export interface SwitchState {
   noteQualifyRetry(sql: string): void;
   /** qualifyTables: whether a statement with this text was refused on a clean connection lately (it would be again). */
   knownRefused(sql: string): boolean;
+  /**
+   * qualifyTables: whether `conn` is on `database` once the switch it is making (for another
+   * statement of the same acquire) has settled; rejects as that switch did.
+   */
+  switchedTo(conn: unknown, database: string): Promise<boolean>;
 }
 
 type QueryObject = { sql: string; bindings?: unknown; options?: unknown; response?: [unknown, unknown] };
@@ -79,7 +84,8 @@ export function installInlineSwitch(client: Record<string, unknown>, state: Swit
   // Not an async function: most statements take the first or the last branch, and a promise per layer
   // is what this path costs.
   client._query = function (this: Knex.Client, conn: unknown, input: QueryObject | string): Promise<QueryObject> {
-    if (state.cleanTarget(conn) !== undefined) return cleanQuery(this, baseQuery, state, tenantId, conn, input);
+    const target = state.cleanTarget(conn);
+    if (target !== undefined) return cleanQuery(this, baseQuery, state, tenantId, conn, input, target);
     const database = state.pendingSwitch(conn);
     if (database !== undefined) return switchInline(this, baseQuery, state, tenantId, conn, input, database);
     return baseQuery.call(this, conn, input);
@@ -164,6 +170,7 @@ function cleanQuery(
   tenantId: string,
   conn: unknown,
   input: QueryObject | string,
+  target: string,
 ): Promise<QueryObject> {
   const sql = typeof input === 'string' ? input : input.sql;
   if (CURRENT_DATABASE.test(sql) || SEVERAL_STATEMENTS.test(sql)) {
@@ -174,7 +181,7 @@ function cleanQuery(
     return state.switchNow(conn, tenantId).then(() => baseQuery.call(client, conn, input));
   }
   // No async function here: this is every statement's path, and its promises are what it costs.
-  return baseQuery.call(client, conn, input).then(undefined, (error: unknown) => refused(client, baseQuery, state, tenantId, conn, input, error));
+  return baseQuery.call(client, conn, input).then(undefined, (error: unknown) => refused(client, baseQuery, state, tenantId, conn, input, target, error));
 }
 
 /** cleanQuery, once the server refused a statement sent with no current database. */
@@ -185,10 +192,17 @@ async function refused(
   tenantId: string,
   conn: unknown,
   input: QueryObject | string,
+  target: string,
   error: unknown,
 ): Promise<QueryObject> {
   const errno = (error as { errno?: unknown }).errno;
-  if (state.cleanTarget(conn) === undefined) throw error;
+  if (state.cleanTarget(conn) === undefined) {
+    // Sent together with other statements of the acquire (a transaction's) and refused before the
+    // switch one of them started had run: sent again once it has, if it went to this tenant's database.
+    if (errno !== NO_DATABASE_SELECTED || !(await state.switchedTo(conn, target))) throw error;
+    state.noteQualifyRetry(typeof input === 'string' ? input : input.sql);
+    return baseQuery.call(client, conn, input);
+  }
   // A table of a dropped tenant database: the switch says so (UnknownTenantError), as it would
   // without qualifyTables; a database that is there leaves the missing table's own error.
   if (errno === NO_SUCH_TABLE) {
@@ -212,7 +226,8 @@ function cleanTransactionClass(proto: object, state: SwitchState, tenantId: stri
   const txClass = { prototype: txProto };
   Object.defineProperty(txProto, 'constructor', { value: txClass, configurable: true, writable: true });
   txProto._query = function (this: Knex.Client, conn: unknown, input: QueryObject | string): Promise<QueryObject> {
-    if (state.cleanTarget(conn) !== undefined) return cleanQuery(this, base._query, state, tenantId, conn, input);
+    const target = state.cleanTarget(conn);
+    if (target !== undefined) return cleanQuery(this, base._query, state, tenantId, conn, input, target);
     return base._query.call(this, conn, input);
   };
   txProto._stream = async function (this: Knex.Client, conn: unknown, obj: unknown, stream: unknown, options: unknown): Promise<unknown> {

@@ -57,6 +57,12 @@ export interface Slot {
   clean: boolean;
   /** qualifyTables: the database of the tenant a clean connection serves in this acquire. */
   target: string | undefined;
+  /**
+   * qualifyTables: the switch a refused statement started (`switchNow`), while its `USE` is in
+   * flight. Statements of the same acquire (a transaction's, sent together) that the server refused
+   * before it ran are sent again once it settles.
+   */
+  switching: Promise<void> | undefined;
   idleSince: number;
 }
 

@@ -413,6 +413,19 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
   });
 
+  it('statements of one transaction sent at once, refused together on its clean connection: each is sent again after the one switch', async () => {
+    open({ max: 1 });
+    // Four texts the pool has never seen, in flight together on the transaction's connection (as
+    // objection sends a graph's many-to-many join rows, four at a time, through a join model that
+    // names no database): the server refuses all four before the first refusal's USE runs.
+    await tenancy!.runWithTenant('c', () =>
+      tenancy!.transaction(() => Promise.all([1, 2, 3, 4].map((i) => tenancy!.knex().raw(`insert into audit (message) values ('c-at-once-${i}')`)))),
+    );
+    assert.deepEqual((await tenancy!.runWithTenant('c', () => Audit.query().orderBy('message'))).map((a) => a.message), ['c-at-once-1', 'c-at-once-2', 'c-at-once-3', 'c-at-once-4']);
+    assert.equal(stats().switches, 1);
+    await tenancy!.runWithTenant('c', () => Audit.query().delete());
+  });
+
   it('a server connection that names a database where the library cannot see it (a uri) is switched with USE: raw SQL never runs on that database', async () => {
     const uri = `mysql://${server.user}${server.password ? `:${server.password}` : ''}@${server.host}:${server.port}/${db('b')}`;
     for (const qualifyTables of [undefined, true]) {
