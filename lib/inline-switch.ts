@@ -120,9 +120,22 @@ export function installInlineSwitch(client: Record<string, unknown>, state: Swit
   };
 
   client._stream = async function (this: Knex.Client, conn: unknown, obj: unknown, stream: unknown, options: unknown): Promise<unknown> {
-    await state.switchNow(conn, tenantId);
+    await switchBeforeStream(state, conn, tenantId, stream);
     return baseStream.call(this, conn, obj, stream, options);
   };
+}
+
+/**
+ * A stream's switch, before its query. Its failure goes to the stream: knex emits there only what
+ * fails before it holds a connection (runner.js), so the stream would otherwise never end.
+ */
+async function switchBeforeStream(state: SwitchState, conn: unknown, tenantId: string, stream: unknown): Promise<void> {
+  try {
+    await state.switchNow(conn, tenantId);
+  } catch (error) {
+    (stream as { emit(event: 'error', error: unknown): unknown }).emit('error', error);
+    throw error;
+  }
 }
 
 /** inlineSwitch: sends the pending `USE` and the tenant's statement in one round trip. */
@@ -231,7 +244,7 @@ function cleanTransactionClass(proto: object, state: SwitchState, tenantId: stri
     return base._query.call(this, conn, input);
   };
   txProto._stream = async function (this: Knex.Client, conn: unknown, obj: unknown, stream: unknown, options: unknown): Promise<unknown> {
-    await state.switchNow(conn, tenantId);
+    await switchBeforeStream(state, conn, tenantId, stream);
     return base._stream.call(this, conn, obj, stream, options);
   };
   // The transaction's statements (its model queries, a builder moved in with `.transacting(trx)`)

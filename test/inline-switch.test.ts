@@ -11,7 +11,7 @@ import knexFactory, { type Knex } from 'knex';
 import { createTenancy, currentTenantId, UnknownTenantError, type Tenancy } from '../lib/index';
 import { AffinityPool } from '../lib/affinity-pool';
 import { mysqlConnection, skipMysql } from './helpers/databases';
-import { createSchema, createTenantDatabases, Person, seed } from './helpers/fixtures';
+import { createSchema, createTenantDatabases, Person, seed, streamNames } from './helpers/fixtures';
 
 const TENANTS = ['ia', 'ib', 'ic'];
 const db = (t: string) => `ot_inline_${t}`;
@@ -121,7 +121,10 @@ describe('shared strategy, inline switch (USE sent with the statement)', { skip:
       for (let i = 0; i < 3; i++) {
         await assert.rejects(names('ic'), (error: unknown) => error instanceof UnknownTenantError && error.tenantId === 'ic');
       }
+      // A stream switches first: its failed switch fails the stream (it used to leave it open forever).
+      await assert.rejects(streamNames(tenancy!, 'ic'), (error: unknown) => error instanceof UnknownTenantError && error.tenantId === 'ic');
       assert.deepEqual(await names('ia'), ['ia-ada', 'ia-bob']);
+      assert.deepEqual(await streamNames(tenancy!, 'ia'), ['ia-ada', 'ia-bob']);
     } finally {
       await admin.raw('create database if not exists ??', [db('ic')]);
       await createSchema(knex, 'ic');

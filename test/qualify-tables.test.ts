@@ -13,7 +13,7 @@ import { after, afterEach, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
-import { Audit, createTenantDatabases, dropTenantDatabases, Movie, Person, Pet } from './helpers/fixtures';
+import { Audit, createTenantDatabases, dropTenantDatabases, Movie, Person, Pet, streamNames } from './helpers/fixtures';
 import { knexWithStatementHook } from './helpers/statement-hook';
 import { AffinityPool } from '../lib/affinity-pool';
 
@@ -452,6 +452,9 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
       assert.deepEqual(await names('gone'), []);
       await admin.raw('drop database ??', [db('gone')]);
       await assert.rejects(names('gone'), UnknownTenantError);
+      // A stream switches first: its failed switch fails the stream (it used to leave it open forever).
+      await assert.rejects(streamNames(tenancy!, 'gone'), UnknownTenantError);
+      await assert.rejects(tenancy!.runWithTenant('gone', () => tenancy!.transaction(() => streamNames(tenancy!, 'gone'))), UnknownTenantError);
       // A table missing from a database that is there keeps its own error.
       await assert.rejects(tenancy!.runWithTenant('a', () => tenancy!.knex()('no_such_table').select()), (error: { errno?: number }) => error.errno === 1146);
       assert.deepEqual(await names('b'), ['b-ada', 'b-bob']);

@@ -158,3 +158,18 @@ export class Movie extends TenantModel {
   declare id: number;
   declare title: string;
 }
+
+/**
+ * Drains a `.stream()` of the tenant's `persons` through the tenancy's knex and returns the names; a
+ * stream that neither ends nor fails within `ms` rejects (a hang fails the test instead of the run).
+ */
+export function streamNames(tenancy: Tenancy, tenantId: string, ms = 5_000): Promise<string[]> {
+  let timer: NodeJS.Timeout | undefined;
+  const drained = tenancy.runWithTenant(tenantId, async () => {
+    const names: string[] = [];
+    for await (const row of tenancy.knex()('persons').orderBy('id').stream() as AsyncIterable<{ name: string }>) names.push(row.name);
+    return names;
+  });
+  const hung = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`the stream neither ended nor failed within ${ms} ms`)), ms)));
+  return Promise.race([drained, hung]).finally(() => clearTimeout(timer));
+}
