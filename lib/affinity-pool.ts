@@ -526,6 +526,9 @@ export class AffinityPool implements SwitchState {
 
   async #assign(slot: Slot, tenantId: string, db: string): Promise<RawConnection> {
     this.#claim(slot.conn, tenantId);
+    // Clean connections stop being served as such once the pool found one that was not (#verifyClean):
+    // tenant handles opened since then neither name their database nor expect refusals.
+    if (slot.clean && !this.#clean) slot.clean = false;
     const reset = this.#options.resetSession && slot.tenant !== undefined && slot.tenant !== tenantId;
     slot.tenant = tenantId;
     if (slot.db === db) {

@@ -442,6 +442,30 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     }
   });
 
+  it('connections found clean before the pool found one on a database are switched with USE after it, for tenants opened since then too', async () => {
+    // The second connection lands on a's database where the pool cannot see it (as a server's
+    // init_connect could): the pool stops serving connections with no database from then on.
+    let created = 0;
+    const afterCreate = (conn: { changeUser(options: object, done: (error: unknown) => void): void }, done: (error: unknown, conn: unknown) => void) => {
+      if (++created !== 2) return done(null, conn);
+      // Not a USE, which the pool follows: a change of user onto a database, which it cannot see.
+      conn.changeUser({ database: db('a') }, (error) => done(error, conn));
+    };
+    open({ max: 2, servers: { main: { client: 'mysql2', connection: { ...server }, pool: { max: 2, afterCreate } as never } } });
+    assert.deepEqual(await names('b'), ['b-ada', 'b-bob']);
+    assert.equal(stats().cleanHits, 1);
+    // Two at once: the second connection opens, on a's database.
+    await Promise.all([raw('a', 'select sleep(0.05)'), raw('b', 'select sleep(0.05)')]);
+    assert.equal(stats().open, 2);
+    // c's handle is opened now: its statements neither name a database nor expect refusals. Both
+    // connections serve it in turn (the clean one first: idle longest).
+    for (let i = 0; i < 3; i++) {
+      assert.deepEqual(await names('c'), ['c-ada', 'c-bob']);
+      assert.deepEqual((await raw<{ tenant_id: string }>('c', 'select tenant_id from tenant_info')).map((r) => r.tenant_id), ['c']);
+    }
+    assert.deepEqual(await names('b'), ['b-ada', 'b-bob']);
+  });
+
   it('a tenant whose database was dropped gets UnknownTenantError, as without qualifyTables', async () => {
     const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
     try {
