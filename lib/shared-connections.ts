@@ -320,7 +320,7 @@ function tenantHandle(server: Server, tenantId: string, database: string, writab
   } as unknown as Knex & { context: unknown };
   Object.setPrototypeOf(handle, base);
   handle.context = context;
-  ownEvents(handle, client);
+  ownEvents(handle, client, context);
   if (qualified !== undefined) markQualified(handle, qualified);
   return handle;
 }
@@ -336,16 +336,33 @@ type TenantClient = EventEmitter & { [HANDLE_OF]: EventEmitter };
  * tenant's scope would hear every tenant's statements and rows. A tenant's statements now reach the
  * listeners added on its own handle (or its client), as with a knex per tenant.
  */
-function ownEvents(handle: Knex, client: Knex.Client): void {
+function ownEvents(handle: Knex, client: Knex.Client, context: object): void {
   const own = { _events: undefined, _eventsCount: 0 };
   Object.assign(handle, own);
   Object.assign(client, own, { [HANDLE_OF]: handle, emit: emitToHandle });
+  Object.assign(context, { withUserParams: withUserParamsOfHandle });
 }
 
-/** A tenant client's `emit`: to its own listeners, and knex's events on to its handle. */
+/**
+ * `handle.withUserParams()` (knex's migrator calls it): knex's copies the knex its context was made
+ * for, the server's, with the tenant's client, and that knex's listeners: the handle's are copied.
+ */
+function withUserParamsOfHandle(this: { client: TenantClient }, params: unknown): Knex {
+  const copy = (Object.getPrototypeOf(this) as { withUserParams(params: unknown): Knex }).withUserParams.call(this, params);
+  const handle = this.client[HANDLE_OF];
+  for (const event of KNEX_EVENTS) for (const listener of handle.listeners(event)) copy.on(event as 'query', listener as () => void);
+  return copy;
+}
+
+/**
+ * A tenant client's `emit`: to its own listeners, and knex's events on to its handle. A copy of the
+ * client that `knex.withUserParams()` makes (knex's migrator does) has no handle: its knex listens
+ * on it, with the handle's listeners copied, as for any knex.
+ */
 function emitToHandle(this: TenantClient, event: string | symbol, ...args: unknown[]): boolean {
   const heard = EventEmitter.prototype.emit.call(this, event, ...args);
-  return KNEX_EVENTS.has(event) ? this[HANDLE_OF].emit(event, ...args) || heard : heard;
+  const handle = this[HANDLE_OF] as EventEmitter | undefined;
+  return handle !== undefined && KNEX_EVENTS.has(event) ? handle.emit(event, ...args) || heard : heard;
 }
 
 /** Whether a server's connection config is an object that names no database (its connections open on none). */

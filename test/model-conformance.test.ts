@@ -149,8 +149,10 @@ for (const backend of allStrategies('conf', { inlineSwitch: true })) {
       try {
         for (const t of TENANTS) await runWithTenant(t, () => Person.query().select('name').orderBy('id'));
         await runWithTenant('t2', () => Person.transaction(async () => await Person.query().select('name').where('id', 1)));
+        // A copy with user params (knex's migrator makes one) takes the listeners along, once.
+        await listening[0]![0].withUserParams({ copy: true })('persons').select('name').orderBy('id');
         assert.deepEqual(Object.fromEntries(heard), {
-          t1: ['t1-ada', 't1-bob'],
+          t1: ['t1-ada', 't1-bob', 't1-ada', 't1-bob'],
           t2: ['t2-ada', 't2-bob', 't2-ada'],
           t3: ['t3-ada', 't3-bob'],
         });
