@@ -22,8 +22,20 @@ export function validateTenantId(id: unknown, validator: TenantIdValidator = DEF
   return id;
 }
 
+/** Each pattern's anchored copy (a pattern object is compiled once). */
+const ANCHORED = new WeakMap<RegExp, RegExp>();
+
+/**
+ * Whether the whole id matches: an app's pattern is anchored here (`/[a-z]{3,20}/` alone would let
+ * `../../etc/abc` through, into a file name or a database name), without `g` and `y` (their
+ * `lastIndex` would make validation depend on the previous call) and without `m` (its `$` would end
+ * the match at a line break).
+ */
 function matchWhole(pattern: RegExp, id: string): boolean {
-  // A global or sticky pattern keeps lastIndex between calls; reset it so validation is stateless.
-  pattern.lastIndex = 0;
-  return pattern.test(id);
+  let anchored = ANCHORED.get(pattern);
+  if (anchored === undefined) {
+    anchored = new RegExp(`^(?:${pattern.source})$`, pattern.flags.replace(/[gmy]/g, ''));
+    ANCHORED.set(pattern, anchored);
+  }
+  return anchored.test(id);
 }

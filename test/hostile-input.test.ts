@@ -21,7 +21,9 @@ import {
   fromQuery,
   fromRequest,
   fromSubdomain,
+  InvalidTenantIdError,
   type Tenancy,
+  validateTenantId,
 } from '../lib/index';
 import { sqliteBackend } from './helpers/databases';
 import { createSchema, Person, seed } from './helpers/fixtures';
@@ -169,5 +171,30 @@ for (const [version, express] of [['4', express4], ['5', express5]] as const) {
     });
   });
 }
+
+describe("an app's own tenantIdPattern", () => {
+  it('must match the whole id, whatever its flags: an unanchored pattern lets no path or line break through, and opens no pool', async () => {
+    const id = 'abc';
+    const around = ['../../etc/abc', 'abc/../../x', 'abc\n../x', '../abc\n', 'x abc', 'abcd'];
+    for (const pattern of [/[a-z]{3}/, /[a-z]{3}/g, /[a-z]{3}/y, /[a-z]{3}$/m, /^[a-z]{3}/, /[a-z]{3}|[a-z]{3}\/x/i]) {
+      for (let i = 0; i < 2; i++) assert.equal(validateTenantId(id, pattern), id, `${pattern} twice (lastIndex)`);
+      for (const bad of around) assert.throws(() => validateTenantId(bad, pattern), InvalidTenantIdError, `${pattern} let ${JSON.stringify(bad)} through`);
+    }
+    // An alternation is anchored as a whole.
+    assert.equal(validateTenantId('ab', /a|ab/), 'ab');
+    let pools = 0;
+    const tenancy = createTenancy({
+      knexConfig: backend.knexConfig,
+      tenantIdPattern: /[a-z]{3}/,
+      createKnex: (config) => (pools++, knexFactory(config)),
+    });
+    try {
+      for (const bad of around) await assert.rejects(tenancy.runWithTenant(bad, () => 1), InvalidTenantIdError);
+      assert.equal(pools, 0);
+    } finally {
+      await tenancy.destroy();
+    }
+  });
+});
 
 after(() => backend.close());
