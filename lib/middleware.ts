@@ -51,7 +51,9 @@ function holdLease(res: ServerResponse, release: () => void, hungUp: boolean): v
       return result;
     } as ServerResponse['end'];
   };
-  if (hungUp) return afterHangUp();
+  // The client may have hung up before this middleware ran (an async middleware before it) or while
+  // the tenant was looked up: 'close' came then, and comes no more.
+  if (hungUp || res.destroyed || res.socket?.destroyed === true) return afterHangUp();
   // 'close' follows 'finish' on every response (Node >= 16), and comes alone when the client hung up.
   res.once('close', afterHangUp);
 }

@@ -192,6 +192,50 @@ describe('middleware resolvers and errors', () => {
     }
   });
 
+  it('gives the lease back when the client hung up before the middleware ran (an async middleware before it), tenant cached or not', async () => {
+    const late = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
+    const app = express4();
+    let routeEnded!: () => void;
+    let ended = new Promise<void>((r) => (routeEnded = r));
+    let arrived!: () => void;
+    // A session store or an auth check that answers only after the client is gone.
+    app.use((_req, res, next) => {
+      res.once('close', () => setTimeout(next, 10));
+      arrived();
+    });
+    app.use(late.middleware());
+    app.get('/', async (_req, res, next) => {
+      try {
+        res.json(await Person.query());
+      } catch (error) {
+        next(error);
+      } finally {
+        routeEnded();
+      }
+    });
+    const server = await listen(app);
+    try {
+      // First uncached (the scope comes as a promise), then cached (at once).
+      for (const cached of [false, true]) {
+        const controller = new AbortController();
+        const arrival = new Promise<void>((r) => (arrived = r));
+        const request = fetch(server.url, { headers: { 'x-tenant-id': 'acme' }, signal: controller.signal }).catch(() => 'aborted');
+        await arrival;
+        controller.abort();
+        assert.equal(await request, 'aborted');
+        await ended;
+        ended = new Promise<void>((r) => (routeEnded = r));
+        await new Promise((r) => setTimeout(r, 20));
+        assert.equal(late.stats().leases, 0, `cached ${cached}: the lease was never given back`);
+      }
+      const evicted = await Promise.race([late.evict('acme').then(() => 'evicted'), new Promise((r) => setTimeout(r, 1_000, 'still waiting for the lease'))]);
+      assert.equal(evicted, 'evicted');
+    } finally {
+      await server.close();
+      await late.destroy();
+    }
+  });
+
   it('keeps the lease of a route still running after its client hung up, so an eviction cannot close the pool under it', async () => {
     const app = express4();
     let done!: () => void;
