@@ -133,8 +133,10 @@ export function createConnections(options: ConnectionOptions): { connections: Te
     },
     open: async (tenantId) => {
       let knex: Knex;
+      const made: { knex?: Knex } = {};
       try {
-        knex = createKnex(withPoolDefaults(await options.knexConfig!(tenantId), acquireTimeoutMs, budget !== undefined));
+        knex = createKnex(closesFailedSetUps(withPoolDefaults(await options.knexConfig!(tenantId), acquireTimeoutMs, budget !== undefined), made));
+        made.knex = knex;
       } catch (error) {
         throw error instanceof TenantError ? error : new TenantUnavailableError(tenantId, { cause: error, reason: 'its knex config could not be built' });
       }
@@ -173,6 +175,35 @@ function withPoolDefaults(config: Knex.Config, acquireTimeoutMs: number, budgete
   const pool = { min: 0, idleTimeoutMillis: 30_000, ...config.pool };
   // Under a budget, a connection waits for the budget first; the pool's own timeout must not be shorter.
   return budgeted ? { acquireConnectionTimeout: acquireTimeoutMs + 1_000, ...config, pool } : { ...config, pool };
+}
+
+type AfterCreate = (conn: unknown, done: (error: unknown, conn?: unknown) => void) => void;
+
+/**
+ * knex leaves a connection whose `pool.afterCreate` failed open (its pool never sees it, so it never
+ * destroys it): the server keeps it until `wait_timeout`, and under `maxConnections` its unit of the
+ * budget was never given back, so a few failed set-ups (a `SET` that timed out) spent the budget for
+ * good. Such a connection is closed here through the knex's client (which gives the unit back)
+ * before the failure goes on to the pool.
+ */
+function closesFailedSetUps(config: Knex.Config, made: { readonly knex?: Knex }): Knex.Config {
+  const afterCreate = (config.pool as { afterCreate?: AfterCreate } | undefined)?.afterCreate;
+  if (typeof afterCreate !== 'function') return config;
+  const closingAfterCreate: AfterCreate = (conn, done) => {
+    const failed = (error: unknown) => {
+      const client = made.knex?.client as { destroyRawConnection?(conn: unknown): Promise<unknown> } | undefined;
+      void Promise.resolve()
+        .then(() => client?.destroyRawConnection?.(conn))
+        .catch(() => undefined)
+        .then(() => done(error, conn));
+    };
+    try {
+      afterCreate(conn, (error, result) => (error ? failed(error) : done(null, result ?? conn)));
+    } catch (error) {
+      failed(error);
+    }
+  };
+  return { ...config, pool: { ...config.pool, afterCreate: closingAfterCreate } as Knex.PoolConfig };
 }
 
 /**

@@ -369,6 +369,27 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     }
   });
 
+  it("pool-per-tenant budget: a connection whose pool.afterCreate failed is closed and gives its unit back", async () => {
+    let failing = 2;
+    const tenancy = createTenancy({
+      knexConfig: (id) => {
+        const config = poolConfig(mysqlConnection().port!, 2);
+        const afterCreate = (conn: unknown, done: (error: unknown, conn: unknown) => void) => done(failing-- > 0 ? new Error('SET timed out') : null, conn);
+        return { ...config, connection: { ...(config.connection as object), database: db(id) }, pool: { ...config.pool, afterCreate } };
+      },
+      maxConnections: 1,
+      acquireTimeoutMs: 1_500,
+    });
+    try {
+      for (let i = 0; i < 2; i++) await assert.rejects(tenancy.runWithTenant('sa2', () => Person.query().first()));
+      assert.equal(tenancy.stats().budget!.used, 0, 'the failed set-ups kept their units');
+      assert.equal((await tenancy.runWithTenant('sa2', () => Person.query().orderBy('id').first()))?.name, 'sa2-ada');
+      assert.equal(await threads('first'), 1, 'the connections whose set-up failed are still open on the server');
+    } finally {
+      await tenancy.destroy();
+    }
+  });
+
   it('pool-per-tenant budget: closing an idle pool whose pool.max > 1 frees its unit at once (no wait on its own pending connection)', async () => {
     // sa4 runs two queries at once over a budget of one: tarn opens a second connection, which waits
     // for the budget. Reclaiming sa4's idle pool for sa5 used to wait for that pending connection,
