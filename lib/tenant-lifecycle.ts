@@ -124,5 +124,9 @@ export async function dropTenant(host: OperationsHost, tenantId: unknown, option
   await step(id, 'unregister', async () => host.options.unregisterTenant?.(id));
   // A request that raced the drop may have reopened a pool (and cached a catalog answer).
   await host.forget(id);
+  // Such a request (the catalog still said yes) made an SQLite driver create an empty file, which
+  // kept the id from being created again. The built-in drop is idempotent: once more, now that no
+  // pool of the tenant is open. (An app's dropDatabase hook is called once.)
+  if (host.options.dropDatabase === undefined) await step(id, 'drop-database', () => hooks.drop(id, config));
   return { tenantId: id, durationMs: since(started) };
 }

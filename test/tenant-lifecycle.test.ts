@@ -148,6 +148,24 @@ for (const backend of allStrategies('ops')) {
       assert.equal(await backend.databaseExists('c2b'), false);
     });
 
+    it('a request that comes while the database is dropped, before the tenant is unregistered, leaves no database behind: the id can be created again', async () => {
+      let racing: Promise<unknown> | undefined;
+      const tenancy = make({
+        // The catalog still says yes while the database is gone: what a request in that window sees.
+        unregisterTenant: async (id) => {
+          racing = tenancy.runWithTenant(id, () => tenancy.knex()('people').pluck('name')).catch((error: unknown) => error);
+          await racing;
+          catalog.delete(id);
+        },
+      });
+      await tenancy.createTenant('c2b', { seed: false });
+      await tenancy.dropTenant('c2b', { confirm: 'c2b' });
+      assert.ok((await racing) instanceof Error, 'the racing request was not served');
+      assert.equal(await backend.databaseExists('c2b'), false, 'the racing request left a database behind');
+      await tenancy.createTenant('c2b', { seed: false });
+      await tenancy.dropTenant('c2b', { confirm: 'c2b' });
+    });
+
     it('uses the app hooks for the database when given', async () => {
       const calls: string[] = [];
       const tenancy = make({
