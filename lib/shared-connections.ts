@@ -293,7 +293,8 @@ function leaseOf(handle: Handle): TenantLease {
  */
 function tenantHandle(server: Server, tenantId: string, database: string, writable: boolean): Knex {
   const base = server.knex as Knex & { context: { client: unknown } };
-  const client = Object.create(base.client) as Knex.Client & Record<string, unknown>;
+  const protos = handlePrototypes(base);
+  const client = Object.create(protos.client) as Knex.Client & Record<string | symbol, unknown>;
   client.acquireConnection = () => server.pool.acquire(tenantId, database);
   client.releaseConnection = (conn: never) => {
     server.pool.release(conn);
@@ -309,7 +310,7 @@ function tenantHandle(server: Server, tenantId: string, database: string, writab
   const qualified = server.pool.cleanConnectionsOn && writable ? database : undefined;
   if (server.pool.switchesInStatements) installInlineSwitch(client, server.pool, tenantId, qualified);
   if (qualified !== undefined) settleOwnNamesOnCompile(client, qualified);
-  const context = Object.create(base.context) as { client: unknown; queryBuilder(): Knex.QueryBuilder };
+  const context = Object.create(protos.context) as { client: unknown; queryBuilder(): Knex.QueryBuilder };
   context.client = client;
   const handle = function (tableName?: string, options?: unknown) {
     const builder = context.queryBuilder();
@@ -318,9 +319,9 @@ function tenantHandle(server: Server, tenantId: string, database: string, writab
     if (qualified !== undefined && typeof tableName === 'string' && !namesItsDatabase(tableName)) builder.withSchema(qualified);
     return builder.table(tableName, options as never);
   } as unknown as Knex & { context: unknown };
-  Object.setPrototypeOf(handle, base);
+  Object.setPrototypeOf(handle, protos.handle);
   handle.context = context;
-  ownEvents(handle, client, context);
+  client[HANDLE_OF] = handle;
   if (qualified !== undefined) markQualified(handle, qualified);
   return handle;
 }
@@ -330,28 +331,34 @@ const KNEX_EVENTS: ReadonlySet<string | symbol> = new Set(['start', 'query', 'qu
 const HANDLE_OF = Symbol('objection-tenancy.handleOf');
 type TenantClient = EventEmitter & { [HANDLE_OF]: EventEmitter };
 
-/**
- * Gives a handle and its client emitters of their own. Both inherit the server knex's and its
- * client's, which every tenant's handle shares: `tenancy.knex().on('query-response', fn)` in one
- * tenant's scope would hear every tenant's statements and rows. A tenant's statements now reach the
- * listeners added on its own handle (or its client), as with a knex per tenant.
- */
-function ownEvents(handle: Knex, client: Knex.Client, context: object): void {
-  const own = { _events: undefined, _eventsCount: 0 };
-  Object.assign(handle, own);
-  Object.assign(client, own, { [HANDLE_OF]: handle, emit: emitToHandle });
-  Object.assign(context, { withUserParams: withUserParamsOfHandle });
-}
+/** Per server knex: the prototypes of its tenants' handles, clients and contexts (below). */
+const PROTOTYPES = new WeakMap<Knex, { handle: object; client: object; context: object }>();
 
 /**
- * `handle.withUserParams()` (knex's migrator calls it): knex's copies the knex its context was made
- * for, the server's, with the tenant's client, and that knex's listeners: the handle's are copied.
+ * The prototypes a tenant's handle, client and context inherit from the server knex's through. They
+ * give each handle and client an emitter of its own: otherwise both inherit the server knex's and
+ * its client's, which every tenant's handle shares, and `tenancy.knex().on('query-response', fn)` in
+ * one tenant's scope would hear every tenant's statements and rows. A tenant's statements now reach
+ * the listeners added on its own handle (or its client), as with a knex per tenant. The emitter
+ * fields are inherited as empty and become a handle's own with its first listener, so a tenant with
+ * none costs nothing more (a field per handle cost ~250 B of heap per cached tenant).
  */
-function withUserParamsOfHandle(this: { client: TenantClient }, params: unknown): Knex {
-  const copy = (Object.getPrototypeOf(this) as { withUserParams(params: unknown): Knex }).withUserParams.call(this, params);
-  const handle = this.client[HANDLE_OF];
-  for (const event of KNEX_EVENTS) for (const listener of handle.listeners(event)) copy.on(event as 'query', listener as () => void);
-  return copy;
+function handlePrototypes(base: Knex): { handle: object; client: object; context: object } {
+  let protos = PROTOTYPES.get(base);
+  if (protos !== undefined) return protos;
+  const empty = { _events: undefined, _eventsCount: 0 };
+  const baseContext = (base as unknown as { context: BaseContext }).context;
+  protos = {
+    handle: Object.assign(Object.create(base) as object, empty),
+    client: Object.assign(Object.create(base.client) as object, empty, { emit: emitToHandle }),
+    context: Object.assign(Object.create(baseContext) as object, {
+      withUserParams(this: { client: TenantClient }, params: unknown): Knex {
+        return withListenersOf(this.client[HANDLE_OF], baseContext.withUserParams.call(this, params));
+      },
+    }),
+  };
+  PROTOTYPES.set(base, protos);
+  return protos;
 }
 
 /**
@@ -363,6 +370,17 @@ function emitToHandle(this: TenantClient, event: string | symbol, ...args: unkno
   const heard = EventEmitter.prototype.emit.call(this, event, ...args);
   const handle = this[HANDLE_OF] as EventEmitter | undefined;
   return handle !== undefined && KNEX_EVENTS.has(event) ? handle.emit(event, ...args) || heard : heard;
+}
+
+type BaseContext = { withUserParams(this: unknown, params: unknown): Knex };
+
+/**
+ * `handle.withUserParams()` (knex's migrator calls it): knex's copies the knex its context was made
+ * for, the server's, with the tenant's client, and that knex's listeners: the handle's are copied.
+ */
+function withListenersOf(handle: EventEmitter, copy: Knex): Knex {
+  for (const event of KNEX_EVENTS) for (const listener of handle.listeners(event)) copy.on(event as 'query', listener as () => void);
+  return copy;
 }
 
 /** Whether a server's connection config is an object that names no database (its connections open on none). */
