@@ -58,7 +58,7 @@ export interface ConnectionOptions {
    * have it, and fails such a name with a 503. `false`: every switch is a `USE`.
    */
   qualifyTables?: boolean;
-  /** 'shared': cap on cached tenant handles (a few hundred bytes each, no connection). Default 100 000. */
+  /** 'shared': cap on cached tenant handles (under 2 KB of heap each, no connection). Default 100 000. */
   maxTenants?: number;
   /** 'pool-per-tenant': cap on cached tenant pools; the least recently used is evicted beyond it. Default 50. */
   maxPools?: number;

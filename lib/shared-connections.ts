@@ -35,7 +35,7 @@ export interface SharedConnectionsOptions {
    * served with `USE` instead); true: the same, but such a name fails with a 503.
    */
   qualifyTables: boolean | 'auto';
-  /** Cap on cached tenant handles (LRU); a handle is a few hundred bytes, no connection. */
+  /** Cap on cached tenant handles (LRU); a handle is under 2 KB of heap, no connection. */
   maxTenants: number;
   /** Builds the knex of a server. */
   createKnex(config: Knex.Config): Knex;
