@@ -57,6 +57,16 @@ function checkInstance(instance: any): TenantMismatchError | undefined {
   return stamp === scope.tenantId ? undefined : new TenantMismatchError(stamp, scope.tenantId);
 }
 
+/** The first instance among `value` (one, or an array) that belongs to another tenant than the scope's. */
+function mismatchIn(value: unknown): TenantMismatchError | undefined {
+  for (const item of Array.isArray(value) ? value : [value]) {
+    if (!(item instanceof Model)) continue;
+    const error = checkInstance(item);
+    if (error !== undefined) return error;
+  }
+  return undefined;
+}
+
 function stamp_(instance: object, tenantId: string): void {
   STAMPS.set(instance, tenantId);
 }
@@ -134,6 +144,13 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       return super.knex(...args);
     }
 
+    // relatedQuery(...).for(instances): instances of another tenant are refused as on `$relatedQuery`.
+    for(...args: unknown[]): any {
+      if (args.length === 0) return super.for();
+      const builder = super.for(args[0]);
+      return this[CAPTURED] === undefined ? builder : failing(builder as any, mismatchIn(args[0]));
+    }
+
     clone(): any {
       const copy = super.clone();
       copy[CAPTURED] = this[CAPTURED];
@@ -163,6 +180,11 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
         }
       }
       return super.query(trx);
+    }
+
+    static fetchGraph(models: unknown, expression: unknown, options?: { transaction?: unknown }): any {
+      const builder = super.fetchGraph(models, expression, options);
+      return options?.transaction == null && !pinned(this) ? failing(builder, mismatchIn(models)) : builder;
     }
 
     static knexQuery(): Knex.QueryBuilder {

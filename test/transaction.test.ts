@@ -204,6 +204,16 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
         await assert.rejects(async () => ada.$relatedQuery('movies').relate(2), TenantMismatchError);
         await assert.rejects(async () => ada.$fetchGraph('pets'), TenantMismatchError);
         await assert.rejects(async () => inserted.$query().delete(), TenantMismatchError);
+        // The static forms that take instances: refused too, alone or among this tenant's own.
+        const own = await Person.query().findById(2);
+        await assert.rejects(async () => Person.fetchGraph(ada, 'pets'), TenantMismatchError);
+        await assert.rejects(async () => Person.fetchGraph([own!, ada], 'pets'), TenantMismatchError);
+        await assert.rejects(async () => Person.relatedQuery('pets').for(ada as never), TenantMismatchError);
+        await assert.rejects(async () => Person.relatedQuery('pets').for([own!, ada] as never), TenantMismatchError);
+        // Its own instances and plain ids go on as before.
+        assert.equal((await Person.fetchGraph(own!, 'pets')).pets!.length, 1);
+        assert.equal((await Person.relatedQuery('pets').for(own! as never)).length, 1);
+        assert.equal((await Person.relatedQuery('pets').for(1)).length, 1);
       });
       assert.deepEqual(await names('x2'), ['x2-ada', 'x2-bob'], 'nothing was written in x2');
       await tenancy.runWithTenant('x1', async () => {
@@ -211,6 +221,8 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
         await ada.$query().patch({ name: 'x1-ada2' });
         assert.equal((await ada.$relatedQuery('pets')).length, 1);
         assert.equal((await ada.$fetchGraph('movies')).movies!.length, 1);
+        assert.equal((await Person.fetchGraph(ada, 'movies')).movies!.length, 1);
+        assert.equal((await Person.relatedQuery('pets').for(ada as never)).length, 1);
       });
       assert.ok((await names('x1')).includes('x1-ada2'));
     });
