@@ -19,14 +19,19 @@ export const CATALOG_DEFAULTS: Readonly<CatalogCacheOptions> = Object.freeze({
   negativeMax: 10_000,
 });
 
+/** A catalog lookup in flight; `stale` once `forget()` ran meanwhile: its answer is returned, not cached. */
+interface Lookup {
+  answer: Promise<boolean>;
+  stale: boolean;
+}
+
 export class CatalogCache {
   readonly #lookup: (tenantId: string) => boolean | Promise<boolean>;
   readonly #options: CatalogCacheOptions;
   // Positive answers are bounded by the number of real tenants; negative ones by negativeMax.
   readonly #positive = new Map<string, number>();
   readonly #negative = new Map<string, number>();
-  /** Lookups in flight; `stale` once `forget()` ran meanwhile: the answer is returned, not cached. */
-  readonly #pending = new Map<string, { answer: Promise<boolean>; stale: boolean }>();
+  readonly #pending = new Map<string, Lookup>();
   /** Catalog calls made, for stats and tests. */
   lookups = 0;
 
@@ -56,7 +61,7 @@ export class CatalogCache {
     }
     let pending = this.#pending.get(tenantId);
     if (pending === undefined) {
-      const started = { stale: false } as { answer: Promise<boolean>; stale: boolean };
+      const started = { stale: false } as Lookup;
       // .finally runs in a later microtask, so the entry is removed even if the lookup throws at once.
       started.answer = this.#ask(tenantId, started).finally(() => {
         if (this.#pending.get(tenantId) === started) this.#pending.delete(tenantId);

@@ -75,7 +75,7 @@ interface Handle {
  * drop): the location it read may be the old one, so it is not cached, and its acquires open again.
  */
 interface Opening {
-  readonly handle: Promise<Handle | undefined>;
+  handle: Promise<Handle | undefined>;
   stale: boolean;
 }
 
@@ -113,7 +113,7 @@ export class SharedConnections implements TenantConnections {
       if (cached !== undefined) return cached;
       let opening = this.#opening.get(tenantId);
       if (opening === undefined) {
-        const started = { stale: false } as { handle: Promise<Handle | undefined>; stale: boolean };
+        const started = { stale: false } as Opening;
         started.handle = this.#open(tenantId, started).finally(() => {
           if (this.#opening.get(tenantId) === started) this.#opening.delete(tenantId);
         });

@@ -23,6 +23,11 @@ const SQLITE_CLIENTS = new Set(['better-sqlite3', 'sqlite3', 'sqlite']);
 // ER_DB_CREATE_EXISTS
 const DATABASE_EXISTS_ERRNO = 1007;
 
+/** @internal Whether opening `config`'s database creates it when it is missing (an SQLite file). */
+export function createdByOpening(config: Knex.Config): boolean {
+  return typeof config.client === 'string' && SQLITE_CLIENTS.has(config.client);
+}
+
 /**
  * @internal The built-in hooks for the client of `config`.
  * @throws {TypeError} for another client (PostgreSQL...), naming the options to give instead.

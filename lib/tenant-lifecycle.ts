@@ -15,7 +15,7 @@ import {
   TenantLifecycleError,
   type TenantLifecycleStep,
 } from './operation-errors';
-import { builtInDatabaseHooks, type TenantDatabaseHooks } from './tenant-databases';
+import { builtInDatabaseHooks, createdByOpening, type TenantDatabaseHooks } from './tenant-databases';
 import { migrationPlanOf, toMigrationError } from './tenant-migrations';
 import { since } from './tenant-runner';
 
@@ -126,7 +126,8 @@ export async function dropTenant(host: OperationsHost, tenantId: unknown, option
   await host.forget(id);
   // Such a request (the catalog still said yes) made an SQLite driver create an empty file, which
   // kept the id from being created again. The built-in drop is idempotent: once more, now that no
-  // pool of the tenant is open. (An app's dropDatabase hook is called once.)
-  if (host.options.dropDatabase === undefined) await step(id, 'drop-database', () => hooks.drop(id, config));
+  // pool of the tenant is open. (A server database is not created by opening it; an app's
+  // dropDatabase hook is called once.)
+  if (host.options.dropDatabase === undefined && createdByOpening(config)) await step(id, 'drop-database', () => hooks.drop(id, config));
   return { tenantId: id, durationMs: since(started) };
 }
