@@ -60,10 +60,20 @@ function ownName(table: unknown, ctes: Set<string> | undefined): boolean {
  * clients and on the transaction clients made from them (a builder moved with `.transacting()`).
  */
 export function settleOwnNamesOnCompile(client: object, database: string): void {
-  const target = client as { queryCompiler: (this: unknown, builder: unknown, formatter?: unknown) => unknown };
+  const target = client as {
+    queryCompiler: (this: unknown, builder: unknown, formatter?: unknown) => unknown;
+    customWrapIdentifier: (this: unknown, value: string, origImpl: (value: string) => string, queryContext: unknown) => string;
+  };
   const baseCompiler = target.queryCompiler;
   target.queryCompiler = function (this: unknown, builder: unknown, formatter?: unknown): unknown {
     unqualifyOwnNames(builder, database);
     return baseCompiler.call(this, builder, formatter);
+  };
+  // knex wraps `db.table` part by part through the config's wrapIdentifier: an app's identifier
+  // mapper (a snake-case one: `acmeCorp` -> `acme_corp`) would name another tenant's database. The
+  // tenant's database is written as it is; every other identifier still goes through the mapper.
+  const baseWrap = target.customWrapIdentifier;
+  target.customWrapIdentifier = function (this: unknown, value: string, origImpl: (value: string) => string, queryContext: unknown): string {
+    return value === database ? origImpl(value) : baseWrap.call(this, value, origImpl, queryContext);
   };
 }

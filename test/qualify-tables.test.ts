@@ -488,6 +488,33 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     }
   });
 
+  it("a server's wrapIdentifier (a snake-case mapper) never rewrites the tenant's database name: bigCo reads bigCo, not big_co", async () => {
+    // knex wraps `db.table` part by part through the client's wrapIdentifier: a snake-case mapper (as
+    // objection's knexSnakeCaseMappers) named tenant big_co's database for tenant bigCo.
+    const snake = (value: string, origImpl: (value: string) => string) => origImpl(value.replace(/([a-z])([A-Z])/g, '$1_$2').toLowerCase());
+    await createTenantDatabases(server, ['bigCo', 'big_co'], db);
+    try {
+      open({ servers: { main: { client: 'mysql2', connection: { ...server }, pool: { max: 2 }, wrapIdentifier: snake } } });
+      for (let round = 0; round < 3; round++) {
+        assert.deepEqual(await names('bigCo'), ['bigCo-ada', 'bigCo-bob']);
+        assert.deepEqual(await names('big_co'), ['big_co-ada', 'big_co-bob']);
+      }
+      // In a transaction (its own client), a join, and a bare builder of the tenant's knex.
+      await tenancy!.runWithTenant('bigCo', () =>
+        tenancy!.transaction(async () => {
+          assert.deepEqual((await Person.query().orderBy('id')).map((p) => p.name), ['bigCo-ada', 'bigCo-bob']);
+          const ada = await Person.query().findById(1).withGraphJoined('pets');
+          assert.deepEqual(ada!.pets!.map((p) => p.name), ['bigCo-rex']);
+          assert.deepEqual((await tenancy!.knex()('persons').orderBy('id')).map((p: { name: string }) => p.name), ['bigCo-ada', 'bigCo-bob']);
+        }),
+      );
+      // The mapper still applies to everything else (columns, tables).
+      assert.deepEqual((await tenancy!.runWithTenant('bigCo', () => Person.query().select('NAME').orderBy('ID'))).map((p) => p.name), ['bigCo-ada', 'bigCo-bob']);
+    } finally {
+      await dropTenantDatabases(server, ['bigCo', 'big_co'], db);
+    }
+  });
+
   it('negative control: the same unqualified statement on a connection left on another database reads that tenant', async () => {
     // What a pool that trusted a switched connection as "clean" would do.
     const conn = knexFactory({ client: 'mysql2', connection: { ...server, database: db('a') }, pool: { min: 1, max: 1 } });
