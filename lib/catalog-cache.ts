@@ -19,7 +19,7 @@ export const CATALOG_DEFAULTS: Readonly<CatalogCacheOptions> = Object.freeze({
   negativeMax: 10_000,
 });
 
-/** A catalog lookup in flight; `stale` once `forget()` ran meanwhile: its answer is returned, not cached. */
+/** A catalog lookup in flight; `stale` once `forget()` ran meanwhile: its answer is neither cached nor used. */
 interface Lookup {
   answer: Promise<boolean>;
   stale: boolean;
@@ -73,7 +73,8 @@ export class CatalogCache {
 
   /**
    * Drops what is known about `tenantId`: the next request asks the catalog again. A lookup in flight
-   * (begun before a create or a drop, say) is not cached when it ends, nor joined by later requests.
+   * (begun before a create or a drop, say) is not cached when it ends, nor joined by later requests,
+   * and the requests that awaited it ask the catalog again.
    */
   forget(tenantId: string): void {
     this.#positive.delete(tenantId);
@@ -85,6 +86,16 @@ export class CatalogCache {
     }
   }
 
+  /**
+   * Records that `tenantId` is unknown after all (the catalog said yes, but its database is missing:
+   * a catalog that compares ids without case, say): later requests get the 404 from the cache for
+   * `negativeTtlMs` instead of opening a pool each time.
+   */
+  refute(tenantId: string): void {
+    this.#positive.delete(tenantId);
+    this.#remember(tenantId, false);
+  }
+
   stats(): { known: number; unknown: number; lookups: number } {
     return { known: this.#positive.size, unknown: this.#negative.size, lookups: this.lookups };
   }
@@ -92,16 +103,22 @@ export class CatalogCache {
   async #ask(tenantId: string, pending: { readonly stale: boolean }): Promise<boolean> {
     this.lookups++;
     const exists = (await this.#lookup(tenantId)) === true;
-    if (pending.stale) return exists;
+    // forget() ran meanwhile (a drop or a create): this answer may predate it, so ask again.
+    if (pending.stale) return this.exists(tenantId);
+    this.#remember(tenantId, exists);
+    return exists;
+  }
+
+  #remember(tenantId: string, exists: boolean): void {
     if (exists) {
       this.#positive.set(tenantId, Date.now() + this.#options.ttlMs);
-    } else {
-      this.#negative.set(tenantId, Date.now() + this.#options.negativeTtlMs);
-      if (this.#negative.size > this.#options.negativeMax) {
-        // Map keeps insertion order: the first key is the least recently used answer.
-        this.#negative.delete(this.#negative.keys().next().value as string);
-      }
+      return;
     }
-    return exists;
+    this.#negative.delete(tenantId);
+    this.#negative.set(tenantId, Date.now() + this.#options.negativeTtlMs);
+    if (this.#negative.size > this.#options.negativeMax) {
+      // Map keeps insertion order: the first key is the least recently used answer.
+      this.#negative.delete(this.#negative.keys().next().value as string);
+    }
   }
 }

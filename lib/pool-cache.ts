@@ -136,9 +136,17 @@ export class PoolCache implements TenantConnections {
     };
   }
 
+  /**
+   * Evicts the tenant's cached pool and settles once every pool of the tenant is closed: the cached
+   * one and any evicted earlier (by the LRU cap or the budget) that still drains its scopes in flight.
+   * dropTenant and a move await it before they drop the database.
+   */
   evict(tenantId: string): Promise<void> {
+    const closing: Promise<void>[] = [];
+    for (const entry of this.#draining) if (entry.id === tenantId) closing.push(entry.closed);
     const entry = this.#entries.get(tenantId);
-    return entry === undefined ? Promise.resolve() : this.#evict(entry);
+    if (entry !== undefined) closing.push(this.#evict(entry));
+    return closing.length === 0 ? Promise.resolve() : Promise.all(closing).then(() => undefined);
   }
 
   stats(): PoolCacheStats {
@@ -195,6 +203,8 @@ export class PoolCache implements TenantConnections {
         (knex) => {
           this.#counters.created++;
           entry.knex = knex;
+          // Only an opened pool makes room: an opening that fails (an unknown tenant) evicts nothing.
+          if (this.#entries.get(tenantId) === entry) this.#enforceCap(entry);
           return knex;
         },
         (error: unknown) => {
@@ -208,7 +218,6 @@ export class PoolCache implements TenantConnections {
     // Leases awaiting a failed opening see the rejection; nothing else may raise an unhandled one.
     entry.ready.catch(() => {});
     this.#entries.set(tenantId, entry);
-    this.#enforceCap(entry);
     return entry;
   }
 

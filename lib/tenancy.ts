@@ -112,7 +112,15 @@ export class Tenancy implements ScopeOwner {
       }
     }
     if (!known) throw new UnknownTenantError(id);
-    return this.#entered(id, await this.#connections.lease(id));
+    let lease: TenantLease;
+    try {
+      lease = await this.#connections.lease(id);
+    } catch (error) {
+      // The catalog said yes, the database is missing: remembered as unknown, not opened again per request.
+      if (error instanceof UnknownTenantError) this.#catalog?.refute(id);
+      throw error;
+    }
+    return this.#entered(id, lease);
   }
 
   #entered(id: string, lease: TenantLease): EnteredScope {

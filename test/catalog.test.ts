@@ -109,15 +109,48 @@ describe('catalog cache', () => {
       },
     });
     tenancies.push(tenancy);
-    const early = unknown(tenancy, 'racer'); // asked before the create: "no" is its answer
+    const early = tenancy.runWithTenant('racer', () => 'served'); // its lookup reads "no", before the create
     await lookedUp;
     await backend.createDatabase('racer');
     await tenancy.forget('racer');
     const after = tenancy.runWithTenant('racer', () => 'served');
     letGo();
-    await early;
+    assert.equal(await early, 'served', 'the request whose lookup began before forget() used that stale "no"');
     assert.equal(await after, 'served', 'a request after forget() joined the lookup begun before it');
     assert.equal(await tenancy.runWithTenant('racer', () => 'served'), 'served', 'the answer begun before forget() was cached');
+    // The early request asked again and joined the lookup the later one had begun.
+    assert.equal(calls, 2);
+  });
+
+  it('a lookup begun before a drop answers no tenant once forget() ran: no pool is opened for the dropped tenant', async () => {
+    await backend.createDatabase('dropped');
+    let calls = 0;
+    let looked!: () => void;
+    const lookedUp = new Promise<void>((resolve) => (looked = resolve));
+    let letGo!: () => void;
+    const held = new Promise<void>((resolve) => (letGo = resolve));
+    let opened = 0;
+    const tenancy = createTenancy({
+      knexConfig: (id) => (opened++, backend.knexConfig(id)),
+      // The first lookup reads "exists", then waits while the tenant is dropped.
+      tenantExists: async (id) => {
+        const exists = await backend.databaseExists(id);
+        if (++calls === 1) {
+          looked();
+          await held;
+        }
+        return exists;
+      },
+    });
+    tenancies.push(tenancy);
+    const early = unknown(tenancy, 'dropped');
+    await lookedUp;
+    await backend.dropDatabase('dropped');
+    await tenancy.forget('dropped');
+    letGo();
+    await early;
+    assert.equal(opened, 0, 'a pool was opened for the dropped tenant');
+    assert.equal(await backend.databaseExists('dropped'), false, 'opening it created the database again');
     assert.equal(calls, 2);
   });
 

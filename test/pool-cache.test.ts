@@ -155,6 +155,38 @@ for (const backend of backends('pool')) {
       assert.equal(tenancy.stats().pools, 1);
     });
 
+    it('forget() and evict() wait for a pool of the tenant that is already draining (evicted while busy)', async () => {
+      const tenancy = make({ maxPools: 1 });
+      let inside!: () => void;
+      const entered = new Promise<void>((resolve) => (inside = resolve));
+      let finished = false;
+      const long = tenancy.runWithTenant('p3', async () => {
+        inside();
+        await sleep(300);
+        const rows = await tenancy.knex()('marker').count({ n: '*' });
+        finished = true;
+        return rows;
+      });
+      await entered;
+      await dbOf(tenancy, 'p4'); // the LRU cap evicts p3 while its scope is in flight: it drains
+      assert.equal(tenancy.stats().draining, 1);
+      // dropTenant and a move await forget(): it must not return while p3's pool still serves a query.
+      await tenancy.forget('p3');
+      assert.equal(finished, true, 'forget() returned before the draining pool of p3 had finished its scope');
+      assert.equal((await long).length, 1);
+      assert.equal(tenancy.stats().draining, 0);
+      finished = false;
+      const again = tenancy.runWithTenant('p3', async () => {
+        await sleep(200);
+        finished = true;
+      });
+      await sleep(50);
+      await dbOf(tenancy, 'p4');
+      await tenancy.evict('p3');
+      assert.equal(finished, true, 'evict() returned before the draining pool had finished');
+      await again;
+    });
+
     it('destroy() closes every pool and refuses new scopes', async () => {
       const tenancy = make();
       await dbOf(tenancy, 'p1');
@@ -188,5 +220,33 @@ describe('pool cache against a bad MariaDB database', { skip: skipMysql }, () =>
     assert.doesNotMatch(down.message, /secret-pw|127\.0\.0\.1/);
     assert.equal(dead.stats().pools, 0);
     await dead.destroy();
+  });
+  it('an opening that fails evicts no cached pool, and a tenant whose database is missing is remembered as unknown', async () => {
+    // A catalog that says yes to ids whose database is missing (one that compares ids without case, say).
+    const opened: string[] = [];
+    let asked = 0;
+    const tenancy = createTenancy({
+      knexConfig: (id) => (opened.push(id), { client: 'mysql2', connection: mysqlConnection(id === 'real' ? 'test' : `ot_pool_missing_${id}`) }),
+      tenantExists: () => (asked++, true),
+      maxPools: 1,
+    });
+    try {
+      await tenancy.runWithTenant('real', () => tenancy.knex().raw('select 1'));
+      for (let i = 0; i < 5; i++) {
+        for (const id of ['Real', 'REAL']) await assert.rejects(tenancy.runWithTenant(id, () => 1), UnknownTenantError);
+      }
+      const stats = tenancy.stats();
+      assert.equal(stats.evictions, 0, 'a failed opening evicted the cached pool');
+      assert.equal(stats.pools, 1);
+      assert.deepEqual(opened, ['real', 'Real', 'REAL'], 'each missing database was opened once, then known as unknown');
+      assert.equal(asked, 3);
+      assert.equal(stats.catalog?.unknown, 2);
+      // forget() (after createTenant) clears it.
+      await tenancy.forget('Real');
+      await assert.rejects(tenancy.runWithTenant('Real', () => 1), UnknownTenantError);
+      assert.equal(asked, 4);
+    } finally {
+      await tenancy.destroy();
+    }
   });
 });
