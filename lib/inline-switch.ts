@@ -115,6 +115,7 @@ export function installInlineSwitch(client: Record<string, unknown>, state: Swit
       const txClass = cleanTransactionClass((this.constructor as { prototype: object }).prototype, state, tenantId, qualifiedDatabase);
       Object.defineProperty(eager, 'constructor', { value: txClass, configurable: true, writable: true });
       markContainer(args, qualifiedDatabase);
+      return trackClientOf(baseTransaction.apply(eager, args));
     }
     return baseTransaction.apply(eager, args);
   };
@@ -187,11 +188,11 @@ function cleanQuery(
 ): Promise<QueryObject> {
   const sql = typeof input === 'string' ? input : input.sql;
   if (CURRENT_DATABASE.test(sql) || SEVERAL_STATEMENTS.test(sql)) {
-    return state.switchNow(conn, tenantId).then(() => baseQuery.call(client, conn, input));
+    return state.switchNow(conn, tenantId).then(() => sendAfterSwitch(client, baseQuery, conn, input, undefined));
   }
   if (state.knownRefused(sql)) {
     state.noteQualifyRetry(sql);
-    return state.switchNow(conn, tenantId).then(() => baseQuery.call(client, conn, input));
+    return state.switchNow(conn, tenantId).then(() => sendAfterSwitch(client, baseQuery, conn, input, undefined));
   }
   // No async function here: this is every statement's path, and its promises are what it costs.
   return baseQuery.call(client, conn, input).then(undefined, (error: unknown) => refused(client, baseQuery, state, tenantId, conn, input, target, error));
@@ -214,7 +215,7 @@ async function refused(
     // switch one of them started had run: sent again once it has, if it went to this tenant's database.
     if (errno !== NO_DATABASE_SELECTED || !(await state.switchedTo(conn, target))) throw error;
     state.noteQualifyRetry(typeof input === 'string' ? input : input.sql);
-    return baseQuery.call(client, conn, input);
+    return sendAfterSwitch(client, baseQuery, conn, input, error);
   }
   // A table of a dropped tenant database: the switch says so (UnknownTenantError), as it would
   // without qualifyTables; a database that is there leaves the missing table's own error.
@@ -225,7 +226,43 @@ async function refused(
   if (errno !== NO_DATABASE_SELECTED) throw error;
   state.noteQualifyRetry(typeof input === 'string' ? input : input.sql);
   await state.switchNow(conn, tenantId);
+  return sendAfterSwitch(client, baseQuery, conn, input, error);
+}
+
+/**
+ * The transaction of each qualifyTables transaction client (knex's makeTxClient keeps it in closures
+ * only): set as knex gives the transaction its client (`trackClientOf`).
+ */
+const TRANSACTION_OF = new WeakMap<object, { isCompleted(): boolean }>();
+
+/**
+ * Sends a statement after the switch it waited for, unless its transaction ended meanwhile. A
+ * statement refused on a transaction's clean connection waits for a `USE` queued behind the
+ * transaction's other statements; if one of those failed, the ROLLBACK is queued before the resend,
+ * which would then run on its own, in autocommit, and stay committed. It fails instead, with the
+ * server's refusal (`refusal`) or knex's own "already complete" error.
+ */
+function sendAfterSwitch(client: Knex.Client, baseQuery: ClientQuery, conn: unknown, input: QueryObject | string, refusal: unknown): Promise<QueryObject> {
+  if (TRANSACTION_OF.get(client)?.isCompleted() === true) {
+    return Promise.reject(refusal ?? new Error('Transaction query already complete: the transaction ended while its statement waited for a switch'));
+  }
   return baseQuery.call(client, conn, input);
+}
+
+/** Records the client knex makes for `trx` (knex sets `trx.trxClient` once it holds the connection). */
+function trackClientOf<T>(trx: T): T {
+  if (trx === null || typeof trx !== 'object') return trx;
+  let client: unknown;
+  Object.defineProperty(trx, 'trxClient', {
+    configurable: true,
+    enumerable: true,
+    get: () => client,
+    set: (value: unknown) => {
+      client = value;
+      if (value !== null && typeof value === 'object') TRANSACTION_OF.set(value, trx as unknown as { isCompleted(): boolean });
+    },
+  });
+  return trx;
 }
 
 /**
@@ -253,7 +290,7 @@ function cleanTransactionClass(proto: object, state: SwitchState, tenantId: stri
   // A nested transaction (a savepoint) is marked too.
   txProto.transaction = function (this: Knex.Client, ...args: unknown[]): unknown {
     markContainer(args, database);
-    return base.transaction.apply(this, args);
+    return trackClientOf(base.transaction.apply(this, args));
   };
   return txClass;
 }

@@ -9,6 +9,7 @@
  * statement on a connection left on another tenant's database reads that tenant's rows.
  */
 import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, afterEach, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
@@ -424,6 +425,29 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     assert.deepEqual((await tenancy!.runWithTenant('c', () => Audit.query().orderBy('message'))).map((a) => a.message), ['c-at-once-1', 'c-at-once-2', 'c-at-once-3', 'c-at-once-4']);
     assert.equal(stats().switches, 1);
     await tenancy!.runWithTenant('c', () => Audit.query().delete());
+  });
+
+  it('a statement refused on a clean connection is not sent again once its transaction has rolled back (it would commit on its own)', async () => {
+    open({ max: 1 });
+    for (let round = 0; round < 3; round++) {
+      // Both sent at once. S1 names no database: refused, its USE queued behind S2. S2 fails
+      // (duplicate key), the transaction rolls back; S1 must not then run after the ROLLBACK, in autocommit.
+      const text = `insert into audit (message) values ('rolled-back-${round}')`;
+      const outcome = await tenancy!
+        .runWithTenant('c', () =>
+          tenancy!.transaction(() =>
+            Promise.all([tenancy!.knex().raw(text), tenancy!.knex().raw(`insert into ${db('c')}.persons (id, name) values (1, 'duplicate')`)]),
+          ),
+        )
+        .then(
+          () => 'committed',
+          (error: { errno?: number; nativeError?: { errno?: number } }) => error.nativeError?.errno ?? error.errno ?? String(error),
+        );
+      assert.equal(outcome, 1062, 'the transaction failed on the duplicate key');
+      await sleep(50);
+      const rows = await tenancy!.runWithTenant('c', () => Audit.query().where('message', 'like', 'rolled-back-%'));
+      assert.deepEqual(rows.map((a) => a.message), [], 'a statement of the rolled-back transaction was committed');
+    }
   });
 
   it('a server connection that names a database where the library cannot see it (a uri) is switched with USE: raw SQL never runs on that database', async () => {
