@@ -5,6 +5,7 @@ import { TenantError, TenantUnavailableError, UnknownTenantError } from './error
 import { PoolCache, type TenantConnections } from './pool-cache';
 import { SharedConnections, type TenantLocation } from './shared-connections';
 import { runInScopeSync } from './scope';
+import { withConnectionSettings } from './connection-settings';
 import { warnOutsideTransaction } from './transaction';
 
 /** How tenant connections are made, shared by both strategies' options. */
@@ -167,7 +168,7 @@ export async function tenantKnexConfig(options: ConnectionOptions, tenantId: str
   const { server, database } = await options.locate!(tenantId);
   const config = options.servers![server];
   if (config === undefined) throw new TenantUnavailableError(tenantId, { reason: `locate() named server "${server}", which is not in options.servers` });
-  return { ...config, connection: { ...(config.connection as object), database } as Knex.StaticConnectionConfig };
+  return { ...config, connection: withConnectionSettings(config.connection, { database }) };
 }
 
 /** Tenant pools start empty and shrink back when idle: thousands of tenants must not hold `min` connections each. */

@@ -5,6 +5,7 @@ import type { AfterCreate } from './pooled-connection';
 import { TenancyDestroyedError, TenantError, TenantUnavailableError } from './errors';
 import { installInlineSwitch } from './inline-switch';
 import { markQualified, namesItsDatabase, settleOwnNamesOnCompile } from './qualify-tables';
+import { withConnectionSettings } from './connection-settings';
 import type { PoolCacheStats, TenantConnections, TenantLease } from './pool-cache';
 
 /** Where a tenant lives: a server key of `options.servers` and the database name on it. */
@@ -224,8 +225,9 @@ export class SharedConnections implements TenantConnections {
     if (config === undefined) {
       throw new TenantUnavailableError(tenantId, { reason: `locate() named server "${key}", which is not in options.servers` });
     }
-    const connection = this.#options.inlineSwitch ? { ...(config.connection as object), multipleStatements: true } : config.connection;
-    const knex = this.#options.createKnex({ ...config, connection: connection as Knex.Config['connection'], pool: { min: 0, max: 1 } });
+    const connection = this.#options.inlineSwitch ? withConnectionSettings(config.connection, { multipleStatements: true }) : config.connection;
+    const knex = this.#options.createKnex({ ...config, connection, pool: { min: 0, max: 1 } });
+    settingsFromProvider(knex.client);
     const max = config.pool?.max ?? 10;
     const poolOptions: AffinityPoolOptions = {
       max,
@@ -269,6 +271,33 @@ export class SharedConnections implements TenantConnections {
       }
     }
   }
+}
+
+type ProvidedClient = {
+  connectionConfigProvider?: () => unknown;
+  connectionConfigExpirationChecker?: (() => boolean) | null;
+  connectionSettings?: unknown;
+  acquireRawConnection(): Promise<unknown>;
+};
+
+/**
+ * A server configured by a function (knex's connection provider): knex calls it in its own pool's
+ * create (client.js), which the affinity pool replaces, so it is called here before each new
+ * connection, as knex does: on first use, then whenever its `expirationChecker` says so.
+ */
+function settingsFromProvider(client: Knex.Client): void {
+  const target = client as unknown as ProvidedClient;
+  const provider = target.connectionConfigProvider;
+  if (typeof provider !== 'function') return;
+  const acquireRaw = target.acquireRawConnection.bind(target);
+  target.acquireRawConnection = async () => {
+    if (target.connectionSettings === undefined || target.connectionConfigExpirationChecker?.() === true) {
+      const { expirationChecker, ...settings } = (await provider()) as { expirationChecker?: () => boolean };
+      target.connectionConfigExpirationChecker = expirationChecker ?? null;
+      target.connectionSettings = settings;
+    }
+    return acquireRaw();
+  };
 }
 
 function leaseOf(handle: Handle): TenantLease {

@@ -77,13 +77,6 @@ export function checkTenancyOptions(options: TenancyOptions): void {
         }
       }
     }
-    if (options.inlineSwitch === true) {
-      for (const [key, config] of Object.entries(options.servers)) {
-        if (config.connection === null || typeof config.connection !== 'object') {
-          throw new TypeError(`createTenancy: options.inlineSwitch needs servers.${key}.connection as an object (it sets multipleStatements on it)`);
-        }
-      }
-    }
   } else if (options.strategy !== undefined && options.strategy !== 'pool-per-tenant') {
     throw new TypeError("createTenancy: options.strategy must be 'pool-per-tenant' or 'shared'");
   } else if (options.inlineSwitch === true || options.maxSwitchedConnections !== undefined || options.resetSession === true || options.qualifyTables === true) {

@@ -170,11 +170,4 @@ describe('shared strategy, inline switch (USE sent with the statement)', { skip:
       await knex.destroy();
     }
   });
-
-  it('refuses inlineSwitch with a connection given as a string or function', () => {
-    assert.throws(
-      () => createTenancy({ strategy: 'shared', inlineSwitch: true, servers: { main: { client: 'mysql2', connection: 'mysql://root@127.0.0.1/x' } }, locate: (id) => ({ server: 'main', database: id }) }),
-      /inlineSwitch needs servers\.main\.connection as an object/,
-    );
-  });
 });

@@ -4,6 +4,7 @@
  * confirmation; dropped with its pool evicted and unregistered; a failed creation undone.
  */
 import assert from 'node:assert/strict';
+import knexFactory from 'knex';
 import { after, before, describe, it } from 'node:test';
 import {
   createTenancy,
@@ -15,7 +16,7 @@ import {
   type Tenancy,
   type TenancyOptions,
 } from '../lib/index';
-import { allStrategies } from './helpers/databases';
+import { allStrategies, mysqlConnection, skipMysql } from './helpers/databases';
 import { MIGRATION_NAMES, writeMigrations } from './helpers/migrations';
 
 for (const backend of allStrategies('ops')) {
@@ -185,3 +186,49 @@ for (const backend of allStrategies('ops')) {
     });
   });
 }
+
+describe('createTenant, migrate and dropTenant on a shared server configured by a URL or a function', { skip: skipMysql }, () => {
+  const { host, port, user, password } = mysqlConnection();
+  const url = `mysql://${encodeURIComponent(user)}${password ? `:${encodeURIComponent(password)}` : ''}@${host}:${port}`;
+  const connections: Record<string, unknown> = {
+    url,
+    function: () => ({ host, port, user, password }),
+    'async function': async () => ({ host, port, user, password }),
+  };
+  for (const [form, connection] of Object.entries(connections)) for (const inlineSwitch of [false, true]) {
+    it(`by ${form}${inlineSwitch ? ', inlineSwitch' : ''}: the tenant's database is created, migrated, served and dropped on that server`, async () => {
+      const files = writeMigrations();
+      const id = `byconf${form.length}${inlineSwitch ? 'i' : ''}`;
+      const database = `ot_opsconf_${id}`;
+      const catalog = new Set<string>();
+      const tenancy = createTenancy({
+        strategy: 'shared',
+        ...(inlineSwitch ? { inlineSwitch: true, qualifyTables: false } : {}),
+        servers: { main: { client: 'mysql2', connection: connection as never, pool: { max: 2 } } },
+        locate: (tenant) => ({ server: 'main', database: `ot_opsconf_${tenant}` }),
+        tenantExists: (tenant) => catalog.has(tenant),
+        migrations: { directory: files.migrations },
+        seeds: { directory: files.seeds },
+        registerTenant: (tenant) => void catalog.add(tenant),
+        unregisterTenant: (tenant) => void catalog.delete(tenant),
+      });
+      const admin = knexFactory({ client: 'mysql2', connection: mysqlConnection(), pool: { min: 0, max: 1 } });
+      const exists = async () => ((await admin.raw('show databases like ?', [database])) as [unknown[]])[0].length === 1;
+      try {
+        await admin.raw('drop database if exists ??', [database]);
+        const result = await tenancy.createTenant(id);
+        assert.deepEqual(result.migrations, MIGRATION_NAMES);
+        assert.equal(await exists(), true);
+        for (let i = 0; i < 3; i++) assert.deepEqual(await tenancy.runWithTenant(id, () => tenancy.knex()('people').pluck('name')), ['seeded']);
+        assert.equal((await tenancy.migrate.status({ tenants: [id] })).tenants[0]!.status, 'current');
+        await tenancy.dropTenant(id, { confirm: id });
+        assert.equal(await exists(), false);
+      } finally {
+        await tenancy.destroy();
+        await admin.raw('drop database if exists ??', [database]);
+        await admin.destroy();
+        files.cleanup();
+      }
+    });
+  }
+});
