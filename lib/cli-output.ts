@@ -23,11 +23,34 @@ type AnyResult = TenantResult & { migrations?: readonly string[]; error?: unknow
 const BAR_WIDTH = 24;
 const REDRAW_MS = 80;
 
+// Letters, digits, marks, punctuation and symbols of any script: nothing that moves the cursor,
+// starts an escape sequence (C0 and C1 controls), reorders or hides text (bidi and zero-width format
+// characters) or breaks a line (U+2028), and no space, which would let an id read as "acme applied".
+const PRINTABLE = /^[\p{L}\p{N}\p{M}\p{P}\p{S}]+$/u;
+const UNPRINTABLE = /[^\p{L}\p{N}\p{M}\p{P}\p{S} ]/gu;
+
+/**
+ * @internal A tenant id as printed: as it is when every character is printable, else quoted with the
+ * rest escaped (`"\r\u001b[Kacme"`). Ids come from the catalog before they are validated, and an id
+ * such as "\r\x1b[Kacme applied 12 ms" would otherwise overwrite a line of the terminal or forge one in
+ * a CI log.
+ */
+export function printableId(id: string): string {
+  if (PRINTABLE.test(id)) return id;
+  // JSON escapes C0 controls, quotes, backslashes and lone surrogates; the rest is done here.
+  return JSON.stringify(id).replace(UNPRINTABLE, (char) => {
+    let escaped = '';
+    for (let i = 0; i < char.length; i++) escaped += `\\u${char.charCodeAt(i).toString(16).padStart(4, '0')}`;
+    return escaped;
+  });
+}
+
 /** @internal One tenant's result as one short line. */
 export function describeResult(result: AnyResult): string {
-  if (result.status === 'failed') return `${result.tenantId} failed: ${errorMessage(result.error)}`;
+  const id = printableId(String(result.tenantId));
+  if (result.status === 'failed') return `${id} failed: ${errorMessage(result.error)}`;
   const names = result.migrations !== undefined && result.migrations.length > 0 ? ` (${result.migrations.join(', ')})` : '';
-  return `${result.tenantId} ${result.status}${names} ${result.durationMs} ms`;
+  return `${id} ${result.status}${names} ${result.durationMs} ms`;
 }
 
 function errorMessage(error: unknown): string {

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseCliArgs, USAGE, UsageError, type CliArgs } from './cli-args';
-import { createProgress, errorToJson, summarize, toJson, type ProgressStream } from './cli-output';
+import { createProgress, errorToJson, printableId, summarize, toJson, type ProgressStream } from './cli-output';
 import type { Tenancy } from './tenancy';
 import type { TenantResult, TenantsReport } from './tenant-runner';
 
@@ -29,6 +29,16 @@ const EXIT = { ok: 0, failed: 1, usage: 2, interrupted: 130 } as const;
 // tsc compiles `import()` to `require()` in a CommonJS build; ESM configs need a real dynamic import.
 const importEsm = new Function('specifier', 'return import(specifier)') as (specifier: string) => Promise<unknown>;
 
+/**
+ * What require() throws for an ES module that import() loads: ERR_REQUIRE_ESM where require(esm) is
+ * off (Node < 20.19, < 22.12), ERR_REQUIRE_ASYNC_MODULE where it is on and the module graph has a
+ * top-level await (https://nodejs.org/api/modules.html#loading-ecmascript-modules-using-require).
+ * Both come before any module of the graph runs (checked on Node 20.20), so import() runs it once.
+ * Not ERR_REQUIRE_CYCLE_MODULE: it comes from inside a module already running (one that requires an
+ * ES module of its own import cycle); import() fails the same way, after running the side effects again.
+ */
+const IMPORT_INSTEAD = new Set(['ERR_REQUIRE_ESM', 'ERR_REQUIRE_ASYNC_MODULE']);
+
 async function loadModule(file: string, what: string): Promise<Record<string, unknown>> {
   const resolved = path.resolve(file);
   if (!fs.existsSync(resolved)) throw new UsageError(`${what} not found: ${resolved}`);
@@ -36,7 +46,7 @@ async function loadModule(file: string, what: string): Promise<Record<string, un
   try {
     return require(resolved) as Record<string, unknown>;
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ERR_REQUIRE_ESM') throw error;
+    if (!IMPORT_INSTEAD.has((error as NodeJS.ErrnoException)?.code as string)) throw error;
     return (await importEsm(pathToFileURL(resolved).href)) as Record<string, unknown>;
   }
 }
@@ -78,7 +88,7 @@ async function runCommand(args: CliArgs, config: CliConfig, io: CliIo, signal: A
         ? await tenancy.createTenant(id, { seed: args.seed })
         : await tenancy.dropTenant(id, { confirm: args.confirm ?? '' });
     const what = args.command === 'create' ? 'created' : 'dropped';
-    return { output: { ok: true, ...result }, text: `tenant ${result.tenantId} ${what} in ${result.durationMs} ms\n`, ok: true };
+    return { output: { ok: true, ...result }, text: `tenant ${printableId(result.tenantId)} ${what} in ${result.durationMs} ms\n`, ok: true };
   }
   const tenants = args.tenants ?? (config.listTenants === undefined ? undefined : [...(await config.listTenants())]);
   const progress = createProgress(io.stderr, args.command);
@@ -116,7 +126,8 @@ export async function main(argv: readonly string[], io: CliIo = { stdout: proces
     return EXIT.ok;
   }
   if (args.command === 'drop' && args.confirm === undefined) {
-    io.stderr.write(`objection-tenancy: drop deletes the database of tenant "${args.target}": pass --confirm ${args.target} (or --yes)\n`);
+    const id = printableId(args.target!);
+    io.stderr.write(`objection-tenancy: drop deletes the database of tenant ${id}: pass --confirm ${id} (or --yes)\n`);
     return EXIT.usage;
   }
   const controller = new AbortController();

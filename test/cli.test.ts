@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import knexFactory from 'knex';
-import { createProgress } from '../lib/cli-output';
+import { createProgress, summarize } from '../lib/cli-output';
 import { mysqlBackend, mysqlConnection, skipMysql } from './helpers/databases';
 import { MIGRATION_NAMES, writeMigrations } from './helpers/migrations';
 
@@ -183,6 +183,25 @@ describe('objection-tenancy CLI (node dist/cli.js)', { skip: skipMysql }, () => 
     assert.deepEqual(JSON.parse(run.stdout).counts, { current: 1 });
   });
 
+  it('loads a tenancy.config.js with top-level await in a "type": "module" project (require() throws ERR_REQUIRE_ASYNC_MODULE on Node >= 20.19)', async () => {
+    const project = path.join(cwd, 'esm-project');
+    fs.mkdirSync(project, { recursive: true });
+    fs.writeFileSync(path.join(project, 'package.json'), JSON.stringify({ type: 'module' }));
+    const config =
+      "import { createRequire } from 'node:module';\n" +
+      "const { tenancy, listTenants } = createRequire(import.meta.url)('../tenancy.config.js');\n" +
+      'await new Promise((resolve) => setTimeout(resolve, 10));\n' +
+      'export default { tenancy, listTenants };\n';
+    fs.writeFileSync(path.join(project, 'tenancy.config.js'), config);
+    fs.writeFileSync(path.join(project, 'job.js'), "await Promise.resolve();\nexport default (id) => `ran ${id}`;\n");
+    const status = await cli(project, ['status', '--tenants', 'k2', '--json']);
+    assert.equal(status.code, 0, status.stderr);
+    assert.deepEqual(JSON.parse(status.stdout).counts, { current: 1 });
+    const job = await cli(project, ['run', 'job.js', '--tenants', 'k2', '--json']);
+    assert.equal(job.code, 0, job.stderr);
+    assert.deepEqual(JSON.parse(job.stdout).tenants.map((t: { result: unknown }) => t.result), ['ran k2']);
+  });
+
   it('usage errors exit 2 with the usage text', async () => {
     const unknown = await cli(cwd, ['migrat']);
     assert.equal(unknown.code, 2);
@@ -227,5 +246,44 @@ describe('CLI progress printer', () => {
     progress.onResult(result('a', 'applied'), { done: 1, total: 2 });
     progress.onResult(result('b', 'failed'), { done: 2, total: 2 });
     assert.deepEqual(writes, ['[1/2] a applied (001_a.js) 5 ms\n', '[2/2] b failed: boom\n']);
+  });
+
+  it('prints a tenant id with control or invisible characters escaped, so it cannot forge or overwrite a line', () => {
+    const forged = '\r\x1b[Kacme applied 12 ms';
+    const hostile = [forged, 'a\nb', 'acme\u202e', 'acme\u0085', 'acme\u009b2J', 'acme\u2028', 'acme\u200b', 'acme applied'];
+    for (const isTTY of [false, true]) {
+      const { writes, stream } = sink(isTTY);
+      const progress = createProgress(stream, 'migrate');
+      hostile.forEach((id, i) => progress.onResult(result(id, 'failed'), { done: i + 1, total: hostile.length }));
+      progress.finish();
+      // What the printer itself writes on a TTY: "\r\x1b[K" before each line, "\n" after it.
+      const printed = writes.join('').replaceAll('\r\x1b[K', '').replaceAll('\n', '');
+      assert.doesNotMatch(printed, /[^\x20-\x7e]/, `isTTY ${isTTY}: ${JSON.stringify(printed)}`);
+      assert.ok(writes.join('').includes(`"\\r\\u001b[Kacme applied 12 ms" failed: boom`), `isTTY ${isTTY}`);
+    }
+    const { writes, stream } = sink(false);
+    const progress = createProgress(stream, 'migrate');
+    for (const id of hostile) progress.onResult(result(id, 'failed'), { done: 1, total: 1 });
+    assert.deepEqual(writes.map((w) => w.slice('[1/1] '.length, -' failed: boom\n'.length)), [
+      '"\\r\\u001b[Kacme applied 12 ms"',
+      '"a\\nb"',
+      '"acme\\u202e"',
+      '"acme\\u0085"',
+      '"acme\\u009b2J"',
+      '"acme\\u2028"',
+      '"acme\\u200b"',
+      '"acme applied"',
+    ]);
+    const summary = summarize('migrate', { ok: false, aborted: false, durationMs: 5, counts: { failed: 1 }, tenants: [result(forged, 'failed')] } as never);
+    assert.match(summary, /^ {2}"\\r\\u001b\[Kacme applied 12 ms" failed: boom$/m);
+    assert.doesNotMatch(summary, /[\r\x1b]/);
+  });
+
+  it('prints ordinary ids as they are, letters of any script included', () => {
+    const { writes, stream } = sink(false);
+    const progress = createProgress(stream, 'migrate');
+    progress.onResult(result('k1_a-B', 'applied'), { done: 1, total: 2 });
+    progress.onResult(result('société', 'applied'), { done: 2, total: 2 });
+    assert.deepEqual(writes, ['[1/2] k1_a-B applied (001_a.js) 5 ms\n', '[2/2] société applied (001_a.js) 5 ms\n']);
   });
 });
