@@ -1,8 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { TenantContextMissingError } from './errors';
+import { InvalidTenantIdError, TenantContextMissingError } from './errors';
 import { fromHeader, type TenantResolver } from './resolvers';
-import { runInScopeSync, type TenantScope } from './scope';
-
+import { currentScope, runInScopeSync, type TenantScope } from './scope';
 
 /** Options of `tenancy.middleware()`. */
 export interface TenantMiddlewareOptions {
@@ -27,6 +26,17 @@ export interface ScopeOpener {
 type Entered = { scope: TenantScope; release: () => void };
 
 const fromDefaultHeader = fromHeader('x-tenant-id');
+
+/**
+ * The scope a middleware opened for each request. A second middleware on the same request (a global
+ * one and a route's `fromPath('tenant')`) must not switch it to another tenant after the app's
+ * authorization checked the first; kept by request rather than read from the async context, which a
+ * callback-based middleware in between may have lost. One map per process, even when the package is
+ * loaded twice, like the scope storage.
+ */
+const REQUEST_SCOPES = Symbol.for('objection-tenancy.requestScopes.v1');
+const holder = globalThis as unknown as Record<symbol, WeakMap<object, TenantScope> | undefined>;
+const requestScopes: WeakMap<object, TenantScope> = (holder[REQUEST_SCOPES] ??= new WeakMap());
 
 /** How long a route whose client hung up may keep its tenant's connection before the lease ends anyway. */
 const HANG_UP_GRACE_MS = 30_000;
@@ -68,6 +78,23 @@ export function createMiddleware(opener: ScopeOpener, options: TenantMiddlewareO
         if (optional) return runInScopeSync(undefined, next);
         return next(new TenantContextMissingError('This request names no tenant: send the x-tenant-id header (or what the resolver reads).', { statusCode: 400 }));
       }
+      const opened = requestScopes.get(req);
+      if (opened !== undefined) {
+        if (tenantId !== opened.tenantId) {
+          // The id is not echoed: it is untrusted input.
+          return next(
+            new InvalidTenantIdError(
+              'the request names another tenant than the one an earlier tenancy.middleware() opened its scope for; ' +
+                'name one tenant per request (the same id in the header and the path, say), or mount one tenancy middleware',
+            ),
+          );
+        }
+        // The same tenant again: its scope (restored if the context was lost), no second lease.
+        if ((opened.owner as unknown) === opener) {
+          const current = currentScope();
+          return current !== undefined && current.tenantId === opened.tenantId && (current.owner as unknown) === opener ? next() : runInScopeSync(opened, next);
+        }
+      }
       let entered: Entered | Promise<Entered>;
       try {
         entered = opener.enterNow(tenantId);
@@ -75,6 +102,7 @@ export function createMiddleware(opener: ScopeOpener, options: TenantMiddlewareO
         return next(error);
       }
       if (!(entered instanceof Promise)) {
+        requestScopes.set(req, entered.scope);
         holdLease(res, entered.release, false);
         return runInScopeSync(entered.scope, next);
       }
@@ -84,6 +112,7 @@ export function createMiddleware(opener: ScopeOpener, options: TenantMiddlewareO
       res.once('close', onClose);
       return entered.then(({ scope, release }) => {
         res.off('close', onClose);
+        requestScopes.set(req, scope);
         holdLease(res, release, hungUp);
         runInScopeSync(scope, next);
       }, next);

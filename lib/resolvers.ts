@@ -45,7 +45,9 @@ export interface SubdomainOptions {
 /**
  * Reads the tenant id from the subdomain of the `Host` header. The bare domain and `www` resolve to
  * nothing; a host outside `baseDomain` resolves to nothing; a deeper subdomain (`a.b.example.com`)
- * yields an invalid id. Ids are case-sensitive: `ACME.example.com` is not `acme`.
+ * yields an invalid id. Ids are case-sensitive: `ACME.example.com` is not `acme`. `X-Forwarded-Host`
+ * is never read (any client can set it): behind a proxy that rewrites `Host` (nginx's default
+ * `proxy_set_header Host $proxy_host`) every request names no tenant, so forward the original `Host`.
  */
 export function fromSubdomain(options: SubdomainOptions): TenantResolver {
   if (typeof options?.baseDomain !== 'string' || options.baseDomain === '') {

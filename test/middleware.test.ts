@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import express4 from 'express';
 import express5 from 'express5';
-import { createTenancy, currentTenantId, tryCurrentTenantId, type Tenancy } from '../lib/index';
+import { createTenancy, currentTenantId, fromPath, tryCurrentTenantId, type Tenancy } from '../lib/index';
 import { sqliteBackend } from './helpers/databases';
 import { Person, setUpTenants } from './helpers/fixtures';
 import { jsonErrors, listen, randomPause, type Running } from './helpers/http';
@@ -263,6 +263,82 @@ describe('middleware resolvers and errors', () => {
       assert.equal(tenancy.stats().leases, 0);
       const names = await tenancy.runWithTenant('acme', async () => (await Person.query().where('name', 'like', 'acme-%-hang-up')).map((p) => p.name));
       assert.deepEqual(names.sort(), ['acme-after-hang-up', 'acme-before-hang-up']);
+    } finally {
+      await server.close();
+    }
+  });
+
+  for (const [version, express] of [['4', express4], ['5', express5]] as const) {
+    it(`Express ${version}: a second middleware naming another tenant than the scope open for the request answers 400, naming the same one opens no second lease`, async () => {
+      const app = express();
+      const leases: number[] = [];
+      const checked: string[] = [];
+      // A callback queue drained by a timer started outside any scope (a pooled session store, say):
+      // what it calls back runs without the request's async context.
+      const queue: (() => void)[] = [];
+      const drain = setInterval(() => queue.splice(0).forEach((callback) => callback()), 2);
+      const lost: (string | undefined)[] = [];
+      app.use(tenancy.middleware()); // x-tenant-id
+      // The app's authorization check, against the tenant of the scope open here.
+      app.use((_req, _res, next) => {
+        checked.push(currentTenantId());
+        next();
+      });
+      app.use((req, _res, next) => {
+        if (req.headers['x-lose-context'] === undefined) return next();
+        queue.push(() => {
+          lost.push(tryCurrentTenantId());
+          next();
+        });
+      });
+      app.use('/t/:tenant', tenancy.middleware({ resolve: fromPath('tenant') }), async (_req, res, next) => {
+        try {
+          leases.push(tenancy.stats().leases);
+          const info = await tenancy.knex()('tenant_info').first();
+          res.json({ scope: currentTenantId(), db: info.tenant_id });
+        } catch (error) {
+          next(error);
+        }
+      });
+      app.use(tenancy.errorHandler());
+      const server = await listen(app);
+      try {
+        for (const lose of [false, true]) {
+          const headers = { 'x-tenant-id': 'acme', ...(lose ? { 'x-lose-context': '1' } : {}) };
+          const switched = await fetch(`${server.url}/t/globex/people`, { headers });
+          assert.equal(switched.status, 400, `context lost ${lose}: the route must not run in globex after acme was checked`);
+          const body = (await switched.json()) as { error: { code: string; message: string } };
+          assert.equal(body.error.code, 'TENANT_ID_INVALID');
+          assert.match(body.error.message, /another tenant/);
+          assert.doesNotMatch(body.error.message, /globex/, 'the untrusted id is not echoed');
+
+          const invalid = await fetch(`${server.url}/t/..%2Fx/people`, { headers });
+          assert.equal(invalid.status, 400);
+
+          const same = await fetch(`${server.url}/t/acme/people`, { headers });
+          assert.equal(same.status, 200, `context lost ${lose}`);
+          assert.deepEqual(await same.json(), { scope: 'acme', db: 'acme' });
+        }
+        assert.deepEqual(lost, [undefined, undefined, undefined], 'the queue did lose the async context');
+        assert.deepEqual(leases, [1, 1], 'the same tenant resolved twice holds one lease, not two');
+        assert.deepEqual(checked, Array(6).fill('acme'));
+        await new Promise((r) => setTimeout(r, 20));
+        assert.equal(tenancy.stats().leases, 0);
+      } finally {
+        clearInterval(drain);
+        await server.close();
+      }
+    });
+  }
+
+  it('a request that named no tenant to a global optional middleware may still name one at the route', async () => {
+    const app = express4();
+    app.use(tenancy.middleware({ optional: true }));
+    app.use('/t/:tenant', tenancy.middleware({ resolve: fromPath('tenant') }), (_req, res) => res.json({ scope: currentTenantId() }));
+    app.use(tenancy.errorHandler());
+    const server = await listen(app);
+    try {
+      assert.deepEqual(await (await fetch(`${server.url}/t/globex`)).json(), { scope: 'globex' });
     } finally {
       await server.close();
     }
