@@ -6,6 +6,7 @@ import { PoolCache, type TenantConnections } from './pool-cache';
 import { SharedConnections, type TenantLocation } from './shared-connections';
 import { runInScopeSync } from './scope';
 import { withConnectionSettings } from './connection-settings';
+import { qualifiedDatabase } from './qualify-tables';
 import { warnOutsideTransaction } from './transaction';
 
 /** How tenant connections are made, shared by both strategies' options. */
@@ -234,8 +235,16 @@ function failTypedOnceClosed(knex: Knex, tenantId: string): void {
 
 /** One query through the new knex; a missing database is an unknown tenant, anything else unavailable. */
 async function verifyKnex(knex: Knex, tenantId: string): Promise<void> {
+  // A shared handle under qualifyTables runs `select 1` on a connection with no current database,
+  // where it checks nothing: it asks whether the database is there instead, with no USE.
+  const database = qualifiedDatabase(knex);
   try {
-    await knex.raw('select 1');
+    if (database === undefined) {
+      await knex.raw('select 1');
+    } else {
+      const [rows] = (await knex.raw('select 1 from information_schema.schemata where schema_name = ?', [database])) as [unknown[]];
+      if (rows.length === 0) throw new UnknownTenantError(tenantId);
+    }
   } catch (error) {
     if (error instanceof TenantError) throw error;
     // 1049: unknown database (mysql2).

@@ -97,6 +97,8 @@ export class SharedConnections implements TenantConnections {
   readonly #servers = new Map<string, Server>();
   readonly #handles = new Map<string, Handle>();
   readonly #opening = new Map<string, Opening>();
+  /** Evicted handles with scopes still in flight, by tenant: settles when their last lease is back. */
+  readonly #draining = new Map<string, Promise<void>>();
   #destroyed = false;
   readonly #counters = { created: 0, evictions: 0, failures: 0 };
 
@@ -144,15 +146,24 @@ export class SharedConnections implements TenantConnections {
       opening.stale = true;
       this.#opening.delete(tenantId);
     }
+    // A handle evicted earlier (a forget() not awaited, as the error handler's) may still serve scopes:
+    // waited for too, so that dropTenant and a move never go on under them.
+    const earlier = this.#draining.get(tenantId);
     const handle = this.#handles.get(tenantId);
-    if (handle === undefined) return Promise.resolve();
+    if (handle === undefined) return earlier ?? Promise.resolve();
     this.#handles.delete(tenantId);
     handle.forgotten = true;
     this.#counters.evictions++;
-    if (handle.leases === 0) return Promise.resolve();
-    return new Promise((resolve) => {
+    if (handle.leases === 0) return earlier ?? Promise.resolve();
+    const drained = new Promise<void>((resolve) => {
       handle.drained = resolve;
     });
+    const all = earlier === undefined ? drained : Promise.all([earlier, drained]).then(() => undefined);
+    this.#draining.set(tenantId, all);
+    void all.then(() => {
+      if (this.#draining.get(tenantId) === all) this.#draining.delete(tenantId);
+    });
+    return all;
   }
 
   stats(): SharedStats {
@@ -160,7 +171,7 @@ export class SharedConnections implements TenantConnections {
     for (const handle of this.#handles.values()) leases += handle.leases;
     const servers: Record<string, AffinityPoolStats> = {};
     for (const [key, server] of this.#servers) servers[key] = server.pool.stats();
-    return { pools: this.#servers.size, draining: 0, leases, tenants: this.#handles.size, ...this.#counters, servers };
+    return { pools: this.#servers.size, draining: this.#draining.size, leases, tenants: this.#handles.size, ...this.#counters, servers };
   }
 
   /** Refuses new scopes, waits up to `drainTimeoutMs` for the scopes in flight, then closes every server pool. */
@@ -168,10 +179,11 @@ export class SharedConnections implements TenantConnections {
     this.#destroyed = true;
     const busy = [...this.#handles.values()].filter((handle) => handle.leases > 0);
     this.#handles.clear();
-    if (busy.length > 0) {
+    const evicted = [...this.#draining.values()];
+    if (busy.length > 0 || evicted.length > 0) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
-        Promise.all(busy.map((handle) => new Promise<void>((resolve) => (handle.drained = resolve)))),
+        Promise.all([...busy.map((handle) => new Promise<void>((resolve) => (handle.drained = resolve))), ...evicted]),
         new Promise<void>((resolve) => (timer = setTimeout(resolve, drainTimeoutMs))),
       ]);
       clearTimeout(timer);

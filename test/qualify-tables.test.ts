@@ -539,6 +539,17 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     }
   });
 
+  it('the connection check of a new tenant finds a missing database on a clean connection: UnknownTenantError, nothing cached', async () => {
+    open({ verifyConnection: true });
+    for (let i = 0; i < 2; i++) {
+      // select 1 + 1 names no table: on a connection with no database it would run, whatever the tenant.
+      await assert.rejects(tenancy!.runWithTenant('never', () => tenancy!.knex().raw('select 1 + 1 as two')), UnknownTenantError);
+      assert.equal(tenancy!.stats().tenants, 0, 'a handle was cached for a tenant whose database does not exist');
+    }
+    assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+    assert.equal(tenancy!.stats().servers!.main!.switches, 0, 'the check of a tenant that exists cost a USE');
+  });
+
   it('negative control: the same unqualified statement on a connection left on another database reads that tenant', async () => {
     // What a pool that trusted a switched connection as "clean" would do.
     const conn = knexFactory({ client: 'mysql2', connection: { ...server, database: db('a') }, pool: { min: 1, max: 1 } });

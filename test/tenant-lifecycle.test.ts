@@ -22,7 +22,7 @@ import { MIGRATION_NAMES, writeMigrations } from './helpers/migrations';
 for (const backend of allStrategies('ops')) {
   describe(`createTenant and dropTenant on ${backend.name}`, { skip: backend.skip }, () => {
     const files = writeMigrations();
-    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'hooked'];
+    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'hooked', 'fw'];
     const tenancies: Tenancy[] = [];
     let catalog = new Set<string>();
     const make = (extra: Partial<TenancyOptions> = {}): Tenancy => {
@@ -165,6 +165,26 @@ for (const backend of allStrategies('ops')) {
       assert.equal(await backend.databaseExists('c2b'), false, 'the racing request left a database behind');
       await tenancy.createTenant('c2b', { seed: false });
       await tenancy.dropTenant('c2b', { confirm: 'c2b' });
+    });
+
+    it("forget() waits for the tenant's scopes in flight even when an earlier forget() evicted it first (an error handler's, say)", async () => {
+      const tenancy = make();
+      await tenancy.createTenant('fw', { seed: false });
+      let inside!: () => void;
+      const entered = new Promise<void>((resolve) => (inside = resolve));
+      let finished = false;
+      const long = tenancy.runWithTenant('fw', async () => {
+        inside();
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        await tenancy.knex().raw('select 1');
+        finished = true;
+      });
+      await entered;
+      void tenancy.forget('fw'); // not awaited, as the error handler's
+      await tenancy.forget('fw');
+      assert.equal(finished, true, "the second forget() returned while the tenant's scope was still in flight");
+      await long;
+      await tenancy.dropTenant('fw', { confirm: 'fw' });
     });
 
     it('uses the app hooks for the database when given', async () => {
