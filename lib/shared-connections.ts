@@ -260,6 +260,7 @@ export class SharedConnections implements TenantConnections {
     const pool = new AffinityPool(knex.client, poolOptions);
     streamsReleaseOnce(knex.client);
     server = { knex, pool, cancelQuery: cancelsOverPool(knex.client, pool) };
+    transactionsCancelOverPool(knex, server.cancelQuery);
     this.#servers.set(key, server);
     this.#options.onServerKnex?.(knex);
     return server;
@@ -475,6 +476,22 @@ function cancelsOverPool(base: Knex.Client, pool: AffinityPool): Server['cancelQ
     };
     return cancel.call(killer, connectionToKill);
   };
+}
+
+/**
+ * knex builds a transaction's client from `client.constructor.prototype` (makeTxClient), not from
+ * the tenant's client, so it had knex's own `cancelQuery`, which opens a connection of its own for
+ * the `KILL QUERY` (pool.max + 1 on the server). The tenants' clients of this server get a
+ * constructor whose prototype is the driver's with the pool's `cancelQuery` (qualifyTables'
+ * transaction class chains from it too).
+ */
+function transactionsCancelOverPool(knex: Knex, cancelQuery: Server['cancelQuery']): void {
+  const driverPrototype = (knex.client.constructor as { prototype: object }).prototype;
+  const prototype = Object.create(driverPrototype) as Record<string, unknown>;
+  prototype.cancelQuery = cancelQuery;
+  const transactionClass = { prototype };
+  Object.defineProperty(prototype, 'constructor', { value: transactionClass, configurable: true, writable: true });
+  Object.defineProperty(handlePrototypes(knex).client, 'constructor', { value: transactionClass, configurable: true, writable: true });
 }
 
 function checkResetSupport(knex: Knex, key: string): void {

@@ -123,6 +123,30 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
     }
   });
 
+  for (const { name, options } of CONFIGS) {
+    it(`${name}: a cancelled timeout inside a transaction sends its KILL QUERY over the pool too, never a connection beyond pool.max`, async () => {
+      open(options, 2);
+      const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 1, max: 1 } });
+      const connections = async () => Number(((await admin.raw("show global status like 'Connections'")) as [{ Value: string }[]])[0][0]!.Value);
+      try {
+        await Promise.all([names('a'), rawNames('b', 'select name from persons where sleep(0.05) = 0')]);
+        assert.equal(main().open, 2);
+        const before = await connections();
+        const started = Date.now();
+        await assert.rejects(
+          tenancy!.runWithTenant('a', () => tenancy!.transaction(() => tenancy!.knex().raw('select sleep(3)').timeout(100, { cancel: true }))),
+          (error: Error) => error.name === 'KnexTimeoutError',
+        );
+        assert.equal((await connections()) - before, 0, "a connection was opened for the transaction's KILL");
+        assert.deepEqual(await names('b'), ['b-ada', 'b-bob']);
+        assert.ok(Date.now() - started < 2_000, `took ${Date.now() - started} ms: the statement was not killed`);
+        assert.ok(main().open <= 2);
+      } finally {
+        await admin.destroy();
+      }
+    });
+  }
+
   it('destroy() lets the scopes in flight finish (as the pool-per-tenant strategy does), then refuses new ones', async () => {
     open({});
     // A scope (a request, say) between two queries when shutdown starts: its second query still runs.
