@@ -7,6 +7,8 @@ import type { TransactionHooks } from './transaction';
 export interface ScopeOwner {
   /** Runs `fn` in a transaction of the current tenant, with the transaction in the scope. */
   transaction<T>(fn: (trx: Knex.Transaction) => Promise<T> | T): Promise<T>;
+  /** Reports a failed onCommit/onRollback callback (the app's `onHookError`). */
+  reportHookError?(error: unknown, tenantId: string): void;
 }
 
 /**

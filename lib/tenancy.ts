@@ -14,7 +14,7 @@ import { CATALOG_DEFAULTS, CatalogCache } from './catalog-cache';
 import { createErrorHandler, type ErrorHandlerOptions, type TenantErrorHandler } from './http-errors';
 import { currentScope, globalState, runInScope, type ScopeOwner, type TenantScope } from './scope';
 import { validateTenantId, type TenantIdValidator } from './tenant-id';
-import { runTransaction } from './transaction';
+import { defaultHookError, runTransaction } from './transaction';
 import { forEachTenant, type ForEachTenantOptions, type ForEachTenantReport, type JobScope } from './for-each-tenant';
 import type { OperationsHost } from './operation-knex';
 import {
@@ -157,6 +157,11 @@ export class Tenancy implements ScopeOwner {
       return Promise.reject(error);
     }
     return runTransaction(scope, fn, this.#options.onHookError);
+  }
+
+  /** @internal A failed onCommit callback run outside a transaction, in a scope of this tenancy. */
+  reportHookError(error: unknown, tenantId: string): void {
+    (this.#options.onHookError ?? defaultHookError)(error, tenantId);
   }
 
   /**

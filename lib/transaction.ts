@@ -13,7 +13,7 @@ export interface TransactionHooks {
 /** Reports a failing onCommit/onRollback callback; the transaction's outcome is already final. */
 export type HookErrorHandler = (error: unknown, tenantId: string) => void;
 
-const defaultHookError: HookErrorHandler = (error, tenantId) => {
+export const defaultHookError: HookErrorHandler = (error, tenantId) => {
   process.emitWarning(`objection-tenancy: an onCommit/onRollback callback of tenant "${tenantId}" failed: ${String(error)}`, 'TenantTransactionHookWarning');
 };
 
@@ -65,7 +65,8 @@ async function runCallbacks(scope: TenantScope, callbacks: Callback[], onHookErr
 /**
  * Runs `fn` after the current tenant transaction commits, in the tenant's scope (outside the
  * transaction). Outside a transaction, `fn` runs at once, the typeorm-transactional convention; the
- * returned promise settles when it has run (inside a transaction: at once).
+ * returned promise settles when it has run (inside a transaction: at once). It never rejects: a
+ * failing `fn` goes to the tenancy's `onHookError`.
  * @example
  * await tenancy.transaction(async () => {
  *   const order = await Order.query().insert(input);
@@ -73,8 +74,21 @@ async function runCallbacks(scope: TenantScope, callbacks: Callback[], onHookErr
  * });
  */
 export function onCommit(fn: Callback): Promise<void> {
-  const hooks = currentScope()?.txHooks;
-  if (hooks === undefined) return Promise.resolve().then(fn).then(() => undefined);
+  const scope = currentScope();
+  const hooks = scope?.txHooks;
+  if (hooks === undefined) {
+    // As inside a transaction, a failure goes to onHookError and the promise resolves: callers do not
+    // await it (`onCommit(() => queue.add(...))`), and a rejection would end the process.
+    return Promise.resolve()
+      .then(fn)
+      .then(
+        () => undefined,
+        (error: unknown) => {
+          if (scope?.owner.reportHookError !== undefined) scope.owner.reportHookError(error, scope.tenantId);
+          else defaultHookError(error, scope?.tenantId ?? '');
+        },
+      );
+  }
   hooks.commit.push(fn);
   return Promise.resolve();
 }

@@ -191,6 +191,29 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.equal(hookErrors.length, 1);
     });
 
+    it('onCommit outside a transaction: a failing callback goes to onHookError, never an unhandled rejection', async () => {
+      const unhandled: unknown[] = [];
+      const onUnhandled = (reason: unknown) => unhandled.push(reason);
+      process.on('unhandledRejection', onUnhandled);
+      const before = hookErrors.length;
+      try {
+        await tenancy.runWithTenant('x1', async () => {
+          // Not awaited, as in the README's `onCommit(() => queue.add(...))`.
+          void onCommit(() => {
+            throw new Error('queue down');
+          });
+          await onCommit(async () => {
+            throw new Error('queue down, awaited');
+          });
+        });
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        assert.deepEqual(unhandled, [], 'a failing onCommit callback outside a transaction was an unhandled rejection');
+        assert.deepEqual(hookErrors.slice(before).map((e) => (e as Error).message), ['queue down', 'queue down, awaited']);
+      } finally {
+        process.off('unhandledRejection', onUnhandled);
+      }
+    });
+
     it('instance guard: an instance of one tenant used in another scope rejects with TenantMismatchError', async () => {
       const ada = await tenancy.runWithTenant('x1', () => Person.query().findById(1));
       assert.ok(ada);
