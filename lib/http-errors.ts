@@ -128,7 +128,12 @@ export function createErrorHandler(options: ErrorHandlerOptions, hooks: ErrorHan
   return (error, req, res, next) => {
     const answer = toHttpError(error);
     const scope = currentScope();
-    if (answer === undefined && scope !== undefined && nativeError(error).errno === MISSING_TABLE_ERRNO) {
+    const errno = nativeError(error).errno;
+    // A missing table, an unknown database or no database selected, from the driver: the tenant's
+    // database may be gone, or the error may not be the tenant's at all (a central knex with no
+    // database, a nested scope of another tenant). The server says which, for the scope's tenant.
+    const confirm = scope !== undefined && !(error instanceof TenantError) && (errno === MISSING_TABLE_ERRNO || GONE_ERRNOS.has(errno as number));
+    if (confirm) {
       hooks.isGone(scope).then(
         (gone) => answerWith(gone ? { ...GONE, goneTenant: scope.tenantId } : undefined, error, req, res, next),
         () => answerWith(undefined, error, req, res, next),

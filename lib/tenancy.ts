@@ -315,8 +315,11 @@ export class Tenancy implements ScopeOwner {
       const [rows] = await scope.knex.raw('select count(*) as n from information_schema.schemata where schema_name = database()');
       return Number((rows as { n: number }[])[0]?.n) === 0;
     } catch (error) {
-      // A shared-pool connection that must switch to the database first fails to: it is gone.
+      // A shared-pool connection that must switch to the database first fails to, or a new
+      // connection of the tenant's pool cannot open it: it is gone.
       if (error instanceof UnknownTenantError) return true;
+      const native = (error as { nativeError?: { errno?: unknown }; errno?: unknown });
+      if ((native.nativeError?.errno ?? native.errno) === 1049) return true;
       throw error;
     }
   }

@@ -99,6 +99,7 @@ for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP er
   let tenancy: Tenancy;
   let cutProxy: Awaited<ReturnType<typeof proxy>>;
   let server: Awaited<ReturnType<typeof listen>>;
+  let central: Knex;
   const problems: unknown[] = [];
   const onUnhandled = (e: unknown) => problems.push(e);
 
@@ -144,6 +145,15 @@ for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP er
         next(error);
       }
     });
+    // A central knex with no database: its unqualified query fails with 1046, inside a tenant's request.
+    central = knexFactory({ client: 'mysql2', connection: serverConnection, pool: { min: 0, max: 1 } });
+    app.get('/central-bug', async (_req, res, next) => {
+      try {
+        res.json(await central.raw('select * from persons'));
+      } catch (error) {
+        next(error);
+      }
+    });
     app.use(tenancy.errorHandler({ all: true }));
     server = await listen(app);
   });
@@ -151,6 +161,7 @@ for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP er
     process.off('unhandledRejection', onUnhandled);
     await server.close();
     await tenancy.destroy();
+    await central.destroy();
     await cutProxy.close().catch(() => undefined);
     for (const t of ['e1', 'e2', 'eflaky']) await backend.dropDatabase(t);
     await backend.close();
@@ -176,6 +187,21 @@ for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP er
     const other = await get('e2');
     assert.equal(other.status, 200);
     assert.equal(((await other.json()) as { name: string }[])[0]!.name, 'e2-ada');
+  });
+
+  it("\"No database selected\" from a central knex inside a tenant's request is the app's error (500), not the tenant gone: nothing is forgotten", async () => {
+    assert.equal((await get('e2')).status, 200);
+    const cached = () => (strategy === 'shared' ? tenancy.stats().tenants! : tenancy.stats().pools);
+    const cachedBefore = cached();
+    const evictionsBefore = tenancy.stats().evictions;
+    for (let i = 0; i < 3; i++) {
+      const answer = await fetch(`${server.url}/central-bug`, { headers: { 'x-tenant-id': 'e2' } });
+      assert.equal(answer.status, 500, 'an error of the app was answered as an unknown tenant');
+    }
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(tenancy.stats().evictions, evictionsBefore, "the tenant's pool was evicted for an error that was not its");
+    assert.equal(cached(), cachedBefore);
+    assert.equal((await get('e2')).status, 200);
   });
 
   it('a server that goes away answers 503 with Retry-After, then recovers without a restart', async () => {
