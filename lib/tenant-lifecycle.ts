@@ -107,6 +107,11 @@ export async function createTenant(host: OperationsHost, tenantId: unknown, opti
     // Undo: a half-made tenant (created, not migrated or not registered) is worse than none.
     await knex.destroy().catch(() => undefined);
     await hooks.drop(id, config).catch(() => undefined);
+    // A request served while the tenant was half made (a catalog that reads the database itself)
+    // left a pool or handle on it, and a catalog answer: both go, as in dropTenant, and SQLite's
+    // built-in drop runs again in case that pool created the file anew.
+    await host.forget(id).catch(() => undefined);
+    if (host.options.dropDatabase === undefined && createdByOpening(config)) await hooks.drop(id, config).catch(() => undefined);
     throw new TenantLifecycleError(id, current, { cause: error });
   }
 }

@@ -22,7 +22,7 @@ import { MIGRATION_NAMES, writeMigrations } from './helpers/migrations';
 for (const backend of allStrategies('ops')) {
   describe(`createTenant and dropTenant on ${backend.name}`, { skip: backend.skip }, () => {
     const files = writeMigrations();
-    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'hooked', 'fw'];
+    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'c4u', 'hooked', 'fw'];
     const tenancies: Tenancy[] = [];
     let catalog = new Set<string>();
     const make = (extra: Partial<TenancyOptions> = {}): Tenancy => {
@@ -106,6 +106,28 @@ for (const backend of allStrategies('ops')) {
         files.removeMigration('20250101000009_broken.js');
       }
       assert.deepEqual((await make().createTenant('c4')).migrations, MIGRATION_NAMES, 'a retry works');
+    });
+
+    it('undoing a failed creation also closes a pool a request opened on the half-made database meanwhile', async () => {
+      files.addMigration('20250101000009_slow_broken.js', "exports.up = async (k) => { await new Promise((r) => setTimeout(r, 400)); await k.raw('select * from no_such_table'); }; exports.down = async () => {};");
+      // A catalog that reads the database itself says yes as soon as the database is there.
+      const tenancy = make({ tenantExists: (id) => backend.databaseExists(id), negativeCacheTtlMs: 1 });
+      try {
+        const creating = tenancy.createTenant('c4u').catch((e: unknown) => e);
+        let served = false;
+        for (let i = 0; i < 40 && !served; i++) {
+          await new Promise((resolve) => setTimeout(resolve, 20));
+          served = await tenancy.runWithTenant('c4u', () => tenancy.knex().raw('select 1')).then(() => true, () => false);
+        }
+        assert.equal(served, true, 'no request reached the half-made tenant (the test did not race)');
+        assert.ok((await creating) instanceof TenantLifecycleError);
+        assert.equal(cached(tenancy), 0, 'a pool of the undone tenant was left open');
+        assert.equal(await backend.databaseExists('c4u'), false, 'the half-made database is there');
+      } finally {
+        files.removeMigration('20250101000009_slow_broken.js');
+      }
+      assert.deepEqual((await tenancy.createTenant('c4u')).migrations, MIGRATION_NAMES, 'a retry works');
+      await tenancy.dropTenant('c4u', { confirm: 'c4u' });
     });
 
     it('refuses to drop without the confirmation, touching nothing', async () => {
