@@ -11,11 +11,25 @@ import { namesItsDatabase, qualifiedDatabase } from './qualify-tables';
 type AnyModelClass = abstract new (...args: any[]) => Model;
 
 const CAPTURED = Symbol('objection-tenancy.scope');
+// The arguments of a builder whose model instances must belong to the tenant it runs in (the
+// instance guard), checked when it executes: undefined on most builders, a new array on each change.
+const GUARDED = Symbol('objection-tenancy.guarded');
+const RUN = Symbol('objection-tenancy.run');
 // The tenant of each loaded or created instance. A WeakMap leaves the instance itself untouched
 // (a property, even a symbol, shows in spreads and deep equality) and costs less per row than
 // Object.defineProperty. Shared through the global state by every copy of the package.
 const STAMPS: WeakMap<object, string> = (globalState.instanceTenants ??= new WeakMap<object, string>());
 const CENTRAL = Symbol.for('objection-tenancy.centralKnex');
+const TENANT_AWARE = Symbol.for('objection-tenancy.tenantAware');
+
+/** A graph argument (upsertGraph, insertGraph with relate): its related instances are guarded too. */
+class GraphArgument {
+  constructor(readonly value: unknown) {}
+}
+
+// The builder whose SQL statement is being built (objection's executeOnBuild, synchronous): a child
+// query made for it then (a join, a filter subquery) becomes part of that one statement.
+let building: object | undefined;
 
 /** True when the class (not a parent) was given its own knex: `bindKnex()` or `Model.knex(k)`. */
 function hasOwnKnex(modelClass: object): boolean {
@@ -40,15 +54,64 @@ function missing(modelClass: { name: string }): TenantContextMissingError {
   );
 }
 
+function customBuilderError(modelClass: { name: string }, example: string): TypeError {
+  return new TypeError(
+    `${modelClass.name}.QueryBuilder does not extend the query builder of its base model, so its queries would ` +
+      `lose the tenant scope and its guards. Extend that one instead of objection's QueryBuilder: ${example}.`,
+  );
+}
+
+/**
+ * The knex a child query (objection's `childQueryOf`: eager and graph queries, relate, joins) must use
+ * when it is not its parent's. Objection hands the child the parent's context, knex included
+ * (QueryBuilderOperationSupport#childQueryOf), but a central model under a tenant query keeps its
+ * central knex, and a tenant model under a central (or own-knex) query takes the scope's: `null`
+ * when there is none. `undefined`: the parent's, objection's way (same kind of model, or a child
+ * bound with bindKnex).
+ */
+function childKnex(child: any, parent: any): Knex | null | undefined {
+  const childClass = child.modelClass();
+  if (hasOwnKnex(childClass)) return undefined;
+  const parentClass = parent.modelClass();
+  if (childClass[CENTRAL] !== undefined) {
+    const central = centralKnexOf(childClass);
+    // A central parent on the same knex may run in a transaction of it: the child joins it.
+    if (parentClass[CENTRAL] !== undefined && !hasOwnKnex(parentClass) && centralKnexOf(parentClass) === central) return undefined;
+    return central;
+  }
+  if (childClass[TENANT_AWARE] !== true || (parentClass[TENANT_AWARE] === true && !pinned(parentClass))) return undefined;
+  const scope: TenantScope | undefined = child[CAPTURED] ?? currentScope();
+  return scope === undefined ? null : (scope.trx ?? scope.knex);
+}
+
+/**
+ * The knex to give a child query instead of its parent's (see childKnex), or `undefined` to leave it
+ * to objection. A child that needs another connection while its parent's statement is being built
+ * is part of that statement (a join): one statement runs on one connection, so that is an error.
+ * @throws {TypeError} for such a join; {TenantContextMissingError} for a tenant child with no scope.
+ */
+function ownChildKnex(child: any, parent: any): Knex | undefined {
+  const knex = childKnex(child, parent);
+  if (knex === undefined || knex === parent.unsafeKnex()) return undefined;
+  if (parent === building) {
+    const which = child.modelClass()[CENTRAL] !== undefined ? 'the central database' : "the tenant's database";
+    throw new TypeError(
+      `A ${parent.modelClass().name} query cannot join ${child.modelClass().name}: it is in another database (${which}), ` +
+        'and one SQL statement runs on one connection. Fetch the relation with withGraphFetched() instead of ' +
+        'withGraphJoined() or joinRelated().',
+    );
+  }
+  if (knex === null) throw missing(child.modelClass());
+  return knex;
+}
+
 /**
  * The instance guard (objection #1616: instances do not carry their connection). Instances remember
  * the tenant they were loaded or created in; using one in another tenant's scope is an error, not a
  * silent read of the wrong database. Instances built outside any scope take the first scope they meet.
  */
-function checkInstance(instance: any): TenantMismatchError | undefined {
+function checkInstance(instance: any, scope: TenantScope): TenantMismatchError | undefined {
   if (pinned(instance.constructor)) return undefined;
-  const scope = currentScope();
-  if (scope === undefined) return undefined;
   const stamp = STAMPS.get(instance);
   if (stamp === undefined) {
     stamp_(instance, scope.tenantId);
@@ -57,14 +120,107 @@ function checkInstance(instance: any): TenantMismatchError | undefined {
   return stamp === scope.tenantId ? undefined : new TenantMismatchError(stamp, scope.tenantId);
 }
 
-/** The first instance among `value` (one, or an array) that belongs to another tenant than the scope's. */
-function mismatchIn(value: unknown): TenantMismatchError | undefined {
+/** The first instance among `value` (one, or an array) that belongs to another tenant than `scope`'s. */
+function mismatchIn(value: unknown, scope: TenantScope | undefined): TenantMismatchError | undefined {
+  if (scope === undefined) return undefined;
   for (const item of Array.isArray(value) ? value : [value]) {
     if (!(item instanceof Model)) continue;
-    const error = checkInstance(item);
+    const error = checkInstance(item, scope);
     if (error !== undefined) return error;
   }
   return undefined;
+}
+
+/** The same through a graph: `value`'s instances and those under its relations, as objects or instances. */
+function graphMismatch(value: unknown, modelClass: any, scope: TenantScope, seen: Set<object>): TenantMismatchError | undefined {
+  if (value === null || typeof value !== 'object' || seen.has(value)) return undefined;
+  seen.add(value);
+  if (Array.isArray(value)) {
+    for (const item of value) {
+      const error = graphMismatch(item, modelClass, scope, seen);
+      if (error !== undefined) return error;
+    }
+    return undefined;
+  }
+  if (value instanceof Model) {
+    const error = checkInstance(value, scope);
+    if (error !== undefined) return error;
+    modelClass = value.constructor;
+  } else if (Object.getPrototypeOf(value) !== Object.prototype) {
+    return undefined;
+  }
+  for (const name of modelClass.getRelationNames() as string[]) {
+    const related = (value as Record<string, unknown>)[name];
+    if (related == null) continue;
+    const error = graphMismatch(related, modelClass.getRelation(name).relatedModelClass, scope, seen);
+    if (error !== undefined) return error;
+  }
+  return undefined;
+}
+
+function holdsInstance(value: unknown): boolean {
+  return value instanceof Model || (Array.isArray(value) && value.some((item) => item instanceof Model));
+}
+
+/**
+ * Guards the instances in `value` (or, with `graph`, in the graph `value`) where `builder` runs: a
+ * tenant builder checks them when it executes, in the scope it executes in, so that every order of
+ * building and awaiting is covered; another builder (a central model on objection's Model) checks
+ * them now, in the current scope.
+ */
+function guard<B>(builder: B, value: unknown, graph = false): B {
+  if (graph ? value === null || typeof value !== 'object' : !holdsInstance(value)) return builder;
+  const target = builder as any;
+  if (!(GUARDED in target)) return failing(target, mismatchIn(value, currentScope()));
+  const entry = graph ? new GraphArgument(value) : value;
+  target[GUARDED] = target[GUARDED] === undefined ? [entry] : [...target[GUARDED], entry];
+  return builder;
+}
+
+/**
+ * The scope a tenant builder executes in, for the instance guard: the captured or current scope when
+ * the builder runs on its connection, none when it was given another knex (an explicit knex wins).
+ */
+function executionScope(builder: any): TenantScope | undefined {
+  const scope: TenantScope | undefined = builder[CAPTURED] ?? currentScope();
+  if (scope === undefined) return undefined;
+  const knex = builder.internalContext().knex;
+  return knex == null || knex === scope.trx || knex === scope.knex ? scope : undefined;
+}
+
+function guardedMismatch(builder: any, guarded: readonly unknown[]): TenantMismatchError | undefined {
+  const scope = executionScope(builder);
+  if (scope === undefined) return undefined;
+  for (const entry of guarded) {
+    const error =
+      entry instanceof GraphArgument
+        ? graphMismatch(entry.value, builder.modelClass(), scope, new Set())
+        : mismatchIn(entry, scope);
+    if (error !== undefined) return error;
+  }
+  return undefined;
+}
+
+/**
+ * A builder captured in one scope used as a subquery of a query that runs elsewhere: its SQL would be
+ * compiled into the other query's statement, on the other connection, naming its own tenant's
+ * database with qualifyTables (a cross-tenant read) or reading the other tenant's tables without.
+ */
+function subqueryMismatch(captured: TenantScope, subquery: any, parent: any): TenantMismatchError | undefined {
+  const knex = parent.unsafeKnex();
+  if (knex === null || knex === subquery.unsafeKnex()) return undefined;
+  let scope: TenantScope | undefined = parent[CAPTURED] ?? currentScope();
+  if (scope !== undefined && knex !== scope.knex && knex !== scope.trx) scope = undefined;
+  if (scope !== undefined && scope.owner === captured.owner && scope.tenantId === captured.tenantId) return undefined;
+  const error = new TenantMismatchError(captured.tenantId, scope?.tenantId ?? captured.tenantId);
+  const where =
+    scope === undefined ? 'on another connection (a central model or an explicit knex)'
+    : scope.tenantId === captured.tenantId ? `in tenant "${scope.tenantId}" of another tenancy`
+    : `in tenant "${scope.tenantId}"`;
+  error.message =
+    `A query built in the scope of tenant "${captured.tenantId}" was used as a subquery of a query that runs ${where}. ` +
+    'Build the subquery where the query runs (inside the same scope, or outside any scope to take the query\'s).';
+  return error;
 }
 
 function stamp_(instance: object, tenantId: string): void {
@@ -75,6 +231,21 @@ function stampFromScope(instance: any): void {
   if (STAMPS.has(instance) || pinned(instance.constructor)) return;
   const scope = currentScope();
   if (scope !== undefined) stamp_(instance, scope.tenantId);
+}
+
+/** Gives the clone of an instance (and of its related instances) the tenant of the original. */
+function stampClone(original: any, copy: any): void {
+  if (original === null || typeof original !== 'object' || copy === null || typeof copy !== 'object') return;
+  if (Array.isArray(original)) {
+    for (let i = 0; i < original.length; i++) stampClone(original[i], copy[i]);
+    return;
+  }
+  if (!(original instanceof Model)) return;
+  const stamp = STAMPS.get(original);
+  if (stamp !== undefined && !STAMPS.has(copy)) stamp_(copy, stamp);
+  for (const name of (original.constructor as any).getRelationNames() as string[]) {
+    if (Object.prototype.hasOwnProperty.call(copy, name)) stampClone((original as any)[name], copy[name]);
+  }
 }
 
 /** A builder that fails at execution with `error` (instance methods reject rather than throw). */
@@ -106,7 +277,9 @@ export function instanceTenantId(instance: Model): string | undefined {
  * Makes a model class tenant-aware: its queries, relations, graphs, hooks and transactions use the
  * current tenant scope's connection. An explicit `query(knexOrTrx)`, `bindKnex()` or `Model.knex(k)` on
  * the class itself wins. With no scope and no explicit knex, queries reject with `TenantContextMissingError`.
- * Use it when the app already has a base model; otherwise extend `TenantModel`.
+ * Use it when the app already has a base model; otherwise extend `TenantModel`. A custom query builder
+ * must extend the base's `QueryBuilder` (`TenantModel.QueryBuilder`): `query()` throws a `TypeError`
+ * when it does not.
  * @example
  * class BaseModel extends tenantAware(Model) {}
  * class Person extends BaseModel { static tableName = 'persons'; }
@@ -117,14 +290,36 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
   class TenantQueryBuilder extends (BaseModel.QueryBuilder as any) {
     // Defined on every builder from construction on, so that all builders share one shape.
     [CAPTURED]: TenantScope | undefined = undefined;
+    [GUARDED]: readonly unknown[] | undefined = undefined;
 
     // A builder made in tenant A and awaited in tenant B runs on A, hooks included: the lookup of
     // objection is lazy, so the scope captured at creation is restored around execution.
     execute(): Promise<unknown> {
       const captured = this[CAPTURED];
-      if (captured !== undefined && currentScope() !== captured) return runInScope(captured, () => super.execute());
+      if (captured !== undefined && currentScope() !== captured) return runInScope(captured, () => this[RUN]());
+      return this[RUN]();
+    }
+
+    // In the scope the query executes in: the instance guard checks that one, whenever and wherever
+    // the builder was made.
+    [RUN](): Promise<unknown> {
+      const guarded = this[GUARDED];
+      if (guarded !== undefined) {
+        const error = guardedMismatch(this, guarded);
+        if (error !== undefined) return Promise.reject(error);
+      }
       if ((this as any).unsafeKnex() === null) return Promise.reject(missing((this as any).modelClass()));
       return super.execute();
+    }
+
+    executeOnBuild(): unknown {
+      const outer = building;
+      building = this;
+      try {
+        return super.executeOnBuild();
+      } finally {
+        building = outer;
+      }
     }
 
     // qualifyTables: a query through a tenant handle names the handle's database (see
@@ -144,22 +339,89 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       return super.knex(...args);
     }
 
+    // Objection hands a child query its parent's context, knex included; a child that belongs on
+    // another connection (central under tenant, tenant under central) gets a copy of it with its
+    // own knex: the parent's context is shared with its other children.
+    childQueryOf(parent: any, options?: any): any {
+      const knex = parent == null ? undefined : ownChildKnex(this, parent);
+      if (knex === undefined) return super.childQueryOf(parent, options);
+      return super.childQueryOf(parent, { ...options, fork: true }).knex(knex);
+    }
+
+    subqueryOf(parent: any): any {
+      const captured = this[CAPTURED];
+      if (captured !== undefined && parent != null) {
+        const error = subqueryMismatch(captured, this, parent);
+        if (error !== undefined) throw error;
+      }
+      return super.subqueryOf(parent);
+    }
+
     // relatedQuery(...).for(instances): instances of another tenant are refused as on `$relatedQuery`.
     for(...args: unknown[]): any {
       if (args.length === 0) return super.for();
-      const builder = super.for(args[0]);
-      return this[CAPTURED] === undefined ? builder : failing(builder as any, mismatchIn(args[0]));
+      return guard(super.for(args[0]), args[0]);
+    }
+
+    // Writes given instances of another tenant: upsertGraph would delete this tenant's children
+    // missing from the other's graph, relate would link this tenant's rows by the other's ids.
+    upsertGraph(graph: unknown, options?: unknown): any {
+      return guard(super.upsertGraph(graph, options), graph, true);
+    }
+
+    upsertGraphAndFetch(graph: unknown, options?: unknown): any {
+      return guard(super.upsertGraphAndFetch(graph, options), graph, true);
+    }
+
+    insertGraph(graph: unknown, options?: { relate?: unknown }): any {
+      const builder = super.insertGraph(graph, options);
+      return options?.relate ? guard(builder, graph, true) : builder;
+    }
+
+    insertGraphAndFetch(graph: unknown, options?: { relate?: unknown }): any {
+      const builder = super.insertGraphAndFetch(graph, options);
+      return options?.relate ? guard(builder, graph, true) : builder;
+    }
+
+    relate(...args: unknown[]): any {
+      return guard(super.relate(...args), args[0]);
+    }
+
+    patch(...args: unknown[]): any {
+      return guard(super.patch(...args), args[0]);
+    }
+
+    update(...args: unknown[]): any {
+      return guard(super.update(...args), args[0]);
+    }
+
+    patchAndFetch(value: unknown): any {
+      return guard(super.patchAndFetch(value), value);
+    }
+
+    updateAndFetch(value: unknown): any {
+      return guard(super.updateAndFetch(value), value);
+    }
+
+    patchAndFetchById(id: unknown, value: unknown): any {
+      return guard(super.patchAndFetchById(id, value), value);
+    }
+
+    updateAndFetchById(id: unknown, value: unknown): any {
+      return guard(super.updateAndFetchById(id, value), value);
     }
 
     clone(): any {
       const copy = super.clone();
       copy[CAPTURED] = this[CAPTURED];
+      copy[GUARDED] = this[GUARDED];
       return copy;
     }
   }
 
   class TenantAwareModel extends BaseModel {
     static QueryBuilder = TenantQueryBuilder;
+    static [TENANT_AWARE] = true;
 
     static knex(...args: unknown[]): Knex | undefined {
       if (args.length > 0 || hasOwnKnex(this)) return super.knex(...args);
@@ -171,20 +433,25 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
     }
 
     static query(trx?: unknown): any {
+      let builder;
       if (trx == null && !pinned(this)) {
         const scope = currentScope();
         if (scope !== undefined) {
-          const builder = super.query(scope.trx ?? scope.knex);
+          builder = super.query(scope.trx ?? scope.knex);
           builder[CAPTURED] = scope;
-          return builder;
         }
       }
-      return super.query(trx);
+      builder ??= super.query(trx);
+      // objection's custom-builder pattern (`static QueryBuilder = MyQueryBuilder`) on its own
+      // QueryBuilder would silently drop the scope capture and every guard above.
+      if (!(builder instanceof TenantQueryBuilder)) {
+        throw customBuilderError(this, "`class MyQueryBuilder extends TenantModel.QueryBuilder {}` (or your tenantAware() base's QueryBuilder)");
+      }
+      return builder;
     }
 
     static fetchGraph(models: unknown, expression: unknown, options?: { transaction?: unknown }): any {
-      const builder = super.fetchGraph(models, expression, options);
-      return options?.transaction == null && !pinned(this) ? failing(builder, mismatchIn(models)) : builder;
+      return guard(super.fetchGraph(models, expression, options), models);
     }
 
     static knexQuery(): Knex.QueryBuilder {
@@ -219,16 +486,21 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       return result;
     }
 
+    $clone(options?: unknown): this {
+      const copy = super.$clone(options);
+      stampClone(this, copy);
+      return copy;
+    }
+
     $query(trx?: unknown): any {
-      return failing(super.$query(trx), trx == null ? checkInstance(this) : undefined);
+      return guard(super.$query(trx), this);
     }
 
+    // A tenant relation's builder guards its owner through for(); a central one on objection's
+    // Model has no such hook and checks the owner now.
     $relatedQuery(relationName: string, trx?: unknown): any {
-      return failing(super.$relatedQuery(relationName, trx), trx == null ? checkInstance(this) : undefined);
-    }
-
-    $fetchGraph(expression: unknown, options?: { transaction?: unknown }): any {
-      return failing(super.$fetchGraph(expression, options), options?.transaction == null ? checkInstance(this) : undefined);
+      const builder = super.$relatedQuery(relationName, trx);
+      return GUARDED in builder || trx != null ? builder : failing(builder, mismatchIn(this, currentScope()));
     }
   }
 
@@ -248,7 +520,10 @@ export class TenantModel extends tenantAware(Model) {}
 /**
  * Pins a model to a central (non-tenant) knex, for the tenant catalog or shared reference tables,
  * like apartment's `pin_tenant` or stancl's `CentralConnection`. Works on objection's `Model` and on
- * tenant-aware bases; inside a tenant scope (and its transactions) the model still uses `knex`.
+ * tenant-aware bases; inside a tenant scope (and its transactions) the model still uses `knex`, as a
+ * relation of a tenant model too (eager and graph queries), and a tenant relation of a central model
+ * uses the scope's tenant. A join between the two (`withGraphJoined`, `joinRelated`) rejects with a
+ * `TypeError`: one statement runs on one connection.
  * @param knex the central knex, or a function returning it (resolved at each query).
  * @example
  * class Tenant extends centralModel(BaseModel, catalogKnex) {
@@ -258,13 +533,49 @@ export class TenantModel extends tenantAware(Model) {}
 export function centralModel<M extends AnyModelClass>(Base: M, knex: Knex | (() => Knex)): M {
   if (typeof knex !== 'function') throw new TypeError('centralModel(Base, knex): knex must be a knex instance or a function returning one');
   const BaseModel = Base as any;
+  // A tenant-aware base's builder already keeps central children on their knex; objection's gets a
+  // subclass that does (its childQueryOf would hand them the tenant parent's).
+  const CentralQueryBuilder = BaseModel[TENANT_AWARE] === true ? undefined : centralQueryBuilder(BaseModel.QueryBuilder);
   class CentralModel extends BaseModel {
     static [CENTRAL] = knex;
+    static QueryBuilder = CentralQueryBuilder ?? BaseModel.QueryBuilder;
 
     static knex(...args: unknown[]): Knex | undefined {
       if (args.length > 0 || hasOwnKnex(this)) return super.knex(...args);
       return centralKnexOf(this);
     }
+
+    static query(trx?: unknown): any {
+      const builder = super.query(trx);
+      if (CentralQueryBuilder !== undefined && !(builder instanceof CentralQueryBuilder)) {
+        throw customBuilderError(this, '`const Central = centralModel(Model, knex); class MyQueryBuilder extends Central.QueryBuilder {}`');
+      }
+      return builder;
+    }
   }
   return CentralModel as unknown as M;
+}
+
+/** The query builder of central models on a base that is not tenant-aware (see childKnex). */
+function centralQueryBuilder(Base: any): any {
+  return class CentralQueryBuilder extends Base {
+    executeOnBuild(): unknown {
+      const outer = building;
+      building = this;
+      try {
+        return super.executeOnBuild();
+      } finally {
+        building = outer;
+      }
+    }
+
+    // Objection hands a child query its parent's context, knex included; a child that belongs on
+    // another connection (central under tenant, tenant under central) gets a copy of it with its
+    // own knex: the parent's context is shared with its other children.
+    childQueryOf(parent: any, options?: any): any {
+      const knex = parent == null ? undefined : ownChildKnex(this, parent);
+      if (knex === undefined) return super.childQueryOf(parent, options);
+      return super.childQueryOf(parent, { ...options, fork: true }).knex(knex);
+    }
+  };
 }

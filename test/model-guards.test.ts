@@ -1,0 +1,354 @@
+/**
+ * The model's guards where objection hands one query's connection to another: child queries across
+ * central and tenant models (childQueryOf), custom query builders, the instance guard checked where
+ * the query runs, subqueries built in another tenant, and instances of another tenant given to
+ * writes. Runs once per database (SQLite files, MariaDB per tenant and through the shared strategy).
+ */
+import assert from 'node:assert/strict';
+import { after, before, beforeEach, describe, it } from 'node:test';
+import knexFactory, { type Knex } from 'knex';
+import { Model, QueryBuilder, type RelationMappings } from 'objection';
+import {
+  centralModel,
+  createTenancy,
+  instanceTenantId,
+  runWithTenant,
+  setDefaultTenancy,
+  TenantContextMissingError,
+  TenantMismatchError,
+  TenantModel,
+  type Tenancy,
+} from '../lib/index';
+import { allStrategies } from './helpers/databases';
+import { createSchema, Movie, Person, Pet, reseed } from './helpers/fixtures';
+
+const TENANTS = ['g1', 'g2'] as const;
+let catalog: Knex;
+
+/** Central reference rows (`central-<id>`); every tenant database has a `countries` table too (`<t>-country-<id>`). */
+async function createCountries(knex: Knex, prefix: string): Promise<void> {
+  await knex.schema.dropTableIfExists('countries');
+  await knex.schema.createTable('countries', (t) => {
+    t.integer('id').primary();
+    t.string('name').notNullable();
+  });
+  await knex('countries').insert([{ id: 1, name: `${prefix}-1` }, { id: 2, name: `${prefix}-2` }]);
+}
+
+/** A central model on objection's own Model. Person `n` lives in country `n` (joined on the ids). */
+class Country extends centralModel(Model, () => catalog) {
+  static override tableName = 'countries';
+  declare id: number;
+  declare name: string;
+  declare people?: Citizen[];
+
+  static override get relationMappings(): RelationMappings {
+    return { people: { relation: Model.HasManyRelation, modelClass: Citizen, join: { from: 'countries.id', to: 'persons.id' } } };
+  }
+}
+
+/** A central model on a tenant-aware base. */
+class Region extends centralModel(TenantModel, () => catalog) {
+  static override tableName = 'countries';
+  declare id: number;
+  declare name: string;
+  declare people?: Citizen[];
+
+  static override get relationMappings(): RelationMappings {
+    return { people: { relation: Model.HasManyRelation, modelClass: Citizen, join: { from: 'countries.id', to: 'persons.id' } } };
+  }
+}
+
+class Citizen extends TenantModel {
+  static override tableName = 'persons';
+  declare id: number;
+  declare name: string;
+  declare country?: Country;
+  declare region?: Region;
+
+  static override get relationMappings(): RelationMappings {
+    return {
+      country: { relation: Model.BelongsToOneRelation, modelClass: Country, join: { from: 'persons.id', to: 'countries.id' } },
+      region: { relation: Model.BelongsToOneRelation, modelClass: Region, join: { from: 'persons.id', to: 'countries.id' } },
+    };
+  }
+}
+
+/** objection's documented custom builder, on objection's QueryBuilder: drops the tenant builder. */
+class PlainQueryBuilder<M extends Model, R = M[]> extends QueryBuilder<M, R> {}
+
+class PlainBuilderPerson extends TenantModel {
+  static override tableName = 'persons';
+  static override QueryBuilder = PlainQueryBuilder;
+}
+
+/** The same, on the tenant builder. */
+class NamedQueryBuilder<M extends Model, R = M[]> extends TenantModel.QueryBuilder<M, R> {
+  named(name: string): this {
+    return this.where('name', name);
+  }
+}
+
+class NamedPerson extends TenantModel {
+  static override tableName = 'persons';
+  static override QueryBuilder = NamedQueryBuilder;
+  declare id: number;
+  declare name: string;
+}
+
+const named = (modelClass: typeof NamedPerson, name: string) => (modelClass.query() as unknown as NamedQueryBuilder<NamedPerson>).named(name);
+
+for (const backend of allStrategies('guard')) {
+  describe(`model guards on ${backend.name}`, { skip: backend.skip }, () => {
+    let tenancy: Tenancy;
+    const direct = new Map<string, Knex>();
+
+    before(async () => {
+      await backend.createDatabase('catalog');
+      catalog = knexFactory(backend.knexConfig('catalog'));
+      await createCountries(catalog, 'central');
+      for (const t of TENANTS) await backend.createDatabase(t);
+      tenancy = createTenancy({ ...backend.connectionOptions(), tenantExists: async (id) => id !== 'catalog' && (await backend.databaseExists(id)) });
+      setDefaultTenancy(tenancy);
+      for (const t of TENANTS) {
+        await tenancy.runWithTenant(t, async () => {
+          await createSchema(tenancy.knex(), t);
+          await createCountries(tenancy.knex(), `${t}-country`);
+        });
+        direct.set(t, knexFactory(backend.knexConfig(t)));
+      }
+    });
+
+    beforeEach(async () => {
+      for (const t of TENANTS) await reseed(direct.get(t)!, t);
+    });
+
+    after(async () => {
+      await tenancy.destroy();
+      for (const knex of direct.values()) await knex.destroy();
+      await catalog.destroy();
+      for (const t of TENANTS) await backend.dropDatabase(t);
+      await backend.dropDatabase('catalog');
+      await backend.close();
+    });
+
+    const names = (rows: { name: string }[]) => rows.map((r) => r.name).sort();
+    const personNames = async (t: string) => names(await direct.get(t)!('persons'));
+
+    describe('child queries across central and tenant models', () => {
+      it('a central relation of a tenant query reads the central database, in scopes and their transactions', async () => {
+        for (const relation of ['country', 'region'] as const) {
+          const [plain, inTrx] = await runWithTenant('g1', async () => [
+            await Citizen.query().withGraphFetched(relation).orderBy('id'),
+            await tenancy.transaction(() => Citizen.query().withGraphFetched(relation).orderBy('id')),
+          ]);
+          for (const rows of [plain, inTrx]) {
+            assert.deepEqual(names(rows), ['g1-ada', 'g1-bob']);
+            assert.deepEqual(rows.map((r) => r[relation]!.name), ['central-1', 'central-2'], `${relation} from the central database`);
+          }
+        }
+      });
+
+      it('$relatedQuery and fetchGraph from a tenant instance to a central relation read the central database', async () => {
+        const [related, graph] = await runWithTenant('g2', async () => {
+          const bob = await Citizen.query().findById(2);
+          return [await bob!.$relatedQuery('country'), await bob!.$fetchGraph('region')];
+        });
+        assert.equal(related!.name, 'central-2');
+        assert.equal(graph.region!.name, 'central-2');
+      });
+
+      it("a tenant relation of a central query runs on the scope's tenant (its transaction), and fails closed outside any scope", async () => {
+        for (const Central of [Country, Region]) {
+          await assert.rejects(async () => Central.query().withGraphFetched('people'), TenantContextMissingError, `${Central.name} outside any scope`);
+          const countries = await runWithTenant('g2', () => Central.query().withGraphFetched('people').orderBy('id'));
+          assert.deepEqual(countries.map((c) => c.name), ['central-1', 'central-2']);
+          assert.deepEqual(countries.map((c) => names(c.people!)), [['g2-ada'], ['g2-bob']]);
+          const seen = await runWithTenant('g1', () =>
+            tenancy.transaction(async () => {
+              await direct.get('g1')!('persons').where('id', 2).first(); // another connection: not in the transaction
+              await Citizen.query().patch({ name: 'g1-bob-in-trx' }).where('id', 2);
+              return Central.query().findById(2).withGraphFetched('people');
+            }),
+          );
+          assert.deepEqual(names(seen!.people!), ['g1-bob-in-trx'], 'the child query ran inside the scope transaction');
+          await direct.get('g1')!('persons').where('id', 2).update({ name: 'g1-bob' });
+        }
+      });
+
+      it('a tenant query nested under a central one under a tenant one stays on the tenant', async () => {
+        const rows = await runWithTenant('g1', () => Citizen.query().withGraphFetched('country.people').orderBy('id'));
+        assert.deepEqual(rows.map((r) => r.country!.name), ['central-1', 'central-2']);
+        assert.deepEqual(rows.map((r) => names(r.country!.people!)), [['g1-ada'], ['g1-bob']]);
+      });
+
+      it('insertGraph writes central nodes to the central database and tenant nodes to the tenant', async () => {
+        try {
+          await runWithTenant('g1', async () => {
+            await Citizen.query().insertGraph({ id: 3, name: 'g1-carol', country: { id: 3, name: 'central-3' } } as never);
+            await Country.query().insertGraph({ id: 4, name: 'central-4', people: [{ name: 'g1-dan' }] } as never);
+          });
+          assert.deepEqual(names(await catalog('countries').whereIn('id', [3, 4])), ['central-3', 'central-4']);
+          assert.deepEqual(await direct.get('g1')!('countries').whereIn('id', [3, 4]), []);
+          assert.deepEqual(await personNames('g1'), ['g1-ada', 'g1-bob', 'g1-carol', 'g1-dan']);
+          assert.deepEqual(await personNames('g2'), ['g2-ada', 'g2-bob']);
+        } finally {
+          await catalog('countries').whereIn('id', [3, 4]).delete();
+          await direct.get('g1')!('countries').whereIn('id', [3, 4]).delete();
+        }
+      });
+
+      it('a join across central and tenant models fails with a clear error instead of reading one database', async () => {
+        await runWithTenant('g1', async () => {
+          await assert.rejects(async () => Citizen.query().withGraphJoined('country'), /cannot join .* another database/);
+          await assert.rejects(async () => Citizen.query().withGraphJoined('region'), /cannot join .* another database/);
+          await assert.rejects(async () => Citizen.query().joinRelated('country'), /cannot join .* another database/);
+          await assert.rejects(async () => Country.query().withGraphJoined('people'), /cannot join .* another database/);
+          await assert.rejects(async () => Region.query().joinRelated('people'), /cannot join .* another database/);
+          // Joins between tenant models are untouched.
+          assert.deepEqual(names(await Person.query().joinRelated('pets').where('pets.name', 'g1-rex')), ['g1-ada']);
+        });
+      });
+
+      it('tenant children of tenant parents keep the parent knex (explicit knex, bindKnex)', async () => {
+        const [explicit, bound] = await runWithTenant('g1', async () => [
+          await Person.query(direct.get('g2')!).withGraphFetched('pets').orderBy('id'),
+          await Person.bindKnex(direct.get('g2')!).query().withGraphFetched('pets').orderBy('id'),
+        ]);
+        for (const rows of [explicit, bound]) assert.deepEqual(names(rows.flatMap((p) => p.pets!)), ['g2-rex', 'g2-tom']);
+      });
+    });
+
+    describe('custom query builders', () => {
+      it("a model whose QueryBuilder does not extend TenantModel.QueryBuilder throws a TypeError that says so", async () => {
+        assert.throws(() => PlainBuilderPerson.query(), (e: unknown) => e instanceof TypeError && /TenantModel\.QueryBuilder/.test(e.message));
+        await runWithTenant('g1', () => assert.throws(() => PlainBuilderPerson.query(), TypeError));
+      });
+
+      it('a builder extending TenantModel.QueryBuilder keeps the scope and the guards', async () => {
+        const [built, bob] = await runWithTenant('g1', async () => [{ q: named(NamedPerson, 'g1-bob') }, await NamedPerson.query().findById(2)] as const);
+        assert.deepEqual(names(await runWithTenant('g2', () => built.q)), ['g1-bob'], 'built in g1, awaited in g2: runs in g1');
+        await assert.rejects(async () => named(NamedPerson, 'g1-bob'), TenantContextMissingError);
+        await assert.rejects(runWithTenant('g2', async () => bob!.$query()), TenantMismatchError);
+      });
+    });
+
+    describe('the instance guard checks the scope the query runs in', () => {
+      it('$query().patch() built outside any scope and awaited in another tenant', async () => {
+        const adaOfG2 = await runWithTenant('g2', () => Person.query().findById(1));
+        const patch = adaOfG2!.$query().patch({ name: 'hacked' });
+        await assert.rejects(runWithTenant('g1', () => patch), TenantMismatchError);
+        assert.deepEqual(await personNames('g1'), ['g1-ada', 'g1-bob']);
+        // In its own tenant it runs.
+        await runWithTenant('g2', () => patch);
+        assert.deepEqual(await personNames('g2'), ['g2-bob', 'hacked']);
+      });
+
+      it('relatedQuery built in one tenant, for() given another tenant\'s instance in a second', async () => {
+        const built = await runWithTenant('g1', () => ({ q: Person.relatedQuery('pets') }));
+        const bobOfG2 = await runWithTenant('g2', () => Person.query().findById(2));
+        const query = await runWithTenant('g2', () => ({ q: built.q.for(bobOfG2 as never) }));
+        await assert.rejects(async () => query.q, TenantMismatchError);
+      });
+
+      it('for() on a builder made outside any scope', async () => {
+        const bobOfG2 = await runWithTenant('g2', () => Person.query().findById(2));
+        const query = Person.relatedQuery('pets').for(bobOfG2 as never);
+        await assert.rejects(runWithTenant('g1', () => query), TenantMismatchError);
+        assert.deepEqual(names(await runWithTenant('g2', () => query)), ['g2-tom']);
+      });
+
+      it('a builder made in its own tenant and awaited in another runs in its own', async () => {
+        const { q } = await runWithTenant('g1', async () => ({ q: (await Person.query().findById(1))!.$relatedQuery('pets') }));
+        assert.deepEqual(names(await runWithTenant('g2', () => q)), ['g1-rex']);
+      });
+    });
+
+    describe('subqueries built in another tenant', () => {
+      it('fail closed with TenantMismatchError', async () => {
+        const { sub } = await runWithTenant('g2', () => ({ sub: Person.query().select('id').where('name', 'g2-bob') }));
+        await assert.rejects(
+          runWithTenant('g1', () => Person.query().whereIn('id', sub)),
+          (e: unknown) => e instanceof TenantMismatchError && /tenant "g2" was used as a subquery of a query that runs in tenant "g1"/.test(e.message),
+        );
+        await assert.rejects(runWithTenant('g1', () => Person.query().select(sub.clone().first().as('x'))), TenantMismatchError);
+        await assert.rejects(runWithTenant('g1', () => Person.query().whereExists(Pet.query().whereIn('owner_id', sub))), TenantMismatchError);
+        await assert.rejects(runWithTenant('g1', () => Person.query().where((b) => b.whereIn('id', sub))), TenantMismatchError);
+        await assert.rejects(runWithTenant('g1', () => Country.query().whereIn('id', sub)), TenantMismatchError, 'a central query');
+      });
+
+      it('a tenant subquery of a central query fails closed, in its own tenant too', async () => {
+        await runWithTenant('g1', async () => {
+          await assert.rejects(async () => Country.query().whereIn('id', Person.query().select('id')), TenantMismatchError);
+          await assert.rejects(async () => Region.query().whereIn('id', Person.query().select('id')), TenantMismatchError);
+        });
+      });
+
+      it('another tenancy with the same tenant id is another tenant', async () => {
+        const other = createTenancy({ ...backend.connectionOptions(), tenantExists: backend.databaseExists });
+        try {
+          const { sub } = await other.runWithTenant('g1', () => ({ sub: Person.query().select('id') }));
+          await assert.rejects(runWithTenant('g1', () => Person.query().whereIn('id', sub)), TenantMismatchError);
+        } finally {
+          await other.destroy();
+        }
+      });
+
+      it('subqueries of the same tenant, or made outside any scope, still work', async () => {
+        const { sub } = await runWithTenant('g1', () => ({ sub: Person.query().select('id').where('name', 'g1-bob') }));
+        const unscoped = Person.query().select('id').where('name', 'like', '%-ada');
+        const [same, inTrx, late, relationCount] = await runWithTenant('g1', async () => [
+          await Person.query().whereIn('id', sub),
+          await tenancy.transaction(() => Person.query().whereIn('id', sub)),
+          await Person.query().whereIn('id', unscoped),
+          await Person.query().select('name', Person.relatedQuery('pets').count().as('n')).orderBy('id'),
+        ]);
+        assert.deepEqual(names(same), ['g1-bob']);
+        assert.deepEqual(names(inTrx), ['g1-bob']);
+        assert.deepEqual(names(late), ['g1-ada']);
+        assert.deepEqual(relationCount.map((r) => Number((r as unknown as { n: number }).n)), [1, 1]);
+        assert.deepEqual(names(await runWithTenant('g2', () => Person.query().whereIn('id', unscoped))), ['g2-ada']);
+      });
+    });
+
+    describe('instances of another tenant given to writes', () => {
+      it('$clone() keeps the tenant, of nested relations too', async () => {
+        const ada = await runWithTenant('g2', () => Person.query().findById(1).withGraphFetched('pets'));
+        const copy = ada!.$clone();
+        assert.equal(instanceTenantId(copy), 'g2');
+        assert.equal(instanceTenantId(copy.pets![0]!), 'g2');
+        assert.equal(instanceTenantId(ada!.$clone({ shallow: true })), 'g2');
+        await assert.rejects(runWithTenant('g1', async () => copy.$query()), TenantMismatchError);
+      });
+
+      it('upsertGraph, insertGraph with relate, relate and patch refuse them', async () => {
+        const [adaOfG2, movieOfG2] = await runWithTenant('g2', async () => [(await Person.query().findById(1))!, (await Movie.query().findById(2))!] as const);
+        const petOfG2 = await runWithTenant('g2', () => Pet.query().findById(1));
+        adaOfG2.pets = [];
+        await runWithTenant('g1', async () => {
+          await assert.rejects(async () => Person.query().upsertGraph(adaOfG2), TenantMismatchError);
+          await assert.rejects(async () => Person.query().upsertGraph({ id: 1, name: 'g1-ada', pets: [petOfG2!] } as never), TenantMismatchError);
+          await assert.rejects(async () => Person.query().upsertGraphAndFetch([adaOfG2]), TenantMismatchError);
+          await assert.rejects(
+            async () => Person.query().insertGraph({ name: 'g1-new', movies: [movieOfG2] } as never, { relate: true }),
+            TenantMismatchError,
+          );
+          await assert.rejects(async () => Person.relatedQuery('movies').for(2).relate(movieOfG2), TenantMismatchError);
+          await assert.rejects(async () => Person.query().patch(adaOfG2).where('id', 2), TenantMismatchError);
+          await assert.rejects(async () => Person.query().patchAndFetchById(2, adaOfG2), TenantMismatchError);
+          await assert.rejects(async () => Person.query().update(adaOfG2).where('id', 2), TenantMismatchError);
+          // Plain objects and this tenant's instances go on as before.
+          const own = (await Movie.query().findById(2))!;
+          await Person.relatedQuery('movies').for(2).relate(own);
+        });
+        const g1 = direct.get('g1')!;
+        assert.deepEqual(await personNames('g1'), ['g1-ada', 'g1-bob']);
+        assert.equal((await g1('pets')).length, 2, "upsertGraph did not delete g1's pets");
+        assert.deepEqual(await g1('persons_movies').orderBy('person_id').select('person_id', 'movie_id'), [
+          { person_id: 1, movie_id: 1 },
+          { person_id: 2, movie_id: 2 },
+        ]);
+      });
+    });
+  });
+}
