@@ -233,6 +233,20 @@ function stampFromScope(instance: any): void {
   if (scope !== undefined) stamp_(instance, scope.tenantId);
 }
 
+/**
+ * Whether a builder captured in `captured` (no transaction, the tenant's own knex) and executed in
+ * `current`, a transaction of the same tenant of the same tenancy, should run in that transaction.
+ */
+function joinsTransaction(builder: any, captured: TenantScope, current: TenantScope | undefined): boolean {
+  return (
+    current?.trx !== undefined &&
+    captured.trx === undefined &&
+    current.owner === captured.owner &&
+    current.tenantId === captured.tenantId &&
+    builder.unsafeKnex() === captured.knex
+  );
+}
+
 /** Gives the clone of an instance (and of its related instances) the tenant of the original. */
 function stampClone(original: any, copy: any): void {
   if (original === null || typeof original !== 'object' || copy === null || typeof copy !== 'object') return;
@@ -296,7 +310,16 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
     // objection is lazy, so the scope captured at creation is restored around execution.
     execute(): Promise<unknown> {
       const captured = this[CAPTURED];
-      if (captured !== undefined && currentScope() !== captured) return runInScope(captured, () => this[RUN]());
+      if (captured !== undefined) {
+        const current = currentScope();
+        if (current !== captured) {
+          if (!joinsTransaction(this, captured, current)) return runInScope(captured, () => this[RUN]());
+          // Built before tenancy.transaction() on the tenant's knex, awaited inside it: it runs in the
+          // transaction, as a query built there does (and is rolled back with it).
+          (this as any).knex(current!.trx);
+          this[CAPTURED] = current;
+        }
+      }
       return this[RUN]();
     }
 

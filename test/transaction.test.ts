@@ -191,6 +191,20 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.equal(hookErrors.length, 1);
     });
 
+    it('a query built before tenancy.transaction() and awaited inside it runs in the transaction, and is rolled back with it', async () => {
+      await tenancy.runWithTenant('x1', async () => {
+        const insert = Person.query().insert({ name: 'x1-built-before' });
+        await assert.rejects(
+          tenancy.transaction(async () => {
+            await insert;
+            throw new Error('undo');
+          }),
+          /undo/,
+        );
+      });
+      assert.ok(!(await names('x1')).includes('x1-built-before'), 'a model query built before the transaction was committed outside it');
+    });
+
     it('onCommit outside a transaction: a failing callback goes to onHookError, never an unhandled rejection', async () => {
       const unhandled: unknown[] = [];
       const onUnhandled = (reason: unknown) => unhandled.push(reason);
