@@ -225,10 +225,12 @@ function openOutsideScopes(knex: Knex): void {
  * the budget reclaiming it) gets a 503, not knex's untyped "Unable to acquire a connection".
  */
 function failTypedOnceClosed(knex: Knex, tenantId: string): void {
-  const client = knex.client as Knex.Client & { pool?: unknown; acquireConnection(): Promise<unknown> };
+  const client = knex.client as Knex.Client & { pool?: { destroyed?: boolean }; acquireConnection(): Promise<unknown> };
   const acquire = client.acquireConnection.bind(client);
+  // While knex's destroy() runs, its tarn pool is still there but destroyed: an acquire then failed
+  // with tarn's untyped "aborted" or waited for the acquire timeout.
   client.acquireConnection = () =>
-    client.pool === undefined
+    client.pool === undefined || client.pool.destroyed === true
       ? Promise.reject(new TenantUnavailableError(tenantId, { reason: 'its pool was closed (forget, evict or the connection budget) after this query was built; build it again in a new scope' }))
       : acquire();
 }

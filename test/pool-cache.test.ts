@@ -86,6 +86,19 @@ for (const backend of backends('pool')) {
       assert.equal(await tenancy.runWithTenant('p2', async () => (await tenancy.knex().raw('select 1 as one')) !== undefined), true);
     });
 
+    it("a query built in a scope and run while that tenant's pool is closing fails with a 503 too, not knex's untyped error or a hang", async () => {
+      const tenancy = make();
+      const { query, knex } = await tenancy.runWithTenant('p2', () => ({ query: tenancy.knex().raw('select 1 as one'), knex: tenancy.knex() }));
+      const pool = () => (knex.client as { pool?: { destroyed?: boolean } }).pool;
+      void tenancy.forget('p2');
+      // Until knex's destroy() resolves, its tarn pool is there but destroyed.
+      for (let i = 0; i < 1000 && pool()?.destroyed !== true; i++) await new Promise<void>((resolve) => queueMicrotask(resolve));
+      assert.equal(pool()?.destroyed, true, 'the test did not catch the pool while it closed');
+      const started = Date.now();
+      await assert.rejects(Promise.resolve(query), (error: Error) => error instanceof TenantUnavailableError && /pool was closed/.test(error.message));
+      assert.ok(Date.now() - started < 1_000, `took ${Date.now() - started} ms`);
+    });
+
     it('does not cache a failed opening: the next request tries again', async () => {
       let fail = true;
       const tenancy = make({
