@@ -335,6 +335,21 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       return super.execute();
     }
 
+    // resultSize() and toKnexQuery() build the query without running it (no before hooks, no
+    // execute): the instance guard is checked here for them.
+    resultSize(): Promise<number> {
+      const guarded = this[GUARDED];
+      const error = guarded === undefined ? undefined : guardedMismatch(this, guarded);
+      return error === undefined ? super.resultSize() : Promise.reject(error);
+    }
+
+    toKnexQuery(...args: unknown[]): any {
+      const guarded = this[GUARDED];
+      const error = guarded === undefined ? undefined : guardedMismatch(this, guarded);
+      if (error !== undefined) throw error;
+      return super.toKnexQuery(...args);
+    }
+
     executeOnBuild(): unknown {
       const outer = building;
       building = this;

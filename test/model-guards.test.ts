@@ -251,6 +251,17 @@ for (const backend of allStrategies('guard')) {
         await assert.rejects(async () => query.q, TenantMismatchError);
       });
 
+      it('resultSize() and toKnexQuery() check it too (neither runs the before hooks)', async () => {
+        const adaOfG2 = await runWithTenant('g2', () => Person.query().findById(1));
+        await assert.rejects(runWithTenant('g1', () => adaOfG2!.$relatedQuery('pets').resultSize()), TenantMismatchError);
+        await assert.rejects(
+          runWithTenant('g1', async () => adaOfG2!.$query().patch({ name: 'hacked' }).toKnexQuery()),
+          TenantMismatchError,
+        );
+        assert.equal(await runWithTenant('g2', () => adaOfG2!.$relatedQuery('pets').resultSize()), 1);
+        assert.deepEqual(await personNames('g1'), ['g1-ada', 'g1-bob']);
+      });
+
       it('for() on a builder made outside any scope', async () => {
         const bobOfG2 = await runWithTenant('g2', () => Person.query().findById(2));
         const query = Person.relatedQuery('pets').for(bobOfG2 as never);
