@@ -105,6 +105,28 @@ function ownChildKnex(child: any, parent: any): Knex | undefined {
   return knex;
 }
 
+/** Runs objection's `executeOnBuild` of `builder` (synchronous) with `building` set to it. */
+function whileBuilding<T>(builder: object, build: () => T): T {
+  const outer = building;
+  building = builder;
+  try {
+    return build();
+  } finally {
+    building = outer;
+  }
+}
+
+/**
+ * objection's `childQueryOf` (`base`), where objection hands a child query its parent's context,
+ * knex included: a child that belongs on another connection (central under tenant, tenant under
+ * central) gets a copy of that context with its own knex (the parent's is shared with its other children).
+ */
+function childQueryWithOwnKnex(child: any, parent: any, options: any, base: (options: any) => any): any {
+  const knex = parent == null ? undefined : ownChildKnex(child, parent);
+  if (knex === undefined) return base(options);
+  return base({ ...options, fork: true }).knex(knex);
+}
+
 /**
  * The instance guard (objection #1616: instances do not carry their connection). Instances remember
  * the tenant they were loaded or created in; using one in another tenant's scope is an error, not a
@@ -338,26 +360,18 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
     // resultSize() and toKnexQuery() build the query without running it (no before hooks, no
     // execute): the instance guard is checked here for them.
     resultSize(): Promise<number> {
-      const guarded = this[GUARDED];
-      const error = guarded === undefined ? undefined : guardedMismatch(this, guarded);
+      const error = this[GUARDED] === undefined ? undefined : guardedMismatch(this, this[GUARDED]);
       return error === undefined ? super.resultSize() : Promise.reject(error);
     }
 
     toKnexQuery(...args: unknown[]): any {
-      const guarded = this[GUARDED];
-      const error = guarded === undefined ? undefined : guardedMismatch(this, guarded);
+      const error = this[GUARDED] === undefined ? undefined : guardedMismatch(this, this[GUARDED]);
       if (error !== undefined) throw error;
       return super.toKnexQuery(...args);
     }
 
     executeOnBuild(): unknown {
-      const outer = building;
-      building = this;
-      try {
-        return super.executeOnBuild();
-      } finally {
-        building = outer;
-      }
+      return whileBuilding(this, () => super.executeOnBuild());
     }
 
     // qualifyTables: a query through a tenant handle names the handle's database (see
@@ -377,13 +391,8 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       return super.knex(...args);
     }
 
-    // Objection hands a child query its parent's context, knex included; a child that belongs on
-    // another connection (central under tenant, tenant under central) gets a copy of it with its
-    // own knex: the parent's context is shared with its other children.
     childQueryOf(parent: any, options?: any): any {
-      const knex = parent == null ? undefined : ownChildKnex(this, parent);
-      if (knex === undefined) return super.childQueryOf(parent, options);
-      return super.childQueryOf(parent, { ...options, fork: true }).knex(knex);
+      return childQueryWithOwnKnex(this, parent, options, (opts) => super.childQueryOf(parent, opts));
     }
 
     subqueryOf(parent: any): any {
@@ -598,22 +607,11 @@ export function centralModel<M extends AnyModelClass>(Base: M, knex: Knex | (() 
 function centralQueryBuilder(Base: any): any {
   return class CentralQueryBuilder extends Base {
     executeOnBuild(): unknown {
-      const outer = building;
-      building = this;
-      try {
-        return super.executeOnBuild();
-      } finally {
-        building = outer;
-      }
+      return whileBuilding(this, () => super.executeOnBuild());
     }
 
-    // Objection hands a child query its parent's context, knex included; a child that belongs on
-    // another connection (central under tenant, tenant under central) gets a copy of it with its
-    // own knex: the parent's context is shared with its other children.
     childQueryOf(parent: any, options?: any): any {
-      const knex = parent == null ? undefined : ownChildKnex(this, parent);
-      if (knex === undefined) return super.childQueryOf(parent, options);
-      return super.childQueryOf(parent, { ...options, fork: true }).knex(knex);
+      return childQueryWithOwnKnex(this, parent, options, (opts) => super.childQueryOf(parent, opts));
     }
   };
 }

@@ -90,24 +90,28 @@ describe('catalog cache', () => {
     assert.equal(asked.get('later'), 3);
   });
 
-  it('forget() during a lookup in flight: its answer is not cached, and later requests ask again', async () => {
+  /** A `tenantExists` on the backend whose first lookup reads the answer, then waits for `letGo()`. */
+  const heldFirstLookup = () => {
     let calls = 0;
     let looked!: () => void;
     const lookedUp = new Promise<void>((resolve) => (looked = resolve));
     let letGo!: () => void;
     const held = new Promise<void>((resolve) => (letGo = resolve));
-    const tenancy = createTenancy({
-      knexConfig: backend.knexConfig,
-      // The first lookup reads "no such tenant", then waits while the tenant is created.
-      tenantExists: async (id) => {
-        const exists = await backend.databaseExists(id);
-        if (++calls === 1) {
-          looked();
-          await held;
-        }
-        return exists;
-      },
-    });
+    const tenantExists = async (id: string) => {
+      const exists = await backend.databaseExists(id);
+      if (++calls === 1) {
+        looked();
+        await held;
+      }
+      return exists;
+    };
+    return { tenantExists, lookedUp, letGo, calls: () => calls };
+  };
+
+  it('forget() during a lookup in flight: its answer is not cached, and later requests ask again', async () => {
+    // The first lookup reads "no such tenant", then waits while the tenant is created.
+    const { tenantExists, lookedUp, letGo, calls } = heldFirstLookup();
+    const tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists });
     tenancies.push(tenancy);
     const early = tenancy.runWithTenant('racer', () => 'served'); // its lookup reads "no", before the create
     await lookedUp;
@@ -119,29 +123,15 @@ describe('catalog cache', () => {
     assert.equal(await after, 'served', 'a request after forget() joined the lookup begun before it');
     assert.equal(await tenancy.runWithTenant('racer', () => 'served'), 'served', 'the answer begun before forget() was cached');
     // The early request asked again and joined the lookup the later one had begun.
-    assert.equal(calls, 2);
+    assert.equal(calls(), 2);
   });
 
   it('a lookup begun before a drop answers no tenant once forget() ran: no pool is opened for the dropped tenant', async () => {
     await backend.createDatabase('dropped');
-    let calls = 0;
-    let looked!: () => void;
-    const lookedUp = new Promise<void>((resolve) => (looked = resolve));
-    let letGo!: () => void;
-    const held = new Promise<void>((resolve) => (letGo = resolve));
+    // The first lookup reads "exists", then waits while the tenant is dropped.
+    const { tenantExists, lookedUp, letGo, calls } = heldFirstLookup();
     let opened = 0;
-    const tenancy = createTenancy({
-      knexConfig: (id) => (opened++, backend.knexConfig(id)),
-      // The first lookup reads "exists", then waits while the tenant is dropped.
-      tenantExists: async (id) => {
-        const exists = await backend.databaseExists(id);
-        if (++calls === 1) {
-          looked();
-          await held;
-        }
-        return exists;
-      },
-    });
+    const tenancy = createTenancy({ knexConfig: (id) => (opened++, backend.knexConfig(id)), tenantExists });
     tenancies.push(tenancy);
     const early = unknown(tenancy, 'dropped');
     await lookedUp;
@@ -151,7 +141,7 @@ describe('catalog cache', () => {
     await early;
     assert.equal(opened, 0, 'a pool was opened for the dropped tenant');
     assert.equal(await backend.databaseExists('dropped'), false, 'opening it created the database again');
-    assert.equal(calls, 2);
+    assert.equal(calls(), 2);
   });
 
   it('a failing catalog answers TenantUnavailableError (503) and is not cached', async () => {

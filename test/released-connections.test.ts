@@ -12,7 +12,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
-import knexFactory from 'knex';
+import knexFactory, { type Knex } from 'knex';
 import { createTenancy, TenantUnavailableError, toHttpError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { createTenantDatabases, dropTenantDatabases, Person } from './helpers/fixtures';
@@ -25,6 +25,9 @@ const CONFIGS: { name: string; options: Partial<TenancyOptions> }[] = [
   { name: 'inlineSwitch', options: { qualifyTables: false, inlineSwitch: true } },
   { name: 'qualifyTables + inlineSwitch + resetSession', options: { qualifyTables: true, inlineSwitch: true, resetSession: true } },
 ];
+
+/** The server's count of connections opened since it started (`Connections`). */
+const connectionsOpened = async (admin: Knex) => Number(((await admin.raw("show global status like 'Connections'")) as [{ Value: string }[]])[0][0]!.Value);
 
 describe('connections released to the shared pool', { skip: skipMysql }, () => {
   const { database: _database, ...server } = mysqlConnection();
@@ -99,7 +102,7 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
   it('a cancelled timeout sends its KILL QUERY over a free pooled connection, never a connection beyond pool.max', async () => {
     open({}, 2);
     const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 1, max: 1 } });
-    const connections = async () => Number(((await admin.raw("show global status like 'Connections'")) as [{ Value: string }[]])[0][0]!.Value);
+    const connections = () => connectionsOpened(admin);
     try {
       // Both pool connections open, one free again.
       await Promise.all([names('a'), rawNames('b', 'select name from persons where sleep(0.05) = 0')]);
@@ -127,7 +130,7 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
     it(`${name}: a cancelled timeout inside a transaction sends its KILL QUERY over the pool too, never a connection beyond pool.max`, async () => {
       open(options, 2);
       const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 1, max: 1 } });
-      const connections = async () => Number(((await admin.raw("show global status like 'Connections'")) as [{ Value: string }[]])[0][0]!.Value);
+      const connections = () => connectionsOpened(admin);
       try {
         await Promise.all([names('a'), rawNames('b', 'select name from persons where sleep(0.05) = 0')]);
         assert.equal(main().open, 2);
