@@ -58,8 +58,11 @@ export function toHttpError(error: unknown): HttpErrorAnswer | undefined {
   }
   // mysql2 marks errors that closed the connection `fatal`; some of them ("Can't add new command when
   // connection is in closed state", from knex's ROLLBACK after the connection died) carry no code.
-  const fatalWithoutCode = nativeError(error).fatal === true && errno === undefined;
-  if ((typeof code === 'string' && UNREACHABLE_CODES.has(code)) || (typeof errno === 'number' && UNREACHABLE_ERRNOS.has(errno)) || name === 'KnexTimeoutError' || fatalWithoutCode) {
+  const fatal = nativeError(error).fatal === true;
+  // A socket code alone is any client's (an HTTP client's ECONNRESET): only the driver's, marked
+  // fatal or wrapped by objection, says the tenant database is out of reach.
+  const driverCode = typeof code === 'string' && UNREACHABLE_CODES.has(code) && (fatal || (error as { nativeError?: unknown }).nativeError !== undefined);
+  if (driverCode || (typeof errno === 'number' && UNREACHABLE_ERRNOS.has(errno)) || name === 'KnexTimeoutError' || (fatal && errno === undefined)) {
     return { status: 503, code: 'TENANT_UNAVAILABLE', message: 'The tenant database is unavailable. Retry later.', retryAfter: 1 };
   }
   return undefined;

@@ -331,6 +331,27 @@ describe('middleware resolvers and errors', () => {
     });
   }
 
+  it("another service's connection error (an HTTP client's ECONNRESET) goes to the app's handler, not a 503 'tenant database unavailable'", async () => {
+    const app = express4();
+    app.use(tenancy.middleware());
+    app.get('/upstream', (_req, _res, next) => next(Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' })));
+    app.get('/driver', (_req, _res, next) => next(Object.assign(new Error('Connection lost: The server closed the connection.'), { code: 'PROTOCOL_CONNECTION_LOST', fatal: true })));
+    app.use(tenancy.errorHandler());
+    app.use((error: Error, _req: unknown, res: { status(n: number): { json(body: unknown): void } }, _next: unknown) => res.status(502).json({ app: error.message }));
+    const server = await listen(app);
+    try {
+      const upstream = await fetch(`${server.url}/upstream`, { headers: { 'x-tenant-id': 'acme' } });
+      assert.equal(upstream.status, 502, 'an error of another service was answered as the tenant database being down');
+      assert.deepEqual(await upstream.json(), { app: 'socket hang up' });
+      // The database driver's own (mysql2 marks the errors that closed its connection fatal) is still a 503.
+      const driver = await fetch(`${server.url}/driver`, { headers: { 'x-tenant-id': 'acme' } });
+      assert.equal(driver.status, 503);
+      assert.equal(driver.headers.get('retry-after'), '1');
+    } finally {
+      await server.close();
+    }
+  });
+
   it('a request that named no tenant to a global optional middleware may still name one at the route', async () => {
     const app = express4();
     app.use(tenancy.middleware({ optional: true }));
