@@ -260,7 +260,7 @@ export class SharedConnections implements TenantConnections {
     const pool = new AffinityPool(knex.client, poolOptions);
     streamsReleaseOnce(knex.client);
     server = { knex, pool, cancelQuery: cancelsOverPool(knex.client, pool) };
-    transactionsCancelOverPool(knex, server.cancelQuery);
+    cancelOverPool(knex, server.cancelQuery);
     this.#servers.set(key, server);
     this.#options.onServerKnex?.(knex);
     return server;
@@ -342,7 +342,6 @@ function tenantHandle(server: Server, tenantId: string, database: string, writab
     server.pool.release(conn);
     return Promise.resolve();
   };
-  (client as unknown as { cancelQuery: Server['cancelQuery'] }).cancelQuery = server.cancelQuery;
   // The server's pool outlives every handle.
   client.destroy = () => Promise.resolve();
   // knex's MySQL columnInfo() (objection reads it for withGraphJoined's table metadata) asks for
@@ -479,19 +478,22 @@ function cancelsOverPool(base: Knex.Client, pool: AffinityPool): Server['cancelQ
 }
 
 /**
- * knex builds a transaction's client from `client.constructor.prototype` (makeTxClient), not from
- * the tenant's client, so it had knex's own `cancelQuery`, which opens a connection of its own for
- * the `KILL QUERY` (pool.max + 1 on the server). The tenants' clients of this server get a
- * constructor whose prototype is the driver's with the pool's `cancelQuery` (qualifyTables'
+ * The pool's `cancelQuery` for every client of this server's tenants: their handles' clients, through
+ * the prototype they share, and their transactions' clients, which knex builds from
+ * `client.constructor.prototype` (makeTxClient), not from the tenant's client; with knex's own
+ * `cancelQuery` those opened a connection of their own for the `KILL QUERY` (pool.max + 1 on the
+ * server). The constructor's prototype is the driver's with the pool's `cancelQuery` (qualifyTables'
  * transaction class chains from it too).
  */
-function transactionsCancelOverPool(knex: Knex, cancelQuery: Server['cancelQuery']): void {
+function cancelOverPool(knex: Knex, cancelQuery: Server['cancelQuery']): void {
   const driverPrototype = (knex.client.constructor as { prototype: object }).prototype;
   const prototype = Object.create(driverPrototype) as Record<string, unknown>;
   prototype.cancelQuery = cancelQuery;
   const transactionClass = { prototype };
   Object.defineProperty(prototype, 'constructor', { value: transactionClass, configurable: true, writable: true });
-  Object.defineProperty(handlePrototypes(knex).client, 'constructor', { value: transactionClass, configurable: true, writable: true });
+  const handleClient = handlePrototypes(knex).client as Record<string, unknown>;
+  handleClient.cancelQuery = cancelQuery;
+  Object.defineProperty(handleClient, 'constructor', { value: transactionClass, configurable: true, writable: true });
 }
 
 function checkResetSupport(knex: Knex, key: string): void {
