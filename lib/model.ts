@@ -1,7 +1,7 @@
 import { Model } from 'objection';
 import type { Knex } from 'knex';
 import { TenantContextMissingError, TenantMismatchError } from './errors';
-import { currentScope, globalState, runInScope, type TenantScope } from './scope';
+import { connectionTenant, currentScope, globalState, markConnection, runInScope, type TenantScope } from './scope';
 import { namesItsDatabase, qualifiedDatabase } from './qualify-tables';
 
 // Objection's own typings do not describe the members overridden here (unsafeKnex, $$knex, the
@@ -19,6 +19,9 @@ const RUN = Symbol('objection-tenancy.run');
 // (a property, even a symbol, shows in spreads and deep equality) and costs less per row than
 // Object.defineProperty. Shared through the global state by every copy of the package.
 const STAMPS: WeakMap<object, string> = (globalState.instanceTenants ??= new WeakMap<object, string>());
+// The stamp of rows loaded through an explicit knex the library did not make for a tenant: no scope's.
+// Not a valid tenant id (NUL), so it equals no scope's tenant.
+const UNKNOWN_CONNECTION = '\u0000unknown-connection';
 const CENTRAL = Symbol.for('objection-tenancy.centralKnex');
 const TENANT_AWARE = Symbol.for('objection-tenancy.tenantAware');
 
@@ -139,7 +142,13 @@ function checkInstance(instance: any, scope: TenantScope): TenantMismatchError |
     stamp_(instance, scope.tenantId);
     return undefined;
   }
-  return stamp === scope.tenantId ? undefined : new TenantMismatchError(stamp, scope.tenantId);
+  if (stamp === scope.tenantId) return undefined;
+  if (stamp !== UNKNOWN_CONNECTION) return new TenantMismatchError(stamp, scope.tenantId);
+  const error = new TenantMismatchError('unknown', scope.tenantId);
+  error.message =
+    `A model instance loaded through an explicit knex that objection-tenancy did not open for a tenant was used inside the scope of tenant "${scope.tenantId}", ` +
+    'so its database is unknown. Pass that knex again (`instance.$query(knex)`), or load the instance inside this scope.';
+  return error;
 }
 
 /** The first instance among `value` (one, or an array) that belongs to another tenant than `scope`'s. */
@@ -249,6 +258,39 @@ function stamp_(instance: object, tenantId: string): void {
   STAMPS.set(instance, tenantId);
 }
 
+/**
+ * The tenant of the rows a builder loads or returns when it runs on an explicit knex other than its
+ * scope's (`Person.query(knexOfB)` inside A, or outside any scope): that knex's tenant when the library
+ * made it (a tenant's knex or handle, a transaction of one), else UNKNOWN_CONNECTION, never the
+ * scope's. `undefined` for a builder on its scope's connection (or a class bound to its own knex).
+ */
+function explicitConnectionTenant(builder: any): string | undefined {
+  const knex = builder.internalContext().knex;
+  if (knex == null) return undefined;
+  const scope: TenantScope | undefined = builder[CAPTURED] ?? currentScope();
+  if (scope !== undefined && (knex === scope.knex || knex === scope.trx)) return undefined;
+  return connectionTenant(knex) ?? UNKNOWN_CONNECTION;
+}
+
+/**
+ * Stamps the tenant-aware instances in a query's result (and in their relations, down to a pinned
+ * model, whose own tenant relations ran on the scope's connection) with `tenantId`, over the stamp
+ * they took from the scope when they were made.
+ */
+function stampLoaded(value: unknown, tenantId: string, seen: Set<object>): void {
+  if (value === null || typeof value !== 'object' || seen.has(value)) return;
+  seen.add(value);
+  if (Array.isArray(value)) {
+    for (const item of value) stampLoaded(item, tenantId, seen);
+    return;
+  }
+  if (!(value instanceof Model) || pinned(value.constructor)) return;
+  stamp_(value, tenantId);
+  for (const name of (value.constructor as any).getRelationNames() as string[]) {
+    stampLoaded((value as any)[name], tenantId, seen);
+  }
+}
+
 function stampFromScope(instance: any): void {
   if (STAMPS.has(instance) || pinned(instance.constructor)) return;
   const scope = currentScope();
@@ -303,10 +345,13 @@ function qualifyingDatabase(builder: any, knexBuilder: any): string | undefined 
 }
 
 /**
- * The tenant of a model instance: the scope it was loaded or created in, or `undefined`.
+ * The tenant of a model instance: the scope it was loaded or created in, or the tenant of the
+ * explicit knex it was loaded through (a knex or transaction the library opened for that tenant);
+ * `undefined` outside any scope, or when that knex is not one the library opened.
  */
 export function instanceTenantId(instance: Model): string | undefined {
-  return STAMPS.get(instance);
+  const stamp = STAMPS.get(instance);
+  return stamp === UNKNOWN_CONNECTION ? undefined : stamp;
 }
 
 /**
@@ -354,7 +399,13 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
         if (error !== undefined) return Promise.reject(error);
       }
       if ((this as any).unsafeKnex() === null) return Promise.reject(missing((this as any).modelClass()));
-      return super.execute();
+      const foreign = explicitConnectionTenant(this);
+      if (foreign === undefined) return super.execute();
+      // Rows of another connection: stamped as its tenant's (or as unknown), not as the scope's.
+      return super.execute().then((result: unknown) => {
+        stampLoaded(result, foreign, new Set());
+        return result;
+      });
     }
 
     // resultSize() and toKnexQuery() build the query without running it (no before hooks, no
@@ -513,12 +564,25 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
         if (scope === undefined) return Promise.reject(missing(this));
         return scope.owner.transaction(knexOrTrx as (trx: Knex.Transaction) => Promise<unknown>);
       }
-      return super.transaction(knexOrTrx, cb);
+      // A transaction of a tenant's knex is that tenant's connection too (see explicitConnectionTenant).
+      const tenantId = knexOrTrx == null || typeof cb !== 'function' ? undefined : connectionTenant(knexOrTrx);
+      if (tenantId === undefined) return super.transaction(knexOrTrx, cb);
+      return super.transaction(knexOrTrx, (trx: Knex.Transaction) => {
+        markConnection(trx, tenantId);
+        return (cb as (trx: Knex.Transaction) => unknown)(trx);
+      });
     }
 
     static startTransaction(knexOrTrx?: unknown): Promise<Knex.Transaction> {
-      if (knexOrTrx == null && this.knex() == null) return Promise.reject(missing(this));
-      return super.startTransaction(knexOrTrx);
+      const knex = knexOrTrx ?? this.knex();
+      if (knex == null) return Promise.reject(missing(this));
+      const tenantId = connectionTenant(knex);
+      const started = super.startTransaction(knexOrTrx);
+      if (tenantId === undefined) return started;
+      return started.then((trx: Knex.Transaction) => {
+        markConnection(trx, tenantId);
+        return trx;
+      });
     }
 
     $setJson(json: unknown, options?: unknown): this {

@@ -33,6 +33,8 @@ interface GlobalState {
   defaultOwner?: unknown;
   /** The tenant each model instance was loaded or created in (the instance guard). */
   instanceTenants?: WeakMap<object, string>;
+  /** The tenant of each knex and transaction the library made for a scope (see connectionTenant). */
+  connectionTenants?: WeakMap<object, string>;
 }
 
 // One storage per process, even when the package is loaded twice (CJS and ESM builds, or two
@@ -43,6 +45,21 @@ const state: GlobalState = (holder[STATE_KEY] ??= { storage: new AsyncLocalStora
 
 /** @internal The process-wide storage and default-tenancy slot. */
 export const globalState = state;
+
+const connectionTenants: WeakMap<object, string> = (state.connectionTenants ??= new WeakMap<object, string>());
+
+/**
+ * @internal Records that `knex` (a tenant's knex, handle or transaction) is `tenantId`'s, so that rows
+ * a query loads through it explicitly, outside its scope, are known as that tenant's (the instance guard).
+ */
+export function markConnection(knex: object, tenantId: string): void {
+  connectionTenants.set(knex, tenantId);
+}
+
+/** @internal The tenant `markConnection` recorded for `knex`, or `undefined` for a connection the library did not make. */
+export function connectionTenant(knex: object): string | undefined {
+  return connectionTenants.get(knex);
+}
 
 /** @internal The current scope, or `undefined`. */
 export function currentScope(): TenantScope | undefined {

@@ -12,7 +12,7 @@ import type { TenantConnections, TenantLease } from './pool-cache';
 import { bindTenant } from './propagation';
 import { CATALOG_DEFAULTS, CatalogCache } from './catalog-cache';
 import { createErrorHandler, type ErrorHandlerOptions, type TenantErrorHandler } from './http-errors';
-import { currentScope, globalState, runInScope, type ScopeOwner, type TenantScope } from './scope';
+import { currentScope, globalState, markConnection, runInScope, type ScopeOwner, type TenantScope } from './scope';
 import { validateTenantId, type TenantIdValidator } from './tenant-id';
 import { defaultHookError, runTransaction } from './transaction';
 import { forEachTenant, type ForEachTenantOptions, type ForEachTenantReport, type JobScope } from './for-each-tenant';
@@ -128,6 +128,7 @@ export class Tenancy implements ScopeOwner {
     if (scope === undefined) {
       scope = Object.freeze({ owner: this, tenantId: id, knex: lease.knex });
       this.#scopes.set(lease.knex, scope);
+      markConnection(lease.knex, id);
     }
     return { scope, release: lease.release };
   }

@@ -322,6 +322,65 @@ for (const backend of allStrategies('guard')) {
       });
     });
 
+    describe('rows loaded through an explicit knex', () => {
+      it("rows read through a knex the library did not open belong to no scope: a later write in another tenant's scope is refused", async () => {
+        const other = direct.get('g2')!;
+        await runWithTenant('g1', async () => {
+          const ada = (await Person.query(other).findById(1))!;
+          assert.equal(ada.name, 'g2-ada');
+          assert.equal(instanceTenantId(ada), undefined);
+          // Before stop 22 the row took g1 from the scope, and this patched g1's person 1.
+          await assert.rejects(async () => ada.$query().patch({ name: 'renamed' }), TenantMismatchError);
+          await assert.rejects(async () => Person.query().upsertGraph(ada), TenantMismatchError);
+          // Through the same knex again, it is the caller's choice.
+          await ada.$query(other).patch({ name: 'g2-ada-renamed' });
+        });
+        assert.deepEqual(await personNames('g1'), ['g1-ada', 'g1-bob']);
+        assert.deepEqual(await personNames('g2'), ['g2-ada-renamed', 'g2-bob']);
+        // Outside any scope too: the row does not take the first scope it meets.
+        const bob = (await Person.query(other).findById(2))!;
+        await assert.rejects(runWithTenant('g1', async () => bob.$query().delete()), TenantMismatchError);
+        assert.deepEqual(await personNames('g1'), ['g1-ada', 'g1-bob']);
+      });
+
+      it("a joined graph read through such a knex: its related rows belong to no scope either", async () => {
+        const ada = (await runWithTenant('g1', () => Person.query(direct.get('g2')!).findById(1).withGraphJoined('pets')))!;
+        assert.ok(ada.pets!.length > 0);
+        await runWithTenant('g1', async () => {
+          for (const pet of ada.pets!) await assert.rejects(async () => pet.$query().patch({ name: 'x' }), TenantMismatchError);
+        });
+      });
+
+      it("rows read through another tenant's knex from the library belong to that tenant", async () => {
+        const knexOfG2 = await tenancy.runWithTenant('g2', () => tenancy.knex());
+        const ada = (await runWithTenant('g1', () => Person.query(knexOfG2).findById(1).withGraphFetched('pets')))!;
+        assert.equal(instanceTenantId(ada), 'g2');
+        assert.equal(instanceTenantId(ada.pets![0]!), 'g2');
+        await assert.rejects(runWithTenant('g1', async () => ada.$query().patch({ name: 'renamed' })), TenantMismatchError);
+        await runWithTenant('g2', async () => ada.$query().patch({ name: 'g2-ada-renamed' }));
+        const bob = (await Person.query(knexOfG2).findById(2))!;
+        assert.equal(instanceTenantId(bob), 'g2');
+        assert.deepEqual(await personNames('g1'), ['g1-ada', 'g1-bob']);
+        assert.deepEqual(await personNames('g2'), ['g2-ada-renamed', 'g2-bob']);
+      });
+
+      it("a transaction opened on the tenant's knex (startTransaction, Model.transaction(knex, fn), tenancy.transaction) keeps its tenant", async () => {
+        await runWithTenant('g1', async () => {
+          const trx = await Person.startTransaction();
+          const ada = (await Person.query(trx).findById(1))!;
+          await trx.commit();
+          assert.equal(instanceTenantId(ada), 'g1');
+          await ada.$query().patch({ name: 'g1-ada-2' });
+          const bob = (await Person.transaction(tenancy.knex(), async (t) => Person.query(t).findById(2)))!;
+          assert.equal(instanceTenantId(bob), 'g1');
+          await bob.$query().patch({ name: 'g1-bob-2' });
+          const again = (await tenancy.transaction((t) => Person.query(t).findById(1)))!;
+          assert.equal(instanceTenantId(again), 'g1');
+        });
+        assert.deepEqual(await personNames('g1'), ['g1-ada-2', 'g1-bob-2']);
+      });
+    });
+
     describe('instances of another tenant given to writes', () => {
       it('$clone() keeps the tenant, of nested relations too', async () => {
         const ada = await runWithTenant('g2', () => Person.query().findById(1).withGraphFetched('pets'));
