@@ -15,6 +15,9 @@ export interface ConnectionBudgetOptions {
 interface Waiter {
   /** The tenant pool's client whose connection waits for a unit. */
   readonly owner: object;
+  readonly tenantId: string;
+  /** Whether that pool still has an acquire waiting (tarn's pending acquires), which this connection may serve. */
+  needed(): boolean;
   resolve(): void;
   reject(error: unknown): void;
   timer: NodeJS.Timeout;
@@ -32,6 +35,7 @@ export class ConnectionBudget {
   #used = 0;
   #peak = 0;
   #timeouts = 0;
+  #unneeded = 0;
 
   constructor(options: ConnectionBudgetOptions) {
     this.#options = options;
@@ -43,6 +47,7 @@ export class ConnectionBudget {
     const acquireRaw = client.acquireRawConnection!.bind(client);
     const destroyRaw = client.destroyRawConnection!.bind(client);
     const destroy = client.destroy.bind(client) as (...args: unknown[]) => Promise<void>;
+    const needed = () => ((client as unknown as { pool?: { numPendingAcquires(): number } }).pool?.numPendingAcquires() ?? 1) > 0;
     /** Opens a connection once `take` got it a unit, which goes back if the opening fails. */
     const open = async (take: () => Promise<void> | void): Promise<unknown> => {
       await take();
@@ -53,7 +58,7 @@ export class ConnectionBudget {
         throw error;
       }
     };
-    client.acquireRawConnection = () => open(() => this.take(tenantId, client));
+    client.acquireRawConnection = () => open(() => this.take(tenantId, client, needed));
     client.destroyRawConnection = async (connection: never) => {
       try {
         return await destroyRaw(connection);
@@ -87,7 +92,11 @@ export class ConnectionBudget {
     };
   }
 
-  async take(tenantId: string, owner: object): Promise<void> {
+  /**
+   * A unit for a connection `owner` opens, at once or after a wait. `needed` tells whether the
+   * opening is still needed when a unit frees up (see give).
+   */
+  async take(tenantId: string, owner: object, needed: () => boolean = () => true): Promise<void> {
     if (this.#used < this.#options.max) {
       this.#count();
       return;
@@ -97,6 +106,8 @@ export class ConnectionBudget {
     await new Promise<void>((resolve, reject) => {
       const waiter: Waiter = {
         owner,
+        tenantId,
+        needed,
         resolve,
         reject,
         timer: setTimeout(() => {
@@ -109,18 +120,37 @@ export class ConnectionBudget {
     });
   }
 
+  /**
+   * Gives a unit back: straight to the first waiter whose pool still needs its connection. tarn
+   * starts up to `pool.max` openings for one tenant's burst, and that tenant's own connections,
+   * released, may serve the burst before the openings get units. An opening whose pool has no
+   * acquire left is given up rather than open a connection nobody waits for ahead of another
+   * tenant's (and an app's `acquireConnectionTimeout` that gave up first leaves no opening behind).
+   * tarn drops a failed create when no acquire waits, and opens another for the next acquire.
+   */
   give(): void {
-    const waiter = this.#waiters.shift();
-    if (waiter !== undefined) {
+    let waiter: Waiter | undefined;
+    while ((waiter = this.#waiters.shift()) !== undefined) {
       clearTimeout(waiter.timer);
-      waiter.resolve(); // the unit passes straight to the waiter
-      return;
+      if (waiter.needed()) {
+        waiter.resolve(); // the unit passes straight to the waiter
+        return;
+      }
+      this.#unneeded++;
+      waiter.reject(new TenantUnavailableError(waiter.tenantId, { reason: 'a connection opening was given up: its pool no longer needed it' }));
     }
     this.#used--;
   }
 
-  stats(): { max: number; used: number; peak: number; waiting: number; timeouts: number } {
-    return { max: this.#options.max, used: this.#used, peak: this.#peak, waiting: this.#waiters.length, timeouts: this.#timeouts };
+  stats(): { max: number; used: number; peak: number; waiting: number; timeouts: number; unneeded: number } {
+    return {
+      max: this.#options.max,
+      used: this.#used,
+      peak: this.#peak,
+      waiting: this.#waiters.length,
+      timeouts: this.#timeouts,
+      unneeded: this.#unneeded,
+    };
   }
 
   /** Fails the waits of `owner`'s connections: their pool is closing. */

@@ -49,8 +49,11 @@ export interface TenancyOptions extends ConnectionOptions {
 /** What `tenancy.stats()` returns. */
 export interface TenancyStats extends PoolCacheStats {
   strategy: 'pool-per-tenant' | 'shared';
-  /** 'pool-per-tenant' with `maxConnections`: the budget's size, units used, peak, waiting openers, timeouts. */
-  budget?: { max: number; used: number; peak: number; waiting: number; timeouts: number };
+  /**
+   * 'pool-per-tenant' with `maxConnections`: the budget's size, units used, peak, waiting openers,
+   * timeouts, and openings given up because their pool no longer needed them when a unit freed up.
+   */
+  budget?: { max: number; used: number; peak: number; waiting: number; timeouts: number; unneeded: number };
   /** 'shared': cached tenant handles. */
   tenants?: number;
   /** 'shared': per server, connections open and in use, waiting acquires, switches, affinity hits... */

@@ -411,6 +411,47 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     }
   });
 
+  it("pool-per-tenant budget: a burst's openings its own pool no longer needs give their turn to another tenant's query", async () => {
+    // sa4 runs four queries at once over a budget of two: tarn starts four openings, two get units
+    // and two wait. sa4's first two connections, released, serve its last two queries, so those two
+    // openings serve nobody. When sa4's connections close idle, their units went to them (two more
+    // idle connections for sa4) while sa5's query waited behind; now they are given up.
+    const tenancy = createTenancy({
+      knexConfig: (id) => {
+        const config = poolConfig(mysqlConnection().port!, 4);
+        return { ...config, connection: { ...(config.connection as object), database: db(id) }, pool: { min: 0, max: 4, idleTimeoutMillis: 300, reapIntervalMillis: 50 } };
+      },
+      maxConnections: 2,
+      overflow: 'wait',
+      acquireTimeoutMs: 10_000,
+    });
+    try {
+      let opened = 0;
+      let others: { name: string }[] = [];
+      await tenancy.runWithTenant('sa4', async () => {
+        type Tarn = { on(event: string, fn: () => void): void; numUsed(): number; numFree(): number };
+        const pool = (tenancy.knex().client as unknown as { pool: Tarn }).pool;
+        // Opening the pool checked the database on a connection, which stays open in it.
+        opened = pool.numUsed() + pool.numFree();
+        pool.on('createSuccess', () => opened++);
+        const burst = Promise.all([1, 2, 3, 4].map(() => tenancy.knex().raw('select sleep(0.3)')));
+        await new Promise((r) => setTimeout(r, 100));
+        // sa4's lease is held meanwhile: its pool cannot be reclaimed for sa5.
+        const other = tenancy.runWithTenant('sa5', () => Person.query().orderBy('id'));
+        await burst;
+        others = await other;
+      });
+      assert.equal(others[0]?.name, 'sa5-ada');
+      const budget = tenancy.stats().budget!;
+      assert.equal(opened, 2, `connections opened for sa4 (${JSON.stringify(budget)})`);
+      assert.equal(budget.unneeded, 2, JSON.stringify(budget));
+      assert.equal(budget.timeouts, 0);
+      assert.ok(budget.peak <= 2, JSON.stringify(budget));
+    } finally {
+      await tenancy.destroy();
+    }
+  });
+
   it('pool-per-tenant budget: a cancelled timeout takes a free unit for its KILL, or fails at once when none is free', async () => {
     const make = (maxConnections: number) =>
       createTenancy({
