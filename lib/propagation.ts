@@ -7,12 +7,19 @@
  * (https://nodejs.org/api/async_context.html#troubleshooting-context-loss), and a driver's stream or
  * socket events run in the context the connection was opened in, which can be another tenant's scope.
  */
-import { currentScope, runInScopeSync } from './scope';
+import { currentScope, runInScope, runInScopeSync, type TenantScope } from './scope';
 
 /**
  * Binds `fn` to the tenant scope that is current now: the returned function always runs in that
- * scope, whoever calls it and from wherever. Bound outside any scope, it always runs with no scope,
- * so tenant queries in it fail closed instead of borrowing the caller's tenant.
+ * tenant's scope, whoever calls it and from wherever. Bound outside any scope, it always runs with no
+ * scope, so tenant queries in it fail closed instead of borrowing the caller's tenant.
+ *
+ * Each call enters the tenant again, with a lease on its connection held until `fn` returns (or its
+ * promise settles), as `runWithTenant` does: a listener outlives the request that bound it, and the
+ * tenant's pool may have been closed since (idle, evicted, `forget()`, moved to another server).
+ * When that connection has to be opened again first, the call waits for it and returns a promise
+ * of `fn`'s result. Bound inside a transaction, it runs in that transaction while it is open, and in
+ * the tenant's scope outside it once it has ended.
  *
  * Only this library's scope is captured and restored (not other `AsyncLocalStorage` stores); `this`,
  * the arguments and the return value are passed through unchanged.
@@ -32,6 +39,32 @@ export function bindTenant<A extends unknown[], R, This = unknown>(
   // The store is immutable, so holding a reference is a faithful snapshot of the scope.
   const scope = currentScope();
   return function boundToTenant(this: This, ...args: A): R {
-    return runInScopeSync(scope, () => fn.apply(this, args));
+    return inScopeOf(scope, () => fn.apply(this, args));
   };
+}
+
+/** Runs `call` in `scope`'s tenant as it is now (see bindTenant); with no scope, with none. */
+function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R {
+  const trx = scope?.trx;
+  const enter = scope?.owner.enterNow;
+  // Its transaction still open: the scope that opened it holds the lease, so its connection too.
+  if (scope === undefined || enter === undefined || (trx !== undefined && !trx.isCompleted())) return runInScopeSync(scope, call);
+  const entered = enter.call(scope.owner, scope.tenantId);
+  if (entered instanceof Promise) {
+    return entered.then(({ scope: current, release }) => runInScope(current, call).finally(release)) as R;
+  }
+  const { scope: current, release } = entered;
+  let result: R;
+  try {
+    result = runInScopeSync(current, call);
+  } catch (error) {
+    release();
+    throw error;
+  }
+  if (result !== null && typeof (result as { then?: unknown } | undefined)?.then === 'function') {
+    Promise.resolve(result).then(release, release);
+  } else {
+    release();
+  }
+  return result;
 }

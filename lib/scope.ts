@@ -9,6 +9,18 @@ export interface ScopeOwner {
   transaction<T>(fn: (trx: Knex.Transaction) => Promise<T> | T): Promise<T>;
   /** Reports a failed onCommit/onRollback callback (the app's `onHookError`). */
   reportHookError?(error: unknown, tenantId: string): void;
+  /**
+   * Opens a scope of `tenantId` with a lease on its connection (at once when it is cached, else a
+   * promise); the caller gives the lease back when its code is done. Used to re-enter a tenant later
+   * (bindTenant), when the connection of a scope captured earlier may have been closed since.
+   */
+  enterNow?(tenantId: string): ScopeLease | Promise<ScopeLease>;
+}
+
+/** A scope opened with a lease on its tenant's connection, and the function that gives the lease back. */
+export interface ScopeLease {
+  readonly scope: TenantScope;
+  release(): void;
 }
 
 /**

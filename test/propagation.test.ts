@@ -217,6 +217,42 @@ for (const backend of backends('prop')) {
       assert.deepEqual(got['tenancy.bind'], ['pa->pa:pa', 'pb->pb:pb', 'pc->pc:pc']);
     });
 
+    it("a bound listener outlives its tenant's pool: called after the pool closed idle, it opens the tenant again", async () => {
+      const brief = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists, idleTimeoutMs: 100 });
+      try {
+        const bus = new EventEmitter();
+        const got: Promise<string>[] = [];
+        await brief.runWithTenant('pa', () => {
+          const listener = brief.bind(() => observe());
+          bus.on('ping', () => void got.push(listener()));
+        });
+        await new Promise((r) => setTimeout(r, 400));
+        assert.equal(brief.stats().pools, 0, 'the idle pool was closed');
+        // Before stop 22 the listener ran on the closed pool: TenantUnavailableError, every time.
+        await brief.runWithTenant('pb', () => bus.emit('ping'));
+        bus.emit('ping');
+        assert.deepEqual(await Promise.all(got), ['pa:pa', 'pa:pa']);
+      } finally {
+        await brief.destroy();
+      }
+    });
+
+    it('bound inside a transaction: in it while it is open, in its tenant outside it once it has ended', async () => {
+      let bound: (() => Promise<string>) | undefined;
+      let inside: string | undefined;
+      await tenancy.runWithTenant('pb', () =>
+        tenancy.transaction(async (trx) => {
+          await trx('persons').where('id', 1).update({ name: 'pb-ada-uncommitted' });
+          bound = bindTenant(async () => `${tryCurrentTenantId()}:${(await Person.query().findById(1))!.name}`);
+          inside = await tenancy.runWithTenant('pa', () => bound!());
+          throw new Error('roll back');
+        }),
+      ).catch((error: Error) => assert.equal(error.message, 'roll back'));
+      assert.equal(inside, 'pb:pb-ada-uncommitted', 'read inside the open transaction');
+      // Before stop 22: knex's untyped "Transaction query already complete".
+      assert.equal(await tenancy.runWithTenant('pa', () => bound!()), 'pb:pb-ada');
+    });
+
     it('bound outside any scope, a function runs with no scope even when called inside a tenant: tenant queries fail closed', async () => {
       const bound = bindTenant(() => observe());
       const viaTenancy = tenancy.bind(async () => Person.query());
