@@ -70,10 +70,16 @@ export function toHttpError(error: unknown): HttpErrorAnswer | undefined {
 
 /**
  * A 5xx answer says what happened, not why: the reasons (which name databases, servers and
- * settings) stay on the error, for the server's logs.
+ * settings) stay on the error, for the server's logs. It names the tenant only when that is the
+ * scope's own (or there is none): a nested `runWithTenant` of another tenant that is down is not
+ * the caller's to know about.
  */
 function serverSideMessage(e: { code: string; tenantId?: string; statusCode?: number }): string {
-  if (e.code === 'TENANT_UNAVAILABLE') return e.tenantId === undefined ? 'The tenant database is unavailable. Retry later.' : `The database of tenant "${e.tenantId}" is unavailable. Retry later.`;
+  if (e.code === 'TENANT_UNAVAILABLE') {
+    const scope = currentScope();
+    const named = e.tenantId !== undefined && (scope === undefined || scope.tenantId === e.tenantId);
+    return named ? `The database of tenant "${e.tenantId}" is unavailable. Retry later.` : 'The tenant database is unavailable. Retry later.';
+  }
   return e.statusCode === 503 ? 'Service unavailable. Retry later.' : 'Internal error.';
 }
 

@@ -154,6 +154,14 @@ for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP er
         next(error);
       }
     });
+    // Another tenant's data inside a request (an admin view, say): its failure is not the caller's to read.
+    app.get('/nested-flaky', async (_req, res, next) => {
+      try {
+        res.json(await tenancy.runWithTenant('eflaky', () => Person.query()));
+      } catch (error) {
+        next(error);
+      }
+    });
     app.use(tenancy.errorHandler({ all: true }));
     server = await listen(app);
   });
@@ -216,6 +224,12 @@ for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP er
     assert.doesNotMatch(body, /ECONNREFUSED|127\.0\.0\.1|root|stack/i);
     assert.ok(Date.now() - started < 5_000, 'failed within the acquire timeout');
     assert.equal((await get('e2')).status, 200, 'tenants on the healthy path are served');
+    // In e2's request, a nested scope of the tenant that is down: a 503 that does not name it.
+    const nested = await fetch(`${server.url}/nested-flaky`, { headers: { 'x-tenant-id': 'e2' } });
+    assert.equal(nested.status, 503);
+    const nestedBody = await nested.text();
+    assert.equal(JSON.parse(nestedBody).error.code, 'TENANT_UNAVAILABLE');
+    assert.doesNotMatch(nestedBody, /eflaky/, 'the answer to e2 named another tenant');
     await cutProxy.restore();
     let status = 0;
     for (let i = 0; i < 20 && status !== 200; i++) {
