@@ -15,31 +15,49 @@ function causeSummary(cause: unknown): string {
 export class TenantMigrationError extends TenantError {
   /** The migration file that was running when it failed, when known. */
   readonly migration?: string;
+  /**
+   * Migrations recorded in the tenant's migration table whose files are gone (renamed, squashed or
+   * deleted). Knex refuses to migrate such a tenant; `status` reports it failed rather than current.
+   */
+  readonly missing?: readonly string[];
 
-  constructor(tenantId: string, options: TenantErrorOptions & { migration?: string | undefined } = {}) {
+  constructor(tenantId: string, options: TenantErrorOptions & { migration?: string | undefined; missing?: readonly string[] | undefined } = {}) {
     const locked = (options.cause as { name?: unknown } | undefined)?.name === 'MigrationLocked';
     const where = options.migration === undefined ? '' : ` in ${options.migration}`;
-    const fix = locked
-      ? 'Another migration run holds the lock of this tenant; if none is running, free it with ' +
-        "knex's forceFreeMigrationsLock() on the tenant's database."
-      : "Fix the migration or the tenant's database and run the migrations again.";
+    const fix =
+      options.missing !== undefined
+        ? 'Restore the missing files under their recorded names, or, if they are gone for good (a squash), delete ' +
+          "their rows from the tenant's migration table."
+        : locked
+          ? 'Another migration run holds the lock of this tenant; if none is running, free it with ' +
+            "knex's forceFreeMigrationsLock() on the tenant's database."
+          : "Fix the migration or the tenant's database and run the migrations again.";
     super('TENANT_MIGRATION_FAILED', `Migrating tenant "${tenantId}" failed${where}: ${causeSummary(options.cause)}. ${fix}`, {
       ...options,
       tenantId,
     });
     if (options.migration !== undefined) this.migration = options.migration;
+    if (options.missing !== undefined) this.missing = options.missing;
   }
 }
 
-/** The migration files could not be listed or loaded (a wrong `migrations.directory`, a syntax error). */
+/**
+ * The migration files could not be listed, or one could not be loaded (a wrong `migrations.directory`,
+ * a syntax error, a file without `up` and `down`). Thrown before any tenant is touched.
+ */
 export class MigrationsUnreadableError extends TenantError {
-  constructor(options: TenantErrorOptions = {}) {
+  /** The file that could not be loaded, when the listing itself worked. */
+  readonly migration?: string;
+
+  constructor(options: TenantErrorOptions & { migration?: string | undefined } = {}) {
+    const what = options.migration === undefined ? 'The migration files could not be listed' : `The migration file ${options.migration} could not be loaded`;
     super(
       'TENANT_MIGRATIONS_UNREADABLE',
-      `The migration files could not be listed: ${causeSummary(options.cause)}. Check options.migrations ` +
-        '(a relative directory is resolved from the current working directory).',
+      `${what}: ${causeSummary(options.cause)}. No tenant was touched. Check options.migrations ` +
+        '(a relative directory is resolved from the current working directory) and the file.',
       options,
     );
+    if (options.migration !== undefined) this.migration = options.migration;
   }
 }
 

@@ -5,8 +5,9 @@
 import { performance } from 'node:perf_hooks';
 import type { Knex } from 'knex';
 import { tenantKnexConfig } from './connections';
-import { TenantError, UnknownTenantError } from './errors';
-import { loadMigrationPlan, runMigrationStep, type MigrationPlan } from './migration-plan';
+import { TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
+import { toHttpError } from './http-errors';
+import { loadMigrationPlan, MigrationStepError, MissingMigrationFilesError, runMigrationStep, type MigrationPlan } from './migration-plan';
 import { checkTenantExists, isUnknownDatabase, openOperationKnex, type OperationsHost } from './operation-knex';
 import { TenantMigrationError } from './operation-errors';
 import {
@@ -29,11 +30,18 @@ export type MigrationStatus = 'applied' | 'rolled-back' | 'current' | 'pending' 
 export interface TenantMigrationResult {
   readonly tenantId: string;
   readonly status: MigrationStatus;
-  /** `latest`: the migrations applied; `rollback`: rolled back; `status`: pending. */
+  /**
+   * `latest`: the migrations applied; `rollback`: rolled back; `status`: pending. A failed `latest` or
+   * `rollback` lists those it applied or rolled back (and recorded) before the failure: on MySQL, or
+   * without a wrapping transaction, they stay.
+   */
   readonly migrations: readonly string[];
   /** `status` only: the migrations already applied. */
   readonly completed?: readonly string[];
-  /** Why it failed: `TenantMigrationError` (with `migration` and `cause`), `UnknownTenantError`, ... */
+  /**
+   * Why it failed: `TenantMigrationError` (with `migration` or `missing`, and `cause`),
+   * `UnknownTenantError`, `TenantUnavailableError` (catalog, config or server out of reach), ...
+   */
   readonly error?: TenantError;
   /** Knex's warnings for this tenant (for example "migration failed with error: ..."). */
   readonly warnings: readonly string[];
@@ -43,10 +51,19 @@ export interface TenantMigrationResult {
 /** Options of `tenancy.migrate.latest()` and `.status()`. */
 export type MigrateOptions = TenantRunOptions<TenantMigrationResult>;
 
-/** Options of `tenancy.migrate.rollback()`. */
+/**
+ * Options of `tenancy.migrate.rollback()`. Without `all` or `to`, each tenant rolls back its own last
+ * batch, which is not the same on every tenant: a tenant created after the last deploy, or one that
+ * failed it, has every migration in its last batch, and loses its whole schema.
+ */
 export interface RollbackOptions extends MigrateOptions {
   /** Roll back every applied migration instead of the last batch. Default false. */
   all?: boolean | undefined;
+  /**
+   * Roll back, on every tenant, each applied migration that comes after this one in file order (it
+   * stays applied), whatever the tenant's batches: the same target everywhere.
+   */
+  to?: string | undefined;
 }
 
 /** The report of `tenancy.migrate.latest()`, `.rollback()` or `.status()`. */
@@ -55,6 +72,7 @@ export interface MigrationReport extends TenantsReport<TenantMigrationResult> {
 }
 
 type Operation = MigrationReport['operation'];
+type RollbackStep = { all?: boolean; to?: string | undefined };
 
 /**
  * Knex migrations on every tenant (`tenancy.migrate`). Each tenant runs on its own short-lived
@@ -81,9 +99,12 @@ export class TenantMigrations {
     return this.#run('latest', options);
   }
 
-  /** Rolls back the last batch (or, with `all`, every migration) on each tenant. Same throws as `latest`. */
+  /**
+   * Rolls back each tenant's own last batch, every migration (`all`), or every migration after `to`.
+   * Same throws as `latest`, and a `TypeError` for a `to` that is not a migration file (or with `all`).
+   */
   rollback(options: RollbackOptions = {}): Promise<MigrationReport> {
-    return this.#run('rollback', options, options.all === true);
+    return this.#run('rollback', options, { all: options.all === true, to: options.to });
   }
 
   /**
@@ -94,14 +115,18 @@ export class TenantMigrations {
     return this.#run('status', options);
   }
 
-  async #run(operation: Operation, options: MigrateOptions, all = false): Promise<MigrationReport> {
+  async #run(operation: Operation, options: MigrateOptions, step: RollbackStep = {}): Promise<MigrationReport> {
     const where = `tenancy.migrate.${operation}()`;
     const concurrency = checkConcurrency(options.concurrency, where);
     const plan = await migrationPlanOf(this.#host, where);
+    if (step.to !== undefined) {
+      if (step.all === true) throw new TypeError(`${where}: give options.all or options.to, not both`);
+      if (!plan.names?.includes(step.to)) throw new TypeError(`${where}: options.to must name a migration file; "${String(step.to)}" is not one`);
+    }
     const tenantIds = await resolveTenantIds(options.tenants, this.#host.options.listTenants, where);
     const run = await runPerTenant(
       tenantIds,
-      (tenantId) => migrateTenant(this.#host, plan, operation, tenantId, all),
+      (tenantId) => migrateTenant(this.#host, plan, operation, tenantId, step),
       (tenantId): TenantMigrationResult => ({ tenantId, status: 'skipped', migrations: [], warnings: [], durationMs: 0 }),
       { concurrency, signal: options.signal, onResult: options.onResult },
     );
@@ -127,7 +152,7 @@ export async function migrateTenant(
   plan: MigrationPlan,
   operation: Operation,
   tenantId: string,
-  all = false,
+  step: RollbackStep = {},
 ): Promise<TenantMigrationResult> {
   const started = performance.now();
   const warnings: string[] = [];
@@ -135,20 +160,42 @@ export async function migrateTenant(
   let knex: Knex | undefined;
   try {
     const id = host.validate(tenantId);
-    await checkTenantExists(host, id);
-    knex = openOperationKnex(host, await tenantKnexConfig(host.options, id), warnings);
-    const outcome = await runMigrationStep(knex, plan, operation, { all, onActive: (name) => (active = name) });
+    // The catalog, the config and the server are the tenant's reachability, as when serving it:
+    // their failures are TenantUnavailableError (retry later), not a migration to fix.
+    await reachable(id, 'the tenant catalog lookup failed', () => checkTenantExists(host, id));
+    const config = await reachable(id, 'its knex config could not be built', () => tenantKnexConfig(host.options, id));
+    knex = await reachable(id, 'its knex could not be built', async () => openOperationKnex(host, config, warnings));
+    const outcome = await runMigrationStep(knex, plan, operation, { ...step, onActive: (name) => (active = name) });
     return { tenantId, ...outcome, warnings, durationMs: since(started) };
   } catch (error) {
-    return { tenantId, status: 'failed', migrations: [], error: toMigrationError(tenantId, error, active), warnings, durationMs: since(started) };
+    const changed = error instanceof MigrationStepError ? error.changed : [];
+    if (changed === undefined) warnings.push(`the ${operation === 'latest' ? 'applied' : 'rolled back'} migrations are unknown: the migration table could not be read after the failure`);
+    const migrations = changed === undefined ? [] : [...changed];
+    return { tenantId, status: 'failed', migrations, error: toMigrationError(tenantId, error, active), warnings, durationMs: since(started) };
   } finally {
     await knex?.destroy().catch(() => undefined);
   }
 }
 
-/** @internal Wraps a driver or migration error; typed tenant errors pass through. */
+async function reachable<T>(tenantId: string, reason: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (error) {
+    throw error instanceof TenantError ? error : new TenantUnavailableError(tenantId, { cause: error, reason });
+  }
+}
+
+/**
+ * @internal Wraps a driver or migration error; typed tenant errors pass through. A server that could
+ * not be reached before any migration ran is `TenantUnavailableError`, as on the serving path.
+ */
 export function toMigrationError(tenantId: string, error: unknown, migration: string | undefined): TenantError {
-  if (error instanceof TenantError) return error;
-  if (isUnknownDatabase(error)) return new UnknownTenantError(tenantId, { cause: error });
-  return new TenantMigrationError(tenantId, { cause: error, migration });
+  const cause = error instanceof MigrationStepError ? error.cause : error;
+  if (cause instanceof TenantError) return cause;
+  if (cause instanceof MissingMigrationFilesError) return new TenantMigrationError(tenantId, { cause, missing: cause.missing });
+  if (isUnknownDatabase(cause)) return new UnknownTenantError(tenantId, { cause });
+  if (migration === undefined && toHttpError(cause)?.code === 'TENANT_UNAVAILABLE') {
+    return new TenantUnavailableError(tenantId, { cause, reason: 'its database server could not be reached' });
+  }
+  return new TenantMigrationError(tenantId, { cause, migration });
 }

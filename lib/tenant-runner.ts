@@ -31,7 +31,11 @@ export interface TenantRunOptions<R extends TenantResult> {
    * and the rest are reported `skipped`.
    */
   signal?: AbortSignal | undefined;
-  /** Called after each tenant, for progress output. Errors it throws are reported as warnings. */
+  /**
+   * Called after each tenant, for progress output. It may be async: the next tenant does not wait for
+   * it, the report does (so its writes are done when the run resolves). What it throws or rejects
+   * with is reported as a process warning.
+   */
   onResult?: ((result: R, progress: TenantProgress) => void) | undefined;
 }
 
@@ -73,6 +77,7 @@ export async function runPerTenant<R extends TenantResult>(
   let next = 0;
   let done = 0;
   let aborted = false;
+  const pending: Promise<void>[] = [];
   const worker = async (): Promise<void> => {
     while (next < tenantIds.length) {
       const index = next++;
@@ -86,17 +91,24 @@ export async function runPerTenant<R extends TenantResult>(
       }
       results[index] = result;
       done++;
+      // A broken progress printer must not end the run while other tenants are mid-migration: a
+      // rejection left unhandled would exit the process, cutting the running tenants' migrations.
       try {
-        options.onResult?.(result, { done, total: tenantIds.length });
+        const returned: unknown = options.onResult?.(result, { done, total: tenantIds.length });
+        if (typeof (returned as { then?: unknown } | null | undefined)?.then === 'function') pending.push(Promise.resolve(returned as PromiseLike<unknown>).then(() => undefined, warnOnResult));
       } catch (error) {
-        // A broken progress printer must not end the run while other tenants are mid-migration.
-        process.emitWarning(`objection-tenancy: onResult threw: ${(error as Error)?.message ?? String(error)}`);
+        warnOnResult(error);
       }
     }
   };
   const workers = Math.min(options.concurrency, tenantIds.length);
   await Promise.all(Array.from({ length: workers }, worker));
+  await Promise.all(pending);
   return { results, aborted, durationMs: performance.now() - started };
+}
+
+function warnOnResult(error: unknown): void {
+  process.emitWarning(`objection-tenancy: onResult threw: ${(error as Error)?.message ?? String(error)}`);
 }
 
 /** @internal Builds the report of a run. */
