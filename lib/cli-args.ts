@@ -17,6 +17,8 @@ export interface CliArgs {
   concurrency?: number | undefined;
   json: boolean;
   all: boolean;
+  /** rollback: undo every applied migration after this file, on every tenant. */
+  to?: string | undefined;
   seed: boolean;
   confirm?: string | undefined;
 }
@@ -31,7 +33,9 @@ export const USAGE = `Usage: objection-tenancy <command> [options]
 
 Commands:
   migrate                apply pending migrations on every tenant
-  rollback [--all]       roll back the last batch (or every migration) on every tenant
+  rollback [--all | --to <file>]
+                         roll back each tenant's last batch (or every migration, or every
+                         migration after <file>, the same files on every tenant)
   status                 list applied and pending migrations per tenant (writes nothing)
   create <tenant>        create a tenant's database, migrate, seed (unless --no-seed) and register it
   drop <tenant>          drop a tenant's database and unregister it: needs --confirm <tenant> or --yes
@@ -87,6 +91,9 @@ export function parseCliArgs(argv: readonly string[]): CliArgs | 'help' {
     if (tenants.length === 0) throw new UsageError('--tenants needs at least one tenant id');
   }
   if (values.all === true && cmd !== 'rollback') throw new UsageError('--all only goes with rollback');
+  if (values.to !== undefined && cmd !== 'rollback') throw new UsageError('--to only goes with rollback');
+  if (values.to !== undefined && values.all === true) throw new UsageError('give --all or --to, not both');
+  if (values.to === '') throw new UsageError('--to needs a migration file name');
   return {
     command: cmd,
     target,
@@ -95,6 +102,7 @@ export function parseCliArgs(argv: readonly string[]): CliArgs | 'help' {
     concurrency,
     json: values.json === true,
     all: values.all === true,
+    to: values.to,
     seed: values['no-seed'] !== true,
     confirm: values.confirm ?? (values.yes === true && cmd === 'drop' ? target : undefined),
   };
@@ -111,6 +119,7 @@ function parse(argv: readonly string[]) {
       concurrency: { type: 'string' },
       json: { type: 'boolean' },
       all: { type: 'boolean' },
+      to: { type: 'string' },
       'no-seed': { type: 'boolean' },
       confirm: { type: 'string' },
       yes: { type: 'boolean', short: 'y' },

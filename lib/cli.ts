@@ -101,7 +101,7 @@ async function runCommand(args: CliArgs, config: CliConfig, io: CliIo, signal: A
     } else {
       const migrate = tenancy.migrate;
       report =
-        args.command === 'migrate' ? await migrate.latest(common) : args.command === 'rollback' ? await migrate.rollback({ ...common, all: args.all }) : await migrate.status(common);
+        args.command === 'migrate' ? await migrate.latest(common) : args.command === 'rollback' ? await migrate.rollback({ ...common, all: args.all, to: args.to }) : await migrate.status(common);
     }
   } finally {
     progress.finish();

@@ -118,6 +118,19 @@ describe('objection-tenancy CLI (node dist/cli.js)', { skip: skipMysql }, () => 
     assert.match(rollback.stdout, /rollback: 1 tenant\(s\), rolled-back 1/);
     assert.deepEqual(await tablesOf('k1'), ['knex_migrations', 'knex_migrations_lock']);
     assert.equal((await cli(cwd, ['migrate', '--tenants', 'k1'])).code, 0);
+    // --to: the same files on every tenant, whatever its batches.
+    const to = await cli(cwd, ['rollback', '--to', MIGRATION_NAMES[0]!, '--tenants', 'k1,k2', '--json']);
+    assert.equal(to.code, 0, to.stderr);
+    assert.deepEqual(JSON.parse(to.stdout).tenants.map((t: { migrations: string[] }) => t.migrations), [
+      [MIGRATION_NAMES[2], MIGRATION_NAMES[1]],
+      [MIGRATION_NAMES[2], MIGRATION_NAMES[1]],
+    ]);
+    assert.deepEqual(await tablesOf('k2'), ['knex_migrations', 'knex_migrations_lock', 'people']);
+    const wrong = await cli(cwd, ['rollback', '--to', 'no_such_file.js', '--tenants', 'k1']);
+    assert.equal(wrong.code, 2, 'a --to that names no migration file is a usage error');
+    assert.match(wrong.stderr, /options\.to must name a migration file/);
+    assert.equal((await cli(cwd, ['status', '--to', MIGRATION_NAMES[0]!])).code, 2);
+    assert.equal((await cli(cwd, ['migrate', '--tenants', 'k1,k2'])).code, 0);
   });
 
   it('run <module>: the exported function runs in every tenant scope; a throwing job exits 1', async () => {
