@@ -172,11 +172,15 @@ export async function tenantKnexConfig(options: ConnectionOptions, tenantId: str
   return { ...config, connection: withConnectionSettings(config.connection, { database }) };
 }
 
-/** Tenant pools start empty and shrink back when idle: thousands of tenants must not hold `min` connections each. */
+/**
+ * Tenant pools start empty and shrink back when idle: thousands of tenants must not hold `min`
+ * connections each. A query waits for a connection `acquireTimeoutMs` (knex's own default is 60 s),
+ * unless the tenant's config sets knex's `acquireConnectionTimeout`.
+ */
 function withPoolDefaults(config: Knex.Config, acquireTimeoutMs: number, budgeted: boolean): Knex.Config {
   const pool = { min: 0, idleTimeoutMillis: 30_000, ...config.pool };
   // Under a budget, a connection waits for the budget first; the pool's own timeout must not be shorter.
-  return budgeted ? { acquireConnectionTimeout: acquireTimeoutMs + 1_000, ...config, pool } : { ...config, pool };
+  return { acquireConnectionTimeout: budgeted ? acquireTimeoutMs + 1_000 : acquireTimeoutMs, ...config, pool };
 }
 
 type AfterCreate = (conn: unknown, done: (error: unknown, conn?: unknown) => void) => void;

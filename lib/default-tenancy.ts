@@ -1,4 +1,4 @@
-import { TenantError } from './errors';
+import { TenancyDestroyedError, TenantError } from './errors';
 import { globalState } from './scope';
 import type { Tenancy } from './tenancy';
 
@@ -7,15 +7,18 @@ import type { Tenancy } from './tenancy';
  */
 export function setDefaultTenancy(tenancy: Tenancy): void {
   globalState.defaultOwner = tenancy;
+  globalState.defaultDestroyed = false;
 }
 
 /**
  * The default tenancy: the one set with `setDefaultTenancy()`, else the first created.
+ * @throws {TenancyDestroyedError} when the default tenancy was destroyed (shutdown) and none was created since.
  * @throws {TenantError} `TENANCY_MISSING` when no tenancy exists yet.
  */
 export function defaultTenancy(): Tenancy {
   const tenancy = globalState.defaultOwner as Tenancy | undefined;
   if (tenancy === undefined) {
+    if (globalState.defaultDestroyed === true) throw new TenancyDestroyedError();
     throw new TenantError('TENANCY_MISSING', 'No tenancy exists yet: call createTenancy(options) before runWithTenant().');
   }
   return tenancy;

@@ -51,10 +51,11 @@ export function toHttpError(error: unknown): HttpErrorAnswer | undefined {
   if (error === null || typeof error !== 'object') return undefined;
   const { code, errno, name } = nativeError(error);
   const tenantId = currentScope()?.tenantId;
+  // Outside any tenant scope no tenant's database can be the one missing: a central knex's error
+  // (a health check on an `optional` route, say) is the app's, not a 404 "unknown tenant".
   if (typeof errno === 'number' && GONE_ERRNOS.has(errno)) {
-    const answer: HttpErrorAnswer = { ...GONE };
-    if (tenantId !== undefined) answer.goneTenant = tenantId;
-    return answer;
+    if (tenantId === undefined) return undefined;
+    return { ...GONE, goneTenant: tenantId };
   }
   // mysql2 marks errors that closed the connection `fatal`; some of them ("Can't add new command when
   // connection is in closed state", from knex's ROLLBACK after the connection died) carry no code.

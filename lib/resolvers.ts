@@ -108,7 +108,7 @@ export function fromQuery(name: string): TenantResolver {
  * Uses what the app already knows, for example a verified JWT claim set by an auth middleware that
  * runs first. A typed wrapper for documentation; any `(req) => id` works.
  * @example
- * tenancy.middleware({ resolve: fromRequest((req) => req.user?.tenantId) })
+ * tenancy.middleware({ resolve: fromRequest<Request>((req) => req.user?.tenantId) })
  */
 export function fromRequest<R extends IncomingMessage = IncomingMessage>(fn: (req: R) => unknown): TenantResolver {
   return fn as TenantResolver;

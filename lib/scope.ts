@@ -43,6 +43,8 @@ export interface TenantScope {
 interface GlobalState {
   readonly storage: AsyncLocalStorage<TenantScope>;
   defaultOwner?: unknown;
+  /** The default tenancy was destroyed, and no tenancy has been created since. */
+  defaultDestroyed?: boolean;
   /** The tenant each model instance was loaded or created in (the instance guard). */
   instanceTenants?: WeakMap<object, string>;
   /** The tenant of each knex and transaction the library made for a scope (see connectionTenant). */

@@ -208,7 +208,10 @@ export class Tenancy implements ScopeOwner {
 
   /** Closes every tenant pool (waiting for in-flight scopes to finish). Call at shutdown. */
   async destroy(): Promise<void> {
-    if (globalState.defaultOwner === this) globalState.defaultOwner = undefined;
+    if (globalState.defaultOwner === this) {
+      globalState.defaultOwner = undefined;
+      globalState.defaultDestroyed = true;
+    }
     await this.#connections.destroy();
   }
 
@@ -345,7 +348,10 @@ export class Tenancy implements ScopeOwner {
 export function createTenancy(options: TenancyOptions): Tenancy {
   checkTenancyOptions(options);
   const tenancy = new Tenancy(options);
-  globalState.defaultOwner ??= tenancy;
+  if (globalState.defaultOwner === undefined) {
+    globalState.defaultOwner = tenancy;
+    globalState.defaultDestroyed = false;
+  }
   return tenancy;
 }
 

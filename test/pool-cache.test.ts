@@ -8,7 +8,10 @@ import { after, before, describe, it } from 'node:test';
 import type { Knex } from 'knex';
 import {
   createTenancy,
+  currentTenantId,
   InvalidTenantIdError,
+  runWithTenant,
+  setDefaultTenancy,
   TenancyDestroyedError,
   TenantUnavailableError,
   UnknownTenantError,
@@ -204,9 +207,36 @@ for (const backend of backends('pool')) {
       const tenancy = make();
       await dbOf(tenancy, 'p1');
       await dbOf(tenancy, 'p2');
+      setDefaultTenancy(tenancy);
       await tenancy.destroy();
       assert.equal(tenancy.stats().pools, 0);
       await assert.rejects(tenancy.runWithTenant('p1', () => 1), TenancyDestroyedError);
+      // The free runWithTenant of the destroyed default says so too (before stop 22: TENANCY_MISSING, a 500).
+      await assert.rejects(runWithTenant('p1', () => 1), TenancyDestroyedError);
+      const next = make();
+      try {
+        assert.equal(await runWithTenant('p1', () => currentTenantId()), 'p1', 'the next tenancy created is the default');
+      } finally {
+        await next.destroy();
+      }
+    });
+
+    it('without a budget, a query waits acquireTimeoutMs for a busy tenant pool (not knex\'s 60 s)', async () => {
+      const tenancy = createTenancy({ knexConfig: (id) => ({ ...backend.knexConfig(id), pool: { min: 0, max: 1 } }), acquireTimeoutMs: 300 });
+      try {
+        let release!: () => void;
+        const held = new Promise<void>((resolve) => (release = resolve));
+        const holding = tenancy.runWithTenant('p1', () => tenancy.transaction(() => held));
+        await sleep(50);
+        const started = Date.now();
+        await assert.rejects(tenancy.runWithTenant('p1', () => tenancy.knex().raw('select 1')), (error: Error) => error.name === 'KnexTimeoutError');
+        const waited = Date.now() - started;
+        assert.ok(waited >= 250 && waited < 5_000, `waited ${waited} ms`);
+        release();
+        await holding;
+      } finally {
+        await tenancy.destroy();
+      }
     });
 
     it('rejects invalid options with a TypeError naming the option', () => {

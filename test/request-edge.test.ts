@@ -137,6 +137,14 @@ for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP er
           },
     );
     const app = express();
+    // Before the tenant middleware: no scope (a health check reading the central database).
+    app.get('/central-bug-no-tenant', async (_req, res, next) => {
+      try {
+        res.json(await central.raw('select * from persons'));
+      } catch (error) {
+        next(error);
+      }
+    });
     app.use(tenancy.middleware());
     app.get('/people', async (_req, res, next) => {
       try {
@@ -210,6 +218,12 @@ for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP er
     assert.equal(tenancy.stats().evictions, evictionsBefore, "the tenant's pool was evicted for an error that was not its");
     assert.equal(cached(), cachedBefore);
     assert.equal((await get('e2')).status, 200);
+  });
+
+  it('"No database selected" from a central knex outside any tenant scope is the app\'s error (500), not 404 "unknown tenant"', async () => {
+    const answer = await fetch(`${server.url}/central-bug-no-tenant`);
+    assert.equal(answer.status, 500);
+    assert.equal(((await answer.json()) as { error: { code: string } }).error.code, 'INTERNAL');
   });
 
   it('a server that goes away answers 503 with Retry-After, then recovers without a restart', async () => {
