@@ -1,13 +1,13 @@
 /**
- * BullMQ integration: a queue whose `add`, `addBulk` and `upsertJobScheduler` stamp the current tenant
- * into each payload (`withTenant()`), and a worker whose processor runs each job in its tenant
- * (`tenantJob()`). bullmq is an optional peer dependency: it is `require`d when one of these functions
- * is first called, never when this package is loaded.
+ * BullMQ integration: a queue that stamps the current tenant into each payload (`withTenant()`) and
+ * keeps each tenant's job, scheduler and deduplication ids in the tenant's own namespace, and a worker
+ * whose processor runs each job in its tenant (`tenantJob()`). bullmq is an optional peer dependency:
+ * it is `require`d when one of these functions is first called, never when this package is loaded.
  */
 import type { BulkJobOptions, JobsOptions, Processor, Queue, QueueOptions, Worker, WorkerOptions } from 'bullmq';
-import { TenantError } from './errors';
+import { InvalidTenantIdError, TenantError } from './errors';
 import { isJobRejection, tenantJob, withTenant, type TenantJobData, type TenantJobOptions } from './jobs';
-import { runInScopeSync } from './scope';
+import { runInScopeSync, tryCurrentTenantId } from './scope';
 
 type BullMQ = typeof import('bullmq');
 type AnyQueue = Queue<any, any, string>;
@@ -18,7 +18,64 @@ export type TenantWorkerOptions = WorkerOptions & TenantJobOptions;
 // Refusals about the payload itself: retrying cannot fix them, so the job fails at once.
 const PERMANENT_REJECTIONS = new Set(['TENANT_CONTEXT_MISSING', 'TENANT_ID_INVALID']);
 
-let loaded: { bullmq: BullMQ; TenantQueue: new (name: string, opts: QueueOptions) => AnyQueue } | undefined;
+/**
+ * Between a tenant id and an id of its own: `ja~invoice-42`. Not in the default tenant id pattern, and
+ * not `:`, which BullMQ refuses in custom job ids.
+ */
+const SEPARATOR = '~';
+
+/**
+ * `id` in `tenantId`'s namespace. An id already in it is kept, so a `job.id` handed back (a re-enqueue,
+ * a `getJob()` from a status page) names the same job.
+ * @throws {InvalidTenantIdError} for a tenant id that is not a string or contains the separator: its
+ * namespace could overlap another tenant's (`a~b` + `c` = `a` + `b~c`).
+ */
+function inTenant(tenantId: unknown, id: string): string {
+  if (typeof tenantId !== 'string' || tenantId.includes(SEPARATOR)) {
+    throw new InvalidTenantIdError(`job, scheduler and deduplication ids of a tenant are "<tenantId>${SEPARATOR}<id>", so its id must be a string without "${SEPARATOR}"`);
+  }
+  const prefix = tenantId + SEPARATOR;
+  return String(id).startsWith(prefix) ? String(id) : prefix + String(id);
+}
+
+/** `id` as the current scope's tenant knows it: namespaced inside a scope, as given outside any. */
+function scoped(id: string): string {
+  const tenantId = tryCurrentTenantId();
+  return tenantId === undefined ? id : inTenant(tenantId, id);
+}
+
+/** BullMQ's own job ids: its counter (custom ids cannot be integers) and a scheduler's `repeat:<id>:<ms>`. */
+function madeByBullMQ(id: string): boolean {
+  return `${parseInt(id, 10)}` === id || String(id).startsWith('repeat:');
+}
+
+/**
+ * A job's payload, stamped, and its options with its custom and deduplication ids in its tenant's
+ * namespace: the same `jobId` in two tenants makes two jobs (BullMQ would otherwise hand the second
+ * tenant the first one's job and never run its own). A central job's ids are used as given; an
+ * integer `jobId` is left for BullMQ to refuse, as it always does.
+ */
+function stampJob<O extends JobsOptions | BulkJobOptions>(data: unknown, opts: O | undefined): [TenantJobData, O | undefined] {
+  const stamped = withTenant((data ?? {}) as object);
+  const tenantId = stamped.tenantId;
+  if (tenantId == null || opts == null) return [stamped, opts];
+  let own: O = opts;
+  if (typeof opts.jobId === 'string' && `${parseInt(opts.jobId, 10)}` !== opts.jobId) {
+    own = { ...own, jobId: inTenant(tenantId, opts.jobId) };
+  }
+  for (const key of ['deduplication', 'debounce'] as const) {
+    const option = (opts as unknown as Record<string, { id?: string } | undefined>)[key];
+    if (typeof option?.id === 'string') own = { ...own, [key]: { ...option, id: inTenant(tenantId, option.id) } };
+  }
+  return [stamped, own];
+}
+
+/** Another tenant's job, refused as BullMQ refuses a missing one; the id, untrusted, is not echoed. */
+function jobNotFound(): never {
+  throw new TenantError('JOB_NOT_FOUND', 'No job of the current tenant has this id.', { statusCode: 404 });
+}
+
+let loaded: { bullmq: BullMQ; TenantQueue: new (name: string, opts: QueueOptions) => AnyQueue; TenantWorker: typeof Worker } | undefined;
 
 function load(caller: string): NonNullable<typeof loaded> {
   if (loaded !== undefined) return loaded;
@@ -31,32 +88,140 @@ function load(caller: string): NonNullable<typeof loaded> {
   }
 
   class TenantQueue extends bullmq.Queue<any, any, string> {
+    // add() goes through addJob() from bullmq 5.30 on, not before: both stamp (stamping twice is a no-op).
     override async add(name: string, data: unknown, opts?: JobsOptions): ReturnType<AnyQueue['add']> {
-      return super.add(name, withTenant((data ?? {}) as object), opts);
+      return super.add(name, ...stampJob(data, opts));
+    }
+
+    protected override async addJob(name: string, data: unknown, opts?: JobsOptions): ReturnType<AnyQueue['add']> {
+      return super.addJob(name, ...stampJob(data, opts));
     }
 
     override async addBulk(jobs: { name: string; data: unknown; opts?: BulkJobOptions }[]): ReturnType<AnyQueue['addBulk']> {
-      return super.addBulk(jobs.map((job) => ({ ...job, data: withTenant((job.data ?? {}) as object) })));
+      return super.addBulk(
+        jobs.map((job) => {
+          const [data, opts] = stampJob(job.data, job.opts);
+          return { ...job, data, opts };
+        }),
+      );
     }
 
     override async upsertJobScheduler(
       ...[id, repeat, template]: Parameters<AnyQueue['upsertJobScheduler']>
     ): ReturnType<AnyQueue['upsertJobScheduler']> {
-      return super.upsertJobScheduler(id, repeat, { ...template, data: withTenant((template?.data ?? {}) as object) });
+      const data = withTenant((template?.data ?? {}) as object);
+      // BullMQ names the jobs after the scheduler id unless told otherwise: after the caller's id, then.
+      const own = data.tenantId == null ? id : inTenant(data.tenantId, id);
+      return super.upsertJobScheduler(own, repeat, { ...template, name: template?.name ?? id, data });
+    }
+
+    // By id inside a tenant scope: that tenant's jobs and schedulers only; outside any scope, as BullMQ.
+
+    override async getJob(id: string): ReturnType<AnyQueue['getJob']> {
+      const tenantId = tryCurrentTenantId();
+      if (tenantId === undefined) return super.getJob(id);
+      const job = await super.getJob(madeByBullMQ(id) ? id : inTenant(tenantId, id));
+      // The payload decides: counter ids are guessable, and central code may use any id.
+      return (job?.data as TenantJobData | undefined)?.tenantId === tenantId ? job : undefined;
+    }
+
+    /** The id BullMQ knows job `id` by, or `undefined` for another tenant's job inside a scope. */
+    private async own(id: string): Promise<string | undefined> {
+      return tryCurrentTenantId() === undefined ? id : (await this.getJob(id))?.id;
+    }
+
+    override async getJobState(id: string): ReturnType<AnyQueue['getJobState']> {
+      const own = await this.own(id);
+      return own === undefined ? 'unknown' : super.getJobState(own);
+    }
+
+    override async getJobLogs(id: string, start?: number, end?: number, asc?: boolean): ReturnType<AnyQueue['getJobLogs']> {
+      const own = await this.own(id);
+      return own === undefined ? { logs: [], count: 0 } : super.getJobLogs(own, start, end, asc);
+    }
+
+    override async remove(id: string, opts?: { removeChildren?: boolean }): Promise<number> {
+      const own = await this.own(id);
+      return own === undefined ? 0 : super.remove(own, opts);
+    }
+
+    override async updateJobProgress(...[id, progress]: Parameters<AnyQueue['updateJobProgress']>): Promise<void> {
+      return super.updateJobProgress((await this.own(id)) ?? jobNotFound(), progress);
+    }
+
+    override async addJobLog(id: string, row: string, keepLogs?: number): Promise<number> {
+      return super.addJobLog((await this.own(id)) ?? jobNotFound(), row, keepLogs);
+    }
+
+    override async getJobScheduler(id: string): ReturnType<AnyQueue['getJobScheduler']> {
+      const tenantId = tryCurrentTenantId();
+      const scheduler = await super.getJobScheduler(scoped(id));
+      const owner = (scheduler?.template?.data as TenantJobData | undefined)?.tenantId;
+      return tenantId === undefined || owner === tenantId ? scheduler : undefined;
+    }
+
+    override async removeJobScheduler(id: string): Promise<boolean> {
+      return super.removeJobScheduler(scoped(id));
+    }
+
+    override async getDeduplicationJobId(id: string): Promise<string | null> {
+      return super.getDeduplicationJobId(scoped(id));
+    }
+
+    override async getDebounceJobId(id: string): Promise<string | null> {
+      return super.getDebounceJobId(scoped(id));
+    }
+
+    override async removeDeduplicationKey(id: string): Promise<number> {
+      return super.removeDeduplicationKey(scoped(id));
+    }
+
+    override async removeDebounceKey(id: string): Promise<number> {
+      return super.removeDebounceKey(scoped(id));
+    }
+
+    /** Listeners run with no tenant, whoever emits ('waiting' is emitted by add(), in its caller's scope). */
+    override emit(event: any, ...args: any[]): boolean {
+      return runInScopeSync(undefined, () => super.emit(event, ...args));
     }
   }
-  loaded = { bullmq, TenantQueue };
+
+  class TenantWorker extends bullmq.Worker<any, any, string> {
+    /**
+     * The fetch loop, and so every event and callback of it (listeners, backoff strategies), runs in the
+     * context run() was called in: called inside a request (`autorun: false`), it would run every
+     * tenant's events in that request's tenant.
+     */
+    override run(): Promise<void> {
+      return runInScopeSync(undefined, () => super.run());
+    }
+
+    /** The stalled-job checker loop, restarted by resume() in its caller's context. */
+    override startStalledCheckTimer(): Promise<void> {
+      return runInScopeSync(undefined, () => super.startStalledCheckTimer());
+    }
+
+    /** Listeners run with no tenant, whoever emits (a job's updateProgress() emits from its tenant's scope). */
+    override emit(event: any, ...args: any[]): boolean {
+      return runInScopeSync(undefined, () => super.emit(event, ...args));
+    }
+  }
+  loaded = { bullmq, TenantQueue, TenantWorker: TenantWorker as unknown as typeof Worker };
   return loaded;
 }
 
 /**
- * Creates a BullMQ `Queue` whose `add()`, `addBulk()` and `upsertJobScheduler()` stamp the current
- * tenant into each job payload with `withTenant()`: enqueue inside a request or `runWithTenant()` and
- * the job carries its tenant. Outside any scope, give the payload a `tenantId` or mark it `central: true`.
+ * Creates a BullMQ `Queue` whose `add()`, `addBulk()`, `addJob()` and `upsertJobScheduler()` stamp the
+ * current tenant into each job payload with `withTenant()`: enqueue inside a request or `runWithTenant()`
+ * and the job carries its tenant. Outside any scope, give the payload a `tenantId` or mark it `central: true`.
+ * A tenant job's custom `jobId` and `deduplication.id`, and a tenant scheduler's id, become
+ * `<tenantId>~<id>`, so that tenants never share one; inside a tenant scope, the by-id methods
+ * (`getJob()`, `remove()`, `getJobScheduler()`...) reach only that tenant's jobs and schedulers.
  * @param name The queue name.
  * @param opts BullMQ's `QueueOptions` (`connection`, `defaultJobOptions`...).
  * @returns A `Queue` (a subclass of BullMQ's). The call rejects with `TenantContextMissingError` or
- * `TenantMismatchError` when `withTenant()` refuses a payload.
+ * `TenantMismatchError` when `withTenant()` refuses a payload, and with `InvalidTenantIdError` when an
+ * id would be namespaced with a tenant id containing `~`.
  * @throws {TenantError} `BULLMQ_MISSING` when the bullmq package is not installed.
  * @example
  * const emails = createTenantQueue<{ to: string }>('emails', { connection: { host: '127.0.0.1', port: 6379 } });
@@ -83,7 +248,8 @@ export function createTenantQueue<DataType extends object = Record<string, unkno
  * @param processor The job processor, `async (job, token?, signal?) => result`; sandboxed processor files are not supported.
  * @param opts BullMQ's `WorkerOptions` (`connection`, `concurrency`...) plus `tenancy` (default: the
  * default tenancy) and `central` (run jobs that carry no tenant with no scope instead of failing them).
- * @returns The `Worker`, created outside any tenant scope.
+ * @returns The `Worker`, created outside any tenant scope; its loop runs with no tenant scope even when
+ * `run()` (with `autorun: false`) or `resume()` is called inside one, and its listeners run with none.
  * @throws {TypeError} when `processor` is not a function.
  * @throws {TenantError} `BULLMQ_MISSING` when the bullmq package is not installed.
  * @example
@@ -101,7 +267,7 @@ export function createTenantWorker<DataType extends object = Record<string, unkn
     throw new TypeError('createTenantWorker(name, processor, opts): processor must be a function (job) => result; sandboxed processor files are not supported');
   }
   const { tenancy, central, ...workerOptions } = opts;
-  const { bullmq } = load('createTenantWorker()');
+  const { bullmq, TenantWorker } = load('createTenantWorker()');
   const run = tenantJob(processor, { tenancy, central });
   const guarded: Processor<DataType & TenantJobData, ResultType, NameType> = async (job, token, signal) => {
     try {
@@ -115,5 +281,5 @@ export function createTenantWorker<DataType extends object = Record<string, unkn
   };
   // Created with no scope: the worker's fetch loop, and so every processor call, inherits the context
   // the worker was created in; a worker made inside a request would otherwise lend central jobs its tenant.
-  return runInScopeSync(undefined, () => new bullmq.Worker<DataType & TenantJobData, ResultType, NameType>(name, guarded, workerOptions));
+  return runInScopeSync(undefined, () => new TenantWorker<DataType & TenantJobData, ResultType, NameType>(name, guarded, workerOptions));
 }

@@ -56,8 +56,9 @@ export function isJobRejection(error: unknown): error is TenantError {
  * - a payload marked `central: true` is returned without a tenant (it runs with no scope);
  * - otherwise the current tenant id is added under `tenantId`.
  *
- * The payload is copied, never mutated.
- * @param data The job payload (a plain object; `undefined` counts as `{}`).
+ * The payload is copied, never mutated; one with a `toJSON()` method (a class instance) is copied from
+ * what `toJSON()` returns, as the queue will store it.
+ * @param data The job payload (a plain object, or an object whose `toJSON()` returns one; `undefined` counts as `{}`).
  * @returns A copy of `data` with `tenantId` set (or unchanged if central).
  * @throws {TenantContextMissingError} outside any tenant scope, for a payload with no `tenantId` that is not central.
  * @throws {TenantMismatchError} inside a scope, for a payload that names another tenant.
@@ -69,9 +70,12 @@ export function isJobRejection(error: unknown): error is TenantError {
  * });
  */
 export function withTenant<T extends object>(data: T): T & TenantJobData {
-  const payload = (data ?? {}) as T & TenantJobData;
-  if (typeof payload !== 'object' || Array.isArray(payload)) {
-    throw new TypeError('withTenant(data): the job payload must be a plain object, so that it can carry tenantId');
+  // Read as the queue will store it (JSON.stringify): a class payload's toJSON() decides its fields,
+  // tenantId included; a spread would keep its own fields instead.
+  const toJSON = (data as { toJSON?: unknown } | null | undefined)?.toJSON;
+  const payload = (typeof toJSON === 'function' ? toJSON.call(data, '') : (data ?? {})) as T & TenantJobData;
+  if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) {
+    throw new TypeError('withTenant(data): the job payload (or what its toJSON() returns) must be a plain object, so that it can carry tenantId');
   }
   const current = tryCurrentTenantId();
   if (payload.tenantId != null) {

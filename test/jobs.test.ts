@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, afterEach, before, describe, it } from 'node:test';
 import express from 'express';
 import knexFactory, { type Knex } from 'knex';
@@ -28,6 +29,7 @@ import {
   withTenant,
   type Tenancy,
   type TenantJobData,
+  type TenantWorkerOptions,
 } from '../lib/index';
 import { BrokenPerson, brokenMiddleware, registerBrokenKnex } from './helpers/broken-tenancy';
 import { backends } from './helpers/databases';
@@ -165,6 +167,24 @@ for (const backend of backends('jobs')) {
         assert.throws(() => withTenant([1, 2] as unknown as object), TypeError);
         assert.throws(() => withTenant('text' as unknown as object), TypeError);
       });
+
+      it('serializes a class payload as BullMQ will, through its toJSON(), before stamping it', async () => {
+        class Invoice {
+          constructor(readonly id: number) {}
+          get total() {
+            return 10;
+          }
+          toJSON() {
+            return { invoiceId: this.id, total: this.total };
+          }
+        }
+        const stamped = await tenancy.runWithTenant('ja', () => withTenant(new Invoice(42)));
+        assert.deepEqual(stamped, { invoiceId: 42, total: 10, tenantId: 'ja' });
+        // The tenantId a toJSON() returns is the one checked: it is the one BullMQ stores.
+        const named = { toJSON: () => ({ tenantId: 'jb' }) };
+        await tenancy.runWithTenant('ja', async () => assert.throws(() => withTenant(named), TenantMismatchError));
+        assert.throws(() => withTenant({ toJSON: () => 'text' }), TypeError);
+      });
     });
 
     describe('tenantJob', () => {
@@ -238,7 +258,7 @@ for (const backend of backends('jobs')) {
         });
         return { name, queue };
       };
-      const workerFor = (name: string, processor: (job: Job<Data>) => Promise<unknown>, opts: { concurrency?: number; central?: boolean } = {}) => {
+      const workerFor = (name: string, processor: (job: Job<Data>) => Promise<unknown>, opts: Partial<TenantWorkerOptions> = {}) => {
         const worker = createTenantWorker<Data>(name, processor, { connection, tenancy, ...opts });
         cleanups.unshift(() => worker.close());
         return { worker, outcomes: outcomes(worker) };
@@ -487,7 +507,151 @@ for (const backend of backends('jobs')) {
         const scheduled = await tenancy.runWithTenant('jc', () => queue.upsertJobScheduler('nightly', { every: 3_600_000 }, { data: { expect: 'jc' } }));
         assert.equal(scheduled.data.tenantId, 'jc');
         await assert.rejects(queue.upsertJobScheduler('orphan', { every: 3_600_000 }), TenantContextMissingError);
-        await queue.removeJobScheduler('nightly');
+        assert.equal(await tenancy.runWithTenant('jc', () => queue.removeJobScheduler('nightly')), true);
+      });
+
+      it('a custom jobId is per tenant: the same id in two tenants makes two jobs, each run in its own tenant', async () => {
+        const { name, queue } = queueFor('ids');
+        const { outcomes: done } = workerFor(name, async (job) => {
+          await Person.query().insert({ name: `${job.data.expect}-ids-${job.data.i}` });
+          return currentTenantId();
+        });
+        const add = (t: string, i: number) => tenancy.runWithTenant(t, () => queue.add('send', { expect: t, i }, { jobId: 'invoice-42' }));
+        const ja = await add('ja', 1);
+        await done.wait([ja.id]); // completed jobs are kept, so BullMQ still holds the id
+        const jb = await add('jb', 2);
+        const again = await add('ja', 3); // within a tenant, an id still names one job, as in BullMQ
+        // Outside any scope, the payload's tenantId names the namespace.
+        const jc = await queue.add('send', { tenantId: 'jc', expect: 'jc', i: 4 }, { jobId: 'invoice-42' });
+        assert.deepEqual([ja.id, jb.id, again.id, jc.id], ['ja~invoice-42', 'jb~invoice-42', 'ja~invoice-42', 'jc~invoice-42']);
+        const results = await done.wait([ja.id, jb.id, jc.id]);
+        assert.deepEqual([...results.values()].map((o) => [o.state, o.result, o.job.data.i]), [['completed', 'ja', 1], ['completed', 'jb', 2], ['completed', 'jc', 4]]);
+        for (const [t, i] of [['ja', 1], ['jb', 2], ['jc', 4]] as const) {
+          assert.deepEqual((await rows(t, '-ids-')).map((r) => `${r.name}/${r.note}`), [`${t}-ids-${i}/inserted-in:${t}`]);
+        }
+        // A re-enqueue with the job's own id keeps it; a tenant id that could overlap another's namespace is refused.
+        assert.equal((await tenancy.runWithTenant('jb', () => queue.add('send', { expect: 'jb', i: 5 }, { jobId: jb.id! }))).id, 'jb~invoice-42');
+        await assert.rejects(queue.add('send', { tenantId: 'ja~x' }, { jobId: 'y' }), InvalidTenantIdError);
+        await assert.rejects(tenancy.runWithTenant('ja', () => queue.add('send', {}, { jobId: '42' })), /Custom Id cannot be integers/);
+
+        // Deduplication ids too: jb's job is not dropped as a duplicate of ja's.
+        const dedup = (t: string, i: number) =>
+          tenancy.runWithTenant(t, () => queue.add('dedup', { expect: t, i }, { deduplication: { id: 'inv-7' }, delay: 600_000 }));
+        const [da, db] = [await dedup('ja', 6), await dedup('jb', 7)];
+        assert.notEqual(da.id, db.id);
+        assert.equal(await tenancy.runWithTenant('jb', () => queue.getDeduplicationJobId('inv-7')), db.id);
+      });
+
+      it('reads and writes by id inside a tenant scope reach only that tenant’s jobs; outside any scope, every job', async () => {
+        const { queue } = queueFor('by-id');
+        const delayed = { delay: 600_000 };
+        const mine = await tenancy.runWithTenant('ja', () => queue.add('mine', { expect: 'ja' }, { jobId: 'report', ...delayed }));
+        const counter = await tenancy.runWithTenant('jb', () => queue.add('theirs', { expect: 'jb' }, delayed)); // a guessable id
+        const named = await tenancy.runWithTenant('jb', () => queue.add('theirs', { expect: 'jb' }, { jobId: 'report', ...delayed }));
+        const central = await queue.add('central', { central: true }, delayed);
+        await tenancy.runWithTenant('jb', () => queue.addJobLog(counter.id!, 'jb only'));
+        await tenancy.runWithTenant('ja', async () => {
+          for (const id of ['report', mine.id!]) assert.equal((await queue.getJob(id))?.data.expect, 'ja', id);
+          for (const id of [counter.id!, named.id!, central.id!]) {
+            assert.equal(await queue.getJob(id), undefined, id);
+            assert.equal(await queue.getJobState(id), 'unknown', id);
+            assert.deepEqual(await queue.getJobLogs(id), { logs: [], count: 0 }, id);
+            assert.equal(await queue.remove(id), 0, id);
+            await assert.rejects(queue.updateJobProgress(id, 50), { code: 'JOB_NOT_FOUND' });
+            await assert.rejects(queue.addJobLog(id, 'from ja'), { code: 'JOB_NOT_FOUND' });
+          }
+          assert.equal(await queue.getJobState('report'), 'delayed');
+        });
+        await tenancy.runWithTenant('jb', async () => {
+          assert.equal((await queue.getJob('report'))?.id, named.id);
+          assert.deepEqual(await queue.getJobLogs(counter.id!), { logs: ['jb only'], count: 1 });
+          assert.equal(await queue.remove('report'), 1);
+        });
+        for (const job of [mine, counter, central]) {
+          const stored = await queue.getJob(job.id!);
+          assert.deepEqual([stored?.data, stored?.progress], [job.data, 0], 'untouched, and found outside any scope');
+        }
+      });
+
+      it('job schedulers are per tenant: the same id in two tenants makes two schedulers, read and removed each in its tenant', async () => {
+        const { queue } = queueFor('schedulers');
+        const every = { every: 3_600_000 };
+        const ja = await tenancy.runWithTenant('ja', () => queue.upsertJobScheduler('nightly', every, { data: { expect: 'ja' } }));
+        const jb = await tenancy.runWithTenant('jb', () => queue.upsertJobScheduler('nightly', every, { data: { expect: 'jb' } }));
+        assert.deepEqual([ja.name, ja.data.tenantId, jb.name, jb.data.tenantId], ['nightly', 'ja', 'nightly', 'jb'], 'named after the caller’s id');
+        assert.deepEqual((await queue.getJobSchedulers()).map((s) => s.key).sort(), ['ja~nightly', 'jb~nightly']);
+        for (const t of ['ja', 'jb']) {
+          const seen = await tenancy.runWithTenant(t, () => queue.getJobScheduler('nightly'));
+          assert.equal(seen?.template?.data?.tenantId, t);
+        }
+        assert.equal(await tenancy.runWithTenant('jc', () => queue.getJobScheduler('nightly')), undefined);
+        assert.equal(await tenancy.runWithTenant('jc', () => queue.getJobScheduler('ja~nightly')), undefined);
+        assert.equal(await tenancy.runWithTenant('ja', () => queue.removeJobScheduler('nightly')), true);
+        assert.deepEqual((await queue.getJobSchedulers()).map((s) => s.key), ['jb~nightly'], 'jb’s is still there');
+        // Central schedulers keep the id they are given.
+        await queue.upsertJobScheduler('fan-out', every, { data: { central: true } });
+        assert.ok(await queue.getJobScheduler('fan-out'));
+      });
+
+      it('addJob() stamps and namespaces like add()', async () => {
+        const { name, queue } = queueFor('add-job');
+        const ran: string[] = [];
+        const { outcomes: done } = workerFor(name, async (job) => void ran.push(`${job.id}:${currentTenantId()}`));
+        const addJob = (queue as unknown as { addJob: (typeof queue)['add'] }).addJob.bind(queue);
+        const job = await tenancy.runWithTenant('jb', () => addJob('direct', { expect: 'jb' }, { jobId: 'direct' }));
+        assert.deepEqual([job.id, job.data.tenantId], ['jb~direct', 'jb']);
+        await assert.rejects(addJob('direct', {}), TenantContextMissingError);
+        assert.equal((await done.wait([job.id])).get(job.id!)!.state, 'completed');
+        assert.deepEqual(ran, ['jb~direct:jb']);
+      });
+
+      it('a worker run() inside a tenant scope still runs its loop, its listeners and its backoff strategy with no tenant', async () => {
+        const { name, queue } = queueFor('run');
+        const seen: string[] = [];
+        const see = (what: string) => () => void seen.push(`${what}:${tryCurrentTenantId()}`);
+        const { worker, outcomes: done } = workerFor(
+          name,
+          async (job) => {
+            if (job.attemptsMade === 0) throw new Error('first attempt fails');
+            await job.updateProgress(100); // emitted from the job's scope
+          },
+          { autorun: false, settings: { backoffStrategy: () => (see('backoff')(), 1) } },
+        );
+        for (const event of ['active', 'completed', 'failed', 'progress'] as const) worker.on(event, see(event));
+        queue.on('waiting', see('waiting'));
+        await tenancy.runWithTenant('ja', () => void worker.run());
+        const jobs = [
+          await tenancy.runWithTenant('jb', () => queue.add('run', { expect: 'jb' }, { attempts: 2, backoff: { type: 'custom' } })),
+          await queue.add('run', { central: true }, { attempts: 2, backoff: { type: 'custom' } }),
+        ];
+        const results = await done.wait(jobs.map((j) => j.id));
+        assert.deepEqual([...results.values()].map((o) => o.state), ['completed', 'completed']);
+        assert.ok(seen.length >= 10, seen.join());
+        assert.deepEqual(new Set(seen.map((s) => s.split(':')[1])), new Set(['undefined']), seen.join());
+      });
+
+      it('resume() inside a tenant scope restarts the stalled-job checker with no tenant', async () => {
+        const { name, queue } = queueFor('resume');
+        // A tracer is the one callback the stalled-job checker loop makes: it sees the loop's context.
+        const spans: string[] = [];
+        const span = { setAttributes() {}, setSpanOnContext: (c: unknown) => c, addEvent() {}, recordException() {}, end() {} };
+        const telemetry = {
+          tracer: { startSpan: (spanName: string) => (spans.push(`${spanName.split(' ')[0]}:${tryCurrentTenantId()}`), span) },
+          contextManager: { active: () => ({}), with: (_c: unknown, fn: () => unknown) => fn(), getMetadata: () => '', fromMetadata: (c: unknown) => c },
+        } as unknown as TenantWorkerOptions['telemetry'];
+        let release: (() => void) | undefined;
+        const { worker, outcomes: done } = workerFor(name, () => new Promise<void>((resolve) => (release = resolve)), { telemetry, stalledInterval: 20 });
+        const job = await tenancy.runWithTenant('jb', () => queue.add('hold', {}));
+        while (release === undefined) await sleep(5);
+        await worker.pause(true); // the job is still active: the main loop keeps running, the checker stops
+        spans.length = 0;
+        await tenancy.runWithTenant('ja', () => worker.resume());
+        await sleep(150);
+        release();
+        assert.equal((await done.wait([job.id])).get(job.id!)!.state, 'completed');
+        const checker = spans.filter((s) => /stalled/i.test(s));
+        assert.ok(checker.length > 1, spans.join());
+        assert.deepEqual(new Set(checker.map((s) => s.split(':')[1])), new Set(['undefined']), checker.join());
       });
     });
   });
