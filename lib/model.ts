@@ -1,7 +1,7 @@
 import { Model } from 'objection';
 import type { Knex } from 'knex';
 import { TenantContextMissingError, TenantMismatchError } from './errors';
-import { connectionTenant, currentScope, globalState, markConnection, runInScope, type TenantScope } from './scope';
+import { connectionTenant, currentScope, globalState, runInScope, type TenantScope } from './scope';
 import { namesItsDatabase, qualifiedDatabase } from './qualify-tables';
 
 // Objection's own typings do not describe the members overridden here (unsafeKnex, $$knex, the
@@ -273,9 +273,10 @@ function explicitConnectionTenant(builder: any): string | undefined {
 }
 
 /**
- * Stamps the tenant-aware instances in a query's result (and in their relations, down to a pinned
- * model, whose own tenant relations ran on the scope's connection) with `tenantId`, over the stamp
- * they took from the scope when they were made.
+ * Stamps the tenant-aware instances in a query's result with `tenantId`, over the stamp they took from
+ * the scope when they were made: arrays, page()/range()'s `{ results, total }`, and related instances
+ * under any name (withGraphJoined('pets as dogs') puts them under the alias), down to a pinned model,
+ * whose own tenant relations ran on the scope's connection.
  */
 function stampLoaded(value: unknown, tenantId: string, seen: Set<object>): void {
   if (value === null || typeof value !== 'object' || seen.has(value)) return;
@@ -284,10 +285,15 @@ function stampLoaded(value: unknown, tenantId: string, seen: Set<object>): void 
     for (const item of value) stampLoaded(item, tenantId, seen);
     return;
   }
-  if (!(value instanceof Model) || pinned(value.constructor)) return;
-  stamp_(value, tenantId);
-  for (const name of (value.constructor as any).getRelationNames() as string[]) {
-    stampLoaded((value as any)[name], tenantId, seen);
+  if (value instanceof Model) {
+    if (pinned(value.constructor)) return;
+    stamp_(value, tenantId);
+  } else if (Object.getPrototypeOf(value) !== Object.prototype) {
+    return;
+  }
+  for (const key of Object.keys(value)) {
+    const child = (value as Record<string, unknown>)[key];
+    if (child instanceof Model || Array.isArray(child)) stampLoaded(child, tenantId, seen);
   }
 }
 
@@ -564,25 +570,12 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
         if (scope === undefined) return Promise.reject(missing(this));
         return scope.owner.transaction(knexOrTrx as (trx: Knex.Transaction) => Promise<unknown>);
       }
-      // A transaction of a tenant's knex is that tenant's connection too (see explicitConnectionTenant).
-      const tenantId = knexOrTrx == null || typeof cb !== 'function' ? undefined : connectionTenant(knexOrTrx);
-      if (tenantId === undefined) return super.transaction(knexOrTrx, cb);
-      return super.transaction(knexOrTrx, (trx: Knex.Transaction) => {
-        markConnection(trx, tenantId);
-        return (cb as (trx: Knex.Transaction) => unknown)(trx);
-      });
+      return super.transaction(knexOrTrx, cb);
     }
 
     static startTransaction(knexOrTrx?: unknown): Promise<Knex.Transaction> {
-      const knex = knexOrTrx ?? this.knex();
-      if (knex == null) return Promise.reject(missing(this));
-      const tenantId = connectionTenant(knex);
-      const started = super.startTransaction(knexOrTrx);
-      if (tenantId === undefined) return started;
-      return started.then((trx: Knex.Transaction) => {
-        markConnection(trx, tenantId);
-        return trx;
-      });
+      if (knexOrTrx == null && this.knex() == null) return Promise.reject(missing(this));
+      return super.startTransaction(knexOrTrx);
     }
 
     $setJson(json: unknown, options?: unknown): this {

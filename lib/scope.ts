@@ -63,16 +63,40 @@ export const globalState = state;
 const connectionTenants: WeakMap<object, string> = (state.connectionTenants ??= new WeakMap<object, string>());
 
 /**
- * @internal Records that `knex` (a tenant's knex, handle or transaction) is `tenantId`'s, so that rows
- * a query loads through it explicitly, outside its scope, are known as that tenant's (the instance guard).
+ * @internal Records that `knex` (a tenant's knex or handle) is `tenantId`'s, and so is every
+ * transaction opened on it (knex's `client.transaction`: `knex.transaction()`, objection's
+ * `Model.transaction()`/`startTransaction()`, `transactionProvider()`), so that rows a query loads
+ * through one explicitly, outside its scope, are known as that tenant's (the instance guard).
  */
-export function markConnection(knex: object, tenantId: string): void {
+export function markConnection(knex: Knex, tenantId: string): void {
   connectionTenants.set(knex, tenantId);
+  const client = knex.client as unknown as { transaction(container: unknown, ...rest: unknown[]): unknown };
+  if (connectionTenants.has(client)) return;
+  connectionTenants.set(client, tenantId);
+  const transaction = client.transaction;
+  // knex hands every transaction to a container, even in its promise form (`resolve`).
+  client.transaction = function (this: unknown, container: unknown, ...rest: unknown[]): unknown {
+    const marking =
+      typeof container === 'function'
+        ? (trx: object) => {
+            connectionTenants.set(trx, tenantId);
+            return (container as (trx: object) => unknown)(trx);
+          }
+        : container;
+    return transaction.call(this, marking, ...rest);
+  };
 }
 
-/** @internal The tenant `markConnection` recorded for `knex`, or `undefined` for a connection the library did not make. */
+/**
+ * @internal The tenant `markConnection` recorded for `knex`, or for the transaction a savepoint
+ * (`trx.transaction()`) was opened in; `undefined` for a connection the library did not make.
+ */
 export function connectionTenant(knex: object): string | undefined {
-  return connectionTenants.get(knex);
+  for (let current: object | undefined = knex; current != null; current = (current as { parentTransaction?: object }).parentTransaction) {
+    const tenantId = connectionTenants.get(current);
+    if (tenantId !== undefined) return tenantId;
+  }
+  return undefined;
 }
 
 /** @internal The current scope, or `undefined`. */

@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { currentScope, markConnection, runInScope, type TenantScope } from './scope';
+import { currentScope, runInScope, type TenantScope } from './scope';
 
 type Callback = () => unknown;
 
@@ -36,10 +36,7 @@ export async function runTransaction<T>(
   const outerTxId = outer?.__knexTxId;
   let result: T;
   try {
-    result = (await base.transaction((trx) => {
-      markConnection(trx, scope.tenantId);
-      return runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
-    })) as T;
+    result = (await base.transaction((trx) => runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx)))) as T;
   } catch (error) {
     if (outer !== undefined) outer.__knexTxId = outerTxId;
     await runCallbacks(scope, hooks.rollback, onHookError);

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
-import { Model, QueryBuilder, type RelationMappings } from 'objection';
+import { Model, QueryBuilder, transaction as objectionTransaction, type RelationMappings } from 'objection';
 import {
   centralModel,
   createTenancy,
@@ -351,6 +351,18 @@ for (const backend of allStrategies('guard')) {
         });
       });
 
+      it('page() and an aliased joined relation read through such a knex are stamped too', async () => {
+        const other = direct.get('g2')!;
+        const { results } = await runWithTenant('g1', () => Person.query(other).orderBy('id').page(0, 10));
+        const ada = (await runWithTenant('g1', () => Person.query(other).findById(1).withGraphJoined('pets as dogs')))! as Person & { dogs: Pet[] };
+        assert.ok(ada.dogs.length > 0);
+        await runWithTenant('g1', async () => {
+          await assert.rejects(async () => results[0]!.$query().patch({ name: 'renamed' }), TenantMismatchError);
+          await assert.rejects(async () => ada.dogs[0]!.$query().patch({ name: 'renamed' }), TenantMismatchError);
+        });
+        assert.deepEqual(await personNames('g1'), ['g1-ada', 'g1-bob']);
+      });
+
       it("rows read through another tenant's knex from the library belong to that tenant", async () => {
         const knexOfG2 = await tenancy.runWithTenant('g2', () => tenancy.knex());
         const ada = (await runWithTenant('g1', () => Person.query(knexOfG2).findById(1).withGraphFetched('pets')))!;
@@ -376,8 +388,19 @@ for (const backend of allStrategies('guard')) {
           await bob.$query().patch({ name: 'g1-bob-2' });
           const again = (await tenancy.transaction((t) => Person.query(t).findById(1)))!;
           assert.equal(instanceTenantId(again), 'g1');
+          // Transactions opened on the tenant's knex in every other way objection and knex allow.
+          const inSavepoint = (await tenancy.transaction((t) => t.transaction(async (sp) => Person.query(sp).findById(1))))! as Person;
+          assert.equal(instanceTenantId(inSavepoint), 'g1');
+          const viaObjection = (await objectionTransaction(Person.knex(), async (t) => Person.query(t).findById(1)))!;
+          assert.equal(instanceTenantId(viaObjection), 'g1');
+          const provider = tenancy.knex().transactionProvider();
+          const provided = await provider();
+          const viaProvider = (await Person.query(provided).findById(1))!;
+          await provided.commit();
+          assert.equal(instanceTenantId(viaProvider), 'g1');
+          await viaProvider.$query().patch({ name: 'g1-ada-3' });
         });
-        assert.deepEqual(await personNames('g1'), ['g1-ada-2', 'g1-bob-2']);
+        assert.deepEqual(await personNames('g1'), ['g1-ada-3', 'g1-bob-2']);
       });
     });
 
