@@ -7,19 +7,20 @@
  * (https://nodejs.org/api/async_context.html#troubleshooting-context-loss), and a driver's stream or
  * socket events run in the context the connection was opened in, which can be another tenant's scope.
  */
-import { currentScope, runInScope, runInScopeSync, type TenantScope } from './scope';
+import type { Knex } from 'knex';
+import { currentScope, runInScope, runInScopeSync, type ScopeLease, type TenantScope } from './scope';
 
 /**
  * Binds `fn` to the tenant scope that is current now: the returned function always runs in that
  * tenant's scope, whoever calls it and from wherever. Bound outside any scope, it always runs with no
  * scope, so tenant queries in it fail closed instead of borrowing the caller's tenant.
  *
- * Each call enters the tenant again, with a lease on its connection held until `fn` returns (or its
- * promise settles), as `runWithTenant` does: a listener outlives the request that bound it, and the
- * tenant's pool may have been closed since (idle, evicted, `forget()`, moved to another server).
- * When that connection has to be opened again first, the call waits for it and returns a promise
- * of `fn`'s result. Bound inside a transaction, it runs in that transaction while it is open, and in
- * the tenant's scope outside it once it has ended.
+ * Each call enters the tenant again, with a lease on its connection held until `fn` returns (or the
+ * promise it returns settles), as `runWithTenant` does: a listener outlives the request that bound
+ * it, and the tenant's pool may have been closed since (idle, evicted, `forget()`, moved to another
+ * server). When that connection has to be opened again first, the call waits for it and returns a
+ * promise of `fn`'s result. Bound inside a transaction, it runs in that transaction while it is open
+ * (after a savepoint, in the transaction around it), and in the tenant's scope once it has ended.
  *
  * Only this library's scope is captured and restored (not other `AsyncLocalStorage` stores); `this`,
  * the arguments and the return value are passed through unchanged.
@@ -45,11 +46,18 @@ export function bindTenant<A extends unknown[], R, This = unknown>(
 
 /** Runs `call` in `scope`'s tenant as it is now (see bindTenant); with no scope, with none. */
 function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R {
-  const trx = scope?.trx;
+  const open = openTransactionScope(scope);
   const enter = scope?.owner.enterNow;
-  // Its transaction still open: the scope that opened it holds the lease, so its connection too.
-  if (scope === undefined || enter === undefined || (trx !== undefined && !trx.isCompleted())) return runInScopeSync(scope, call);
-  const entered = enter.call(scope.owner, scope.tenantId);
+  // In a transaction still open, the scope that opened it holds the lease, so its connection too.
+  if (scope === undefined || open !== undefined || enter === undefined) return runInScopeSync(open ?? scope, call);
+  let entered: ScopeLease | Promise<ScopeLease>;
+  try {
+    entered = enter.call(scope.owner, scope.tenantId);
+  } catch {
+    // The tenancy is gone (destroy()): as before, in the scope it was bound in, where work that needs
+    // no connection still runs and queries fail typed.
+    return runInScopeSync(scope, call);
+  }
   if (entered instanceof Promise) {
     return entered.then(({ scope: current, release }) => runInScope(current, call).finally(release)) as R;
   }
@@ -61,10 +69,24 @@ function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R {
     release();
     throw error;
   }
-  if (result !== null && typeof (result as { then?: unknown } | undefined)?.then === 'function') {
-    Promise.resolve(result).then(release, release);
-  } else {
-    release();
-  }
+  // A promise keeps the lease until it settles; the caller gets one that settles the same way, so a
+  // rejection nobody handles is still reported. Any other thenable (a query builder) is not touched:
+  // calling its then() would run it, and the caller runs it; it runs on the connection it was built on.
+  if (result instanceof Promise) return result.finally(release) as R;
+  release();
   return result;
+}
+
+/**
+ * `scope` with its innermost transaction that is still open (a savepoint ended inside an open
+ * transaction leaves that one), or `undefined` when it has none open.
+ */
+function openTransactionScope(scope: TenantScope | undefined): TenantScope | undefined {
+  let current = scope;
+  while (current?.trx !== undefined) {
+    if (!current.trx.isCompleted()) return current;
+    const parent = (current.trx as { parentTransaction?: Knex.Transaction }).parentTransaction;
+    current = parent === undefined ? undefined : { ...current, trx: parent, txHooks: current.txHooks?.parent };
+  }
+  return undefined;
 }

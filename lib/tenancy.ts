@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import {
   TenantContextMissingError,
+  TenancyDestroyedError,
   TenantUnavailableError,
   UnknownTenantError,
 } from './errors';
@@ -44,6 +45,7 @@ export class Tenancy implements ScopeOwner {
   readonly #validator: TenantIdValidator | undefined;
   readonly #catalog: CatalogCache | undefined;
   readonly #budget: ConnectionBudget | undefined;
+  #destroyed = false;
 
   constructor(options: TenancyOptions) {
     this.#options = options;
@@ -91,9 +93,11 @@ export class Tenancy implements ScopeOwner {
 
   /**
    * @internal `enter()` without a promise when the tenant is known and its connection cached (the
-   * common case of a request), else a promise. Throws `InvalidTenantIdError` synchronously.
+   * common case of a request), else a promise. Throws `InvalidTenantIdError` and, after destroy(),
+   * `TenancyDestroyedError` synchronously.
    */
   enterNow(tenantId: unknown): EnteredScope | Promise<EnteredScope> {
+    if (this.#destroyed) throw new TenancyDestroyedError();
     const id = validateTenantId(tenantId, this.#validator);
     const known = this.#catalog === undefined ? true : this.#catalog.exists(id);
     if (known === true) {
@@ -208,6 +212,7 @@ export class Tenancy implements ScopeOwner {
 
   /** Closes every tenant pool (waiting for in-flight scopes to finish). Call at shutdown. */
   async destroy(): Promise<void> {
+    this.#destroyed = true;
     if (globalState.defaultOwner === this) {
       globalState.defaultOwner = undefined;
       globalState.defaultDestroyed = true;

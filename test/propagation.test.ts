@@ -6,7 +6,9 @@
  * tenant), and `bindTenant` / `tenancy.bind` fix it.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { EventEmitter } from 'node:events';
+import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { after, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
@@ -251,6 +253,53 @@ for (const backend of backends('prop')) {
       assert.equal(inside, 'pb:pb-ada-uncommitted', 'read inside the open transaction');
       // Before stop 22: knex's untyped "Transaction query already complete".
       assert.equal(await tenancy.runWithTenant('pa', () => bound!()), 'pb:pb-ada');
+    });
+
+    it('a bound function returning a query builder: the caller runs it once (bindTenant does not call its then())', async () => {
+      const add = await tenancy.runWithTenant('pa', () => bindTenant(() => Person.query().insert({ name: 'pa-once' })));
+      await tenancy.runWithTenant('pb', async () => {
+        await add();
+      });
+      assert.equal((await direct.get('pa')!('persons').where('name', 'pa-once')).length, 1);
+      await direct.get('pa')!('persons').where('name', 'pa-once').delete();
+    });
+
+    it('an async bound function that rejects, called without await, is still an unhandled rejection (not swallowed)', async () => {
+      // In a process of its own: node:test turns an unhandled rejection into a failure of the test.
+      const lib = path.resolve(__dirname, '../lib/index.ts');
+      const script = `
+        const { createTenancy, bindTenant, currentTenantId } = require(${JSON.stringify(lib)});
+        const tenancy = createTenancy({ knexConfig: () => ({ client: 'better-sqlite3', connection: { filename: ':memory:' }, useNullAsDefault: true }) });
+        process.on('unhandledRejection', (reason) => { console.log('unhandled: ' + reason.message); process.exit(0); });
+        tenancy.runWithTenant('pa', () => bindTenant(async () => { throw new Error('boom in ' + currentTenantId()); })).then((fail) => {
+          void fail();
+          setTimeout(() => { console.log('swallowed'); process.exit(0); }, 500);
+        });`;
+      const out = execFileSync(process.execPath, ['--import', 'tsx', '-e', script], { encoding: 'utf8' });
+      assert.equal(out.trim(), 'unhandled: boom in pa');
+    });
+
+    it('after its tenancy is destroyed, a bound function still runs (work that needs no connection goes on)', async () => {
+      const brief = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
+      const bound = await brief.runWithTenant('pa', () => brief.bind(() => `ran in ${currentTenantId()}`));
+      await brief.destroy();
+      assert.equal(bound(), 'ran in pa');
+    });
+
+    it('bound inside a savepoint that has ended: it runs in the transaction around it, and is rolled back with it', async () => {
+      await tenancy
+        .runWithTenant('pa', () =>
+          tenancy.transaction(async () => {
+            let insert: (() => Promise<unknown>) | undefined;
+            await tenancy.transaction(async () => {
+              insert = bindTenant(async () => Person.query().insert({ name: 'pa-savepoint' }));
+            });
+            await insert!();
+            throw new Error('roll back');
+          }),
+        )
+        .catch((error: Error) => assert.equal(error.message, 'roll back'));
+      assert.equal((await direct.get('pa')!('persons').where('name', 'pa-savepoint')).length, 0);
     });
 
     it('bound outside any scope, a function runs with no scope even when called inside a tenant: tenant queries fail closed', async () => {
