@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ownMessage, TenantError } from './errors';
+import { requestScope } from './middleware';
 import { currentScope, type TenantScope } from './scope';
 
 /** How an error is answered over HTTP. */
@@ -38,19 +39,24 @@ const GONE: Readonly<HttpErrorAnswer> = Object.freeze({ status: 404, code: 'TENA
  * library's own, never the driver's (which may name hosts and users).
  */
 export function toHttpError(error: unknown): HttpErrorAnswer | undefined {
+  return httpErrorIn(error, currentScope());
+}
+
+/** `toHttpError` for an error raised in `scope` (a request's, which a nested scope may hide from the handler). */
+function httpErrorIn(error: unknown, scope: TenantScope | undefined): HttpErrorAnswer | undefined {
   if (error instanceof TenantError || isTenantErrorLike(error)) {
     const e = error as TenantError & { retryAfter?: number };
     const status = e.statusCode ?? 500;
-    const answer: HttpErrorAnswer = { status, code: e.code, message: status >= 500 ? serverSideMessage(e) : ownMessage(e) };
+    const answer: HttpErrorAnswer = { status, code: e.code, message: status >= 500 ? serverSideMessage(e, scope) : ownMessage(e) };
     if (typeof e.retryAfter === 'number') answer.retryAfter = e.retryAfter;
     // Unknown inside its own scope: the tenant was served until now, so its database went away
     // (a shared connection could not switch to it). Outside a scope it is a catalog answer, already cached.
-    if (e.code === 'TENANT_UNKNOWN' && e.tenantId !== undefined && currentScope()?.tenantId === e.tenantId) answer.goneTenant = e.tenantId;
+    if (e.code === 'TENANT_UNKNOWN' && e.tenantId !== undefined && scope?.tenantId === e.tenantId) answer.goneTenant = e.tenantId;
     return answer;
   }
   if (error === null || typeof error !== 'object') return undefined;
   const { code, errno, name } = nativeError(error);
-  const tenantId = currentScope()?.tenantId;
+  const tenantId = scope?.tenantId;
   // Outside any tenant scope no tenant's database can be the one missing: a central knex's error
   // (a health check on an `optional` route, say) is the app's, not a 404 "unknown tenant".
   if (typeof errno === 'number' && GONE_ERRNOS.has(errno)) {
@@ -75,9 +81,8 @@ export function toHttpError(error: unknown): HttpErrorAnswer | undefined {
  * scope's own (or there is none): a nested `runWithTenant` of another tenant that is down is not
  * the caller's to know about.
  */
-function serverSideMessage(e: { code: string; tenantId?: string; statusCode?: number }): string {
+function serverSideMessage(e: { code: string; tenantId?: string; statusCode?: number }, scope: TenantScope | undefined): string {
   if (e.code === 'TENANT_UNAVAILABLE') {
-    const scope = currentScope();
     const named = e.tenantId !== undefined && (scope === undefined || scope.tenantId === e.tenantId);
     return named ? `The database of tenant "${e.tenantId}" is unavailable. Retry later.` : 'The tenant database is unavailable. Retry later.';
   }
@@ -136,8 +141,9 @@ export function createErrorHandler(options: ErrorHandlerOptions, hooks: ErrorHan
     res.end(JSON.stringify({ error: { code: answer.code, message: answer.message } }));
   };
   return (error, req, res, next) => {
-    const answer = toHttpError(error);
-    const scope = currentScope();
+    // The request's own scope: `next(error)` may be called from inside a nested scope of another tenant.
+    const scope = requestScope(req) ?? currentScope();
+    const answer = httpErrorIn(error, scope);
     const errno = nativeError(error).errno;
     // A missing table, an unknown database or no database selected, from the driver: the tenant's
     // database may be gone, or the error may not be the tenant's at all (a central knex with no

@@ -38,6 +38,11 @@ const REQUEST_SCOPES = Symbol.for('objection-tenancy.requestScopes.v1');
 const holder = globalThis as unknown as Record<symbol, WeakMap<object, TenantScope> | undefined>;
 const requestScopes: WeakMap<object, TenantScope> = (holder[REQUEST_SCOPES] ??= new WeakMap());
 
+/** @internal The scope a tenant middleware opened for `req`, if any. */
+export function requestScope(req: object): TenantScope | undefined {
+  return requestScopes.get(req);
+}
+
 /** How long a route whose client hung up may keep its tenant's connection before the lease ends anyway. */
 const HANG_UP_GRACE_MS = 30_000;
 

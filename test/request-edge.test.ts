@@ -170,6 +170,18 @@ for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP er
         next(error);
       }
     });
+    // The same, with next(error) called from inside the nested scope.
+    app.get('/nested-flaky-inside', (_req, res, next) => {
+      void tenancy
+        .runWithTenant('eflaky', async () => {
+          try {
+            res.json(await Person.query());
+          } catch (error) {
+            next(error);
+          }
+        })
+        .catch(next);
+    });
     app.use(tenancy.errorHandler({ all: true }));
     server = await listen(app);
   });
@@ -244,6 +256,9 @@ for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP er
     const nestedBody = await nested.text();
     assert.equal(JSON.parse(nestedBody).error.code, 'TENANT_UNAVAILABLE');
     assert.doesNotMatch(nestedBody, /eflaky/, 'the answer to e2 named another tenant');
+    const inside = await fetch(`${server.url}/nested-flaky-inside`, { headers: { 'x-tenant-id': 'e2' } });
+    assert.equal(inside.status, 503);
+    assert.doesNotMatch(await inside.text(), /eflaky/, 'the answer to e2 named another tenant (next() called in its scope)');
     await cutProxy.restore();
     let status = 0;
     for (let i = 0; i < 20 && status !== 200; i++) {
