@@ -70,21 +70,35 @@ const connectionTenants: WeakMap<object, string> = (state.connectionTenants ??= 
  */
 export function markConnection(knex: Knex, tenantId: string): void {
   connectionTenants.set(knex, tenantId);
-  const client = knex.client as unknown as { transaction(container: unknown, ...rest: unknown[]): unknown };
+  const client = knex.client as unknown as TransactionClient;
   if (connectionTenants.has(client)) return;
   connectionTenants.set(client, tenantId);
-  const transaction = client.transaction;
-  // knex hands every transaction to a container, even in its promise form (`resolve`).
-  client.transaction = function (this: unknown, container: unknown, ...rest: unknown[]): unknown {
-    const marking =
-      typeof container === 'function'
-        ? (trx: object) => {
-            connectionTenants.set(trx, tenantId);
-            return (container as (trx: object) => unknown)(trx);
-          }
-        : container;
-    return transaction.call(this, marking, ...rest);
-  };
+  // One function for every client, not a closure per tenant (a shared server's handles are many):
+  // a transaction method of the client's own (inline switching sets one) is kept aside.
+  if (Object.prototype.hasOwnProperty.call(client, 'transaction')) ownTransactions.set(client, client.transaction);
+  client.transaction = markingTransaction;
+}
+
+type TransactionClient = { transaction(this: unknown, container: unknown, ...rest: unknown[]): unknown };
+const ownTransactions = new WeakMap<object, TransactionClient['transaction']>();
+
+/** A marked client's `transaction`: marks the transaction knex hands its container (even in the promise form, `resolve`). */
+function markingTransaction(this: object, container: unknown, ...rest: unknown[]): unknown {
+  // `this` may be a copy made from the client (knex's withUserParams): the marked client is up its chain.
+  let client = this;
+  while (!Object.prototype.hasOwnProperty.call(client, 'transaction') || (client as TransactionClient).transaction !== markingTransaction) {
+    client = Object.getPrototypeOf(client) as object;
+  }
+  const tenantId = connectionTenants.get(client)!;
+  const transaction = ownTransactions.get(client) ?? (Object.getPrototypeOf(client) as TransactionClient).transaction;
+  const marking =
+    typeof container === 'function'
+      ? (trx: object) => {
+          connectionTenants.set(trx, tenantId);
+          return (container as (trx: object) => unknown)(trx);
+        }
+      : container;
+  return transaction.call(this, marking, ...rest);
 }
 
 /**
