@@ -70,6 +70,44 @@ function stampJob<O extends JobsOptions | BulkJobOptions>(data: unknown, opts: O
   return [stamped, own];
 }
 
+/**
+ * Queue-wide methods that would read or change every tenant's jobs (counts, ranges, metrics, workers,
+ * pausing, draining, cleaning, retrying...): refused inside a tenant scope, where a tenant-facing
+ * handler would otherwise list, count or wipe other tenants' work. Job lists (`getJobs()` and the
+ * `getWaiting()`... built on it) and `getJobSchedulers()` are filtered to the tenant instead.
+ */
+const QUEUE_WIDE = [
+  'clean', 'count', 'drain', 'exportPrometheusMetrics', 'getActiveCount', 'getCompletedCount', 'getCountsPerPriority',
+  'getDelayedCount', 'getDependencies', 'getFailedCount', 'getJobCountByTypes', 'getJobCounts', 'getJobSchedulersCount',
+  'getMetrics', 'getPrioritizedCount', 'getRanges', 'getWaitingChildrenCount', 'getWaitingCount', 'getWorkers',
+  'getWorkersCount', 'obliterate', 'pause', 'promoteJobs', 'rateLimit', 'removeGlobalConcurrency', 'removeGlobalRateLimit',
+  'removeOrphanedJobs', 'removeRateLimitKey', 'resume', 'retryJobs', 'setGlobalConcurrency', 'setGlobalRateLimit', 'trimEvents',
+] as const;
+
+/** Refuses `name` inside a tenant scope (see QUEUE_WIDE). */
+function refusedInTenantScope(proto: object, base: object): void {
+  for (const name of QUEUE_WIDE) {
+    const method = (base as Record<string, unknown>)[name];
+    if (typeof method !== 'function') continue;
+    Object.defineProperty(proto, name, {
+      configurable: true,
+      writable: true,
+      value: function queueWide(this: unknown, ...args: unknown[]): unknown {
+        const tenantId = tryCurrentTenantId();
+        if (tenantId === undefined) return method.apply(this, args);
+        return Promise.reject(
+          new TenantError('QUEUE_WIDE_IN_TENANT_SCOPE', `queue.${name}() reaches every tenant's jobs and is refused inside the scope of tenant "${tenantId}". Call it from central code, outside any tenant scope.`, { tenantId }),
+        );
+      },
+    });
+  }
+}
+
+/** Whether a job (or a scheduler's template) belongs to `tenantId`, by its payload. */
+function ofTenant(data: unknown, tenantId: string): boolean {
+  return (data as TenantJobData | undefined)?.tenantId === tenantId;
+}
+
 /** Another tenant's job, refused as BullMQ refuses a missing one; the id, untrusted, is not echoed. */
 function jobNotFound(): never {
   throw new TenantError('JOB_NOT_FOUND', 'No job of the current tenant has this id.', { statusCode: 404 });
@@ -116,6 +154,20 @@ function load(caller: string): NonNullable<typeof loaded> {
     }
 
     // By id inside a tenant scope: that tenant's jobs and schedulers only; outside any scope, as BullMQ.
+
+    // Queue-wide lists inside a tenant scope: that tenant's entries only. A page (start, end) is a
+    // window over every tenant's jobs, filtered afterwards: it may hold fewer, or none.
+    override async getJobs(...args: Parameters<AnyQueue['getJobs']>): ReturnType<AnyQueue['getJobs']> {
+      const tenantId = tryCurrentTenantId();
+      const jobs = await super.getJobs(...args);
+      return tenantId === undefined ? jobs : jobs.filter((job) => job != null && ofTenant(job.data, tenantId));
+    }
+
+    override async getJobSchedulers(...args: Parameters<AnyQueue['getJobSchedulers']>): ReturnType<AnyQueue['getJobSchedulers']> {
+      const tenantId = tryCurrentTenantId();
+      const schedulers = await super.getJobSchedulers(...args);
+      return tenantId === undefined ? schedulers : schedulers.filter((scheduler) => ofTenant(scheduler.template?.data, tenantId));
+    }
 
     override async getJob(id: string): ReturnType<AnyQueue['getJob']> {
       const tenantId = tryCurrentTenantId();
@@ -185,6 +237,8 @@ function load(caller: string): NonNullable<typeof loaded> {
       return runInScopeSync(undefined, () => super.emit(event, ...args));
     }
   }
+
+  refusedInTenantScope(TenantQueue.prototype, bullmq.Queue.prototype);
 
   class TenantWorker extends bullmq.Worker<any, any, string> {
     /**

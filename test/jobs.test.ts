@@ -573,6 +573,28 @@ for (const backend of backends('jobs')) {
         }
       });
 
+      it("queue-wide methods in a tenant scope: job lists and schedulers are filtered to the tenant, counts and bulk changes are refused", async () => {
+        const { queue } = queueFor('queue-wide');
+        const delayed = { delay: 600_000 };
+        await tenancy.runWithTenant('ja', () => queue.add('a', { expect: 'ja' }, delayed));
+        await tenancy.runWithTenant('jb', () => queue.add('b', { expect: 'jb' }, delayed));
+        await queue.add('central', { central: true }, delayed);
+        await tenancy.runWithTenant('jb', () => queue.upsertJobScheduler('nightly', { every: 3_600_000 }, { data: { expect: 'jb' } }));
+        await tenancy.runWithTenant('ja', async () => {
+          assert.deepEqual((await queue.getJobs(['delayed'])).map((j) => j.data.expect), ['ja']);
+          assert.deepEqual((await queue.getDelayed()).map((j) => j.data.expect), ['ja'], 'getDelayed() goes through getJobs()');
+          assert.deepEqual(await queue.getJobSchedulers(), []);
+          for (const call of [() => queue.getJobCounts(), () => queue.count(), () => queue.drain(), () => queue.obliterate({ force: true }), () => queue.clean(0, 100, 'delayed'), () => queue.pause()]) {
+            await assert.rejects(call(), { code: 'QUEUE_WIDE_IN_TENANT_SCOPE' });
+          }
+        });
+        // Nothing was changed, and outside any scope every tenant's jobs are there.
+        assert.deepEqual((await queue.getJobs(['delayed'])).map((j) => j.data.expect ?? 'central').sort(), ['central', 'ja', 'jb']);
+        assert.equal((await queue.getJobCounts('delayed')).delayed, 3);
+        assert.equal((await queue.getJobSchedulers()).length, 1);
+        assert.equal(await queue.isPaused(), false);
+      });
+
       it('job schedulers are per tenant: the same id in two tenants makes two schedulers, read and removed each in its tenant', async () => {
         const { queue } = queueFor('schedulers');
         const every = { every: 3_600_000 };
