@@ -82,6 +82,10 @@ for (const backend of allStrategies('ops')) {
       await assert.rejects(tenancy.createTenant('../c1'), InvalidTenantIdError);
       await assert.rejects(tenancy.createTenant('c2; drop database c1'), InvalidTenantIdError);
       assert.equal(await backend.databaseExists('c2'), false);
+      // A catalog that fails is a 503 to retry (as when serving), not the catalog's raw error.
+      const down = make({ tenantExists: () => Promise.reject(new Error('catalog down')) });
+      await assert.rejects(down.createTenant('c2'), (e: Error & { code?: string; statusCode?: number }) => e.code === 'TENANT_UNAVAILABLE' && e.statusCode === 503);
+      assert.equal(await backend.databaseExists('c2'), false);
     });
 
     it('creates without seeds when asked, and without migrations when none are configured', async () => {
