@@ -140,6 +140,12 @@ export function migrationPlanOf(host: OperationsHost, where: string): Promise<Mi
   if (config === null || typeof config !== 'object') {
     return Promise.reject(new TypeError(`${where}: give the tenancy options.migrations, a knex migrator config such as { directory: './migrations' }`));
   }
+  // The plan is listed once, from options.migrations: knex's default directory (./migrations, often the
+  // central database's own) would otherwise be applied to every tenant, even when the tenants' knex
+  // configs name another directory.
+  if (config.directory == null && config.migrationSource == null) {
+    return Promise.reject(new TypeError(`${where}: options.migrations must name its directory (or a migrationSource); knex's default ./migrations is not assumed for tenants`));
+  }
   return loadMigrationPlan(config);
 }
 

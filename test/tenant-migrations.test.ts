@@ -200,6 +200,10 @@ for (const backend of allStrategies('ops')) {
       await assert.rejects(make().migrate.latest({ concurrency: 0 }), TypeError);
       const missing = make({ migrations: { directory: `${files.dir}/nope` } });
       await assert.rejects(missing.migrate.latest(), MigrationsUnreadableError);
+      // No directory: knex's default ./migrations (often the central database's) is not assumed.
+      const undirected = make({ migrations: { tableName: 'tenant_migrations' } });
+      await assert.rejects(undirected.migrate.latest({ tenants: ['m01'] }), /options\.migrations must name its directory/);
+      await assert.rejects(undirected.createTenant('m99'), /options\.migrations must name its directory/);
     });
   });
 }
