@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import knexFactory, { type Knex } from 'knex';
+import type { Knex } from 'knex';
 import {
   createTenancy,
   MigrationsUnreadableError,
@@ -18,7 +18,7 @@ import {
   type Tenancy,
   type TenancyOptions,
 } from '../lib/index';
-import { backends } from './helpers/databases';
+import { backends, withDirectKnex } from './helpers/databases';
 
 const T = ['001_t1.js', '002_t2.js', '003_t3.js'];
 const body = (table: string) =>
@@ -47,14 +47,7 @@ for (const backend of backends('mplan')) {
       dirs.push(d);
       return d;
     };
-    const withDb = async <R>(id: string, fn: (knex: Knex) => Promise<R>): Promise<R> => {
-      const knex = knexFactory(backend.knexConfig(id));
-      try {
-        return await fn(knex);
-      } finally {
-        await knex.destroy();
-      }
-    };
+    const withDb = <R>(id: string, fn: (knex: Knex) => Promise<R>) => withDirectKnex(backend, id, fn);
     const tables = (id: string) =>
       withDb(id, async (knex) => {
         const found: string[] = [];

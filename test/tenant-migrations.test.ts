@@ -16,7 +16,7 @@ import {
   type Tenancy,
   type TenancyOptions,
 } from '../lib/index';
-import { allStrategies } from './helpers/databases';
+import { allStrategies, withDirectKnex } from './helpers/databases';
 import { counters, MIGRATION_NAMES, writeMigrations } from './helpers/migrations';
 
 for (const backend of allStrategies('ops')) {
@@ -46,14 +46,7 @@ for (const backend of allStrategies('ops')) {
       tenancies.push(tenancy);
       return tenancy;
     };
-    const withDb = async <T>(id: string, fn: (knex: Knex) => Promise<T>): Promise<T> => {
-      const knex = knexFactory(backend.knexConfig(id));
-      try {
-        return await fn(knex);
-      } finally {
-        await knex.destroy();
-      }
-    };
+    const withDb = <T>(id: string, fn: (knex: Knex) => Promise<T>) => withDirectKnex(backend, id, fn);
     const tablesOf = (id: string) =>
       withDb(id, async (knex) => {
         const names: string[] = [];

@@ -148,3 +148,13 @@ export function allStrategies(label: string, { inlineSwitch = false } = {}): Bac
   if (inlineSwitch) strategies.push(mysqlSharedBackend(`${label}i`, 3, 'inline'));
   return strategies;
 }
+
+/** Runs `fn` with a knex of its own on tenant `id`'s database (for checks beside the tenancy), then closes it. */
+export async function withDirectKnex<R>(backend: Backend, id: string, fn: (knex: Knex) => Promise<R>): Promise<R> {
+  const knex = knexFactory(backend.knexConfig(id));
+  try {
+    return await fn(knex);
+  } finally {
+    await knex.destroy();
+  }
+}
