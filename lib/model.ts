@@ -136,8 +136,11 @@ function childQueryWithOwnKnex(child: any, parent: any, options: any, base: (opt
  * silent read of the wrong database. Instances built outside any scope take the first scope they meet.
  */
 function checkInstance(instance: any, scope: TenantScope): TenantMismatchError | undefined {
-  if (pinned(instance.constructor)) return undefined;
-  const stamp = STAMPS.get(instance);
+  const modelClass = instance.constructor;
+  if (modelClass[CENTRAL] !== undefined) return undefined;
+  // A class bound to a knex of its own (bindKnex, objection's per-request recipe): its rows are that
+  // knex's tenant's, whatever scope they were loaded in.
+  const stamp = hasOwnKnex(modelClass) ? (connectionTenant(modelClass.knex()) ?? UNKNOWN_CONNECTION) : STAMPS.get(instance);
   if (stamp === undefined) {
     stamp_(instance, scope.tenantId);
     return undefined;
@@ -213,6 +216,8 @@ function guard<B>(builder: B, value: unknown, graph = false): B {
  * the builder runs on its connection, none when it was given another knex (an explicit knex wins).
  */
 function executionScope(builder: any): TenantScope | undefined {
+  // A class bound to its own knex runs on it: explicit, like a knex given to query().
+  if (hasOwnKnex(builder.modelClass())) return undefined;
   const scope: TenantScope | undefined = builder[CAPTURED] ?? currentScope();
   if (scope === undefined) return undefined;
   const knex = builder.internalContext().knex;

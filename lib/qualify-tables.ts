@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { TenantMismatchError } from './errors';
 
 /**
  * `qualifyTables` (shared strategy): a tenant handle carries its database under this key, and
@@ -8,6 +9,18 @@ import type { Knex } from 'knex';
  * fails closed).
  */
 const TENANT_DATABASE = Symbol.for('objection-tenancy.tenantDatabase');
+
+/** The tenant whose database a qualified client's builders name (see settleOwnNamesOnCompile). */
+const QUALIFIED_CLIENT = Symbol('objection-tenancy.qualifiedClient');
+type QualifiedClient = { readonly database: string; readonly tenantId: string };
+
+function foreignBuilder(builderTenant: string, tenantId: string): TenantMismatchError {
+  const error = new TenantMismatchError(builderTenant, tenantId);
+  error.message =
+    `A knex query builder made on the connection of tenant "${builderTenant}" (tenancy.knex(), toKnexQuery()) was used inside a query of tenant "${tenantId}" ` +
+    '(a subquery or a binding): it names its own tenant\'s database. Build it where the query runs.';
+  return error;
+}
 
 /** Marks a tenant handle: its model queries name `database`. */
 export function markQualified(handle: Knex, database: string): void {
@@ -59,13 +72,20 @@ function ownName(table: unknown, ctes: Set<string> | undefined): boolean {
  * and a model query's joins are added after its database is set. Installed on tenant handles'
  * clients and on the transaction clients made from them (a builder moved with `.transacting()`).
  */
-export function settleOwnNamesOnCompile(client: object, database: string): void {
+export function settleOwnNamesOnCompile(client: object, database: string, tenantId: string): void {
   const target = client as {
     queryCompiler: (this: unknown, builder: unknown, formatter?: unknown) => unknown;
     customWrapIdentifier: (this: unknown, value: string, origImpl: (value: string) => string, queryContext: unknown) => string;
+    [QUALIFIED_CLIENT]?: QualifiedClient;
   };
+  target[QUALIFIED_CLIENT] = { database, tenantId };
   const baseCompiler = target.queryCompiler;
   target.queryCompiler = function (this: unknown, builder: unknown, formatter?: unknown): unknown {
+    // A builder made on another tenant's qualified client (its `knex('t')`, a model query's
+    // toKnexQuery()), compiled here as a subquery or a binding, names that tenant's database: in
+    // this statement, on this connection, a cross-tenant read. Refused, as model subqueries are.
+    const owner = (builder as { client?: { [QUALIFIED_CLIENT]?: QualifiedClient } } | null)?.client?.[QUALIFIED_CLIENT];
+    if (owner !== undefined && owner.database !== database) throw foreignBuilder(owner.tenantId, tenantId);
     unqualifyOwnNames(builder, database);
     return baseCompiler.call(this, builder, formatter);
   };

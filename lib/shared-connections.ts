@@ -350,7 +350,7 @@ function tenantHandle(server: Server, tenantId: string, database: string, writab
   client.connectionSettings = { ...(base.client.connectionSettings as object), database };
   const qualified = server.pool.cleanConnectionsOn && writable ? database : undefined;
   if (server.pool.switchesInStatements) installInlineSwitch(client, server.pool, tenantId, qualified);
-  if (qualified !== undefined) settleOwnNamesOnCompile(client, qualified);
+  if (qualified !== undefined) settleOwnNamesOnCompile(client, qualified, tenantId);
   const context = Object.create(protos.context) as { client: unknown; queryBuilder(): Knex.QueryBuilder };
   context.client = client;
   const handle = function (tableName?: string, options?: unknown) {

@@ -414,6 +414,27 @@ for (const backend of allStrategies('guard')) {
         await assert.rejects(runWithTenant('g1', async () => copy.$query()), TenantMismatchError);
       });
 
+      it("instances of a class bound to another tenant's knex (bindKnex) are refused by writes too; the bound class's own queries stay on its knex", async () => {
+        const knexOf = async (t: string) => tenancy.runWithTenant(t, () => tenancy.knex());
+        const BoundG2 = Person.bindKnex(await knexOf('g2'));
+        const adaOfG2 = (await BoundG2.query().findById(1).withGraphFetched('pets'))!;
+        adaOfG2.pets = [];
+        await runWithTenant('g1', async () => {
+          // Before stop 22 the upsert ran: g1's person 1 became g2's, and g1's pet of person 1 was deleted.
+          await assert.rejects(async () => Person.query().upsertGraph(adaOfG2), TenantMismatchError);
+          await assert.rejects(async () => Person.query().patch(adaOfG2).where('id', 2), TenantMismatchError);
+          assert.equal((await BoundG2.query().findById(1))!.name, 'g2-ada', 'a bound class reads its own knex in any scope');
+          await adaOfG2.$query().patch({ name: 'g2-ada-bound' });
+        });
+        assert.deepEqual(await personNames('g1'), ['g1-ada', 'g1-bob']);
+        assert.equal((await direct.get('g1')!('pets')).length, 2);
+        assert.deepEqual(await personNames('g2'), ['g2-ada-bound', 'g2-bob']);
+        // Bound to the scope's own tenant, they pass (the objection recipe's req.models).
+        const BoundG1 = Person.bindKnex(await knexOf('g1'));
+        const adaOfG1 = (await BoundG1.query().findById(1))!;
+        await runWithTenant('g1', async () => Person.query().patch(adaOfG1).where('id', 1));
+      });
+
       it('upsertGraph, insertGraph with relate, relate and patch refuse them', async () => {
         const [adaOfG2, movieOfG2] = await runWithTenant('g2', async () => [(await Person.query().findById(1))!, (await Movie.query().findById(2))!] as const);
         const petOfG2 = await runWithTenant('g2', () => Pet.query().findById(1));

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, afterEach, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
-import { createTenancy, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
+import { createTenancy, TenantMismatchError, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { Audit, createTenantDatabases, dropTenantDatabases, Movie, Person, Pet, streamNames } from './helpers/fixtures';
 import { knexWithStatementHook } from './helpers/statement-hook';
@@ -128,6 +128,31 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     assert.equal(s.qualifyRetries, 0, 'nothing was refused: the subquery named its database');
     assert.equal(s.switches, 0);
   });
+
+  for (const inlineSwitch of [false, true]) {
+    it(`a knex builder made in one tenant, used as a subquery or a binding in another, is refused, not read from its tenant${inlineSwitch ? ' (inlineSwitch)' : ''}`, async () => {
+      open({ inlineSwitch });
+      const built = await tenancy!.runWithTenant('a', () => ({
+        knex: tenancy!.knex()('persons').select('name').where('id', 1),
+        model: Person.query().select('name').where('id', 1).toKnexQuery(),
+      }));
+      await tenancy!.runWithTenant('b', async () => {
+        for (const sub of [built.knex, built.model]) {
+          // Before stop 22 each of these read a-ada, tenant a's row, in tenant b's query.
+          await assert.rejects(async () => Person.query().select('id', sub.clone().as('n')).findById(1), TenantMismatchError);
+          await assert.rejects(async () => Person.query().whereIn('name', sub.clone()), TenantMismatchError);
+          await assert.rejects(async () => tenancy!.knex().raw('select (?) as n', [sub.clone()]), TenantMismatchError);
+          await assert.rejects(async () => tenancy!.knex()('persons').whereIn('name', sub.clone()), TenantMismatchError);
+        }
+        // Built in b, the same shapes read b.
+        const own = tenancy!.knex()('persons').select('name').where('id', 1);
+        assert.equal(((await Person.query().select('id', own.clone().as('n')).findById(1)) as unknown as { n: string }).n, 'b-ada');
+        assert.deepEqual((await Person.query().whereIn('name', own.clone())).map((p) => p.name), ['b-ada']);
+      });
+      // In its own tenant it still works.
+      assert.deepEqual(await tenancy!.runWithTenant('a', async () => (await Person.query().whereIn('name', built.knex.clone())).map((p) => p.name)), ['a-ada']);
+    });
+  }
 
   it("withGraphJoined reads the joined tables' columns from the tenant's database (shared, with and without qualifyTables)", async () => {
     for (const qualifyTables of [false, true]) {
