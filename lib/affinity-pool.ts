@@ -960,8 +960,8 @@ export class AffinityPool implements SwitchState {
 
 function mapSwitchError(tenantId: string, error: unknown): Error {
   if (error instanceof TenantError) return error;
-  // 1049: the tenant's database does not exist (never created, or dropped).
-  if ((error as { errno?: unknown }).errno === 1049) return new UnknownTenantError(tenantId, { cause: error });
+  // 1049: the tenant's database does not exist (never created, or dropped); 1102: its name cannot be one.
+  if ((error as { errno?: unknown }).errno === 1049 || (error as { errno?: unknown }).errno === 1102) return new UnknownTenantError(tenantId, { cause: error });
   const code = (error as { code?: unknown }).code;
   return new TenantUnavailableError(tenantId, { cause: error, reason: typeof code === 'string' ? code : 'switching its database failed' });
 }

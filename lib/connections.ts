@@ -172,6 +172,9 @@ export async function tenantKnexConfig(options: ConnectionOptions, tenantId: str
   return { ...config, connection: withConnectionSettings(config.connection, { database }) };
 }
 
+/** Errors that say the tenant's database cannot be there: 1049 unknown database, 1102 incorrect database name. */
+const NO_SUCH_DATABASE_ERRNOS: ReadonlySet<unknown> = new Set([1049, 1102]);
+
 /**
  * Tenant pools start empty and shrink back when idle: thousands of tenants must not hold `min`
  * connections each. A query waits for a connection `acquireTimeoutMs` (knex's own default is 60 s),
@@ -253,8 +256,8 @@ async function verifyKnex(knex: Knex, tenantId: string): Promise<void> {
     }
   } catch (error) {
     if (error instanceof TenantError) throw error;
-    // 1049: unknown database (mysql2).
-    if ((error as { errno?: unknown }).errno === 1049) throw new UnknownTenantError(tenantId, { cause: error });
+    // 1049: unknown database (mysql2); 1102: a name no database can have (too long for the server).
+    if (NO_SUCH_DATABASE_ERRNOS.has((error as { errno?: unknown }).errno)) throw new UnknownTenantError(tenantId, { cause: error });
     const code = (error as { code?: unknown }).code;
     throw new TenantUnavailableError(tenantId, { cause: error, reason: typeof code === 'string' ? code : 'the connection check failed' });
   }

@@ -239,6 +239,16 @@ for (const backend of backends('pool')) {
       }
     });
 
+    // MariaDB only: a SQLite file name has room for any valid id.
+    if (backend.name === 'mysql') {
+      it('a valid id whose database name the server cannot have (over 64 characters) is an unknown tenant (404), not a 503 to retry', async () => {
+        const tenancy = make({ tenantExists: undefined });
+        const id = 'x'.repeat(63);
+        await assert.rejects(tenancy.runWithTenant(id, () => 1), UnknownTenantError);
+        assert.equal(tenancy.stats().pools, 0);
+      });
+    }
+
     it('rejects invalid options with a TypeError naming the option', () => {
       assert.throws(() => createTenancy({ knexConfig: backend.knexConfig, maxPools: 0 }), /options\.maxPools/);
       assert.throws(() => createTenancy({} as TenancyOptions), /options\.knexConfig/);
