@@ -5,7 +5,7 @@
  * it is `require`d when one of these functions is first called, never when this package is loaded.
  */
 import type { BulkJobOptions, JobsOptions, Processor, Queue, QueueOptions, Worker, WorkerOptions } from 'bullmq';
-import { InvalidTenantIdError, TenantError } from './errors';
+import { InvalidTenantIdError, TenantError, TenantMismatchError } from './errors';
 import { isJobRejection, tenantJob, withTenant, type TenantJobData, type TenantJobOptions } from './jobs';
 import { runInScopeSync, tryCurrentTenantId } from './scope';
 
@@ -58,7 +58,11 @@ function madeByBullMQ(id: string): boolean {
 function stampJob<O extends JobsOptions | BulkJobOptions>(data: unknown, opts: O | undefined): [TenantJobData, O | undefined] {
   const stamped = withTenant((data ?? {}) as object);
   const tenantId = stamped.tenantId;
-  if (tenantId == null || opts == null) return [stamped, opts];
+  if (opts == null) return [stamped, opts];
+  if (tenantId == null) {
+    for (const id of [opts.jobId, opts.deduplication?.id, (opts as { debounce?: { id?: unknown } }).debounce?.id]) centralId(id);
+    return [stamped, opts];
+  }
   let own: O = opts;
   if (typeof opts.jobId === 'string' && `${parseInt(opts.jobId, 10)}` !== opts.jobId) {
     own = { ...own, jobId: inTenant(tenantId, opts.jobId) };
@@ -67,7 +71,46 @@ function stampJob<O extends JobsOptions | BulkJobOptions>(data: unknown, opts: O
     const option = (opts as unknown as Record<string, { id?: string } | undefined>)[key];
     if (typeof option?.id === 'string') own = { ...own, [key]: { ...option, id: inTenant(tenantId, option.id) } };
   }
+  // A parent named by the id its tenant gave it (checked to be this tenant's by the queue, see add()).
+  const parent = opts.parent;
+  if (parent != null && typeof parent.id === 'string' && !madeByBullMQ(parent.id)) own = { ...own, parent: { ...parent, id: inTenant(tenantId, parent.id) } };
   return [stamped, own];
+}
+
+/**
+ * A central job's or scheduler's own id: never in a tenant's namespace (`b~invoice-7`), where it
+ * would take that tenant's job, deduplication or scheduler id, and the tenant's own would never run.
+ */
+function centralId(id: unknown): void {
+  if (typeof id === 'string' && id.includes(SEPARATOR)) {
+    throw new TypeError(`A central job's ids cannot contain "${SEPARATOR}": "<tenantId>${SEPARATOR}<id>" is a tenant's namespace`);
+  }
+}
+
+/**
+ * The data a job may be given by `job.updateData()`: still its own tenant's (or still central). A
+ * job moved to another tenant would run in that tenant's database with this tenant's payload.
+ */
+function sameTenantData(current: unknown, next: unknown): object {
+  const toJSON = (next as { toJSON?: unknown } | null | undefined)?.toJSON;
+  const json = (typeof toJSON === 'function' ? toJSON.call(next, '') : (next ?? {})) as TenantJobData & { central?: unknown };
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new TypeError('job.updateData(data): the payload must be a plain object, so that it keeps its tenantId');
+  const { tenantId, central } = (current ?? {}) as TenantJobData & { central?: unknown };
+  if (tenantId != null) {
+    if ((json.tenantId != null && json.tenantId !== tenantId) || json.central === true) throw movedJob(tenantId, json.tenantId == null ? 'central' : String(json.tenantId));
+    return { ...json, tenantId };
+  }
+  if (central === true) {
+    if (json.tenantId != null) throw movedJob('central', String(json.tenantId));
+    return { ...json, central: true };
+  }
+  return json;
+}
+
+function movedJob(from: string, to: string): TenantMismatchError {
+  const error = new TenantMismatchError(to, from);
+  error.message = `job.updateData() cannot move a job of ${from === 'central' ? 'no tenant (central)' : `tenant "${from}"`} to ${to === 'central' ? 'no tenant' : 'another tenant'}: it would run there with this payload. Enqueue a new job in that tenant instead.`;
+  return error;
 }
 
 /**
@@ -125,29 +168,64 @@ function load(caller: string): NonNullable<typeof loaded> {
     throw new TenantError('BULLMQ_MISSING', `${caller} needs the bullmq package, an optional peer dependency: npm install bullmq`, { cause: error });
   }
 
+  /** A job whose `updateData()` keeps it in its tenant (see sameTenantData). */
+  class TenantJob extends bullmq.Job<any, any, string> {
+    override async updateData(data: unknown): Promise<void> {
+      return super.updateData(sameTenantData(this.data, data));
+    }
+  }
+
   class TenantQueue extends bullmq.Queue<any, any, string> {
+    override get Job(): typeof bullmq.Job {
+      return TenantJob as unknown as typeof bullmq.Job;
+    }
+
+    /**
+     * A job's parent must be its own tenant's: another tenant's job would wait on this child (and
+     * fail on it), or read its result. Checked on the parent's payload, in this queue; a parent in
+     * another queue cannot be checked here and is refused. Inside a tenant scope a central job may
+     * not name a parent either.
+     */
+    async #checkParent(data: TenantJobData, opts: JobsOptions | undefined): Promise<void> {
+      const parent = opts?.parent;
+      if (parent == null) return;
+      const tenantId = data.tenantId ?? tryCurrentTenantId();
+      if (tenantId == null) return;
+      if (parent.queue !== this.qualifiedName) {
+        throw new TypeError(`A tenant job's parent must be in the same queue (${this.qualifiedName}) so that its tenant can be checked; use a FlowProducer with withTenant() for flows across queues`);
+      }
+      if (data.tenantId == null) throw new TypeError('A central job enqueued inside a tenant scope cannot name a parent: enqueue it from central code');
+      const owner = await bullmq.Queue.prototype.getJob.call(this, parent.id);
+      if ((owner?.data as TenantJobData | undefined)?.tenantId !== tenantId) jobNotFound();
+    }
+
     // add() goes through addJob() from bullmq 5.30 on, not before: both stamp (stamping twice is a no-op).
     override async add(name: string, data: unknown, opts?: JobsOptions): ReturnType<AnyQueue['add']> {
-      return super.add(name, ...stampJob(data, opts));
+      const [stamped, own] = stampJob(data, opts);
+      await this.#checkParent(stamped, own);
+      return super.add(name, stamped, own);
     }
 
     protected override async addJob(name: string, data: unknown, opts?: JobsOptions): ReturnType<AnyQueue['add']> {
-      return super.addJob(name, ...stampJob(data, opts));
+      const [stamped, own] = stampJob(data, opts);
+      await this.#checkParent(stamped, own);
+      return super.addJob(name, stamped, own);
     }
 
     override async addBulk(jobs: { name: string; data: unknown; opts?: BulkJobOptions }[]): ReturnType<AnyQueue['addBulk']> {
-      return super.addBulk(
-        jobs.map((job) => {
-          const [data, opts] = stampJob(job.data, job.opts);
-          return { ...job, data, opts };
-        }),
-      );
+      const stamped = jobs.map((job) => {
+        const [data, opts] = stampJob(job.data, job.opts);
+        return { ...job, data, opts };
+      });
+      for (const job of stamped) await this.#checkParent(job.data, job.opts);
+      return super.addBulk(stamped);
     }
 
     override async upsertJobScheduler(
       ...[id, repeat, template]: Parameters<AnyQueue['upsertJobScheduler']>
     ): ReturnType<AnyQueue['upsertJobScheduler']> {
       const data = withTenant((template?.data ?? {}) as object);
+      if (data.tenantId == null) centralId(id);
       // BullMQ names the jobs after the scheduler id unless told otherwise: after the caller's id, then.
       const own = data.tenantId == null ? id : inTenant(data.tenantId, id);
       return super.upsertJobScheduler(own, repeat, { ...template, name: template?.name ?? id, data });
@@ -241,6 +319,11 @@ function load(caller: string): NonNullable<typeof loaded> {
   refusedInTenantScope(TenantQueue.prototype, bullmq.Queue.prototype);
 
   class TenantWorker extends bullmq.Worker<any, any, string> {
+    /** The jobs it hands its processor keep their tenant through `updateData()` too. */
+    override get Job(): typeof bullmq.Job {
+      return TenantJob as unknown as typeof bullmq.Job;
+    }
+
     /**
      * The fetch loop, and so every event and callback of it (listeners, backoff strategies), runs in the
      * context run() was called in: called inside a request (`autorun: false`), it would run every

@@ -542,6 +542,48 @@ for (const backend of backends('jobs')) {
         assert.equal(await tenancy.runWithTenant('jb', () => queue.getDeduplicationJobId('inv-7')), db.id);
       });
 
+      it("a job cannot be moved to another tenant, nor take another tenant's ids or parent: updateData, central ids, opts.parent", async () => {
+        const { name, queue } = queueFor('moves');
+        const delayed = { delay: 600_000 };
+        // updateData from the queue's job and from inside a processor: the job stays its tenant's.
+        const job = await tenancy.runWithTenant('ja', () => queue.add('upd', { expect: 'ja' }, delayed));
+        // Before stop 22 this was accepted, and the job then ran in jb's database.
+        await assert.rejects(job.updateData({ expect: 'ja', tenantId: 'jb' }), TenantMismatchError);
+        await assert.rejects(job.updateData({ central: true }), TenantMismatchError);
+        await job.updateData({ expect: 'ja', i: 1 });
+        assert.deepEqual((await queue.getJob(job.id!))!.data, { expect: 'ja', i: 1, tenantId: 'ja' });
+        const central = await queue.add('c', { central: true }, delayed);
+        await assert.rejects(central.updateData({ tenantId: 'jb' }), TenantMismatchError);
+        const moved: string[] = [];
+        const { outcomes: done } = workerFor(name, async (running) => {
+          await running.updateData({ ...running.data, tenantId: 'jb' }).catch((e: Error) => moved.push(e.name));
+          return currentTenantId();
+        });
+        const ran = await tenancy.runWithTenant('ja', () => queue.add('run', { expect: 'ja' }));
+        assert.equal((await done.wait([ran.id])).get(ran.id!)?.result, 'ja');
+        assert.deepEqual(moved, ['TenantMismatchError']);
+        assert.equal((await queue.getJob(ran.id!))!.data.tenantId, 'ja');
+
+        // Central ids cannot squat a tenant's namespace (jb's job would never run).
+        await tenancy.runWithTenant('ja', async () => {
+          await assert.rejects(queue.add('squat', { central: true }, { jobId: 'jb~invoice-7', ...delayed }), TypeError);
+          await assert.rejects(queue.add('squat', { central: true }, { deduplication: { id: 'jb~nightly' }, ...delayed }), TypeError);
+          await assert.rejects(queue.upsertJobScheduler('jb~nightly', { every: 3_600_000 }, { data: { central: true } }), TypeError);
+        });
+        await assert.rejects(queue.add('squat', { central: true }, { jobId: 'jb~invoice-7', ...delayed }), TypeError);
+
+        // A parent must be the job's own tenant's.
+        const parentOfJb = await tenancy.runWithTenant('jb', () => queue.add('parent', { expect: 'jb' }, { jobId: 'inv-42', ...delayed }));
+        const parent = { id: parentOfJb.id!, queue: queue.qualifiedName };
+        await tenancy.runWithTenant('ja', async () => {
+          await assert.rejects(queue.add('child', { expect: 'ja' }, { parent, ...delayed }), { code: 'JOB_NOT_FOUND' });
+          await assert.rejects(queue.add('child', { expect: 'ja' }, { parent: { id: 'inv-42', queue: queue.qualifiedName }, ...delayed }), { code: 'JOB_NOT_FOUND' });
+          await assert.rejects(queue.add('child', { central: true }, { parent, ...delayed }), TypeError);
+        });
+        const child = await tenancy.runWithTenant('jb', () => queue.add('child', { expect: 'jb' }, { parent: { id: 'inv-42', queue: queue.qualifiedName }, ...delayed }));
+        assert.equal(child.parentKey, `${queue.qualifiedName}:jb~inv-42`);
+      });
+
       it('reads and writes by id inside a tenant scope reach only that tenant’s jobs; outside any scope, every job', async () => {
         const { queue } = queueFor('by-id');
         const delayed = { delay: 600_000 };
