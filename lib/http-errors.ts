@@ -47,7 +47,7 @@ function httpErrorIn(error: unknown, scope: TenantScope | undefined): HttpErrorA
   if (error instanceof TenantError || isTenantErrorLike(error)) {
     const e = error as TenantError & { retryAfter?: number };
     const status = e.statusCode ?? 500;
-    const answer: HttpErrorAnswer = { status, code: e.code, message: status >= 500 ? serverSideMessage(e, scope) : ownMessage(e) };
+    const answer: HttpErrorAnswer = { status, code: e.code, message: status >= 500 ? serverSideMessage(e, scope) : clientSideMessage(e, scope) };
     if (typeof e.retryAfter === 'number') answer.retryAfter = e.retryAfter;
     // Unknown inside its own scope: the tenant was served until now, so its database went away
     // (a shared connection could not switch to it). Outside a scope it is a catalog answer, already cached.
@@ -87,6 +87,15 @@ function serverSideMessage(e: { code: string; tenantId?: string; statusCode?: nu
     return named ? `The database of tenant "${e.tenantId}" is unavailable. Retry later.` : 'The tenant database is unavailable. Retry later.';
   }
   return e.statusCode === 503 ? 'Service unavailable. Retry later.' : 'Internal error.';
+}
+
+/**
+ * A 4xx answer's message: the error's own, unless it names a tenant other than the scope's (a nested
+ * `runWithTenant` of an id the app computed), which is not the caller's to read.
+ */
+function clientSideMessage(e: TenantError, scope: TenantScope | undefined): string {
+  if (scope === undefined || e.tenantId === undefined || e.tenantId === scope.tenantId) return ownMessage(e);
+  return `A tenant other than the request's was refused (${e.code}).`;
 }
 
 /** The driver's error: objection wraps it in a DBError (db-errors) with `nativeError`. */

@@ -59,7 +59,13 @@ function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R {
     return runInScopeSync(scope, call);
   }
   if (entered instanceof Promise) {
-    return entered.then(({ scope: current, release }) => runInScope(current, call).finally(release)) as R;
+    // When the tenant cannot be entered again (catalog or server down, tenant dropped), `fn` runs in
+    // the scope it was bound in, as before: work that needs no connection goes on, its queries fail
+    // typed. The library adds no rejection of its own, which an emitter would leave unhandled.
+    return entered.then(
+      ({ scope: current, release }) => runInScope(current, call).finally(release),
+      () => runInScope(scope, call),
+    ) as R;
   }
   const { scope: current, release } = entered;
   let result: R;

@@ -286,6 +286,26 @@ for (const backend of backends('prop')) {
       assert.equal(bound(), 'ran in pa');
     });
 
+    it('when its tenant cannot be entered again (the catalog is down), a bound function still runs, in the scope it was bound in', async () => {
+      let catalogDown = false;
+      const flaky = createTenancy({
+        knexConfig: backend.knexConfig,
+        tenantExists: async (id) => {
+          if (catalogDown) throw new Error('catalog down');
+          return backend.databaseExists(id);
+        },
+      });
+      try {
+        const bound = await flaky.runWithTenant('pa', () => flaky.bind(() => `ran in ${currentTenantId()}`));
+        await flaky.forget('pa');
+        catalogDown = true;
+        // Before this fix the call rejected with TenantUnavailableError: an emitter leaves that unhandled.
+        assert.equal(await (bound() as unknown as Promise<string>), 'ran in pa');
+      } finally {
+        await flaky.destroy();
+      }
+    });
+
     it('bound inside a savepoint that has ended: it runs in the transaction around it, and is rolled back with it', async () => {
       await tenancy
         .runWithTenant('pa', () =>

@@ -170,6 +170,13 @@ for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP er
         next(error);
       }
     });
+    app.get('/nested-unknown', async (_req, res, next) => {
+      try {
+        res.json(await tenancy.runWithTenant('enope', () => Person.query()));
+      } catch (error) {
+        next(error);
+      }
+    });
     // The same, with next(error) called from inside the nested scope.
     app.get('/nested-flaky-inside', (_req, res, next) => {
       void tenancy
@@ -230,6 +237,14 @@ for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP er
     assert.equal(tenancy.stats().evictions, evictionsBefore, "the tenant's pool was evicted for an error that was not its");
     assert.equal(cached(), cachedBefore);
     assert.equal((await get('e2')).status, 200);
+  });
+
+  it("a nested runWithTenant of an unknown tenant keeps its status but does not echo that tenant's id to the request's caller", async () => {
+    const answer = await fetch(`${server.url}/nested-unknown`, { headers: { 'x-tenant-id': 'e2' } });
+    assert.equal(answer.status, 404);
+    const body = await answer.text();
+    assert.equal(JSON.parse(body).error.code, 'TENANT_UNKNOWN');
+    assert.doesNotMatch(body, /enope/);
   });
 
   it('"No database selected" from a central knex outside any tenant scope is the app\'s error (500), not 404 "unknown tenant"', async () => {
