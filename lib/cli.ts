@@ -149,7 +149,9 @@ export async function main(argv: readonly string[], io: CliIo = { stdout: proces
     io.stdout.write(args.json ? `${toJson(output)}\n` : text);
     return interrupts > 0 ? EXIT.interrupted : ok ? EXIT.ok : EXIT.failed;
   } catch (error) {
-    const usage = error instanceof UsageError || error instanceof TypeError || (error as { code?: unknown }).code === 'TENANT_DROP_NOT_CONFIRMED';
+    const code = (error as { code?: unknown }).code;
+    // A tenant id on the command line that fails validation is a usage error too.
+    const usage = error instanceof UsageError || error instanceof TypeError || code === 'TENANT_DROP_NOT_CONFIRMED' || code === 'TENANT_ID_INVALID';
     if (args.json) io.stdout.write(`${toJson({ ok: false, error: errorToJson(error) })}\n`);
     io.stderr.write(`objection-tenancy: ${(error as Error)?.message ?? String(error)}\n`);
     return interrupts > 0 ? EXIT.interrupted : usage ? EXIT.usage : EXIT.failed;

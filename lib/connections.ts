@@ -166,8 +166,12 @@ export function createConnections(options: ConnectionOptions): { connections: Te
  */
 export async function tenantKnexConfig(options: ConnectionOptions, tenantId: string): Promise<Knex.Config> {
   if (options.strategy !== 'shared') return options.knexConfig!(tenantId);
-  const { server, database } = await options.locate!(tenantId);
-  const config = options.servers![server];
+  const location = await options.locate!(tenantId);
+  if (location === null || typeof location !== 'object' || typeof location.server !== 'string' || typeof location.database !== 'string' || location.database === '') {
+    throw new TenantUnavailableError(tenantId, { reason: 'locate() must return { server, database }, both non-empty strings' });
+  }
+  const { server, database } = location;
+  const config = Object.prototype.hasOwnProperty.call(options.servers, server) ? options.servers![server] : undefined;
   if (config === undefined) throw new TenantUnavailableError(tenantId, { reason: `locate() named server "${server}", which is not in options.servers` });
   return { ...config, connection: withConnectionSettings(config.connection, { database }) };
 }

@@ -77,12 +77,17 @@ export function fromPath(prefixOrParam: string): TenantResolver {
     const param = prefixOrParam.replace(/^:/, '');
     return (req) => (req as IncomingMessage & { params?: Record<string, unknown> }).params?.[param];
   }
-  const prefix = prefixOrParam.endsWith('/') ? prefixOrParam : `${prefixOrParam}/`;
+  const prefix = (prefixOrParam.endsWith('/') ? prefixOrParam : `${prefixOrParam}/`).toLowerCase();
   return (req) => {
     // originalUrl: Express rewrites req.url inside mounted routers.
     const url = (req as IncomingMessage & { originalUrl?: string }).originalUrl ?? req.url ?? '';
-    const path = url.split('?', 1)[0]!;
-    if (!path.startsWith(prefix)) return undefined;
+    let path = url.split('?', 1)[0]!;
+    // Read the path as Express routes it, or firstOf() would fall through to another resolver on a
+    // URL whose route names a tenant: an absolute-form target (`GET http://host/t/b/...`) routes on
+    // its path, and routing ignores case by default (`/T/b/...` reaches `/t/:tenant`).
+    const absolute = /^[a-z][a-z0-9+.-]*:\/\/[^/]*(\/.*)?$/i.exec(path);
+    if (absolute !== null) path = absolute[1] ?? '/';
+    if (!path.toLowerCase().startsWith(prefix)) return undefined;
     const segment = path.slice(prefix.length).split('/', 1)[0]!;
     return decode(segment);
   };

@@ -202,6 +202,12 @@ export class SharedConnections implements TenantConnections {
       this.#counters.failures++;
       throw error instanceof TenantError ? error : new TenantUnavailableError(tenantId, { cause: error, reason: 'locating it failed' });
     }
+    // A catalog row with a column missing must not leave a tenant with no database: on a connection
+    // whose database is unknown it would match, and read the database another tenant left there.
+    if (location === null || typeof location !== 'object' || typeof location.server !== 'string' || typeof location.database !== 'string' || location.database === '') {
+      this.#counters.failures++;
+      throw new TenantUnavailableError(tenantId, { reason: 'locate() must return { server, database }, both non-empty strings' });
+    }
     const server = this.#server(location.server, tenantId);
     // knex's withSchema trims each part of a name and splits it at dots: such a database would be
     // named as another one in qualified SQL ('tenant_b ' as `tenant_b`).
@@ -226,14 +232,16 @@ export class SharedConnections implements TenantConnections {
     const handle: Handle = { knex, leases: 0, used: false, forgotten: false };
     this.#handles.set(tenantId, handle);
     this.#counters.created++;
-    this.#trim();
+    // Not this one: its caller takes its lease next, and an evicted handle is tracked by nothing.
+    this.#trim(handle);
     return handle;
   }
 
   #server(key: string, tenantId: string): Server {
     let server = this.#servers.get(key);
     if (server !== undefined) return server;
-    const config = this.#options.servers[key];
+    // Own keys only: `toString` or `__proto__` from a catalog must not reach Object.prototype's.
+    const config = Object.prototype.hasOwnProperty.call(this.#options.servers, key) ? this.#options.servers[key] : undefined;
     if (config === undefined) {
       throw new TenantUnavailableError(tenantId, { reason: `locate() named server "${key}", which is not in options.servers` });
     }
@@ -271,10 +279,10 @@ export class SharedConnections implements TenantConnections {
    * second chance (moved to the back), and one in use is never evicted: an approximate LRU that
    * costs a lease one property write instead of two Map operations.
    */
-  #trim(): void {
+  #trim(keep?: Handle): void {
     for (const [id, handle] of this.#handles) {
       if (this.#handles.size <= this.#options.maxTenants) return;
-      if (handle.leases > 0) continue;
+      if (handle.leases > 0 || handle === keep) continue;
       this.#handles.delete(id);
       if (handle.used) {
         handle.used = false;

@@ -130,6 +130,8 @@ describe('objection-tenancy CLI (node dist/cli.js)', { skip: skipMysql }, () => 
     assert.equal(wrong.code, 2, 'a --to that names no migration file is a usage error');
     assert.match(wrong.stderr, /options\.to must name a migration file/);
     assert.equal((await cli(cwd, ['status', '--to', MIGRATION_NAMES[0]!])).code, 2);
+    // An invalid tenant id on the command line is a usage error too (exit 1 before stop 22).
+    assert.equal((await cli(cwd, ['create', 'k9;drop'])).code, 2);
     assert.equal((await cli(cwd, ['migrate', '--tenants', 'k1,k2'])).code, 0);
   });
 

@@ -154,6 +154,41 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     });
   }
 
+  for (const inlineSwitch of [false, true]) {
+    it(`locate() results with no database, or an inherited server key, are refused (503), nothing cached${inlineSwitch ? ' (inlineSwitch)' : ''}`, async () => {
+      const located: Record<string, unknown> = { a: { server: 'main' }, b: { server: 'toString', database: db('b') }, c: null, d: { server: 'main', database: '' } };
+      open({ inlineSwitch, locate: (id) => located[id] as never });
+      for (const t of ['a', 'b', 'c', 'd']) {
+        // Before stop 22: a and d were served (on whatever database the connection had), b and c failed untyped.
+        await assert.rejects(tenancy!.runWithTenant(t, () => Person.query()), TenantUnavailableError, t);
+      }
+      assert.equal(tenancy!.stats().tenants, 0);
+      assert.equal(tenancy!.stats().servers?.main?.inUse ?? 0, 0, 'no connection left claimed');
+    });
+  }
+
+  it('with maxTenants, a tenant just opened is not evicted before its first lease: forget() waits for its scope', async () => {
+    open({ maxTenants: 1 });
+    await names('a');
+    await names('a');
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let finished = false;
+    const inflight = tenancy!.runWithTenant('b', async () => {
+      await gate;
+      await Person.query();
+      finished = true;
+    });
+    await sleep(50);
+    assert.equal(tenancy!.stats().leases, 1);
+    const forgotten = tenancy!.forget('b');
+    release();
+    await forgotten;
+    // Before stop 22 b's handle was evicted before its lease, untracked: forget() returned at once.
+    assert.equal(finished, true, "forget() returned before b's scope had finished");
+    await inflight;
+  });
+
   it("withGraphJoined reads the joined tables' columns from the tenant's database (shared, with and without qualifyTables)", async () => {
     for (const qualifyTables of [false, true]) {
       // objection caches each model's table metadata (read through columnInfo()) for the process.

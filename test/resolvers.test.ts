@@ -3,6 +3,7 @@
  * middleware, over real HTTP and real SQLite tenant files.
  */
 import assert from 'node:assert/strict';
+import { request as httpRequest } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import express4 from 'express';
 import express5 from 'express5';
@@ -63,7 +64,9 @@ for (const [version, express] of [['4', express4], ['5', express5]] as const) {
           if (typeof claim === 'string') req.user = { tenantId: claim };
           next();
         });
-        for (const [mount, resolve] of CASES) {
+        // A path prefix ahead of a header: the path must win whenever Express routes the request to it.
+        const byPathThenHeader = firstOf(fromPath('/k/'), fromHeader('x-tenant-id'));
+        for (const [mount, resolve] of [...CASES, ['/k/:t', byPathThenHeader] as const]) {
           const router = express.Router();
           router.post('/people', async (req, res, next) => {
             try {
@@ -95,6 +98,25 @@ for (const [version, express] of [['4', express4], ['5', express5]] as const) {
           }
         });
       }
+
+      it("firstOf(fromPath('/k/'), fromHeader()): a path Express routes without regard to case, or given as an absolute URL, still names the tenant", async () => {
+        const { port } = new URL(server.url);
+        for (const path of ['/K/globex/people', `http://example.test/k/globex/people`, '/k/globex/people']) {
+          // Before stop 22 the first two fell through to the header's tenant, acme.
+          const response = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+            const req = httpRequest({ host: '127.0.0.1', port, path, method: 'POST', headers: { 'x-tenant-id': 'acme', 'content-type': 'application/json' } }, (res) => {
+              let text = '';
+              res.setEncoding('utf8');
+              res.on('data', (chunk: string) => (text += chunk));
+              res.on('end', () => resolve({ status: res.statusCode!, text }));
+            });
+            req.on('error', reject);
+            req.end('{}');
+          });
+          assert.equal(response.status, 200, `${path}: ${response.text}`);
+          assert.equal((JSON.parse(response.text) as { scope: string }).scope, 'globex', path);
+        }
+      });
 
       it('a request naming no tenant gets 400 from every resolver; the bare domain and www name none', async () => {
         for (const [path, headers] of [
