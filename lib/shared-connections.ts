@@ -154,7 +154,10 @@ export class SharedConnections implements TenantConnections {
     this.#handles.delete(tenantId);
     handle.forgotten = true;
     this.#counters.evictions++;
-    if (handle.leases === 0) return earlier ?? Promise.resolve();
+    if (handle.leases === 0) {
+      closeHandle(handle);
+      return earlier ?? Promise.resolve();
+    }
     const drained = new Promise<void>((resolve) => {
       handle.drained = resolve;
     });
@@ -288,6 +291,7 @@ export class SharedConnections implements TenantConnections {
         handle.used = false;
         this.#handles.set(id, handle);
       } else {
+        closeHandle(handle);
         this.#counters.evictions++;
       }
     }
@@ -321,6 +325,22 @@ function settingsFromProvider(client: Knex.Client): void {
   };
 }
 
+/** Set on a handle's client once it is evicted and its scopes are done (see closeHandle). */
+const CLOSED = Symbol('objection-tenancy.closedHandle');
+
+/**
+ * An evicted handle whose scopes are done serves no more queries: one built in a scope and run after
+ * a `forget()` (a move to another server) would reach the old location, and one run after an LRU
+ * eviction a handle nothing tracks. As with a closed tenant pool, it fails with a 503.
+ */
+function closeHandle(handle: Handle): void {
+  (handle.knex.client as unknown as Record<symbol, unknown>)[CLOSED] = true;
+}
+
+function closedHandle(tenantId: string): TenantUnavailableError {
+  return new TenantUnavailableError(tenantId, { reason: 'its connection was closed (forget, evict or maxTenants) after this query was built; build it again in a new scope' });
+}
+
 function leaseOf(handle: Handle): TenantLease {
   handle.leases++;
   let released = false;
@@ -330,7 +350,10 @@ function leaseOf(handle: Handle): TenantLease {
       if (released) return;
       released = true;
       handle.leases--;
-      if (handle.leases === 0) handle.drained?.();
+      if (handle.leases === 0) {
+        if (handle.forgotten) closeHandle(handle);
+        handle.drained?.();
+      }
     },
   };
 }
@@ -345,7 +368,7 @@ function tenantHandle(server: Server, tenantId: string, database: string, writab
   const base = server.knex as Knex & { context: { client: unknown } };
   const protos = handlePrototypes(base);
   const client = Object.create(protos.client) as Knex.Client & Record<string | symbol, unknown>;
-  client.acquireConnection = () => server.pool.acquire(tenantId, database);
+  client.acquireConnection = () => (client[CLOSED] === true ? Promise.reject(closedHandle(tenantId)) : server.pool.acquire(tenantId, database));
   client.releaseConnection = (conn: never) => {
     server.pool.release(conn);
     return Promise.resolve();

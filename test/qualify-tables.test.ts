@@ -167,6 +167,16 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     });
   }
 
+  it("a query built before forget() (a move to another server) fails with a 503 instead of reaching the old location; the next scope serves", async () => {
+    open();
+    const held = await tenancy!.runWithTenant('a', () => ({ query: Person.query().insert({ name: 'a-late' }), knex: tenancy!.knex() }));
+    await tenancy!.forget('a');
+    // Before stop 22 both wrote to a's old location; a tenant pool closed the same way already said 503.
+    await assert.rejects(tenancy!.runWithTenant('a', async () => held.query), TenantUnavailableError);
+    await assert.rejects(async () => held.knex('persons').insert({ name: 'a-late' }), TenantUnavailableError);
+    assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+  });
+
   it('with maxTenants, a tenant just opened is not evicted before its first lease: forget() waits for its scope', async () => {
     open({ maxTenants: 1 });
     await names('a');
