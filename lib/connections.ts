@@ -83,6 +83,23 @@ export interface ConnectionOptions {
   warnOutsideTransaction?: boolean;
 }
 
+/**
+ * `fn` (an app's lookup: `tenantExists`, `locate`, `knexConfig`), whose promised answer is awaited at
+ * most `ms`: one that never settles would hang every request of its tenant, which shares the lookup.
+ * A synchronous answer stays synchronous.
+ */
+export function bounded<A extends unknown[], R>(fn: (...args: A) => R | PromiseLike<R>, ms: number, what: string): (...args: A) => R | Promise<R> {
+  return (...args) => {
+    const answer = fn(...args);
+    if (answer === null || typeof (answer as { then?: unknown } | undefined)?.then !== 'function') return answer as R;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms} ms (acquireTimeoutMs)`)), ms);
+    });
+    return Promise.race([answer as PromiseLike<R>, late]).finally(() => clearTimeout(timer));
+  };
+}
+
 export const CONNECTION_DEFAULTS = Object.freeze({
   maxPools: 50,
   maxTenants: 100_000,
@@ -103,7 +120,7 @@ export function createConnections(options: ConnectionOptions): { connections: Te
   if (options.strategy === 'shared') {
     const connections = new SharedConnections({
       servers: options.servers!,
-      locate: options.locate!,
+      locate: bounded(options.locate!, acquireTimeoutMs, 'locate()'),
       perTenantMax: options.maxConnectionsPerTenant,
       acquireTimeoutMs,
       idleTimeoutMs,
@@ -122,6 +139,7 @@ export function createConnections(options: ConnectionOptions): { connections: Te
     return { connections, budget: undefined };
   }
 
+  const knexConfig = bounded(options.knexConfig!, acquireTimeoutMs, 'knexConfig()');
   let cache: PoolCache | undefined;
   const budget =
     options.maxConnections === undefined
@@ -137,7 +155,7 @@ export function createConnections(options: ConnectionOptions): { connections: Te
       let knex: Knex;
       const made: { knex?: Knex } = {};
       try {
-        knex = createKnex(closesFailedSetUps(withPoolDefaults(await options.knexConfig!(tenantId), acquireTimeoutMs, budget !== undefined), made));
+        knex = createKnex(closesFailedSetUps(withPoolDefaults(await knexConfig(tenantId), acquireTimeoutMs, budget !== undefined), made));
         made.knex = knex;
       } catch (error) {
         throw error instanceof TenantError ? error : new TenantUnavailableError(tenantId, { cause: error, reason: 'its knex config could not be built' });

@@ -7,7 +7,7 @@ import {
 } from './errors';
 import { createMiddleware, type TenantMiddleware, type TenantMiddlewareOptions } from './middleware';
 import type { ConnectionBudget } from './connection-budget';
-import { createConnections } from './connections';
+import { bounded, CONNECTION_DEFAULTS, createConnections } from './connections';
 import { checkTenancyOptions, type TenancyOptions, type TenancyStats } from './tenancy-options';
 import type { TenantConnections, TenantLease } from './pool-cache';
 import { bindTenant } from './propagation';
@@ -51,7 +51,8 @@ export class Tenancy implements ScopeOwner {
     this.#options = options;
     this.#validator = options.tenantIdPattern;
     if (options.tenantExists !== undefined) {
-      this.#catalog = new CatalogCache(options.tenantExists, {
+      const lookupTimeoutMs = options.acquireTimeoutMs ?? CONNECTION_DEFAULTS.acquireTimeoutMs;
+      this.#catalog = new CatalogCache(bounded(options.tenantExists, lookupTimeoutMs, 'tenantExists()'), {
         ttlMs: options.catalogTtlMs ?? CATALOG_DEFAULTS.ttlMs,
         negativeTtlMs: options.negativeCacheTtlMs ?? CATALOG_DEFAULTS.negativeTtlMs,
         negativeMax: options.negativeCacheSize ?? CATALOG_DEFAULTS.negativeMax,

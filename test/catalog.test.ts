@@ -161,4 +161,25 @@ describe('catalog cache', () => {
     down = false;
     assert.equal(await tenancy.runWithTenant('real', () => 'ok'), 'ok');
   });
+
+  it('a lookup that never answers (tenantExists, knexConfig) fails with a 503 after acquireTimeoutMs instead of hanging its requests', async () => {
+    const hanging = new Set(['real']);
+    let configHangs = false;
+    const tenancy = createTenancy({
+      knexConfig: (id) => (configHangs ? new Promise<never>(() => undefined) : backend.knexConfig(id)),
+      tenantExists: (id) => (hanging.has(id) ? new Promise<boolean>(() => undefined) : backend.databaseExists(id)),
+      acquireTimeoutMs: 300,
+    });
+    tenancies.push(tenancy);
+    const started = Date.now();
+    // Before stop 22 these waited forever.
+    const answers = await Promise.all([1, 2, 3].map(() => tenancy.runWithTenant('real', () => 1).catch((e: unknown) => e)));
+    for (const error of answers) assert.ok(error instanceof TenantUnavailableError, String(error));
+    assert.ok(Date.now() - started < 3_000, `answered after ${Date.now() - started} ms`);
+    hanging.clear();
+    configHangs = true;
+    await assert.rejects(tenancy.runWithTenant('real', () => 1), TenantUnavailableError);
+    configHangs = false;
+    assert.equal(await tenancy.runWithTenant('real', () => 'ok'), 'ok');
+  });
 });

@@ -167,6 +167,16 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     });
   }
 
+  it('a locate() that never answers fails its requests with a 503 after acquireTimeoutMs, instead of hanging them', async () => {
+    let hang = true;
+    open({ acquireTimeoutMs: 300, locate: (id) => (hang ? new Promise<never>(() => undefined) : { server: 'main', database: db(id) }) });
+    const started = Date.now();
+    await assert.rejects(tenancy!.runWithTenant('a', () => Person.query()), TenantUnavailableError);
+    assert.ok(Date.now() - started < 3_000, `answered after ${Date.now() - started} ms`);
+    hang = false;
+    assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+  });
+
   it("a query built before forget() (a move to another server) fails with a 503 instead of reaching the old location; the next scope serves", async () => {
     open();
     const held = await tenancy!.runWithTenant('a', () => ({ query: Person.query().insert({ name: 'a-late' }), knex: tenancy!.knex() }));
