@@ -18,7 +18,7 @@ import {
   type Tenancy,
   type TenancyOptions,
 } from '../lib/index';
-import { backends, withDirectKnex } from './helpers/databases';
+import { backends, tablesIn, withDirectKnex } from './helpers/databases';
 
 const T = ['001_t1.js', '002_t2.js', '003_t3.js'];
 const body = (table: string) =>
@@ -48,12 +48,7 @@ for (const backend of backends('mplan')) {
       return d;
     };
     const withDb = <R>(id: string, fn: (knex: Knex) => Promise<R>) => withDirectKnex(backend, id, fn);
-    const tables = (id: string) =>
-      withDb(id, async (knex) => {
-        const found: string[] = [];
-        for (const t of ['t1', 't2', 't3', 't4', 'knex_migrations', 'tenant_migrations']) if (await knex.schema.hasTable(t)) found.push(t);
-        return found;
-      });
+    const tables = (id: string) => tablesIn(backend, id, ['t1', 't2', 't3', 't4', 'knex_migrations', 'tenant_migrations']);
     const fresh = async () => {
       for (const id of ids) await backend.createDatabase(id);
     };

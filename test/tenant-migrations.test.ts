@@ -16,7 +16,7 @@ import {
   type Tenancy,
   type TenancyOptions,
 } from '../lib/index';
-import { allStrategies, withDirectKnex } from './helpers/databases';
+import { allStrategies, tablesIn, withDirectKnex } from './helpers/databases';
 import { counters, MIGRATION_NAMES, writeMigrations } from './helpers/migrations';
 
 for (const backend of allStrategies('ops')) {
@@ -47,12 +47,7 @@ for (const backend of allStrategies('ops')) {
       return tenancy;
     };
     const withDb = <T>(id: string, fn: (knex: Knex) => Promise<T>) => withDirectKnex(backend, id, fn);
-    const tablesOf = (id: string) =>
-      withDb(id, async (knex) => {
-        const names: string[] = [];
-        for (const table of ['people', 'pets', 'notes', 'knex_migrations']) if (await knex.schema.hasTable(table)) names.push(table);
-        return names;
-      });
+    const tablesOf = (id: string) => tablesIn(backend, id, ['people', 'pets', 'notes', 'knex_migrations']);
 
     before(async () => {
       for (const id of [...tenants, 'ghost', 'fresh']) await backend.dropDatabase(id);

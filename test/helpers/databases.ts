@@ -158,3 +158,12 @@ export async function withDirectKnex<R>(backend: Backend, id: string, fn: (knex:
     await knex.destroy();
   }
 }
+
+/** Which of `candidates` exist as tables in tenant `id`'s database, in their order. */
+export function tablesIn(backend: Backend, id: string, candidates: readonly string[]): Promise<string[]> {
+  return withDirectKnex(backend, id, async (knex) => {
+    const found: string[] = [];
+    for (const table of candidates) if (await knex.schema.hasTable(table)) found.push(table);
+    return found;
+  });
+}
