@@ -18,8 +18,32 @@ function foreignBuilder(builderTenant: string, tenantId: string): TenantMismatch
   const error = new TenantMismatchError(builderTenant, tenantId);
   error.message =
     `A knex query builder made on the connection of tenant "${builderTenant}" (tenancy.knex(), toKnexQuery()) was used inside a query of tenant "${tenantId}" ` +
-    '(a subquery or a binding): it names its own tenant\'s database. Build it where the query runs.';
+    '(a subquery, a binding, or moved with transacting()): it names its own tenant\'s database. Build it where the query runs.';
   return error;
+}
+
+const TRANSACTING_CHECKED = Symbol.for('objection-tenancy.transactingChecked');
+type BuilderPrototype = { transacting(this: { client?: Record<symbol, unknown> }, trx: unknown): unknown; [TRANSACTING_CHECKED]?: true };
+
+/**
+ * knex's `builder.transacting(trx)` gives a builder the transaction's client: a builder made on
+ * another tenant's qualified client, moved into this tenant's transaction, would pass the compile
+ * check above as this tenant's while it names the other's database (a read or write of it). The move
+ * itself is refused: once per copy of knex, on its QueryBuilder prototype.
+ */
+function checksTransacting(proto: object): void {
+  const target = proto as BuilderPrototype;
+  if (target[TRANSACTING_CHECKED] === true || typeof target.transacting !== 'function') return;
+  const transacting = target.transacting;
+  target.transacting = function (this: { client?: Record<symbol, unknown> }, trx: unknown): unknown {
+    const owner = this.client?.[QUALIFIED_CLIENT] as QualifiedClient | undefined;
+    if (owner !== undefined) {
+      const into = (trx as { client?: Record<symbol, unknown> } | null | undefined)?.client?.[QUALIFIED_CLIENT] as QualifiedClient | undefined;
+      if (into?.database !== owner.database) throw foreignBuilder(owner.tenantId, into?.tenantId ?? 'another connection');
+    }
+    return transacting.call(this, trx);
+  };
+  target[TRANSACTING_CHECKED] = true;
 }
 
 /** Marks a tenant handle: its model queries name `database`. */
@@ -79,6 +103,7 @@ export function settleOwnNamesOnCompile(client: object, database: string, tenant
     [QUALIFIED_CLIENT]?: QualifiedClient;
   };
   target[QUALIFIED_CLIENT] = { database, tenantId };
+  checksTransacting(Object.getPrototypeOf((target as unknown as { queryBuilder(): object }).queryBuilder()) as object);
   const baseCompiler = target.queryCompiler;
   target.queryCompiler = function (this: unknown, builder: unknown, formatter?: unknown): unknown {
     // A builder made on another tenant's qualified client (its `knex('t')`, a model query's

@@ -144,8 +144,17 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
           await assert.rejects(async () => tenancy!.knex().raw('select (?) as n', [sub.clone()]), TenantMismatchError);
           await assert.rejects(async () => tenancy!.knex()('persons').whereIn('name', sub.clone()), TenantMismatchError);
         }
-        // Built in b, the same shapes read b.
+        // Moved into b's transaction: refused too (before the fix, a read and a write of a's database).
+        await assert.rejects(
+          tenancy!.transaction(async (trx) => {
+            for (const sub of [built.knex, built.model]) await assert.rejects(async () => sub.clone().transacting(trx), TenantMismatchError);
+            throw new TenantMismatchError('a', 'b');
+          }),
+          TenantMismatchError,
+        );
+        // Built in b, the same shapes read b (moved into its own transaction too).
         const own = tenancy!.knex()('persons').select('name').where('id', 1);
+        assert.deepEqual(await tenancy!.transaction(async (trx) => (await own.clone().transacting(trx)).map((r: { name: string }) => r.name)), ['b-ada']);
         assert.equal(((await Person.query().select('id', own.clone().as('n')).findById(1)) as unknown as { n: string }).n, 'b-ada');
         assert.deepEqual((await Person.query().whereIn('name', own.clone())).map((p) => p.name), ['b-ada']);
       });
