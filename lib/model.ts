@@ -1,7 +1,7 @@
 import { Model } from 'objection';
 import type { Knex } from 'knex';
 import { TenantContextMissingError, TenantMismatchError } from './errors';
-import { connectionTenant, currentScope, globalState, runInScope, type TenantScope } from './scope';
+import { connectionTenant, currentScope, globalState, isKeyOf, keyOf, runInScope, type TenantKey, type TenantScope } from './scope';
 import { namesItsDatabase, qualifiedDatabase } from './qualify-tables';
 
 // Objection's own typings do not describe the members overridden here (unsafeKnex, $$knex, the
@@ -18,10 +18,10 @@ const RUN = Symbol('objection-tenancy.run');
 // The tenant of each loaded or created instance. A WeakMap leaves the instance itself untouched
 // (a property, even a symbol, shows in spreads and deep equality) and costs less per row than
 // Object.defineProperty. Shared through the global state by every copy of the package.
-const STAMPS: WeakMap<object, string> = (globalState.instanceTenants ??= new WeakMap<object, string>());
+const STAMPS: WeakMap<object, TenantKey> = (globalState.instanceStamps ??= new WeakMap<object, TenantKey>());
 // The stamp of rows loaded through an explicit knex the library did not make for a tenant: no scope's.
 // Not a valid tenant id (NUL), so it equals no scope's tenant.
-const UNKNOWN_CONNECTION = '\u0000unknown-connection';
+const UNKNOWN_CONNECTION: TenantKey = Object.freeze({ owner: Object.freeze({ transaction: () => Promise.reject(new Error('no tenancy')) }), tenantId: '\u0000unknown-connection' });
 const CENTRAL = Symbol.for('objection-tenancy.centralKnex');
 const TENANT_AWARE = Symbol.for('objection-tenancy.tenantAware');
 
@@ -142,11 +142,15 @@ function checkInstance(instance: any, scope: TenantScope): TenantMismatchError |
   // knex's tenant's, whatever scope they were loaded in.
   const stamp = hasOwnKnex(modelClass) ? (connectionTenant(modelClass.knex()) ?? UNKNOWN_CONNECTION) : STAMPS.get(instance);
   if (stamp === undefined) {
-    stamp_(instance, scope.tenantId);
+    stamp_(instance, keyOf(scope));
     return undefined;
   }
-  if (stamp === scope.tenantId) return undefined;
-  if (stamp !== UNKNOWN_CONNECTION) return new TenantMismatchError(stamp, scope.tenantId);
+  if (isKeyOf(stamp, scope)) return undefined;
+  if (stamp !== UNKNOWN_CONNECTION) {
+    const error = new TenantMismatchError(stamp.tenantId, scope.tenantId);
+    if (stamp.tenantId === scope.tenantId) error.message = `A model instance of tenant "${stamp.tenantId}" of another tenancy was used inside the scope of tenant "${scope.tenantId}" of this one. Load the instance again inside this scope.`;
+    return error;
+  }
   const error = new TenantMismatchError('unknown', scope.tenantId);
   error.message =
     `A model instance loaded through an explicit knex that objection-tenancy did not open for a tenant was used inside the scope of tenant "${scope.tenantId}", ` +
@@ -259,8 +263,8 @@ function subqueryMismatch(captured: TenantScope, subquery: any, parent: any): Te
   return error;
 }
 
-function stamp_(instance: object, tenantId: string): void {
-  STAMPS.set(instance, tenantId);
+function stamp_(instance: object, key: TenantKey): void {
+  STAMPS.set(instance, key);
 }
 
 /**
@@ -269,7 +273,7 @@ function stamp_(instance: object, tenantId: string): void {
  * made it (a tenant's knex or handle, a transaction of one), else UNKNOWN_CONNECTION, never the
  * scope's. `undefined` for a builder on its scope's connection (or a class bound to its own knex).
  */
-function explicitConnectionTenant(builder: any): string | undefined {
+function explicitConnectionTenant(builder: any): TenantKey | undefined {
   const knex = builder.internalContext().knex;
   if (knex == null) return undefined;
   const scope: TenantScope | undefined = builder[CAPTURED] ?? currentScope();
@@ -283,29 +287,29 @@ function explicitConnectionTenant(builder: any): string | undefined {
  * under any name (withGraphJoined('pets as dogs') puts them under the alias), down to a pinned model,
  * whose own tenant relations ran on the scope's connection.
  */
-function stampLoaded(value: unknown, tenantId: string, seen: Set<object>): void {
+function stampLoaded(value: unknown, key: TenantKey, seen: Set<object>): void {
   if (value === null || typeof value !== 'object' || seen.has(value)) return;
   seen.add(value);
   if (Array.isArray(value)) {
-    for (const item of value) stampLoaded(item, tenantId, seen);
+    for (const item of value) stampLoaded(item, key, seen);
     return;
   }
   if (value instanceof Model) {
     if (pinned(value.constructor)) return;
-    stamp_(value, tenantId);
+    stamp_(value, key);
   } else if (Object.getPrototypeOf(value) !== Object.prototype) {
     return;
   }
-  for (const key of Object.keys(value)) {
-    const child = (value as Record<string, unknown>)[key];
-    if (child instanceof Model || Array.isArray(child)) stampLoaded(child, tenantId, seen);
+  for (const name of Object.keys(value)) {
+    const child = (value as Record<string, unknown>)[name];
+    if (child instanceof Model || Array.isArray(child)) stampLoaded(child, key, seen);
   }
 }
 
 function stampFromScope(instance: any): void {
   if (STAMPS.has(instance) || pinned(instance.constructor)) return;
   const scope = currentScope();
-  if (scope !== undefined) stamp_(instance, scope.tenantId);
+  if (scope !== undefined) stamp_(instance, keyOf(scope));
 }
 
 /**
@@ -362,7 +366,7 @@ function qualifyingDatabase(builder: any, knexBuilder: any): string | undefined 
  */
 export function instanceTenantId(instance: Model): string | undefined {
   const stamp = STAMPS.get(instance);
-  return stamp === UNKNOWN_CONNECTION ? undefined : stamp;
+  return stamp === undefined || stamp === UNKNOWN_CONNECTION ? undefined : stamp.tenantId;
 }
 
 /**

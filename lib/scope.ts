@@ -38,6 +38,8 @@ export interface TenantScope {
   readonly trx?: Knex.Transaction | undefined;
   /** onCommit/onRollback callbacks of the innermost open transaction level. */
   readonly txHooks?: TransactionHooks | undefined;
+  /** This tenant of this tenancy, shared by the scope's transaction scopes (see TenantKey). */
+  readonly key?: TenantKey | undefined;
 }
 
 interface GlobalState {
@@ -45,10 +47,10 @@ interface GlobalState {
   defaultOwner?: unknown;
   /** The default tenancy was destroyed, and no tenancy has been created since. */
   defaultDestroyed?: boolean;
-  /** The tenant each model instance was loaded or created in (the instance guard). */
-  instanceTenants?: WeakMap<object, string>;
+  /** The tenant (of which tenancy) of each loaded or created instance (the instance guard). */
+  instanceStamps?: WeakMap<object, TenantKey>;
   /** The tenant of each knex and transaction the library made for a scope (see connectionTenant). */
-  connectionTenants?: WeakMap<object, string>;
+  connectionKeys?: WeakMap<object, TenantKey>;
 }
 
 // One storage per process, even when the package is loaded twice (CJS and ESM builds, or two
@@ -60,7 +62,26 @@ const state: GlobalState = (holder[STATE_KEY] ??= { storage: new AsyncLocalStora
 /** @internal The process-wide storage and default-tenancy slot. */
 export const globalState = state;
 
-const connectionTenants: WeakMap<object, string> = (state.connectionTenants ??= new WeakMap<object, string>());
+const connectionTenants: WeakMap<object, TenantKey> = (state.connectionKeys ??= new WeakMap<object, TenantKey>());
+
+/**
+ * @internal A tenant of one tenancy: what the instance guard compares (two tenancies may both have a
+ * tenant "acme", one database each). Tenancy makes one per scope it caches; compared by its fields.
+ */
+export interface TenantKey {
+  readonly owner: ScopeOwner;
+  readonly tenantId: string;
+}
+
+/** @internal The key of `scope`'s tenant. */
+export function keyOf(scope: TenantScope): TenantKey {
+  return scope.key ?? { owner: scope.owner, tenantId: scope.tenantId };
+}
+
+/** @internal Whether `key` is `scope`'s tenant. */
+export function isKeyOf(key: TenantKey, scope: TenantScope): boolean {
+  return key.tenantId === scope.tenantId && key.owner === scope.owner;
+}
 
 /**
  * @internal Records that `knex` (a tenant's knex or handle) is `tenantId`'s, and so is every
@@ -68,11 +89,11 @@ const connectionTenants: WeakMap<object, string> = (state.connectionTenants ??= 
  * `Model.transaction()`/`startTransaction()`, `transactionProvider()`), so that rows a query loads
  * through one explicitly, outside its scope, are known as that tenant's (the instance guard).
  */
-export function markConnection(knex: Knex, tenantId: string): void {
-  connectionTenants.set(knex, tenantId);
+export function markConnection(knex: Knex, key: TenantKey): void {
+  connectionTenants.set(knex, key);
   const client = knex.client as unknown as TransactionClient;
   if (connectionTenants.has(client)) return;
-  connectionTenants.set(client, tenantId);
+  connectionTenants.set(client, key);
   // One function for every client, not a closure per tenant (a shared server's handles are many):
   // a transaction method of the client's own (inline switching sets one) is kept aside.
   if (Object.prototype.hasOwnProperty.call(client, 'transaction')) ownTransactions.set(client, client.transaction);
@@ -89,12 +110,12 @@ function markingTransaction(this: object, container: unknown, ...rest: unknown[]
   while (!Object.prototype.hasOwnProperty.call(client, 'transaction') || (client as TransactionClient).transaction !== markingTransaction) {
     client = Object.getPrototypeOf(client) as object;
   }
-  const tenantId = connectionTenants.get(client)!;
+  const key = connectionTenants.get(client)!;
   const transaction = ownTransactions.get(client) ?? (Object.getPrototypeOf(client) as TransactionClient).transaction;
   const marking =
     typeof container === 'function'
       ? (trx: object) => {
-          connectionTenants.set(trx, tenantId);
+          connectionTenants.set(trx, key);
           return (container as (trx: object) => unknown)(trx);
         }
       : container;
@@ -105,10 +126,10 @@ function markingTransaction(this: object, container: unknown, ...rest: unknown[]
  * @internal The tenant `markConnection` recorded for `knex`, or for the transaction a savepoint
  * (`trx.transaction()`) was opened in; `undefined` for a connection the library did not make.
  */
-export function connectionTenant(knex: object): string | undefined {
+export function connectionTenant(knex: object): TenantKey | undefined {
   for (let current: object | undefined = knex; current != null; current = (current as { parentTransaction?: object }).parentTransaction) {
-    const tenantId = connectionTenants.get(current);
-    if (tenantId !== undefined) return tenantId;
+    const key = connectionTenants.get(current);
+    if (key !== undefined) return key;
   }
   return undefined;
 }

@@ -131,9 +131,10 @@ export class Tenancy implements ScopeOwner {
   #entered(id: string, lease: TenantLease): EnteredScope {
     let scope = this.#scopes.get(lease.knex);
     if (scope === undefined) {
-      scope = Object.freeze({ owner: this, tenantId: id, knex: lease.knex });
+      const key = Object.freeze({ owner: this, tenantId: id });
+      scope = Object.freeze({ owner: this, tenantId: id, knex: lease.knex, key });
       this.#scopes.set(lease.knex, scope);
-      markConnection(lease.knex, id);
+      markConnection(lease.knex, key);
     }
     return { scope, release: lease.release };
   }

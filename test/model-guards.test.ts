@@ -300,6 +300,12 @@ for (const backend of allStrategies('guard')) {
         try {
           const { sub } = await other.runWithTenant('g1', () => ({ sub: Person.query().select('id') }));
           await assert.rejects(runWithTenant('g1', () => Person.query().whereIn('id', sub)), TenantMismatchError);
+          // Its instances too (two tenancies may each have a tenant g1, on different databases):
+          // before stop 22 a row of the other tenancy's g1 patched this tenancy's g1.
+          const ada = (await other.runWithTenant('g1', () => Person.query().findById(1)))!;
+          await assert.rejects(runWithTenant('g1', async () => ada.$query().patch({ name: 'renamed' })), TenantMismatchError);
+          await assert.rejects(runWithTenant('g1', async () => Person.query().upsertGraph(ada)), TenantMismatchError);
+          assert.equal((await other.runWithTenant('g1', () => ada.$query()))!.name, 'g1-ada', 'in its own tenancy it works');
         } finally {
           await other.destroy();
         }
