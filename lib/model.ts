@@ -217,15 +217,16 @@ function guard<B>(builder: B, value: unknown, graph = false): B {
 
 /**
  * The scope a tenant builder executes in, for the instance guard: the captured or current scope when
- * the builder runs on its connection, none when it was given another knex (an explicit knex wins).
+ * the builder runs on its connection; for an explicit connection (a knex given to query(), a class
+ * bound to one), that connection's tenant when the library opened it, none for a knex it did not.
  */
 function executionScope(builder: any): TenantScope | undefined {
-  // A class bound to its own knex runs on it: explicit, like a knex given to query().
-  if (hasOwnKnex(builder.modelClass())) return undefined;
+  const modelClass = builder.modelClass();
+  const knex = builder.internalContext().knex ?? (hasOwnKnex(modelClass) ? modelClass.knex() : null);
   const scope: TenantScope | undefined = builder[CAPTURED] ?? currentScope();
-  if (scope === undefined) return undefined;
-  const knex = builder.internalContext().knex;
-  return knex == null || knex === scope.trx || knex === scope.knex ? scope : undefined;
+  if (knex == null || (scope !== undefined && (knex === scope.trx || knex === scope.knex))) return scope;
+  const key = connectionTenant(knex);
+  return key === undefined ? undefined : { owner: key.owner, tenantId: key.tenantId, knex, key };
 }
 
 function guardedMismatch(builder: any, guarded: readonly unknown[]): TenantMismatchError | undefined {

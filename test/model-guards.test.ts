@@ -439,6 +439,18 @@ for (const backend of allStrategies('guard')) {
         const BoundG1 = Person.bindKnex(await knexOf('g1'));
         const adaOfG1 = (await BoundG1.query().findById(1))!;
         await runWithTenant('g1', async () => Person.query().patch(adaOfG1).where('id', 1));
+        // Writes through an explicit connection of a known tenant (a bound class, a knex given to
+        // query(), a transaction of it) check the instances against that tenant: before stop 22
+        // they were not checked at all, and req.models.Person.query().upsertGraph(rowOfG2) wrote g2's row into g1.
+        const rowOfG2 = (await BoundG2.query().findById(2))!;
+        await runWithTenant('g1', async () => {
+          await assert.rejects(async () => BoundG1.query().upsertGraph(rowOfG2), TenantMismatchError);
+          await assert.rejects(async () => Person.query(tenancy.knex()).patch(rowOfG2).where('id', 2), TenantMismatchError);
+          await assert.rejects(async () => tenancy.transaction((trx) => rowOfG2.$query(trx).patch({ name: 'renamed' })), TenantMismatchError);
+          await BoundG1.query().patch(adaOfG1).where('id', 1);
+        });
+        await assert.rejects(async () => Person.query(await knexOf('g1')).upsertGraph(rowOfG2), TenantMismatchError, 'outside any scope too');
+        assert.deepEqual(await personNames('g1'), ['g1-ada', 'g1-bob']);
       });
 
       it('upsertGraph, insertGraph with relate, relate and patch refuse them', async () => {
