@@ -91,27 +91,31 @@ export function isKeyOf(key: TenantKey, scope: TenantScope): boolean {
  */
 export function markConnection(knex: Knex, key: TenantKey): void {
   connectionTenants.set(knex, key);
-  const client = knex.client as unknown as TransactionClient;
-  if (connectionTenants.has(client)) return;
-  connectionTenants.set(client, key);
+  const client = knex.client as unknown as MarkedClient;
+  if (Object.prototype.hasOwnProperty.call(client, CLIENT_KEY)) return;
+  // Under string names: knex's withUserParams() copies a client's properties into the copy it makes
+  // (symbols excepted, and WeakMap entries are not properties), so the copy stays marked.
+  client[CLIENT_KEY] = key;
   // One function for every client, not a closure per tenant (a shared server's handles are many):
   // a transaction method of the client's own (inline switching sets one) is kept aside.
-  if (Object.prototype.hasOwnProperty.call(client, 'transaction')) ownTransactions.set(client, client.transaction);
+  if (Object.prototype.hasOwnProperty.call(client, 'transaction')) client[CLIENT_TRANSACTION] = client.transaction;
   client.transaction = markingTransaction;
 }
 
-type TransactionClient = { transaction(this: unknown, container: unknown, ...rest: unknown[]): unknown };
-const ownTransactions = new WeakMap<object, TransactionClient['transaction']>();
+const CLIENT_KEY = '__objectionTenancyKey';
+const CLIENT_TRANSACTION = '__objectionTenancyTransaction';
+type TransactionMethod = (this: unknown, container: unknown, ...rest: unknown[]) => unknown;
+type MarkedClient = { transaction: TransactionMethod; [CLIENT_KEY]?: TenantKey; [CLIENT_TRANSACTION]?: TransactionMethod };
 
 /** A marked client's `transaction`: marks the transaction knex hands its container (even in the promise form, `resolve`). */
-function markingTransaction(this: object, container: unknown, ...rest: unknown[]): unknown {
-  // `this` may be a copy made from the client (knex's withUserParams): the marked client is up its chain.
-  let client = this;
-  while (!Object.prototype.hasOwnProperty.call(client, 'transaction') || (client as TransactionClient).transaction !== markingTransaction) {
-    client = Object.getPrototypeOf(client) as object;
+function markingTransaction(this: unknown, container: unknown, ...rest: unknown[]): unknown {
+  // `this` may be an object made from the client (Object.create): the marked client is up its chain.
+  let client = this as MarkedClient;
+  while (!Object.prototype.hasOwnProperty.call(client, 'transaction') || client.transaction !== markingTransaction) {
+    client = Object.getPrototypeOf(client) as MarkedClient;
   }
-  const key = connectionTenants.get(client)!;
-  const transaction = ownTransactions.get(client) ?? (Object.getPrototypeOf(client) as TransactionClient).transaction;
+  const key = client[CLIENT_KEY]!;
+  const transaction = client[CLIENT_TRANSACTION] ?? (Object.getPrototypeOf(client) as MarkedClient).transaction;
   const marking =
     typeof container === 'function'
       ? (trx: object) => {
@@ -123,15 +127,16 @@ function markingTransaction(this: object, container: unknown, ...rest: unknown[]
 }
 
 /**
- * @internal The tenant `markConnection` recorded for `knex`, or for the transaction a savepoint
- * (`trx.transaction()`) was opened in; `undefined` for a connection the library did not make.
+ * @internal The tenant `markConnection` recorded for `knex` (or for the client a knex copy, such as
+ * withUserParams()'s, shares), or for the transaction a savepoint (`trx.transaction()`) was opened
+ * in; `undefined` for a connection the library did not make.
  */
 export function connectionTenant(knex: object): TenantKey | undefined {
   for (let current: object | undefined = knex; current != null; current = (current as { parentTransaction?: object }).parentTransaction) {
     const key = connectionTenants.get(current);
     if (key !== undefined) return key;
   }
-  return undefined;
+  return (knex as { client?: MarkedClient }).client?.[CLIENT_KEY];
 }
 
 /** @internal The current scope, or `undefined`. */

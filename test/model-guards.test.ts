@@ -405,6 +405,13 @@ for (const backend of allStrategies('guard')) {
           await provided.commit();
           assert.equal(instanceTenantId(viaProvider), 'g1');
           await viaProvider.$query().patch({ name: 'g1-ada-3' });
+          // knex's per-request copy (withUserParams) and its transactions are the tenant's too.
+          const copy = tenancy.knex().withUserParams({ requestId: 'r1' });
+          const viaCopy = (await Person.query(copy).findById(2))!;
+          assert.equal(instanceTenantId(viaCopy), 'g1');
+          const viaCopyTrx = (await copy.transaction(async (t) => Person.query(t).findById(2)))!;
+          assert.equal(instanceTenantId(viaCopyTrx), 'g1');
+          await viaCopy.$query().patch({ name: 'g1-bob-2' });
         });
         assert.deepEqual(await personNames('g1'), ['g1-ada-3', 'g1-bob-2']);
       });
