@@ -20,7 +20,7 @@ const RUN = Symbol('objection-tenancy.run');
 // Object.defineProperty. Shared through the global state by every copy of the package.
 const STAMPS: WeakMap<object, TenantKey> = (globalState.instanceStamps ??= new WeakMap<object, TenantKey>());
 // The stamp of rows loaded through an explicit knex the library did not make for a tenant: no scope's.
-// Not a valid tenant id (NUL), so it equals no scope's tenant.
+// Its owner is no tenancy and its id not a valid tenant id (NUL), so it is no scope's tenant.
 const UNKNOWN_CONNECTION: TenantKey = Object.freeze({ owner: Object.freeze({ transaction: () => Promise.reject(new Error('no tenancy')) }), tenantId: '\u0000unknown-connection' });
 const CENTRAL = Symbol.for('objection-tenancy.centralKnex');
 const TENANT_AWARE = Symbol.for('objection-tenancy.tenantAware');
@@ -283,7 +283,7 @@ function explicitConnectionTenant(builder: any): TenantKey | undefined {
 }
 
 /**
- * Stamps the tenant-aware instances in a query's result with `tenantId`, over the stamp they took from
+ * Stamps the tenant-aware instances in a query's result with `key`, over the stamp they took from
  * the scope when they were made: arrays, page()/range()'s `{ results, total }`, and related instances
  * under any name (withGraphJoined('pets as dogs') puts them under the alias), down to a pinned model,
  * whose own tenant relations ran on the scope's connection.

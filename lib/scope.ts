@@ -84,7 +84,7 @@ export function isKeyOf(key: TenantKey, scope: TenantScope): boolean {
 }
 
 /**
- * @internal Records that `knex` (a tenant's knex or handle) is `tenantId`'s, and so is every
+ * @internal Records that `knex` (a tenant's knex or handle) is `key`'s tenant's, and so is every
  * transaction opened on it (knex's `client.transaction`: `knex.transaction()`, objection's
  * `Model.transaction()`/`startTransaction()`, `transactionProvider()`), so that rows a query loads
  * through one explicitly, outside its scope, are known as that tenant's (the instance guard).
