@@ -41,6 +41,17 @@ export interface PoolCacheStats {
   failures: number;
 }
 
+/**
+ * A cached pool closed by someone else than the cache: `knex.withUserParams()` makes a knex that
+ * shares the tenant's pool, and its `destroy()` closes it. The tenant is opened again rather than
+ * served a closed pool until the tenancy is destroyed.
+ */
+function closedElsewhere(entry: { knex?: Knex | undefined }): boolean {
+  if (entry.knex === undefined) return false;
+  const pool = (entry.knex.client as { pool?: { destroyed?: boolean } }).pool;
+  return pool === undefined || pool.destroyed === true;
+}
+
 export interface PoolCacheOptions {
   /** Opens a tenant's knex; rejects to refuse the tenant. Called once per tenant at a time. */
   open(tenantId: string): Promise<Knex>;
@@ -92,6 +103,10 @@ export class PoolCache implements TenantConnections {
   async lease(tenantId: string): Promise<TenantLease> {
     if (this.#destroyed) throw new TenancyDestroyedError();
     let entry = this.#entries.get(tenantId);
+    if (entry !== undefined && closedElsewhere(entry)) {
+      void this.#evict(entry);
+      entry = undefined;
+    }
     if (entry === undefined) {
       entry = this.#create(tenantId);
     } else {
@@ -111,7 +126,7 @@ export class PoolCache implements TenantConnections {
 
   tryLease(tenantId: string): TenantLease | undefined {
     const entry = this.#entries.get(tenantId);
-    if (entry === undefined || entry.knex === undefined || this.#destroyed) return undefined;
+    if (entry === undefined || entry.knex === undefined || this.#destroyed || closedElsewhere(entry)) return undefined;
     this.#touch(entry);
     entry.leases++;
     entry.lastUsed = Date.now();

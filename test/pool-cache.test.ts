@@ -249,6 +249,17 @@ for (const backend of backends('pool')) {
       });
     }
 
+    it("a tenant's pool closed by the app (a withUserParams() copy shares it, and its destroy() closes it) is opened again for the next scope", async () => {
+      const tenancy = make();
+      await dbOf(tenancy, 'p1');
+      await tenancy.runWithTenant('p1', async () => {
+        await tenancy.knex().withUserParams({ requestId: 'r1' }).destroy();
+      });
+      // Before stop 22 every later scope of p1 got "its pool was closed", until the tenancy was destroyed.
+      await dbOf(tenancy, 'p1');
+      assert.equal(tenancy.stats().pools, 1);
+    });
+
     it('rejects invalid options with a TypeError naming the option', () => {
       assert.throws(() => createTenancy({ knexConfig: backend.knexConfig, maxPools: 0 }), /options\.maxPools/);
       assert.throws(() => createTenancy({} as TenancyOptions), /options\.knexConfig/);
