@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { TenancyDestroyedError, TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
+import { isNoSuchDatabase, TenancyDestroyedError, TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
 import { runInScopeSync } from './scope';
 import { inlineUse, type SwitchState } from './inline-switch';
 import { socketClosed } from './connection-budget';
@@ -960,8 +960,8 @@ export class AffinityPool implements SwitchState {
 
 function mapSwitchError(tenantId: string, error: unknown): Error {
   if (error instanceof TenantError) return error;
-  // 1049: the tenant's database does not exist (never created, or dropped); 1102: its name cannot be one.
-  if ((error as { errno?: unknown }).errno === 1049 || (error as { errno?: unknown }).errno === 1102) return new UnknownTenantError(tenantId, { cause: error });
+  // The tenant's database does not exist (never created, or dropped), or its name cannot be one.
+  if (isNoSuchDatabase(error)) return new UnknownTenantError(tenantId, { cause: error });
   const code = (error as { code?: unknown }).code;
   return new TenantUnavailableError(tenantId, { cause: error, reason: typeof code === 'string' ? code : 'switching its database failed' });
 }

@@ -1,9 +1,9 @@
 import type { Knex } from 'knex';
 import knexFactory from 'knex';
 import { ConnectionBudget } from './connection-budget';
-import { TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
+import { isNoSuchDatabase, TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
 import { PoolCache, type TenantConnections } from './pool-cache';
-import { SharedConnections, type TenantLocation } from './shared-connections';
+import { checkLocation, serverConfig, SharedConnections, type TenantLocation } from './shared-connections';
 import { runInScopeSync } from './scope';
 import { withConnectionSettings } from './connection-settings';
 import { qualifiedDatabase } from './qualify-tables';
@@ -185,17 +185,11 @@ export function createConnections(options: ConnectionOptions): { connections: Te
 export async function tenantKnexConfig(options: ConnectionOptions, tenantId: string): Promise<Knex.Config> {
   if (options.strategy !== 'shared') return options.knexConfig!(tenantId);
   const location = await options.locate!(tenantId);
-  if (location === null || typeof location !== 'object' || typeof location.server !== 'string' || typeof location.database !== 'string' || location.database === '') {
-    throw new TenantUnavailableError(tenantId, { reason: 'locate() must return { server, database }, both non-empty strings' });
-  }
-  const { server, database } = location;
-  const config = Object.prototype.hasOwnProperty.call(options.servers, server) ? options.servers![server] : undefined;
-  if (config === undefined) throw new TenantUnavailableError(tenantId, { reason: `locate() named server "${server}", which is not in options.servers` });
+  checkLocation(location, tenantId);
+  const config = serverConfig(options.servers!, location.server, tenantId);
+  const { database } = location;
   return { ...config, connection: withConnectionSettings(config.connection, { database }) };
 }
-
-/** Errors that say the tenant's database cannot be there: 1049 unknown database, 1102 incorrect database name. */
-const NO_SUCH_DATABASE_ERRNOS: ReadonlySet<unknown> = new Set([1049, 1102]);
 
 /**
  * Tenant pools start empty and shrink back when idle: thousands of tenants must not hold `min`
@@ -278,8 +272,7 @@ async function verifyKnex(knex: Knex, tenantId: string): Promise<void> {
     }
   } catch (error) {
     if (error instanceof TenantError) throw error;
-    // 1049: unknown database (mysql2); 1102: a name no database can have (too long for the server).
-    if (NO_SUCH_DATABASE_ERRNOS.has((error as { errno?: unknown }).errno)) throw new UnknownTenantError(tenantId, { cause: error });
+    if (isNoSuchDatabase(error)) throw new UnknownTenantError(tenantId, { cause: error });
     const code = (error as { code?: unknown }).code;
     throw new TenantUnavailableError(tenantId, { cause: error, reason: typeof code === 'string' ? code : 'the connection check failed' });
   }

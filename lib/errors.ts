@@ -102,6 +102,15 @@ export class TenantMismatchError extends TenantError {
   }
 }
 
+/**
+ * @internal Whether a driver error says a tenant's database cannot be there: 1049 unknown database,
+ * 1102 a name the server refuses (too long once the app's prefix is added).
+ */
+export function isNoSuchDatabase(error: unknown): boolean {
+  const errno = (error as { errno?: unknown } | null | undefined)?.errno;
+  return errno === 1049 || errno === 1102;
+}
+
 /** The tenancy was destroyed (shutdown) and cannot open new scopes. */
 export class TenancyDestroyedError extends TenantError {
   constructor() {

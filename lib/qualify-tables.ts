@@ -31,6 +31,15 @@ type BuilderPrototype = { transacting(this: { client?: Record<symbol, unknown> }
  * check above as this tenant's while it names the other's database (a read or write of it). The move
  * itself is refused: once per copy of knex, on its QueryBuilder prototype.
  */
+/** checksTransacting on the QueryBuilder prototype of `client`'s knex, found once per client prototype (handles share one). */
+function checksTransactingOf(client: object): void {
+  const shared = Object.getPrototypeOf(client) as object;
+  if (checkedClients.has(shared)) return;
+  checksTransacting(Object.getPrototypeOf((client as { queryBuilder(): object }).queryBuilder()) as object);
+  checkedClients.add(shared);
+}
+const checkedClients = new WeakSet<object>();
+
 function checksTransacting(proto: object): void {
   const target = proto as BuilderPrototype;
   if (target[TRANSACTING_CHECKED] === true || typeof target.transacting !== 'function') return;
@@ -103,7 +112,7 @@ export function settleOwnNamesOnCompile(client: object, database: string, tenant
     [QUALIFIED_CLIENT]?: QualifiedClient;
   };
   target[QUALIFIED_CLIENT] = { database, tenantId };
-  checksTransacting(Object.getPrototypeOf((target as unknown as { queryBuilder(): object }).queryBuilder()) as object);
+  checksTransactingOf(target);
   const baseCompiler = target.queryCompiler;
   target.queryCompiler = function (this: unknown, builder: unknown, formatter?: unknown): unknown {
     // A builder made on another tenant's qualified client (its `knex('t')`, a model query's

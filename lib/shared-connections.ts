@@ -205,13 +205,14 @@ export class SharedConnections implements TenantConnections {
       this.#counters.failures++;
       throw error instanceof TenantError ? error : new TenantUnavailableError(tenantId, { cause: error, reason: 'locating it failed' });
     }
-    // A catalog row with a column missing must not leave a tenant with no database: on a connection
-    // whose database is unknown it would match, and read the database another tenant left there.
-    if (location === null || typeof location !== 'object' || typeof location.server !== 'string' || typeof location.database !== 'string' || location.database === '') {
+    let server: Server;
+    try {
+      checkLocation(location, tenantId);
+      server = this.#server(location.server, tenantId);
+    } catch (error) {
       this.#counters.failures++;
-      throw new TenantUnavailableError(tenantId, { reason: 'locate() must return { server, database }, both non-empty strings' });
+      throw error;
     }
-    const server = this.#server(location.server, tenantId);
     // knex's withSchema trims each part of a name and splits it at dots: such a database would be
     // named as another one in qualified SQL ('tenant_b ' as `tenant_b`).
     const writable = /^[^\s.`]+$/.test(location.database);
@@ -243,11 +244,7 @@ export class SharedConnections implements TenantConnections {
   #server(key: string, tenantId: string): Server {
     let server = this.#servers.get(key);
     if (server !== undefined) return server;
-    // Own keys only: `toString` or `__proto__` from a catalog must not reach Object.prototype's.
-    const config = Object.prototype.hasOwnProperty.call(this.#options.servers, key) ? this.#options.servers[key] : undefined;
-    if (config === undefined) {
-      throw new TenantUnavailableError(tenantId, { reason: `locate() named server "${key}", which is not in options.servers` });
-    }
+    const config = serverConfig(this.#options.servers, key, tenantId);
     const connection = this.#options.inlineSwitch ? withConnectionSettings(config.connection, { multipleStatements: true }) : config.connection;
     const knex = this.#options.createKnex({ ...config, connection, pool: { min: 0, max: 1 } });
     settingsFromProvider(knex.client);
@@ -323,6 +320,28 @@ function settingsFromProvider(client: Knex.Client): void {
     }
     return acquireRaw();
   };
+}
+
+/**
+ * @internal Refuses a `locate()` result that is not `{ server, database }` with both non-empty
+ * strings: a catalog row with a column missing must not leave a tenant with no database, which on a
+ * connection whose database is unknown would match and read the database another tenant left there.
+ */
+export function checkLocation(location: unknown, tenantId: string): asserts location is TenantLocation {
+  const { server, database } = (location ?? {}) as Partial<Record<keyof TenantLocation, unknown>>;
+  if (typeof location !== 'object' || typeof server !== 'string' || typeof database !== 'string' || database === '') {
+    throw new TenantUnavailableError(tenantId, { reason: 'locate() must return { server, database }, both non-empty strings' });
+  }
+}
+
+/**
+ * @internal The config of server `key`, an own key of `servers` only: `toString` or `__proto__` from
+ * a catalog must not reach Object.prototype's.
+ */
+export function serverConfig<C>(servers: Record<string, C>, key: string, tenantId: string): C {
+  const config = Object.prototype.hasOwnProperty.call(servers, key) ? servers[key] : undefined;
+  if (config === undefined) throw new TenantUnavailableError(tenantId, { reason: `locate() named server "${key}", which is not in options.servers` });
+  return config;
 }
 
 /** Set on a handle's client once it is evicted and its scopes are done (see closeHandle). */

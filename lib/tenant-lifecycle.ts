@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import { tenantKnexConfig } from './connections';
-import { TenantError, TenantUnavailableError } from './errors';
+import { TenantError } from './errors';
 import { runMigrationStep } from './migration-plan';
 import { openOperationKnex, type OperationsHost } from './operation-knex';
 import {
@@ -16,7 +16,7 @@ import {
   type TenantLifecycleStep,
 } from './operation-errors';
 import { builtInDatabaseHooks, createdByOpening, type TenantDatabaseHooks } from './tenant-databases';
-import { migrationPlanOf, toMigrationError } from './tenant-migrations';
+import { migrationPlanOf, reachable, toMigrationError } from './tenant-migrations';
 import { since } from './tenant-runner';
 
 /** Options of `tenancy.createTenant()`. */
@@ -66,21 +66,13 @@ async function step<T>(tenantId: string, name: TenantLifecycleStep, fn: () => Pr
   }
 }
 
-/** The catalog's answer; its failure is the catalog's, a 503 to retry, as when serving the tenant. */
-async function askCatalog(id: string, tenantExists: (id: string) => boolean | Promise<boolean>): Promise<boolean> {
-  try {
-    return await tenantExists(id);
-  } catch (error) {
-    throw new TenantUnavailableError(id, { cause: error, reason: 'the tenant catalog lookup failed' });
-  }
-}
-
 /** @internal See `Tenancy#createTenant`. */
 export async function createTenant(host: OperationsHost, tenantId: unknown, options: CreateTenantOptions = {}): Promise<CreateTenantResult> {
   const started = performance.now();
   const id = host.validate(tenantId);
   const { tenantExists, registerTenant, migrations: migrationsConfig, seeds: seedsConfig } = host.options;
-  if (tenantExists !== undefined && (await askCatalog(id, tenantExists))) throw new TenantAlreadyExistsError(id);
+  // The catalog's failure is a 503 to retry, as when serving the tenant.
+  if (tenantExists !== undefined && (await reachable(id, 'the tenant catalog lookup failed', async () => tenantExists(id)))) throw new TenantAlreadyExistsError(id);
   // The plan first: unreadable migration files must fail before a database exists.
   const plan = migrationsConfig === undefined ? undefined : await migrationPlanOf(host, 'tenancy.createTenant()');
   const config = await step(id, 'create-database', async () => tenantKnexConfig(host.options, id));

@@ -183,7 +183,8 @@ export async function migrateTenant(
   }
 }
 
-async function reachable<T>(tenantId: string, reason: string, fn: () => Promise<T>): Promise<T> {
+/** @internal `fn`'s result; its failure, unless typed, is the tenant's reachability: a 503 to retry. */
+export async function reachable<T>(tenantId: string, reason: string, fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } catch (error) {
