@@ -4,7 +4,7 @@
  * whose processor runs each job in its tenant (`tenantJob()`). bullmq is an optional peer dependency:
  * it is `require`d when one of these functions is first called, never when this package is loaded.
  */
-import type { BulkJobOptions, JobsOptions, Processor, Queue, QueueOptions, Worker, WorkerOptions } from 'bullmq';
+import type { BulkJobOptions, Job, JobsOptions, Processor, Queue, QueueOptions, Worker, WorkerOptions } from 'bullmq';
 import { InvalidTenantIdError, TenantError, TenantMismatchError } from './errors';
 import { isJobRejection, tenantJob, withTenant, type TenantJobData, type TenantJobOptions } from './jobs';
 import { runInScopeSync, tryCurrentTenantId } from './scope';
@@ -25,12 +25,12 @@ const PERMANENT_REJECTIONS = new Set(['TENANT_CONTEXT_MISSING', 'TENANT_ID_INVAL
 const SEPARATOR = '~';
 
 /**
- * `id` in `tenantId`'s namespace. An id already in it is kept, so a `job.id` handed back (a re-enqueue,
- * a `getJob()` from a status page) names the same job.
+ * @internal `id` in `tenantId`'s namespace. An id already in it is kept, so a `job.id` handed back (a
+ * re-enqueue, a `getJob()` from a status page) names the same job.
  * @throws {InvalidTenantIdError} for a tenant id that is not a string or contains the separator: its
  * namespace could overlap another tenant's (`a~b` + `c` = `a` + `b~c`).
  */
-function inTenant(tenantId: unknown, id: string): string {
+export function inTenant(tenantId: unknown, id: string): string {
   if (typeof tenantId !== 'string' || tenantId.includes(SEPARATOR)) {
     throw new InvalidTenantIdError(`job, scheduler and deduplication ids of a tenant are "<tenantId>${SEPARATOR}<id>", so its id must be a string without "${SEPARATOR}"`);
   }
@@ -44,18 +44,18 @@ function scoped(id: string): string {
   return tenantId === undefined ? id : inTenant(tenantId, id);
 }
 
-/** BullMQ's own job ids: its counter (custom ids cannot be integers) and a scheduler's `repeat:<id>:<ms>`. */
-function madeByBullMQ(id: string): boolean {
+/** @internal BullMQ's own job ids: its counter (custom ids cannot be integers) and a scheduler's `repeat:<id>:<ms>`. */
+export function madeByBullMQ(id: string): boolean {
   return `${parseInt(id, 10)}` === id || String(id).startsWith('repeat:');
 }
 
 /**
- * A job's payload, stamped, and its options with its custom and deduplication ids in its tenant's
+ * @internal A job's payload, stamped, and its options with its custom and deduplication ids in its tenant's
  * namespace: the same `jobId` in two tenants makes two jobs (BullMQ would otherwise hand the second
  * tenant the first one's job and never run its own). A central job's ids are used as given; an
  * integer `jobId` is left for BullMQ to refuse, as it always does.
  */
-function stampJob<O extends JobsOptions | BulkJobOptions>(data: unknown, opts: O | undefined): [TenantJobData, O | undefined] {
+export function stampJob<O extends JobsOptions | BulkJobOptions>(data: unknown, opts: O | undefined): [TenantJobData, O | undefined] {
   const stamped = withTenant((data ?? {}) as object);
   const tenantId = stamped.tenantId;
   if (opts == null) return [stamped, opts];
@@ -64,7 +64,8 @@ function stampJob<O extends JobsOptions | BulkJobOptions>(data: unknown, opts: O
     return [stamped, opts];
   }
   let own: O = opts;
-  if (typeof opts.jobId === 'string' && `${parseInt(opts.jobId, 10)}` !== opts.jobId) {
+  // An empty jobId is BullMQ's "none" (it uses its counter): namespaced, it would be one id for all of them.
+  if (typeof opts.jobId === 'string' && opts.jobId !== '' && `${parseInt(opts.jobId, 10)}` !== opts.jobId) {
     own = { ...own, jobId: inTenant(tenantId, opts.jobId) };
   }
   for (const key of ['deduplication', 'debounce'] as const) {
@@ -156,9 +157,12 @@ function jobNotFound(): never {
   throw new TenantError('JOB_NOT_FOUND', 'No job of the current tenant has this id.', { statusCode: 404 });
 }
 
-let loaded: { bullmq: BullMQ; TenantQueue: new (name: string, opts: QueueOptions) => AnyQueue; TenantWorker: typeof Worker } | undefined;
+let loaded:
+  | { bullmq: BullMQ; TenantJob: typeof Job; TenantQueue: new (name: string, opts: QueueOptions) => AnyQueue; TenantWorker: typeof Worker }
+  | undefined;
 
-function load(caller: string): NonNullable<typeof loaded> {
+/** @internal bullmq, `require`d on first use, and the classes built on it; `caller` names the function in BULLMQ_MISSING. */
+export function load(caller: string): NonNullable<typeof loaded> {
   if (loaded !== undefined) return loaded;
   let bullmq: BullMQ;
   try {
@@ -192,7 +196,7 @@ function load(caller: string): NonNullable<typeof loaded> {
       const tenantId = data.tenantId ?? tryCurrentTenantId();
       if (tenantId == null) return;
       if (parent.queue !== this.qualifiedName) {
-        throw new TypeError(`A tenant job's parent must be in the same queue (${this.qualifiedName}) so that its tenant can be checked; use a FlowProducer with withTenant() for flows across queues`);
+        throw new TypeError(`A tenant job's parent must be in the same queue (${this.qualifiedName}) so that its tenant can be checked; use createTenantFlowProducer() for flows across queues`);
       }
       if (data.tenantId == null) throw new TypeError('A central job enqueued inside a tenant scope cannot name a parent: enqueue it from central code');
       const owner = await bullmq.Queue.prototype.getJob.call(this, parent.id);
@@ -343,7 +347,7 @@ function load(caller: string): NonNullable<typeof loaded> {
       return runInScopeSync(undefined, () => super.emit(event, ...args));
     }
   }
-  loaded = { bullmq, TenantQueue, TenantWorker: TenantWorker as unknown as typeof Worker };
+  loaded = { bullmq, TenantJob: TenantJob as unknown as typeof Job, TenantQueue, TenantWorker: TenantWorker as unknown as typeof Worker };
   return loaded;
 }
 

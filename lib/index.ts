@@ -46,4 +46,5 @@ export { withTenant, tenantJob } from './jobs';
 export type { TenantJobData, TenantJobLike, TenantJobOptions } from './jobs';
 export { createTenantQueue, createTenantWorker } from './bullmq';
 export type { TenantWorkerOptions } from './bullmq';
+export { createTenantFlowProducer } from './bullmq-flow';
 // --- end propagation and jobs exports ---

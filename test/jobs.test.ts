@@ -533,6 +533,12 @@ for (const backend of backends('jobs')) {
         assert.equal((await tenancy.runWithTenant('jb', () => queue.add('send', { expect: 'jb', i: 5 }, { jobId: jb.id! }))).id, 'jb~invoice-42');
         await assert.rejects(queue.add('send', { tenantId: 'ja~x' }, { jobId: 'y' }), InvalidTenantIdError);
         await assert.rejects(tenancy.runWithTenant('ja', () => queue.add('send', {}, { jobId: '42' })), /Custom Id cannot be integers/);
+        // An empty jobId is no id, as in BullMQ: two jobs, not one shared 'ja~'.
+        const blank = (i: number) => tenancy.runWithTenant('ja', () => queue.add('send', { expect: 'ja', i }, { jobId: '' }));
+        const [b1, b2] = [await blank(8), await blank(9)];
+        assert.notEqual(b1.id, b2.id);
+        assert.ok(!b1.id!.includes('~') && !b2.id!.includes('~'), `${b1.id} ${b2.id}`);
+        await done.wait([b1.id, b2.id]);
 
         // Deduplication ids too: jb's job is not dropped as a duplicate of ja's.
         const dedup = (t: string, i: number) =>
