@@ -243,24 +243,86 @@ function guardedMismatch(builder: any, guarded: readonly unknown[]): TenantMisma
 }
 
 /**
- * A builder captured in one scope used as a subquery of a query that runs elsewhere: its SQL would be
- * compiled into the other query's statement, on the other connection, naming its own tenant's
- * database with qualifyTables (a cross-tenant read) or reading the other tenant's tables without.
+ * The tenant whose connection a statement built by `builder` on `knex` runs on: its scope's when
+ * `knex` is the scope's knex or transaction, else the tenant the library opened `knex` for (a
+ * tenant's knex or handle, a transaction of one); `undefined` for any other knex (a central model's,
+ * the caller's own).
  */
-function subqueryMismatch(captured: TenantScope, subquery: any, parent: any): TenantMismatchError | undefined {
+function statementTenant(builder: any, knex: object): TenantKey | undefined {
+  const scope: TenantScope | undefined = builder[CAPTURED] ?? currentScope();
+  if (scope !== undefined && (knex === scope.knex || knex === scope.trx)) return keyOf(scope);
+  return connectionTenant(knex);
+}
+
+function sameTenant(a: TenantKey, b: TenantKey): boolean {
+  return a.owner === b.owner && a.tenantId === b.tenantId;
+}
+
+/** Where a statement runs, for the messages below. */
+function statementPlace(into: TenantKey | undefined, from: TenantKey): string {
+  if (into === undefined) return 'on another connection (a central model or an explicit knex)';
+  return into.tenantId === from.tenantId ? `in tenant "${into.tenantId}" of another tenancy` : `in tenant "${into.tenantId}"`;
+}
+
+/**
+ * Why `subquery` cannot be compiled into `parent`'s statement, if it cannot. Its SQL runs on the
+ * parent's connection, so it must belong there:
+ * - built in a scope, or on a tenant's connection (`query(knexOfB)`, a transaction of B, a class bound
+ *   to B's knex): only into a statement of that tenant. Elsewhere it would read or write its own
+ *   tenant's database with qualifyTables (a cross-tenant read) or the other's tables without.
+ * - a central model: never into a tenant's statement, where its table name would be read in the
+ *   tenant's database (unless its `tableName` names its database).
+ * - a tenant model built outside any scope: takes the tenant of the statement, so never into one
+ *   that has none (a central model's, a knex the library did not open).
+ * A knex the library did not open, given to the subquery explicitly, is the caller's and is not checked.
+ */
+function subqueryError(subquery: any, parent: any): Error | undefined {
   const knex = parent.unsafeKnex();
-  if (knex === null || knex === subquery.unsafeKnex()) return undefined;
-  let scope: TenantScope | undefined = parent[CAPTURED] ?? currentScope();
-  if (scope !== undefined && knex !== scope.knex && knex !== scope.trx) scope = undefined;
-  if (scope !== undefined && scope.owner === captured.owner && scope.tenantId === captured.tenantId) return undefined;
-  const error = new TenantMismatchError(captured.tenantId, scope?.tenantId ?? captured.tenantId);
-  const where =
-    scope === undefined ? 'on another connection (a central model or an explicit knex)'
-    : scope.tenantId === captured.tenantId ? `in tenant "${scope.tenantId}" of another tenancy`
-    : `in tenant "${scope.tenantId}"`;
+  if (knex === null) return undefined;
+  const subClass = subquery.modelClass();
+  const captured: TenantScope | undefined = subquery[CAPTURED];
+  if (captured !== undefined) {
+    if (knex === subquery.unsafeKnex()) return undefined;
+    const into = statementTenant(parent, knex);
+    const from = keyOf(captured);
+    if (into !== undefined && sameTenant(into, from)) return undefined;
+    const error = new TenantMismatchError(from.tenantId, into?.tenantId ?? from.tenantId);
+    error.message =
+      `A query built in the scope of tenant "${from.tenantId}" was used as a subquery of a query that runs ${statementPlace(into, from)}. ` +
+      'Build the subquery where the query runs (inside the same scope, or outside any scope to take the query\'s).';
+    return error;
+  }
+  if (subClass[CENTRAL] !== undefined && !hasOwnKnex(subClass)) {
+    if (namesItsDatabase(subClass.getTableName())) return undefined;
+    const into = statementTenant(parent, knex);
+    if (into === undefined) return undefined;
+    return new TypeError(
+      `A ${subClass.name} query (a central model) cannot be a subquery of a query that runs in tenant "${into.tenantId}": ` +
+        `one SQL statement runs on one connection, and its table would be read in the tenant's database. Run it first ` +
+        `and pass its result (whereIn('id', await ${subClass.name}.query().select('id').then((rows) => rows.map((r) => r.id)))), ` +
+        `or, when both databases are on one server, name the central database in its tableName ('central.${subClass.getTableName()}').`,
+    );
+  }
+  const own = subquery.internalContext().knex ?? (hasOwnKnex(subClass) ? subClass.knex() : undefined);
+  if (own != null) {
+    if (own === knex) return undefined;
+    const from = connectionTenant(own);
+    if (from === undefined) return undefined;
+    const into = statementTenant(parent, knex);
+    if (into !== undefined && sameTenant(into, from)) return undefined;
+    const error = new TenantMismatchError(from.tenantId, into?.tenantId ?? from.tenantId);
+    error.message =
+      `A query on the connection of tenant "${from.tenantId}" (an explicit knex or transaction, or a class bound to one) was used as a subquery ` +
+      `of a query that runs ${statementPlace(into, from)}. Build the subquery on the connection the query runs on.`;
+    return error;
+  }
+  if (subClass[TENANT_AWARE] !== true || statementTenant(parent, knex) !== undefined) return undefined;
+  const scope = currentScope();
+  if (scope === undefined) return missing(subClass);
+  const error = new TenantMismatchError(scope.tenantId, scope.tenantId);
   error.message =
-    `A query built in the scope of tenant "${captured.tenantId}" was used as a subquery of a query that runs ${where}. ` +
-    'Build the subquery where the query runs (inside the same scope, or outside any scope to take the query\'s).';
+    `A ${subClass.name} query (a tenant model) was used as a subquery of a query that runs on another connection (a central model or an explicit knex), ` +
+    'where it has no tenant. Run it first and pass its result, or build the outer query on the tenant\'s connection.';
   return error;
 }
 
@@ -463,10 +525,16 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
     }
 
     subqueryOf(parent: any): any {
-      const captured = this[CAPTURED];
-      if (captured !== undefined && parent != null) {
-        const error = subqueryMismatch(captured, this, parent);
+      if (parent != null) {
+        const error = subqueryError(this, parent);
         if (error !== undefined) throw error;
+        // Built outside any scope: the tenant of the statement it is compiled into, not the one
+        // current when it is (an outer query on B's explicit knex, inside A's scope). A copy takes
+        // that knex: the builder itself may be reused in other tenants' queries.
+        if (this[CAPTURED] === undefined && !(this as any).isPartial() && this.internalContext().knex == null && !pinned((this as any).modelClass())) {
+          const knex = parent.unsafeKnex();
+          if (knex !== null && knex !== (this as any).unsafeKnex()) return super.subqueryOf.call(this.clone().knex(knex), parent);
+        }
       }
       return super.subqueryOf(parent);
     }
@@ -679,6 +747,12 @@ function centralQueryBuilder(Base: any): any {
 
     childQueryOf(parent: any, options?: any): any {
       return childQueryWithOwnKnex(this, parent, options, (opts) => super.childQueryOf(parent, opts));
+    }
+
+    subqueryOf(parent: any): any {
+      const error = parent == null ? undefined : subqueryError(this, parent);
+      if (error !== undefined) throw error;
+      return super.subqueryOf(parent);
     }
   };
 }

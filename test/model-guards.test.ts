@@ -311,6 +311,66 @@ for (const backend of allStrategies('guard')) {
         }
       });
 
+      it('a central subquery of a tenant query fails closed (its table would be read in the tenant database); of a central one it works', async () => {
+        const central1 = () => Country.query().select('id').where('name', 'central-1');
+        await runWithTenant('g1', async () => {
+          const refused = (e: unknown) => e instanceof TypeError && /Country query \(a central model\) cannot be a subquery of a query that runs in tenant "g1"/.test(e.message);
+          await assert.rejects(async () => Citizen.query().whereIn('id', central1()), refused);
+          await assert.rejects(async () => Citizen.query().whereExists(Region.query().where('name', 'central-1')), TypeError);
+          await assert.rejects(async () => tenancy.transaction(() => Citizen.query().whereIn('id', central1())), TypeError);
+          await assert.rejects(async () => Citizen.query().where((b) => b.whereIn('id', central1())), TypeError);
+          await catalog.transaction(async (trx) => {
+            await assert.rejects(async () => Citizen.query().whereIn('id', Country.query(trx).select('id')), TypeError, 'on a central transaction too');
+          });
+          assert.deepEqual(names(await Country.query().whereIn('id', central1())), ['central-1'], 'central in central');
+        });
+      });
+
+      it('a tenant query built outside any scope cannot be a subquery of a central query: it has no tenant there', async () => {
+        const unscoped = Citizen.query().select('id').where('name', 'like', '%-ada');
+        await assert.rejects(
+          runWithTenant('g1', () => Country.query().whereIn('id', unscoped)),
+          (e: unknown) => e instanceof TenantMismatchError && /Citizen query \(a tenant model\) was used as a subquery of a query that runs on another connection/.test(e.message),
+        );
+        await assert.rejects(runWithTenant('g1', () => Region.query().whereIn('id', unscoped)), TenantMismatchError);
+        await assert.rejects(async () => Country.query().whereIn('id', unscoped), TenantContextMissingError, 'outside any scope');
+      });
+
+      it("a subquery on another tenant's connection (explicit knex, its transaction, a bound class) fails closed; on the same tenant's it works", async () => {
+        const knexOf = (t: string) => runWithTenant(t, () => tenancy.knex());
+        const [g1, g2] = [await knexOf('g1'), await knexOf('g2')];
+        const mismatch = (e: unknown) => e instanceof TenantMismatchError && /connection of tenant "g2".*runs in tenant "g1"/.test(e.message);
+        await runWithTenant('g1', async () => {
+          await assert.rejects(async () => Person.query().whereIn('id', Person.query(g2).select('id').where('name', 'g2-bob')), mismatch);
+          await assert.rejects(async () => Person.query().whereIn('id', Person.bindKnex(g2).query().select('id')), mismatch);
+          await g2.transaction(async (trx) => {
+            await assert.rejects(async () => Person.query().whereIn('id', Person.query(trx).select('id')), mismatch);
+          });
+          // The same tenant's own knex, and a transaction of it opened beside the scope's.
+          assert.deepEqual(names(await Person.query().whereIn('id', Person.query(g1).select('id').where('name', 'g1-bob'))), ['g1-bob']);
+          const provided = await g1.transactionProvider()();
+          try {
+            assert.deepEqual(names(await Person.query(provided).whereIn('id', Person.query().select('id').where('name', 'g1-bob'))), ['g1-bob']);
+          } finally {
+            await provided.commit();
+          }
+        });
+        // A subquery built outside any scope takes the tenant of the statement, not the current scope's.
+        const unscoped = Person.query().select('id').where('name', 'like', '%-bob');
+        const rows = await runWithTenant('g1', () => Person.query(g2).whereIn('id', unscoped));
+        assert.deepEqual(names(rows), ['g2-bob']);
+      });
+
+      // One server holds the central and tenant databases only on MariaDB (SQLite files cannot name each other).
+      if (backend.name.startsWith('mysql')) it('a central model whose tableName names its database may be a subquery of a tenant query (one server)', async () => {
+        const database = (backend.knexConfig('catalog').connection as { database: string }).database;
+        class NamedCountry extends centralModel(Model, () => catalog) {
+          static override tableName = `${database}.countries`;
+        }
+        const rows = await runWithTenant('g1', () => Citizen.query().whereIn('id', NamedCountry.query().select('id').where('name', 'central-2')));
+        assert.deepEqual(names(rows), ['g1-bob']);
+      });
+
       it('subqueries of the same tenant, or made outside any scope, still work', async () => {
         const { sub } = await runWithTenant('g1', () => ({ sub: Person.query().select('id').where('name', 'g1-bob') }));
         const unscoped = Person.query().select('id').where('name', 'like', '%-ada');
