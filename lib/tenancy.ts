@@ -2,6 +2,7 @@ import type { Knex } from 'knex';
 import {
   TenantContextMissingError,
   TenancyDestroyedError,
+  TenantError,
   TenantUnavailableError,
   UnknownTenantError,
 } from './errors';
@@ -189,19 +190,37 @@ export class Tenancy implements ScopeOwner {
     return createErrorHandler(options, { forget: (id) => this.forget(id), isGone: (scope) => this.#isGone(scope) });
   }
 
-  /** Closes the pool of one tenant once its in-flight work is done (after a move or a drop). */
+  /**
+   * Closes the pool of one tenant once its in-flight work is done (after a move or a drop). Inside
+   * that tenant's own scope it cannot wait for that scope: the pool closes once the scope ends, and
+   * the promise settles at once.
+   */
   evict(tenantId: string): Promise<void> {
-    return this.#connections.evict(tenantId);
+    return this.#evicting(tenantId);
   }
 
   /**
    * Forgets what is known of a tenant: its cached catalog answer and its pool (closed once its
-   * in-flight work is done). The next request asks `tenantExists` and `knexConfig` again: use it
-   * after creating, dropping or moving a tenant.
+   * in-flight work is done; inside its own scope, see `evict`). The next request asks `tenantExists`
+   * and `knexConfig` again: use it after creating, dropping or moving a tenant.
    */
   forget(tenantId: string): Promise<void> {
     this.#catalog?.forget(tenantId);
-    return this.#connections.evict(tenantId);
+    return this.#evicting(tenantId);
+  }
+
+  #evicting(tenantId: string): Promise<void> {
+    const closed = this.#connections.evict(tenantId);
+    if (!this.#inOwnScope(tenantId)) return closed;
+    // Awaited, it would wait for the caller's own lease, given back only once the caller is done.
+    closed.catch(() => undefined);
+    return Promise.resolve();
+  }
+
+  /** Whether the current scope is `tenantId`'s, of this tenancy. */
+  #inOwnScope(tenantId: string): boolean {
+    const scope = currentScope();
+    return scope !== undefined && scope.owner === this && scope.tenantId === tenantId;
   }
 
   /** Pool counters: `pools` open, `leases` in flight, `created`, `evictions`, `failures`. */
@@ -254,11 +273,24 @@ export class Tenancy implements ScopeOwner {
    * Drops a tenant: closes its pool (after its in-flight scopes), drops its database and calls
    * `unregisterTenant`. Needs `{ confirm: tenantId }`.
    * @throws {TenantDropNotConfirmedError} without the confirmation (nothing is touched).
+   * @throws {TenantError} `TENANT_DROP_IN_OWN_SCOPE` inside the tenant's own scope (nothing is touched).
    * @throws {TenantLifecycleError} when dropping the database or unregistering fails.
    * @example
    * await tenancy.dropTenant('acme', { confirm: 'acme' });
    */
   dropTenant(tenantId: string, options: DropTenantOptions): Promise<DropTenantResult> {
+    if (this.#inOwnScope(tenantId)) {
+      // It waits for the tenant's scopes, the caller's included, which waits for it (and the server's
+      // DROP DATABASE for the caller's open transaction, with an implicit transaction).
+      return Promise.reject(
+        new TenantError(
+          'TENANT_DROP_IN_OWN_SCOPE',
+          `dropTenant("${tenantId}") was called inside that tenant's own scope, where it would wait for itself. ` +
+            'Call it from code outside the scope: an admin route without tenancy.middleware(), a central job, or a script.',
+          { statusCode: 500, tenantId },
+        ),
+      );
+    }
     return dropTenant(this.#operationsHost(), tenantId, options);
   }
 

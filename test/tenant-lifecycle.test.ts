@@ -11,6 +11,7 @@ import {
   InvalidTenantIdError,
   TenantAlreadyExistsError,
   TenantDropNotConfirmedError,
+  TenantError,
   TenantLifecycleError,
   UnknownTenantError,
   type Tenancy,
@@ -211,6 +212,29 @@ for (const backend of allStrategies('ops')) {
       assert.equal(finished, true, "the second forget() returned while the tenant's scope was still in flight");
       await long;
       await tenancy.dropTenant('fw', { confirm: 'fw' });
+    });
+
+    it("inside the tenant's own scope, dropTenant() refuses at once, touching nothing, and forget()/evict() do not wait for the caller", async () => {
+      const tenancy = make();
+      await tenancy.createTenant('fw', { seed: false });
+      const within = <T>(promise: Promise<T>) =>
+        Promise.race([promise, new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), 3000).unref())]);
+      const outcome = await tenancy.runWithTenant('fw', async () => {
+        const drop = await within(tenancy.dropTenant('fw', { confirm: 'fw' }).then(() => 'dropped', (error: unknown) => error));
+        const forgot = await within(tenancy.forget('fw').then(() => 'forgot'));
+        const evicted = await within(tenancy.evict('fw').then(() => 'evicted'));
+        // The scope keeps its connection until it ends.
+        return { drop, forgot, evicted, people: await tenancy.knex()('people').count({ n: '*' }) };
+      });
+      assert.ok(outcome.drop instanceof TenantError && outcome.drop.code === 'TENANT_DROP_IN_OWN_SCOPE', String(outcome.drop));
+      assert.deepEqual([outcome.forgot, outcome.evicted], ['forgot', 'evicted']);
+      assert.equal(outcome.people.length, 1);
+      assert.ok(await backend.databaseExists('fw'), 'nothing was dropped');
+      assert.ok(catalog.has('fw'));
+      await tenancy.evict('fw');
+      assert.equal(cached(tenancy), 0, 'the pool closed once the scope ended');
+      await tenancy.dropTenant('fw', { confirm: 'fw' });
+      assert.equal(await backend.databaseExists('fw'), false);
     });
 
     it('uses the app hooks for the database when given', async () => {
