@@ -6,10 +6,8 @@
  * their ids. Every check of where a job ran looks at the rows it wrote.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import path from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
-import knexFactory, { type Knex } from 'knex';
+import type { Knex } from 'knex';
 import { Queue, type Job, type JobNode, type Worker } from 'bullmq';
 import {
   createTenancy,
@@ -24,8 +22,8 @@ import {
   type Tenancy,
   type TenantJobData,
 } from '../lib/index';
-import { backends } from './helpers/databases';
-import { createSchema, Person, seed } from './helpers/fixtures';
+import { backends, createSeededTenant } from './helpers/databases';
+import { Person } from './helpers/fixtures';
 import { randomPause } from './helpers/http';
 import { redisConnection, skipRedis, uniqueQueueName } from './helpers/redis';
 
@@ -79,25 +77,6 @@ function settled(workers: Worker[]) {
   };
 }
 
-describe('createTenantFlowProducer with bullmq missing', () => {
-  it('does not load bullmq with the package, and throws BULLMQ_MISSING', () => {
-    const script = `
-      const Module = require('node:module');
-      const resolve = Module._resolveFilename;
-      Module._resolveFilename = function (request, ...rest) {
-        if (request === 'bullmq' || request.startsWith('bullmq/')) throw Object.assign(new Error('Cannot find module bullmq'), { code: 'MODULE_NOT_FOUND' });
-        return resolve.call(this, request, ...rest);
-      };
-      const lib = require(process.argv[1]);
-      const out = { loaded: Object.keys(require.cache).some((k) => k.includes('node_modules/bullmq')) };
-      try { lib.createTenantFlowProducer({ connection: {} }); } catch (e) { out.error = [e.name, e.code, /createTenantFlowProducer/.test(e.message)]; }
-      console.log(JSON.stringify(out));`;
-    const result = spawnSync(process.execPath, ['--import', 'tsx', '-e', script, path.resolve(__dirname, '../lib/index.ts')], { encoding: 'utf8' });
-    assert.equal(result.status, 0, result.stderr);
-    assert.deepEqual(JSON.parse(result.stdout), { loaded: false, error: ['TenantError', 'BULLMQ_MISSING', true] });
-  });
-});
-
 for (const backend of backends('flow')) {
   describe(`flows on ${backend.name}`, { skip: backend.skip }, () => {
     let tenancy: Tenancy;
@@ -110,10 +89,7 @@ for (const backend of backends('flow')) {
 
     before(async () => {
       for (const t of TENANTS) {
-        await backend.createDatabase(t);
-        const knex = knexFactory(backend.knexConfig(t));
-        await createSchema(knex, t);
-        await seed(knex, t);
+        const knex = await createSeededTenant(backend, t);
         direct.set(t, knex);
       }
       tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });

@@ -25,8 +25,8 @@ import {
   type Tenancy,
   validateTenantId,
 } from '../lib/index';
-import { sqliteBackend } from './helpers/databases';
-import { createSchema, Person, seed } from './helpers/fixtures';
+import { createSeededTenant, sqliteBackend } from './helpers/databases';
+import { Person } from './helpers/fixtures';
 import { load, listen } from './helpers/http';
 import { hostileIds } from './helpers/hostile-ids';
 
@@ -95,10 +95,7 @@ for (const [version, express] of [['4', express4], ['5', express5]] as const) {
 
     before(async () => {
       for (const t of ['acme', 'globex']) {
-        await backend.createDatabase(t);
-        const knex = knexFactory(backend.knexConfig(t));
-        await createSchema(knex, t);
-        await seed(knex, t);
+        const knex = await createSeededTenant(backend, t);
         await knex.destroy();
       }
       tenancy = createTenancy({

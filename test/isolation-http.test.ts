@@ -6,11 +6,11 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import knexFactory, { type Knex } from 'knex';
+import type { Knex } from 'knex';
 import { createTenancy, type Tenancy } from '../lib/index';
 import { BrokenPerson, brokenMiddleware, registerBrokenKnex } from './helpers/broken-tenancy';
-import { allStrategies } from './helpers/databases';
-import { createSchema, Person, seed } from './helpers/fixtures';
+import { allStrategies, createSeededTenant } from './helpers/databases';
+import { Person } from './helpers/fixtures';
 import { jsonErrors, listen } from './helpers/http';
 import { isolationApp, runIsolationLoad } from './helpers/isolation';
 
@@ -25,10 +25,7 @@ for (const backend of allStrategies('iso', { inlineSwitch: true })) {
 
     before(async () => {
       for (const t of TENANTS) {
-        await backend.createDatabase(t);
-        const knex = knexFactory(backend.knexConfig(t));
-        await createSchema(knex, t);
-        await seed(knex, t);
+        const knex = await createSeededTenant(backend, t);
         direct.set(t, knex);
         registerBrokenKnex(t, knex);
       }

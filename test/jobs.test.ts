@@ -12,7 +12,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, afterEach, before, describe, it } from 'node:test';
 import express from 'express';
-import knexFactory, { type Knex } from 'knex';
+import type { Knex } from 'knex';
 import { Queue, type Job, type Worker } from 'bullmq';
 import {
   createTenancy,
@@ -32,8 +32,8 @@ import {
   type TenantWorkerOptions,
 } from '../lib/index';
 import { BrokenPerson, brokenMiddleware, registerBrokenKnex } from './helpers/broken-tenancy';
-import { backends } from './helpers/databases';
-import { createSchema, Person, seed } from './helpers/fixtures';
+import { backends, createSeededTenant } from './helpers/databases';
+import { Person } from './helpers/fixtures';
 import { jsonErrors, listen, load, randomPause } from './helpers/http';
 import { redisConnection, skipRedis, uniqueQueueName } from './helpers/redis';
 
@@ -83,7 +83,7 @@ function outcomes(worker: Worker<Data>): { wait(ids: (string | undefined)[], tim
 }
 
 describe('bullmq is an optional peer', () => {
-  it('is not loaded with the package; without it, createTenantQueue/createTenantWorker throw BULLMQ_MISSING', () => {
+  it('is not loaded with the package; without it, createTenantQueue/createTenantWorker/createTenantFlowProducer throw BULLMQ_MISSING', () => {
     // A child process in which resolving bullmq fails, as in an app that did not install it.
     const script = `
       const Module = require('node:module');
@@ -94,7 +94,7 @@ describe('bullmq is an optional peer', () => {
       };
       const lib = require(process.argv[1]);
       const out = { loaded: Object.keys(require.cache).some((k) => k.includes('node_modules/bullmq')), stamped: lib.withTenant({ tenantId: 'a' }) };
-      for (const make of [() => lib.createTenantQueue('q', { connection: {} }), () => lib.createTenantWorker('q', async () => 1, { connection: {} })]) {
+      for (const make of [() => lib.createTenantQueue('q', { connection: {} }), () => lib.createTenantWorker('q', async () => 1, { connection: {} }), () => lib.createTenantFlowProducer({ connection: {} })]) {
         try { make(); } catch (e) { out[e.message.split('(')[0]] = [e.name, e.code]; }
       }
       console.log(JSON.stringify(out));`;
@@ -105,6 +105,7 @@ describe('bullmq is an optional peer', () => {
       stamped: { tenantId: 'a' },
       createTenantQueue: ['TenantError', 'BULLMQ_MISSING'],
       createTenantWorker: ['TenantError', 'BULLMQ_MISSING'],
+      createTenantFlowProducer: ['TenantError', 'BULLMQ_MISSING'],
     });
   });
 });
@@ -119,10 +120,7 @@ for (const backend of backends('jobs')) {
 
     before(async () => {
       for (const t of TENANTS) {
-        await backend.createDatabase(t);
-        const knex = knexFactory(backend.knexConfig(t));
-        await createSchema(knex, t);
-        await seed(knex, t);
+        const knex = await createSeededTenant(backend, t);
         direct.set(t, knex);
         registerBrokenKnex(t, knex);
       }

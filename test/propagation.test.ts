@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { after, before, describe, it } from 'node:test';
-import knexFactory, { type Knex } from 'knex';
+import type { Knex } from 'knex';
 import {
   bindTenant,
   createTenancy,
@@ -20,8 +20,8 @@ import {
   tryCurrentTenantId,
   type Tenancy,
 } from '../lib/index';
-import { backends } from './helpers/databases';
-import { createSchema, Person, Pet, seed } from './helpers/fixtures';
+import { backends, createSeededTenant } from './helpers/databases';
+import { Person, Pet } from './helpers/fixtures';
 import { randomPause } from './helpers/http';
 
 const TENANTS = ['pa', 'pb', 'pc'] as const;
@@ -64,10 +64,7 @@ for (const backend of backends('prop')) {
 
     before(async () => {
       for (const t of [...TENANTS, NESTED]) {
-        await backend.createDatabase(t);
-        const knex = knexFactory(backend.knexConfig(t));
-        await createSchema(knex, t);
-        await seed(knex, t);
+        const knex = await createSeededTenant(backend, t);
         direct.set(t, knex);
       }
       tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });

@@ -10,7 +10,7 @@ import express from 'express';
 import knexFactory, { type Knex } from 'knex';
 import { Model } from 'objection';
 import { centralModel, createTenancy, runWithTenant, setDefaultTenancy, TenantModel, type Tenancy } from '../lib/index';
-import { mysqlBackend, mysqlConnection, skipMysql, sqliteBackend } from './helpers/databases';
+import { createSeededTenant, mysqlBackend, mysqlConnection, skipMysql, sqliteBackend } from './helpers/databases';
 import { createSchema, Person, seed } from './helpers/fixtures';
 import { listen } from './helpers/http';
 
@@ -107,10 +107,7 @@ for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP er
     process.on('unhandledRejection', onUnhandled);
     cutProxy = await proxy(Number(new URL(`http://${mysqlConnection().host}:${mysqlConnection().port}`).port));
     for (const t of ['e1', 'e2', 'eflaky']) {
-      await backend.createDatabase(t);
-      const knex = knexFactory(backend.knexConfig(t));
-      await createSchema(knex, t);
-      await seed(knex, t);
+      const knex = await createSeededTenant(backend, t);
       await knex.destroy();
     }
     const { database: _database, ...serverConnection } = mysqlConnection();

@@ -9,6 +9,7 @@ import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import type { ConnectionOptions } from '../../lib/connections';
 
+import { createSchema, seed } from './fixtures';
 import { MYSQL_URL, mysqlConnection } from './mysql-url';
 
 export { MYSQL_URL, mysqlConnection };
@@ -166,4 +167,17 @@ export function tablesIn(backend: Backend, id: string, candidates: readonly stri
     for (const table of candidates) if (await knex.schema.hasTable(table)) found.push(table);
     return found;
   });
+}
+
+/**
+ * Creates tenant `id`'s database with the fixtures' schema and rows (persons, pets and movies that
+ * name their tenant), and returns a knex of its own on it, for checks beside the tenancy (the caller
+ * destroys it).
+ */
+export async function createSeededTenant(backend: Backend, id: string): Promise<Knex> {
+  await backend.createDatabase(id);
+  const knex = knexFactory(backend.knexConfig(id));
+  await createSchema(knex, id);
+  await seed(knex, id);
+  return knex;
 }
