@@ -8,6 +8,7 @@ import { runInScopeSync } from './scope';
 import { withConnectionSettings } from './connection-settings';
 import { qualifiedDatabase } from './qualify-tables';
 import { warnOutsideTransaction } from './transaction';
+import { checkTenantFile, FILE_RECHECK_MS, fileReplaced, watchTenantFile } from './sqlite-files';
 
 /** How tenant connections are made, shared by both strategies' options. */
 export interface ConnectionOptions {
@@ -148,20 +149,27 @@ export function createConnections(options: ConnectionOptions): { connections: Te
   cache = new PoolCache({
     maxPools: options.maxPools ?? CONNECTION_DEFAULTS.maxPools,
     idleTimeoutMs,
+    outdated: fileReplaced,
+    recheckMs: FILE_RECHECK_MS,
     onIdle: budget === undefined ? undefined : () => {
       if (budget.stats().waiting > 0) cache!.reclaimIdle();
     },
     open: async (tenantId) => {
       let knex: Knex;
+      let config: Knex.Config;
       const made: { knex?: Knex } = {};
       try {
-        knex = createKnex(closesFailedSetUps(withPoolDefaults(await knexConfig(tenantId), acquireTimeoutMs, budget !== undefined), made));
+        config = await knexConfig(tenantId);
+        checkTenantFile(config, tenantId);
+        knex = createKnex(closesFailedSetUps(withPoolDefaults(config, acquireTimeoutMs, budget !== undefined), made));
         made.knex = knex;
       } catch (error) {
         throw error instanceof TenantError ? error : new TenantUnavailableError(tenantId, { cause: error, reason: 'its knex config could not be built' });
       }
       budget?.attach(knex, tenantId);
       openOutsideScopes(knex);
+      // Outermost: a missing file is refused before the budget's unit is taken.
+      watchTenantFile(knex, config, tenantId, () => cache!.retire(tenantId, knex));
       failTypedOnceClosed(knex, tenantId);
       if (verify !== undefined) {
         try {

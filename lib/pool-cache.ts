@@ -61,6 +61,13 @@ export interface PoolCacheOptions {
   idleTimeoutMs: number;
   /** Called when a pool's last lease is given back (the connection budget may reclaim it). */
   onIdle?(): void;
+  /**
+   * Whether a cached pool no longer reaches its tenant's database (an SQLite file replaced or
+   * removed): then it is evicted and the tenant opened afresh. `undefined`: never asked again.
+   */
+  outdated?(knex: Knex): boolean | undefined;
+  /** A cached pool is asked `outdated` on a lease at most this often. */
+  recheckMs?: number;
 }
 
 interface Entry {
@@ -72,7 +79,11 @@ interface Entry {
   knex: Knex | undefined;
   leases: number;
   lastUsed: number;
+  /** When `outdated` is next asked (Infinity: never). */
+  checkAt: number;
   evicted: boolean;
+  /** Evicted by `evict()` (a move, a drop), not by the cache: a lease awaiting its opening opens afresh. */
+  forgotten: boolean;
   closing: boolean;
 }
 
@@ -101,36 +112,61 @@ export class PoolCache implements TenantConnections {
   }
 
   async lease(tenantId: string): Promise<TenantLease> {
-    if (this.#destroyed) throw new TenancyDestroyedError();
-    let entry = this.#entries.get(tenantId);
-    if (entry !== undefined && closedElsewhere(entry)) {
-      void this.#evict(entry);
-      entry = undefined;
-    }
-    if (entry === undefined) {
-      entry = this.#create(tenantId);
-    } else {
-      this.#touch(entry);
-    }
-    entry.leases++;
-    entry.lastUsed = Date.now();
-    let knex: Knex;
-    try {
-      knex = entry.knex ?? (await entry.ready);
-    } catch (error) {
+    for (;;) {
+      if (this.#destroyed) throw new TenancyDestroyedError();
+      let entry = this.#entries.get(tenantId);
+      const now = Date.now();
+      if (entry !== undefined && (closedElsewhere(entry) || this.#outdated(entry, now))) {
+        void this.#evict(entry);
+        entry = undefined;
+      }
+      if (entry === undefined) {
+        entry = this.#create(tenantId);
+      } else {
+        this.#touch(entry);
+      }
+      entry.leases++;
+      entry.lastUsed = now;
+      let knex: Knex;
+      try {
+        knex = entry.knex ?? (await entry.ready);
+      } catch (error) {
+        this.#release(entry);
+        throw error;
+      }
+      // Evicted by evict()/forget() while it opened (a move, a drop): its knexConfig may name the
+      // old location, so the tenant is opened afresh, as the shared strategy locates it again.
+      if (!entry.forgotten) return this.#leaseOf(entry, knex);
       this.#release(entry);
-      throw error;
     }
-    return this.#leaseOf(entry, knex);
   }
 
   tryLease(tenantId: string): TenantLease | undefined {
     const entry = this.#entries.get(tenantId);
     if (entry === undefined || entry.knex === undefined || this.#destroyed || closedElsewhere(entry)) return undefined;
+    const now = Date.now();
+    // One comparison per lease; the check itself runs at most every recheckMs, for pools that need it.
+    if (now >= entry.checkAt && this.#outdated(entry, now)) {
+      void this.#evict(entry);
+      return undefined;
+    }
     this.#touch(entry);
     entry.leases++;
-    entry.lastUsed = Date.now();
+    entry.lastUsed = now;
     return this.#leaseOf(entry, entry.knex);
+  }
+
+  /** Whether a cached pool must be opened afresh (see `outdated`); asked at most every `recheckMs`. */
+  #outdated(entry: Entry, now: number): boolean {
+    if (entry.knex === undefined || now < entry.checkAt) return false;
+    entry.checkAt = now + (this.#options.recheckMs ?? 0);
+    return this.#options.outdated?.(entry.knex) === true;
+  }
+
+  /** Evicts `knex`'s pool when it is still the tenant's cached one (it no longer reaches its database). */
+  retire(tenantId: string, knex: Knex): void {
+    const entry = this.#entries.get(tenantId);
+    if (entry !== undefined && entry.knex === knex) void this.#evict(entry);
   }
 
   #touch(entry: Entry): void {
@@ -160,7 +196,10 @@ export class PoolCache implements TenantConnections {
     const closing: Promise<void>[] = [];
     for (const entry of this.#draining) if (entry.id === tenantId) closing.push(entry.closed);
     const entry = this.#entries.get(tenantId);
-    if (entry !== undefined) closing.push(this.#evict(entry));
+    if (entry !== undefined) {
+      entry.forgotten = true;
+      closing.push(this.#evict(entry));
+    }
     return closing.length === 0 ? Promise.resolve() : Promise.all(closing).then(() => undefined);
   }
 
@@ -210,7 +249,9 @@ export class PoolCache implements TenantConnections {
       knex: undefined,
       leases: 0,
       lastUsed: Date.now(),
+      checkAt: Infinity,
       evicted: false,
+      forgotten: false,
       closing: false,
       closed,
       markClosed,
@@ -218,6 +259,7 @@ export class PoolCache implements TenantConnections {
         (knex) => {
           this.#counters.created++;
           entry.knex = knex;
+          if (this.#options.outdated?.(knex) !== undefined) entry.checkAt = Date.now() + (this.#options.recheckMs ?? 0);
           // Only an opened pool makes room: an opening that fails (an unknown tenant) evicts nothing.
           if (this.#entries.get(tenantId) === entry) this.#enforceCap(entry);
           return knex;

@@ -99,6 +99,8 @@ export class SharedConnections implements TenantConnections {
   readonly #opening = new Map<string, Opening>();
   /** Evicted handles with scopes still in flight, by tenant: settles when their last lease is back. */
   readonly #draining = new Map<string, Promise<void>>();
+  /** Evicted handles with scopes still in flight (their leases count in stats). */
+  readonly #busyEvicted = new Set<Handle>();
   #destroyed = false;
   readonly #counters = { created: 0, evictions: 0, failures: 0 };
 
@@ -158,8 +160,12 @@ export class SharedConnections implements TenantConnections {
       closeHandle(handle);
       return earlier ?? Promise.resolve();
     }
+    this.#busyEvicted.add(handle);
     const drained = new Promise<void>((resolve) => {
-      handle.drained = resolve;
+      handle.drained = () => {
+        this.#busyEvicted.delete(handle);
+        resolve();
+      };
     });
     const all = earlier === undefined ? drained : Promise.all([earlier, drained]).then(() => undefined);
     this.#draining.set(tenantId, all);
@@ -172,6 +178,7 @@ export class SharedConnections implements TenantConnections {
   stats(): SharedStats {
     let leases = 0;
     for (const handle of this.#handles.values()) leases += handle.leases;
+    for (const handle of this.#busyEvicted) leases += handle.leases;
     const servers: Record<string, AffinityPoolStats> = {};
     for (const [key, server] of this.#servers) servers[key] = server.pool.stats();
     return { pools: this.#servers.size, draining: this.#draining.size, leases, tenants: this.#handles.size, ...this.#counters, servers };

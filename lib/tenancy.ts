@@ -116,6 +116,7 @@ export class Tenancy implements ScopeOwner {
       } catch (error) {
         throw new TenantUnavailableError(id, { cause: error, reason: 'the tenant catalog lookup failed' });
       }
+      if (!known) this.#unknownNow(id);
     }
     if (!known) throw new UnknownTenantError(id);
     let lease: TenantLease;
@@ -127,6 +128,16 @@ export class Tenancy implements ScopeOwner {
       throw error;
     }
     return this.#entered(id, lease);
+  }
+
+  /**
+   * The catalog now says no for a tenant it said yes to (dropped, by this process or another): a
+   * pool still cached for it is closed once its scopes are done, rather than serving the old
+   * database again when a later answer says yes (an SQLite file dropped and created again).
+   * Requests call it on a fresh answer only: no pool is opened while a "no" is cached.
+   */
+  #unknownNow(id: string): void {
+    void this.#connections.evict(id).catch(() => undefined);
   }
 
   #entered(id: string, lease: TenantLease): EnteredScope {
@@ -325,7 +336,10 @@ export class Tenancy implements ScopeOwner {
       } catch (error) {
         throw new TenantUnavailableError(id, { cause: error, reason: 'the tenant catalog lookup failed' });
       }
-      if (!known) throw new UnknownTenantError(id);
+      if (!known) {
+        this.#unknownNow(id);
+        throw new UnknownTenantError(id);
+      }
     }
     // Every pool that ever served a scope has its knex in #scopes: a knex not there was opened just now.
     const probe = await this.#connections.lease(id);

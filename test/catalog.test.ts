@@ -144,6 +144,25 @@ describe('catalog cache', () => {
     assert.equal(calls(), 2);
   });
 
+  it("a catalog that says no for a tenant with a cached pool closes that pool: a later yes opens the tenant afresh", async () => {
+    // Another process dropped the tenant (and may create it again): this one's pool still holds the old database.
+    await backend.createDatabase('dropped-elsewhere');
+    let exists = true;
+    const tenancy = createTenancy({ knexConfig: backend.knexConfig, tenantExists: () => exists, catalogTtlMs: 20, negativeCacheTtlMs: 20 });
+    tenancies.push(tenancy);
+    const first = await tenancy.runWithTenant('dropped-elsewhere', () => tenancy.knex());
+    exists = false;
+    await new Promise((r) => setTimeout(r, 40));
+    await unknown(tenancy, 'dropped-elsewhere');
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(tenancy.stats().pools, 0, 'the pool of a tenant the catalog says is gone stayed open');
+    exists = true;
+    await new Promise((r) => setTimeout(r, 40));
+    const second = await tenancy.runWithTenant('dropped-elsewhere', () => tenancy.knex());
+    assert.notEqual(second, first, 'the old pool was served again');
+    await backend.dropDatabase('dropped-elsewhere');
+  });
+
   it('a failing catalog answers TenantUnavailableError (503) and is not cached', async () => {
     let down = true;
     const tenancy = createTenancy({

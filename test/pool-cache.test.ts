@@ -3,6 +3,7 @@
  * eviction, draining before destroy, unknown tenants never pooled. Runs on SQLite files and MariaDB.
  */
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import type { Knex } from 'knex';
@@ -18,7 +19,8 @@ import {
   type Tenancy,
   type TenancyOptions,
 } from '../lib/index';
-import { backends, mysqlConnection, skipMysql } from './helpers/databases';
+import { FILE_RECHECK_MS } from '../lib/sqlite-files';
+import { backends, mysqlConnection, skipMysql, sqliteBackend, withDirectKnex } from './helpers/databases';
 
 const TENANTS = ['p1', 'p2', 'p3', 'p4'];
 
@@ -260,6 +262,49 @@ for (const backend of backends('pool')) {
       assert.equal(tenancy.stats().pools, 1);
     });
 
+    it('a tenant moved while its knexConfig() call is in flight: after forget(), the request that awaited that opening opens the tenant afresh, and the old pool is closed', async () => {
+      // Tenant "mv" lives on p1's database, then moves to p2's; the first knexConfig() read p1, then waits.
+      let where = 'p1';
+      let calls = 0;
+      let read!: () => void;
+      const firstRead = new Promise<void>((resolve) => (read = resolve));
+      let letGo!: () => void;
+      const held = new Promise<void>((resolve) => (letGo = resolve));
+      const tenancy = make({
+        tenantExists: () => true,
+        knexConfig: async (id) => {
+          if (id !== 'mv') return backend.knexConfig(id);
+          const config = backend.knexConfig(where);
+          if (++calls === 1) {
+            read();
+            await held;
+          }
+          return config;
+        },
+      });
+      const marked = (id: string) => tenancy.runWithTenant(id, async () => {
+        await tenancy.knex().schema.createTableIfNotExists('moves', (t) => t.string('tag'));
+      });
+      await marked('p1');
+      await marked('p2');
+      const early = tenancy.runWithTenant('mv', async () => {
+        await tenancy.knex()('moves').insert({ tag: 'early' });
+        return tenancy.knex();
+      });
+      await firstRead;
+      where = 'p2';
+      const forgotten = tenancy.forget('mv');
+      letGo();
+      const knex = await early;
+      await forgotten;
+      const tags = (id: string) => tenancy.runWithTenant(id, () => tenancy.knex()('moves').pluck('tag'));
+      assert.deepEqual(await tags('p1'), [], 'the request that awaited the opening begun before forget() wrote to the old location');
+      assert.deepEqual(await tags('p2'), ['early']);
+      assert.equal(calls, 2, 'knexConfig() was asked again');
+      assert.equal(tenancy.stats().draining, 0, 'the pool opened on the old location was closed');
+      assert.equal(await tenancy.runWithTenant('mv', () => tenancy.knex()), knex, 'the new pool is the one cached');
+    });
+
     it('rejects invalid options with a TypeError naming the option', () => {
       assert.throws(() => createTenancy({ knexConfig: backend.knexConfig, maxPools: 0 }), /options\.maxPools/);
       assert.throws(() => createTenancy({} as TenancyOptions), /options\.knexConfig/);
@@ -312,5 +357,101 @@ describe('pool cache against a bad MariaDB database', { skip: skipMysql }, () =>
     } finally {
       await tenancy.destroy();
     }
+  });
+});
+
+describe('pool cache on SQLite files removed or replaced by another process', () => {
+  const backend = sqliteBackend('poolfile');
+  const tenancies: Tenancy[] = [];
+  const make = (extra: Partial<TenancyOptions> = {}): Tenancy => {
+    const tenancy = createTenancy({ knexConfig: backend.knexConfig, ...extra });
+    tenancies.push(tenancy);
+    return tenancy;
+  };
+  const file = (id: string) => (backend.knexConfig(id).connection as { filename: string }).filename;
+  /** What another process's dropTenant then createTenant leave: a new file at the same path. */
+  const incarnation = async (id: string, name: string) => {
+    await backend.dropDatabase(id);
+    await backend.createDatabase(id);
+    await withDirectKnex(backend, id, async (knex) => {
+      await knex.schema.createTable('names', (t) => t.string('name'));
+      await knex('names').insert({ name });
+    });
+  };
+  const names = (tenancy: Tenancy, id: string) => tenancy.runWithTenant(id, () => tenancy.knex()('names').pluck('name'));
+  after(async () => {
+    for (const tenancy of tenancies) await tenancy.destroy();
+    await backend.close();
+  });
+
+  it('a write on a pool whose file was replaced fails with a 503 and closes that pool: the next request reads the new file', async () => {
+    await incarnation('f1', 'old');
+    const tenancy = make();
+    assert.deepEqual(await names(tenancy, 'f1'), ['old']);
+    await incarnation('f1', 'new');
+    const error = await tenancy.runWithTenant('f1', () => tenancy.knex()('names').insert({ name: 'lost' })).catch((e: unknown) => e);
+    assert.ok(error instanceof TenantUnavailableError, String(error));
+    assert.equal(error.statusCode, 503);
+    assert.deepEqual(await names(tenancy, 'f1'), ['new'], 'the stale pool was served again');
+    // In a transaction (knex builds its client from the driver's prototype) as well.
+    await incarnation('f1', 'newer');
+    const inTransaction = await tenancy.runWithTenant('f1', () => tenancy.transaction((trx) => trx('names').insert({ name: 'lost' }))).catch((e: unknown) => e);
+    assert.ok(inTransaction instanceof TenantUnavailableError, String(inTransaction));
+    assert.deepEqual(await names(tenancy, 'f1'), ['newer'], 'the stale pool was served again after a transaction');
+    await tenancy.runWithTenant('f1', () => tenancy.knex()('names').insert({ name: 'kept' }));
+    assert.deepEqual(await withDirectKnex(backend, 'f1', (knex) => knex('names').pluck('name')), ['newer', 'kept']);
+  });
+
+  it('a pool whose file was replaced is not served past FILE_RECHECK_MS, even under steady reads', async () => {
+    await incarnation('f2', 'old');
+    const tenancy = make();
+    assert.deepEqual(await names(tenancy, 'f2'), ['old']);
+    await incarnation('f2', 'new');
+    const started = Date.now();
+    let seen: string[] = [];
+    while (Date.now() - started < FILE_RECHECK_MS + 300) {
+      seen = await names(tenancy, 'f2');
+      await sleep(20);
+    }
+    assert.deepEqual(seen, ['new'], 'the deleted incarnation was still served');
+    assert.equal(tenancy.stats().pools, 1);
+  });
+
+  it('a pool whose file was removed answers UnknownTenantError past FILE_RECHECK_MS, and creates no file', async () => {
+    await incarnation('f3', 'old');
+    const tenancy = make();
+    assert.deepEqual(await names(tenancy, 'f3'), ['old']);
+    await backend.dropDatabase('f3');
+    await sleep(FILE_RECHECK_MS + 50);
+    await assert.rejects(names(tenancy, 'f3'), UnknownTenantError);
+    assert.equal(fs.existsSync(file('f3')), false, 'opening the tenant created its file again');
+    await sleep(50); // the stale pool closes
+    assert.equal(tenancy.stats().pools, 0);
+  });
+
+  it('a tenant whose file is missing is unknown: no pool, no file, even when the catalog says yes', async () => {
+    const tenancy = make({ tenantExists: () => true });
+    await assert.rejects(tenancy.runWithTenant('ghost', () => 1), UnknownTenantError);
+    assert.equal(fs.existsSync(file('ghost')), false, 'opening the tenant created an empty file');
+    assert.equal(tenancy.stats().pools, 0);
+    // A cached pool whose connection was closed while idle does not create the file either.
+    await incarnation('f4', 'old');
+    const reaped = make({ knexConfig: (id) => ({ ...backend.knexConfig(id), pool: { idleTimeoutMillis: 20, reapIntervalMillis: 10 } }) });
+    assert.deepEqual(await names(reaped, 'f4'), ['old']);
+    await sleep(150);
+    await backend.dropDatabase('f4');
+    await assert.rejects(names(reaped, 'f4'), UnknownTenantError);
+    assert.equal(fs.existsSync(file('f4')), false, 'a new connection of the cached pool created the file again');
+  });
+
+  it('connection.options.fileMustExist: false lets opening create the file', async () => {
+    const tenancy = make({
+      knexConfig: (id) => {
+        const config = backend.knexConfig(id);
+        return { ...config, connection: { ...(config.connection as object), options: { fileMustExist: false } } } as Knex.Config;
+      },
+    });
+    assert.equal(await tenancy.runWithTenant('made', () => 'served'), 'served');
+    assert.equal(fs.existsSync(file('made')), true);
   });
 });

@@ -282,6 +282,26 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     }
   });
 
+  it('shared strategy: stats() counts the leases of scopes still running on a forgotten handle, as pool-per-tenant does', async () => {
+    const tenancy = createTenancy(sharedOptions(2));
+    try {
+      let letGo!: () => void;
+      const held = new Promise<void>((resolve) => (letGo = resolve));
+      const scopes = [1, 2, 3].map(() => tenancy.runWithTenant('sa2', () => held));
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(tenancy.stats().leases, 3);
+      const forgotten = tenancy.forget('sa2');
+      const stats = tenancy.stats();
+      assert.deepEqual([stats.leases, stats.draining], [3, 1], 'the draining scopes were not counted');
+      letGo();
+      await Promise.all(scopes);
+      await forgotten;
+      assert.deepEqual([tenancy.stats().leases, tenancy.stats().draining], [0, 0]);
+    } finally {
+      await tenancy.destroy();
+    }
+  });
+
   it('fairness: a tenant holding its cap of connections does not starve the others', async () => {
     const tenancy = createTenancy(sharedOptions(4, { maxConnectionsPerTenant: 2 }));
     try {

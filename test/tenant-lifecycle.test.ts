@@ -17,7 +17,7 @@ import {
   type Tenancy,
   type TenancyOptions,
 } from '../lib/index';
-import { allStrategies, mysqlConnection, skipMysql } from './helpers/databases';
+import { allStrategies, mysqlConnection, skipMysql, sqliteBackend } from './helpers/databases';
 import { MIGRATION_NAMES, writeMigrations } from './helpers/migrations';
 
 for (const backend of allStrategies('ops')) {
@@ -301,4 +301,40 @@ describe('createTenant, migrate and dropTenant on a shared server configured by 
       }
     });
   }
+});
+
+describe('createTenant and dropTenant on SQLite files shared by two app processes', () => {
+  const backend = sqliteBackend('ops2');
+  const files = writeMigrations();
+  const catalog = new Set<string>();
+  const make = (): Tenancy =>
+    createTenancy({
+      knexConfig: backend.knexConfig,
+      tenantExists: (id) => catalog.has(id),
+      registerTenant: (id) => void catalog.add(id),
+      unregisterTenant: (id) => void catalog.delete(id),
+      migrations: { directory: files.migrations },
+      seeds: { directory: files.seeds },
+    });
+  const a = make();
+  const b = make();
+  after(async () => {
+    await a.destroy();
+    await b.destroy();
+    await backend.close();
+    files.cleanup();
+  });
+
+  it("a request on the other process between the drop and its catalog's next answer gets a 404 and creates no file: the id can be created again", async () => {
+    await a.createTenant('twice');
+    assert.deepEqual(await b.runWithTenant('twice', () => b.knex()('people').pluck('name')), ['seeded']);
+    await b.evict('twice'); // as maxPools or idleTimeoutMs would; b's catalog answer stays cached
+    await a.dropTenant('twice', { confirm: 'twice' });
+    await assert.rejects(b.runWithTenant('twice', () => b.knex()('people').pluck('name')), UnknownTenantError);
+    assert.equal(await backend.databaseExists('twice'), false, "b's request created an empty file");
+    assert.equal(b.stats().pools, 0);
+    await a.createTenant('twice');
+    await b.forget('twice');
+    assert.deepEqual(await b.runWithTenant('twice', () => b.knex()('people').pluck('name')), ['seeded']);
+  });
 });

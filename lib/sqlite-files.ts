@@ -1,0 +1,136 @@
+/**
+ * Tenant SQLite files served by a pool per tenant. Opening a missing file makes the driver create an
+ * empty one: a request for a tenant dropped by another process would leave a database with no
+ * tables that keeps `createTenant` from creating the id again. And a pool's connection keeps reading
+ * a file unlinked under it (another process dropped the tenant, or dropped and created it again),
+ * while its writes fail with `SQLITE_READONLY_DBMOVED`. So a serving pool opens only an existing
+ * file, remembers which file it opened (device and inode), and is retired once the file at its path
+ * is another one or gone.
+ */
+import fs from 'node:fs';
+import type { Knex } from 'knex';
+import { TenantUnavailableError, UnknownTenantError } from './errors';
+
+const SQLITE_CLIENTS = new Set(['better-sqlite3', 'sqlite3', 'sqlite']);
+
+/**
+ * How often a cached pool's file is compared with the one at its path, at most, per tenant: on a
+ * lease, one `fs.statSync` (about 2 µs) per tenant per interval, never per query.
+ */
+export const FILE_RECHECK_MS = 1_000;
+
+interface TenantFile {
+  readonly path: string;
+  /** The device and inode of the file the pool's first connection opened. */
+  dev: number;
+  ino: number;
+  opened: boolean;
+  /** A write failed with SQLITE_READONLY_DBMOVED: the file was unlinked under the pool. */
+  moved: boolean;
+}
+
+const FILES = new WeakMap<Knex, TenantFile>();
+
+/** The file a tenant's SQLite config opens, or `undefined` (another client, `:memory:`, a URI, a function). */
+function fileOf(config: Knex.Config): { path: string; mustExist: boolean } | undefined {
+  if (typeof config.client !== 'string' || !SQLITE_CLIENTS.has(config.client)) return undefined;
+  const connection = config.connection as { filename?: unknown; options?: { fileMustExist?: unknown } } | undefined;
+  const filename = connection?.filename;
+  if (typeof filename !== 'string' || filename === '' || filename === ':memory:' || filename.startsWith('file:')) return undefined;
+  // better-sqlite3's own option; knex does not pass it on, so it is honoured here (for sqlite3 too).
+  return { path: filename, mustExist: connection?.options?.fileMustExist !== false };
+}
+
+/**
+ * @internal Refuses a tenant whose SQLite file is missing before its knex is even built (no pool,
+ * no knex warning); `watchTenantFile` checks again before each connection.
+ * @throws {UnknownTenantError} when the file is missing and the config does not allow creating it.
+ */
+export function checkTenantFile(config: Knex.Config, tenantId: string): void {
+  const found = fileOf(config);
+  if (found !== undefined && found.mustExist && !fs.existsSync(found.path)) throw new UnknownTenantError(tenantId);
+}
+
+/**
+ * @internal Watches the SQLite file of a tenant's new knex (nothing for another client): each new
+ * connection opens the file only if it exists (else `UnknownTenantError`, and no file is created,
+ * unless the config sets `connection.options.fileMustExist: false`), the first one records which
+ * file it is, and a query failing with `SQLITE_READONLY_DBMOVED` fails with a `TenantUnavailableError`
+ * (503) after `onMoved()`, which retires the pool.
+ */
+export function watchTenantFile(knex: Knex, config: Knex.Config, tenantId: string, onMoved: () => void): void {
+  const found = fileOf(config);
+  if (found === undefined) return;
+  const file: TenantFile = { path: found.path, dev: 0, ino: 0, opened: false, moved: false };
+  FILES.set(knex, file);
+  const client = knex.client as Knex.Client & { acquireRawConnection(): Promise<unknown> };
+  const acquireRaw = client.acquireRawConnection.bind(client);
+  client.acquireRawConnection = async () => {
+    let stat: fs.Stats | undefined;
+    try {
+      stat = fs.statSync(file.path);
+    } catch (error) {
+      if (found.mustExist && (error as NodeJS.ErrnoException).code === 'ENOENT') throw new UnknownTenantError(tenantId, { cause: error });
+    }
+    const connection = await acquireRaw();
+    if (!file.opened) {
+      // Read before the open: a file swapped in between is taken for a replaced one, and reopened.
+      stat ??= fs.statSync(file.path);
+      file.dev = stat.dev;
+      file.ino = stat.ino;
+      file.opened = true;
+    }
+    return connection;
+  };
+  movedFailsTyped(client, tenantId, () => {
+    file.moved = true;
+    onMoved();
+  });
+}
+
+/**
+ * @internal Whether the file a knex opened is no longer the one at its path (replaced, removed, or
+ * moved under a write); `undefined` for a knex with no watched file, which never needs the check.
+ */
+export function fileReplaced(knex: Knex): boolean | undefined {
+  const file = FILES.get(knex);
+  if (file === undefined) return undefined;
+  if (file.moved) return true;
+  if (!file.opened) return false;
+  try {
+    const stat = fs.statSync(file.path);
+    return stat.ino !== file.ino || stat.dev !== file.dev;
+  } catch {
+    return true;
+  }
+}
+
+type QueryFn = (this: Knex.Client, connection: unknown, query: unknown) => Promise<unknown>;
+
+/**
+ * The client's `_query`, and its transactions' (knex builds a transaction's client from
+ * `client.constructor.prototype`, see makeTxClient), turn `SQLITE_READONLY_DBMOVED` into a 503.
+ */
+function movedFailsTyped(client: Knex.Client, tenantId: string, onMoved: () => void): void {
+  const driverPrototype = (client.constructor as { prototype: { _query: QueryFn } }).prototype;
+  const query = driverPrototype._query;
+  const typed: QueryFn = function (connection, obj) {
+    return query.call(this, connection, obj).catch((error: unknown) => {
+      if (!isMoved(error)) throw error;
+      onMoved();
+      throw new TenantUnavailableError(tenantId, { cause: error, reason: 'its SQLite file was removed or replaced while its pool was open; the pool is closed, retry' });
+    });
+  };
+  const prototype = Object.create(driverPrototype) as Record<string, unknown>;
+  prototype._query = typed;
+  const transactionClass = { prototype };
+  Object.defineProperty(prototype, 'constructor', { value: transactionClass, configurable: true, writable: true });
+  (client as unknown as Record<string, unknown>)._query = typed;
+  Object.defineProperty(client, 'constructor', { value: transactionClass, configurable: true, writable: true });
+}
+
+/** better-sqlite3's extended code, or sqlite3's message (its `code` is the primary one, SQLITE_READONLY). */
+function isMoved(error: unknown): boolean {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  return code === 'SQLITE_READONLY_DBMOVED' || (typeof message === 'string' && message.includes('SQLITE_READONLY_DBMOVED'));
+}
