@@ -59,6 +59,7 @@ export function stampJob<O extends JobsOptions | BulkJobOptions>(data: unknown, 
   const stamped = withTenant((data ?? {}) as object);
   const tenantId = stamped.tenantId;
   if (opts == null) return [stamped, opts];
+  checkIds(opts);
   if (tenantId == null) {
     for (const id of [opts.jobId, opts.deduplication?.id, (opts as { debounce?: { id?: unknown } }).debounce?.id]) centralId(id);
     return [stamped, opts];
@@ -76,6 +77,22 @@ export function stampJob<O extends JobsOptions | BulkJobOptions>(data: unknown, 
   const parent = opts.parent;
   if (parent != null && typeof parent.id === 'string' && !madeByBullMQ(parent.id)) own = { ...own, parent: { ...parent, id: inTenant(tenantId, parent.id) } };
   return [stamped, own];
+}
+
+/**
+ * A custom job, deduplication or debounce id must be a string: another value would skip the tenant's
+ * namespace (a number's `de:42` is every tenant's key: the second tenant's job is dropped as a
+ * duplicate of the first's) or fail inside Redis after a partial write.
+ */
+function checkIds(opts: JobsOptions | BulkJobOptions): void {
+  const ids: [string, unknown][] = [
+    ['jobId', opts.jobId],
+    ['deduplication.id', opts.deduplication?.id],
+    ['debounce.id', (opts as { debounce?: { id?: unknown } }).debounce?.id],
+  ];
+  for (const [name, id] of ids) {
+    if (id != null && typeof id !== 'string') throw new TypeError(`opts.${name} must be a string (it is kept per tenant as "<tenantId>${SEPARATOR}<id>"), got ${Array.isArray(id) ? 'an array' : typeof id}`);
+  }
 }
 
 /**
@@ -174,8 +191,17 @@ export function load(caller: string): NonNullable<typeof loaded> {
 
   /** A job whose `updateData()` keeps it in its tenant (see sameTenantData). */
   class TenantJob extends bullmq.Job<any, any, string> {
+    /** The tenant (or central) the job was made or read with: `job.data` can be edited in place. */
+    readonly #owner: TenantJobData & { central?: unknown };
+
+    constructor(...args: ConstructorParameters<typeof bullmq.Job>) {
+      super(...args);
+      const { tenantId, central } = (args[2] ?? {}) as TenantJobData & { central?: unknown };
+      this.#owner = { tenantId, central };
+    }
+
     override async updateData(data: unknown): Promise<void> {
-      return super.updateData(sameTenantData(this.data, data));
+      return super.updateData(sameTenantData(this.#owner, data));
     }
   }
 

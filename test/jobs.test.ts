@@ -556,6 +556,14 @@ for (const backend of backends('jobs')) {
         await assert.rejects(job.updateData({ central: true }), TenantMismatchError);
         await job.updateData({ expect: 'ja', i: 1 });
         assert.deepEqual((await queue.getJob(job.id!))!.data, { expect: 'ja', i: 1, tenantId: 'ja' });
+        // job.data edited in place and given back: the job keeps the tenant it was made with.
+        const edited = (await queue.getJob(job.id!))!;
+        Object.assign(edited.data, { tenantId: 'jb' });
+        await assert.rejects(edited.updateData(edited.data), TenantMismatchError);
+        delete (edited.data as { tenantId?: string }).tenantId;
+        Object.assign(edited.data, { central: true });
+        await assert.rejects(edited.updateData(edited.data), TenantMismatchError);
+        assert.equal((await queue.getJob(job.id!))!.data.tenantId, 'ja');
         const central = await queue.add('c', { central: true }, delayed);
         await assert.rejects(central.updateData({ tenantId: 'jb' }), TenantMismatchError);
         const moved: string[] = [];
@@ -575,6 +583,16 @@ for (const backend of backends('jobs')) {
           await assert.rejects(queue.upsertJobScheduler('jb~nightly', { every: 3_600_000 }, { data: { central: true } }), TypeError);
         });
         await assert.rejects(queue.add('squat', { central: true }, { jobId: 'jb~invoice-7', ...delayed }), TypeError);
+        // Ids that are not strings would skip the namespace (a number's dedup key is every tenant's).
+        await tenancy.runWithTenant('ja', async () => {
+          await assert.rejects(queue.add('num', { expect: 'ja' }, { deduplication: { id: 42 as never }, ...delayed }), /deduplication.id must be a string/);
+          await assert.rejects(queue.add('arr', { expect: 'ja' }, { deduplication: { id: ['jb~nightly'] as never, ttl: 60_000 }, ...delayed }), TypeError);
+          await assert.rejects(queue.add('num', { expect: 'ja' }, { jobId: 42 as never, ...delayed }), /jobId must be a string/);
+          await assert.rejects(queue.add('num', { expect: 'ja' }, { debounce: { id: 7 as never }, ...delayed } as never), TypeError);
+        });
+        await assert.rejects(queue.add('num', { central: true }, { deduplication: { id: 42 as never }, ...delayed }), TypeError);
+        const nightly = await tenancy.runWithTenant('jb', () => queue.add('nightly', { expect: 'jb' }, { deduplication: { id: 'nightly', ttl: 60_000 }, ...delayed }));
+        assert.equal(nightly.id, await tenancy.runWithTenant('jb', () => queue.getDeduplicationJobId('nightly')), "jb's dedup key was not taken by ja's refused array id");
 
         // A parent must be the job's own tenant's.
         const parentOfJb = await tenancy.runWithTenant('jb', () => queue.add('parent', { expect: 'jb' }, { jobId: 'inv-42', ...delayed }));
