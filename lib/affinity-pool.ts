@@ -160,6 +160,8 @@ export class AffinityPool implements SwitchState {
   readonly #waiters: WaitQueue<Waiter>;
   readonly #heldBy = new Map<string, number>();
   readonly #owner = new Map<RawConnection, string>();
+  /** Connections opened for one `KILL QUERY` (borrowForKill): closed when given back. */
+  readonly #killers = new Set<RawConnection>();
   readonly #reaper: NodeJS.Timeout | undefined;
   #freeCount = 0;
   #creating = 0;
@@ -213,15 +215,19 @@ export class AffinityPool implements SwitchState {
   /** A connection on database `db` for tenant `tenantId`. */
   acquire(tenantId: string, db: string): Promise<RawConnection> {
     if (this.#closed) return Promise.reject(new TenancyDestroyedError());
+    const canCreate = this.#slots.size + this.#creating < this.#options.max;
     if (this.#held(tenantId) < this.#options.perTenantMax) {
       const maySwitch = this.#maySwitchTo(db);
       const slot = this.#takeFree(db, maySwitch);
       if (slot !== undefined) return this.#assign(slot, tenantId, db);
-      const canCreate = this.#slots.size + this.#creating < this.#options.max;
       if (maySwitch && canCreate) return this.#create(tenantId, db);
       if (!maySwitch && (this.#freeCount > 0 || canCreate)) this.#counters.coldWaits++;
     }
-    if (this.#options.overflow === 'reject') {
+    // 'reject' sheds load when every connection of the server is in use. An acquire held back only by
+    // its tenant's cap or the cold-switch cap, with connections free or room to open one, waits its
+    // turn (up to acquireTimeoutMs): refused, a burst on a fresh pool (cap of one until the server is
+    // read) failed all but one query with a pool nearly empty.
+    if (this.#options.overflow === 'reject' && this.#freeCount === 0 && !canCreate) {
       return Promise.reject(new TenantUnavailableError(tenantId, { reason: 'every connection of its database server is busy' }));
     }
     return new Promise((resolve, reject) => {
@@ -237,23 +243,63 @@ export class AffinityPool implements SwitchState {
   }
 
   /**
-   * A free connection for the `KILL QUERY` with which knex cancels the statement running on
-   * `cancelling`: it needs no database and serves no tenant. With none free, the cancel fails at once
-   * rather than open a connection beyond `max` (the timed-out statement's connection is then closed
-   * once that statement ends). Given back with `release()`.
+   * A connection for the `KILL QUERY` with which knex cancels the statement running on `cancelling`:
+   * it needs no database and serves no tenant. A free one, else one opened for it when the pool has
+   * room under `max` (closed after the kill; it holds its place until its socket closes). With
+   * neither, the cancel fails at once rather than open a connection beyond `max` (the timed-out
+   * statement's connection is then closed once that statement ends). Given back with `release()`.
    */
   borrowForKill(cancelling: unknown): Promise<RawConnection> {
+    const tenantId = this.#owner.get(cancelling as RawConnection) ?? '';
     const slot = this.#closed ? undefined : this.#takeFree('', true);
-    if (slot === undefined) {
-      const tenantId = this.#owner.get(cancelling as RawConnection) ?? '';
-      return Promise.reject(new TenantUnavailableError(tenantId, { reason: 'no connection of its database server was free to cancel its query with' }));
+    if (slot !== undefined) {
+      this.#claim(slot.conn, '');
+      return Promise.resolve(slot.conn);
     }
-    this.#claim(slot.conn, '');
-    return Promise.resolve(slot.conn);
+    if (!this.#closed && this.#slots.size + this.#creating < this.#options.max) return this.#openForKill(tenantId);
+    return Promise.reject(new TenantUnavailableError(tenantId, { reason: 'no connection of its database server was free to cancel its query with' }));
+  }
+
+  /** A connection outside the free list for one `KILL QUERY`, counted under `max` until its socket closes. */
+  async #openForKill(tenantId: string): Promise<RawConnection> {
+    this.#creating++;
+    const attempt = runInScopeSync(undefined, () => {
+      try {
+        return Promise.resolve(this.#client.acquireRawConnection()) as Promise<RawConnection>;
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    });
+    try {
+      const conn = await this.#answered(tenantId, 'a connection attempt', attempt);
+      this.#killers.add(conn);
+      return conn;
+    } catch (error) {
+      if (error instanceof TenantUnavailableError) this.#abandon(attempt);
+      else this.#freeCreatingPlace();
+      throw new TenantUnavailableError(tenantId, { cause: error, reason: 'no connection to cancel its query with could be opened' });
+    }
+  }
+
+  /**
+   * Closes the free connections whose current database is `db` (its tenant was forgotten: dropped or
+   * moved), so that none serves it again without a `USE` on a database that may be gone.
+   */
+  discardDatabase(db: string): void {
+    const list = this.#free.get(db);
+    if (list === undefined) return;
+    this.#free.delete(db);
+    this.#freeCount -= list.length;
+    for (const slot of list) void this.#destroy(slot);
+    if (this.#waiters.size > 0) this.#pump();
   }
 
   /** Gives a connection back: to a waiter (preferring one on the same database), or to the free list. */
   release(conn: RawConnection): void {
+    if (this.#killers.delete(conn)) {
+      void this.#closeUnjoined(conn);
+      return;
+    }
     const tenantId = this.#owner.get(conn);
     // Not checked out: a second release of one acquire (knex's streams release twice, tenant
     // handles release once). Listing the connection free again would hand it to two tenants.

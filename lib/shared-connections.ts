@@ -69,6 +69,8 @@ interface Handle {
   forgotten: boolean;
   /** Set once evicted: resolves the eviction when the last lease is given back. */
   drained?: () => void;
+  /** Closes the server pool's free connections left on the tenant's database (see `evict`). */
+  readonly discard: () => void;
 }
 
 /**
@@ -156,6 +158,11 @@ export class SharedConnections implements TenantConnections {
     this.#handles.delete(tenantId);
     handle.forgotten = true;
     this.#counters.evictions++;
+    // A free connection left on the tenant's database would serve its next handle with no `USE`, so
+    // on a dropped database its check (`select 1`) would pass and its queries fail untyped (1146)
+    // instead of the 404 a `USE` gives; after a move it would name the old database. Closed now,
+    // and again once the scopes in flight are done (they give theirs back on it).
+    handle.discard();
     if (handle.leases === 0) {
       closeHandle(handle);
       return earlier ?? Promise.resolve();
@@ -164,6 +171,7 @@ export class SharedConnections implements TenantConnections {
     const drained = new Promise<void>((resolve) => {
       handle.drained = () => {
         this.#busyEvicted.delete(handle);
+        handle.discard();
         resolve();
       };
     });
@@ -240,7 +248,7 @@ export class SharedConnections implements TenantConnections {
     }
     if (this.#destroyed) throw new TenancyDestroyedError();
     if (opening.stale) return undefined;
-    const handle: Handle = { knex, leases: 0, used: false, forgotten: false };
+    const handle: Handle = { knex, leases: 0, used: false, forgotten: false, discard: () => server.pool.discardDatabase(location.database) };
     this.#handles.set(tenantId, handle);
     this.#counters.created++;
     // Not this one: its caller takes its lease next, and an evicted handle is tracked by nothing.

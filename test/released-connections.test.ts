@@ -13,7 +13,7 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
-import { createTenancy, TenantUnavailableError, toHttpError, type Tenancy, type TenancyOptions } from '../lib/index';
+import { createTenancy, TenantUnavailableError, toHttpError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { createTenantDatabases, dropTenantDatabases, Person } from './helpers/fixtures';
 
@@ -99,6 +99,23 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
     });
   }
 
+  for (const { name, options } of CONFIGS) {
+    it(`${name}: after dropTenant(), the tenant is unknown (404), not served on a free connection still on its dropped database`, async () => {
+      await createTenantDatabases(server, ['gone'], db);
+      try {
+        open(options);
+        assert.deepEqual(await names('gone'), ['gone-ada', 'gone-bob']);
+        assert.deepEqual(await rawNames('gone', 'select name from persons order by id'), ['gone-ada', 'gone-bob']);
+        await tenancy!.dropTenant('gone', { confirm: 'gone' });
+        await assert.rejects(names('gone'), UnknownTenantError);
+        await assert.rejects(rawNames('gone', 'select name from persons'), UnknownTenantError);
+        assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+      } finally {
+        await dropTenantDatabases(server, ['gone'], db);
+      }
+    });
+  }
+
   it('a cancelled timeout sends its KILL QUERY over a free pooled connection, never a connection beyond pool.max', async () => {
     open({}, 2);
     const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 1, max: 1 } });
@@ -124,6 +141,45 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
     } finally {
       await admin.destroy();
     }
+  });
+
+  it('a cancelled timeout on a quiet pool (none free, room under pool.max) opens one connection for its KILL, and closes it after', async () => {
+    open({}, 2);
+    const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 1, max: 1 } });
+    try {
+      assert.deepEqual(await names('a'), ['a-ada', 'a-bob']);
+      assert.equal(main().open, 1);
+      const before = await connectionsOpened(admin);
+      const started = Date.now();
+      await assert.rejects(tenancy!.runWithTenant('a', () => tenancy!.knex().raw('select sleep(3)').timeout(100, { cancel: true })), (error: Error) => error.name === 'KnexTimeoutError');
+      assert.equal((await connectionsOpened(admin)) - before, 1, 'one connection, for the KILL');
+      assert.deepEqual(await names('b'), ['b-ada', 'b-bob']);
+      assert.ok(Date.now() - started < 2_000, `took ${Date.now() - started} ms: the statement was not killed`);
+      const sleeping = (await admin.raw("select count(*) as n from information_schema.processlist where info = 'select sleep(3)'")) as [{ n: number }[]];
+      assert.equal(Number(sleeping[0][0]!.n), 0, 'the statement still runs on the server');
+      assert.ok(main().open <= 2);
+    } finally {
+      await admin.destroy();
+    }
+  });
+
+  it("overflow 'reject' refuses only when every connection is in use: acquires held back by the cold-switch cap or the tenant's cap wait their turn", async () => {
+    // A fresh pool allows one cold switch until it has read the server: b waits for it.
+    open({ overflow: 'reject' }, 4);
+    assert.deepEqual(await Promise.all([names('a'), names('b'), names('a'), names('b')]), [['a-ada', 'a-bob'], ['b-ada', 'b-bob'], ['a-ada', 'a-bob'], ['b-ada', 'b-bob']]);
+    await tenancy!.destroy();
+    open({ overflow: 'reject', maxConnectionsPerTenant: 1 }, 4);
+    const sleepy = () => rawNames('a', 'select name from persons where sleep(0.05) = 0 order by id');
+    assert.deepEqual(await Promise.all([sleepy(), sleepy(), sleepy()]), [['a-ada', 'a-bob'], ['a-ada', 'a-bob'], ['a-ada', 'a-bob']]);
+    await tenancy!.destroy();
+    // Every connection in use: refused at once.
+    open({ overflow: 'reject' }, 1);
+    const busy = rawNames('a', 'select name from persons where sleep(0.3) = 0');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const started = Date.now();
+    await assert.rejects(names('b'), TenantUnavailableError);
+    assert.ok(Date.now() - started < 200, `refused after ${Date.now() - started} ms`);
+    await busy;
   });
 
   for (const { name, options } of CONFIGS) {
