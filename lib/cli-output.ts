@@ -38,18 +38,26 @@ const UNPRINTABLE = /[^\p{L}\p{N}\p{M}\p{P}\p{S} ]/gu;
 export function printableId(id: string): string {
   if (PRINTABLE.test(id)) return id;
   // JSON escapes C0 controls, quotes, backslashes and lone surrogates; the rest is done here.
-  return JSON.stringify(id).replace(UNPRINTABLE, (char) => {
-    let escaped = '';
-    for (let i = 0; i < char.length; i++) escaped += `\\u${char.charCodeAt(i).toString(16).padStart(4, '0')}`;
-    return escaped;
-  });
+  return JSON.stringify(id).replace(UNPRINTABLE, escapeChar);
+}
+
+/** `text` with its control, invisible and line-breaking characters escaped (`\u001b`), unquoted. */
+function printableText(text: string): string {
+  return text.replace(UNPRINTABLE, escapeChar);
+}
+
+function escapeChar(char: string): string {
+  let escaped = '';
+  for (let i = 0; i < char.length; i++) escaped += `\\u${char.charCodeAt(i).toString(16).padStart(4, '0')}`;
+  return escaped;
 }
 
 /** @internal One tenant's result as one short line. */
 export function describeResult(result: AnyResult): string {
   const id = printableId(String(result.tenantId));
-  if (result.status === 'failed') return `${id} failed: ${errorMessage(result.error)}`;
-  const names = result.migrations !== undefined && result.migrations.length > 0 ? ` (${result.migrations.join(', ')})` : '';
+  // Error messages and file names may carry a tenant id or other text: escaped like the id.
+  if (result.status === 'failed') return `${id} failed: ${printableText(errorMessage(result.error))}`;
+  const names = result.migrations !== undefined && result.migrations.length > 0 ? ` (${printableText(result.migrations.join(', '))})` : '';
   return `${id} ${result.status}${names} ${result.durationMs} ms`;
 }
 

@@ -157,6 +157,8 @@ interface EffectiveTable {
   readonly validate: boolean;
 }
 
+const MYSQL_CLIENTS = new Set(['mysql', 'mysql2']);
+
 /**
  * @internal `options.migrations` over the tenant config's own `migrations` (a knexfile's
  * `migrations.tableName`), over knex's defaults: knex's Migrator merges them this way
@@ -165,6 +167,13 @@ interface EffectiveTable {
 export function effectiveTable(knex: Knex, plan: MigrationPlan): EffectiveTable {
   const own = (knex.client as { config?: Knex.Config }).config?.migrations;
   const merged: Knex.MigratorConfig = { tableName: 'knex_migrations', schemaName: undefined, ...own, ...plan.config };
+  if (merged.schemaName != null && MYSQL_CLIENTS.has(String((knex.client as { config?: Knex.Config }).config?.client))) {
+    // On MySQL a schema is a database: every tenant would read and write one migration table there,
+    // and every tenant after the first would count as migrated with none of its tables.
+    throw new TypeError(
+      `migrations.schemaName "${merged.schemaName}" would put one migration table for every tenant in that database (on MySQL a schema is a database): leave it unset, so that each tenant's table is in its own database`,
+    );
+  }
   return {
     tableName: merged.tableName ?? 'knex_migrations',
     schemaName: merged.schemaName ?? undefined,
@@ -211,6 +220,8 @@ export async function runMigrationStep(
   options: MigrationStepOptions,
 ): Promise<MigrationStepOutcome> {
   const { names } = plan;
+  // Refuses a migration table the tenants would share, before anything reads or writes it.
+  effectiveTable(knex, plan);
   // `null`: unknown (unreadable for a reason knex's migrator will report in its own words).
   const completed = operation === 'latest' ? await readCompleted(knex, plan).catch(() => null) : await readCompleted(knex, plan);
   if (names === undefined) return runWithoutFastPath(knex, plan, operation, completed, options);

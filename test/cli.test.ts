@@ -217,6 +217,18 @@ describe('objection-tenancy CLI (node dist/cli.js)', { skip: skipMysql }, () => 
     assert.deepEqual(JSON.parse(job.stdout).tenants.map((t: { result: unknown }) => t.result), ['ran k2']);
   });
 
+  it("a config's close() that throws at once does not change the exit code; a listTenants() that is not an array is refused, not spread into characters", async () => {
+    fs.writeFileSync(path.join(cwd, 'close-throws.config.js'), "const c = require('./tenancy.config.js');\nmodule.exports = { ...c, close() { throw new Error('close boom'); } };\n");
+    const status = await cli(cwd, ['status', '--config', 'close-throws.config.js', '--tenants', 'k2', '--json']);
+    assert.equal(status.code, 0, status.stderr);
+    assert.equal(JSON.parse(status.stdout).ok, true);
+    fs.writeFileSync(path.join(cwd, 'string-list.config.js'), "const c = require('./tenancy.config.js');\nmodule.exports = { ...c, listTenants: () => 'k1,k2' };\n");
+    const listed = await cli(cwd, ['status', '--config', 'string-list.config.js']);
+    assert.equal(listed.code, 2, listed.stderr);
+    assert.match(listed.stderr, /TypeError|array/i);
+    assert.doesNotMatch(listed.stderr, /\bk failed\b/);
+  });
+
   it('usage errors exit 2 with the usage text', async () => {
     const unknown = await cli(cwd, ['migrat']);
     assert.equal(unknown.code, 2);
@@ -292,6 +304,14 @@ describe('CLI progress printer', () => {
     const summary = summarize('migrate', { ok: false, aborted: false, durationMs: 5, counts: { failed: 1 }, tenants: [result(forged, 'failed')] } as never);
     assert.match(summary, /^ {2}"\\r\\u001b\[Kacme applied 12 ms" failed: boom$/m);
     assert.doesNotMatch(summary, /[\r\x1b]/);
+  });
+
+  it("escapes control characters in a failure's message and in migration names too (a permissive tenantIdPattern lets such an id reach an error message)", () => {
+    const { writes, stream } = sink(false);
+    const progress = createProgress(stream, 'migrate');
+    progress.onResult({ tenantId: 'k1', status: 'failed', durationMs: 1, error: new Error('Unknown tenant "\r\x1b[Kk1 applied"') } as never, { done: 1, total: 2 });
+    progress.onResult({ tenantId: 'k2', status: 'applied', durationMs: 1, migrations: ['001\x1b[2J.js'] } as never, { done: 2, total: 2 });
+    assert.deepEqual(writes, ['[1/2] k1 failed: Unknown tenant "\\u000d\\u001b[Kk1 applied"\n', '[2/2] k2 applied (001\\u001b[2J.js) 1 ms\n']);
   });
 
   it('prints ordinary ids as they are, letters of any script included', () => {

@@ -174,11 +174,22 @@ for (const backend of allStrategies('ops')) {
       assert.deepEqual(report.tenants.map((t) => [t.tenantId, t.status]), [['m03', 'current'], ['../etc', 'failed'], ['nobody', 'failed']], 'deduplicated');
       assert.ok(report.tenants[1]!.error instanceof InvalidTenantIdError);
       assert.ok(report.tenants[2]!.error instanceof UnknownTenantError);
-      if (backend.name !== 'sqlite') {
-        const ghost = await tenancy.migrate.status({ tenants: ['ghost'] });
-        assert.ok(ghost.tenants[0]!.error instanceof UnknownTenantError, 'a database that does not exist');
-      }
+      // A database that does not exist (on SQLite a missing file: neither status nor latest creates it).
+      const ghost = await tenancy.migrate.status({ tenants: ['ghost'] });
+      assert.ok(ghost.tenants[0]!.error instanceof UnknownTenantError, 'status: a database that does not exist');
+      const latest = await tenancy.migrate.latest({ tenants: ['ghost'] });
+      assert.ok(latest.tenants[0]!.error instanceof UnknownTenantError, 'latest: a database that does not exist');
+      assert.equal(await backend.databaseExists('ghost'), false, 'the run created the database');
     });
+
+    if (backend.name.startsWith('mysql')) {
+      it('refuses migrations.schemaName on MySQL, where it would be one migration table for every tenant', async () => {
+        const tenancy = make({ migrations: { directory: files.migrations, schemaName: 'ot_ops_central' } });
+        const report = await tenancy.migrate.latest({ tenants: ['m03', 'm04'] });
+        assert.deepEqual(report.tenants.map((t) => t.status), ['failed', 'failed']);
+        assert.match(String((report.tenants[0]!.error as Error).message), /schemaName "ot_ops_central" would put one migration table for every tenant/);
+      });
+    }
 
     it('refuses to start without migrations config, tenants, or readable migration files', async () => {
       const bare = createTenancy(backend.connectionOptions());
