@@ -282,16 +282,24 @@ export class AffinityPool implements SwitchState {
   }
 
   /**
-   * Closes the free connections whose current database is `db` (its tenant was forgotten: dropped or
-   * moved), so that none serves it again without a `USE` on a database that may be gone.
+   * Closes the free connections `tenantId` used last and left on a database (the tenant was dropped
+   * or moved), so that none serves it again without a `USE` on a database that may be gone. Its
+   * databases count as cold again.
    */
-  discardDatabase(db: string): void {
-    const list = this.#free.get(db);
-    if (list === undefined) return;
-    this.#free.delete(db);
-    this.#freeCount -= list.length;
-    for (const slot of list) void this.#destroy(slot);
-    if (this.#waiters.size > 0) this.#pump();
+  discardTenant(tenantId: string): void {
+    let discarded = false;
+    for (const [db, list] of this.#free) {
+      if (db === undefined) continue;
+      const keep = list.filter((slot) => slot.tenant !== tenantId);
+      if (keep.length === list.length) continue;
+      for (const slot of list) if (slot.tenant === tenantId) void this.#destroy(slot);
+      this.#freeCount -= list.length - keep.length;
+      this.#recent?.delete(db);
+      if (keep.length === 0) this.#free.delete(db);
+      else this.#free.set(db, keep);
+      discarded = true;
+    }
+    if (discarded && this.#waiters.size > 0) this.#pump();
   }
 
   /** Gives a connection back: to a waiter (preferring one on the same database), or to the free list. */

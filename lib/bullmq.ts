@@ -59,11 +59,11 @@ export function stampJob<O extends JobsOptions | BulkJobOptions>(data: unknown, 
   const stamped = withTenant((data ?? {}) as object);
   const tenantId = stamped.tenantId;
   if (opts == null) return [stamped, opts];
-  checkIds(opts);
   if (tenantId == null) {
     for (const id of [opts.jobId, opts.deduplication?.id, (opts as { debounce?: { id?: unknown } }).debounce?.id]) centralId(id);
     return [stamped, opts];
   }
+  checkIds(opts);
   let own: O = opts;
   // An empty jobId is BullMQ's "none" (it uses its counter): namespaced, it would be one id for all of them.
   if (typeof opts.jobId === 'string' && opts.jobId !== '' && `${parseInt(opts.jobId, 10)}` !== opts.jobId) {
@@ -80,7 +80,7 @@ export function stampJob<O extends JobsOptions | BulkJobOptions>(data: unknown, 
 }
 
 /**
- * A custom job, deduplication or debounce id must be a string: another value would skip the tenant's
+ * A tenant job's custom job, deduplication or debounce id must be a string: another value would skip the tenant's
  * namespace (a number's `de:42` is every tenant's key: the second tenant's job is dropped as a
  * duplicate of the first's) or fail inside Redis after a partial write.
  */

@@ -90,8 +90,7 @@ async function runCommand(args: CliArgs, config: CliConfig, io: CliIo, signal: A
     const what = args.command === 'create' ? 'created' : 'dropped';
     return { output: { ok: true, ...result }, text: `tenant ${printableId(result.tenantId)} ${what} in ${result.durationMs} ms\n`, ok: true };
   }
-  // Passed on as it is: the operation checks it is an array (spread, a string would be its characters).
-  const tenants = args.tenants ?? (config.listTenants === undefined ? undefined : await config.listTenants());
+  const tenants = args.tenants ?? (config.listTenants === undefined ? undefined : tenantList(await config.listTenants()));
   const progress = createProgress(io.stderr, args.command);
   const common = { tenants, concurrency: args.concurrency, signal, onResult: progress.onResult };
   let report: TenantsReport<TenantResult>;
@@ -164,6 +163,13 @@ export async function main(argv: readonly string[], io: CliIo = { stdout: proces
       .then(() => config?.close?.())
       .catch(() => undefined);
   }
+}
+
+/** The config's `listTenants()` result: an array, or another iterable of ids (a Set); a string would be spread into its characters. */
+function tenantList(listed: unknown): readonly string[] {
+  if (Array.isArray(listed)) return listed;
+  if (listed != null && typeof listed !== 'string' && typeof (listed as Iterable<string>)[Symbol.iterator] === 'function') return [...(listed as Iterable<string>)];
+  throw new TypeError(`the config's listTenants() must return an array of tenant ids (or a promise of one), got ${typeof listed === 'string' ? 'a string' : typeof listed}`);
 }
 
 if (require.main === module) {

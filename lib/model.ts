@@ -272,13 +272,15 @@ function statementPlace(into: TenantKey | undefined, from: TenantKey): string {
  *   tenant's database with qualifyTables (a cross-tenant read) or the other's tables without.
  * - a central model: never into a tenant's statement, where its table name would be read in the
  *   tenant's database (unless its `tableName` names its database).
- * - a tenant model built outside any scope: takes the tenant of the statement, so never into one
- *   that has none (a central model's, a knex the library did not open).
- * A knex the library did not open, given to the subquery explicitly, is the caller's and is not checked.
+ * - a tenant model built outside any scope: takes the statement's connection, so never into a
+ *   central model's statement, where it has no tenant.
+ * A knex the library did not open (the subquery's or the statement's) is the caller's and is not checked.
  */
 function subqueryError(subquery: any, parent: any): Error | undefined {
   const knex = parent.unsafeKnex();
-  if (knex === null) return undefined;
+  // A partial builder (objection's `where((b) => ...)`, `whereExists((b) => ...)`) is part of its
+  // parent's statement, of the parent's class, and has no connection of its own.
+  if (knex === null || subquery.isPartial()) return undefined;
   const subClass = subquery.modelClass();
   const captured: TenantScope | undefined = subquery[CAPTURED];
   if (captured !== undefined) {
@@ -316,7 +318,10 @@ function subqueryError(subquery: any, parent: any): Error | undefined {
       `of a query that runs ${statementPlace(into, from)}. Build the subquery on the connection the query runs on.`;
     return error;
   }
-  if (subClass[TENANT_AWARE] !== true || statementTenant(parent, knex) !== undefined) return undefined;
+  // Built outside any scope, it takes the statement's connection (see subqueryOf): only a central
+  // model's has no tenant for it. A knex the library did not open is the caller's, as above.
+  const parentClass = parent.modelClass();
+  if (subClass[TENANT_AWARE] !== true || parentClass[CENTRAL] === undefined || hasOwnKnex(parentClass)) return undefined;
   const scope = currentScope();
   if (scope === undefined) return missing(subClass);
   const error = new TenantMismatchError(scope.tenantId, scope.tenantId);

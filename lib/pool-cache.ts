@@ -19,8 +19,12 @@ export interface TenantConnections {
   lease(tenantId: string): Promise<TenantLease>;
   /** A lease at once when the tenant's connection is cached and open, else `undefined`. */
   tryLease(tenantId: string): TenantLease | undefined;
-  /** Closes the tenant's handle once its leases are released; the next lease opens a new one. */
-  evict(tenantId: string): Promise<void>;
+  /**
+   * Closes the tenant's handle once its leases are released; the next lease opens a new one.
+   * `gone`: the tenant was dropped or moved (not only closed to save room): the shared strategy then
+   * also closes the free connections left on its database.
+   */
+  evict(tenantId: string, options?: { gone?: boolean }): Promise<void>;
   stats(): PoolCacheStats;
   destroy(): Promise<void>;
 }
@@ -84,6 +88,8 @@ interface Entry {
   evicted: boolean;
   /** Evicted by `evict()` (a move, a drop), not by the cache: a lease awaiting its opening opens afresh. */
   forgotten: boolean;
+  /** Settle when the leases that opened afresh after `evict()` are given back. */
+  followers: Promise<void>[];
   closing: boolean;
 }
 
@@ -112,6 +118,8 @@ export class PoolCache implements TenantConnections {
   }
 
   async lease(tenantId: string): Promise<TenantLease> {
+    // Set once this lease opens afresh after an evict(): that evict() waits for it too (see below).
+    let followed: (() => void) | undefined;
     for (;;) {
       if (this.#destroyed) throw new TenancyDestroyedError();
       let entry = this.#entries.get(tenantId);
@@ -132,11 +140,17 @@ export class PoolCache implements TenantConnections {
         knex = entry.knex ?? (await entry.ready);
       } catch (error) {
         this.#release(entry);
+        followed?.();
         throw error;
       }
+      if (!entry.forgotten) return this.#leaseOf(entry, knex, followed);
       // Evicted by evict()/forget() while it opened (a move, a drop): its knexConfig may name the
-      // old location, so the tenant is opened afresh, as the shared strategy locates it again.
-      if (!entry.forgotten) return this.#leaseOf(entry, knex);
+      // old location, so the tenant is opened afresh, as the shared strategy locates it again. The
+      // evict() waits for this lease's scope as for one on the old pool (it came before it): a
+      // dropTenant must not drop the database under it.
+      if (followed === undefined) {
+        entry.followers.push(new Promise<void>((resolve) => (followed = resolve)));
+      }
       this.#release(entry);
     }
   }
@@ -175,7 +189,7 @@ export class PoolCache implements TenantConnections {
     this.#entries.set(entry.id, entry);
   }
 
-  #leaseOf(entry: Entry, knex: Knex): TenantLease {
+  #leaseOf(entry: Entry, knex: Knex, followed?: () => void): TenantLease {
     let released = false;
     return {
       knex,
@@ -183,6 +197,7 @@ export class PoolCache implements TenantConnections {
         if (released) return;
         released = true;
         this.#release(entry);
+        followed?.();
       },
     };
   }
@@ -192,13 +207,14 @@ export class PoolCache implements TenantConnections {
    * one and any evicted earlier (by the LRU cap or the budget) that still drains its scopes in flight.
    * dropTenant and a move await it before they drop the database.
    */
-  evict(tenantId: string): Promise<void> {
+  evict(tenantId: string, _options?: { gone?: boolean }): Promise<void> {
     const closing: Promise<void>[] = [];
     for (const entry of this.#draining) if (entry.id === tenantId) closing.push(entry.closed);
     const entry = this.#entries.get(tenantId);
     if (entry !== undefined) {
       entry.forgotten = true;
-      closing.push(this.#evict(entry));
+      // Then the leases that awaited its opening and opened afresh (see lease()).
+      closing.push(this.#evict(entry).then(() => Promise.all(entry.followers)).then(() => undefined));
     }
     return closing.length === 0 ? Promise.resolve() : Promise.all(closing).then(() => undefined);
   }
@@ -252,6 +268,7 @@ export class PoolCache implements TenantConnections {
       checkAt: Infinity,
       evicted: false,
       forgotten: false,
+      followers: [],
       closing: false,
       closed,
       markClosed,

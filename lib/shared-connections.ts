@@ -69,8 +69,6 @@ interface Handle {
   forgotten: boolean;
   /** Set once evicted: resolves the eviction when the last lease is given back. */
   drained?: () => void;
-  /** Closes the server pool's free connections left on the tenant's database (see `evict`). */
-  readonly discard: () => void;
 }
 
 /**
@@ -144,7 +142,14 @@ export class SharedConnections implements TenantConnections {
    * Resolves once the scopes holding the old handle are done, so that a caller dropping the
    * tenant's database does not pull it from under requests in flight.
    */
-  evict(tenantId: string): Promise<void> {
+  evict(tenantId: string, options: { gone?: boolean } = {}): Promise<void> {
+    // A free connection left on the tenant's database would serve its next handle with no `USE`, so
+    // on a dropped database its check (`select 1`) would pass and its queries fail untyped (1146)
+    // instead of the 404 a `USE` gives; after a move it would name the old database. Closed now,
+    // cached handle or not (one trimmed by maxTenants), and again once the scopes in flight are done
+    // (they give theirs back on it). Not for an eviction that only makes room (forEachTenant's).
+    const discard = options.gone === true ? () => this.#discardTenant(tenantId) : undefined;
+    discard?.();
     const opening = this.#opening.get(tenantId);
     if (opening !== undefined) {
       opening.stale = true;
@@ -158,11 +163,6 @@ export class SharedConnections implements TenantConnections {
     this.#handles.delete(tenantId);
     handle.forgotten = true;
     this.#counters.evictions++;
-    // A free connection left on the tenant's database would serve its next handle with no `USE`, so
-    // on a dropped database its check (`select 1`) would pass and its queries fail untyped (1146)
-    // instead of the 404 a `USE` gives; after a move it would name the old database. Closed now,
-    // and again once the scopes in flight are done (they give theirs back on it).
-    handle.discard();
     if (handle.leases === 0) {
       closeHandle(handle);
       return earlier ?? Promise.resolve();
@@ -171,7 +171,7 @@ export class SharedConnections implements TenantConnections {
     const drained = new Promise<void>((resolve) => {
       handle.drained = () => {
         this.#busyEvicted.delete(handle);
-        handle.discard();
+        discard?.();
         resolve();
       };
     });
@@ -181,6 +181,11 @@ export class SharedConnections implements TenantConnections {
       if (this.#draining.get(tenantId) === all) this.#draining.delete(tenantId);
     });
     return all;
+  }
+
+  /** Closes, on every server, the free connections the tenant left on a database (see `evict`). */
+  #discardTenant(tenantId: string): void {
+    for (const server of this.#servers.values()) server.pool.discardTenant(tenantId);
   }
 
   stats(): SharedStats {
@@ -248,7 +253,7 @@ export class SharedConnections implements TenantConnections {
     }
     if (this.#destroyed) throw new TenancyDestroyedError();
     if (opening.stale) return undefined;
-    const handle: Handle = { knex, leases: 0, used: false, forgotten: false, discard: () => server.pool.discardDatabase(location.database) };
+    const handle: Handle = { knex, leases: 0, used: false, forgotten: false };
     this.#handles.set(tenantId, handle);
     this.#counters.created++;
     // Not this one: its caller takes its lease next, and an evicted handle is tracked by nothing.

@@ -70,12 +70,19 @@ export function watchTenantFile(knex: Knex, config: Knex.Config, tenantId: strin
     try {
       stat = fs.statSync(file.path);
     } catch (error) {
-      if (found.mustExist && (error as NodeJS.ErrnoException).code === 'ENOENT') throw new UnknownTenantError(tenantId, { cause: error });
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      if (found.mustExist) throw new UnknownTenantError(tenantId, { cause: error });
     }
     const connection = await acquireRaw();
     if (!file.opened) {
-      // Read before the open: a file swapped in between is taken for a replaced one, and reopened.
-      stat ??= fs.statSync(file.path);
+      try {
+        // Read before the open: a file swapped in between is taken for a replaced one, and reopened.
+        stat ??= fs.statSync(file.path);
+      } catch (error) {
+        // Removed as it was opened: the connection is closed, not left outside the pool.
+        await Promise.resolve(client.destroyRawConnection(connection as never)).catch(() => undefined);
+        throw new UnknownTenantError(tenantId, { cause: error });
+      }
       file.dev = stat.dev;
       file.ino = stat.ino;
       file.opened = true;

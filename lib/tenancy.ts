@@ -137,7 +137,7 @@ export class Tenancy implements ScopeOwner {
    * Requests call it on a fresh answer only: no pool is opened while a "no" is cached.
    */
   #unknownNow(id: string): void {
-    void this.#connections.evict(id).catch(() => undefined);
+    void this.#connections.evict(id, { gone: true }).catch(() => undefined);
   }
 
   #entered(id: string, lease: TenantLease): EnteredScope {
@@ -207,7 +207,7 @@ export class Tenancy implements ScopeOwner {
    * the promise settles at once.
    */
   evict(tenantId: string): Promise<void> {
-    return this.#evicting(tenantId);
+    return this.#evicting(tenantId, { gone: true });
   }
 
   /**
@@ -217,11 +217,11 @@ export class Tenancy implements ScopeOwner {
    */
   forget(tenantId: string): Promise<void> {
     this.#catalog?.forget(tenantId);
-    return this.#evicting(tenantId);
+    return this.#evicting(tenantId, { gone: true });
   }
 
-  #evicting(tenantId: string): Promise<void> {
-    const closed = this.#connections.evict(tenantId);
+  #evicting(tenantId: string, options: { gone?: boolean }): Promise<void> {
+    const closed = this.#connections.evict(tenantId, options);
     if (!this.#inOwnScope(tenantId)) return closed;
     // Awaited, it would wait for the caller's own lease, given back only once the caller is done.
     closed.catch(() => undefined);
@@ -321,7 +321,8 @@ export class Tenancy implements ScopeOwner {
     return (this.#operations ??= {
       options: this.#options,
       validate: (id) => validateTenantId(id, this.#validator),
-      evict: (id) => this.evict(id),
+      // forEachTenant closes the pools it opened to make room, not because the tenant went away.
+      evict: (id) => this.#evicting(id, {}),
       forget: (id) => this.forget(id),
     });
   }

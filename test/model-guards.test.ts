@@ -361,6 +361,22 @@ for (const backend of allStrategies('guard')) {
         assert.deepEqual(names(rows), ['g2-bob']);
       });
 
+      it('on a knex the library did not open, callback wheres and subqueries built outside any scope work, inside a scope too', async () => {
+        const own = direct.get('g1')!;
+        const owners = Pet.query().select('owner_id');
+        const petsOfAda = Person.relatedQuery('pets').for(1);
+        const run = async () => [
+          names(await Person.query(own).where((b) => b.where('name', 'g1-ada').orWhere('name', 'g1-bob'))),
+          names(await Person.query(own).whereIn('id', owners)),
+          names(await Person.query(own).whereExists(petsOfAda)),
+        ];
+        const expected = [['g1-ada', 'g1-bob'], ['g1-ada', 'g1-bob'], ['g1-ada', 'g1-bob']];
+        assert.deepEqual(await run(), expected, 'outside any scope');
+        assert.deepEqual(await runWithTenant('g2', run), expected, "inside another tenant's scope: the statement's knex wins");
+        // Built inside a scope, a subquery is that tenant's: not compiled into a statement on another knex.
+        await assert.rejects(runWithTenant('g2', () => Person.query(own).whereIn('id', Pet.query().select('owner_id'))), TenantMismatchError);
+      });
+
       // One server holds the central and tenant databases only on MariaDB (SQLite files cannot name each other).
       if (backend.name.startsWith('mysql')) it('a central model whose tableName names its database may be a subquery of a tenant query (one server)', async () => {
         const database = (backend.knexConfig('catalog').connection as { database: string }).database;

@@ -293,10 +293,13 @@ for (const backend of backends('pool')) {
       });
       await firstRead;
       where = 'p2';
-      const forgotten = tenancy.forget('mv');
+      let earlyDone = false;
+      void early.then(() => (earlyDone = true), () => undefined);
+      // forget() (as dropTenant awaits it) settles only once that request, opened afresh, is done.
+      const forgotten = tenancy.forget('mv').then(() => earlyDone);
       letGo();
       const knex = await early;
-      await forgotten;
+      assert.equal(await forgotten, true, 'forget() settled while the request it sent to the new pool still ran');
       const tags = (id: string) => tenancy.runWithTenant(id, () => tenancy.knex()('moves').pluck('tag'));
       assert.deepEqual(await tags('p1'), [], 'the request that awaited the opening begun before forget() wrote to the old location');
       assert.deepEqual(await tags('p2'), ['early']);

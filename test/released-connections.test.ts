@@ -116,6 +116,15 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
     });
   }
 
+  it("forEachTenant's closing of the handles it opened keeps the pool's connections (only forget, evict and dropTenant close those left on a tenant's database)", async () => {
+    open({ qualifyTables: false });
+    const report = await tenancy!.forEachTenant(async () => (await Person.query().orderBy('id')).map((p) => p.name)[0], { tenants: ['a', 'b'], concurrency: 1 });
+    assert.deepEqual(report.tenants.map((t) => t.result), ['a-ada', 'b-ada']);
+    assert.equal(main().created, 1, 'a connection was closed and opened again between tenants');
+    await tenancy!.evict('b');
+    assert.equal(main().open, 0, "evict() closes the free connection left on the tenant's database");
+  });
+
   it('a cancelled timeout sends its KILL QUERY over a free pooled connection, never a connection beyond pool.max', async () => {
     open({}, 2);
     const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 1, max: 1 } });
