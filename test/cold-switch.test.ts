@@ -181,6 +181,35 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
     }
   });
 
+  it("'auto' lifts the cap while cold acquires are under half of the last 512, and puts it back when they are most of them again", async () => {
+    // A server read as 1 core (cap 3) whose table caches hold 3 tables (3 warm databases): ten tenants
+    // taken in turn are cold at every acquire; two of them taken over and over are warm.
+    const sizing = "select 'thread_pool_size' as Variable_name, '1' as Value union all select 'table_open_cache', '3' union all select 'table_definition_cache', '3'";
+    open({ max: 6, createKnex: firstSizingReadSends(sizing, { n: 0 }) });
+    const run = async (pick: (i: number) => string, count: number) => {
+      for (let i = 0; i < count; i += 6) {
+        const batch = Array.from({ length: 6 }, (_, j) => pick(i + j));
+        assert.deepEqual((await Promise.all(batch.map(quick))).map((r) => r.m), batch);
+      }
+    };
+    await run((i) => TENANTS[i % TENANTS.length]!, 600);
+    assert.deepEqual([mainStats().maxSwitchedConnections, mainStats().warmDatabases, mainStats().capChanges], [3, 3, 0]);
+    assert.ok(mainStats().coldWaits > 0, 'cold acquires waited for the cap');
+    await run((i) => (i % 20 === 0 ? TENANTS[(i / 20) % TENANTS.length]! : TENANTS[i % 2]!), 1_200);
+    assert.equal(mainStats().capChanges, 1, 'the cap was lifted under a hot set');
+    const waits = mainStats().coldWaits;
+    await run((i) => (i % 20 === 0 ? TENANTS[(i / 20) % TENANTS.length]! : TENANTS[i % 2]!), 600);
+    assert.equal(mainStats().coldWaits, waits, 'no acquire waited for the lifted cap');
+    await run((i) => TENANTS[i % TENANTS.length]!, 1_200);
+    assert.equal(mainStats().capChanges, 2, 'the cap was put back under cold traffic');
+  });
+
+  it('a maxSwitchedConnections given as a number always holds, whatever the share of cold acquires', async () => {
+    open({ max: 6, maxSwitchedConnections: 2 });
+    for (let i = 0; i < 1_200; i += 6) await Promise.all(Array.from({ length: 6 }, (_, j) => quick(TENANTS[(i + j) % 2]!)));
+    assert.equal(mainStats().capChanges, 0);
+  });
+
   it("'auto' with a server that does not tell its cores (the read fails) sets no cap, and queries go on", async () => {
     open({
       max: 4,
