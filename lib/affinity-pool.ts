@@ -284,16 +284,25 @@ export class AffinityPool implements SwitchState {
     return Promise.reject(new TenantUnavailableError(tenantId, { reason: 'no connection of its database server was free to cancel its query with' }));
   }
 
-  /** A connection outside the free list for one `KILL QUERY`, counted under `max` until its socket closes. */
-  async #openForKill(tenantId: string): Promise<RawConnection> {
-    this.#creating++;
-    const attempt = runInScopeSync(undefined, () => {
+  /**
+   * A new driver connection, opened outside any scope: a socket's events run in the context it was
+   * created in, and this connection will serve many tenants (DESIGN: never let pool internals carry a
+   * tenant). A driver that throws at once (a bad config) fails like a refused connection.
+   */
+  #openRaw(): Promise<RawConnection> {
+    return runInScopeSync(undefined, () => {
       try {
         return Promise.resolve(this.#client.acquireRawConnection()) as Promise<RawConnection>;
       } catch (error) {
         return Promise.reject(error);
       }
     });
+  }
+
+  /** A connection outside the free list for one `KILL QUERY`, counted under `max` until its socket closes. */
+  async #openForKill(tenantId: string): Promise<RawConnection> {
+    this.#creating++;
+    const attempt = this.#openRaw();
     try {
       const conn = await this.#answered(tenantId, 'a connection attempt', attempt);
       this.#killers.add(conn);
@@ -790,16 +799,7 @@ export class AffinityPool implements SwitchState {
     this.#touch(db);
     this.#heldBy.set(tenantId, this.#held(tenantId) + 1);
     let slot: Slot | undefined;
-    // Opened outside any scope: a socket's events run in the context it was created in, and this
-    // connection will serve many tenants (DESIGN: never let pool internals carry a tenant).
-    const attempt = runInScopeSync(undefined, () => {
-      try {
-        return Promise.resolve(this.#client.acquireRawConnection()) as Promise<RawConnection>;
-      } catch (error) {
-        // A driver that throws at once (a bad config) fails the acquire like a refused connection.
-        return Promise.reject(error);
-      }
-    });
+    const attempt = this.#openRaw();
     try {
       const conn = await this.#answered(tenantId, 'a connection attempt', attempt);
       slot = {
