@@ -1,7 +1,7 @@
 import { Model } from 'objection';
 import type { Knex } from 'knex';
 import { TenantContextMissingError, TenantMismatchError } from './errors';
-import { connectionTenant, currentScope, globalState, isKeyOf, keyOf, runInScope, type TenantKey, type TenantScope } from './scope';
+import { connectionTenant, currentScope, globalState, isKeyOf, keyOf, liveConnection, runInScope, type TenantKey, type TenantScope } from './scope';
 import { namesItsDatabase, qualifiedDatabase } from './qualify-tables';
 
 // Objection's own typings do not describe the members overridden here (unsafeKnex, $$knex, the
@@ -84,7 +84,7 @@ function childKnex(child: any, parent: any): Knex | null | undefined {
   }
   if (childClass[TENANT_AWARE] !== true || (parentClass[TENANT_AWARE] === true && !pinned(parentClass))) return undefined;
   const scope: TenantScope | undefined = child[CAPTURED] ?? currentScope();
-  return scope === undefined ? null : (scope.trx ?? scope.knex);
+  return scope === undefined ? null : liveConnection(scope);
 }
 
 /**
@@ -616,7 +616,7 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       const scope = currentScope();
       // null, not a throw: objection probes knex() in places where "none" is a valid answer (child
       // queries given an explicit knex); the builder above fails closed at execution instead.
-      return scope === undefined ? undefined : (scope.trx ?? scope.knex);
+      return scope === undefined ? undefined : liveConnection(scope);
     }
 
     static query(trx?: unknown): any {
@@ -624,7 +624,7 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       if (trx == null && !pinned(this)) {
         const scope = currentScope();
         if (scope !== undefined) {
-          builder = super.query(scope.trx ?? scope.knex);
+          builder = super.query(liveConnection(scope));
           builder[CAPTURED] = scope;
         }
       }

@@ -7,8 +7,7 @@
  * (https://nodejs.org/api/async_context.html#troubleshooting-context-loss), and a driver's stream or
  * socket events run in the context the connection was opened in, which can be another tenant's scope.
  */
-import type { Knex } from 'knex';
-import { currentScope, runInScope, runInScopeSync, type ScopeLease, type TenantScope } from './scope';
+import { currentScope, openTransactionScope, runInScope, runInScopeSync, type ScopeLease, type TenantScope } from './scope';
 
 /**
  * Binds `fn` to the tenant scope that is current now: the returned function always runs in that
@@ -83,16 +82,3 @@ function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R {
   return result;
 }
 
-/**
- * `scope` with its innermost transaction that is still open (a savepoint ended inside an open
- * transaction leaves that one), or `undefined` when it has none open.
- */
-function openTransactionScope(scope: TenantScope | undefined): TenantScope | undefined {
-  let current = scope;
-  while (current?.trx !== undefined) {
-    if (!current.trx.isCompleted()) return current;
-    const parent = (current.trx as { parentTransaction?: Knex.Transaction }).parentTransaction;
-    current = parent === undefined ? undefined : { ...current, trx: parent, txHooks: current.txHooks?.parent };
-  }
-  return undefined;
-}

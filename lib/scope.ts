@@ -139,6 +139,39 @@ export function connectionTenant(knex: object): TenantKey | undefined {
   return (knex as { client?: MarkedClient }).client?.[CLIENT_KEY];
 }
 
+/**
+ * @internal `scope` with its innermost transaction that is still open (a savepoint ended inside an
+ * open transaction leaves that one), or `undefined` when it has none open.
+ */
+export function openTransactionScope(scope: TenantScope | undefined): TenantScope | undefined {
+  let current = scope;
+  while (current?.trx !== undefined) {
+    if (!current.trx.isCompleted()) return current;
+    const parent = (current.trx as { parentTransaction?: Knex.Transaction }).parentTransaction;
+    current = parent === undefined ? undefined : { ...current, trx: parent, txHooks: current.txHooks?.parent };
+  }
+  return undefined;
+}
+
+/**
+ * @internal `scope` as work in it should see it now: after its transaction ended (a timer, a promise
+ * or a listener started inside it and run later), its innermost transaction still open, else the
+ * tenant's knex with no transaction, not the finished one (knex's untyped "Transaction query already
+ * complete", and onCommit callbacks pushed where they never run).
+ */
+export function liveScope(scope: TenantScope): TenantScope {
+  if (scope.trx === undefined || !scope.trx.isCompleted()) return scope;
+  return openTransactionScope(scope) ?? { ...scope, trx: undefined, txHooks: undefined };
+}
+
+/** @internal The connection for a query in `scope` now: its open transaction, else the tenant's knex. */
+export function liveConnection(scope: TenantScope): Knex {
+  const trx = scope.trx;
+  if (trx === undefined) return scope.knex;
+  if (!trx.isCompleted()) return trx;
+  return liveScope(scope).trx ?? scope.knex;
+}
+
 /** @internal The current scope, or `undefined`. */
 export function currentScope(): TenantScope | undefined {
   return state.storage.getStore();

@@ -14,7 +14,7 @@ import type { TenantConnections, TenantLease } from './pool-cache';
 import { bindTenant } from './propagation';
 import { CATALOG_DEFAULTS, CatalogCache } from './catalog-cache';
 import { createErrorHandler, type ErrorHandlerOptions, type TenantErrorHandler } from './http-errors';
-import { currentScope, globalState, markConnection, runInScope, type ScopeOwner, type TenantScope } from './scope';
+import { currentScope, globalState, liveConnection, liveScope, markConnection, runInScope, type ScopeOwner, type TenantScope } from './scope';
 import { validateTenantId, type TenantIdValidator } from './tenant-id';
 import { defaultHookError, runTransaction } from './transaction';
 import { forEachTenant, type ForEachTenantOptions, type ForEachTenantReport, type JobScope } from './for-each-tenant';
@@ -158,8 +158,7 @@ export class Tenancy implements ScopeOwner {
    * @throws {TenantContextMissingError} outside a scope of this tenancy.
    */
   knex(): Knex {
-    const scope = this.#ownScope();
-    return scope.trx ?? scope.knex;
+    return liveConnection(this.#ownScope());
   }
 
   /**
@@ -171,7 +170,7 @@ export class Tenancy implements ScopeOwner {
   transaction<T>(fn: (trx: Knex.Transaction) => T | Promise<T>): Promise<T> {
     let scope: TenantScope;
     try {
-      scope = this.#ownScope();
+      scope = liveScope(this.#ownScope());
     } catch (error) {
       return Promise.reject(error);
     }

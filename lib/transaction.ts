@@ -8,6 +8,12 @@ export interface TransactionHooks {
   readonly commit: Callback[];
   readonly rollback: Callback[];
   readonly parent: TransactionHooks | undefined;
+  /**
+   * `open` until the level ends: `released` (a savepoint that went on into its parent), `committed`
+   * (the outermost) or `rolledBack`. Callbacks registered after the end (work started in the
+   * transaction that runs later) follow it: see onCommit and onRollback.
+   */
+  state: 'open' | 'released' | 'committed' | 'rolledBack';
 }
 
 /** Reports a failing onCommit/onRollback callback; the transaction's outcome is already final. */
@@ -28,21 +34,37 @@ export async function runTransaction<T>(
   fn: (trx: Knex.Transaction) => T | Promise<T>,
   onHookError: HookErrorHandler = defaultHookError,
 ): Promise<T> {
-  const hooks: TransactionHooks = { commit: [], rollback: [], parent: scope.txHooks };
+  const hooks: TransactionHooks = { commit: [], rollback: [], parent: scope.txHooks, state: 'open' };
   const base = scope.trx ?? scope.knex;
   // A savepoint: knex deletes its connection's transaction mark (`__knexTxId`) when it ends, though
   // the outer transaction goes on on that connection. Put back, its statements still read as inside.
   const outer = scope.trx === undefined ? undefined : ((await (scope.trx.client as unknown as { acquireConnection(): Promise<{ __knexTxId?: string }> }).acquireConnection()));
   const outerTxId = outer?.__knexTxId;
   let result: T;
+  // `trx.rollback()` called by `fn`: knex then resolves (with undefined), as if it had committed.
+  let rolledBack = false;
   try {
-    result = (await base.transaction((trx) => runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx)))) as T;
+    result = (await base.transaction((trx) => {
+      const rollback = trx.rollback;
+      trx.rollback = function (this: unknown, ...args: unknown[]) {
+        rolledBack = true;
+        return (rollback as (...args: unknown[]) => unknown).apply(this, args);
+      } as typeof rollback;
+      return runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
+    })) as T;
   } catch (error) {
     if (outer !== undefined) outer.__knexTxId = outerTxId;
+    hooks.state = 'rolledBack';
     await runCallbacks(scope, hooks.rollback, onHookError);
     throw error;
   }
   if (outer !== undefined) outer.__knexTxId = outerTxId;
+  if (rolledBack) {
+    hooks.state = 'rolledBack';
+    await runCallbacks(scope, hooks.rollback, onHookError);
+    return result;
+  }
+  hooks.state = hooks.parent === undefined ? 'committed' : 'released';
   if (hooks.parent !== undefined) {
     hooks.parent.commit.push(...hooks.commit);
     hooks.parent.rollback.push(...hooks.rollback);
@@ -75,7 +97,9 @@ async function runCallbacks(scope: TenantScope, callbacks: Callback[], onHookErr
  */
 export function onCommit(fn: Callback): Promise<void> {
   const scope = currentScope();
-  const hooks = scope?.txHooks;
+  const hooks = openLevel(scope?.txHooks);
+  // Registered after its transaction was rolled back (work started in it, run later): never runs.
+  if (hooks === 'rolledBack') return Promise.resolve();
   if (hooks === undefined) {
     // As inside a transaction, a failure goes to onHookError and the promise resolves: callers do not
     // await it (`onCommit(() => queue.add(...))`), and a rejection would end the process.
@@ -98,7 +122,33 @@ export function onCommit(fn: Callback): Promise<void> {
  * transaction there is nothing to roll back and `fn` never runs.
  */
 export function onRollback(fn: Callback): void {
-  currentScope()?.txHooks?.rollback.push(fn);
+  const scope = currentScope();
+  const hooks = openLevel(scope?.txHooks);
+  if (hooks === undefined) return;
+  if (hooks !== 'rolledBack') {
+    hooks.rollback.push(fn);
+    return;
+  }
+  // Registered after its transaction was rolled back: it runs now, as it would have then.
+  void Promise.resolve()
+    .then(fn)
+    .catch((error: unknown) => {
+      if (scope?.owner.reportHookError !== undefined) scope.owner.reportHookError(error, scope.tenantId);
+      else defaultHookError(error, scope?.tenantId ?? '');
+    });
+}
+
+/**
+ * The innermost level of `hooks` still open; `'rolledBack'` when the transaction the callbacks
+ * would belong to was rolled back; `undefined` with no transaction, or once the outermost committed.
+ */
+function openLevel(hooks: TransactionHooks | undefined): TransactionHooks | 'rolledBack' | undefined {
+  let level = hooks;
+  while (level !== undefined && level.state !== 'open') {
+    if (level.state === 'rolledBack') return 'rolledBack';
+    level = level.parent;
+  }
+  return level;
 }
 
 const warned = new Set<string>();

@@ -191,6 +191,68 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.equal(hookErrors.length, 1);
     });
 
+    it("trx.rollback() called by the callback is a rollback: onRollback runs, onCommit does not, for a savepoint too", async () => {
+      const ran: string[] = [];
+      await tenancy.runWithTenant('x1', async () => {
+        const result = await tenancy.transaction(async (trx) => {
+          await Person.query().insert({ name: 'undone' });
+          onCommit(() => void ran.push('commit'));
+          onRollback(() => void ran.push('rollback'));
+          await trx.rollback();
+        });
+        assert.equal(result, undefined);
+        await tenancy.transaction(async () => {
+          await Person.query().insert({ name: 'outer-kept' });
+          await tenancy.transaction(async (sp) => {
+            await Person.query().insert({ name: 'savepoint-undone' });
+            onCommit(() => void ran.push('savepoint commit'));
+            onRollback(() => void ran.push('savepoint rollback'));
+            await sp.rollback();
+          });
+          onCommit(() => void ran.push('outer commit'));
+        });
+      });
+      assert.deepEqual(ran, ['rollback', 'savepoint rollback', 'outer commit']);
+      assert.deepEqual(await names('x1'), ['x1-ada', 'x1-bob', 'outer-kept']);
+    });
+
+    it('work started in a transaction that runs after it ended uses the tenant connection, not the finished transaction; its onCommit/onRollback follow the outcome', async () => {
+      const ran: string[] = [];
+      const later = deferred();
+      const done: Promise<unknown>[] = [];
+      await tenancy.runWithTenant('x1', async () => {
+        await tenancy.transaction(async () => {
+          await Person.query().insert({ name: 'in-trx' });
+          done.push(
+            later.promise.then(async () => {
+              await Person.query().insert({ name: 'after-commit' });
+              await tenancy.knex()('persons').insert({ name: 'after-commit-knex' });
+              await tenancy.transaction(async () => Person.query().insert({ name: 'after-commit-trx' }));
+              onCommit(() => void ran.push('late commit after commit'));
+              onRollback(() => void ran.push('late rollback after commit'));
+            }),
+          );
+        });
+        await tenancy
+          .transaction(async () => {
+            done.push(
+              later.promise.then(async () => {
+                onCommit(() => void ran.push('late commit after rollback'));
+                onRollback(() => void ran.push('late rollback after rollback'));
+                await Person.query().insert({ name: 'after-rollback' });
+              }),
+            );
+            throw new Error('roll back');
+          })
+          .catch(() => undefined);
+      });
+      later.resolve();
+      await Promise.all(done);
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.deepEqual(ran.sort(), ['late commit after commit', 'late rollback after rollback']);
+      assert.deepEqual((await names('x1')).slice(2).sort(), ['after-commit', 'after-commit-knex', 'after-commit-trx', 'after-rollback', 'in-trx']);
+    });
+
     it('a query built before tenancy.transaction() and awaited inside it runs in the transaction, and is rolled back with it', async () => {
       await tenancy.runWithTenant('x1', async () => {
         const insert = Person.query().insert({ name: 'x1-built-before' });
