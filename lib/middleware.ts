@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { InvalidTenantIdError, TenantContextMissingError } from './errors';
+import type { EventEmitter } from 'node:events';
+import { InvalidTenantIdError, TenantContextMissingError, TenantError } from './errors';
 import { fromHeader, type TenantResolver } from './resolvers';
 import { currentScope, runInScopeSync, type TenantScope } from './scope';
 
@@ -41,6 +42,28 @@ const requestScopes: WeakMap<object, TenantScope> = (holder[REQUEST_SCOPES] ??= 
 /** @internal The scope a tenant middleware opened for `req`, if any. */
 export function requestScope(req: object): TenantScope | undefined {
   return requestScopes.get(req);
+}
+
+/**
+ * The request's own events (`res.on('finish')`, `req.on('data')`...) are emitted in its scope. An
+ * event runs its listeners in the context of whoever emits it: on a connection with pipelined
+ * requests, the socket work of the request before, so an audit row written on `finish` went to the
+ * previous request's tenant. Checked per event; a rebinding costs an AsyncLocalStorage run.
+ */
+function emitInScope(req: IncomingMessage, res: ServerResponse, scope: TenantScope): void {
+  for (const emitter of [req, res] as EventEmitter[]) {
+    const emit = emitter.emit;
+    emitter.emit = function (this: EventEmitter, ...args: Parameters<EventEmitter['emit']>): boolean {
+      return currentScope() === scope ? emit.apply(this, args) : runInScopeSync(scope, () => emit.apply(this, args));
+    };
+  }
+}
+
+function resolverFailed(thrown: unknown): TenantError {
+  return new TenantError('TENANT_RESOLVER_FAILED', 'The tenant resolver failed with a value that is not an Error; the request is refused. Make the resolver throw an Error, or return undefined for "no tenant".', {
+    statusCode: 500,
+    cause: thrown,
+  });
 }
 
 /** How long a route whose client hung up may keep its tenant's connection before the lease ends anyway. */
@@ -109,6 +132,7 @@ export function createMiddleware(opener: ScopeOpener, options: TenantMiddlewareO
       if (!(entered instanceof Promise)) {
         requestScopes.set(req, entered.scope);
         holdLease(res, entered.release, false);
+        emitInScope(req, res, entered.scope);
         return runInScopeSync(entered.scope, next);
       }
       // Watch for a hang-up from now on: 'close' may fire while the tenant is still being looked up.
@@ -119,18 +143,22 @@ export function createMiddleware(opener: ScopeOpener, options: TenantMiddlewareO
         res.off('close', onClose);
         requestScopes.set(req, scope);
         holdLease(res, release, hungUp);
+        emitInScope(req, res, scope);
         runInScopeSync(scope, next);
       }, next);
     };
+    // What a resolver throws goes to the error handler as an Error: `next(undefined)` (a rejection
+    // with no reason) would run the route with no tenant, and `next('route')` would skip to the next one.
+    const failed = (error: unknown) => next(error instanceof Error ? error : resolverFailed(error));
     let resolved: unknown;
     try {
       resolved = resolve(req);
     } catch (error) {
-      next(error);
+      failed(error);
       return;
     }
     if (resolved !== null && typeof (resolved as PromiseLike<unknown>)?.then === 'function') {
-      (resolved as PromiseLike<unknown>).then(proceed, next);
+      (resolved as PromiseLike<unknown>).then(proceed, failed);
     } else {
       void proceed(resolved);
     }

@@ -54,13 +54,15 @@ export function fromSubdomain(options: SubdomainOptions): TenantResolver {
     throw new TypeError('fromSubdomain: options.baseDomain must be a non-empty string');
   }
   const suffix = `.${options.baseDomain.toLowerCase()}`;
-  const ignore = new Set(options.ignore ?? ['www']);
+  // Host names are case-insensitive: `WWW.example.com` is `www` too.
+  const ignore = new Set((options.ignore ?? ['www']).map((name) => name.toLowerCase()));
   return (req) => {
     if (sentMoreThanOnce(req.rawHeaders, 'host')) return [req.headers.host];
-    const host = (req.headers.host ?? '').replace(/:\d+$/, '');
+    // The port, and the root label's dot of a fully qualified name (`acme.example.com.`), are not the host's name.
+    const host = (req.headers.host ?? '').replace(/:\d+$/, '').replace(/\.$/, '');
     if (!host.toLowerCase().endsWith(suffix)) return undefined;
     const sub = host.slice(0, -suffix.length);
-    return sub === '' || ignore.has(sub) ? undefined : sub;
+    return sub === '' || ignore.has(sub.toLowerCase()) ? undefined : sub;
   };
 }
 
@@ -79,18 +81,44 @@ export function fromPath(prefixOrParam: string): TenantResolver {
   }
   const prefix = (prefixOrParam.endsWith('/') ? prefixOrParam : `${prefixOrParam}/`).toLowerCase();
   return (req) => {
-    // originalUrl: Express rewrites req.url inside mounted routers.
-    const url = (req as IncomingMessage & { originalUrl?: string }).originalUrl ?? req.url ?? '';
-    let path = url.split('?', 1)[0]!;
-    // Read the path as Express routes it, or firstOf() would fall through to another resolver on a
-    // URL whose route names a tenant: an absolute-form target (`GET http://host/t/b/...`) routes on
-    // its path, and routing ignores case by default (`/T/b/...` reaches `/t/:tenant`).
-    const absolute = /^[a-z][a-z0-9+.-]*:\/\/[^/]*(\/.*)?$/i.exec(path);
-    if (absolute !== null) path = absolute[1] ?? '/';
-    if (!path.toLowerCase().startsWith(prefix)) return undefined;
-    const segment = path.slice(prefix.length).split('/', 1)[0]!;
-    return decode(segment);
+    // Inside a router mounted at a path Express routes on req.url (the path below the mount point);
+    // a middleware mounted at the prefix itself (`app.use('/t', ...)`) sees it only in originalUrl.
+    const inRouter = segmentAfter(prefix, req.url);
+    const whole = segmentAfter(prefix, (req as IncomingMessage & { originalUrl?: string }).originalUrl);
+    if (inRouter !== undefined && whole !== undefined && inRouter !== whole) {
+      throw new InvalidTenantIdError('the request path names two tenants (below and above the router mount point)');
+    }
+    const segment = inRouter ?? whole;
+    return segment === undefined ? undefined : decode(segment);
   };
+}
+
+/**
+ * The path segment after `prefix` in `url`, read as Express routes it, or `undefined` when the path
+ * does not start with the prefix. Otherwise firstOf() would fall through to another resolver on a
+ * URL whose route names a tenant: an absolute-form target (`GET http://host/t/b/...`) routes on its
+ * path, and routing ignores case by default (`/T/b/...` reaches `/t/:tenant`).
+ * @throws {InvalidTenantIdError} for a path under the prefix that routers may read another way: a
+ * backslash (read as `/` by url.parse, which Express falls back to for a target with `#` or spaces)
+ * or an empty segment (`/t//acme`).
+ */
+function segmentAfter(prefix: string, url: string | undefined): string | undefined {
+  if (url === undefined) return undefined;
+  let path = url.split('?', 1)[0]!;
+  const absolute = /^[a-z][a-z0-9+.-]*:\/\/[^/]*(\/.*)?$/i.exec(path);
+  if (absolute !== null) path = absolute[1] ?? '/';
+  const lower = path.toLowerCase();
+  if (!lower.startsWith(prefix)) {
+    if (/[\\#]/.test(path) && lower.split('#', 1)[0]!.replaceAll('\\', '/').startsWith(prefix)) {
+      throw new InvalidTenantIdError('the request path has a backslash or a fragment where its tenant is');
+    }
+    return undefined;
+  }
+  const rest = path.slice(prefix.length);
+  const segment = rest.split('/', 1)[0]!;
+  if (segment === '' && rest.startsWith('/')) throw new InvalidTenantIdError('the request path has an empty segment where its tenant is');
+  if (/[\\#]/.test(segment)) throw new InvalidTenantIdError('the request path has a backslash or a fragment where its tenant is');
+  return segment;
 }
 
 /** Reads the tenant id from a query-string parameter; a repeated parameter is refused. */

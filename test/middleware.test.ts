@@ -142,6 +142,70 @@ describe('middleware resolvers and errors', () => {
     assert.match(String(error), /sync resolver failure/);
   });
 
+  it("a resolver that throws or rejects with something that is not an Error refuses the request (500), never runs the route without a tenant", async () => {
+    for (const version of [express4, express5]) {
+      const app = version();
+      app.get('/reject', tenancy.middleware({ resolve: () => Promise.reject(undefined) }), (_req, res) => res.json({ routeRan: true }));
+      app.get('/throw', tenancy.middleware({ resolve: () => { throw 'route'; } }), (_req, res) => res.json({ routeRan: true }));
+      app.get('/throw', (_req, res) => res.json({ nextRouteRan: true }));
+      app.use(tenancy.errorHandler());
+      const server = await listen(app);
+      try {
+        for (const path of ['/reject', '/throw']) {
+          const response = await fetch(`${server.url}${path}`);
+          assert.equal(response.status, 500, path);
+          assert.doesNotMatch(await response.text(), /RouteRan/i, path);
+        }
+      } finally {
+        await server.close();
+      }
+    }
+  });
+
+  it("a pipelined request's own events (res 'finish', req 'data') run in its tenant, not the tenant of the request before it on the connection", async () => {
+    const { connect } = await import('node:net');
+    for (const version of [express4, express5]) {
+      const seen: string[] = [];
+      const app = version();
+      app.use(tenancy.middleware({ resolve: fromPath('/t/') }));
+      app.post('/t/:tenant/audit', (req, res) => {
+        const tenant = req.params.tenant;
+        req.on('data', () => seen.push(`${tenant} data in ${tryCurrentTenantId()}`));
+        req.on('end', () => {
+          res.on('finish', () => seen.push(`${tenant} finish in ${tryCurrentTenantId()}`));
+          setTimeout(() => res.json({ tenant }), tenant === 'acme' ? 30 : 0);
+        });
+      });
+      const server = await listen(app);
+      try {
+        const { port } = new URL(server.url);
+        const body = 'x'.repeat(10);
+        const one = (t: string) => `POST /t/${t}/audit HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
+        await new Promise<void>((resolve, reject) => {
+          const socket = connect(Number(port), '127.0.0.1', () => socket.write(one('acme') + one('globex') + one('acme')));
+          let text = '';
+          socket.setEncoding('utf8');
+          socket.on('data', (chunk: string) => {
+            text += chunk;
+            if ((text.match(/HTTP\/1\.1 200/g) ?? []).length === 3) {
+              socket.end();
+              resolve();
+            }
+          });
+          socket.on('error', reject);
+        });
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        assert.ok(seen.length >= 6, seen.join());
+        for (const entry of seen) {
+          const [tenant, , , scope] = entry.split(' ');
+          assert.equal(scope, tenant, entry);
+        }
+      } finally {
+        await server.close();
+      }
+    }
+  });
+
   it('releases the lease of an aborted request once its route ends the response', async () => {
     const app = express4();
     let entered!: () => void;

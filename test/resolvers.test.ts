@@ -79,6 +79,11 @@ for (const [version, express] of [['4', express4], ['5', express5]] as const) {
           const stack = [tenancy.middleware({ resolve }), ...(order === 'after' ? [express.json()] : [])];
           app.use(mount, ...stack, router);
         }
+        // The same resolver in a router mounted at a path: Express routes on the path below it.
+        const api = express.Router();
+        api.use(tenancy.middleware({ resolve: byPathThenHeader }));
+        api.post('/k/:t/people', (req, res) => void res.json({ route: req.params.t, scope: currentTenantId() }));
+        app.use('/api', api);
         app.use(tenancy.errorHandler({ all: true }));
         server = await listen(app);
       });
@@ -116,6 +121,42 @@ for (const [version, express] of [['4', express4], ['5', express5]] as const) {
           assert.equal(response.status, 200, `${path}: ${response.text}`);
           assert.equal((JSON.parse(response.text) as { scope: string }).scope, 'globex', path);
         }
+      });
+
+      it("firstOf(fromPath('/k/'), fromHeader()): a path routers may read another way (a backslash, a fragment, an empty segment) is refused; in a router mounted at /api the path below the mount names the tenant", async () => {
+        const { port } = new URL(server.url);
+        const send = (path: string) =>
+          new Promise<{ status: number; text: string }>((resolve, reject) => {
+            const req = httpRequest({ host: '127.0.0.1', port, path, method: 'POST', headers: { 'x-tenant-id': 'acme', 'content-type': 'application/json' } }, (res) => {
+              let text = '';
+              res.setEncoding('utf8');
+              res.on('data', (chunk: string) => (text += chunk));
+              res.on('end', () => resolve({ status: res.statusCode!, text }));
+            });
+            req.on('error', reject);
+            req.end('{}');
+          });
+        // Express reads `\\` as `/` when the target has a `#` (url.parse): it routes to /k/:t with globex.
+        for (const path of ['/k\\globex/people#', '/k\\globex/people?x#']) {
+          const response = await send(path);
+          assert.equal(response.status, 400, `${path}: ${response.text}`);
+          assert.doesNotMatch(response.text, /acme/, path);
+        }
+        // An empty segment: refused by the resolver (here Express itself finds no route: 404).
+        assert.throws(() => fromPath('/k/')({ url: '/k//globex/people', headers: {} } as never), { code: 'TENANT_ID_INVALID' });
+        assert.notEqual((await send('/k//globex/people')).status, 200);
+        const mounted = await send('/api/k/globex/people');
+        assert.equal(mounted.status, 200, mounted.text);
+        assert.deepEqual(JSON.parse(mounted.text), { route: 'globex', scope: 'globex' });
+      });
+
+      it('fromSubdomain: ignored names match in any case, and a fully qualified host (trailing dot) names its tenant', async () => {
+        const upper = await request(`${server.url}/s/people`, { method: 'POST', headers: { host: 'WWW.example.test' } });
+        assert.equal(upper.status, 400, upper.text);
+        assert.equal((upper.json() as { error: { code: string } }).error.code, 'TENANT_CONTEXT_MISSING');
+        const dotted = await request(`${server.url}/s/people`, { method: 'POST', headers: { host: 'globex.example.test.', 'content-type': 'application/json' }, body: '{}' });
+        assert.equal(dotted.status, 200, dotted.text);
+        assert.equal((dotted.json() as { scope: string }).scope, 'globex');
       });
 
       it('a request naming no tenant gets 400 from every resolver; the bare domain and www name none', async () => {
