@@ -30,12 +30,22 @@ interface Ticket<W> {
   /** Its database was warm when it came (see `add`). */
   readonly warm: boolean;
   live: boolean;
+  /** Times a waiter behind it on a released connection's database was taken first (see MAX_PASSES). */
+  passed: number;
 }
 
 /** How many of the first warm waiters a search past `depth` looks at (one gone cold meanwhile is skipped). */
 const WARM_LOOKS = 8;
 
-const DEAD: Ticket<never> = { waiter: undefined as never, seq: -1, warm: false, live: false };
+/**
+ * How many times the first waiter that may take a connection can be passed over for one on the
+ * released connection's database: then it is served. Without a bound, two busy tenants each at its
+ * cap and together holding every connection got each released connection back for their own next
+ * query, and the other tenants' queries waited until they timed out.
+ */
+const MAX_PASSES = 2;
+
+const DEAD: Ticket<never> = { waiter: undefined as never, seq: -1, warm: false, live: false, passed: 0 };
 
 /** A FIFO of tickets read from a moving head (Array.shift() copies a long array). */
 class Line<W> {
@@ -170,7 +180,7 @@ export class WaitQueue<W extends QueuedAcquire> {
     const seq = front && waiter.ticket !== undefined ? (waiter.ticket as Ticket<W>).seq : this.#seq++;
     if ((this.#queued.get(waiter.tenantId) ?? 0) >= this.#perTenant) {
       waiter.place = 'parked';
-      const ticket: Ticket<W> = { waiter, seq, warm, live: true };
+      const ticket: Ticket<W> = { waiter, seq, warm, live: true, passed: 0 };
       waiter.ticket = ticket;
       let parked = this.#parked.get(waiter.tenantId);
       if (parked === undefined) this.#parked.set(waiter.tenantId, (parked = new Line()));
@@ -219,7 +229,16 @@ export class WaitQueue<W extends QueuedAcquire> {
       const position = seen++;
       if (!eligible(ticket.waiter)) continue;
       if (ticket.waiter.db === prefer || !preferring || position >= this.#lookahead) {
-        found = ticket;
+        // On the released connection's database, ahead of the first that may go: taken, unless that
+        // one has been passed over MAX_PASSES times already.
+        if (found !== undefined && found !== ticket && ticket.waiter.db === prefer && position < this.#lookahead) {
+          if (found.passed < MAX_PASSES) {
+            found.passed++;
+            found = ticket;
+          }
+        } else {
+          found = ticket;
+        }
         break;
       }
       found ??= ticket;
@@ -265,7 +284,7 @@ export class WaitQueue<W extends QueuedAcquire> {
 
   #enter(waiter: W, seq: number, front: boolean, warm: boolean): void {
     waiter.place = 'queued';
-    const ticket: Ticket<W> = { waiter, seq, warm, live: true };
+    const ticket: Ticket<W> = { waiter, seq, warm, live: true, passed: 0 };
     waiter.ticket = ticket;
     this.#items.push(ticket, front);
     if (warm) {

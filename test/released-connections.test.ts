@@ -125,6 +125,34 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
     assert.equal(main().open, 0, "evict() closes the free connection left on the tenant's database");
   });
 
+  it('two busy tenants at their cap holding every connection do not starve the others: each gets its share within acquireTimeoutMs', async () => {
+    const extra = ['c', 'd'];
+    await createTenantDatabases(server, extra, db);
+    try {
+      open({ acquireTimeoutMs: 1_000 }, 4); // maxConnectionsPerTenant: half of pool.max, 2
+      const done = new Map<string, number>();
+      const errors: string[] = [];
+      const until = Date.now() + 1_500;
+      const worker = async (t: string) => {
+        while (Date.now() < until) {
+          try {
+            await rawNames(t, 'select name from persons where sleep(0.005) = 0 limit 1');
+            done.set(t, (done.get(t) ?? 0) + 1);
+          } catch (error) {
+            errors.push(`${t}: ${(error as Error).message}`);
+          }
+        }
+      };
+      await Promise.all(['a', 'b', 'c', 'd'].flatMap((t) => Array.from({ length: 6 }, () => worker(t))));
+      assert.deepEqual(errors, []);
+      for (const t of ['a', 'b', 'c', 'd']) assert.ok((done.get(t) ?? 0) >= 30, `${t}: ${done.get(t) ?? 0} queries (${JSON.stringify(Object.fromEntries(done))})`);
+    } finally {
+      await tenancy?.destroy();
+      tenancy = undefined;
+      await dropTenantDatabases(server, extra, db);
+    }
+  });
+
   it('a cancelled timeout sends its KILL QUERY over a free pooled connection, never a connection beyond pool.max', async () => {
     open({}, 2);
     const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 1, max: 1 } });

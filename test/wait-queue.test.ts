@@ -47,6 +47,14 @@ describe('wait queue', () => {
     assert.equal(queue.size, 0);
   });
 
+  it('passes the first waiter over for one on the released connection’s database twice at most, then serves it', () => {
+    const queue = new WaitQueue<W>(10, 256, 32);
+    queue.add(waiter('c', 'c1'));
+    for (let i = 1; i <= 4; i++) queue.add(waiter('a', `a${i}`));
+    // Connections of tenant a come back one by one: a's own waiters go first, twice, then c1.
+    assert.deepEqual([1, 2, 3, 4].map(() => queue.take('db_a', any)!.name), ['a1', 'a2', 'c1', 'a3']);
+  });
+
   it('skips waiters that may not take the connection and returns undefined when none may', () => {
     const queue = new WaitQueue<W>(10, 256, 32);
     queue.add(waiter('cold', 'cold1'));
