@@ -134,12 +134,24 @@ export interface ErrorHandlerHooks {
 // queries fail this way rather than with 1049; the handler asks the server which one it is.
 const MISSING_TABLE_ERRNO = 1146;
 
+/**
+ * A client's error by the http-errors convention that Express and its body parsers follow (a 4xx
+ * `status` and `expose: true`, as `express.json()`'s 400 for a body that is not JSON): answered as
+ * such, with its own message, not as a 500 reported to onServerError.
+ */
+function clientError(error: unknown): HttpErrorAnswer | undefined {
+  const { status, statusCode, expose, message } = (error ?? {}) as { status?: unknown; statusCode?: unknown; expose?: unknown; message?: unknown };
+  const code = typeof status === 'number' ? status : statusCode;
+  if (expose !== true || typeof code !== 'number' || !Number.isInteger(code) || code < 400 || code > 499) return undefined;
+  return { status: code, code: 'CLIENT_ERROR', message: typeof message === 'string' ? message : 'Bad request.' };
+}
+
 /** @internal Builds the handler of `tenancy.errorHandler()`. */
 export function createErrorHandler(options: ErrorHandlerOptions, hooks: ErrorHandlerHooks): TenantErrorHandler {
   const answerWith = (answer: HttpErrorAnswer | undefined, error: unknown, req: IncomingMessage, res: ServerResponse, next: (error?: unknown) => void) => {
     if (answer === undefined) {
       if (options.all !== true) return next(error);
-      answer = { status: 500, code: 'INTERNAL', message: 'Internal error.' };
+      answer = clientError(error) ?? { status: 500, code: 'INTERNAL', message: 'Internal error.' };
     }
     if (answer.goneTenant !== undefined) void Promise.resolve(hooks.forget(answer.goneTenant)).catch(() => undefined);
     if (answer.status >= 500) options.onServerError?.(error, req);

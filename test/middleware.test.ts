@@ -206,6 +206,31 @@ describe('middleware resolvers and errors', () => {
     }
   });
 
+  it("errorHandler({ all: true }) answers a body parser's client error with its own 4xx, not a 500 reported as a server error", async () => {
+    const serverErrors: unknown[] = [];
+    for (const version of [express4, express5]) {
+      const app = version();
+      app.use(express4.json());
+      app.use(tenancy.middleware());
+      app.post('/x', (_req, res) => res.json({ ok: true }));
+      app.get('/boom', () => {
+        throw new Error('a bug');
+      });
+      app.use(tenancy.errorHandler({ all: true, onServerError: (error) => serverErrors.push(error) }));
+      const server = await listen(app);
+      try {
+        const bad = await fetch(`${server.url}/x`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-tenant-id': 'acme' }, body: '{not json' });
+        assert.equal(bad.status, 400);
+        assert.equal(((await bad.json()) as { error: { code: string } }).error.code, 'CLIENT_ERROR');
+        const boom = await fetch(`${server.url}/boom`, { headers: { 'x-tenant-id': 'acme' } });
+        assert.equal(boom.status, 500);
+      } finally {
+        await server.close();
+      }
+    }
+    assert.equal(serverErrors.length, 2, 'only the bugs are server errors');
+  });
+
   it('releases the lease of an aborted request once its route ends the response', async () => {
     const app = express4();
     let entered!: () => void;
