@@ -39,6 +39,24 @@ after(async () => {
 
 type Req = { user?: { tenantId?: string } } & import('node:http').IncomingMessage;
 
+/**
+ * POSTs `{}` to `path` sent as it is (node:http, not fetch, which would normalise it) with header
+ * `x-tenant-id: acme`, so that a resolver that falls through to the header answers acme.
+ */
+function postAsAcme(server: Running, path: string): Promise<{ status: number; text: string }> {
+  const { port } = new URL(server.url);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path, method: 'POST', headers: { 'x-tenant-id': 'acme', 'content-type': 'application/json' } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (text += chunk));
+      res.on('end', () => resolve({ status: res.statusCode!, text }));
+    });
+    req.on('error', reject);
+    req.end('{}');
+  });
+}
+
 /** Mount point, resolver, and how a request names tenant `t` for it. */
 const CASES: [string, TenantResolver, (t: string) => { path: string; headers: Record<string, string> }][] = [
   ['/h', fromHeader('x-tenant-id'), (t) => ({ path: '/h/people', headers: { 'x-tenant-id': t } })],
@@ -105,37 +123,16 @@ for (const [version, express] of [['4', express4], ['5', express5]] as const) {
       }
 
       it("firstOf(fromPath('/k/'), fromHeader()): a path Express routes without regard to case, or given as an absolute URL, still names the tenant", async () => {
-        const { port } = new URL(server.url);
         for (const path of ['/K/globex/people', `http://example.test/k/globex/people`, '/k/globex/people']) {
           // Before stop 22 the first two fell through to the header's tenant, acme.
-          const response = await new Promise<{ status: number; text: string }>((resolve, reject) => {
-            const req = httpRequest({ host: '127.0.0.1', port, path, method: 'POST', headers: { 'x-tenant-id': 'acme', 'content-type': 'application/json' } }, (res) => {
-              let text = '';
-              res.setEncoding('utf8');
-              res.on('data', (chunk: string) => (text += chunk));
-              res.on('end', () => resolve({ status: res.statusCode!, text }));
-            });
-            req.on('error', reject);
-            req.end('{}');
-          });
+          const response = await postAsAcme(server, path);
           assert.equal(response.status, 200, `${path}: ${response.text}`);
           assert.equal((JSON.parse(response.text) as { scope: string }).scope, 'globex', path);
         }
       });
 
       it("firstOf(fromPath('/k/'), fromHeader()): a path routers may read another way (a backslash, a fragment, an empty segment) is refused; in a router mounted at /api the path below the mount names the tenant", async () => {
-        const { port } = new URL(server.url);
-        const send = (path: string) =>
-          new Promise<{ status: number; text: string }>((resolve, reject) => {
-            const req = httpRequest({ host: '127.0.0.1', port, path, method: 'POST', headers: { 'x-tenant-id': 'acme', 'content-type': 'application/json' } }, (res) => {
-              let text = '';
-              res.setEncoding('utf8');
-              res.on('data', (chunk: string) => (text += chunk));
-              res.on('end', () => resolve({ status: res.statusCode!, text }));
-            });
-            req.on('error', reject);
-            req.end('{}');
-          });
+        const send = (path: string) => postAsAcme(server, path);
         // Express reads `\\` as `/` when the target has a `#` (url.parse): it routes to /k/:t with globex.
         for (const path of ['/k\\globex/people#', '/k\\globex/people?x#']) {
           const response = await send(path);
