@@ -100,19 +100,7 @@ export function onCommit(fn: Callback): Promise<void> {
   const hooks = openLevel(scope?.txHooks);
   // Registered after its transaction was rolled back (work started in it, run later): never runs.
   if (hooks === 'rolledBack') return Promise.resolve();
-  if (hooks === undefined) {
-    // As inside a transaction, a failure goes to onHookError and the promise resolves: callers do not
-    // await it (`onCommit(() => queue.add(...))`), and a rejection would end the process.
-    return Promise.resolve()
-      .then(fn)
-      .then(
-        () => undefined,
-        (error: unknown) => {
-          if (scope?.owner.reportHookError !== undefined) scope.owner.reportHookError(error, scope.tenantId);
-          else defaultHookError(error, scope?.tenantId ?? '');
-        },
-      );
-  }
+  if (hooks === undefined) return runNow(scope, fn);
   hooks.commit.push(fn);
   return Promise.resolve();
 }
@@ -130,12 +118,24 @@ export function onRollback(fn: Callback): void {
     return;
   }
   // Registered after its transaction was rolled back: it runs now, as it would have then.
-  void Promise.resolve()
+  void runNow(scope, fn);
+}
+
+/**
+ * Runs a callback that has no transaction to wait for. As inside a transaction, a failure goes to
+ * onHookError and the promise resolves: callers do not await it (`onCommit(() => queue.add(...))`),
+ * and a rejection would end the process.
+ */
+function runNow(scope: TenantScope | undefined, fn: Callback): Promise<void> {
+  return Promise.resolve()
     .then(fn)
-    .catch((error: unknown) => {
-      if (scope?.owner.reportHookError !== undefined) scope.owner.reportHookError(error, scope.tenantId);
-      else defaultHookError(error, scope?.tenantId ?? '');
-    });
+    .then(
+      () => undefined,
+      (error: unknown) => {
+        if (scope?.owner.reportHookError !== undefined) scope.owner.reportHookError(error, scope.tenantId);
+        else defaultHookError(error, scope?.tenantId ?? '');
+      },
+    );
 }
 
 /**
