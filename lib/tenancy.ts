@@ -35,6 +35,20 @@ export interface EnteredScope {
   release: () => void;
 }
 
+/** Runs `fn` in the entered scope and gives its lease back once its result settles (one promise, no `finally`). */
+function runReleasing<T>({ scope, release }: EnteredScope, fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
+  return runInScope(scope, fn).then(
+    (value) => {
+      release();
+      return value;
+    },
+    (error: unknown) => {
+      release();
+      throw error;
+    },
+  );
+}
+
 /**
  * A set of tenant databases: opens their pools, runs code in their scope, and closes them.
  * Create it with `createTenancy()`.
@@ -71,18 +85,18 @@ export class Tenancy implements ScopeOwner {
    * @example
    * const count = await tenancy.runWithTenant('acme', () => Person.query().resultSize());
    */
-  async runWithTenant<T>(tenantId: string, fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
-    const current = currentScope();
-    if (current !== undefined && current.owner === this && current.tenantId === tenantId) {
-      return runInScope(current, fn);
-    }
-    const entered = this.enterNow(tenantId);
-    const { scope, release } = entered instanceof Promise ? await entered : entered;
+  runWithTenant<T>(tenantId: string, fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
+    let entered: EnteredScope | Promise<EnteredScope>;
     try {
-      return await runInScope(scope, fn);
-    } finally {
-      release();
+      const current = currentScope();
+      if (current !== undefined && current.owner === this && current.tenantId === tenantId) {
+        return runInScope(current, fn);
+      }
+      entered = this.enterNow(tenantId);
+    } catch (error) {
+      return Promise.reject(error);
     }
+    return entered instanceof Promise ? entered.then((later) => runReleasing(later, fn)) : runReleasing(entered, fn);
   }
 
   /**

@@ -76,6 +76,59 @@ describe('scope', () => {
     assert.equal(await runWithTenant('a', () => 42), 42);
   });
 
+  it('settles every kind of result as await would, and gives the lease back each time', async () => {
+    const leases = (): number => tenancy.stats().leases ?? -1;
+    const before = leases();
+    // A synchronous throw: a rejection, not a throw out of runWithTenant.
+    const thrown = runWithTenant('a', () => {
+      throw new Error('sync failure');
+    });
+    await assert.rejects(thrown, /sync failure/);
+    // A thenable that rejects, one whose `then` throws, one whose `then` getter throws, one that
+    // resolves twice and then throws, and one whose then is not a function (the object itself).
+    await assert.rejects(runWithTenant('a', () => ({ then: (_ok: unknown, fail: (e: Error) => void) => fail(new Error('rejected')) })), /rejected/);
+    await assert.rejects(
+      runWithTenant('a', () => ({
+        then() {
+          throw new Error('then threw');
+        },
+      })),
+      /then threw/,
+    );
+    const getterThrows = Object.defineProperty({}, 'then', {
+      get() {
+        throw new Error('getter threw');
+      },
+    });
+    await assert.rejects(runWithTenant('a', () => getterThrows), /getter threw/);
+    const twice = {
+      then(ok: (v: number) => void) {
+        ok(1);
+        ok(2);
+        throw new Error('ignored after settling');
+      },
+    };
+    assert.equal(await runWithTenant('a', () => twice), 1);
+    const notThenable = { then: 42 };
+    assert.equal(await runWithTenant('a', () => notThenable), notThenable);
+    // A thenable resolving to a builder: adopted, and run in the scope (as await does).
+    const nested = await runWithTenant('b', () => ({ then: (ok: (v: unknown) => void) => ok(Person.query().findById(1)) }));
+    assert.equal((nested as { name: string }).name, 'b-ada');
+    // A native promise, and a plain value.
+    assert.equal(await runWithTenant('b', () => Promise.resolve(currentTenantId())), 'b');
+    assert.equal(await runWithTenant('b', () => undefined), undefined);
+    assert.equal(leases(), before);
+    // A thenable's then runs inside the scope.
+    let seen: string | undefined;
+    await runWithTenant('a', () => ({
+      then(ok: (v: undefined) => void) {
+        seen = tryCurrentTenantId();
+        ok(undefined);
+      },
+    }));
+    assert.equal(seen, 'a');
+  });
+
   it('the free runWithTenant uses the default tenancy', () => {
     assert.equal(defaultTenancy(), tenancy);
   });
