@@ -108,7 +108,7 @@ describe('scope', () => {
         throw new Error('ignored after settling');
       },
     };
-    assert.equal(await runWithTenant('a', () => twice), 1);
+    assert.equal(await runWithTenant('a', () => twice as unknown as PromiseLike<number>), 1);
     const notThenable = { then: 42 };
     assert.equal(await runWithTenant('a', () => notThenable), notThenable);
     // A thenable resolving to a builder: adopted, and run in the scope (as await does).
@@ -120,12 +120,13 @@ describe('scope', () => {
     assert.equal(leases(), before);
     // A thenable's then runs inside the scope.
     let seen: string | undefined;
-    await runWithTenant('a', () => ({
+    const observing = {
       then(ok: (v: undefined) => void) {
         seen = tryCurrentTenantId();
         ok(undefined);
       },
-    }));
+    };
+    await runWithTenant('a', () => observing as unknown as PromiseLike<undefined>);
     assert.equal(seen, 'a');
   });
 
