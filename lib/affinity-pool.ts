@@ -83,6 +83,11 @@ export interface AffinityPoolStats {
   capChanges: number;
   /** The cap on connections serving a cold database at once (`maxSwitched`, as sized); null: no limit. */
   maxSwitchedConnections: number | null;
+  /**
+   * Whether that cap holds now: false with no cap, and while the `'auto'` cap is lifted (cold
+   * acquires are not most of the recent traffic); a numeric cap always holds.
+   */
+  coldCapHeld: boolean;
   /** How many of the databases used last count as warm (not limited by the cap); null with no cap. */
   warmDatabases: number | null;
   /** resetSession: sessions reset because their connection passed to another tenant. */
@@ -473,6 +478,7 @@ export class AffinityPool implements SwitchState {
       waiting: this.#waiters.size,
       coldSwitching: this.#switching,
       maxSwitchedConnections: this.#maxSwitched === Infinity ? null : this.#maxSwitched,
+      coldCapHeld: this.#maxSwitched !== Infinity && this.#capped,
       warmDatabases: this.#maxSwitched === Infinity ? null : this.#warmDatabases,
       ...this.#counters,
     };

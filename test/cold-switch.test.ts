@@ -193,21 +193,24 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
       }
     };
     await run((i) => TENANTS[i % TENANTS.length]!, 600);
-    assert.deepEqual([mainStats().maxSwitchedConnections, mainStats().warmDatabases, mainStats().capChanges], [3, 3, 0]);
+    assert.deepEqual([mainStats().maxSwitchedConnections, mainStats().warmDatabases, mainStats().capChanges, mainStats().coldCapHeld], [3, 3, 0, true]);
     assert.ok(mainStats().coldWaits > 0, 'cold acquires waited for the cap');
     await run((i) => (i % 20 === 0 ? TENANTS[(i / 20) % TENANTS.length]! : TENANTS[i % 2]!), 1_200);
     assert.equal(mainStats().capChanges, 1, 'the cap was lifted under a hot set');
+    assert.equal(mainStats().coldCapHeld, false, 'stats tell the cap is lifted');
     const waits = mainStats().coldWaits;
     await run((i) => (i % 20 === 0 ? TENANTS[(i / 20) % TENANTS.length]! : TENANTS[i % 2]!), 600);
     assert.equal(mainStats().coldWaits, waits, 'no acquire waited for the lifted cap');
     await run((i) => TENANTS[i % TENANTS.length]!, 1_200);
     assert.equal(mainStats().capChanges, 2, 'the cap was put back under cold traffic');
+    assert.equal(mainStats().coldCapHeld, true);
   });
 
   it('a maxSwitchedConnections given as a number always holds, whatever the share of cold acquires', async () => {
     open({ max: 6, maxSwitchedConnections: 2 });
     for (let i = 0; i < 1_200; i += 6) await Promise.all(Array.from({ length: 6 }, (_, j) => quick(TENANTS[(i + j) % 2]!)));
     assert.equal(mainStats().capChanges, 0);
+    assert.equal(mainStats().coldCapHeld, true);
   });
 
   it("'auto' with a server that does not tell its cores (the read fails) sets no cap, and queries go on", async () => {
@@ -217,8 +220,7 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
     });
     assert.deepEqual(await Promise.all(TENANTS.map(quick)), TENANTS.map((t) => ({ d: db(t), m: t })));
     // (They waited while the first connection read the server: the interim cap is one.)
-    assert.deepEqual([mainStats().maxSwitchedConnections, mainStats().warmDatabases], [null, null]);
-
+    assert.deepEqual([mainStats().maxSwitchedConnections, mainStats().warmDatabases, mainStats().coldCapHeld], [null, null, false]);
   });
 
   it("'auto' reads the server again on the next connection after a failed read", async () => {
