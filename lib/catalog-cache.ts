@@ -1,7 +1,9 @@
 /**
- * A cache in front of the app's `tenantExists` catalog lookup. Positive answers live for a TTL;
- * negative answers live in a bounded LRU, so a flood of random (valid-looking) ids can neither grow
- * memory without bound nor hammer the catalog. Concurrent lookups of one id share one catalog call.
+ * A cache in front of the app's `tenantExists` catalog lookup. Positive answers live for a TTL, at
+ * most POSITIVE_MAX of them, expired ones swept as new ones come; negative answers live in a bounded
+ * LRU. So a flood of random (valid-looking) ids, or of ids a case-insensitive catalog says yes to in
+ * every spelling, can neither grow memory without bound nor hammer the catalog. Concurrent lookups
+ * of one id share one catalog call.
  */
 
 export interface CatalogCacheOptions {
@@ -12,6 +14,13 @@ export interface CatalogCacheOptions {
   /** At most this many negative answers are kept (least recently used dropped first). */
   negativeMax: number;
 }
+
+/**
+ * At most this many "exists" answers are kept (the oldest dropped first; a dropped one is asked
+ * again): more than any app's tenants in one TTL, and a bound for a catalog that says yes to ids
+ * without limit (each spelling of an id, with a case-insensitive one). About 100 B each.
+ */
+export const POSITIVE_MAX = 100_000;
 
 export const CATALOG_DEFAULTS: Readonly<CatalogCacheOptions> = Object.freeze({
   ttlMs: 60_000,
@@ -28,7 +37,8 @@ interface Lookup {
 export class CatalogCache {
   readonly #lookup: (tenantId: string) => boolean | Promise<boolean>;
   readonly #options: CatalogCacheOptions;
-  // Positive answers are bounded by the number of real tenants; negative ones by negativeMax.
+  // Positive answers in the order they were given, which is the order they expire in (one TTL for
+  // all): bounded by POSITIVE_MAX, expired ones swept from the front. Negative ones by negativeMax.
   readonly #positive = new Map<string, number>();
   readonly #negative = new Map<string, number>();
   readonly #pending = new Map<string, Lookup>();
@@ -97,6 +107,7 @@ export class CatalogCache {
   }
 
   stats(): { known: number; unknown: number; lookups: number } {
+    this.#sweep(Date.now());
     return { known: this.#positive.size, unknown: this.#negative.size, lookups: this.lookups };
   }
 
@@ -111,7 +122,11 @@ export class CatalogCache {
 
   #remember(tenantId: string, exists: boolean): void {
     if (exists) {
-      this.#positive.set(tenantId, Date.now() + this.#options.ttlMs);
+      const now = Date.now();
+      this.#sweep(now);
+      this.#positive.delete(tenantId);
+      this.#positive.set(tenantId, now + this.#options.ttlMs);
+      if (this.#positive.size > POSITIVE_MAX) this.#positive.delete(this.#positive.keys().next().value as string);
       return;
     }
     this.#negative.delete(tenantId);
@@ -119,6 +134,14 @@ export class CatalogCache {
     if (this.#negative.size > this.#options.negativeMax) {
       // Map keeps insertion order: the first key is the least recently used answer.
       this.#negative.delete(this.#negative.keys().next().value as string);
+    }
+  }
+
+  /** Drops the expired "exists" answers at the front (the oldest): amortized one per answer given. */
+  #sweep(now: number): void {
+    for (const [tenantId, until] of this.#positive) {
+      if (until > now) return;
+      this.#positive.delete(tenantId);
     }
   }
 }

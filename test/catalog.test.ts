@@ -7,6 +7,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { after, before, describe, it } from 'node:test';
 import { createTenancy, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
+import { CATALOG_DEFAULTS, CatalogCache, POSITIVE_MAX } from '../lib/catalog-cache';
 import { sqliteBackend } from './helpers/databases';
 
 setFlagsFromString('--expose-gc');
@@ -88,6 +89,39 @@ describe('catalog cache', () => {
     await tenancy.forget('later');
     assert.equal(await tenancy.runWithTenant('later', () => 'now served'), 'now served');
     assert.equal(asked.get('later'), 3);
+  });
+
+  it('"exists" answers do not outlive their TTL in memory: expired ones are swept, and at most 100,000 are kept', async () => {
+    // A catalog that says yes to many ids (every spelling of a name, with a case-insensitive one),
+    // all served by one real database.
+    const tenancy = createTenancy({
+      knexConfig: () => backend.knexConfig('real'),
+      tenantExists: (id) => id.toLowerCase().startsWith('real'),
+      catalogTtlMs: 1_500,
+      maxPools: 5,
+    });
+    tenancies.push(tenancy);
+    const ids = Array.from({ length: 60 }, (_, i) => `Real-${i}`);
+    for (const id of ids) assert.equal(await tenancy.runWithTenant(id, () => 1), 1);
+    assert.equal(tenancy.stats().catalog!.known, 60);
+    await new Promise((r) => setTimeout(r, 1_600));
+    // Nothing asked since: the expired answers are gone all the same.
+    assert.equal(tenancy.stats().catalog!.known, 0);
+    assert.equal(await tenancy.runWithTenant('REAL-again', () => 2), 2);
+    assert.equal(tenancy.stats().catalog!.known, 1);
+
+    // The bound, on the cache itself (100,001 tenant pools would take minutes to open): the oldest
+    // answer goes first, and is asked again.
+    const asked = new Map<string, number>();
+    const cache = new CatalogCache((id) => {
+      asked.set(id, (asked.get(id) ?? 0) + 1);
+      return true;
+    }, { ...CATALOG_DEFAULTS, ttlMs: 3_600_000 });
+    for (let i = 0; i <= POSITIVE_MAX; i++) assert.equal(await cache.exists(`t${i}`), true);
+    assert.equal(cache.stats().known, POSITIVE_MAX);
+    assert.equal(cache.exists(`t${POSITIVE_MAX}`), true, 'the newest answer is cached (no promise)');
+    assert.ok(cache.exists('t0') instanceof Promise, 'the oldest was dropped and is asked again');
+    assert.equal(asked.get('t0'), 2);
   });
 
   /** A `tenantExists` on the backend whose first lookup reads the answer, then waits for `letGo()`. */
