@@ -4,7 +4,7 @@
  * including a scope opened by one module system seen by the other and by a second copy of the package.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -106,5 +106,22 @@ describe('packed tarball in a scratch app', { skip: skipMysql }, () => {
 
   it('works through import, and require() and import see each other’s scopes', () => {
     assert.match(execFileSync(process.execPath, ['smoke.mjs'], { cwd: app, encoding: 'utf8' }), /esm ok/);
+  });
+
+  it('gives TypeScript the types of the entry point it resolves: ESM importers see no default export, which index.mjs has none of', () => {
+    // Named imports type-check from ESM and CommonJS; a default import from ESM must not, or it
+    // compiles and then fails at run time ("does not provide an export named 'default'").
+    fs.writeFileSync(path.join(app, 'named.mts'), "import { createTenancy, TenantModel } from 'objection-tenancy';\nexport const made: unknown[] = [createTenancy, TenantModel];\n");
+    fs.writeFileSync(path.join(app, 'named.cts'), "import ot = require('objection-tenancy');\nexport const made: unknown = ot.createTenancy;\n");
+    fs.writeFileSync(path.join(app, 'default.mts'), "import ot from 'objection-tenancy';\nexport const made: unknown = ot.createTenancy;\n");
+    const tsc = (file: string): { status: number | null; out: string } => {
+      const run = spawnSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '--noEmit', '--strict', '--skipLibCheck', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022', file], { cwd: app, encoding: 'utf8' });
+      return { status: run.status, out: `${run.stdout}${run.stderr}` };
+    };
+    for (const file of ['named.mts', 'named.cts']) assert.deepEqual(tsc(file), { status: 0, out: '' }, file);
+    const wrong = tsc('default.mts');
+    assert.equal(wrong.status, 2, wrong.out);
+    assert.match(wrong.out, /TS1192|has no default export/);
+    assert.throws(() => execFileSync(process.execPath, ['--input-type=module', '-e', "import ot from 'objection-tenancy';"], { cwd: app, stdio: 'pipe' }), /export named 'default'/);
   });
 });
