@@ -24,7 +24,8 @@ import { currentScope, openTransactionScope, runInScope, runInScopeSync, type Sc
  * Only this library's scope is captured and restored (not other `AsyncLocalStorage` stores); `this`,
  * the arguments and the return value are passed through unchanged.
  * @param fn The callback to bind: an event listener, a stream handler, a callback a library calls later.
- * @returns A function with the same signature as `fn`.
+ * @returns A function with the same parameters as `fn`, returning its result, or a promise of it
+ *   when the tenant's connection had to be opened again first.
  * @throws {TypeError} when `fn` is not a function.
  * @example
  * // Inside a request of tenant "acme": the listener runs in acme even when another tenant emits.
@@ -34,17 +35,17 @@ import { currentScope, openTransactionScope, runInScope, runInScopeSync, type Sc
  */
 export function bindTenant<A extends unknown[], R, This = unknown>(
   fn: (this: This, ...args: A) => R,
-): (this: This, ...args: A) => R {
+): (this: This, ...args: A) => R | Promise<Awaited<R>> {
   if (typeof fn !== 'function') throw new TypeError('bindTenant(fn): fn must be a function');
   // The store is immutable, so holding a reference is a faithful snapshot of the scope.
   const scope = currentScope();
-  return function boundToTenant(this: This, ...args: A): R {
+  return function boundToTenant(this: This, ...args: A): R | Promise<Awaited<R>> {
     return inScopeOf(scope, () => fn.apply(this, args));
   };
 }
 
 /** Runs `call` in `scope`'s tenant as it is now (see bindTenant); with no scope, with none. */
-function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R {
+function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R | Promise<Awaited<R>> {
   const open = openTransactionScope(scope);
   const enter = scope?.owner.enterNow;
   // In a transaction still open, the scope that opened it holds the lease, so its connection too.
@@ -64,7 +65,7 @@ function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R {
     return entered.then(
       ({ scope: current, release }) => runInScope(current, call).finally(release),
       () => runInScope(scope, call),
-    ) as R;
+    );
   }
   const { scope: current, release } = entered;
   let result: R;
@@ -77,7 +78,7 @@ function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R {
   // A promise keeps the lease until it settles; the caller gets one that settles the same way, so a
   // rejection nobody handles is still reported. Any other thenable (a query builder) is not touched:
   // calling its then() would run it, and the caller runs it; it runs on the connection it was built on.
-  if (result instanceof Promise) return result.finally(release) as R;
+  if (result instanceof Promise) return result.finally(release) as Promise<Awaited<R>>;
   release();
   return result;
 }

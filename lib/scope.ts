@@ -6,7 +6,7 @@ import type { TransactionHooks } from './transaction';
 /** What the scope needs from its owner: the `Tenancy` that opened it. */
 export interface ScopeOwner {
   /** Runs `fn` in a transaction of the current tenant, with the transaction in the scope. */
-  transaction<T>(fn: (trx: Knex.Transaction) => Promise<T> | T): Promise<T>;
+  transaction<T>(fn: (trx: Knex.Transaction) => T | PromiseLike<T>): Promise<Awaited<T>>;
   /** Reports a failed onCommit/onRollback callback (the app's `onHookError`). */
   reportHookError?(error: unknown, tenantId: string): void;
   /**

@@ -181,7 +181,7 @@ export class Tenancy implements ScopeOwner {
    * call is a savepoint.
    * @throws {TenantContextMissingError} outside a scope of this tenancy.
    */
-  transaction<T>(fn: (trx: Knex.Transaction) => T | Promise<T>): Promise<T> {
+  transaction<T>(fn: (trx: Knex.Transaction) => T | PromiseLike<T>): Promise<Awaited<T>> {
     let scope: TenantScope;
     try {
       scope = liveScope(this.#ownScope());
@@ -374,7 +374,7 @@ export class Tenancy implements ScopeOwner {
    * @example
    * emitter.on('done', tenancy.bind(() => Audit.query().insert({ message: 'done' })));
    */
-  bind<A extends unknown[], R, This = unknown>(fn: (this: This, ...args: A) => R): (this: This, ...args: A) => R {
+  bind<A extends unknown[], R, This = unknown>(fn: (this: This, ...args: A) => R): (this: This, ...args: A) => R | Promise<Awaited<R>> {
     return bindTenant(fn);
   }
 

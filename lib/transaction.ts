@@ -31,16 +31,16 @@ export const defaultHookError: HookErrorHandler = (error, tenantId) => {
  */
 export async function runTransaction<T>(
   scope: TenantScope,
-  fn: (trx: Knex.Transaction) => T | Promise<T>,
+  fn: (trx: Knex.Transaction) => T | PromiseLike<T>,
   onHookError: HookErrorHandler = defaultHookError,
-): Promise<T> {
+): Promise<Awaited<T>> {
   const hooks: TransactionHooks = { commit: [], rollback: [], parent: scope.txHooks, state: 'open' };
   const base = scope.trx ?? scope.knex;
   // A savepoint: knex deletes its connection's transaction mark (`__knexTxId`) when it ends, though
   // the outer transaction goes on on that connection. Put back, its statements still read as inside.
   const outer = scope.trx === undefined ? undefined : ((await (scope.trx.client as unknown as { acquireConnection(): Promise<{ __knexTxId?: string }> }).acquireConnection()));
   const outerTxId = outer?.__knexTxId;
-  let result: T;
+  let result: Awaited<T>;
   // `trx.rollback()` called by `fn`: knex then resolves (with undefined), as if it had committed.
   let rolledBack = false;
   try {
@@ -51,7 +51,7 @@ export async function runTransaction<T>(
         return (rollback as (...args: unknown[]) => unknown).apply(this, args);
       } as typeof rollback;
       return runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
-    })) as T;
+    })) as Awaited<T>;
   } catch (error) {
     if (outer !== undefined) outer.__knexTxId = outerTxId;
     hooks.state = 'rolledBack';

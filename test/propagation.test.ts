@@ -236,6 +236,23 @@ for (const backend of backends('prop')) {
       }
     });
 
+    it('a bound synchronous function returns a promise when its tenant had to be opened again, and its type says so', async () => {
+      const brief = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
+      try {
+        const label = await brief.runWithTenant('pa', () => brief.bind((n: number) => `${currentTenantId()}:${n}`));
+        // Its pool is cached: the result itself.
+        assert.equal(label(1), 'pa:1');
+        await brief.evict('pa');
+        // Reopened first: a promise (typed `string | Promise<string>`; `instanceof` does not compile
+        // against a plain `string`, as the type was before).
+        const later = label(2);
+        assert.ok(later instanceof Promise);
+        assert.equal(await later, 'pa:2');
+      } finally {
+        await brief.destroy();
+      }
+    });
+
     it('bound inside a transaction: in it while it is open, in its tenant outside it once it has ended', async () => {
       let bound: (() => Promise<string>) | undefined;
       let inside: string | undefined;

@@ -75,6 +75,15 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.equal((await direct.get('x1')!('movies').where({ title: 'undone' })).length, 0);
     });
 
+    it('tenancy.transaction(fn) returning a query builder resolves to its rows, and is typed so (not as a builder)', async () => {
+      // `.then((person) => person?.name)` compiles only when the result is typed as the row: typed
+      // Promise<QueryBuilder> before, it did not, though the rows came at run time.
+      const name = await tenancy.runWithTenant('x1', () =>
+        tenancy.transaction(() => Person.query().findOne({ name: 'x1-ada' })).then((person) => person?.name),
+      );
+      assert.equal(name, 'x1-ada');
+    });
+
     it('a nested transaction is a savepoint: its rollback keeps the outer work', async () => {
       await tenancy.runWithTenant('x2', () =>
         tenancy.transaction(async () => {
