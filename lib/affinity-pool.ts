@@ -7,6 +7,7 @@ import { WaitQueue, type QueuedAcquire } from './wait-queue';
 import {
   ask,
   autocommitOn,
+  closeSocketNow,
   guardPendingSwitch,
   leftTransactional,
   stillRunning,
@@ -183,6 +184,8 @@ export class AffinityPool implements SwitchState {
   readonly #owner = new Map<RawConnection, string>();
   /** Connections opened for one `KILL QUERY` (borrowForKill): closed when given back. */
   readonly #killers = new Set<RawConnection>();
+  /** whenIdle() callers, settled when the last checked-out connection comes back. */
+  readonly #idleWaiters: (() => void)[] = [];
   readonly #reaper: NodeJS.Timeout | undefined;
   #freeCount = 0;
   #creating = 0;
@@ -342,6 +345,11 @@ export class AffinityPool implements SwitchState {
 
   /** Gives a connection back: to a waiter (preferring one on the same database), or to the free list. */
   release(conn: RawConnection): void {
+    this.#releaseConnection(conn);
+    if (this.#idleWaiters.length > 0) this.#settleIdle();
+  }
+
+  #releaseConnection(conn: RawConnection): void {
     if (this.#killers.delete(conn)) {
       void this.#closeUnjoined(conn);
       return;
@@ -484,7 +492,21 @@ export class AffinityPool implements SwitchState {
     };
   }
 
-  /** Closes every connection; waiting acquires fail. In-use connections close when released. */
+  /**
+   * Resolves once no connection is checked out (given right back when none is): what destroy()
+   * waits for, up to its drain time, before it closes the rest.
+   */
+  whenIdle(): Promise<void> {
+    if (this.#owner.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  /**
+   * Closes every connection; waiting acquires fail. Connections still checked out (a transaction
+   * left open, a statement that outlived its scope, after the tenancy's drain time) are closed at
+   * once, their sockets first: the server rolls back what they left open, and their late release
+   * finds them gone.
+   */
   async destroy(): Promise<void> {
     this.#closed = true;
     if (this.#reaper !== undefined) clearInterval(this.#reaper);
@@ -497,7 +519,25 @@ export class AffinityPool implements SwitchState {
     for (const list of this.#free.values()) for (const slot of list) closing.push(this.#destroy(slot));
     this.#free.clear();
     this.#freeCount = 0;
+    for (const [conn, tenantId] of [...this.#owner]) {
+      this.#owner.delete(conn);
+      this.#unhold(tenantId);
+      const slot = this.#slots.get(conn);
+      if (slot === undefined) continue;
+      if (slot.switched) {
+        slot.switched = false;
+        this.#switching--;
+      }
+      closeSocketNow(conn);
+      closing.push(this.#destroy(slot));
+    }
+    this.#settleIdle();
     await Promise.all(closing);
+  }
+
+  #settleIdle(): void {
+    if (this.#owner.size > 0 || this.#idleWaiters.length === 0) return;
+    for (const resolve of this.#idleWaiters.splice(0)) resolve();
   }
 
   /** knex types it as async; the mysql2 client answers synchronously. */

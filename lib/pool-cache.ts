@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { TenancyDestroyedError } from './errors';
+import { closeSocketNow } from './pooled-connection';
 
 /**
  * A claim on a tenant's connection handle for the length of one scope (a request, a job). While any
@@ -26,7 +27,8 @@ export interface TenantConnections {
    */
   evict(tenantId: string, options?: { gone?: boolean }): Promise<void>;
   stats(): PoolCacheStats;
-  destroy(): Promise<void>;
+  /** Closes every pool; what is still in use after `drainTimeoutMs` is closed under it. */
+  destroy(drainTimeoutMs?: number): Promise<void>;
 }
 
 /** Counters of the pool cache, as returned inside `tenancy.stats()`. */
@@ -232,8 +234,9 @@ export class PoolCache implements TenantConnections {
   }
 
   /**
-   * Closes every pool. Pools with leases in flight get `drainTimeoutMs` to finish, then are destroyed.
-   * New leases are refused with `TenancyDestroyedError`.
+   * Closes every pool. Pools with leases in flight, or connections in use, get `drainTimeoutMs` to
+   * finish, then are destroyed, their connections in use closed under them. New leases are refused
+   * with `TenancyDestroyedError`.
    */
   async destroy(drainTimeoutMs = 10_000): Promise<void> {
     this.#destroyed = true;
@@ -250,6 +253,9 @@ export class PoolCache implements TenantConnections {
       for (const entry of this.#draining) {
         entry.leases = 0;
         this.#closeWhenDrained(entry);
+        // knex.destroy() waits for every connection checked out of the pool: one a transaction left
+        // open (or a statement that outlived its scope) holds would keep it waiting forever.
+        if (entry.knex !== undefined) closeCheckedOut(entry.knex);
       }
       await Promise.all(all);
     }
@@ -364,6 +370,19 @@ export class PoolCache implements TenantConnections {
         this.#draining.delete(entry);
         entry.markClosed();
       });
+  }
+}
+
+/**
+ * Closes the connections still checked out of a knex's tarn pool and gives them back, so that the
+ * pool's destroy(), waiting for them, goes on: their late release by knex is refused by tarn.
+ */
+function closeCheckedOut(knex: Knex): void {
+  const pool = (knex.client as { pool?: { used?: { resource: unknown }[]; release(resource: unknown): boolean } }).pool;
+  if (pool?.used === undefined) return;
+  for (const { resource } of [...pool.used]) {
+    closeSocketNow(resource);
+    pool.release(resource);
   }
 }
 

@@ -178,6 +178,21 @@ function opensTables(sql: unknown): boolean {
 }
 
 /** A statement is still running on it, or knex marked it unusable after a timeout. */
+/**
+ * Closes a driver connection's socket at once (mysql2's and mysql's `destroy()`), not behind the
+ * statement it runs as `end()` does: the server rolls back what it left open. Other connections
+ * (better-sqlite3's) are left to the pool's own close.
+ */
+export function closeSocketNow(conn: unknown): void {
+  const target = conn as { destroy?: () => void; stream?: unknown } | null;
+  if (target === null || typeof target !== 'object' || target.stream === undefined || typeof target.destroy !== 'function') return;
+  try {
+    target.destroy();
+  } catch {
+    // Closed already.
+  }
+}
+
 export function stillRunning(conn: RawConnection): boolean {
   return conn._command != null || conn.__knex__disposed !== undefined;
 }

@@ -203,14 +203,15 @@ export class SharedConnections implements TenantConnections {
     const busy = [...this.#handles.values()].filter((handle) => handle.leases > 0);
     this.#handles.clear();
     const evicted = [...this.#draining.values()];
-    if (busy.length > 0 || evicted.length > 0) {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        Promise.all([...busy.map((handle) => new Promise<void>((resolve) => (handle.drained = resolve))), ...evicted]),
-        new Promise<void>((resolve) => (timer = setTimeout(resolve, drainTimeoutMs))),
-      ]);
-      clearTimeout(timer);
-    }
+    // Connections checked out with no scope left (a transaction left open, a statement that outlived
+    // its scope) get the same drain time as scopes in flight; the pools then close what is left.
+    const idle = [...this.#servers.values()].map((server) => server.pool.whenIdle());
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all([...busy.map((handle) => new Promise<void>((resolve) => (handle.drained = resolve))), ...evicted, ...idle]),
+      new Promise<void>((resolve) => (timer = setTimeout(resolve, drainTimeoutMs))),
+    ]);
+    clearTimeout(timer);
     await Promise.all([...this.#servers.values()].map(async (server) => {
       await server.pool.destroy();
       await server.knex.destroy();

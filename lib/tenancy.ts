@@ -255,14 +255,24 @@ export class Tenancy implements ScopeOwner {
     return stats;
   }
 
-  /** Closes every tenant pool (waiting for in-flight scopes to finish). Call at shutdown. */
-  async destroy(): Promise<void> {
+  /**
+   * Closes every tenant pool and refuses new scopes. Call at shutdown. Scopes in flight, and
+   * connections still in use (a transaction left open, a statement that outlived its scope), get
+   * `drainTimeoutMs` (10 000) to finish; then their connections are closed (the server rolls back
+   * what they left open).
+   * @throws {TypeError} for a `drainTimeoutMs` that is not a number of milliseconds (0 or more).
+   */
+  async destroy(options: { drainTimeoutMs?: number } = {}): Promise<void> {
+    const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
+    if (typeof drainTimeoutMs !== 'number' || !Number.isFinite(drainTimeoutMs) || drainTimeoutMs < 0) {
+      throw new TypeError(`tenancy.destroy(): drainTimeoutMs must be a number of milliseconds (0 or more), got ${String(drainTimeoutMs)}`);
+    }
     this.#destroyed = true;
     if (globalState.defaultOwner === this) {
       globalState.defaultOwner = undefined;
       globalState.defaultDestroyed = true;
     }
-    await this.#connections.destroy();
+    await this.#connections.destroy(drainTimeoutMs);
   }
 
   #operations: OperationsHost | undefined;
