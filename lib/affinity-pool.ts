@@ -82,6 +82,12 @@ export interface AffinityPoolStats {
    * recent acquires were of cold databases.
    */
   capChanges: number;
+  /**
+   * Connections the server refused as full (`max_connections`, `max_user_connections`) while the
+   * pool had some of its own: the acquire then waited for one of those, and the pool opened none
+   * for a second.
+   */
+  serverFull: number;
   /** The cap on connections serving a cold database at once (`maxSwitched`, as sized); null: no limit. */
   maxSwitchedConnections: number | null;
   /**
@@ -184,6 +190,8 @@ export class AffinityPool implements SwitchState {
   readonly #owner = new Map<RawConnection, string>();
   /** Connections opened for one `KILL QUERY` (borrowForKill): closed when given back. */
   readonly #killers = new Set<RawConnection>();
+  /** Until when no connection is opened while the pool has some: the server refused one as full. */
+  #fullUntil = 0;
   /** whenIdle() callers, settled when the last checked-out connection comes back. */
   readonly #idleWaiters: (() => void)[] = [];
   readonly #reaper: NodeJS.Timeout | undefined;
@@ -222,7 +230,7 @@ export class AffinityPool implements SwitchState {
   #restoresOff = false;
   /** qualifyTables: texts of statements refused lately on clean connections, least recent first (see REFUSED_TEXTS). */
   readonly #refusedTexts = new Map<string, undefined>();
-  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0, coldWaits: 0, capChanges: 0, resets: 0, openTransactionsClosed: 0, cleanHits: 0, qualifyRetries: 0, restores: 0, restoreRefusals: 0 };
+  readonly #counters = { switches: 0, affinityHits: 0, created: 0, destroyed: 0, timeouts: 0, coldWaits: 0, capChanges: 0, serverFull: 0, resets: 0, openTransactionsClosed: 0, cleanHits: 0, qualifyRetries: 0, restores: 0, restoreRefusals: 0 };
 
   constructor(client: Knex.Client, options: AffinityPoolOptions) {
     this.#client = client;
@@ -247,7 +255,7 @@ export class AffinityPool implements SwitchState {
   acquire(tenantId: string, db: string): Promise<RawConnection> {
     if (this.#closed) return Promise.reject(new TenancyDestroyedError());
     if (this.#adaptive) this.#countCold(db);
-    const canCreate = this.#slots.size + this.#creating < this.#options.max;
+    const canCreate = this.#canCreate();
     if (this.#held(tenantId) < this.#options.perTenantMax) {
       const maySwitch = this.#maySwitchTo(db);
       const slot = this.#takeFree(db, maySwitch);
@@ -881,6 +889,16 @@ export class AffinityPool implements SwitchState {
       if (slot !== undefined) await this.#discardNew(slot.conn);
       else if (error instanceof TenantUnavailableError) this.#abandon(attempt);
       else this.#creating--;
+      // The server is full (max_connections, or the user's max_user_connections): with connections
+      // of its own to wait for, the pool opens none for SERVER_FULL_MS and the acquire waits for one
+      // of them (up to acquireTimeoutMs), as when every connection is busy, rather than fail at once
+      // and try again on the next acquire, hundreds of times a second.
+      if (slot === undefined && serverFull(error) && this.#slots.size > 0 && !this.#closed) {
+        this.#fullUntil = Date.now() + SERVER_FULL_MS;
+        this.#counters.serverFull++;
+        this.#pump();
+        return this.acquire(tenantId, db);
+      }
       this.#pump();
       if (error instanceof TenantUnavailableError) throw error;
       const reason = slot === undefined ? 'no connection to its database server could be opened (refused, or its handshake timed out)' : 'setting up a new connection (pool.afterCreate) failed';
@@ -1048,9 +1066,14 @@ export class AffinityPool implements SwitchState {
   }
 
   /** Serves waiters from free connections or new ones while capacity allows. */
+  /** Room to open a connection: under `max`, and the server not found full lately (see SERVER_FULL_MS). */
+  #canCreate(): boolean {
+    return this.#slots.size + this.#creating < this.#options.max && (this.#fullUntil === 0 || this.#slots.size === 0 || Date.now() >= this.#fullUntil);
+  }
+
   #pump(): void {
     while (this.#waiters.size > 0 && !this.#closed) {
-      const canCreate = this.#slots.size + this.#creating < this.#options.max;
+      const canCreate = this.#canCreate();
       if (this.#freeCount === 0 && !canCreate) return;
       // A waiter for a cold database, with every cold-switch permit taken, is served only by a free
       // connection already on its database.
@@ -1095,6 +1118,20 @@ export class AffinityPool implements SwitchState {
   }
 }
 
+
+/** How long a pool with connections opens no more after the server refused one as full. */
+const SERVER_FULL_MS = 1_000;
+
+/**
+ * The server refused a connection as full: ER_CON_COUNT_ERROR (1040, max_connections),
+ * ER_TOO_MANY_USER_CONNECTIONS (1203, the global max_user_connections), ER_USER_LIMIT_REACHED (1226,
+ * an account's MAX_USER_CONNECTIONS).
+ */
+function serverFull(error: unknown): boolean {
+  const { errno, code, cause } = (error ?? {}) as { errno?: unknown; code?: unknown; cause?: unknown };
+  if (errno === 1040 || errno === 1203 || errno === 1226 || code === 'ER_CON_COUNT_ERROR' || code === 'ER_TOO_MANY_USER_CONNECTIONS' || code === 'ER_USER_LIMIT_REACHED') return true;
+  return error instanceof TenantUnavailableError && cause !== undefined && serverFull(cause);
+}
 
 function mapSwitchError(tenantId: string, error: unknown): Error {
   if (error instanceof TenantError) return error;

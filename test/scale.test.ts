@@ -302,6 +302,37 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     }
   });
 
+  it("shared strategy: a server that refuses more connections (max_user_connections) makes queries wait for the pool's own, not fail", async () => {
+    const admin = admins.get('first')!;
+    for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 2', [POOL_USER, host]);
+    const tenancy = createTenancy(sharedOptions(6, { maxConnectionsPerTenant: 6, acquireTimeoutMs: 5_000 }));
+    try {
+      const tenants = ON_FIRST.slice(0, 4);
+      const outcomes = await peakThreads(() =>
+        Promise.allSettled(
+          Array.from({ length: 24 }, (_, i) => {
+            const t = tenants[i % tenants.length]!;
+            return tenancy.runWithTenant(t, async () => {
+              await tenancy.knex().raw('select sleep(0.05)');
+              return (await Person.query().findById(1))?.name;
+            });
+          }),
+        ),
+      );
+      const failed = outcomes.result.filter((o) => o.status === 'rejected').map((o) => String((o as PromiseRejectedResult).reason));
+      assert.deepEqual(failed, [], 'no query failed');
+      assert.deepEqual(
+        outcomes.result.map((o) => (o as PromiseFulfilledResult<unknown>).value),
+        Array.from({ length: 24 }, (_, i) => `${tenants[i % tenants.length]}-ada`),
+      );
+      assert.ok(outcomes.first <= 2, `at most the 2 connections the server allows (${outcomes.first})`);
+      assert.ok(tenancy.stats().servers!.first!.serverFull >= 1, JSON.stringify(tenancy.stats().servers!.first));
+    } finally {
+      await tenancy.destroy();
+      for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 0', [POOL_USER, host]);
+    }
+  });
+
   it('fairness: a tenant holding its cap of connections does not starve the others', async () => {
     const tenancy = createTenancy(sharedOptions(4, { maxConnectionsPerTenant: 2 }));
     try {
