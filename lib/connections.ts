@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import knexFactory from 'knex';
+import { failStreamsOnLostConnection } from './lost-stream';
 import { ConnectionBudget } from './connection-budget';
 import { isNoSuchDatabase, TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
 import { PoolCache, type TenantConnections } from './pool-cache';
@@ -171,6 +172,7 @@ export function createConnections(options: ConnectionOptions): { connections: Te
       // Outermost: a missing file is refused before the budget's unit is taken.
       watchTenantFile(knex, config, tenantId, () => cache!.retire(tenantId, knex));
       failTypedOnceClosed(knex, tenantId);
+      failStreamsOnLostConnection(knex.client);
       if (verify !== undefined) {
         try {
           await verify(knex, tenantId);

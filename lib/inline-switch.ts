@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { UnknownTenantError } from './errors';
+import { streamFailingOnLoss, type ClientStream as LostStreamBase } from './lost-stream';
 import { markQualified, settleOwnNamesOnCompile } from './qualify-tables';
 
 /**
@@ -282,7 +283,8 @@ function cleanTransactionClass(proto: object, state: SwitchState, tenantId: stri
   };
   txProto._stream = async function (this: Knex.Client, conn: unknown, obj: unknown, stream: unknown, options: unknown): Promise<unknown> {
     await switchBeforeStream(state, conn, tenantId, stream);
-    return base._stream.call(this, conn, obj, stream, options);
+    // The driver's own `_stream` (knex builds transaction clients from its class): see lost-stream.ts.
+    return streamFailingOnLoss(base._stream as LostStreamBase, this, conn, obj, stream, options);
   };
   // The transaction's statements (its model queries, a builder moved in with `.transacting(trx)`)
   // are compiled by this client: their own names are settled here too.

@@ -4,6 +4,7 @@ import { AffinityPool, type AffinityPoolOptions, type AffinityPoolStats } from '
 import type { AfterCreate } from './pooled-connection';
 import { TenancyDestroyedError, TenantError, TenantUnavailableError } from './errors';
 import { installInlineSwitch } from './inline-switch';
+import { failStreamsOnLostConnection } from './lost-stream';
 import { markQualified, namesItsDatabase, settleOwnNamesOnCompile } from './qualify-tables';
 import { withConnectionSettings } from './connection-settings';
 import type { PoolCacheStats, TenantConnections, TenantLease } from './pool-cache';
@@ -288,6 +289,8 @@ export class SharedConnections implements TenantConnections {
     };
     const pool = new AffinityPool(knex.client, poolOptions);
     streamsReleaseOnce(knex.client);
+    // Before any handle: their clients inherit it, and inlineSwitch's `_stream` calls it.
+    failStreamsOnLostConnection(knex.client);
     server = { knex, pool, cancelQuery: cancelsOverPool(knex.client, pool) };
     cancelOverPool(knex, server.cancelQuery);
     this.#servers.set(key, server);
