@@ -14,6 +14,7 @@ export type { ErrorHandlerOptions, HttpErrorAnswer, TenantErrorHandler } from '.
 export { DEFAULT_TENANT_ID_PATTERN, validateTenantId } from './tenant-id';
 export type { TenantIdValidator } from './tenant-id';
 export type { PoolCacheStats } from './pool-cache';
+export type { AffinityPoolStats as SharedServerStats } from './affinity-pool';
 export {
   TenantError,
   TenantContextMissingError,

@@ -111,7 +111,10 @@ describe('packed tarball in a scratch app', { skip: skipMysql }, () => {
   it('gives TypeScript the types of the entry point it resolves: ESM importers see no default export, which index.mjs has none of', () => {
     // Named imports type-check from ESM and CommonJS; a default import from ESM must not, or it
     // compiles and then fails at run time ("does not provide an export named 'default'").
-    fs.writeFileSync(path.join(app, 'named.mts'), "import { createTenancy, TenantModel } from 'objection-tenancy';\nexport const made: unknown[] = [createTenancy, TenantModel];\n");
+    fs.writeFileSync(
+      path.join(app, 'named.mts'),
+      "import { createTenancy, TenantModel, type SharedServerStats } from 'objection-tenancy';\nexport const made: unknown[] = [createTenancy, TenantModel];\nexport const full: SharedServerStats['serverFull'] = 0;\n",
+    );
     fs.writeFileSync(path.join(app, 'named.cts'), "import ot = require('objection-tenancy');\nexport const made: unknown = ot.createTenancy;\n");
     fs.writeFileSync(path.join(app, 'default.mts'), "import ot from 'objection-tenancy';\nexport const made: unknown = ot.createTenancy;\n");
     const tsc = (file: string): { status: number | null; out: string } => {
