@@ -8,7 +8,7 @@
 import type { Knex } from 'knex';
 import { TenantUnavailableError } from './errors';
 import { closeSocketNow } from './pooled-connection';
-import { currentScope } from './scope';
+import { currentScope, whenSettled } from './scope';
 
 /** knex's `client._stream(connection, queryObject, stream, options)`. */
 export type ClientStream = (this: unknown, conn: unknown, obj: unknown, stream: unknown, options: unknown) => Promise<unknown>;
@@ -54,16 +54,7 @@ export function streamFailingOnLoss(baseStream: ClientStream, client: unknown, c
     finish();
     throw error;
   }
-  return running.then(
-    (value) => {
-      finish();
-      return value;
-    },
-    (error: unknown) => {
-      finish();
-      throw error;
-    },
-  );
+  return whenSettled(running, finish);
 }
 
 const WRAPPED = Symbol('objection-tenancy.streamFailsOnLoss');

@@ -186,6 +186,23 @@ export function runInScope<T>(scope: TenantScope, fn: () => T | PromiseLike<T>):
 }
 
 /**
+ * @internal `promise`, with `cleanup()` run once it settles: what `finally` does, with one promise
+ * (and no turn) where `finally` takes three.
+ */
+export function whenSettled<T>(promise: Promise<T>, cleanup: () => void): Promise<T> {
+  return promise.then(
+    (value) => {
+      cleanup();
+      return value;
+    },
+    (error: unknown) => {
+      cleanup();
+      throw error;
+    },
+  );
+}
+
+/**
  * `fn()` as a promise, as `(async () => await fn())()` gives it, with fewer promises and turns (each
  * promise costs AsyncLocalStorage's hooks on Node 20, once per query): a native promise as it is, a
  * thenable's `then` called at once, here, in the scope of the caller.

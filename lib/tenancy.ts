@@ -14,7 +14,7 @@ import type { TenantConnections, TenantLease } from './pool-cache';
 import { bindTenant } from './propagation';
 import { CATALOG_DEFAULTS, CatalogCache } from './catalog-cache';
 import { createErrorHandler, type ErrorHandlerOptions, type TenantErrorHandler } from './http-errors';
-import { currentScope, globalState, liveConnection, liveScope, markConnection, runInScope, type ScopeOwner, type TenantScope } from './scope';
+import { currentScope, globalState, liveConnection, liveScope, markConnection, runInScope, whenSettled, type ScopeOwner, type TenantScope } from './scope';
 import { validateTenantId, type TenantIdValidator } from './tenant-id';
 import { defaultHookError, runTransaction } from './transaction';
 import { forEachTenant, type ForEachTenantOptions, type ForEachTenantReport, type JobScope } from './for-each-tenant';
@@ -37,16 +37,7 @@ export interface EnteredScope {
 
 /** Runs `fn` in the entered scope and gives its lease back once its result settles (one promise, no `finally`). */
 function runReleasing<T>({ scope, release }: EnteredScope, fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
-  return runInScope(scope, fn).then(
-    (value) => {
-      release();
-      return value;
-    },
-    (error: unknown) => {
-      release();
-      throw error;
-    },
-  );
+  return whenSettled(runInScope(scope, fn), release);
 }
 
 /**
