@@ -192,6 +192,7 @@ export class AffinityPool implements SwitchState {
   readonly #killers = new Set<RawConnection>();
   /** Until when no connection is opened while the pool has some: the server refused one as full. */
   #fullUntil = 0;
+  #fullTimer: NodeJS.Timeout | undefined;
   /** whenIdle() callers, settled when the last checked-out connection comes back. */
   readonly #idleWaiters: (() => void)[] = [];
   readonly #reaper: NodeJS.Timeout | undefined;
@@ -255,6 +256,11 @@ export class AffinityPool implements SwitchState {
   acquire(tenantId: string, db: string): Promise<RawConnection> {
     if (this.#closed) return Promise.reject(new TenancyDestroyedError());
     if (this.#adaptive) this.#countCold(db);
+    return this.#acquire(tenantId, db, this.#options.acquireTimeoutMs);
+  }
+
+  /** `acquire()` once counted: a connection at once, else a wait of at most `timeoutMs`. */
+  #acquire(tenantId: string, db: string, timeoutMs: number): Promise<RawConnection> {
     const canCreate = this.#canCreate();
     if (this.#held(tenantId) < this.#options.perTenantMax) {
       const maySwitch = this.#maySwitchTo(db);
@@ -276,7 +282,7 @@ export class AffinityPool implements SwitchState {
         this.#waiters.cancel(waiter);
         this.#counters.timeouts++;
         reject(new TenantUnavailableError(tenantId, { reason: `no connection was free within ${this.#options.acquireTimeoutMs} ms` }));
-      }, this.#options.acquireTimeoutMs);
+      }, timeoutMs);
       this.#waiters.add(waiter, false, this.#recent?.has(db) ?? false);
       if (this.#recent !== undefined) this.#armLapse();
     });
@@ -519,6 +525,7 @@ export class AffinityPool implements SwitchState {
     this.#closed = true;
     if (this.#reaper !== undefined) clearInterval(this.#reaper);
     clearTimeout(this.#lapseTimer);
+    clearTimeout(this.#fullTimer);
     for (const waiter of this.#waiters.drain()) {
       clearTimeout(waiter.timer);
       waiter.reject(new TenancyDestroyedError());
@@ -847,6 +854,7 @@ export class AffinityPool implements SwitchState {
   async #create(tenantId: string, db: string): Promise<RawConnection> {
     // The tenant's share is taken before the connection exists, or concurrent acquires of one
     // tenant would all see room under its cap while their connections are being opened.
+    const started = Date.now();
     this.#creating++;
     const permit = this.#cold(db);
     if (permit) this.#takePermit();
@@ -896,8 +904,17 @@ export class AffinityPool implements SwitchState {
       if (slot === undefined && serverFull(error) && this.#slots.size > 0 && !this.#closed) {
         this.#fullUntil = Date.now() + SERVER_FULL_MS;
         this.#counters.serverFull++;
+        // When the window ends, waiters that a new connection would serve are looked at again.
+        if (this.#fullTimer === undefined) {
+          this.#fullTimer = setTimeout(() => {
+            this.#fullTimer = undefined;
+            if (!this.#closed) this.#pump();
+          }, SERVER_FULL_MS);
+          this.#fullTimer.unref();
+        }
         this.#pump();
-        return this.acquire(tenantId, db);
+        // Within the acquire's time: the refused attempt counts (it was not counted as an acquire twice).
+        return this.#acquire(tenantId, db, Math.max(0, this.#options.acquireTimeoutMs - (Date.now() - started)));
       }
       this.#pump();
       if (error instanceof TenantUnavailableError) throw error;

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { UnknownTenantError } from './errors';
-import { streamFailingOnLoss, type ClientStream as LostStreamBase } from './lost-stream';
+import { STREAMS_FAIL_ON_LOSS, streamFailingOnLoss, type ClientStream as LostStreamBase } from './lost-stream';
 import { markQualified, settleOwnNamesOnCompile } from './qualify-tables';
 
 /**
@@ -286,6 +286,7 @@ function cleanTransactionClass(proto: object, state: SwitchState, tenantId: stri
     // The driver's own `_stream` (knex builds transaction clients from its class): see lost-stream.ts.
     return streamFailingOnLoss(base._stream as LostStreamBase, this, conn, obj, stream, options);
   };
+  (txProto as Record<symbol, unknown>)[STREAMS_FAIL_ON_LOSS] = true;
   // The transaction's statements (its model queries, a builder moved in with `.transacting(trx)`)
   // are compiled by this client: their own names are settled here too.
   settleOwnNamesOnCompile(txProto, database, tenantId);

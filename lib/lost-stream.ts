@@ -47,6 +47,10 @@ export function streamFailingOnLoss(baseStream: ClientStream, client: unknown, c
     connection.removeListener!('error', lost);
     connection.removeListener!('end', lost);
   };
+  // A stream destroyed by its consumer (`stream.destroy()` when a client hangs up) ends neither with
+  // 'end' nor with 'error', and knex's promise never settles, though knex gives the connection back:
+  // the listeners go with the stream, not with the next tenant that takes the connection.
+  (stream as { once?(event: 'close', listener: () => void): unknown }).once?.('close', finish);
   let running: Promise<unknown>;
   try {
     running = Promise.resolve(baseStream.call(client, conn, obj, stream, options));
@@ -57,15 +61,51 @@ export function streamFailingOnLoss(baseStream: ClientStream, client: unknown, c
   return whenSettled(running, finish);
 }
 
-const WRAPPED = Symbol('objection-tenancy.streamFailsOnLoss');
+/** Marks an object whose `_stream` already fails on a lost connection (see below). */
+export const STREAMS_FAIL_ON_LOSS = Symbol('objection-tenancy.streamsFailOnLoss');
 
-/** Makes `client`'s streams (and those of clients inheriting from it) fail when their connection is lost. */
+type Streaming = { _stream?: ClientStream; transaction?: (...args: unknown[]) => unknown; [STREAMS_FAIL_ON_LOSS]?: true };
+
+/**
+ * Makes `client`'s streams (and those of clients inheriting from it) fail when their connection is
+ * lost, its transactions' streams included: knex builds a transaction's client from the client's
+ * class (`client.constructor.prototype`), not from the client, so its transactions are given a class
+ * whose `_stream` does it (nested ones, savepoints, inherit that class).
+ */
 export function failStreamsOnLostConnection(client: Knex.Client): void {
-  const target = client as unknown as { _stream?: ClientStream; [WRAPPED]?: true };
+  const target = client as unknown as Streaming;
   const base = target._stream;
-  if (typeof base !== 'function' || Object.prototype.hasOwnProperty.call(target, WRAPPED)) return;
+  if (typeof base !== 'function' || Object.prototype.hasOwnProperty.call(target, STREAMS_FAIL_ON_LOSS)) return;
   target._stream = function (this: unknown, conn: unknown, obj: unknown, stream: unknown, options: unknown): Promise<unknown> {
     return streamFailingOnLoss(base, this, conn, obj, stream, options);
   };
-  target[WRAPPED] = true;
+  target[STREAMS_FAIL_ON_LOSS] = true;
+  const transaction = target.transaction;
+  if (typeof transaction !== 'function') return;
+  target.transaction = function (this: object, ...args: unknown[]): unknown {
+    const proto = (this.constructor as { prototype: Streaming } | undefined)?.prototype;
+    // A class that already does it (qualifyTables' transaction class, or this one's).
+    if (proto === undefined || proto[STREAMS_FAIL_ON_LOSS] === true) return transaction.apply(this, args);
+    const eager = Object.create(this) as object;
+    Object.defineProperty(eager, 'constructor', { value: lostStreamClass(proto), configurable: true, writable: true });
+    return transaction.apply(eager, args);
+  };
+}
+
+const CLASSES = new WeakMap<object, { prototype: Streaming }>();
+
+/** The class a transaction's client is built from: `proto`, with a `_stream` that fails on a lost connection. */
+function lostStreamClass(proto: Streaming): { prototype: Streaming } {
+  let made = CLASSES.get(proto);
+  if (made !== undefined) return made;
+  const base = proto._stream!;
+  const txProto = Object.create(proto) as Streaming;
+  made = { prototype: txProto };
+  Object.defineProperty(txProto, 'constructor', { value: made, configurable: true, writable: true });
+  txProto._stream = function (this: unknown, conn: unknown, obj: unknown, stream: unknown, options: unknown): Promise<unknown> {
+    return streamFailingOnLoss(base, this, conn, obj, stream, options);
+  };
+  txProto[STREAMS_FAIL_ON_LOSS] = true;
+  CLASSES.set(proto, made);
+  return made;
 }

@@ -35,6 +35,9 @@ export interface EnteredScope {
   release: () => void;
 }
 
+/** The longest delay Node's timers keep (about 24.8 days); a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Runs `fn` in the entered scope and gives its lease back once its result settles (one promise, no `finally`). */
 function runReleasing<T>({ scope, release }: EnteredScope, fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
   return whenSettled(runInScope(scope, fn), release);
@@ -255,8 +258,9 @@ export class Tenancy implements ScopeOwner {
    */
   async destroy(options: { drainTimeoutMs?: number } = {}): Promise<void> {
     const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
-    if (typeof drainTimeoutMs !== 'number' || !Number.isFinite(drainTimeoutMs) || drainTimeoutMs < 0) {
-      throw new TypeError(`tenancy.destroy(): drainTimeoutMs must be a number of milliseconds (0 or more), got ${String(drainTimeoutMs)}`);
+    // A timer longer than 2^31 - 1 ms fires at once in Node: such a drain would close everything now.
+    if (typeof drainTimeoutMs !== 'number' || !Number.isFinite(drainTimeoutMs) || drainTimeoutMs < 0 || drainTimeoutMs > MAX_TIMER_MS) {
+      throw new TypeError(`tenancy.destroy(): drainTimeoutMs must be a number of milliseconds from 0 to ${MAX_TIMER_MS}, got ${String(drainTimeoutMs)}`);
     }
     this.#destroyed = true;
     if (globalState.defaultOwner === this) {

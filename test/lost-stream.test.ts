@@ -8,12 +8,42 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy, TenantUnavailableError } from '../lib/index';
-import { createSeededTenant, mysqlBackend, mysqlConnection, mysqlSharedBackend, skipMysql } from './helpers/databases';
+import type { ConnectionOptions } from '../lib/connections';
+import { createSeededTenant, mysqlBackend, mysqlConnection, mysqlSharedBackend, skipMysql, type Backend } from './helpers/databases';
 import { Person } from './helpers/fixtures';
 
 const MARK = 'ot_lost_stream_mark';
 
-for (const backend of [mysqlBackend('lst'), mysqlSharedBackend('lsts'), mysqlSharedBackend('lstu', 3, 'use')]) {
+/** Kills the connection whose statement carries MARK; resolves to how many were killed. */
+async function killMarked(admin: Knex): Promise<number> {
+  let killed = 0;
+  for (let i = 0; i < 50 && killed === 0; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    const [list] = await admin.raw("select id from information_schema.processlist where info like ? and command <> 'Killed' and id <> connection_id()", [`%${MARK}%`]);
+    for (const { id } of list as { id: number }[]) {
+      await admin.raw(`kill connection ${Number(id)}`);
+      killed++;
+    }
+  }
+  return killed;
+}
+
+/** `promise`'s outcome, or 'never ended' after 5 s. */
+async function within5s<T>(promise: Promise<T>): Promise<T | 'never ended'> {
+  let timer: NodeJS.Timeout | undefined;
+  const outcome = await Promise.race([promise, new Promise<'never ended'>((r) => (timer = setTimeout(() => r('never ended'), 5_000)))]);
+  clearTimeout(timer);
+  return outcome;
+}
+
+/** The tenancy's options with one connection per server or tenant: the listener test reads the one every statement runs on. */
+function oneConnection(backend: Backend): ConnectionOptions {
+  if (backend.name === 'mysql') return { knexConfig: (id: string) => ({ ...backend.knexConfig(id), pool: { min: 0, max: 1 } }) };
+  const options = backend.connectionOptions() as ConnectionOptions & { servers: Record<string, Knex.Config> };
+  return { ...options, servers: { main: { ...options.servers.main!, pool: { min: 0, max: 1 } } } };
+}
+
+for (const backend of [mysqlBackend('lst'), mysqlSharedBackend('lsts'), mysqlSharedBackend('lstu', 3, 'use'), mysqlSharedBackend('lsti', 3, 'inline')]) {
   describe(`a stream whose connection is killed (${backend.name})`, { skip: skipMysql }, () => {
     let direct: Knex;
     let admin: Knex;
@@ -30,7 +60,7 @@ for (const backend of [mysqlBackend('lst'), mysqlSharedBackend('lsts'), mysqlSha
     });
 
     it('ends with TenantUnavailableError, and its connection leaves the pool', async () => {
-      const tenancy = createTenancy({ ...backend.connectionOptions(), tenantExists: backend.databaseExists, acquireTimeoutMs: 2_000 });
+      const tenancy = createTenancy({ ...oneConnection(backend), tenantExists: backend.databaseExists, acquireTimeoutMs: 2_000 });
       try {
         // Rows come slowly (0.2 s each): the kill lands mid-stream.
         const outcome = tenancy.runWithTenant('a', async () => {
@@ -43,19 +73,8 @@ for (const backend of [mysqlBackend('lst'), mysqlSharedBackend('lsts'), mysqlSha
             return error;
           }
         });
-        let killed = 0;
-        for (let i = 0; i < 50 && killed === 0; i++) {
-          await new Promise((r) => setTimeout(r, 50));
-          const [list] = await admin.raw('select id from information_schema.processlist where info like ? and id <> connection_id()', [`%${MARK}%`]);
-          for (const { id } of list as { id: number }[]) {
-            await admin.raw(`kill connection ${Number(id)}`);
-            killed++;
-          }
-        }
-        assert.equal(killed, 1, 'the streaming connection was found and killed');
-        let timer: NodeJS.Timeout | undefined;
-        const error = await Promise.race([outcome, new Promise((r) => (timer = setTimeout(() => r('never ended'), 5_000)))]);
-        clearTimeout(timer);
+        assert.equal(await killMarked(admin), 1, 'the streaming connection was found and killed');
+        const error = await within5s(outcome);
         assert.ok(error instanceof TenantUnavailableError, String(error));
         assert.equal((error as TenantUnavailableError).tenantId, 'a');
         // The tenant is served again, and nothing stays checked out.
@@ -63,6 +82,69 @@ for (const backend of [mysqlBackend('lst'), mysqlSharedBackend('lsts'), mysqlSha
         const stats = tenancy.stats();
         assert.equal(stats.leases, 0);
         if (stats.servers !== undefined) assert.equal(stats.servers.main!.inUse, 0);
+      } finally {
+        await tenancy.destroy({ drainTimeoutMs: 1_000 });
+      }
+    });
+
+    it('inside a transaction too: the stream ends with TenantUnavailableError, and the transaction fails', async () => {
+      const tenancy = createTenancy({ ...oneConnection(backend), tenantExists: backend.databaseExists, acquireTimeoutMs: 2_000 });
+      try {
+        let streamError: unknown;
+        const outcome = tenancy.runWithTenant('a', () =>
+          tenancy
+            .transaction(async (trx) => {
+              const rows: unknown[] = [];
+              try {
+                for await (const row of trx('persons').select('name', trx.raw(`sleep(0.2) as ${MARK}`)).stream()) rows.push(row);
+              } catch (error) {
+                streamError = error;
+                throw error;
+              }
+              return `ended after ${rows.length} rows`;
+            })
+            .then(
+              (value) => `committed: ${value}`,
+              () => 'failed',
+            ),
+        );
+        assert.equal(await killMarked(admin), 1, 'the streaming connection was found and killed');
+        // (knex then fails the transaction with its ROLLBACK's error, on the closed connection.)
+        assert.equal(await within5s(outcome), 'failed');
+        assert.ok(streamError instanceof TenantUnavailableError, String(streamError));
+        assert.equal((await tenancy.runWithTenant('a', () => Person.query().findById(1)))?.name, 'a-ada');
+        assert.equal(tenancy.stats().leases, 0);
+      } finally {
+        await tenancy.destroy({ drainTimeoutMs: 1_000 });
+      }
+    });
+
+    it('a stream its consumer destroys leaves no listener on the connection the next query takes', async () => {
+      const tenancy = createTenancy({ ...oneConnection(backend), tenantExists: backend.databaseExists });
+      try {
+        const listeners = () =>
+          tenancy.runWithTenant('a', async () => {
+            const client = tenancy.knex().client as unknown as { acquireConnection(): Promise<{ listenerCount(e: string): number }>; releaseConnection(c: unknown): Promise<void> };
+            const conn = await client.acquireConnection();
+            const count = conn.listenerCount('end') + conn.listenerCount('error');
+            await client.releaseConnection(conn);
+            return count;
+          });
+        const before = await listeners();
+        for (let i = 0; i < 15; i++) {
+          await tenancy.runWithTenant('a', async () => {
+            // Destroyed on its first row, the others still to come.
+            const stream = tenancy.knex()('persons').select('name').stream();
+            await new Promise<void>((resolve) =>
+              stream.once('data', () => {
+                stream.destroy();
+                resolve();
+              }),
+            );
+            await new Promise((r) => setTimeout(r, 20));
+          });
+        }
+        assert.equal(await listeners(), before);
       } finally {
         await tenancy.destroy({ drainTimeoutMs: 1_000 });
       }

@@ -333,6 +333,30 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     }
   });
 
+  it('shared strategy: a query that waits after the server refused a connection as full gets a new one once the server has room and the pause is over', async () => {
+    const admin = admins.get('first')!;
+    for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 1', [POOL_USER, host]);
+    const tenancy = createTenancy(sharedOptions(3, { maxConnectionsPerTenant: 3, acquireTimeoutMs: 6_000 }));
+    try {
+      await tenancy.runWithTenant('sa1', () => Person.query().first()); // the pool's one connection
+      const holder = tenancy.runWithTenant('sa1', () => tenancy.knex().raw('select sleep(3)'));
+      await new Promise((r) => setTimeout(r, 100));
+      const started = Date.now();
+      const waiting = tenancy.runWithTenant('sa2', () => Person.query().findById(1));
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(tenancy.stats().servers!.first!.serverFull, 1, 'refused as full, and waiting');
+      for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 0', [POOL_USER, host]);
+      assert.equal((await waiting)?.name, 'sa2-ada');
+      const waited = Date.now() - started;
+      // Served by a new connection after the 1 s pause, not by the holder's at 3 s.
+      assert.ok(waited < 2_500, `waited ${waited} ms`);
+      await holder;
+    } finally {
+      await tenancy.destroy();
+      for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 0', [POOL_USER, host]);
+    }
+  });
+
   it('fairness: a tenant holding its cap of connections does not starve the others', async () => {
     const tenancy = createTenancy(sharedOptions(4, { maxConnectionsPerTenant: 2 }));
     try {
