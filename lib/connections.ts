@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import knexFactory from 'knex';
-import { failStreamsOnLostConnection } from './lost-stream';
+import { failStreamsOnLostConnection, streamsReleaseOnce } from './lost-stream';
 import { ConnectionBudget } from './connection-budget';
 import { isNoSuchDatabase, TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
 import { PoolCache, type TenantConnections } from './pool-cache';
@@ -173,6 +173,7 @@ export function createConnections(options: ConnectionOptions): { connections: Te
       watchTenantFile(knex, config, tenantId, () => cache!.retire(tenantId, knex));
       failTypedOnceClosed(knex, tenantId);
       failStreamsOnLostConnection(knex.client);
+      streamsReleaseOnce(knex.client);
       if (verify !== undefined) {
         try {
           await verify(knex, tenantId);

@@ -1,13 +1,13 @@
 /**
- * A streamed query whose connection is lost mid-stream (the server killed it, or went away) must
- * end with an error. mysql2 reports the loss on the connection alone, never on the query's stream
- * (knex's `_stream` listens there only), so the stream never ended: its consumer waited forever and
- * its connection stayed checked out, a slot of the pool lost for good (with the shared strategy, a
- * slot of every tenant on that server).
+ * Streams and their connections, in both strategies. A streamed query whose connection is lost
+ * mid-stream (the server killed it, or went away) must end with an error: mysql2 reports the loss on
+ * the connection alone, never on the query's stream (knex's `_stream` listens there only), so the
+ * stream never ended, its consumer waited forever and its connection stayed checked out, a slot of
+ * the pool lost for good (with the shared strategy, a slot of every tenant on that server). And a
+ * stream's connection must be released once (streamsReleaseOnce, below).
  */
 import type { Knex } from 'knex';
 import { TenantUnavailableError } from './errors';
-import { closeSocketNow } from './pooled-connection';
 import { currentScope, whenSettled } from './scope';
 
 /** knex's `client._stream(connection, queryObject, stream, options)`. */
@@ -35,9 +35,10 @@ export function streamFailingOnLoss(baseStream: ClientStream, client: unknown, c
     done = true;
     const error = new TenantUnavailableError(tenantId, { cause, reason: 'its connection was lost in the middle of a streamed query' });
     // Never handed out again: knex's pool and the shared one both refuse a connection so marked (its
-    // socket may not be closed yet when knex gives it back, on the stream's error, below).
+    // socket may not be closed yet when knex gives it back, on the stream's error, below). Not closed
+    // here: the server has closed it, and mysql2 then fails the statements queued behind the stream
+    // (a query of the same transaction); closing it first would leave them unanswered.
     (conn as { __knex__disposed?: unknown }).__knex__disposed ??= error;
-    closeSocketNow(conn);
     (stream as { emit(event: 'error', error: unknown): unknown }).emit('error', error);
   };
   connection.once('error', lost);
@@ -108,4 +109,35 @@ function lostStreamClass(proto: Streaming): { prototype: Streaming } {
   txProto[STREAMS_FAIL_ON_LOSS] = true;
   CLASSES.set(proto, made);
   return made;
+}
+
+type Runner = { client: Knex.Client; stream(...args: unknown[]): unknown };
+const STREAMS_RELEASE_ONCE = Symbol.for('objection-tenancy.streamsReleaseOnce');
+
+/**
+ * knex releases a stream's connection twice, on the stream's 'close' and in the `finally` of its
+ * acquire. The first may already have handed the connection to another acquire, which the second
+ * then gives back while it runs, to be handed to a third: in knex's own pool (tarn) too, where a
+ * query queued on the connection of a transaction in flight was rolled back with it. knex's Runner (not
+ * exported: its class is read off a runner, whose constructor only stores) is patched once, for
+ * every knex of that copy: a stream's runner releases its connection once. Patching the prototype
+ * leaves a query's path as it was (a runner of our own per query cost 1.5-5 µs, bench:cpu).
+ */
+export function streamsReleaseOnce(client: Knex.Client): void {
+  const proto = Object.getPrototypeOf((client as unknown as { runner(builder: unknown): Runner }).runner(undefined)) as Runner & { [STREAMS_RELEASE_ONCE]?: true };
+  if (proto[STREAMS_RELEASE_ONCE]) return;
+  const stream = proto.stream;
+  proto.stream = function (this: Runner, ...args: unknown[]): unknown {
+    const owner = this.client;
+    let released = false;
+    const once = Object.create(owner) as Knex.Client;
+    once.releaseConnection = (conn: unknown) => {
+      if (released) return Promise.resolve();
+      released = true;
+      return owner.releaseConnection(conn as never);
+    };
+    this.client = once;
+    return stream.apply(this, args);
+  };
+  proto[STREAMS_RELEASE_ONCE] = true;
 }

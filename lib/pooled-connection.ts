@@ -179,15 +179,17 @@ function opensTables(sql: unknown): boolean {
 
 /** A statement is still running on it, or knex marked it unusable after a timeout. */
 /**
- * Closes a driver connection's socket at once (mysql2's and mysql's `destroy()`), not behind the
- * statement it runs as `end()` does: the server rolls back what it left open. Other connections
- * (better-sqlite3's) are left to the pool's own close.
+ * Closes a driver connection's socket at once, not behind the statement it runs as `end()` does: the
+ * server rolls back what it left open, and the driver fails every statement still running or queued
+ * on it ("Connection lost"). The socket itself, not mysql2's `destroy()`: that marks the connection
+ * as closing, and mysql2 then answers none of those statements, which would wait forever. Other
+ * connections (better-sqlite3's) are left to the pool's own close.
  */
 export function closeSocketNow(conn: unknown): void {
-  const target = conn as { destroy?: () => void; stream?: unknown } | null;
-  if (target === null || typeof target !== 'object' || target.stream === undefined || typeof target.destroy !== 'function') return;
+  const socket = (conn as { stream?: { destroy?: () => void } } | null)?.stream;
+  if (socket === undefined || typeof socket.destroy !== 'function') return;
   try {
-    target.destroy();
+    socket.destroy();
   } catch {
     // Closed already.
   }

@@ -4,7 +4,7 @@ import { AffinityPool, type AffinityPoolOptions, type AffinityPoolStats } from '
 import type { AfterCreate } from './pooled-connection';
 import { TenancyDestroyedError, TenantError, TenantUnavailableError } from './errors';
 import { installInlineSwitch } from './inline-switch';
-import { failStreamsOnLostConnection } from './lost-stream';
+import { failStreamsOnLostConnection, streamsReleaseOnce } from './lost-stream';
 import { markQualified, namesItsDatabase, settleOwnNamesOnCompile } from './qualify-tables';
 import { withConnectionSettings } from './connection-settings';
 import type { PoolCacheStats, TenantConnections, TenantLease } from './pool-cache';
@@ -503,35 +503,6 @@ export function opensOnNoDatabase(connection: unknown): boolean {
   return connection !== null && typeof connection === 'object' && (connection as { database?: unknown }).database == null;
 }
 
-type Runner = { client: Knex.Client; stream(...args: unknown[]): unknown };
-const STREAMS_RELEASE_ONCE = Symbol.for('objection-tenancy.streamsReleaseOnce');
-
-/**
- * knex releases a stream's connection twice, on the stream's 'close' and in the `finally` of its
- * acquire; its own pool ignores the second. Here the first may already have handed the connection
- * to another acquire, which the second would then give back while it runs. knex's Runner (not
- * exported: its class is read off a runner, whose constructor only stores) is patched once, for
- * every knex of that copy: a stream's runner releases its connection once. Patching the prototype
- * leaves a query's path as it was (a runner of our own per query cost 1.5-5 µs, bench:cpu).
- */
-function streamsReleaseOnce(client: Knex.Client): void {
-  const proto = Object.getPrototypeOf((client as unknown as { runner(builder: unknown): Runner }).runner(undefined)) as Runner & { [STREAMS_RELEASE_ONCE]?: true };
-  if (proto[STREAMS_RELEASE_ONCE]) return;
-  const stream = proto.stream;
-  proto.stream = function (this: Runner, ...args: unknown[]): unknown {
-    const owner = this.client;
-    let released = false;
-    const once = Object.create(owner) as Knex.Client;
-    once.releaseConnection = (conn: unknown) => {
-      if (released) return Promise.resolve();
-      released = true;
-      return owner.releaseConnection(conn as never);
-    };
-    this.client = once;
-    return stream.apply(this, args);
-  };
-  proto[STREAMS_RELEASE_ONCE] = true;
-}
 
 /**
  * `.timeout(ms, { cancel: true })`: knex opens a connection of its own for the `KILL QUERY`, outside

@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { TenantUnavailableError } from './errors';
 import { currentScope, runInScope, type TenantScope } from './scope';
 
 type Callback = () => unknown;
@@ -45,6 +46,10 @@ export async function runTransaction<T>(
   let rolledBack = false;
   try {
     result = (await base.transaction((trx) => {
+      // Its BEGIN (or SAVEPOINT) failed: knex marks the transaction complete, rejects it, and still
+      // calls this. `fn` must not run: its queries would find no open transaction and run in
+      // autocommit on the tenant's connection, committed while the transaction failed.
+      if (trx.isCompleted()) return Promise.reject(new TenantUnavailableError(scope.tenantId, { reason: 'its transaction could not be started' }));
       const rollback = trx.rollback;
       trx.rollback = function (this: unknown, ...args: unknown[]) {
         rolledBack = true;

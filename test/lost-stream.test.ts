@@ -91,15 +91,21 @@ for (const backend of [mysqlBackend('lst'), mysqlSharedBackend('lsts'), mysqlSha
       const tenancy = createTenancy({ ...oneConnection(backend), tenantExists: backend.databaseExists, acquireTimeoutMs: 2_000 });
       try {
         let streamError: unknown;
+        let queued: string | undefined;
         const outcome = tenancy.runWithTenant('a', () =>
           tenancy
             .transaction(async (trx) => {
               const rows: unknown[] = [];
-              try {
+              const streaming = (async () => {
                 for await (const row of trx('persons').select('name', trx.raw(`sleep(0.2) as ${MARK}`)).stream()) rows.push(row);
-              } catch (error) {
-                streamError = error;
-                throw error;
+              })();
+              // A query queued behind the stream on the transaction's connection: it must settle too.
+              const behind = Person.query().findById(1);
+              const [streamed, query] = await Promise.allSettled([streaming, behind]);
+              queued = query.status;
+              if (streamed.status === 'rejected') {
+                streamError = streamed.reason;
+                throw streamed.reason;
               }
               return `ended after ${rows.length} rows`;
             })
@@ -112,6 +118,8 @@ for (const backend of [mysqlBackend('lst'), mysqlSharedBackend('lsts'), mysqlSha
         // (knex then fails the transaction with its ROLLBACK's error, on the closed connection.)
         assert.equal(await within5s(outcome), 'failed');
         assert.ok(streamError instanceof TenantUnavailableError, String(streamError));
+        // Settled, not left waiting (it may have run before the stream's statement, after a switch).
+        assert.ok(queued === 'rejected' || queued === 'fulfilled', String(queued));
         assert.equal((await tenancy.runWithTenant('a', () => Person.query().findById(1)))?.name, 'a-ada');
         assert.equal(tenancy.stats().leases, 0);
       } finally {
@@ -145,6 +153,61 @@ for (const backend of [mysqlBackend('lst'), mysqlSharedBackend('lsts'), mysqlSha
           });
         }
         assert.equal(await listeners(), before);
+      } finally {
+        await tenancy.destroy({ drainTimeoutMs: 1_000 });
+      }
+    });
+  });
+}
+
+/** Blocks the event loop for `ms`: socket events that arrive meanwhile are not read yet. */
+function blockEventLoop(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+for (const backend of [mysqlBackend('ltx'), mysqlSharedBackend('ltxs'), mysqlSharedBackend('ltxu', 3, 'use')]) {
+  describe(`a transaction whose connection the server closed before its BEGIN (${backend.name})`, { skip: skipMysql }, () => {
+    let direct: Knex;
+    let admin: Knex;
+
+    before(async () => {
+      direct = await createSeededTenant(backend, 'a');
+      admin = knexFactory({ client: 'mysql2', connection: mysqlConnection(), pool: { min: 0, max: 1 } });
+    });
+    after(async () => {
+      await direct.destroy();
+      await admin.destroy();
+      await backend.dropDatabase('a');
+      await backend.close();
+    });
+
+    it('fails, and its callback does not run: nothing it would write is committed outside a transaction', async () => {
+      const tenancy = createTenancy({ ...oneConnection(backend), tenantExists: backend.databaseExists });
+      try {
+        const [rows] = await tenancy.runWithTenant('a', () => tenancy.knex().raw('select connection_id() as id'));
+        const id = Number((rows as { id: number }[])[0]!.id);
+        await admin.raw(`kill connection ${id}`);
+        // The server closes it; this process has not read that yet when the transaction takes it.
+        blockEventLoop(300);
+        let ran = false;
+        const outcome = await tenancy
+          .runWithTenant('a', () =>
+            tenancy.transaction(async () => {
+              ran = true;
+              await Person.query().insert({ name: 'in-failed-tx' });
+            }),
+          )
+          .then(
+            () => 'committed',
+            (error: unknown) => error,
+          );
+        assert.notEqual(outcome, 'committed');
+        assert.equal(ran, false, 'the callback did not run');
+        assert.deepEqual(await direct('persons').where({ name: 'in-failed-tx' }).pluck('name'), []);
+        // The next transaction runs on a new connection.
+        await tenancy.runWithTenant('a', () => tenancy.transaction(() => Person.query().insert({ name: 'next' })));
+        assert.deepEqual(await direct('persons').where({ name: 'next' }).pluck('name'), ['next']);
+        await direct('persons').where({ name: 'next' }).delete();
       } finally {
         await tenancy.destroy({ drainTimeoutMs: 1_000 });
       }

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
-import { createTenancy, TenantUnavailableError, type TenancyOptions } from '../lib/index';
+import { createTenancy, TenantUnavailableError, toHttpError, type TenancyOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { createSchema, Person, seed } from './helpers/fixtures';
 import { jsonErrors, listen, load } from './helpers/http';
@@ -351,6 +351,28 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
       // Served by a new connection after the 1 s pause, not by the holder's at 3 s.
       assert.ok(waited < 2_500, `waited ${waited} ms`);
       await holder;
+    } finally {
+      await tenancy.destroy();
+      for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 0', [POOL_USER, host]);
+    }
+  });
+
+  it("pool-per-tenant: a connection the server refuses for the account's MAX_USER_CONNECTIONS fails its query with a 503-mapped error", async () => {
+    const admin = admins.get('first')!;
+    for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 1', [POOL_USER, host]);
+    const tenancy = createTenancy({
+      knexConfig: (id) => {
+        const config = poolConfig(mysqlConnection().port!, 2);
+        return { ...config, connection: { ...(config.connection as object), database: db(id) } };
+      },
+    });
+    try {
+      await tenancy.runWithTenant('sa1', () => Person.query().first()); // its first connection
+      const outcomes = await Promise.allSettled([1, 2].map(() => tenancy.runWithTenant('sa1', () => tenancy.knex().raw('select sleep(0.3)'))));
+      const refused = outcomes.filter((o): o is PromiseRejectedResult => o.status === 'rejected').map((o) => o.reason as { errno?: number });
+      assert.equal(refused.length, 1, JSON.stringify(outcomes.map((o) => o.status)));
+      assert.equal(refused[0]!.errno, 1226);
+      assert.equal(toHttpError(refused[0])?.status, 503);
     } finally {
       await tenancy.destroy();
       for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 0', [POOL_USER, host]);
