@@ -5,10 +5,9 @@
  * waits for every connection in use), and the shared strategy's left its connection open.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
-import type { Knex } from 'knex';
+import { describe, it } from 'node:test';
 import { createTenancy } from '../lib/index';
-import { allStrategies, createSeededTenant } from './helpers/databases';
+import { allStrategies, seededTenantSuite } from './helpers/databases';
 import { Person } from './helpers/fixtures';
 
 /** `promise`'s outcome, or 'pending' after `ms`. */
@@ -19,16 +18,7 @@ function within<T>(promise: Promise<T>, ms: number): Promise<T | 'pending'> {
 
 for (const backend of allStrategies('dst')) {
   describe(`destroy() (${backend.name})`, { skip: backend.skip }, () => {
-    let direct: Knex;
-
-    before(async () => {
-      direct = await createSeededTenant(backend, 'a');
-    });
-    after(async () => {
-      await direct.destroy();
-      await backend.dropDatabase('a');
-      await backend.close();
-    });
+    const direct = seededTenantSuite(backend, 'a').table;
 
     it('a transaction left open: destroy() waits drainTimeoutMs, then closes its connection, and the server rolls it back', async () => {
       const tenancy = createTenancy({ ...backend.connectionOptions(), tenantExists: backend.databaseExists });

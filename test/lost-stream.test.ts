@@ -9,10 +9,18 @@ import { after, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy, TenantUnavailableError } from '../lib/index';
 import type { ConnectionOptions } from '../lib/connections';
-import { createSeededTenant, mysqlBackend, mysqlConnection, mysqlSharedBackend, skipMysql, type Backend } from './helpers/databases';
+import { mysqlBackend, mysqlConnection, mysqlSharedBackend, seededTenantSuite, skipMysql, type Backend } from './helpers/databases';
 import { Person } from './helpers/fixtures';
+import { knexWithStatementHook } from './helpers/statement-hook';
 
 const MARK = 'ot_lost_stream_mark';
+
+/** The server's admin (root), to kill the tenancy's connections. */
+let admin: Knex;
+before(() => {
+  admin = knexFactory({ client: 'mysql2', connection: mysqlConnection(), pool: { min: 0, max: 1 } });
+});
+after(() => admin.destroy());
 
 /** Kills the connection whose statement carries MARK; resolves to how many were killed. */
 async function killMarked(admin: Knex): Promise<number> {
@@ -45,19 +53,7 @@ function oneConnection(backend: Backend): ConnectionOptions {
 
 for (const backend of [mysqlBackend('lst'), mysqlSharedBackend('lsts'), mysqlSharedBackend('lstu', 3, 'use'), mysqlSharedBackend('lsti', 3, 'inline')]) {
   describe(`a stream whose connection is killed (${backend.name})`, { skip: skipMysql }, () => {
-    let direct: Knex;
-    let admin: Knex;
-
-    before(async () => {
-      direct = await createSeededTenant(backend, 'a');
-      admin = knexFactory({ client: 'mysql2', connection: mysqlConnection(), pool: { min: 0, max: 1 } });
-    });
-    after(async () => {
-      await direct.destroy();
-      await admin.destroy();
-      await backend.dropDatabase('a');
-      await backend.close();
-    });
+    seededTenantSuite(backend, 'a');
 
     it('ends with TenantUnavailableError, and its connection leaves the pool', async () => {
       const tenancy = createTenancy({ ...oneConnection(backend), tenantExists: backend.databaseExists, acquireTimeoutMs: 2_000 });
@@ -160,35 +156,26 @@ for (const backend of [mysqlBackend('lst'), mysqlSharedBackend('lsts'), mysqlSha
   });
 }
 
-/** Blocks the event loop for `ms`: socket events that arrive meanwhile are not read yet. */
-function blockEventLoop(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-}
-
 for (const backend of [mysqlBackend('ltx'), mysqlSharedBackend('ltxs'), mysqlSharedBackend('ltxu', 3, 'use')]) {
   describe(`a transaction whose connection the server closed before its BEGIN (${backend.name})`, { skip: skipMysql }, () => {
-    let direct: Knex;
-    let admin: Knex;
-
-    before(async () => {
-      direct = await createSeededTenant(backend, 'a');
-      admin = knexFactory({ client: 'mysql2', connection: mysqlConnection(), pool: { min: 0, max: 1 } });
-    });
-    after(async () => {
-      await direct.destroy();
-      await admin.destroy();
-      await backend.dropDatabase('a');
-      await backend.close();
-    });
+    const direct = seededTenantSuite(backend, 'a').table;
 
     it('fails, and its callback does not run: nothing it would write is committed outside a transaction', async () => {
-      const tenancy = createTenancy({ ...oneConnection(backend), tenantExists: backend.databaseExists });
+      // The connection dies at BEGIN: the server ends it instead (as when it had closed it already,
+      // idle past wait_timeout or killed, before this process read that).
+      let killNextBegin = false;
+      const createKnex = knexWithStatementHook(() => (send, sql, rest) => {
+        const text = typeof sql === 'string' ? sql : (sql as { sql?: unknown } | null)?.sql;
+        if (killNextBegin && typeof text === 'string' && /^BEGIN\b/i.test(text)) {
+          killNextBegin = false;
+          return send('KILL CONNECTION CONNECTION_ID()', ...rest);
+        }
+        return send(sql, ...rest);
+      });
+      const tenancy = createTenancy({ ...oneConnection(backend), tenantExists: backend.databaseExists, createKnex });
       try {
-        const [rows] = await tenancy.runWithTenant('a', () => tenancy.knex().raw('select connection_id() as id'));
-        const id = Number((rows as { id: number }[])[0]!.id);
-        await admin.raw(`kill connection ${id}`);
-        // The server closes it; this process has not read that yet when the transaction takes it.
-        blockEventLoop(300);
+        assert.equal((await tenancy.runWithTenant('a', () => Person.query().findById(1)))?.name, 'a-ada');
+        killNextBegin = true;
         let ran = false;
         const outcome = await tenancy
           .runWithTenant('a', () =>
@@ -204,7 +191,8 @@ for (const backend of [mysqlBackend('ltx'), mysqlSharedBackend('ltxs'), mysqlSha
         assert.notEqual(outcome, 'committed');
         assert.equal(ran, false, 'the callback did not run');
         assert.deepEqual(await direct('persons').where({ name: 'in-failed-tx' }).pluck('name'), []);
-        // The next transaction runs on a new connection.
+        // The next transaction runs on a new connection (once this process has read the close).
+        await new Promise((r) => setTimeout(r, 100));
         await tenancy.runWithTenant('a', () => tenancy.transaction(() => Person.query().insert({ name: 'next' })));
         assert.deepEqual(await direct('persons').where({ name: 'next' }).pluck('name'), ['next']);
         await direct('persons').where({ name: 'next' }).delete();

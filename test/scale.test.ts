@@ -56,6 +56,10 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
    * 'unauthenticated user' and not counted, which only lowers the count for a few milliseconds: a
    * pool over its budget holds the extra connection for its queries, where it is listed.
    */
+  /** Sets POOL_USER's MAX_USER_CONNECTIONS on the first server (0: no limit). */
+  const limitPoolUser = async (limit: number) => {
+    for (const host of POOL_HOSTS) await admins.get('first')!.raw('alter user ?@? with max_user_connections ?', [POOL_USER, host, limit]);
+  };
   const threads = async (server: 'first' | 'second') => {
     const [rows] = await admins.get(server)!.raw('select count(*) as listed from information_schema.processlist where user = ?', [POOL_USER]);
     return Number((rows as { listed: number | string }[])[0]!.listed);
@@ -303,8 +307,7 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
   });
 
   it("shared strategy: a server that refuses more connections (max_user_connections) makes queries wait for the pool's own, not fail", async () => {
-    const admin = admins.get('first')!;
-    for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 2', [POOL_USER, host]);
+    await limitPoolUser(2);
     const tenancy = createTenancy(sharedOptions(6, { maxConnectionsPerTenant: 6, acquireTimeoutMs: 5_000 }));
     try {
       const tenants = ON_FIRST.slice(0, 4);
@@ -329,13 +332,12 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
       assert.ok(tenancy.stats().servers!.first!.serverFull >= 1, JSON.stringify(tenancy.stats().servers!.first));
     } finally {
       await tenancy.destroy();
-      for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 0', [POOL_USER, host]);
+      await limitPoolUser(0);
     }
   });
 
   it('shared strategy: a query that waits after the server refused a connection as full gets a new one once the server has room and the pause is over', async () => {
-    const admin = admins.get('first')!;
-    for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 1', [POOL_USER, host]);
+    await limitPoolUser(1);
     const tenancy = createTenancy(sharedOptions(3, { maxConnectionsPerTenant: 3, acquireTimeoutMs: 6_000 }));
     try {
       await tenancy.runWithTenant('sa1', () => Person.query().first()); // the pool's one connection
@@ -345,7 +347,7 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
       const waiting = tenancy.runWithTenant('sa2', () => Person.query().findById(1));
       await new Promise((r) => setTimeout(r, 200));
       assert.equal(tenancy.stats().servers!.first!.serverFull, 1, 'refused as full, and waiting');
-      for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 0', [POOL_USER, host]);
+      await limitPoolUser(0);
       assert.equal((await waiting)?.name, 'sa2-ada');
       const waited = Date.now() - started;
       // Served by a new connection after the 1 s pause, not by the holder's at 3 s.
@@ -353,13 +355,12 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
       await holder;
     } finally {
       await tenancy.destroy();
-      for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 0', [POOL_USER, host]);
+      await limitPoolUser(0);
     }
   });
 
   it("pool-per-tenant: a connection the server refuses for the account's MAX_USER_CONNECTIONS fails its query with a 503-mapped error", async () => {
-    const admin = admins.get('first')!;
-    for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 1', [POOL_USER, host]);
+    await limitPoolUser(1);
     const tenancy = createTenancy({
       knexConfig: (id) => {
         const config = poolConfig(mysqlConnection().port!, 2);
@@ -375,7 +376,7 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
       assert.equal(toHttpError(refused[0])?.status, 503);
     } finally {
       await tenancy.destroy();
-      for (const host of POOL_HOSTS) await admin.raw('alter user ?@? with max_user_connections 0', [POOL_USER, host]);
+      await limitPoolUser(0);
     }
   });
 

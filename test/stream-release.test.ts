@@ -6,24 +6,15 @@
  * knex's runner for every knex of the process once it is used.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
-import type { Knex } from 'knex';
+import { describe, it } from 'node:test';
 import { createTenancy } from '../lib/index';
-import { createSeededTenant, mysqlBackend, skipMysql } from './helpers/databases';
+import { mysqlBackend, seededTenantSuite, skipMysql } from './helpers/databases';
 import { Person } from './helpers/fixtures';
 
 const backend = mysqlBackend('srl');
 
 describe('a stream releases its connection once (pool per tenant)', { skip: skipMysql }, () => {
-  let direct: Knex;
-  before(async () => {
-    direct = await createSeededTenant(backend, 'a');
-  });
-  after(async () => {
-    await direct.destroy();
-    await backend.dropDatabase('a');
-    await backend.close();
-  });
+  const direct = seededTenantSuite(backend, 'a').table;
 
   it("an acknowledged insert after a stream is never rolled back with another request's transaction", async () => {
     const tenancy = createTenancy({

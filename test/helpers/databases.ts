@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { after, before } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
 import type { ConnectionOptions } from '../../lib/connections';
 
@@ -180,4 +181,22 @@ export async function createSeededTenant(backend: Backend, id: string): Promise<
   await createSchema(knex, id);
   await seed(knex, id);
   return knex;
+}
+
+/**
+ * For a suite on tenant `id` of `backend`: before it, the tenant is created and seeded
+ * (createSeededTenant); after it, its knex is closed, its database dropped and the backend's admin
+ * connections closed. `table(name)` is a query on the tenant's table, beside the tenancy.
+ */
+export function seededTenantSuite(backend: Backend, id: string): { table(name: string): Knex.QueryBuilder } {
+  let knex: Knex | undefined;
+  before(async () => {
+    knex = await createSeededTenant(backend, id);
+  });
+  after(async () => {
+    await knex?.destroy();
+    await backend.dropDatabase(id);
+    await backend.close();
+  });
+  return { table: (name) => knex!(name) };
 }
