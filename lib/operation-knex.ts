@@ -21,6 +21,11 @@ export interface OperationsHost {
   evict(tenantId: string): Promise<void>;
   /** Like `evict`, and also drops the tenant's cached catalog answer. */
   forget(tenantId: string): Promise<void>;
+  /**
+   * Refuses new scopes of the tenant with `UnknownTenantError` (its database is being dropped) until
+   * the returned function is called; scopes already open go on.
+   */
+  refuseScopes(tenantId: string): () => void;
 }
 
 // mysql2 "Unknown database": the tenant's database does not exist.

@@ -109,6 +109,7 @@ export class Tenancy implements ScopeOwner {
   enterNow(tenantId: unknown): EnteredScope | Promise<EnteredScope> {
     if (this.#destroyed) throw new TenancyDestroyedError();
     const id = validateTenantId(tenantId, this.#validator);
+    if (this.#dropping.size > 0 && this.#dropping.has(id)) return Promise.reject(new UnknownTenantError(id));
     const known = this.#catalog === undefined ? true : this.#catalog.exists(id);
     if (known === true) {
       const lease = this.#connections.tryLease(id);
@@ -271,6 +272,8 @@ export class Tenancy implements ScopeOwner {
   }
 
   #operations: OperationsHost | undefined;
+  /** Tenants being dropped (dropTenant calls in progress, by id): new scopes are refused. */
+  readonly #dropping = new Map<string, number>();
   #migrations: TenantMigrations | undefined;
 
   /**
@@ -342,12 +345,24 @@ export class Tenancy implements ScopeOwner {
       // forEachTenant closes the pools it opened to make room, not because the tenant went away.
       evict: (id) => this.#evicting(id, {}),
       forget: (id) => this.forget(id),
+      refuseScopes: (id) => {
+        this.#dropping.set(id, (this.#dropping.get(id) ?? 0) + 1);
+        let done = false;
+        return () => {
+          if (done) return;
+          done = true;
+          const left = this.#dropping.get(id)! - 1;
+          if (left > 0) this.#dropping.set(id, left);
+          else this.#dropping.delete(id);
+        };
+      },
     });
   }
 
   /** Enters a tenant's scope for a job and tells whether that opened its pool (so the job closes it after). */
   async #enterForJob(tenantId: string): Promise<JobScope> {
     const id = validateTenantId(tenantId, this.#validator);
+    if (this.#dropping.has(id)) throw new UnknownTenantError(id);
     if (this.#catalog !== undefined) {
       let known: boolean;
       try {

@@ -122,18 +122,26 @@ export async function dropTenant(host: OperationsHost, tenantId: unknown, option
   const started = performance.now();
   const id = host.validate(tenantId);
   if (options?.confirm !== id) throw new TenantDropNotConfirmedError(id);
-  // Close the serving pool first: its scopes finish, then no connection holds the database.
-  await host.forget(id);
-  const config = await step(id, 'drop-database', async () => tenantKnexConfig(host.options, id));
-  const hooks = hooksOf(host, config);
-  await step(id, 'drop-database', () => hooks.drop(id, config));
-  await step(id, 'unregister', async () => host.options.unregisterTenant?.(id));
-  // A request that raced the drop may have reopened a pool (and cached a catalog answer).
-  await host.forget(id);
-  // Such a request (the catalog still said yes) made an SQLite driver create an empty file, which
-  // kept the id from being created again. The built-in drop is idempotent: once more, now that no
-  // pool of the tenant is open. (A server database is not created by opening it; an app's
-  // dropDatabase hook is called once.)
-  if (host.options.dropDatabase === undefined && createdByOpening(config)) await step(id, 'drop-database', () => hooks.drop(id, config));
+  // From here until it is unregistered, new requests of the tenant get a 404: the catalog still says
+  // yes, and one that opened the tenant would lose its database under it (an untyped "table doesn't
+  // exist" or "Unknown database").
+  const reopen = host.refuseScopes(id);
+  try {
+    // Close the serving pool first: its scopes finish, then no connection holds the database.
+    await host.forget(id);
+    const config = await step(id, 'drop-database', async () => tenantKnexConfig(host.options, id));
+    const hooks = hooksOf(host, config);
+    await step(id, 'drop-database', () => hooks.drop(id, config));
+    await step(id, 'unregister', async () => host.options.unregisterTenant?.(id));
+    // A request that raced the drop may have reopened a pool (and cached a catalog answer).
+    await host.forget(id);
+    // Such a request (the catalog still said yes) made an SQLite driver create an empty file, which
+    // kept the id from being created again. The built-in drop is idempotent: once more, now that no
+    // pool of the tenant is open. (A server database is not created by opening it; an app's
+    // dropDatabase hook is called once.)
+    if (host.options.dropDatabase === undefined && createdByOpening(config)) await step(id, 'drop-database', () => hooks.drop(id, config));
+  } finally {
+    reopen();
+  }
   return { tenantId: id, durationMs: since(started) };
 }

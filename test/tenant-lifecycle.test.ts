@@ -23,7 +23,7 @@ import { MIGRATION_NAMES, writeMigrations } from './helpers/migrations';
 for (const backend of allStrategies('ops')) {
   describe(`createTenant and dropTenant on ${backend.name}`, { skip: backend.skip }, () => {
     const files = writeMigrations();
-    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'c4u', 'hooked', 'fw'];
+    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'c4u', 'c5', 'hooked', 'fw'];
     const tenancies: Tenancy[] = [];
     let catalog = new Set<string>();
     const make = (extra: Partial<TenancyOptions> = {}): Tenancy => {
@@ -174,6 +174,39 @@ for (const backend of allStrategies('ops')) {
         await dropped;
       }
       assert.equal(await backend.databaseExists('c2b'), false);
+    });
+
+    it('requests that come while the tenant is dropped get UnknownTenantError (404), never a driver error from the database gone under them', async () => {
+      const tenancy = make();
+      await tenancy.createTenant('c5', { seed: false });
+      let dropping = true;
+      const failures: unknown[] = [];
+      let served = 0;
+      const workers = Array.from({ length: 10 }, async () => {
+        while (dropping) {
+          try {
+            await tenancy.runWithTenant('c5', async () => {
+              await tenancy.knex()('people').count({ n: '*' });
+              await new Promise((r) => setTimeout(r, 2));
+              await tenancy.knex()('people').count({ n: '*' });
+            });
+            served++;
+          } catch (error) {
+            failures.push(error);
+          }
+          await new Promise((r) => setImmediate(r));
+        }
+      });
+      await new Promise((r) => setTimeout(r, 50));
+      await tenancy.dropTenant('c5', { confirm: 'c5' });
+      // A little past the drop: the catalog says no by then.
+      await new Promise((r) => setTimeout(r, 30));
+      dropping = false;
+      await Promise.all(workers);
+      assert.ok(served > 0, 'requests were served before the drop');
+      const untyped = failures.filter((error) => !(error instanceof UnknownTenantError)).map(String);
+      assert.deepEqual(untyped.slice(0, 3), [], `${untyped.length} of ${failures.length} failures were not UnknownTenantError`);
+      assert.equal(await backend.databaseExists('c5'), false);
     });
 
     it('a request that comes while the database is dropped, before the tenant is unregistered, leaves no database behind: the id can be created again', async () => {
