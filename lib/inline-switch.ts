@@ -1,6 +1,5 @@
 import type { Knex } from 'knex';
 import { UnknownTenantError } from './errors';
-import { STREAMS_FAIL_ON_LOSS, streamFailingOnLoss, type ClientStream as LostStreamBase } from './lost-stream';
 import { markQualified, settleOwnNamesOnCompile } from './qualify-tables';
 
 /**
@@ -283,10 +282,8 @@ function cleanTransactionClass(proto: object, state: SwitchState, tenantId: stri
   };
   txProto._stream = async function (this: Knex.Client, conn: unknown, obj: unknown, stream: unknown, options: unknown): Promise<unknown> {
     await switchBeforeStream(state, conn, tenantId, stream);
-    // The driver's own `_stream` (knex builds transaction clients from its class): see lost-stream.ts.
-    return streamFailingOnLoss(base._stream as LostStreamBase, this, conn, obj, stream, options);
+    return base._stream.call(this, conn, obj, stream, options);
   };
-  (txProto as Record<symbol, unknown>)[STREAMS_FAIL_ON_LOSS] = true;
   // The transaction's statements (its model queries, a builder moved in with `.transacting(trx)`)
   // are compiled by this client: their own names are settled here too.
   settleOwnNamesOnCompile(txProto, database, tenantId);

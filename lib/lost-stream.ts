@@ -63,7 +63,7 @@ export function streamFailingOnLoss(baseStream: ClientStream, client: unknown, c
 }
 
 /** Marks an object whose `_stream` already fails on a lost connection (see below). */
-export const STREAMS_FAIL_ON_LOSS = Symbol('objection-tenancy.streamsFailOnLoss');
+const STREAMS_FAIL_ON_LOSS = Symbol('objection-tenancy.streamsFailOnLoss');
 
 type Streaming = { _stream?: ClientStream; transaction?: (...args: unknown[]) => unknown; [STREAMS_FAIL_ON_LOSS]?: true };
 
@@ -85,7 +85,7 @@ export function failStreamsOnLostConnection(client: Knex.Client): void {
   if (typeof transaction !== 'function') return;
   target.transaction = function (this: object, ...args: unknown[]): unknown {
     const proto = (this.constructor as { prototype: Streaming } | undefined)?.prototype;
-    // A class that already does it (qualifyTables' transaction class, or this one's).
+    // Already one of these classes: not wrapped twice.
     if (proto === undefined || proto[STREAMS_FAIL_ON_LOSS] === true) return transaction.apply(this, args);
     const eager = Object.create(this) as object;
     Object.defineProperty(eager, 'constructor', { value: lostStreamClass(proto), configurable: true, writable: true });
@@ -95,7 +95,10 @@ export function failStreamsOnLostConnection(client: Knex.Client): void {
 
 const CLASSES = new WeakMap<object, { prototype: Streaming }>();
 
-/** The class a transaction's client is built from: `proto`, with a `_stream` that fails on a lost connection. */
+/**
+ * The class a transaction's client is built from: `proto` (the driver's class, or qualifyTables'
+ * transaction class over it), with a `_stream` that fails on a lost connection; one per `proto`.
+ */
 function lostStreamClass(proto: Streaming): { prototype: Streaming } {
   let made = CLASSES.get(proto);
   if (made !== undefined) return made;
