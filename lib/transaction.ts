@@ -44,6 +44,9 @@ export async function runTransaction<T>(
   let result: Awaited<T>;
   // `trx.rollback()` called by `fn`: knex then resolves (with undefined), as if it had committed.
   let rolledBack = false;
+  // What the transaction was rolled back for: `fn`'s error (knex passes it to `rollback`) or the
+  // app's own `trx.rollback(error)`.
+  let rollbackReason: { error: unknown } | undefined;
   try {
     result = (await base.transaction((trx) => {
       // Its BEGIN (or SAVEPOINT) failed: knex marks the transaction complete, rejects it, and still
@@ -53,6 +56,7 @@ export async function runTransaction<T>(
       const rollback = trx.rollback;
       trx.rollback = function (this: unknown, ...args: unknown[]) {
         rolledBack = true;
+        if (args[0] !== undefined) rollbackReason = { error: args[0] };
         return (rollback as (...args: unknown[]) => unknown).apply(this, args);
       } as typeof rollback;
       return runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
@@ -61,7 +65,10 @@ export async function runTransaction<T>(
     if (outer !== undefined) outer.__knexTxId = outerTxId;
     hooks.state = 'rolledBack';
     await runCallbacks(scope, hooks.rollback, onHookError);
-    throw error;
+    // Its ROLLBACK failed too (the connection was lost: the server rolls the transaction back
+    // itself), and knex rejects with that failure, "ROLLBACK - Connection lost", in place of the
+    // error the transaction was rolled back for. That one says what happened.
+    throw rollbackReason !== undefined && rollbackReason.error !== error ? rollbackReason.error : error;
   }
   if (outer !== undefined) outer.__knexTxId = outerTxId;
   if (rolledBack) {

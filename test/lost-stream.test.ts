@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
-import { createTenancy, TenantUnavailableError } from '../lib/index';
+import { createTenancy, onRollback, TenantUnavailableError, toHttpError } from '../lib/index';
 import type { ConnectionOptions } from '../lib/connections';
 import { mysqlBackend, mysqlConnection, mysqlSharedBackend, seededTenantSuite, skipMysql, type Backend } from './helpers/databases';
 import { Person } from './helpers/fixtures';
@@ -196,6 +196,67 @@ for (const backend of [mysqlBackend('ltx'), mysqlSharedBackend('ltxs'), mysqlSha
         await tenancy.runWithTenant('a', () => tenancy.transaction(() => Person.query().insert({ name: 'next' })));
         assert.deepEqual(await direct('persons').where({ name: 'next' }).pluck('name'), ['next']);
         await direct('persons').where({ name: 'next' }).delete();
+      } finally {
+        await tenancy.destroy({ drainTimeoutMs: 1_000 });
+      }
+    });
+  });
+}
+
+for (const backend of [mysqlBackend('ltm'), mysqlSharedBackend('ltms'), mysqlSharedBackend('ltmu', 3, 'use')]) {
+  describe(`a transaction whose connection is lost mid-way (${backend.name})`, { skip: skipMysql }, () => {
+    const direct = seededTenantSuite(backend, 'a').table;
+
+    it("rejects with its statement's error, not with the failed ROLLBACK's, answered 503; nothing is committed", async () => {
+      const tenancy = createTenancy({ ...oneConnection(backend), tenantExists: backend.databaseExists });
+      try {
+        let rolledBack = false;
+        const outcome = await tenancy
+          .runWithTenant('a', () =>
+            tenancy.transaction(async () => {
+              onRollback(() => void (rolledBack = true));
+              await Person.query().insert({ name: 'before-the-loss' });
+              // The server ends the connection while the transaction is open (a KILL from an
+              // operator, a failover), as this statement runs.
+              await tenancy.knex().raw('KILL CONNECTION CONNECTION_ID()');
+            }),
+          )
+          .then(
+            () => 'committed',
+            (error: unknown) => error,
+          );
+        assert.ok(outcome instanceof Error, `rejected: ${String(outcome)}`);
+        assert.match(String((outcome as { sql?: string }).sql ?? (outcome as Error).message), /KILL CONNECTION/, `the killed statement's error: ${(outcome as Error).message}`);
+        assert.doesNotMatch((outcome as Error).message, /ROLLBACK|closed state/);
+        assert.equal((outcome as { errno?: number }).errno ?? (outcome as { nativeError?: { errno?: number } }).nativeError?.errno, 1927);
+        assert.equal(toHttpError(outcome)?.status, 503);
+        assert.equal(rolledBack, true, 'onRollback ran');
+        assert.deepEqual(await direct('persons').where({ name: 'before-the-loss' }).pluck('name'), []);
+        // The tenant is served on a new connection.
+        assert.equal((await tenancy.runWithTenant('a', () => Person.query().findById(1)))?.name, 'a-ada');
+      } finally {
+        await tenancy.destroy({ drainTimeoutMs: 1_000 });
+      }
+    });
+
+    it('in a savepoint too: the outer transaction rejects with the statement error', async () => {
+      const tenancy = createTenancy({ ...oneConnection(backend), tenantExists: backend.databaseExists });
+      try {
+        const outcome = await tenancy
+          .runWithTenant('a', () =>
+            tenancy.transaction(async () => {
+              await Person.query().insert({ name: 'outer-write' });
+              await tenancy.transaction(() => tenancy.knex().raw('KILL CONNECTION CONNECTION_ID()'));
+            }),
+          )
+          .then(
+            () => 'committed',
+            (error: unknown) => error,
+          );
+        assert.ok(outcome instanceof Error, `rejected: ${String(outcome)}`);
+        assert.match((outcome as Error).message, /KILL CONNECTION/);
+        assert.equal(toHttpError(outcome)?.status, 503);
+        assert.deepEqual(await direct('persons').where({ name: 'outer-write' }).pluck('name'), []);
       } finally {
         await tenancy.destroy({ drainTimeoutMs: 1_000 });
       }
