@@ -11,20 +11,68 @@ import { qualifiedDatabase } from './qualify-tables';
 import { warnOutsideTransaction } from './transaction';
 import { checkTenantFile, FILE_RECHECK_MS, fileReplaced, watchTenantFile } from './sqlite-files';
 
-/** How tenant connections are made, shared by both strategies' options. */
-export interface ConnectionOptions {
+/** How tenant connections are made: the options both strategies share. */
+export interface CommonConnectionOptions {
+  /** When no connection can be had: `'wait'` (default) up to `acquireTimeoutMs`, or `'reject'` at once (503). */
+  overflow?: 'wait' | 'reject';
+  /** How long a query may wait for a connection under the budget or a shared pool. Default 10 000 ms. */
+  acquireTimeoutMs?: number;
+  /** A tenant pool unused for this long is closed ('shared': an idle connection). Default 60 000 ms; 0 disables. */
+  idleTimeoutMs?: number;
+  /** Run `select 1` when a tenant's connection is first opened, so a dropped database or dead server fails fast. Default true. */
+  verifyConnection?: boolean;
+  /** Builds a knex from a config. Default: knex's own factory. */
+  createKnex?(config: Knex.Config): Knex;
   /**
-   * `'pool-per-tenant'` (default): one knex and pool per tenant, from `knexConfig`. `'shared'`: one
-   * pool per database server (`servers`), tenants located with `locate`, connections switched to the
-   * tenant's database with `USE` (MySQL/MariaDB).
+   * Warn (once per statement) when a query runs on the tenant's bare knex while a transaction is open
+   * in the same scope. Default: on unless `NODE_ENV` is `production`.
    */
-  strategy?: 'pool-per-tenant' | 'shared';
-  /** The knex config of a tenant's database (or a promise of it). Required for 'pool-per-tenant'. */
-  knexConfig?(tenantId: string): Knex.Config | Promise<Knex.Config>;
+  warnOutsideTransaction?: boolean;
+}
+
+/**
+ * `strategy: 'pool-per-tenant'` (the default): one knex and pool per tenant, from `knexConfig`.
+ * The shared strategy's options are typed `never`, as `createTenancy()` refuses them at run time.
+ */
+export interface PoolPerTenantOptions extends CommonConnectionOptions {
+  /** `'pool-per-tenant'` (default): one knex and pool per tenant, from `knexConfig`. */
+  strategy?: 'pool-per-tenant';
+  /** The knex config of a tenant's database (or a promise of it). */
+  knexConfig(tenantId: string): Knex.Config | Promise<Knex.Config>;
+  /** 'pool-per-tenant': cap on cached tenant pools; the least recently used is evicted beyond it. Default 50. */
+  maxPools?: number;
+  /** 'pool-per-tenant': total connections all tenant pools may hold at once. Default: no budget. */
+  maxConnections?: number;
+  /** 'shared' only. */
+  servers?: never;
+  /** 'shared' only. */
+  locate?: never;
+  /** 'shared' only. */
+  maxConnectionsPerTenant?: never;
+  /** 'shared' only. */
+  inlineSwitch?: never;
+  /** 'shared' only. */
+  maxSwitchedConnections?: never;
+  /** 'shared' only. */
+  resetSession?: never;
+  /** 'shared' only. */
+  qualifyTables?: never;
+  /** 'shared' only. */
+  maxTenants?: never;
+}
+
+/**
+ * `strategy: 'shared'`: one pool per database server (`servers`), tenants located with `locate`,
+ * connections switched to the tenant's database (MySQL/MariaDB). The pool-per-tenant options are
+ * typed `never` and refused at run time: a server's connection budget is its config's `pool.max`.
+ */
+export interface SharedPoolOptions extends CommonConnectionOptions {
+  /** `'shared'`: one pool per database server. */
+  strategy: 'shared';
   /** 'shared': one knex config per server key, without `database`; `pool.max` is that server's connection budget. */
-  servers?: Readonly<Record<string, Knex.Config>>;
+  servers: Readonly<Record<string, Knex.Config>>;
   /** 'shared': the server key and database name of a tenant. Call `tenancy.forget(id)` after moving a tenant. */
-  locate?(tenantId: string): TenantLocation | Promise<TenantLocation>;
+  locate(tenantId: string): TenantLocation | Promise<TenantLocation>;
   /** 'shared': connections one tenant may hold at once on its server. Default: half of the server's `pool.max`. */
   maxConnectionsPerTenant?: number;
   /**
@@ -64,26 +112,16 @@ export interface ConnectionOptions {
   qualifyTables?: boolean;
   /** 'shared': cap on cached tenant handles (under 2 KB of heap each, no connection). Default 100 000. */
   maxTenants?: number;
-  /** 'pool-per-tenant': cap on cached tenant pools; the least recently used is evicted beyond it. Default 50. */
-  maxPools?: number;
-  /** 'pool-per-tenant': total connections all tenant pools may hold at once. Default: no budget. */
-  maxConnections?: number;
-  /** When no connection can be had: `'wait'` (default) up to `acquireTimeoutMs`, or `'reject'` at once (503). */
-  overflow?: 'wait' | 'reject';
-  /** How long a query may wait for a connection under the budget or a shared pool. Default 10 000 ms. */
-  acquireTimeoutMs?: number;
-  /** A tenant pool unused for this long is closed ('shared': an idle connection). Default 60 000 ms; 0 disables. */
-  idleTimeoutMs?: number;
-  /** Run `select 1` when a tenant's connection is first opened, so a dropped database or dead server fails fast. Default true. */
-  verifyConnection?: boolean;
-  /** Builds a knex from a config. Default: knex's own factory. */
-  createKnex?(config: Knex.Config): Knex;
-  /**
-   * Warn (once per statement) when a query runs on the tenant's bare knex while a transaction is open
-   * in the same scope. Default: on unless `NODE_ENV` is `production`.
-   */
-  warnOutsideTransaction?: boolean;
+  /** 'pool-per-tenant' only. */
+  knexConfig?: never;
+  /** 'pool-per-tenant' only. */
+  maxPools?: never;
+  /** 'pool-per-tenant' only. */
+  maxConnections?: never;
 }
+
+/** How tenant connections are made: the options of one strategy or the other. */
+export type ConnectionOptions = PoolPerTenantOptions | SharedPoolOptions;
 
 /**
  * `fn` (an app's lookup: `tenantExists`, `locate`, `knexConfig`), whose promised answer is awaited at

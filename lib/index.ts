@@ -1,5 +1,6 @@
 export { createTenancy, Tenancy } from './tenancy';
-export type { TenancyOptions, TenancyStats } from './tenancy';
+export type { TenancyOptions, TenancyCommonOptions, TenancyStats } from './tenancy';
+export type { CommonConnectionOptions, PoolPerTenantOptions, SharedPoolOptions } from './connections';
 export { runWithTenant, setDefaultTenancy, defaultTenancy } from './default-tenancy';
 export { currentTenantId, tryCurrentTenantId } from './scope';
 export type { TenantScope } from './scope';

@@ -6,8 +6,8 @@ import type { TenantIdValidator } from './tenant-id';
 import { opensOnNoDatabase } from './shared-connections';
 import type { HookErrorHandler } from './transaction';
 
-/** Options of `createTenancy()`. */
-export interface TenancyOptions extends ConnectionOptions {
+/** Options of `createTenancy()` that do not depend on the strategy. */
+export interface TenancyCommonOptions {
   /**
    * Whether a tenant exists (a catalog lookup). Asked before a pool is opened; a tenant it rejects
    * never gets a pool and the request gets `UnknownTenantError` (404). Strongly advised for SQLite,
@@ -46,6 +46,16 @@ export interface TenancyOptions extends ConnectionOptions {
   unregisterTenant?(tenantId: string): void | Promise<void>;
 }
 
+/**
+ * Options of `createTenancy()`: a union keyed on `strategy`. `knexConfig` is required without
+ * `strategy: 'shared'`, `servers` and `locate` with it, and each strategy's own options are typed
+ * `never` in the other (and refused at run time).
+ */
+export type TenancyOptions = ConnectionOptions & TenancyCommonOptions;
+
+const SHARED_ONLY = ['servers', 'locate', 'maxConnectionsPerTenant', 'inlineSwitch', 'maxSwitchedConnections', 'resetSession', 'qualifyTables', 'maxTenants'] as const;
+const POOL_PER_TENANT_ONLY = ['knexConfig', 'maxPools', 'maxConnections'] as const;
+
 /** What `tenancy.stats()` returns. */
 export interface TenancyStats extends PoolCacheStats {
   strategy: 'pool-per-tenant' | 'shared';
@@ -65,11 +75,17 @@ export interface TenancyStats extends PoolCacheStats {
 /** @internal Validates `createTenancy()` options, throwing a `TypeError` that names the option. */
 export function checkTenancyOptions(options: TenancyOptions): void {
   if (options === null || typeof options !== 'object') throw new TypeError('createTenancy(options): options must be an object');
+  // Read as a record: the union's `never` keys are what a caller typed around, or JavaScript.
+  const given = options as unknown as Record<string, unknown>;
   if (options.strategy === 'shared') {
     if (options.servers === null || typeof options.servers !== 'object' || Object.keys(options.servers).length === 0) {
       throw new TypeError("createTenancy: options.servers must map server keys to knex configs when strategy is 'shared'");
     }
     if (typeof options.locate !== 'function') throw new TypeError("createTenancy: options.locate must be a function (tenantId) => { server, database } when strategy is 'shared'");
+    const misplaced = POOL_PER_TENANT_ONLY.find((name) => given[name] !== undefined);
+    if (misplaced !== undefined) {
+      throw new TypeError(`createTenancy: options.${misplaced} applies to strategy 'pool-per-tenant' only (the shared strategy's connections are its servers' pool.max)`);
+    }
     for (const name of ['inlineSwitch', 'resetSession', 'qualifyTables'] as const) {
       if (options[name] !== undefined && typeof options[name] !== 'boolean') throw new TypeError(`createTenancy: options.${name} must be a boolean`);
     }
@@ -82,15 +98,14 @@ export function checkTenancyOptions(options: TenancyOptions): void {
     }
   } else if (options.strategy !== undefined && options.strategy !== 'pool-per-tenant') {
     throw new TypeError("createTenancy: options.strategy must be 'pool-per-tenant' or 'shared'");
-  } else if (options.inlineSwitch === true || options.maxSwitchedConnections !== undefined || options.resetSession === true || options.qualifyTables === true) {
-    const name =
-      options.inlineSwitch === true ? 'inlineSwitch'
-      : options.resetSession === true ? 'resetSession'
-      : options.qualifyTables === true ? 'qualifyTables'
-      : 'maxSwitchedConnections';
-    throw new TypeError(`createTenancy: options.${name} applies to strategy 'shared' only (a pool per tenant never switches databases)`);
-  } else if (typeof options.knexConfig !== 'function') {
-    throw new TypeError('createTenancy: options.knexConfig must be a function (tenantId) => knex config');
+  } else {
+    const misplaced = SHARED_ONLY.find((name) => given[name] !== undefined);
+    if (misplaced !== undefined) {
+      throw new TypeError(`createTenancy: options.${misplaced} applies to strategy 'shared' only (a pool per tenant never switches databases)`);
+    }
+    if (typeof options.knexConfig !== 'function') {
+      throw new TypeError('createTenancy: options.knexConfig must be a function (tenantId) => knex config');
+    }
   }
   if (options.overflow !== undefined && options.overflow !== 'wait' && options.overflow !== 'reject') {
     throw new TypeError("createTenancy: options.overflow must be 'wait' or 'reject'");

@@ -442,4 +442,4 @@ export function createTenancy(options: TenancyOptions): Tenancy {
   return tenancy;
 }
 
-export type { TenancyOptions, TenancyStats } from './tenancy-options';
+export type { TenancyOptions, TenancyCommonOptions, TenancyStats } from './tenancy-options';

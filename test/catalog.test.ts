@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { after, before, describe, it } from 'node:test';
-import { createTenancy, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
+import { createTenancy, TenantUnavailableError, UnknownTenantError, type Tenancy, type PoolPerTenantOptions, type TenancyCommonOptions } from '../lib/index';
 import { CATALOG_DEFAULTS, CatalogCache, POSITIVE_MAX } from '../lib/catalog-cache';
 import { sqliteBackend } from './helpers/databases';
 
@@ -21,7 +21,7 @@ after(async () => {
   await backend.close();
 });
 
-function make(extra: Partial<TenancyOptions> = {}): { tenancy: Tenancy; asked: Map<string, number> } {
+function make(extra: Partial<PoolPerTenantOptions & TenancyCommonOptions> = {}): { tenancy: Tenancy; asked: Map<string, number> } {
   const asked = new Map<string, number>();
   const tenancy = createTenancy({
     knexConfig: backend.knexConfig,

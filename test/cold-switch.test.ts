@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
 import { raw } from 'objection';
-import { createTenancy, TenantModel, TenantUnavailableError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
+import { createTenancy, TenantModel, TenantUnavailableError, UnknownTenantError, type Tenancy, type SharedPoolOptions, type TenancyCommonOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { knexWithStatementHook } from './helpers/statement-hook';
 
@@ -44,7 +44,7 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
   let tenancy: Tenancy | undefined;
   const { database: _database, ...server } = mysqlConnection();
   void _database;
-  const open = (options: Partial<TenancyOptions> & { max?: number } = {}) => {
+  const open = (options: Partial<SharedPoolOptions & TenancyCommonOptions> & { max?: number } = {}) => {
     const { max = 8, ...rest } = options;
     return (tenancy = createTenancy({
       strategy: 'shared',
@@ -488,8 +488,11 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
       assert.throws(() => open({ maxSwitchedConnections: value }), /maxSwitchedConnections must be 'auto', an integer >= 1 or Infinity/);
     }
     const knexConfig = () => ({ client: 'mysql2', connection: server });
+    // @ts-expect-error: a 'shared' option beside knexConfig does not compile either
     assert.throws(() => createTenancy({ knexConfig, maxSwitchedConnections: 4 }), /maxSwitchedConnections applies to strategy 'shared' only/);
+    // @ts-expect-error: a 'shared' option beside knexConfig does not compile either
     assert.throws(() => createTenancy({ knexConfig, maxSwitchedConnections: 'auto' }), /maxSwitchedConnections applies to strategy 'shared' only/);
+    // @ts-expect-error: a 'shared' option beside knexConfig does not compile either
     assert.throws(() => createTenancy({ knexConfig, inlineSwitch: true }), /inlineSwitch applies to strategy 'shared' only/);
   });
 });

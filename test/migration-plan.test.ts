@@ -38,7 +38,7 @@ for (const backend of backends('mplan')) {
     const tenancies: Tenancy[] = [];
     const dirs: { cleanup(): void }[] = [];
     const make = (dir: string, extra: Partial<TenancyOptions> = {}): Tenancy => {
-      const tenancy = createTenancy({ ...backend.connectionOptions(), migrations: { directory: dir }, listTenants: () => ids, ...extra });
+      const tenancy = createTenancy({ ...backend.connectionOptions(), migrations: { directory: dir }, listTenants: () => ids, ...extra } as TenancyOptions);
       tenancies.push(tenancy);
       return tenancy;
     };

@@ -17,7 +17,7 @@ import {
   TenantUnavailableError,
   UnknownTenantError,
   type Tenancy,
-  type TenancyOptions,
+  type PoolPerTenantOptions, type TenancyCommonOptions, type TenancyOptions,
 } from '../lib/index';
 import { FILE_RECHECK_MS } from '../lib/sqlite-files';
 import { backends, mysqlConnection, skipMysql, sqliteBackend, withDirectKnex } from './helpers/databases';
@@ -28,7 +28,7 @@ for (const backend of backends('pool')) {
   describe(`pool cache on ${backend.name}`, { skip: backend.skip }, () => {
     const tenancies: Tenancy[] = [];
     let configCalls: string[] = [];
-    const make = (extra: Partial<TenancyOptions> = {}): Tenancy => {
+    const make = (extra: Partial<PoolPerTenantOptions & TenancyCommonOptions> = {}): Tenancy => {
       const tenancy = createTenancy({
         knexConfig: (id) => {
           configCalls.push(id);
@@ -311,6 +311,21 @@ for (const backend of backends('pool')) {
     it('rejects invalid options with a TypeError naming the option', () => {
       assert.throws(() => createTenancy({ knexConfig: backend.knexConfig, maxPools: 0 }), /options\.maxPools/);
       assert.throws(() => createTenancy({} as TenancyOptions), /options\.knexConfig/);
+      // A union keyed on `strategy`: what the run-time check refuses does not compile either.
+      // @ts-expect-error: no knexConfig (pool-per-tenant is the default)
+      assert.throws(() => createTenancy({}), /options\.knexConfig/);
+      // @ts-expect-error: 'shared' needs servers and locate
+      assert.throws(() => createTenancy({ strategy: 'shared' }), /options\.servers/);
+      const servers = { main: { client: 'mysql2', connection: { host: '127.0.0.1' } } };
+      const locate = (id: string) => ({ server: 'main', database: id });
+      // @ts-expect-error: a pool per tenant's budget is not the shared strategy's (its servers' pool.max is)
+      assert.throws(() => createTenancy({ strategy: 'shared', servers, locate, maxConnections: 10 }), /maxConnections applies to strategy 'pool-per-tenant' only/);
+      // @ts-expect-error: knexConfig beside servers
+      assert.throws(() => createTenancy({ strategy: 'shared', servers, locate, knexConfig: backend.knexConfig }), /knexConfig applies to strategy 'pool-per-tenant' only/);
+      // @ts-expect-error: maxTenants caps the shared strategy's handles, not pools (maxPools does)
+      assert.throws(() => createTenancy({ knexConfig: backend.knexConfig, maxTenants: 10 }), /maxTenants applies to strategy 'shared' only/);
+      // @ts-expect-error: servers without strategy 'shared'
+      assert.throws(() => createTenancy({ knexConfig: backend.knexConfig, servers }), /servers applies to strategy 'shared' only/);
     });
   });
 }
@@ -366,7 +381,7 @@ describe('pool cache against a bad MariaDB database', { skip: skipMysql }, () =>
 describe('pool cache on SQLite files removed or replaced by another process', () => {
   const backend = sqliteBackend('poolfile');
   const tenancies: Tenancy[] = [];
-  const make = (extra: Partial<TenancyOptions> = {}): Tenancy => {
+  const make = (extra: Partial<PoolPerTenantOptions & TenancyCommonOptions> = {}): Tenancy => {
     const tenancy = createTenancy({ knexConfig: backend.knexConfig, ...extra });
     tenancies.push(tenancy);
     return tenancy;

@@ -13,13 +13,13 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
-import { createTenancy, TenantUnavailableError, toHttpError, UnknownTenantError, type Tenancy, type TenancyOptions } from '../lib/index';
+import { createTenancy, TenantUnavailableError, toHttpError, UnknownTenantError, type Tenancy, type SharedPoolOptions, type TenancyCommonOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { createTenantDatabases, dropTenantDatabases, Person } from './helpers/fixtures';
 
 const TENANTS = ['a', 'b'];
 const db = (t: string) => `ot_release_${t}`;
-const CONFIGS: { name: string; options: Partial<TenancyOptions> }[] = [
+const CONFIGS: { name: string; options: Partial<SharedPoolOptions & TenancyCommonOptions> }[] = [
   { name: 'default (qualifyTables)', options: {} },
   { name: 'USE switching', options: { qualifyTables: false } },
   { name: 'inlineSwitch', options: { qualifyTables: false, inlineSwitch: true } },
@@ -33,7 +33,7 @@ describe('connections released to the shared pool', { skip: skipMysql }, () => {
   const { database: _database, ...server } = mysqlConnection();
   void _database;
   let tenancy: Tenancy | undefined;
-  const open = (options: Partial<TenancyOptions>, max = 1) =>
+  const open = (options: Partial<SharedPoolOptions & TenancyCommonOptions>, max = 1) =>
     (tenancy = createTenancy({
       strategy: 'shared',
       servers: { main: { client: 'mysql2', connection: { ...server }, pool: { max } } },

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
-import { createTenancy, TenantUnavailableError, toHttpError, type TenancyOptions } from '../lib/index';
+import { createTenancy, TenantUnavailableError, toHttpError, type SharedPoolOptions, type TenancyCommonOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { createSchema, Person, seed } from './helpers/fixtures';
 import { jsonErrors, listen, load } from './helpers/http';
@@ -40,7 +40,7 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
   };
   /** A server as the tenancies under test reach it: as POOL_USER. */
   const poolConfig = (port: number, max: number) => serverConfig(port, max, POOL_USER);
-  const sharedOptions = (max: number, extra: Partial<TenancyOptions> = {}): TenancyOptions => ({
+  const sharedOptions = (max: number, extra: Partial<SharedPoolOptions & TenancyCommonOptions> = {}): SharedPoolOptions & TenancyCommonOptions => ({
     strategy: 'shared',
     servers: { first: poolConfig(mysqlConnection().port!, max), second: poolConfig(second.port, max) },
     locate: (id) => ({ server: id.startsWith('sb') ? 'second' : 'first', database: db(id) }),
@@ -198,7 +198,7 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     const tenancy = createTenancy({
       ...sharedOptions(2, { acquireTimeoutMs: 300 }),
       servers: { first: serverConfig(mysqlConnection().port!, 2), frozen: frozenConfig },
-      locate: (id) => (id === 'cold' ? { server: 'frozen', database: 'ot_scale_cold' } : { server: 'first', database: db(id) }),
+      locate: (id: string) => (id === 'cold' ? { server: 'frozen', database: 'ot_scale_cold' } : { server: 'first', database: db(id) }),
     });
     const read = (t: string) => tenancy.runWithTenant(t, () => Person.query().select('name').orderBy('id').first());
     const unavailable = (pattern: RegExp) => (error: unknown) => error instanceof TenantUnavailableError && error.statusCode === 503 && pattern.test(error.message);

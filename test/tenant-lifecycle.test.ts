@@ -35,7 +35,7 @@ for (const backend of allStrategies('ops')) {
         registerTenant: (id) => void catalog.add(id),
         unregisterTenant: (id) => void catalog.delete(id),
         ...extra,
-      });
+      } as TenancyOptions);
       tenancies.push(tenancy);
       return tenancy;
     };

@@ -42,7 +42,7 @@ for (const backend of allStrategies('ops')) {
           return knex;
         },
         ...extra,
-      });
+      } as TenancyOptions);
       tenancies.push(tenancy);
       return tenancy;
     };
