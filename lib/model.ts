@@ -1,7 +1,7 @@
 import { Model } from 'objection';
 import type { Knex } from 'knex';
 import { TenantContextMissingError, TenantMismatchError } from './errors';
-import { connectionTenant, currentScope, globalState, isKeyOf, keyOf, liveConnection, runInScope, type TenantKey, type TenantScope } from './scope';
+import { connectionTenant, currentScope, globalState, isKeyOf, keyOf, liveConnection, runInScope, runInScopeSync, type TenantKey, type TenantScope } from './scope';
 import { namesItsDatabase, qualifiedDatabase } from './qualify-tables';
 
 // Objection's own typings do not describe the members overridden here (unsafeKnex, $$knex, the
@@ -15,6 +15,8 @@ const CAPTURED = Symbol('objection-tenancy.scope');
 // instance guard), checked when it executes: undefined on most builders, a new array on each change.
 const GUARDED = Symbol('objection-tenancy.guarded');
 const RUN = Symbol('objection-tenancy.run');
+// A builder returned by a function bound outside any scope (bindTenant): it runs with no scope too.
+const UNSCOPED = Symbol('objection-tenancy.unscoped');
 // The tenant of each loaded or created instance. A WeakMap leaves the instance itself untouched
 // (a property, even a symbol, shows in spreads and deep equality) and costs less per row than
 // Object.defineProperty. Shared through the global state by every copy of the package.
@@ -438,6 +440,18 @@ export function instanceTenantId(instance: Model): string | undefined {
 }
 
 /**
+ * @internal Pins a tenant builder made with no scope to no scope: awaited in a tenant's scope, it
+ * still finds none and fails closed, rather than borrowing that tenant (objection runs a builder when
+ * it is awaited, and a builder made with no scope otherwise takes the scope it is awaited in).
+ * Anything else is left alone.
+ */
+export function pinOutsideScopes(value: unknown): void {
+  if (value !== null && typeof value === 'object' && UNSCOPED in value && (value as { [CAPTURED]?: unknown })[CAPTURED] === undefined) {
+    (value as { [UNSCOPED]: boolean })[UNSCOPED] = true;
+  }
+}
+
+/**
  * Makes a model class tenant-aware: its queries, relations, graphs, hooks and transactions use the
  * current tenant scope's connection. An explicit `query(knexOrTrx)`, `bindKnex()` or `Model.knex(k)` on
  * the class itself wins. With no scope and no explicit knex, queries reject with `TenantContextMissingError`.
@@ -455,10 +469,12 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
     // Defined on every builder from construction on, so that all builders share one shape.
     [CAPTURED]: TenantScope | undefined = undefined;
     [GUARDED]: readonly unknown[] | undefined = undefined;
+    [UNSCOPED] = false;
 
     // A builder made in tenant A and awaited in tenant B runs on A, hooks included: the lookup of
     // objection is lazy, so the scope captured at creation is restored around execution.
     execute(): Promise<unknown> {
+      if (this[UNSCOPED]) return runInScopeSync(undefined, () => this[RUN]());
       const captured = this[CAPTURED];
       if (captured !== undefined) {
         const current = currentScope();
@@ -602,6 +618,7 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       const copy = super.clone();
       copy[CAPTURED] = this[CAPTURED];
       copy[GUARDED] = this[GUARDED];
+      copy[UNSCOPED] = this[UNSCOPED];
       return copy;
     }
   }

@@ -7,6 +7,7 @@
  * (https://nodejs.org/api/async_context.html#troubleshooting-context-loss), and a driver's stream or
  * socket events run in the context the connection was opened in, which can be another tenant's scope.
  */
+import { pinOutsideScopes } from './model';
 import { currentScope, openTransactionScope, runInScope, runInScopeSync, type ScopeLease, type TenantScope } from './scope';
 
 /**
@@ -49,7 +50,14 @@ function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R | Promis
   const open = openTransactionScope(scope);
   const enter = scope?.owner.enterNow;
   // In a transaction still open, the scope that opened it holds the lease, so its connection too.
-  if (scope === undefined || open !== undefined || enter === undefined) return runInScopeSync(open ?? scope, call);
+  if (scope === undefined) {
+    // Bound outside any scope: a query builder it returns, which the caller runs by awaiting it,
+    // runs with no scope too (and fails closed) instead of in the caller's tenant.
+    const result = runInScopeSync(undefined, call);
+    pinOutsideScopes(result);
+    return result;
+  }
+  if (open !== undefined || enter === undefined) return runInScopeSync(open ?? scope, call);
   let entered: ScopeLease | Promise<ScopeLease>;
   try {
     entered = enter.call(scope.owner, scope.tenantId);

@@ -330,7 +330,7 @@ export class Tenancy implements ScopeOwner {
    * Runs `fn(tenantId)` inside each tenant's scope (default: every tenant of `options.listTenants`),
    * `concurrency` at a time (default 4). A tenant that throws is reported and the others go on; pools
    * the run had to open are closed when their tenant is done.
-   * @throws {TypeError} when `fn` is not a function or no tenants are given or listable.
+   * Rejects (it does not throw) with a `TypeError` when `fn` is not a function or no tenants are given or listable.
    * @example
    * const report = await tenancy.forEachTenant(() => Invoice.query().where('due', '<', new Date()).patch({ late: true }));
    */

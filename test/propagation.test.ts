@@ -339,9 +339,16 @@ for (const backend of backends('prop')) {
     it('bound outside any scope, a function runs with no scope even when called inside a tenant: tenant queries fail closed', async () => {
       const bound = bindTenant(() => observe());
       const viaTenancy = tenancy.bind(async () => Person.query());
+      // Not awaited in the bound function: the builder it returns runs when the caller awaits it.
+      const builder = bindTenant(() => Person.query());
+      const related = bindTenant(() => Person.query().where('id', '>', 0).clone());
       await tenancy.runWithTenant('pa', async () => {
         assert.equal(await bound(), 'undefined:no-tenant');
         await assert.rejects(viaTenancy(), TenantContextMissingError);
+        await assert.rejects(async () => builder(), TenantContextMissingError);
+        await assert.rejects(async () => related(), TenantContextMissingError);
+        // The pin is the bound function's: a builder made here still runs in the tenant.
+        assert.ok((await Person.query()).length > 0);
         assert.equal(currentTenantId(), 'pa', 'the caller’s scope is back after the bound call');
       });
     });
