@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import { TenantAlreadyExistsError } from './operation-errors';
+import { knexConnectionObject } from './connection-settings';
 
 /** How a tenant's database is created and dropped. */
 export interface TenantDatabaseHooks {
@@ -49,14 +50,9 @@ async function mysqlConnectionOf(config: Knex.Config): Promise<{ admin: MySqlCon
   if (typeof connection === 'function') connection = await (connection as () => unknown)();
   let admin: MySqlConnection;
   if (typeof connection === 'string') {
-    const url = new URL(connection);
-    admin = {
-      host: url.hostname,
-      port: Number(url.port || 3306),
-      user: decodeURIComponent(url.username),
-      password: decodeURIComponent(url.password),
-      database: decodeURIComponent(url.pathname.slice(1)),
-    };
+    // As knex reads it, so that the database created or dropped is the one the tenant's knex uses
+    // (a decoded path would name another: `a%20b` is the database `a%20b` to knex, not `a b`).
+    admin = knexConnectionObject(connection) as MySqlConnection;
   } else if (connection !== null && typeof connection === 'object') {
     admin = { ...(connection as MySqlConnection) };
   } else {

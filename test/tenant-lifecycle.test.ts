@@ -336,6 +336,71 @@ describe('createTenant, migrate and dropTenant on a shared server configured by 
   }
 });
 
+describe('database names a URL writes alike (`a b`, `a%20b`): every operation names the database knex connects to', { skip: skipMysql }, () => {
+  const { host, port, user, password } = mysqlConnection();
+  const url = `mysql://${encodeURIComponent(user)}${password ? `:${encodeURIComponent(password)}` : ''}@${host}:${port}`;
+  const admin = knexFactory({ client: 'mysql2', connection: mysqlConnection(), pool: { min: 0, max: 1 } });
+  const tablesOf = async (database: string) =>
+    ((await admin.raw('select table_name as t from information_schema.tables where table_schema = ? order by 1', [database])) as [{ t: string }[]])[0].map((r) => r.t);
+  const exists = async (database: string) => ((await admin.raw('show databases like ?', [database.replace(/[%_\\]/g, '\\$&')])) as [unknown[]])[0].length === 1;
+  const names = ['ot_opsurl_s p', 'ot_opsurl_s%20p', 'ot_opsurl_q p', 'ot_opsurl_q%20p'];
+  const dropAll = async () => {
+    for (const name of names) await admin.raw('drop database if exists ??', [name]);
+  };
+  before(dropAll);
+  after(async () => {
+    await dropAll();
+    await admin.destroy();
+  });
+
+  it("shared server by URL: each tenant is created, migrated and dropped in its own database, never the other's", async () => {
+    const files = writeMigrations();
+    const located: Record<string, string> = { sp: 'ot_opsurl_s p', pc: 'ot_opsurl_s%20p' };
+    const catalog = new Set<string>();
+    const tenancy = createTenancy({
+      strategy: 'shared',
+      servers: { main: { client: 'mysql2', connection: url, pool: { max: 2 } } },
+      locate: (tenant) => ({ server: 'main', database: located[tenant]! }),
+      tenantExists: (tenant) => catalog.has(tenant),
+      migrations: { directory: files.migrations },
+      seeds: { directory: files.seeds },
+      registerTenant: (tenant) => void catalog.add(tenant),
+      unregisterTenant: (tenant) => void catalog.delete(tenant),
+    });
+    try {
+      await tenancy.createTenant('sp');
+      assert.deepEqual(await tablesOf('ot_opsurl_s p'), ['knex_migrations', 'knex_migrations_lock', 'notes', 'people', 'pets']);
+      assert.equal(await exists('ot_opsurl_s%20p'), false, "nothing made in the other tenant's database");
+      await tenancy.createTenant('pc');
+      await tenancy.runWithTenant('pc', () => tenancy.knex()('people').insert({ name: 'pc-only' }));
+      assert.deepEqual(await tenancy.runWithTenant('sp', () => tenancy.knex()('people').pluck('name')), ['seeded']);
+      await tenancy.dropTenant('pc', { confirm: 'pc' });
+      assert.equal(await exists('ot_opsurl_s%20p'), false);
+      assert.equal(await exists('ot_opsurl_s p'), true, "the other tenant's database is still there");
+      assert.deepEqual(await tenancy.runWithTenant('sp', () => tenancy.knex()('people').pluck('name')), ['seeded']);
+    } finally {
+      await tenancy.destroy();
+      files.cleanup();
+    }
+  });
+
+  it('pool per tenant, knexConfig returning a URL: dropTenant drops the database that URL connects to', async () => {
+    await admin.raw('create database ??', ['ot_opsurl_q p']);
+    await admin.raw('create table ??.?? (who varchar(20))', ['ot_opsurl_q p', 'owner']);
+    const tenancy = createTenancy({ knexConfig: () => ({ client: 'mysql2', connection: `${url}/ot_opsurl_q%20p` }) });
+    try {
+      await tenancy.createTenant('qp', { seed: false });
+      assert.equal(await exists('ot_opsurl_q%20p'), true, 'created where knex connects');
+      await tenancy.runWithTenant('qp', async () => assert.equal((await tenancy.knex().raw('select database() as d'))[0][0].d, 'ot_opsurl_q%20p'));
+      await tenancy.dropTenant('qp', { confirm: 'qp' });
+      assert.equal(await exists('ot_opsurl_q%20p'), false);
+      assert.deepEqual(await tablesOf('ot_opsurl_q p'), ['owner'], 'the database the decoded name would be is untouched');
+    } finally {
+      await tenancy.destroy();
+    }
+  });
+});
+
 describe('createTenant and dropTenant on SQLite files shared by two app processes', () => {
   const backend = sqliteBackend('ops2');
   const files = writeMigrations();
