@@ -80,14 +80,22 @@ function mysqlHooks(createKnex: (config: Knex.Config) => Knex): TenantDatabaseHo
     create: (tenantId, config) =>
       withAdmin(config, async (knex, database) => {
         try {
-          await knex.raw('CREATE DATABASE ??', [database]);
+          await knex.raw(`CREATE DATABASE ${quoted(database)}`);
         } catch (error) {
           if ((error as { errno?: unknown }).errno === DATABASE_EXISTS_ERRNO) throw new TenantAlreadyExistsError(tenantId, { cause: error });
           throw error;
         }
       }),
-    drop: (_tenantId, config) => withAdmin(config, (knex, database) => knex.raw('DROP DATABASE IF EXISTS ??', [database])),
+    drop: (_tenantId, config) => withAdmin(config, (knex, database) => knex.raw(`DROP DATABASE IF EXISTS ${quoted(database)}`)),
   };
+}
+
+/**
+ * A database name as one identifier. knex's `??` reads a dot as schema.table and ` as ` as an alias
+ * (`a.b` became `` `a`.`b` ``, a syntax error), and a database name is one name whatever it holds.
+ */
+function quoted(database: string): string {
+  return `\`${database.replace(/`/g, '``')}\``;
 }
 
 function sqliteFile(config: Knex.Config): string {

@@ -336,16 +336,18 @@ describe('createTenant, migrate and dropTenant on a shared server configured by 
   }
 });
 
-describe('database names a URL writes alike (`a b`, `a%20b`): every operation names the database knex connects to', { skip: skipMysql }, () => {
+describe("database names a URL writes alike (`a b`, `a%20b`) or knex's ?? splits (`a.b`): every operation names the database knex connects to", { skip: skipMysql }, () => {
   const { host, port, user, password } = mysqlConnection();
   const url = `mysql://${encodeURIComponent(user)}${password ? `:${encodeURIComponent(password)}` : ''}@${host}:${port}`;
   const admin = knexFactory({ client: 'mysql2', connection: mysqlConnection(), pool: { min: 0, max: 1 } });
   const tablesOf = async (database: string) =>
     ((await admin.raw('select table_name as t from information_schema.tables where table_schema = ? order by 1', [database])) as [{ t: string }[]])[0].map((r) => r.t);
   const exists = async (database: string) => ((await admin.raw('show databases like ?', [database.replace(/[%_\\]/g, '\\$&')])) as [unknown[]])[0].length === 1;
-  const names = ['ot_opsurl_s p', 'ot_opsurl_s%20p', 'ot_opsurl_q p', 'ot_opsurl_q%20p'];
+  const odd: Record<string, string> = { dot: 'ot_opsurl_a.b', alias: 'ot_opsurl_x as y', mark: 'ot_opsurl_a?b', tick: 'ot_opsurl_`t`' };
+  const names = ['ot_opsurl_s p', 'ot_opsurl_s%20p', 'ot_opsurl_q p', 'ot_opsurl_q%20p', ...Object.values(odd)];
   const dropAll = async () => {
-    for (const name of names) await admin.raw('drop database if exists ??', [name]);
+    // Quoted here: knex's ?? would split `a.b`.
+    for (const name of names) await admin.raw(`drop database if exists \`${name.replace(/`/g, '``')}\``);
   };
   before(dropAll);
   after(async () => {
@@ -384,8 +386,33 @@ describe('database names a URL writes alike (`a b`, `a%20b`): every operation na
     }
   });
 
+  it('database names with a dot, " as ", "?" or a backtick are created, served and dropped as one name', async () => {
+    const catalog = new Set<string>();
+    const tenancy = createTenancy({
+      strategy: 'shared',
+      servers: { main: { client: 'mysql2', connection: { host, port, user, password }, pool: { max: 2 } } },
+      locate: (tenant) => ({ server: 'main', database: odd[tenant]! }),
+      tenantExists: (tenant) => catalog.has(tenant),
+      registerTenant: (tenant) => void catalog.add(tenant),
+      unregisterTenant: (tenant) => void catalog.delete(tenant),
+    });
+    try {
+      for (const [tenant, database] of Object.entries(odd)) {
+        await tenancy.createTenant(tenant);
+        assert.equal(await exists(database), true, database);
+        await tenancy.runWithTenant(tenant, async () => assert.equal((await tenancy.knex().raw('select database() as d'))[0][0].d, database));
+      }
+      for (const [tenant, database] of Object.entries(odd)) {
+        await tenancy.dropTenant(tenant, { confirm: tenant });
+        assert.equal(await exists(database), false, database);
+      }
+    } finally {
+      await tenancy.destroy();
+    }
+  });
+
   it('pool per tenant, knexConfig returning a URL: dropTenant drops the database that URL connects to', async () => {
-    await admin.raw('create database ??', ['ot_opsurl_q p']);
+    await admin.raw('create database `ot_opsurl_q p`');
     await admin.raw('create table ??.?? (who varchar(20))', ['ot_opsurl_q p', 'owner']);
     const tenancy = createTenancy({ knexConfig: () => ({ client: 'mysql2', connection: `${url}/ot_opsurl_q%20p` }) });
     try {
