@@ -63,11 +63,15 @@ export class MigrationsUnreadableError extends TenantError {
 
 /** `createTenant()` found the tenant already registered, or its database already there. HTTP 409. */
 export class TenantAlreadyExistsError extends TenantError {
-  constructor(tenantId: string, options: TenantErrorOptions = {}) {
+  /** `dropping`: a `dropTenant()` of this id is still running (create it again once it is done). */
+  constructor(tenantId: string, options: TenantErrorOptions & { dropping?: boolean } = {}) {
+    const { dropping, ...rest } = options;
     super(
       'TENANT_EXISTS',
-      `Tenant "${tenantId}" already exists (registered, or its database is already there). Pick another id, or drop it first.`,
-      { statusCode: 409, ...options, tenantId },
+      dropping === true
+        ? `Tenant "${tenantId}" is being dropped. Create it again once dropTenant() has finished.`
+        : `Tenant "${tenantId}" already exists (registered, or its database is already there). Pick another id, or drop it first.`,
+      { statusCode: 409, ...rest, tenantId },
     );
   }
 }

@@ -26,6 +26,8 @@ export interface OperationsHost {
    * the returned function is called; scopes already open go on.
    */
   refuseScopes(tenantId: string): () => void;
+  /** Whether a `dropTenant()` of the tenant is running (its scopes are refused). */
+  dropping(tenantId: string): boolean;
 }
 
 // mysql2 "Unknown database": the tenant's database does not exist.

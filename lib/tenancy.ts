@@ -356,6 +356,7 @@ export class Tenancy implements ScopeOwner {
           else this.#dropping.delete(id);
         };
       },
+      dropping: (id) => this.#dropping.has(id),
     });
   }
 

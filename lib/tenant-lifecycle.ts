@@ -70,6 +70,9 @@ async function step<T>(tenantId: string, name: TenantLifecycleStep, fn: () => Pr
 export async function createTenant(host: OperationsHost, tenantId: unknown, options: CreateTenantOptions = {}): Promise<CreateTenantResult> {
   const started = performance.now();
   const id = host.validate(tenantId);
+  // The drop's last steps (unregister, a second built-in drop for SQLite) would undo this creation:
+  // the database or file deleted, or left unregistered.
+  if (host.dropping(id)) throw new TenantAlreadyExistsError(id, { dropping: true });
   const { tenantExists, registerTenant, migrations: migrationsConfig, seeds: seedsConfig } = host.options;
   // The catalog's failure is a 503 to retry, as when serving the tenant.
   if (tenantExists !== undefined && (await reachable(id, 'the tenant catalog lookup failed', async () => tenantExists(id)))) throw new TenantAlreadyExistsError(id);

@@ -227,6 +227,31 @@ for (const backend of allStrategies('ops')) {
       await tenancy.dropTenant('c2b', { confirm: 'c2b' });
     });
 
+    it('createTenant of an id being dropped is refused (409) until the drop is done, rather than undone by its last steps', async () => {
+      let creating: Promise<unknown> | undefined;
+      const tenancy = make({
+        // No catalog check: the refusal must not depend on one (with it, the catalog still says yes).
+        tenantExists: undefined,
+        unregisterTenant: async (id) => {
+          creating = tenancy.createTenant(id, { seed: false }).catch((error: unknown) => error);
+          await creating;
+          catalog.delete(id);
+        },
+      });
+      await tenancy.createTenant('c2c', { seed: false });
+      await tenancy.dropTenant('c2c', { confirm: 'c2c' });
+      const refused = (await creating) as { code?: string; statusCode?: number; message?: string };
+      assert.equal(refused.code, 'TENANT_EXISTS');
+      assert.equal(refused.statusCode, 409);
+      assert.match(String(refused.message), /being dropped/);
+      assert.equal(await backend.databaseExists('c2c'), false);
+      // Once the drop is done, the id can be created again, and is registered.
+      await tenancy.createTenant('c2c', { seed: false });
+      assert.equal(await backend.databaseExists('c2c'), true);
+      assert.ok(catalog.has('c2c'));
+      await tenancy.dropTenant('c2c', { confirm: 'c2c' });
+    });
+
     it("forget() waits for the tenant's scopes in flight even when an earlier forget() evicted it first (an error handler's, say)", async () => {
       const tenancy = make();
       await tenancy.createTenant('fw', { seed: false });
