@@ -12,6 +12,25 @@ function causeSummary(cause: unknown): string {
 }
 
 /** A tenant's migration (or rollback) failed. The other tenants of the run are not affected. */
+const CONFIGURATION = Symbol.for('objection-tenancy.configurationError');
+
+/**
+ * @internal A `TypeError` for a setting the library cannot work with (a client with no built-in
+ * create/drop, a config with no database name): thrown as it is by createTenant/dropTenant, where a
+ * `TypeError` from the app's own code (`fetch failed` in a `knexConfig` that asks a config service)
+ * is a failure of the step, wrapped in a `TenantLifecycleError`.
+ */
+export function configurationError(message: string): TypeError {
+  const error = new TypeError(message);
+  Object.defineProperty(error, CONFIGURATION, { value: true });
+  return error;
+}
+
+/** @internal See configurationError. */
+export function isConfigurationError(error: unknown): boolean {
+  return error instanceof TypeError && (error as unknown as Record<symbol, unknown>)[CONFIGURATION] === true;
+}
+
 export class TenantMigrationError extends TenantError {
   /** The migration file that was running when it failed, when known. */
   readonly migration?: string;

@@ -10,7 +10,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
-import { TenantAlreadyExistsError } from './operation-errors';
+import { configurationError, TenantAlreadyExistsError } from './operation-errors';
 import { knexConnectionObject } from './connection-settings';
 
 /** How a tenant's database is created and dropped. */
@@ -37,7 +37,7 @@ export function builtInDatabaseHooks(config: Knex.Config, createKnex: (config: K
   const client = typeof config.client === 'string' ? config.client : undefined;
   if (client !== undefined && MYSQL_CLIENTS.has(client)) return mysqlHooks(createKnex);
   if (client !== undefined && SQLITE_CLIENTS.has(client)) return sqliteHooks;
-  throw new TypeError(
+  throw configurationError(
     `createTenant/dropTenant: no built-in way to create or drop a database for client ${JSON.stringify(client ?? 'custom')}: ` +
       'give the tenancy options.createDatabase(id, config) and options.dropDatabase(id, config)',
   );
@@ -56,11 +56,11 @@ async function mysqlConnectionOf(config: Knex.Config): Promise<{ admin: MySqlCon
   } else if (connection !== null && typeof connection === 'object') {
     admin = { ...(connection as MySqlConnection) };
   } else {
-    throw new TypeError('createTenant/dropTenant: knexConfig(id).connection must be an object or a URL to derive the database name');
+    throw configurationError('createTenant/dropTenant: knexConfig(id).connection must be an object or a URL to derive the database name');
   }
   const database = admin.database;
   if (typeof database !== 'string' || database === '') {
-    throw new TypeError('createTenant/dropTenant: knexConfig(id).connection.database is empty: it names the tenant database to create or drop');
+    throw configurationError('createTenant/dropTenant: knexConfig(id).connection.database is empty: it names the tenant database to create or drop');
   }
   delete admin.database;
   return { admin, database };
@@ -102,7 +102,7 @@ function sqliteFile(config: Knex.Config): string {
   const connection = config.connection as { filename?: unknown } | undefined;
   const filename = connection?.filename;
   if (typeof filename !== 'string' || filename === '' || filename === ':memory:') {
-    throw new TypeError('createTenant/dropTenant: knexConfig(id).connection.filename must name the SQLite file of the tenant');
+    throw configurationError('createTenant/dropTenant: knexConfig(id).connection.filename must name the SQLite file of the tenant');
   }
   return filename;
 }

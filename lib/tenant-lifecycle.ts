@@ -10,6 +10,7 @@ import { TenantError } from './errors';
 import { runMigrationStep } from './migration-plan';
 import { openOperationKnex, type OperationsHost } from './operation-knex';
 import {
+  isConfigurationError,
   TenantAlreadyExistsError,
   TenantDropNotConfirmedError,
   TenantLifecycleError,
@@ -60,8 +61,9 @@ async function step<T>(tenantId: string, name: TenantLifecycleStep, fn: () => Pr
   try {
     return await fn();
   } catch (error) {
-    // Typed errors and configuration mistakes (TypeError) are thrown as they are.
-    if (error instanceof TenantError || error instanceof TypeError) throw error;
+    // Typed errors and the library's own configuration errors are thrown as they are; any other
+    // error (a TypeError too: `fetch failed` in a knexConfig) is this step's failure.
+    if (error instanceof TenantError || isConfigurationError(error)) throw error;
     throw new TenantLifecycleError(tenantId, name, { cause: error });
   }
 }

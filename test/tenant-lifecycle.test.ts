@@ -295,6 +295,24 @@ for (const backend of allStrategies('ops')) {
       assert.equal(await backend.databaseExists('fw'), false);
     });
 
+    it("a TypeError from the app's own code (fetch failed) is the step's TenantLifecycleError; the library's own configuration TypeError is thrown as it is", async () => {
+      const fetchFailed = () => Promise.reject(new TypeError('fetch failed'));
+      const created = await make({ createDatabase: fetchFailed }).createTenant('tf', { seed: false }).catch((error: unknown) => error);
+      assert.ok(created instanceof TenantLifecycleError, String(created));
+      assert.equal(created.step, 'create-database');
+      assert.equal((created.cause as Error).message, 'fetch failed');
+      const dropped = await make({ dropDatabase: fetchFailed }).dropTenant('tf', { confirm: 'tf' }).catch((error: unknown) => error);
+      assert.ok(dropped instanceof TenantLifecycleError, String(dropped));
+      assert.equal(dropped.step, 'drop-database');
+      // A client with no built-in create: a configuration mistake, a TypeError naming the options.
+      const custom = createTenancy({ knexConfig: () => ({ client: 'pg', connection: {} }) });
+      try {
+        await assert.rejects(custom.createTenant('tf'), (error: unknown) => error instanceof TypeError && /options\.createDatabase/.test((error as Error).message));
+      } finally {
+        await custom.destroy();
+      }
+    });
+
     it('uses the app hooks for the database when given', async () => {
       const calls: string[] = [];
       const tenancy = make({
