@@ -506,6 +506,27 @@ export class AffinityPool implements SwitchState {
     };
   }
 
+  /** Connections the tenant has checked out right now. */
+  checkedOutBy(tenantId: string): number {
+    let used = 0;
+    for (const owner of this.#owner.values()) if (owner === tenantId) used++;
+    return used;
+  }
+
+  /**
+   * Closes the connections the tenant has checked out (dropTenant, after its drain time: a
+   * transaction left open holds its database's locks), socket first, and takes them back: the server
+   * rolls back what they left open, and a late release of one is a release of nothing.
+   */
+  closeCheckedOutBy(tenantId: string): void {
+    for (const [conn, owner] of [...this.#owner]) {
+      if (owner !== tenantId) continue;
+      closeSocketNow(conn);
+      this.#releaseConnection(conn);
+    }
+    if (this.#idleWaiters.length > 0) this.#settleIdle();
+  }
+
   /**
    * Resolves once no connection is checked out (given right back when none is): what destroy()
    * waits for, up to its drain time, before it closes the rest.

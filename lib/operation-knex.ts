@@ -28,6 +28,10 @@ export interface OperationsHost {
   refuseScopes(tenantId: string): () => void;
   /** Whether a `dropTenant()` of the tenant is running (its scopes are refused). */
   dropping(tenantId: string): boolean;
+  /** Serving connections of the tenant checked out right now. */
+  checkedOut(tenantId: string): number;
+  /** Closes the tenant's serving connections checked out right now (the server rolls back what they left open). */
+  closeCheckedOut(tenantId: string): void;
 }
 
 // mysql2 "Unknown database": the tenant's database does not exist.

@@ -29,6 +29,10 @@ export interface TenantConnections {
   stats(): PoolCacheStats;
   /** Closes every pool; what is still in use after `drainTimeoutMs` is closed under it. */
   destroy(drainTimeoutMs?: number): Promise<void>;
+  /** The tenant's connections checked out right now. */
+  checkedOut(tenantId: string): number;
+  /** Closes the tenant's connections checked out right now (dropTenant, after its drain time). */
+  closeCheckedOut(tenantId: string): void;
 }
 
 /** Counters of the pool cache, as returned inside `tenancy.stats()`. */
@@ -221,6 +225,24 @@ export class PoolCache implements TenantConnections {
     return closing.length === 0 ? Promise.resolve() : Promise.all(closing).then(() => undefined);
   }
 
+  checkedOut(tenantId: string): number {
+    let used = 0;
+    for (const entry of this.#entriesOf(tenantId)) if (entry.knex !== undefined) used += checkedOutOf(entry.knex);
+    return used;
+  }
+
+  closeCheckedOut(tenantId: string): void {
+    for (const entry of this.#entriesOf(tenantId)) if (entry.knex !== undefined) closeCheckedOut(entry.knex);
+  }
+
+  /** The tenant's cached pool and its pools evicted earlier that still drain. */
+  #entriesOf(tenantId: string): Entry[] {
+    const entries = [...this.#draining].filter((entry) => entry.id === tenantId);
+    const cached = this.#entries.get(tenantId);
+    if (cached !== undefined) entries.push(cached);
+    return entries;
+  }
+
   stats(): PoolCacheStats {
     let leases = 0;
     let open = 0;
@@ -384,6 +406,12 @@ function closeCheckedOut(knex: Knex): void {
     closeSocketNow(resource);
     pool.release(resource);
   }
+}
+
+/** Connections checked out of a knex's tarn pool. */
+function checkedOutOf(knex: Knex): number {
+  const pool = (knex.client as { pool?: { numUsed(): number } }).pool;
+  return pool === undefined ? 0 : pool.numUsed();
 }
 
 /** Connections a knex's tarn pool holds or is opening. */

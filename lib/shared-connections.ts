@@ -189,6 +189,16 @@ export class SharedConnections implements TenantConnections {
     for (const server of this.#servers.values()) server.pool.discardTenant(tenantId);
   }
 
+  checkedOut(tenantId: string): number {
+    let used = 0;
+    for (const server of this.#servers.values()) used += server.pool.checkedOutBy(tenantId);
+    return used;
+  }
+
+  closeCheckedOut(tenantId: string): void {
+    for (const server of this.#servers.values()) server.pool.closeCheckedOutBy(tenantId);
+  }
+
   stats(): SharedStats {
     let leases = 0;
     for (const handle of this.#handles.values()) leases += handle.leases;

@@ -20,6 +20,7 @@ import { defaultHookError, runTransaction } from './transaction';
 import { forEachTenant, type ForEachTenantOptions, type ForEachTenantReport, type JobScope } from './for-each-tenant';
 import type { OperationsHost } from './operation-knex';
 import {
+  checkDrainTimeoutMs,
   createTenant,
   dropTenant,
   type CreateTenantOptions,
@@ -36,7 +37,6 @@ export interface EnteredScope {
 }
 
 /** The longest delay Node's timers keep (about 24.8 days); a longer one fires at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Runs `fn` in the entered scope and gives its lease back once its result settles (one promise, no `finally`). */
 function runReleasing<T>({ scope, release }: EnteredScope, fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
@@ -258,11 +258,8 @@ export class Tenancy implements ScopeOwner {
    * @throws {TypeError} for a `drainTimeoutMs` that is not a number of milliseconds (0 or more).
    */
   async destroy(options: { drainTimeoutMs?: number } = {}): Promise<void> {
-    const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
     // A timer longer than 2^31 - 1 ms fires at once in Node: such a drain would close everything now.
-    if (typeof drainTimeoutMs !== 'number' || !Number.isFinite(drainTimeoutMs) || drainTimeoutMs < 0 || drainTimeoutMs > MAX_TIMER_MS) {
-      throw new TypeError(`tenancy.destroy(): drainTimeoutMs must be a number of milliseconds from 0 to ${MAX_TIMER_MS}, got ${String(drainTimeoutMs)}`);
-    }
+    const drainTimeoutMs = checkDrainTimeoutMs('tenancy.destroy()', options.drainTimeoutMs);
     this.#destroyed = true;
     if (globalState.defaultOwner === this) {
       globalState.defaultOwner = undefined;
@@ -357,6 +354,8 @@ export class Tenancy implements ScopeOwner {
         };
       },
       dropping: (id) => this.#dropping.has(id),
+      checkedOut: (id) => this.#connections.checkedOut(id),
+      closeCheckedOut: (id) => this.#connections.closeCheckedOut(id),
     });
   }
 

@@ -3,7 +3,8 @@
  * the app gives no `createDatabase` / `dropDatabase` hook:
  * - MySQL/MariaDB (`mysql2`, `mysql`): `CREATE DATABASE` / `DROP DATABASE IF EXISTS` of the database
  *   named in `knexConfig(id).connection.database`, through an admin knex built from the same config
- *   without the database; the name is quoted as an identifier with knex's `??` binding.
+ *   without the database; the name is quoted as one identifier. The drop waits at most
+ *   `lockWaitSeconds` for a lock on the database (a transaction of another process).
  * - SQLite (`better-sqlite3`, `sqlite3`): creates (exclusively) or removes the file named in
  *   `knexConfig(id).connection.filename`, with its `-wal`, `-shm` and `-journal` companions.
  */
@@ -16,7 +17,8 @@ import { knexConnectionObject } from './connection-settings';
 /** How a tenant's database is created and dropped. */
 export interface TenantDatabaseHooks {
   create(tenantId: string, config: Knex.Config): Promise<void>;
-  drop(tenantId: string, config: Knex.Config): Promise<void>;
+  /** `lockWaitSeconds`: how long the built-in MySQL drop waits for the database's locks (lock_wait_timeout). */
+  drop(tenantId: string, config: Knex.Config, lockWaitSeconds?: number): Promise<void>;
 }
 
 const MYSQL_CLIENTS = new Set(['mysql', 'mysql2']);
@@ -86,7 +88,14 @@ function mysqlHooks(createKnex: (config: Knex.Config) => Knex): TenantDatabaseHo
           throw error;
         }
       }),
-    drop: (_tenantId, config) => withAdmin(config, (knex, database) => knex.raw(`DROP DATABASE IF EXISTS ${quoted(database)}`)),
+    drop: (_tenantId, config, lockWaitSeconds) =>
+      withAdmin(config, async (knex, database) => {
+        // DROP DATABASE waits for every metadata lock on its tables, lock_wait_timeout long (a day by
+        // default): a transaction left open on them elsewhere would hold dropTenant that long. Set on
+        // the admin knex's one connection.
+        if (lockWaitSeconds !== undefined) await knex.raw(`SET SESSION lock_wait_timeout = ${Math.max(1, Math.ceil(lockWaitSeconds))}`);
+        await knex.raw(`DROP DATABASE IF EXISTS ${quoted(database)}`);
+      }),
   };
 }
 

@@ -40,6 +40,13 @@ export interface CreateTenantResult {
 export interface DropTenantOptions {
   /** Must equal the tenant id: dropping deletes the tenant's database. */
   confirm: string;
+  /**
+   * How long the tenant's scopes in flight, and connections it still has checked out (a transaction
+   * left open), get to finish before those connections are closed (the server rolls back what they
+   * left open); also how long the built-in MySQL drop waits for a lock on the database held
+   * elsewhere. Default 10 000 ms.
+   */
+  drainTimeoutMs?: number;
 }
 
 /** What `tenancy.dropTenant()` did. */
@@ -53,7 +60,7 @@ function hooksOf(host: OperationsHost, config: Knex.Config): TenantDatabaseHooks
   const builtIn = (): TenantDatabaseHooks => builtInDatabaseHooks(config, host.options.createKnex ?? knexFactory);
   return {
     create: async (id, cfg) => (createDatabase === undefined ? builtIn().create(id, cfg) : createDatabase(id, cfg)),
-    drop: async (id, cfg) => (dropDatabase === undefined ? builtIn().drop(id, cfg) : dropDatabase(id, cfg)),
+    drop: async (id, cfg, lockWaitSeconds) => (dropDatabase === undefined ? builtIn().drop(id, cfg, lockWaitSeconds) : dropDatabase(id, cfg)),
   };
 }
 
@@ -122,6 +129,46 @@ export async function createTenant(host: OperationsHost, tenantId: unknown, opti
   }
 }
 
+/**
+ * Closes the tenant's serving connections before its database is dropped: its scopes in flight get
+ * `ms` to finish, and so do connections it still has checked out once they are done (a transaction
+ * left open outlives its scope, and would hold the drop, or the pool's close, for good). Then those
+ * connections are closed under it. Scopes still in flight `ms` after that fail the drop.
+ */
+async function closeTenant(host: OperationsHost, id: string, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  const forgotten = host.forget(id);
+  const closed = await settlesWithin(forgotten, ms);
+  while (closed && host.checkedOut(id) > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  if (closed && host.checkedOut(id) === 0) return;
+  host.closeCheckedOut(id);
+  if (!(await settlesWithin(forgotten, ms))) {
+    throw new TenantLifecycleError(id, 'drop-database', { cause: new Error(`scopes of the tenant were still in flight ${2 * ms} ms after the drop began; nothing was dropped`) });
+  }
+}
+
+/** Whether `promise` settles within `ms`. */
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([promise.then(() => true as const, () => true as const), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** @internal A drain time in milliseconds (default 10 000), or a TypeError naming `where`. */
+export function checkDrainTimeoutMs(where: string, value: unknown): number {
+  if (value === undefined) return 10_000;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || value > MAX_TIMER_MS) {
+    throw new TypeError(`${where}: drainTimeoutMs must be a number of milliseconds from 0 to ${MAX_TIMER_MS}, got ${String(value)}`);
+  }
+  return value;
+}
+
 /** @internal See `Tenancy#dropTenant`. */
 export async function dropTenant(host: OperationsHost, tenantId: unknown, options: DropTenantOptions): Promise<DropTenantResult> {
   const started = performance.now();
@@ -130,13 +177,14 @@ export async function dropTenant(host: OperationsHost, tenantId: unknown, option
   // From here until it is unregistered, new requests of the tenant get a 404: the catalog still says
   // yes, and one that opened the tenant would lose its database under it (an untyped "table doesn't
   // exist" or "Unknown database").
+  const drainTimeoutMs = checkDrainTimeoutMs('tenancy.dropTenant()', options.drainTimeoutMs);
   const reopen = host.refuseScopes(id);
   try {
     // Close the serving pool first: its scopes finish, then no connection holds the database.
-    await host.forget(id);
+    await closeTenant(host, id, drainTimeoutMs);
     const config = await step(id, 'drop-database', async () => tenantKnexConfig(host.options, id));
     const hooks = hooksOf(host, config);
-    await step(id, 'drop-database', () => hooks.drop(id, config));
+    await step(id, 'drop-database', () => hooks.drop(id, config, drainTimeoutMs / 1000));
     await step(id, 'unregister', async () => host.options.unregisterTenant?.(id));
     // A request that raced the drop may have reopened a pool (and cached a catalog answer).
     await host.forget(id);

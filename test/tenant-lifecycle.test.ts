@@ -4,7 +4,7 @@
  * confirmation; dropped with its pool evicted and unregistered; a failed creation undone.
  */
 import assert from 'node:assert/strict';
-import knexFactory from 'knex';
+import knexFactory, { type Knex } from 'knex';
 import { after, before, describe, it } from 'node:test';
 import {
   createTenancy,
@@ -238,6 +238,7 @@ for (const backend of allStrategies('ops')) {
           catalog.delete(id);
         },
       });
+      await backend.dropDatabase('c2c');
       await tenancy.createTenant('c2c', { seed: false });
       await tenancy.dropTenant('c2c', { confirm: 'c2c' });
       const refused = (await creating) as { code?: string; statusCode?: number; message?: string };
@@ -311,6 +312,48 @@ for (const backend of allStrategies('ops')) {
       } finally {
         await custom.destroy();
       }
+    });
+
+    it('a transaction left open holds dropTenant only drainTimeoutMs: its connection is closed (rolled back), the database dropped', async () => {
+      const tenancy = make();
+      await tenancy.createTenant('ab', { seed: false });
+      let trx: Knex.Transaction | undefined;
+      await tenancy.runWithTenant('ab', async () => {
+        trx = await tenancy.knex().transaction();
+        await trx('people').insert({ name: 'abandoned' });
+      });
+      const started = Date.now();
+      await tenancy.dropTenant('ab', { confirm: 'ab', drainTimeoutMs: 300 });
+      assert.ok(Date.now() - started < 5_000, `dropTenant took ${Date.now() - started} ms`);
+      assert.equal(await backend.databaseExists('ab'), false);
+      assert.equal(catalog.has('ab'), false);
+      await tenancy.createTenant('ab', { seed: false });
+      assert.deepEqual(await tenancy.runWithTenant('ab', () => tenancy.knex()('people').pluck('name')), []);
+      await tenancy.dropTenant('ab', { confirm: 'ab' });
+      await trx?.rollback().catch(() => undefined);
+      await assert.rejects(tenancy.dropTenant('ab', { confirm: 'ab', drainTimeoutMs: -1 }), TypeError);
+    });
+
+    it('a lock on the database held elsewhere fails the drop after drainTimeoutMs (typed, nothing dropped), rather than a day', { skip: backend.knexConfig('x').client !== 'mysql2' }, async () => {
+      const tenancy = make();
+      await tenancy.createTenant('lk', { seed: false });
+      const other = knexFactory({ ...backend.knexConfig('lk'), pool: { min: 0, max: 1 } });
+      const held = await other.transaction();
+      try {
+        await held('people').insert({ name: 'another process' });
+        const started = Date.now();
+        const outcome = await tenancy.dropTenant('lk', { confirm: 'lk', drainTimeoutMs: 1_000 }).catch((error: unknown) => error);
+        assert.ok(outcome instanceof TenantLifecycleError, String(outcome));
+        assert.equal(outcome.step, 'drop-database');
+        assert.ok(Date.now() - started < 8_000, `dropTenant took ${Date.now() - started} ms`);
+        assert.equal(await backend.databaseExists('lk'), true);
+        assert.ok(catalog.has('lk'), 'still registered: the drop can be retried');
+      } finally {
+        await held.rollback().catch(() => undefined);
+        await other.destroy();
+      }
+      await tenancy.dropTenant('lk', { confirm: 'lk' });
+      assert.equal(await backend.databaseExists('lk'), false);
     });
 
     it('uses the app hooks for the database when given', async () => {
