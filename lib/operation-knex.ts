@@ -34,8 +34,6 @@ export interface OperationsHost {
   closeCheckedOut(tenantId: string): void;
 }
 
-// mysql2 "Unknown database": the tenant's database does not exist.
-const UNKNOWN_DATABASE_ERRNO = 1049;
 
 /**
  * @internal Opens a dedicated knex on one tenant's database. Knex's warnings (a failed migration, a
@@ -66,7 +64,3 @@ export async function checkTenantExists(host: OperationsHost, tenantId: string):
   if (tenantExists !== undefined && !(await tenantExists(tenantId))) throw new UnknownTenantError(tenantId);
 }
 
-/** @internal Whether a driver error means the tenant's database does not exist. */
-export function isUnknownDatabase(error: unknown): boolean {
-  return (error as { errno?: unknown } | null)?.errno === UNKNOWN_DATABASE_ERRNO;
-}

@@ -12,6 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import { configurationError, TenantAlreadyExistsError } from './operation-errors';
+import { isNoSuchDatabase } from './errors';
 import { knexConnectionObject } from './connection-settings';
 
 /** How a tenant's database is created and dropped. */
@@ -94,7 +95,13 @@ function mysqlHooks(createKnex: (config: Knex.Config) => Knex): TenantDatabaseHo
         // default): a transaction left open on them elsewhere would hold dropTenant that long. Set on
         // the admin knex's one connection.
         if (lockWaitSeconds !== undefined) await knex.raw(`SET SESSION lock_wait_timeout = ${Math.max(1, Math.ceil(lockWaitSeconds))}`);
-        await knex.raw(`DROP DATABASE IF EXISTS ${quoted(database)}`);
+        try {
+          await knex.raw(`DROP DATABASE IF EXISTS ${quoted(database)}`);
+        } catch (error) {
+          // A name the server refuses (1102: too long) cannot be a database: nothing to drop, and the
+          // tenant can still be unregistered.
+          if (!isNoSuchDatabase(error)) throw error;
+        }
       }),
   };
 }

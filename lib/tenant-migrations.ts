@@ -6,10 +6,10 @@ import { performance } from 'node:perf_hooks';
 import type { Knex } from 'knex';
 import { tenantKnexConfig } from './connections';
 import { checkTenantFile } from './sqlite-files';
-import { TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
+import { isNoSuchDatabase, TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
 import { toHttpError } from './http-errors';
 import { loadMigrationPlan, MigrationStepError, MissingMigrationFilesError, runMigrationStep, type MigrationPlan } from './migration-plan';
-import { checkTenantExists, isUnknownDatabase, openOperationKnex, type OperationsHost } from './operation-knex';
+import { checkTenantExists, openOperationKnex, type OperationsHost } from './operation-knex';
 import { TenantMigrationError } from './operation-errors';
 import {
   buildReport,
@@ -204,7 +204,7 @@ export function toMigrationError(tenantId: string, error: unknown, migration: st
   const cause = error instanceof MigrationStepError ? error.cause : error;
   if (cause instanceof TenantError) return cause;
   if (cause instanceof MissingMigrationFilesError) return new TenantMigrationError(tenantId, { cause, missing: cause.missing });
-  if (isUnknownDatabase(cause)) return new UnknownTenantError(tenantId, { cause });
+  if (isNoSuchDatabase(cause)) return new UnknownTenantError(tenantId, { cause });
   if (migration === undefined && toHttpError(cause)?.code === 'TENANT_UNAVAILABLE') {
     return new TenantUnavailableError(tenantId, { cause, reason: 'its database server could not be reached' });
   }

@@ -356,6 +356,17 @@ for (const backend of allStrategies('ops')) {
       assert.equal(await backend.databaseExists('lk'), false);
     });
 
+    it('an id whose database name the server refuses (too long with the prefix): migrate says UnknownTenantError, dropTenant unregisters it', { skip: backend.knexConfig('x').client !== 'mysql2' }, async () => {
+      const long = 'L'.repeat(63);
+      catalog.add(long);
+      const tenancy = make({ listTenants: () => [long] });
+      const status = (await tenancy.migrate.status()).tenants[0]!;
+      assert.equal(status.status, 'failed');
+      assert.ok(status.error instanceof UnknownTenantError, String(status.error));
+      await tenancy.dropTenant(long, { confirm: long });
+      assert.equal(catalog.has(long), false);
+    });
+
     it('uses the app hooks for the database when given', async () => {
       const calls: string[] = [];
       const tenancy = make({
