@@ -216,7 +216,10 @@ export function createConnections(options: ConnectionOptions): { connections: Te
         try {
           await verify(knex, tenantId);
         } catch (error) {
-          await knex.destroy().catch(() => undefined);
+          // Closed without waiting: knex.destroy() waits for a connection still being opened, up to
+          // the driver's connectTimeout (10 s), long past acquireTimeoutMs (a server that accepts
+          // the connection and never answers).
+          void knex.destroy().catch(() => undefined);
           throw error;
         }
       }

@@ -3,6 +3,7 @@
  * eviction, draining before destroy, unknown tenants never pooled. Runs on SQLite files and MariaDB.
  */
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
@@ -471,5 +472,25 @@ describe('pool cache on SQLite files removed or replaced by another process', ()
     });
     assert.equal(await tenancy.runWithTenant('made', () => 'served'), 'served');
     assert.equal(fs.existsSync(file('made')), true);
+  });
+});
+
+describe('a server that accepts connections and never answers (pool per tenant)', () => {
+  it('fails the tenant within acquireTimeoutMs, not mysql2 connectTimeout (10 s) later', async () => {
+    const sockets = new Set<net.Socket>();
+    const silent = net.createServer((socket) => void sockets.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const port = (silent.address() as net.AddressInfo).port;
+    const tenancy = createTenancy({ knexConfig: (id) => ({ client: 'mysql2', connection: { host: '127.0.0.1', port, user: 'root', database: `ot_silent_${id}` } }), acquireTimeoutMs: 500 });
+    try {
+      const started = Date.now();
+      await assert.rejects(tenancy.runWithTenant('a', () => tenancy.knex().raw('select 1')), TenantUnavailableError);
+      assert.ok(Date.now() - started < 3_000, `failed after ${Date.now() - started} ms`);
+      assert.equal(tenancy.stats().pools, 0, 'no pool is cached for it');
+    } finally {
+      await tenancy.destroy({ drainTimeoutMs: 0 });
+      for (const socket of sockets) socket.destroy();
+      silent.close();
+    }
   });
 });
