@@ -9,6 +9,11 @@
  * Variants, 32 queries in flight, over BENCH_TENANTS tenants (20) taken in turn:
  *   passing      the objection recipe: one knex per tenant (a Map), `Person.query(knex)`. The baseline.
  *   bindKnex     the recipe's other form: `Person.bindKnex(knex).query()`.
+ *   passing-scoped  the recipe, each query run inside `AsyncLocalStorage.run()` of an app's own store
+ *                (no library code): what an active store costs per query on this Node, which any
+ *                implicit scope pays (on Node 20 every promise made in the scope carries the store).
+ *   qualified    no library, one knex for every tenant: `Person.query(knex).withSchema(db)` (scale.bench.ts's
+ *                `orm-qualified`), the bound of a client that names each tenant's database.
  *   pool-per-tenant  ours: `runWithTenant(id, () => TPerson.query().findById(row))`, a pool per tenant.
  *   shared       ours, strategy 'shared' (20 connections) with its defaults (`qualifyTables`, the
  *                'auto' cap: the stand-in tells no cores, so no cap).
@@ -23,13 +28,14 @@
  *
  * Run: `npm run bench:cpu`. Prints one table, ends with `RESULT {...}`, writes results/cpu.json.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { execFileSync } from 'node:child_process';
 import knexFactory, { type Knex } from 'knex';
 import { createTenancy, type Tenancy } from '../lib/index';
 import { Person, TPerson } from './models';
 import { intEnv, loadAverage, median, writeResults } from './results';
 
-const VARIANTS = ['passing', 'bindKnex', 'pool-per-tenant', 'shared', 'shared-use', 'shared-inline'] as const;
+const VARIANTS = ['passing', 'bindKnex', 'passing-scoped', 'qualified', 'pool-per-tenant', 'shared', 'shared-use', 'shared-inline'] as const;
 type Variant = (typeof VARIANTS)[number];
 const ROUNDS = intEnv('BENCH_ROUNDS', 7);
 const QUERIES = intEnv('BENCH_QUERIES', 60_000);
@@ -101,12 +107,21 @@ async function child(variant: Variant): Promise<void> {
   await warm.destroy();
   let query: (tenant: number, row: number) => PromiseLike<unknown>;
   let close: () => Promise<unknown>;
-  if (variant === 'passing' || variant === 'bindKnex') {
+  if (variant === 'passing' || variant === 'bindKnex' || variant === 'passing-scoped') {
     const knexes: Knex[] = Array.from({ length: TENANTS }, (_, i) =>
       knexFactory({ client: 'mysql2', connection: { ...CONNECTION, database: `db_${tenantId(i)}` }, pool: { min: 0, max: 2 } }),
     );
-    query = variant === 'passing' ? (t, row) => Person.query(knexes[t]!).findById(row) : (t, row) => Person.bindKnex(knexes[t]!).query().findById(row);
+    const appStorage = new AsyncLocalStorage<{ tenant: number }>();
+    query =
+      variant === 'passing' ? (t, row) => Person.query(knexes[t]!).findById(row)
+      : variant === 'bindKnex' ? (t, row) => Person.bindKnex(knexes[t]!).query().findById(row)
+      : (t, row) => appStorage.run({ tenant: t }, () => Person.query(knexes[t]!).findById(row));
     close = () => Promise.all(knexes.map((knex) => knex.destroy()));
+  } else if (variant === 'qualified') {
+    const knex = knexFactory({ client: 'mysql2', connection: CONNECTION, pool: { min: 0, max: CONNECTIONS } });
+    const databases = Array.from({ length: TENANTS }, (_, i) => `db_${tenantId(i)}`);
+    query = (t, row) => Person.query(knex).withSchema(databases[t]!).findById(row);
+    close = () => knex.destroy();
   } else {
     const tenancy = tenancyFor(variant);
     query = (t, row) => tenancy.runWithTenant(tenantId(t), () => TPerson.query().findById(row));
