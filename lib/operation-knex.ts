@@ -10,6 +10,7 @@
  */
 import knexFactory, { type Knex } from 'knex';
 import { UnknownTenantError } from './errors';
+import { CONNECTION_DEFAULTS } from './connections';
 import type { TenancyOptions } from './tenancy';
 
 /** @internal What the operations need from their `Tenancy`. */
@@ -42,8 +43,11 @@ export interface OperationsHost {
  */
 export function openOperationKnex(host: OperationsHost, config: Knex.Config, warnings: string[]): Knex {
   const log = config.log;
+  const ms = host.options.acquireTimeoutMs ?? CONNECTION_DEFAULTS.acquireTimeoutMs;
   return (host.options.createKnex ?? knexFactory)({
-    ...config,
+    // Opening its connection waits at most acquireTimeoutMs, as serving does (knex's default is 60 s).
+    acquireConnectionTimeout: ms,
+    ...boundedConnect(config, ms),
     pool: { ...config.pool, min: 0 },
     log: {
       ...log,
@@ -53,6 +57,19 @@ export function openOperationKnex(host: OperationsHost, config: Knex.Config, war
       },
     },
   });
+}
+
+/**
+ * @internal `config` whose MySQL connections give up connecting after `ms` (mysql2's `connectTimeout`,
+ * 10 s by default) unless it sets its own: an operation's knex is closed at its end, and closing
+ * waits for a connection still being opened, so a server that accepts connections and never answers
+ * would hold each tenant's operation for the driver's time rather than acquireTimeoutMs.
+ */
+export function boundedConnect(config: Knex.Config, ms: number): Knex.Config {
+  const { client, connection } = config;
+  if ((client !== 'mysql2' && client !== 'mysql') || connection === null || typeof connection !== 'object') return config;
+  if ((connection as { connectTimeout?: unknown }).connectTimeout !== undefined) return config;
+  return { ...config, connection: { ...(connection as object), connectTimeout: ms } as Knex.StaticConnectionConfig };
 }
 
 /**

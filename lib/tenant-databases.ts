@@ -14,6 +14,7 @@ import knexFactory, { type Knex } from 'knex';
 import { configurationError, TenantAlreadyExistsError } from './operation-errors';
 import { isNoSuchDatabase } from './errors';
 import { knexConnectionObject } from './connection-settings';
+import { boundedConnect } from './operation-knex';
 
 /** How a tenant's database is created and dropped. */
 export interface TenantDatabaseHooks {
@@ -36,9 +37,9 @@ export function createdByOpening(config: Knex.Config): boolean {
  * @internal The built-in hooks for the client of `config`.
  * @throws {TypeError} for another client (PostgreSQL...), naming the options to give instead.
  */
-export function builtInDatabaseHooks(config: Knex.Config, createKnex: (config: Knex.Config) => Knex = knexFactory): TenantDatabaseHooks {
+export function builtInDatabaseHooks(config: Knex.Config, createKnex: (config: Knex.Config) => Knex = knexFactory, connectTimeoutMs = 10_000): TenantDatabaseHooks {
   const client = typeof config.client === 'string' ? config.client : undefined;
-  if (client !== undefined && MYSQL_CLIENTS.has(client)) return mysqlHooks(createKnex);
+  if (client !== undefined && MYSQL_CLIENTS.has(client)) return mysqlHooks(createKnex, connectTimeoutMs);
   if (client !== undefined && SQLITE_CLIENTS.has(client)) return sqliteHooks;
   throw configurationError(
     `createTenant/dropTenant: no built-in way to create or drop a database for client ${JSON.stringify(client ?? 'custom')}: ` +
@@ -69,10 +70,10 @@ async function mysqlConnectionOf(config: Knex.Config): Promise<{ admin: MySqlCon
   return { admin, database };
 }
 
-function mysqlHooks(createKnex: (config: Knex.Config) => Knex): TenantDatabaseHooks {
+function mysqlHooks(createKnex: (config: Knex.Config) => Knex, connectTimeoutMs: number): TenantDatabaseHooks {
   const withAdmin = async (config: Knex.Config, fn: (knex: Knex, database: string) => Promise<unknown>): Promise<void> => {
     const { admin, database } = await mysqlConnectionOf(config);
-    const knex = createKnex({ ...config, connection: admin, pool: { min: 0, max: 1 } });
+    const knex = createKnex(boundedConnect({ acquireConnectionTimeout: connectTimeoutMs, ...config, connection: admin, pool: { min: 0, max: 1 } }, connectTimeoutMs));
     try {
       await fn(knex, database);
     } finally {

@@ -5,7 +5,7 @@
 import { performance } from 'node:perf_hooks';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
-import { tenantKnexConfig } from './connections';
+import { CONNECTION_DEFAULTS, tenantKnexConfig } from './connections';
 import { TenantError } from './errors';
 import { runMigrationStep } from './migration-plan';
 import { openOperationKnex, type OperationsHost } from './operation-knex';
@@ -57,7 +57,7 @@ export interface DropTenantResult {
 
 function hooksOf(host: OperationsHost, config: Knex.Config): TenantDatabaseHooks {
   const { createDatabase, dropDatabase } = host.options;
-  const builtIn = (): TenantDatabaseHooks => builtInDatabaseHooks(config, host.options.createKnex ?? knexFactory);
+  const builtIn = (): TenantDatabaseHooks => builtInDatabaseHooks(config, host.options.createKnex ?? knexFactory, host.options.acquireTimeoutMs ?? CONNECTION_DEFAULTS.acquireTimeoutMs);
   return {
     create: async (id, cfg) => (createDatabase === undefined ? builtIn().create(id, cfg) : createDatabase(id, cfg)),
     drop: async (id, cfg, lockWaitSeconds) => (dropDatabase === undefined ? builtIn().drop(id, cfg, lockWaitSeconds) : dropDatabase(id, cfg)),

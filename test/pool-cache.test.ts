@@ -21,6 +21,7 @@ import {
   type PoolPerTenantOptions, type TenancyCommonOptions, type TenancyOptions,
 } from '../lib/index';
 import { FILE_RECHECK_MS } from '../lib/sqlite-files';
+import { writeMigrations } from './helpers/migrations';
 import { backends, mysqlConnection, skipMysql, sqliteBackend, withDirectKnex } from './helpers/databases';
 
 const TENANTS = ['p1', 'p2', 'p3', 'p4'];
@@ -491,6 +492,39 @@ describe('a server that accepts connections and never answers (pool per tenant)'
       await tenancy.destroy({ drainTimeoutMs: 0 });
       for (const socket of sockets) socket.destroy();
       silent.close();
+    }
+  });
+
+  it('bounds the operations by acquireTimeoutMs too: migrate.status, createTenant and dropTenant fail typed, not 10-20 s later', async () => {
+    const sockets = new Set<net.Socket>();
+    const silent = net.createServer((socket) => void sockets.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const port = (silent.address() as net.AddressInfo).port;
+    const files = writeMigrations();
+    const tenancy = createTenancy({
+      knexConfig: (id) => ({ client: 'mysql2', connection: { host: '127.0.0.1', port, user: 'root', database: `ot_silent_${id}` } }),
+      acquireTimeoutMs: 500,
+      migrations: { directory: files.migrations },
+    });
+    const timed = async (what: string, run: () => Promise<unknown>) => {
+      const started = Date.now();
+      const outcome = await run().catch((error: unknown) => error);
+      assert.ok(Date.now() - started < 3_000, `${what} ended after ${Date.now() - started} ms`);
+      return outcome;
+    };
+    try {
+      const status = (await timed('migrate.status', () => tenancy.migrate.status({ tenants: ['a'] }))) as { tenants: { status: string; error?: unknown }[] };
+      assert.equal(status.tenants[0]!.status, 'failed');
+      assert.ok(status.tenants[0]!.error instanceof TenantUnavailableError, String(status.tenants[0]!.error));
+      const created = await timed('createTenant', () => tenancy.createTenant('a'));
+      assert.equal((created as { code?: string }).code, 'TENANT_CREATE_FAILED');
+      const dropped = await timed('dropTenant', () => tenancy.dropTenant('a', { confirm: 'a' }));
+      assert.equal((dropped as { code?: string }).code, 'TENANT_DROP_FAILED');
+    } finally {
+      await tenancy.destroy({ drainTimeoutMs: 0 });
+      for (const socket of sockets) socket.destroy();
+      silent.close();
+      files.cleanup();
     }
   });
 });
