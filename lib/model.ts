@@ -576,14 +576,24 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       return guard(super.upsertGraphAndFetch(graph, options), graph, true);
     }
 
-    insertGraph(graph: unknown, options?: { relate?: unknown }): any {
-      const builder = super.insertGraph(graph, options);
-      return options?.relate ? guard(builder, graph, true) : builder;
+    // Inserted instances become rows of the tenant the insert runs in: an unstamped one (`new
+    // Person()`) is stamped with it, so that it cannot later patch or delete another tenant's row
+    // of the same id; one of another tenant is refused (objection would give it this tenant's new id,
+    // and its own tenant's row of that id would then be the one it patches).
+    insert(value?: unknown): any {
+      return guard(super.insert(value), value);
     }
 
-    insertGraphAndFetch(graph: unknown, options?: { relate?: unknown }): any {
-      const builder = super.insertGraphAndFetch(graph, options);
-      return options?.relate ? guard(builder, graph, true) : builder;
+    insertAndFetch(value?: unknown): any {
+      return guard(super.insertAndFetch(value), value);
+    }
+
+    insertGraph(graph: unknown, options?: unknown): any {
+      return guard(super.insertGraph(graph, options), graph, true);
+    }
+
+    insertGraphAndFetch(graph: unknown, options?: unknown): any {
+      return guard(super.insertGraphAndFetch(graph, options), graph, true);
     }
 
     relate(...args: unknown[]): any {

@@ -564,6 +564,36 @@ for (const backend of allStrategies('guard')) {
           { person_id: 2, movie_id: 2 },
         ]);
       });
+
+      it("an instance inserted in one tenant (new Model(), fromJson outside any scope, a related insert) is that tenant's: it cannot later patch or delete another tenant's row of its id", async () => {
+        const made = new Person();
+        made.name = 'g1-made';
+        const loose = Person.fromJson({ name: 'g1-loose' });
+        const { inserted, pet } = await runWithTenant('g1', async () => {
+          const inserted = await Person.query().insert(made);
+          await Person.query().insertAndFetch(loose);
+          const owner = (await Person.query().findById(1))!;
+          const pet = (await owner.$relatedQuery('pets').insert(Pet.fromJson({ name: 'g1-new-pet' }))) as Pet;
+          return { inserted, pet };
+        });
+        assert.equal(instanceTenantId(inserted), 'g1');
+        assert.equal(instanceTenantId(loose), 'g1');
+        assert.equal(instanceTenantId(pet), 'g1');
+        const g2Before = await personNames('g2');
+        await runWithTenant('g2', async () => {
+          // g2 has rows of these ids (auto-increment ids collide across tenant databases).
+          await Person.query().insert({ name: 'g2-x' });
+          await Person.query().insert({ name: 'g2-y' });
+          await assert.rejects(async () => made.$query().patch({ name: 'patched-from-g1' }), TenantMismatchError);
+          await assert.rejects(async () => loose.$query().delete(), TenantMismatchError);
+          await assert.rejects(async () => pet.$query().delete(), TenantMismatchError);
+          // Inserted again here it would take this tenant's new id, and patch its own tenant's row of it later.
+          await assert.rejects(async () => Person.query().insert(made), TenantMismatchError);
+          await assert.rejects(async () => Person.query().insertGraph(made), TenantMismatchError);
+        });
+        assert.deepEqual(await personNames('g2'), [...g2Before, 'g2-x', 'g2-y']);
+        assert.equal((await direct.get('g2')!('pets')).length, 2, "g2's pets are untouched");
+      });
     });
   });
 }
