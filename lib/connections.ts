@@ -7,7 +7,7 @@ import { PoolCache, type TenantConnections } from './pool-cache';
 import { checkLocation, serverConfig, SharedConnections, type TenantLocation } from './shared-connections';
 import { runInScopeSync } from './scope';
 import { withConnectionSettings } from './connection-settings';
-import { qualifiedDatabase } from './qualify-tables';
+import { qualifiedDatabase, refuseForeignQualifiedBuilders } from './qualify-tables';
 import { warnOutsideTransaction } from './transaction';
 import { checkTenantFile, FILE_RECHECK_MS, fileReplaced, watchTenantFile } from './sqlite-files';
 
@@ -210,6 +210,7 @@ export function createConnections(options: ConnectionOptions): { connections: Te
       // Outermost: a missing file is refused before the budget's unit is taken.
       watchTenantFile(knex, config, tenantId, () => cache!.retire(tenantId, knex));
       failTypedOnceClosed(knex, tenantId);
+      refuseForeignQualifiedBuilders(knex.client);
       failStreamsOnLostConnection(knex.client);
       streamsReleaseOnce(knex.client);
       if (verify !== undefined) {

@@ -14,10 +14,10 @@ const TENANT_DATABASE = Symbol.for('objection-tenancy.tenantDatabase');
 const QUALIFIED_CLIENT = Symbol('objection-tenancy.qualifiedClient');
 type QualifiedClient = { readonly database: string; readonly tenantId: string };
 
-function foreignBuilder(builderTenant: string, tenantId: string): TenantMismatchError {
-  const error = new TenantMismatchError(builderTenant, tenantId);
+function foreignBuilder(builderTenant: string, tenantId: string | undefined): TenantMismatchError {
+  const error = new TenantMismatchError(builderTenant, tenantId ?? 'another connection');
   error.message =
-    `A knex query builder made on the connection of tenant "${builderTenant}" (tenancy.knex(), toKnexQuery()) was used inside a query of tenant "${tenantId}" ` +
+    `A knex query builder made on the connection of tenant "${builderTenant}" (tenancy.knex(), toKnexQuery()) was used inside a query ${tenantId === undefined ? 'on another connection' : `of tenant "${tenantId}"`} ` +
     '(a subquery, a binding, or moved with transacting()): it names its own tenant\'s database. Build it where the query runs.';
   return error;
 }
@@ -53,6 +53,32 @@ function checksTransacting(proto: object): void {
     return transacting.call(this, trx);
   };
   target[TRANSACTING_CHECKED] = true;
+}
+
+const GUARDED_COMPILERS = new WeakSet<object>();
+
+/**
+ * A builder made on a tenant's qualified client names that tenant's database in its SQL: compiled
+ * as a subquery or a binding by any client other than a qualified one of the same database (a pool
+ * per tenant's knex, a handle that switches with `USE`, another tenancy's, a central knex), it would
+ * read or write that tenant's database from another tenant's statement. Refused there too, on the
+ * dialect's compiler, once per client class: a qualified client checks its own builders itself
+ * (settleOwnNamesOnCompile), and a builder of no qualified client passes as before.
+ */
+export function refuseForeignQualifiedBuilders(client: object): void {
+  let proto = Object.getPrototypeOf(client) as object | null;
+  while (proto !== null && !Object.prototype.hasOwnProperty.call(proto, 'queryCompiler')) proto = Object.getPrototypeOf(proto) as object | null;
+  if (proto === null || GUARDED_COMPILERS.has(proto)) return;
+  GUARDED_COMPILERS.add(proto);
+  const target = proto as { queryCompiler: (this: { [QUALIFIED_CLIENT]?: QualifiedClient }, builder: unknown, formatter?: unknown) => unknown };
+  const baseCompiler = target.queryCompiler;
+  target.queryCompiler = function (this: { [QUALIFIED_CLIENT]?: QualifiedClient }, builder: unknown, formatter?: unknown): unknown {
+    const owner = (builder as { client?: { [QUALIFIED_CLIENT]?: QualifiedClient } } | null)?.client?.[QUALIFIED_CLIENT];
+    if (owner !== undefined && this[QUALIFIED_CLIENT]?.database !== owner.database) {
+      throw foreignBuilder(owner.tenantId, this[QUALIFIED_CLIENT]?.tenantId);
+    }
+    return baseCompiler.call(this, builder, formatter);
+  };
 }
 
 /** Marks a tenant handle: its model queries name `database`. */

@@ -5,7 +5,7 @@ import type { AfterCreate } from './pooled-connection';
 import { TenancyDestroyedError, TenantError, TenantUnavailableError } from './errors';
 import { installInlineSwitch } from './inline-switch';
 import { failStreamsOnLostConnection, streamsReleaseOnce } from './lost-stream';
-import { markQualified, namesItsDatabase, settleOwnNamesOnCompile } from './qualify-tables';
+import { markQualified, namesItsDatabase, refuseForeignQualifiedBuilders, settleOwnNamesOnCompile } from './qualify-tables';
 import { withConnectionSettings } from './connection-settings';
 import type { PoolCacheStats, TenantConnections, TenantLease } from './pool-cache';
 
@@ -301,6 +301,7 @@ export class SharedConnections implements TenantConnections {
     streamsReleaseOnce(knex.client);
     // Before any handle: their clients inherit it, and inlineSwitch's `_stream` calls it.
     failStreamsOnLostConnection(knex.client);
+    refuseForeignQualifiedBuilders(knex.client);
     server = { knex, pool, cancelQuery: cancelsOverPool(knex.client, pool) };
     cancelOverPool(knex, server.cancelQuery);
     this.#servers.set(key, server);

@@ -699,3 +699,56 @@ describe('qualifyTables: the texts a shared pool remembers as refused', () => {
     }
   });
 });
+
+describe("a knex builder of a tenant's qualified connection, compiled on any other connection", { skip: skipMysql }, () => {
+  const server = mysqlConnection();
+  const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
+  // `a` on a database name with a dot: served with USE, on a handle that is not qualified.
+  const DATABASES = ['ot_qfb_q.a', 'ot_qfb_b', 'ot_qfb_x_a'];
+  const quoted = (name: string) => `\`${name.replace(/`/g, '``')}\``;
+  before(async () => {
+    for (const name of DATABASES) {
+      await admin.raw(`drop database if exists ${quoted(name)}`);
+      await admin.raw(`create database ${quoted(name)}`);
+      await admin.raw(`create table ${quoted(name)}.persons (id int primary key, name varchar(60))`);
+      await admin.raw(`insert into ${quoted(name)}.persons values (1, ?)`, [`${name}-ada`]);
+    }
+  });
+  after(async () => {
+    for (const name of DATABASES) await admin.raw(`drop database if exists ${quoted(name)}`);
+    await admin.destroy();
+  });
+
+  it('is refused with TenantMismatchError: under a USE handle, a pool per tenant of another tenancy, a central knex', async () => {
+    const shared = createTenancy({
+      strategy: 'shared',
+      servers: { main: { client: 'mysql2', connection: server, pool: { max: 2 } } },
+      locate: (id) => ({ server: 'main', database: id === 'a' ? 'ot_qfb_q.a' : 'ot_qfb_b' }),
+    });
+    const perTenant = createTenancy({ knexConfig: (id) => ({ client: 'mysql2', connection: { ...server, database: `ot_qfb_x_${id}` } }) });
+    const central = knexFactory({ client: 'mysql2', connection: { ...server, database: 'ot_qfb_x_a' }, pool: { min: 0, max: 1 } });
+    try {
+      const { names, fromModel } = await shared.runWithTenant('b', async () => ({
+        names: shared.knex()('persons').select('name').where('id', 1),
+        fromModel: Person.query().select('id').toKnexQuery(),
+      }));
+      assert.match(names.toString(), /`ot_qfb_b`\.`persons`/, "the builder names b's database");
+      await shared.runWithTenant('a', async () => {
+        await assert.rejects(async () => Person.query().select('name', names.as('of_b')), TenantMismatchError);
+        await assert.rejects(async () => Person.query().whereIn('id', fromModel), TenantMismatchError);
+      });
+      await perTenant.runWithTenant('a', async () => {
+        await assert.rejects(async () => Person.query().select('name', names.as('of_b')), TenantMismatchError);
+        await assert.rejects(async () => perTenant.knex().raw('select name from persons where id in (?)', [fromModel]), TenantMismatchError);
+      });
+      await assert.rejects(async () => central('persons').whereIn('id', fromModel), TenantMismatchError);
+      // Its own tenant still runs it, alone and as a subquery.
+      assert.deepEqual(await shared.runWithTenant('b', () => names.clone()), [{ name: 'ot_qfb_b-ada' }]);
+      assert.deepEqual(await shared.runWithTenant('b', async () => (await Person.query().select('name').whereIn('id', fromModel)).map((p) => p.name)), ['ot_qfb_b-ada']);
+    } finally {
+      await shared.destroy();
+      await perTenant.destroy();
+      await central.destroy();
+    }
+  });
+});
