@@ -44,19 +44,48 @@ export function requestScope(req: object): TenantScope | undefined {
   return requestScopes.get(req);
 }
 
+// The scope a request's events are emitted in (see emitInScope), on its req and res.
+// Shared by every copy of the package, so that two copies keep one wrapper.
+const EMIT_SCOPE = Symbol.for('objection-tenancy.emitScope.v1');
+type ScopedEmitter = EventEmitter & { [EMIT_SCOPE]?: TenantScope | undefined };
+
 /**
- * The request's own events (`res.on('finish')`, `req.on('data')`...) are emitted in its scope. An
- * event runs its listeners in the context of whoever emits it: on a connection with pipelined
- * requests, the socket work of the request before, so an audit row written on `finish` went to the
- * previous request's tenant. Checked per event; a rebinding costs an AsyncLocalStorage run.
+ * The request's own events (`res.on('finish')`, `req.on('data')`...) are emitted in its scope, or
+ * with none for a request with no tenant. An event runs its listeners in the context of whoever
+ * emits it: on a connection with pipelined requests, the socket work of the request before (Node
+ * flushes a queued response from the previous one's `finish`), so an audit row written on `finish`
+ * went to the previous request's tenant. Checked per event; a rebinding costs an AsyncLocalStorage
+ * run. One wrapper per emitter: a later call only changes the scope it emits in.
  */
-function emitInScope(req: IncomingMessage, res: ServerResponse, scope: TenantScope): void {
-  for (const emitter of [req, res] as EventEmitter[]) {
+function emitInScope(req: IncomingMessage, res: ServerResponse, scope: TenantScope | undefined): void {
+  for (const emitter of [req, res] as ScopedEmitter[]) {
+    const wrapped = EMIT_SCOPE in emitter;
+    emitter[EMIT_SCOPE] = scope;
+    if (wrapped) continue;
     const emit = emitter.emit;
-    emitter.emit = function (this: EventEmitter, ...args: Parameters<EventEmitter['emit']>): boolean {
-      return currentScope() === scope ? emit.apply(this, args) : runInScopeSync(scope, () => emit.apply(this, args));
+    emitter.emit = function (this: ScopedEmitter, ...args: Parameters<EventEmitter['emit']>): boolean {
+      const target = this[EMIT_SCOPE];
+      return currentScope() === target ? emit.apply(this, args) : runInScopeSync(target, () => emit.apply(this, args));
     };
   }
+}
+
+const SERVERS_KEY = Symbol.for('objection-tenancy.serversSeen.v1');
+const SERVERS_SEEN: WeakSet<object> = ((globalThis as unknown as Record<symbol, WeakSet<object> | undefined>)[SERVERS_KEY] ??= new WeakSet());
+
+/**
+ * Requests this middleware never sees (a route mounted before it, a 404 of the framework) on a
+ * server it serves: their events run with no scope too, not in a pipelined previous request's.
+ * Installed once per server, from the first request it sees there; a tenant middleware that sees
+ * the request later rebinds its events to its scope.
+ */
+function unscopedEventsOn(req: IncomingMessage): void {
+  const server = (req.socket as { server?: EventEmitter } | null | undefined)?.server;
+  if (server === undefined || server === null || typeof server.prependListener !== 'function' || SERVERS_SEEN.has(server)) return;
+  SERVERS_SEEN.add(server);
+  server.prependListener('request', (request: IncomingMessage, response: ServerResponse) => {
+    if (!(EMIT_SCOPE in (request as ScopedEmitter))) emitInScope(request, response, undefined);
+  });
 }
 
 function resolverFailed(thrown: unknown): TenantError {
@@ -101,6 +130,10 @@ export function createMiddleware(opener: ScopeOpener, options: TenantMiddlewareO
   const resolve = options.resolve ?? fromDefaultHeader;
   const optional = options.optional === true;
   return (req, res, next) => {
+    unscopedEventsOn(req);
+    // Until a scope is opened for it, the request's events run with none (it may be refused, or
+    // optional and tenant-less), never in a pipelined previous request's.
+    if (!requestScopes.has(req)) emitInScope(req, res, undefined);
     const proceed = (tenantId: unknown): Promise<void> | void => {
       if (tenantId === undefined || tenantId === null || tenantId === '') {
         if (optional) return runInScopeSync(undefined, next);

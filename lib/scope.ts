@@ -225,9 +225,15 @@ function settle<T>(fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
   });
 }
 
-/** @internal Runs synchronous `fn` inside `scope`. */
+/**
+ * @internal Runs synchronous `fn` inside `scope`, or with none. Not `storage.exit()` for none: on
+ * Node 20 it disables the storage for the call, and a `run()` nested in `fn` (a runWithTenant, a
+ * request's event rebound to its tenant) enables it again for good, so the rest of `fn` saw the
+ * outer scope again (a tenant-less request's `finish` listener ran in the pipelined previous
+ * request's tenant). `run(undefined)` sets none, and nested runs restore none.
+ */
 export function runInScopeSync<T>(scope: TenantScope | undefined, fn: () => T): T {
-  return scope === undefined ? state.storage.exit(fn) : state.storage.run(scope, fn);
+  return state.storage.run(scope as TenantScope, fn);
 }
 
 /**

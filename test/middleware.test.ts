@@ -206,6 +206,50 @@ describe('middleware resolvers and errors', () => {
     }
   });
 
+  it("a pipelined request with no tenant (optional middleware, a route mounted before it, a 400) emits its events with no scope, not the previous request's", async () => {
+    const { connect } = await import('node:net');
+    for (const version of [express4, express5]) {
+      const seen: string[] = [];
+      const app = version();
+      const audit = (label: string) => (_req: unknown, res: NodeJS.EventEmitter, next: () => void) => {
+        res.on('finish', () => seen.push(`${label}:${tryCurrentTenantId() ?? 'none'}`));
+        next();
+      };
+      app.get('/health', audit('health'), (_req, res) => void res.json({ ok: true }));
+      app.use(tenancy.middleware({ optional: true, resolve: fromPath('/t/') }));
+      app.use(audit('after'));
+      app.get('/public', (_req, res) => void res.json({ tenant: tryCurrentTenantId() ?? null }));
+      app.get('/t/:tenant/x', (req, res) => void setTimeout(() => res.json({ tenant: req.params.tenant }), 20));
+      app.use(tenancy.middleware({ resolve: fromPath('/strict/') }));
+      app.get('/strict', (_req, res) => void res.json({ unreachable: true }));
+      app.use(tenancy.errorHandler());
+      const server = await listen(app);
+      try {
+        const { port } = new URL(server.url);
+        const get = (path: string) => `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`;
+        await new Promise<void>((resolve, reject) => {
+          const socket = connect(Number(port), '127.0.0.1', () =>
+            socket.write(get('/t/acme/x') + get('/public') + get('/t/acme/x') + get('/health') + get('/t/acme/x') + get('/strict')),
+          );
+          let text = '';
+          socket.setEncoding('utf8');
+          socket.on('data', (chunk: string) => {
+            text += chunk;
+            if ((text.match(/HTTP\/1\.1 \d{3}/g) ?? []).length === 6) {
+              socket.end();
+              resolve();
+            }
+          });
+          socket.on('error', reject);
+        });
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        assert.deepEqual(seen.filter((entry) => !entry.startsWith('after:acme')), ['after:none', 'health:none', 'after:none'], seen.join());
+      } finally {
+        await server.close();
+      }
+    }
+  });
+
   it("errorHandler({ all: true }) answers a body parser's client error with its own 4xx, not a 500 reported as a server error", async () => {
     const serverErrors: unknown[] = [];
     for (const version of [express4, express5]) {

@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
+  bindTenant,
   createTenancy,
   currentTenantId,
   defaultTenancy,
@@ -66,6 +67,23 @@ describe('scope', () => {
       assert.equal((await Person.query().findById(1))!.name, 'a-ada');
     });
     assert.equal(tryCurrentTenantId(), undefined);
+  });
+
+  it("a section with no scope stays without one after a scope nested in it (a function bound outside any scope, inside a tenant's)", async () => {
+    const seen: (string | undefined)[] = [];
+    const unscoped = bindTenant(() => {
+      seen.push(tryCurrentTenantId());
+      // Entered synchronously and left: a cached tenant's scope.
+      void tenancy.runWithTenant('b', () => seen.push(tryCurrentTenantId()));
+      seen.push(tryCurrentTenantId());
+      return Person.query().findById(1);
+    });
+    await runWithTenant('a', async () => {
+      await runWithTenant('b', () => 0);
+      await assert.rejects(async () => unscoped(), TenantContextMissingError);
+      assert.equal(currentTenantId(), 'a');
+    });
+    assert.deepEqual(seen, [undefined, 'b', undefined]);
   });
 
   it('returns fn’s result, and awaits a returned builder inside the scope so hooks see the tenant', async () => {
