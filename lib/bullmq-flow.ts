@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import type { FlowJob, FlowOpts, FlowProducer, FlowProducerOptions, JobNode, JobsOptions, NodeOpts } from 'bullmq';
 import { TenantMismatchError } from './errors';
-import { inTenant, load, madeByBullMQ, stampJob } from './bullmq';
+import { inTenant, load, madeByBullMQ, stampJob, withDefaultIds } from './bullmq';
 import type { TenantJobData } from './jobs';
 import { runInScopeSync, tryCurrentTenantId } from './scope';
 
@@ -21,12 +21,12 @@ type FlowNode = { name: string; queueName: string; data?: unknown; prefix?: stri
  * that `job.id` is the id `getFlow()` finds inside the tenant's scope.
  * @param parent The stamped payload of the node's parent in the tree; `undefined` for a root.
  */
-function stampNode(node: FlowNode, parent: TenantJobData | undefined): FlowNode {
+function stampNode(node: FlowNode, parent: TenantJobData | undefined, queues?: FlowOpts['queuesOptions']): FlowNode {
   if (typeof node !== 'object' || node === null) throw new TypeError('A flow node must be an object { name, queueName, data?, opts?, children? }');
   const scope = tryCurrentTenantId();
   // An empty jobId is no id to BullMQ's flows (`jobId || uuid`); namespaced, it would be one id for the whole tenant.
   const given = node.opts?.jobId === '' ? { ...node.opts, jobId: undefined } : node.opts;
-  const [data, stamped] = stampJob(node.data, given);
+  const [data, stamped] = stampJob(node.data, withDefaultIds(given, queues?.[node.queueName]?.defaultJobOptions));
   const tenantId = data.tenantId;
   if (node.opts?.parent != null && (tenantId != null || scope !== undefined)) {
     throw new TypeError(
@@ -41,7 +41,7 @@ function stampNode(node: FlowNode, parent: TenantJobData | undefined): FlowNode 
   }
   let opts = stamped;
   if (tenantId != null && opts?.jobId == null) opts = { ...opts, jobId: inTenant(tenantId, randomUUID()) };
-  const children = node.children?.map((child) => stampNode(child, data));
+  const children = node.children?.map((child) => stampNode(child, data, queues));
   return { ...node, data, ...(opts === undefined ? {} : { opts }), ...(children === undefined ? {} : { children }) };
 }
 
@@ -74,7 +74,7 @@ function flowProducerClass(): NonNullable<typeof TenantFlowProducer> {
     }
 
     override async add(flow: FlowJob, opts?: FlowOpts): Promise<JobNode> {
-      return super.add(stampNode(flow as FlowNode, undefined) as FlowJob, opts);
+      return super.add(stampNode(flow as FlowNode, undefined, opts?.queuesOptions) as FlowJob, opts);
     }
 
     override async addBulk(flows: FlowJob[]): Promise<JobNode[]> {

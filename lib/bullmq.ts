@@ -80,6 +80,23 @@ export function stampJob<O extends JobsOptions | BulkJobOptions>(data: unknown, 
 }
 
 /**
+ * @internal `opts` with the deduplication (or debounce) options that the queue's, or a flow's
+ * queue's, `defaultJobOptions` would give it: BullMQ merges those in after the library stamped the
+ * job, so their id would be one key for every tenant (one tenant's job replaced or dropped by
+ * another's). Merged first, they are stamped into the job's tenant like its own.
+ */
+export function withDefaultIds<O extends JobsOptions | BulkJobOptions>(opts: O | undefined, defaults: JobsOptions | undefined): O | undefined {
+  if (defaults == null) return opts;
+  let own = opts;
+  for (const key of ['deduplication', 'debounce'] as const) {
+    const value = (defaults as Record<string, unknown>)[key];
+    // A key given, even as undefined, wins over the default in BullMQ's merge: left as it is.
+    if (value != null && !(own != null && key in own)) own = { ...own, [key]: value } as O;
+  }
+  return own;
+}
+
+/**
  * A tenant job's custom job, deduplication or debounce id must be a string: another value would skip the tenant's
  * namespace (a number's `de:42` is every tenant's key: the second tenant's job is dropped as a
  * duplicate of the first's) or fail inside Redis after a partial write.
@@ -231,20 +248,20 @@ export function load(caller: string): NonNullable<typeof loaded> {
 
     // add() goes through addJob() from bullmq 5.30 on, not before: both stamp (stamping twice is a no-op).
     override async add(name: string, data: unknown, opts?: JobsOptions): ReturnType<AnyQueue['add']> {
-      const [stamped, own] = stampJob(data, opts);
+      const [stamped, own] = stampJob(data, withDefaultIds(opts, this.jobsOpts));
       await this.#checkParent(stamped, own);
       return super.add(name, stamped, own);
     }
 
     protected override async addJob(name: string, data: unknown, opts?: JobsOptions): ReturnType<AnyQueue['add']> {
-      const [stamped, own] = stampJob(data, opts);
+      const [stamped, own] = stampJob(data, withDefaultIds(opts, this.jobsOpts));
       await this.#checkParent(stamped, own);
       return super.addJob(name, stamped, own);
     }
 
     override async addBulk(jobs: { name: string; data: unknown; opts?: BulkJobOptions }[]): ReturnType<AnyQueue['addBulk']> {
       const stamped = jobs.map((job) => {
-        const [data, opts] = stampJob(job.data, job.opts);
+        const [data, opts] = stampJob(job.data, withDefaultIds(job.opts, this.jobsOpts));
         return { ...job, data, opts };
       });
       for (const job of stamped) await this.#checkParent(job.data, job.opts);
@@ -258,7 +275,9 @@ export function load(caller: string): NonNullable<typeof loaded> {
       if (data.tenantId == null) centralId(id);
       // BullMQ names the jobs after the scheduler id unless told otherwise: after the caller's id, then.
       const own = data.tenantId == null ? id : inTenant(data.tenantId, id);
-      return super.upsertJobScheduler(own, repeat, { ...template, name: template?.name ?? id, data });
+      // The jobs it makes: their deduplication ids (the template's or the queue's default) in the tenant's namespace.
+      const [, opts] = stampJob(data, withDefaultIds(template?.opts, this.jobsOpts));
+      return super.upsertJobScheduler(own, repeat, { ...template, name: template?.name ?? id, data, ...(opts === undefined ? {} : { opts }) });
     }
 
     // By id inside a tenant scope: that tenant's jobs and schedulers only; outside any scope, as BullMQ.

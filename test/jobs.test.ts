@@ -16,6 +16,7 @@ import type { Knex } from 'knex';
 import { Queue, type Job, type Worker } from 'bullmq';
 import {
   createTenancy,
+  createTenantFlowProducer,
   createTenantQueue,
   createTenantWorker,
   currentTenantId,
@@ -318,6 +319,35 @@ for (const backend of backends('jobs')) {
           assert.equal(written.length, PER_TENANT, `${t} holds its ${PER_TENANT} rows`);
           assert.ok(written.every((r) => r.name.startsWith(`${t}-`) && r.note === `inserted-in:${t}`), JSON.stringify(written));
         }
+      });
+
+      it("deduplication ids from the queue's or a flow's defaultJobOptions are each tenant's too: one tenant's job neither replaces nor swallows another's", async () => {
+        const name = uniqueQueueName(`${backend.name}-dedup-defaults`);
+        // Not in BullMQ's DefaultJobOptions type, but merged by it at run time (JavaScript apps, casts).
+        const defaults = { deduplication: { id: 'digest', ttl: 60_000 }, delay: 60_000 };
+        const flowDefaults = { deduplication: { id: 'flow-digest' }, delay: 60_000 };
+        const queue = createTenantQueue<Data>(name, { connection, defaultJobOptions: defaults });
+        const flows = createTenantFlowProducer({ connection });
+        const plain = new Queue(name, { connection });
+        cleanups.push(async () => {
+          await queue.obliterate({ force: true });
+          await queue.close();
+          await flows.close();
+          await plain.close();
+        });
+        // One tenant through add(), the other through addBulk(): the same default id in each.
+        await tenancy.runWithTenant('ja', () => queue.add('digest', { name: 'ja-digest' }));
+        await tenancy.runWithTenant('jb', () => queue.addBulk([{ name: 'digest', data: { name: 'jb-digest' } }]));
+        for (const t of ['ja', 'jb'] as const) {
+          await tenancy.runWithTenant(t, () =>
+            flows.add({ name: 'root', queueName: name, data: { name: `${t}-flow` } }, { queuesOptions: { [name]: { defaultJobOptions: flowDefaults } } }),
+          );
+        }
+        const stored = await plain.getJobs(['delayed', 'waiting', 'waiting-children', 'prioritized']);
+        const byTenant = (t: string) => stored.filter((job) => (job.data as Data).tenantId === t).map((job) => [(job.data as Data).name, job.opts.deduplication?.id]).sort();
+        const seen = JSON.stringify(stored.map((job) => [job.id, job.data, job.opts.deduplication]));
+        assert.deepEqual(byTenant('ja'), [['ja-digest', 'ja~digest'], ['ja-flow', 'ja~flow-digest']], seen);
+        assert.deepEqual(byTenant('jb'), [['jb-digest', 'jb~digest'], ['jb-flow', 'jb~flow-digest']], seen);
       });
 
       it('a job that fails once and is retried runs in the same tenant both times; a re-enqueue from the job keeps it', async () => {
