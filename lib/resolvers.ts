@@ -58,8 +58,16 @@ export function fromSubdomain(options: SubdomainOptions): TenantResolver {
   const ignore = new Set((options.ignore ?? ['www']).map((name) => name.toLowerCase()));
   return (req) => {
     if (sentMoreThanOnce(req.rawHeaders, 'host')) return [req.headers.host];
-    // The port, and the root label's dot of a fully qualified name (`acme.example.com.`), are not the host's name.
-    const host = (req.headers.host ?? '').replace(/:\d+$/, '').replace(/\.$/, '');
+    // The name before the port, whatever the port holds (`acme.example.com:` too), as Express reads
+    // req.hostname and req.subdomains: a host read another way here would fall through firstOf() to
+    // another resolver's tenant while the app's own routing reads this one.
+    const raw = req.headers.host ?? '';
+    const colon = raw.indexOf(':', raw.startsWith('[') ? raw.indexOf(']') : 0);
+    const name = colon === -1 ? raw : raw.slice(0, colon);
+    // The root label's dot of a fully qualified name (`acme.example.com.`) is not the host's name; an
+    // empty label (`acme.example.com..`) is no host name at all.
+    if (/\.\.|^\./.test(name)) throw new InvalidTenantIdError('the Host header is not a host name (an empty label)');
+    const host = name.replace(/\.$/, '');
     if (!host.toLowerCase().endsWith(suffix)) return undefined;
     const sub = host.slice(0, -suffix.length);
     return sub === '' || ignore.has(sub.toLowerCase()) ? undefined : sub;

@@ -156,6 +156,20 @@ for (const [version, express] of [['4', express4], ['5', express5]] as const) {
         assert.equal((dotted.json() as { scope: string }).scope, 'globex');
       });
 
+      it('fromSubdomain reads the host before any port, as Express does; a host with an empty label is refused, not passed over', async () => {
+        for (const host of ['globex.example.test:', 'globex.example.test:x', 'globex.example.test:80:80']) {
+          // firstOf(header, subdomain) and firstOf(subdomain, header) alike: the subdomain names globex.
+          const response = await request(`${server.url}/s/people`, { method: 'POST', headers: { host, 'content-type': 'application/json' }, body: '{}' });
+          assert.equal(response.status, 200, `${host}: ${response.text}`);
+          assert.equal((response.json() as { scope: string }).scope, 'globex', host);
+        }
+        for (const host of ['globex.example.test..', '.globex.example.test']) {
+          const response = await request(`${server.url}/s/people`, { method: 'POST', headers: { host } });
+          assert.equal(response.status, 400, `${host}: ${response.text}`);
+          assert.equal((response.json() as { error: { code: string } }).error.code, 'TENANT_ID_INVALID', host);
+        }
+      });
+
       it('a request naming no tenant gets 400 from every resolver; the bare domain and www name none', async () => {
         for (const [path, headers] of [
           ['/h/people', {}],
