@@ -3,12 +3,44 @@ import type { Knex } from 'knex';
 // knex's own reading of a connection URL (knex parses it, not the driver): the database is the
 // path as written (not percent-decoded), user and password are decoded, query values JSON-parsed.
 // Whatever the library derives from a URL must name the database knex connects to.
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const parseConnection = require('knex/lib/knex-builder/internal/parse-connection') as (url: string) => { connection: Record<string, unknown> };
+const parseConnection = knexUrlParser();
 
 /** @internal A connection URL as the object knex makes of it. */
 export function knexConnectionObject(url: string): Record<string, unknown> {
   return { ...parseConnection(url).connection };
+}
+
+type UrlParser = (url: string) => { connection: Record<string, unknown> };
+
+/**
+ * knex's own parser (an internal module: knex 3 has no exports map), or, should a knex version not
+ * have it there, the same reading for MySQL URLs: the path as written, user and password decoded,
+ * query values JSON-parsed where they parse.
+ */
+function knexUrlParser(): UrlParser {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const parser = require('knex/lib/knex-builder/internal/parse-connection') as unknown;
+    if (typeof parser === 'function') return parser as UrlParser;
+  } catch {
+    // Not there: the reading below.
+  }
+  return (url) => {
+    const parsed = new URL(url);
+    const connection: Record<string, unknown> = { database: parsed.pathname.replace(/^\//, '') };
+    if (parsed.hostname !== '') connection.host = parsed.hostname;
+    if (parsed.port !== '') connection.port = parsed.port;
+    if (parsed.username !== '' || parsed.password !== '') connection.user = decodeURIComponent(parsed.username);
+    if (parsed.password !== '') connection.password = decodeURIComponent(parsed.password);
+    for (const [key, value] of parsed.searchParams) {
+      try {
+        connection[key] = JSON.parse(value);
+      } catch {
+        connection[key] = value;
+      }
+    }
+    return { connection };
+  };
 }
 
 /**

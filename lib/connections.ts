@@ -49,14 +49,14 @@ export interface PoolPerTenantOptions extends CommonConnectionOptions {
   locate?: never;
   /** 'shared' only. */
   maxConnectionsPerTenant?: never;
-  /** 'shared' only. */
-  inlineSwitch?: never;
+  /** 'shared' only (`false`, its default, is accepted: a config shared by both strategies). */
+  inlineSwitch?: false;
   /** 'shared' only. */
   maxSwitchedConnections?: never;
-  /** 'shared' only. */
-  resetSession?: never;
-  /** 'shared' only. */
-  qualifyTables?: never;
+  /** 'shared' only (`false` accepted). */
+  resetSession?: false;
+  /** 'shared' only (`false` accepted). */
+  qualifyTables?: false;
   /** 'shared' only. */
   maxTenants?: never;
 }

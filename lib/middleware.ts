@@ -59,9 +59,13 @@ type ScopedEmitter = EventEmitter & { [EMIT_SCOPE]?: TenantScope | undefined };
  */
 function emitInScope(req: IncomingMessage, res: ServerResponse, scope: TenantScope | undefined): void {
   for (const emitter of [req, res] as ScopedEmitter[]) {
-    const wrapped = EMIT_SCOPE in emitter;
+    if (EMIT_SCOPE in emitter) {
+      // The first tenant scope opened for the request keeps its events (a second tenancy's
+      // middleware for the same id does not take them over); none gives way to a tenant's.
+      if (emitter[EMIT_SCOPE] === undefined) emitter[EMIT_SCOPE] = scope;
+      continue;
+    }
     emitter[EMIT_SCOPE] = scope;
-    if (wrapped) continue;
     const emit = emitter.emit;
     emitter.emit = function (this: ScopedEmitter, ...args: Parameters<EventEmitter['emit']>): boolean {
       const target = this[EMIT_SCOPE];

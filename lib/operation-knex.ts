@@ -11,6 +11,7 @@
 import knexFactory, { type Knex } from 'knex';
 import { UnknownTenantError } from './errors';
 import { CONNECTION_DEFAULTS } from './connections';
+import { knexConnectionObject } from './connection-settings';
 import type { TenancyOptions } from './tenancy';
 
 /** @internal What the operations need from their `Tenancy`. */
@@ -29,6 +30,10 @@ export interface OperationsHost {
   refuseScopes(tenantId: string): () => void;
   /** Whether a `dropTenant()` of the tenant is running (its scopes are refused). */
   dropping(tenantId: string): boolean;
+  /** Marks a `createTenant()` of the tenant as running until the returned function is called. */
+  markCreating(tenantId: string): () => void;
+  /** Whether a `createTenant()` of the tenant is running. */
+  creating(tenantId: string): boolean;
   /** Serving connections of the tenant checked out right now. */
   checkedOut(tenantId: string): number;
   /** Closes the tenant's serving connections checked out right now (the server rolls back what they left open). */
@@ -67,9 +72,16 @@ export function openOperationKnex(host: OperationsHost, config: Knex.Config, war
  */
 export function boundedConnect(config: Knex.Config, ms: number): Knex.Config {
   const { client, connection } = config;
-  if ((client !== 'mysql2' && client !== 'mysql') || connection === null || typeof connection !== 'object') return config;
-  if ((connection as { connectTimeout?: unknown }).connectTimeout !== undefined) return config;
-  return { ...config, connection: { ...(connection as object), connectTimeout: ms } as Knex.StaticConnectionConfig };
+  if (client !== 'mysql2' && client !== 'mysql') return config;
+  const bounded = (settings: unknown): unknown =>
+    settings !== null && typeof settings === 'object' && (settings as { connectTimeout?: unknown }).connectTimeout === undefined ? { ...settings, connectTimeout: ms } : settings;
+  // A URL as knex reads it (its own settings kept); a connection provider's answer, each time.
+  if (typeof connection === 'string') return { ...config, connection: bounded(knexConnectionObject(connection)) as Knex.StaticConnectionConfig };
+  if (typeof connection === 'function') {
+    const provider = connection as () => unknown;
+    return { ...config, connection: (async () => bounded(await provider())) as unknown as Knex.Config['connection'] };
+  }
+  return { ...config, connection: bounded(connection) as Knex.Config['connection'] };
 }
 
 /**

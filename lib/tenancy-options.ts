@@ -99,7 +99,8 @@ export function checkTenancyOptions(options: TenancyOptions): void {
   } else if (options.strategy !== undefined && options.strategy !== 'pool-per-tenant') {
     throw new TypeError("createTenancy: options.strategy must be 'pool-per-tenant' or 'shared'");
   } else {
-    const misplaced = SHARED_ONLY.find((name) => given[name] !== undefined);
+    // `false` of a shared flag is its default, harmless here (a config shared by both strategies).
+    const misplaced = SHARED_ONLY.find((name) => given[name] !== undefined && given[name] !== false);
     if (misplaced !== undefined) {
       throw new TypeError(`createTenancy: options.${misplaced} applies to strategy 'shared' only (a pool per tenant never switches databases)`);
     }

@@ -271,6 +271,8 @@ export class Tenancy implements ScopeOwner {
   #operations: OperationsHost | undefined;
   /** Tenants being dropped (dropTenant calls in progress, by id): new scopes are refused. */
   readonly #dropping = new Map<string, number>();
+  /** Tenants being created (createTenant calls in progress, by id): a dropTenant of them is refused. */
+  readonly #creating = new Map<string, number>();
   #migrations: TenantMigrations | undefined;
 
   /**
@@ -354,6 +356,18 @@ export class Tenancy implements ScopeOwner {
         };
       },
       dropping: (id) => this.#dropping.has(id),
+      markCreating: (id) => {
+        this.#creating.set(id, (this.#creating.get(id) ?? 0) + 1);
+        let done = false;
+        return () => {
+          if (done) return;
+          done = true;
+          const left = this.#creating.get(id)! - 1;
+          if (left > 0) this.#creating.set(id, left);
+          else this.#creating.delete(id);
+        };
+      },
+      creating: (id) => this.#creating.has(id),
       checkedOut: (id) => this.#connections.checkedOut(id),
       closeCheckedOut: (id) => this.#connections.closeCheckedOut(id),
     });

@@ -82,6 +82,16 @@ export async function createTenant(host: OperationsHost, tenantId: unknown, opti
   // The drop's last steps (unregister, a second built-in drop for SQLite) would undo this creation:
   // the database or file deleted, or left unregistered.
   if (host.dropping(id)) throw new TenantAlreadyExistsError(id, { dropping: true });
+  // And a drop begun meanwhile would delete what this creates (see dropTenant).
+  const created = host.markCreating(id);
+  try {
+    return await createNow(host, id, options, started);
+  } finally {
+    created();
+  }
+}
+
+async function createNow(host: OperationsHost, id: string, options: CreateTenantOptions, started: number): Promise<CreateTenantResult> {
   const { tenantExists, registerTenant, migrations: migrationsConfig, seeds: seedsConfig } = host.options;
   // The catalog's failure is a 503 to retry, as when serving the tenant.
   if (tenantExists !== undefined && (await reachable(id, 'the tenant catalog lookup failed', async () => tenantExists(id)))) throw new TenantAlreadyExistsError(id);
@@ -174,6 +184,11 @@ export async function dropTenant(host: OperationsHost, tenantId: unknown, option
   const started = performance.now();
   const id = host.validate(tenantId);
   if (options?.confirm !== id) throw new TenantDropNotConfirmedError(id);
+  // A createTenant() of the id running here: dropped under it, its database would be gone and the
+  // tenant registered after (or its undo would drop it again). Retry once it is done.
+  if (host.creating(id)) {
+    throw new TenantLifecycleError(id, 'drop-database', { cause: new Error(`a createTenant() of tenant "${id}" is still running in this tenancy; nothing was dropped`) });
+  }
   // From here until it is unregistered, new requests of the tenant get a 404: the catalog still says
   // yes, and one that opened the tenant would lose its database under it (an untyped "table doesn't
   // exist" or "Unknown database").

@@ -310,7 +310,7 @@ for (const backend of backends('pool')) {
       assert.equal(await tenancy.runWithTenant('mv', () => tenancy.knex()), knex, 'the new pool is the one cached');
     });
 
-    it('rejects invalid options with a TypeError naming the option', () => {
+    it('rejects invalid options with a TypeError naming the option', async () => {
       assert.throws(() => createTenancy({ knexConfig: backend.knexConfig, maxPools: 0 }), /options\.maxPools/);
       assert.throws(() => createTenancy({} as TenancyOptions), /options\.knexConfig/);
       // A union keyed on `strategy`: what the run-time check refuses does not compile either.
@@ -326,6 +326,8 @@ for (const backend of backends('pool')) {
       assert.throws(() => createTenancy({ strategy: 'shared', servers, locate, knexConfig: backend.knexConfig }), /knexConfig applies to strategy 'pool-per-tenant' only/);
       // @ts-expect-error: maxTenants caps the shared strategy's handles, not pools (maxPools does)
       assert.throws(() => createTenancy({ knexConfig: backend.knexConfig, maxTenants: 10 }), /maxTenants applies to strategy 'shared' only/);
+      // A shared flag at its default (false) is accepted: a config shared by both strategies.
+      await createTenancy({ knexConfig: backend.knexConfig, qualifyTables: false, inlineSwitch: false, resetSession: false }).destroy();
       // @ts-expect-error: servers without strategy 'shared'
       assert.throws(() => createTenancy({ knexConfig: backend.knexConfig, servers }), /servers applies to strategy 'shared' only/);
     });
@@ -520,6 +522,16 @@ describe('a server that accepts connections and never answers (pool per tenant)'
       assert.equal((created as { code?: string }).code, 'TENANT_CREATE_FAILED');
       const dropped = await timed('dropTenant', () => tenancy.dropTenant('a', { confirm: 'a' }));
       assert.equal((dropped as { code?: string }).code, 'TENANT_DROP_FAILED');
+      // A knexConfig whose connection is a URL, or a connection provider: bounded the same way.
+      for (const connection of [`mysql://root@127.0.0.1:${port}/ot_silent_u`, async () => ({ host: '127.0.0.1', port, user: 'root', database: 'ot_silent_p' })]) {
+        const other = createTenancy({ knexConfig: () => ({ client: 'mysql2', connection: connection as never }), acquireTimeoutMs: 500, migrations: { directory: files.migrations } });
+        try {
+          const report = (await timed(`migrate.status (${typeof connection})`, () => other.migrate.status({ tenants: ['u'] }))) as { tenants: { status: string }[] };
+          assert.equal(report.tenants[0]!.status, 'failed');
+        } finally {
+          await other.destroy({ drainTimeoutMs: 0 });
+        }
+      }
     } finally {
       await tenancy.destroy({ drainTimeoutMs: 0 });
       for (const socket of sockets) socket.destroy();

@@ -347,6 +347,9 @@ for (const backend of backends('prop')) {
         await assert.rejects(viaTenancy(), TenantContextMissingError);
         await assert.rejects(async () => builder(), TenantContextMissingError);
         await assert.rejects(async () => related(), TenantContextMissingError);
+        // Counted or compiled by the caller, it still has no scope.
+        await assert.rejects(async () => (builder() as ReturnType<typeof Person.query>).resultSize(), TenantContextMissingError);
+        assert.throws(() => (builder() as ReturnType<typeof Person.query>).toKnexQuery(), TenantContextMissingError);
         // The pin is the bound function's: a builder made here still runs in the tenant.
         assert.ok((await Person.query()).length > 0);
         assert.equal(currentTenantId(), 'pa', 'the caller’s scope is back after the bound call');

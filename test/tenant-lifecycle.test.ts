@@ -253,6 +253,27 @@ for (const backend of allStrategies('ops')) {
       await tenancy.dropTenant('c2c', { confirm: 'c2c' });
     });
 
+    it('dropTenant of an id whose createTenant is still running is refused, nothing dropped: the creation completes', async () => {
+      let dropping: Promise<unknown> | undefined;
+      const tenancy = make({
+        registerTenant: async (id) => {
+          dropping = tenancy.dropTenant(id, { confirm: id }).catch((error: unknown) => error);
+          await dropping;
+          catalog.add(id);
+        },
+      });
+      await backend.dropDatabase('c2d');
+      await tenancy.createTenant('c2d', { seed: false });
+      const refused = (await dropping) as TenantLifecycleError;
+      assert.ok(refused instanceof TenantLifecycleError, String(refused));
+      assert.equal(refused.step, 'drop-database');
+      assert.equal(await backend.databaseExists('c2d'), true, 'the database is there');
+      assert.ok(catalog.has('c2d'), 'and registered');
+      assert.deepEqual(await tenancy.runWithTenant('c2d', () => tenancy.knex()('people').pluck('name')), []);
+      await tenancy.dropTenant('c2d', { confirm: 'c2d' });
+      assert.equal(await backend.databaseExists('c2d'), false);
+    });
+
     it("forget() waits for the tenant's scopes in flight even when an earlier forget() evicted it first (an error handler's, say)", async () => {
       const tenancy = make();
       await tenancy.createTenant('fw', { seed: false });
