@@ -23,6 +23,11 @@ type Connection = {
  * or `end` before the stream is done; knex then releases the connection, which the pool closes.
  */
 export function streamFailingOnLoss(baseStream: ClientStream, client: unknown, conn: unknown, obj: unknown, stream: unknown, options: unknown): Promise<unknown> {
+  // Destroyed while it waited for its connection (its consumer gave up: a client that hung up while
+  // its request was queued). Its 'close' came before there was a connection to give back, and a
+  // query piped into it would never end: the connection would stay checked out for good (with the
+  // shared strategy, a slot of every tenant on the server). Not run: knex gives the connection back.
+  if ((stream as { destroyed?: unknown } | null)?.destroyed === true) return Promise.resolve();
   const connection = conn as Partial<Connection> | null;
   if (connection === null || typeof connection !== 'object' || typeof connection.once !== 'function' || typeof connection.removeListener !== 'function') {
     return baseStream.call(client, conn, obj, stream, options);
@@ -140,7 +145,27 @@ export function streamsReleaseOnce(client: Knex.Client): void {
       return owner.releaseConnection(conn as never);
     };
     this.client = once;
+    // knex's own test of the handler form: `stream(handler)` or `stream(options, handler)`.
+    const at = args.length === 1 && typeof args[0] === 'function' ? 0 : typeof args[1] === 'function' ? 1 : -1;
+    if (at === -1) return quietAfterClose(stream.apply(this, args));
+    const handler = args[at] as (made: unknown) => unknown;
+    args[at] = (made: unknown) => handler(quietAfterClose(made));
     return stream.apply(this, args);
   };
   proto[STREAMS_RELEASE_ONCE] = true;
+}
+
+/**
+ * knex emits a failed acquire on the stream (`emit('error')`), destroyed or not: on one its consumer
+ * destroyed while it waited (and stopped listening to), that threw out of knex's promise chain, an
+ * unhandled rejection that ends the process. Once the stream is closed, an error nobody listens to
+ * any more is dropped.
+ */
+function quietAfterClose<S>(made: S): S {
+  const stream = made as { once?(event: 'close', listener: () => void): unknown; listenerCount?(event: 'error'): number; on?(event: 'error', listener: () => void): unknown } | null;
+  if (stream === null || typeof stream?.once !== 'function' || typeof stream.listenerCount !== 'function' || typeof stream.on !== 'function') return made;
+  stream.once('close', () => {
+    if (stream.listenerCount!('error') === 0) stream.on!('error', () => undefined);
+  });
+  return made;
 }

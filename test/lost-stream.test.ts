@@ -7,7 +7,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
-import { createTenancy, onRollback, TenantUnavailableError, toHttpError } from '../lib/index';
+import { Writable, pipeline } from 'node:stream';
+import { createTenancy, onRollback, TenantUnavailableError, toHttpError, type Tenancy } from '../lib/index';
 import type { ConnectionOptions } from '../lib/connections';
 import { mysqlBackend, mysqlConnection, mysqlSharedBackend, seededTenantSuite, skipMysql, type Backend } from './helpers/databases';
 import { Person } from './helpers/fixtures';
@@ -258,6 +259,61 @@ for (const backend of [mysqlBackend('ltm'), mysqlSharedBackend('ltms'), mysqlSha
         assert.equal(toHttpError(outcome)?.status, 503);
         assert.deepEqual(await direct('persons').where({ name: 'outer-write' }).pluck('name'), []);
       } finally {
+        await tenancy.destroy({ drainTimeoutMs: 1_000 });
+      }
+    });
+  });
+}
+
+for (const backend of [mysqlBackend('lsq'), mysqlSharedBackend('lsqs'), mysqlSharedBackend('lsqi', 3, 'inline')]) {
+  describe(`a stream destroyed while it waits for its connection (${backend.name})`, { skip: skipMysql }, () => {
+    seededTenantSuite(backend, 'a');
+    // The connections the tenancy has checked out for tenant a.
+    const inUse = (tenancy: Tenancy) =>
+      tenancy.stats().servers?.main?.inUse ?? tenancy.runWithTenant('a', () => (tenancy.knex().client as { pool: { numUsed(): number } }).pool.numUsed());
+
+    it('gives the connection back when it gets one (its consumer hung up while it was queued)', async () => {
+      const tenancy = createTenancy({ ...oneConnection(backend), tenantExists: backend.databaseExists, acquireTimeoutMs: 3_000 });
+      try {
+        for (let i = 0; i < 2; i++) {
+          await tenancy.runWithTenant('a', async () => {
+            const busy = tenancy.knex().raw('select sleep(0.3)').then(() => undefined);
+            await new Promise((r) => setTimeout(r, 20));
+            const queued = tenancy.knex()('persons').select('name').stream();
+            const sink = new Writable({ objectMode: true, write: (_row, _encoding, done) => done() });
+            const ended = new Promise((resolve) => pipeline(queued, sink, resolve));
+            setTimeout(() => sink.destroy(new Error('client hung up')), 50);
+            await busy;
+            await ended;
+          });
+        }
+        await new Promise((r) => setTimeout(r, 200));
+        assert.equal(await inUse(tenancy), 0, 'no connection stays checked out');
+        assert.equal((await tenancy.runWithTenant('a', () => Person.query().findById(1)))?.name, 'a-ada');
+      } finally {
+        await tenancy.destroy({ drainTimeoutMs: 1_000 });
+      }
+    });
+
+    it('and whose acquire then times out: the error it can no longer be given is dropped, not thrown out of the process', async () => {
+      const tenancy = createTenancy({ ...oneConnection(backend), tenantExists: backend.databaseExists, acquireTimeoutMs: 300 });
+      const unhandled: unknown[] = [];
+      const onUnhandled = (reason: unknown) => void unhandled.push(reason);
+      process.on('unhandledRejection', onUnhandled);
+      try {
+        await tenancy.runWithTenant('a', async () => {
+          const busy = tenancy.knex().raw('select sleep(1)').then(() => undefined);
+          await new Promise((r) => setTimeout(r, 20));
+          // Destroyed by its consumer, which listens to it no more.
+          const queued = tenancy.knex()('persons').select('name').stream();
+          setTimeout(() => queued.destroy(), 50);
+          await busy;
+        });
+        await new Promise((r) => setTimeout(r, 100));
+        assert.deepEqual(unhandled, []);
+        assert.equal(await inUse(tenancy), 0);
+      } finally {
+        process.off('unhandledRejection', onUnhandled);
         await tenancy.destroy({ drainTimeoutMs: 1_000 });
       }
     });
