@@ -29,11 +29,12 @@ const UNREACHABLE_CODES = new Set([
   'ER_USER_LIMIT_REACHED',
   'ER_SERVER_SHUTDOWN',
   'ER_CONNECTION_KILLED',
+  'ER_QUERY_INTERRUPTED',
 ]);
 // 1040 too many connections, 1203 the user's max_user_connections, 1226 an account's
-// MAX_USER_CONNECTIONS, 1053 server shutdown, 1927 connection killed (MariaDB: `KILL`, a shutdown),
-// 2002/2003 cannot connect, 2006 gone away, 2013 lost.
-const UNREACHABLE_ERRNOS = new Set([1040, 1203, 1226, 1053, 1927, 2002, 2003, 2006, 2013]);
+// MAX_USER_CONNECTIONS, 1053 server shutdown, 1317 statement stopped (an operator's `KILL QUERY`),
+// 1927 connection killed (MariaDB: `KILL`, a shutdown), 2002/2003 cannot connect, 2006 gone away, 2013 lost.
+const UNREACHABLE_ERRNOS = new Set([1040, 1203, 1226, 1053, 1317, 1927, 2002, 2003, 2006, 2013]);
 // 1049 unknown database, 1046 no database selected (the database was dropped under an open connection).
 const GONE_ERRNOS = new Set([1049, 1046]);
 const GONE: Readonly<HttpErrorAnswer> = Object.freeze({ status: 404, code: 'TENANT_UNKNOWN', message: 'Unknown tenant: its database does not exist.' });

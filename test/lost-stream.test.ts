@@ -23,14 +23,14 @@ before(() => {
 });
 after(() => admin.destroy());
 
-/** Kills the connection whose statement carries MARK; resolves to how many were killed. */
-async function killMarked(admin: Knex): Promise<number> {
+/** Kills the connection (or, with `what` 'query', the statement) whose statement carries MARK; resolves to how many were killed. */
+async function killMarked(admin: Knex, what: 'connection' | 'query' = 'connection'): Promise<number> {
   let killed = 0;
   for (let i = 0; i < 50 && killed === 0; i++) {
     await new Promise((r) => setTimeout(r, 50));
     const [list] = await admin.raw("select id from information_schema.processlist where info like ? and command <> 'Killed' and id <> connection_id()", [`%${MARK}%`]);
     for (const { id } of list as { id: number }[]) {
-      await admin.raw(`kill connection ${Number(id)}`);
+      await admin.raw(`kill ${what} ${Number(id)}`);
       killed++;
     }
   }
@@ -234,6 +234,23 @@ for (const backend of [mysqlBackend('ltm'), mysqlSharedBackend('ltms'), mysqlSha
         assert.equal(rolledBack, true, 'onRollback ran');
         assert.deepEqual(await direct('persons').where({ name: 'before-the-loss' }).pluck('name'), []);
         // The tenant is served on a new connection.
+        assert.equal((await tenancy.runWithTenant('a', () => Person.query().findById(1)))?.name, 'a-ada');
+      } finally {
+        await tenancy.destroy({ drainTimeoutMs: 1_000 });
+      }
+    });
+
+    it("a statement an operator stops with KILL QUERY is answered 503 (retry), and the connection serves on", async () => {
+      const tenancy = createTenancy({ ...oneConnection(backend), tenantExists: backend.databaseExists });
+      try {
+        const outcome = tenancy.runWithTenant('a', () => tenancy.knex().raw(`select sleep(3) as ${MARK}`)).then(
+          () => 'not stopped',
+          (error: unknown) => error,
+        );
+        assert.equal(await killMarked(admin, 'query'), 1);
+        const error = await outcome;
+        assert.equal((error as { errno?: number }).errno, 1317, String(error));
+        assert.equal(toHttpError(error)?.status, 503);
         assert.equal((await tenancy.runWithTenant('a', () => Person.query().findById(1)))?.name, 'a-ada');
       } finally {
         await tenancy.destroy({ drainTimeoutMs: 1_000 });
