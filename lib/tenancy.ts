@@ -30,6 +30,19 @@ import {
 } from './tenant-lifecycle';
 import { TenantMigrations } from './tenant-migrations';
 
+/** Counts `id` in `counts` until the returned function is called (once; later calls do nothing). */
+function countWhile(counts: Map<string, number>, id: string): () => void {
+  counts.set(id, (counts.get(id) ?? 0) + 1);
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    const left = counts.get(id)! - 1;
+    if (left > 0) counts.set(id, left);
+    else counts.delete(id);
+  };
+}
+
 /** A scope opened for a tenant, and the function that gives its connection lease back. */
 export interface EnteredScope {
   scope: TenantScope;
@@ -344,29 +357,9 @@ export class Tenancy implements ScopeOwner {
       // forEachTenant closes the pools it opened to make room, not because the tenant went away.
       evict: (id) => this.#evicting(id, {}),
       forget: (id) => this.forget(id),
-      refuseScopes: (id) => {
-        this.#dropping.set(id, (this.#dropping.get(id) ?? 0) + 1);
-        let done = false;
-        return () => {
-          if (done) return;
-          done = true;
-          const left = this.#dropping.get(id)! - 1;
-          if (left > 0) this.#dropping.set(id, left);
-          else this.#dropping.delete(id);
-        };
-      },
+      refuseScopes: (id) => countWhile(this.#dropping, id),
       dropping: (id) => this.#dropping.has(id),
-      markCreating: (id) => {
-        this.#creating.set(id, (this.#creating.get(id) ?? 0) + 1);
-        let done = false;
-        return () => {
-          if (done) return;
-          done = true;
-          const left = this.#creating.get(id)! - 1;
-          if (left > 0) this.#creating.set(id, left);
-          else this.#creating.delete(id);
-        };
-      },
+      markCreating: (id) => countWhile(this.#creating, id),
       creating: (id) => this.#creating.has(id),
       checkedOut: (id) => this.#connections.checkedOut(id),
       closeCheckedOut: (id) => this.#connections.closeCheckedOut(id),
