@@ -26,15 +26,23 @@ function knexUrlParser(): UrlParser {
     // Not there: the reading below.
   }
   return (url) => {
-    const parsed = new URL(url);
+    let parsed: URL;
+    try {
+      parsed = new URL(url);
+    } catch {
+      // Not a URL: knex reads it as an SQLite file name.
+      return { connection: { filename: url } };
+    }
     const connection: Record<string, unknown> = { database: parsed.pathname.replace(/^\//, '') };
     if (parsed.hostname !== '') connection.host = parsed.hostname;
     if (parsed.port !== '') connection.port = parsed.port;
     if (parsed.username !== '' || parsed.password !== '') connection.user = decodeURIComponent(parsed.username);
     if (parsed.password !== '') connection.password = decodeURIComponent(parsed.password);
+    // JSON values for the protocols knex reads them for, strings for the others (`mysql2:` too).
+    const nested = ['mysql:', 'mariadb:', 'mssql:'].includes(parsed.protocol);
     for (const [key, value] of parsed.searchParams) {
       try {
-        connection[key] = JSON.parse(value);
+        connection[key] = nested ? JSON.parse(value) : value;
       } catch {
         connection[key] = value;
       }

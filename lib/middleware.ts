@@ -60,9 +60,9 @@ type ScopedEmitter = EventEmitter & { [EMIT_SCOPE]?: TenantScope | undefined };
 function emitInScope(req: IncomingMessage, res: ServerResponse, scope: TenantScope | undefined): void {
   for (const emitter of [req, res] as ScopedEmitter[]) {
     if (EMIT_SCOPE in emitter) {
-      // The first tenant scope opened for the request keeps its events (a second tenancy's
-      // middleware for the same id does not take them over); none gives way to a tenant's.
-      if (emitter[EMIT_SCOPE] === undefined) emitter[EMIT_SCOPE] = scope;
+      // The scope the route runs in: a tenant's replaces none, and a second tenancy's middleware
+      // (the same id) the first's, as the route then runs in it; none never replaces a tenant's.
+      if (scope !== undefined || emitter[EMIT_SCOPE] === undefined) emitter[EMIT_SCOPE] = scope;
       continue;
     }
     emitter[EMIT_SCOPE] = scope;

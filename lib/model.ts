@@ -510,25 +510,21 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
     // resultSize() and toKnexQuery() build the query without running it (no before hooks, no
     // execute): the instance guard is checked here for them.
     resultSize(): Promise<number> {
+      const count = (): Promise<number> => {
+        const error = this[GUARDED] === undefined ? undefined : guardedMismatch(this, this[GUARDED]);
+        return error === undefined ? super.resultSize() : Promise.reject(error);
+      };
       // Pinned to no scope (see execute()): counted with none, so it fails closed there too.
-      if (this[UNSCOPED]) return runInScopeSync(undefined, () => this.#resultSize());
-      return this.#resultSize();
-    }
-
-    #resultSize(): Promise<number> {
-      const error = this[GUARDED] === undefined ? undefined : guardedMismatch(this, this[GUARDED]);
-      return error === undefined ? super.resultSize() : Promise.reject(error);
+      return this[UNSCOPED] ? runInScopeSync(undefined, count) : count();
     }
 
     toKnexQuery(...args: unknown[]): any {
-      if (this[UNSCOPED]) return runInScopeSync(undefined, () => this.#toKnexQuery(args));
-      return this.#toKnexQuery(args);
-    }
-
-    #toKnexQuery(args: unknown[]): any {
-      const error = this[GUARDED] === undefined ? undefined : guardedMismatch(this, this[GUARDED]);
-      if (error !== undefined) throw error;
-      return super.toKnexQuery(...args);
+      const build = (): any => {
+        const error = this[GUARDED] === undefined ? undefined : guardedMismatch(this, this[GUARDED]);
+        if (error !== undefined) throw error;
+        return super.toKnexQuery(...args);
+      };
+      return this[UNSCOPED] ? runInScopeSync(undefined, build) : build();
     }
 
     executeOnBuild(): unknown {

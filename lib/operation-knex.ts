@@ -73,13 +73,15 @@ export function openOperationKnex(host: OperationsHost, config: Knex.Config, war
 export function boundedConnect(config: Knex.Config, ms: number): Knex.Config {
   const { client, connection } = config;
   if (client !== 'mysql2' && client !== 'mysql') return config;
+  // Not over a connectTimeout of the config's own, nor over a `uri` (whose own would lose to an explicit option).
   const bounded = (settings: unknown): unknown =>
-    settings !== null && typeof settings === 'object' && (settings as { connectTimeout?: unknown }).connectTimeout === undefined ? { ...settings, connectTimeout: ms } : settings;
+    settings !== null && typeof settings === 'object' && (settings as { connectTimeout?: unknown }).connectTimeout === undefined && !('uri' in settings) ? { ...settings, connectTimeout: ms } : settings;
   // A URL as knex reads it (its own settings kept); a connection provider's answer, each time.
   if (typeof connection === 'string') return { ...config, connection: bounded(knexConnectionObject(connection)) as Knex.StaticConnectionConfig };
   if (typeof connection === 'function') {
-    const provider = connection as () => unknown;
-    return { ...config, connection: (async () => bounded(await provider())) as unknown as Knex.Config['connection'] };
+    const provider = connection as (this: unknown) => unknown;
+    // Called as knex calls it, with the client as `this`.
+    return { ...config, connection: async function (this: unknown) { return bounded(await provider.call(this)); } as unknown as Knex.Config['connection'] };
   }
   return { ...config, connection: bounded(connection) as Knex.Config['connection'] };
 }

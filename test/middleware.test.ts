@@ -250,6 +250,42 @@ describe('middleware resolvers and errors', () => {
     }
   });
 
+  it("with two tenancies' middlewares on one request (the same id), its events run in the scope its route runs in", async () => {
+    const second = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
+    const owner = () => {
+      try {
+        second.knex();
+        return 'second';
+      } catch {
+        return tryCurrentTenantId() === undefined ? 'none' : 'first';
+      }
+    };
+    try {
+      for (const version of [express4, express5]) {
+        const seen: string[] = [];
+        const app = version();
+        app.use(tenancy.middleware());
+        app.use(second.middleware());
+        app.get('/x', (_req, res) => {
+          seen.push(`route:${owner()}`);
+          res.on('finish', () => seen.push(`finish:${owner()}`));
+          res.json({ ok: true });
+        });
+        const server = await listen(app);
+        try {
+          const response = await fetch(`${server.url}/x`, { headers: { 'x-tenant-id': TENANTS[0] } });
+          assert.equal(response.status, 200);
+          await new Promise((resolve) => setTimeout(resolve, 20));
+          assert.deepEqual(seen, ['route:second', 'finish:second']);
+        } finally {
+          await server.close();
+        }
+      }
+    } finally {
+      await second.destroy();
+    }
+  });
+
   it("errorHandler({ all: true }) answers a body parser's client error with its own 4xx, not a 500 reported as a server error", async () => {
     const serverErrors: unknown[] = [];
     for (const version of [express4, express5]) {
