@@ -6,10 +6,10 @@ import { isNoSuchDatabase, TenantError, TenantUnavailableError, UnknownTenantErr
 import { PoolCache, type TenantConnections } from './pool-cache';
 import { checkLocation, serverConfig, SharedConnections, type TenantLocation } from './shared-connections';
 import { runInScopeSync } from './scope';
-import { withConnectionSettings } from './connection-settings';
+import { boundedConnect, withConnectionSettings } from './connection-settings';
 import { qualifiedDatabase, refuseForeignQualifiedBuilders } from './qualify-tables';
 import { warnOutsideTransaction } from './transaction';
-import { checkTenantFile, FILE_RECHECK_MS, fileReplaced, watchTenantFile } from './sqlite-files';
+import { checkTenantFile, FILE_RECHECK_MS, fileReplaced, refuseMissingFileAtOpen, watchTenantFile } from './sqlite-files';
 
 /** How tenant connections are made: the options both strategies share. */
 export interface CommonConnectionOptions {
@@ -200,11 +200,13 @@ export function createConnections(options: ConnectionOptions): { connections: Te
       try {
         config = await knexConfig(tenantId);
         checkTenantFile(config, tenantId);
-        knex = createKnex(closesFailedSetUps(withPoolDefaults(config, acquireTimeoutMs, budget !== undefined), made));
+        knex = createKnex(closesFailedSetUps(withPoolDefaults(boundedConnect(config, acquireTimeoutMs), acquireTimeoutMs, budget !== undefined), made));
         made.knex = knex;
       } catch (error) {
         throw error instanceof TenantError ? error : new TenantUnavailableError(tenantId, { cause: error, reason: 'its knex config could not be built' });
       }
+      // Innermost: the file is checked again after the budget's wait, right before it is opened.
+      refuseMissingFileAtOpen(knex, config, tenantId);
       budget?.attach(knex, tenantId);
       openOutsideScopes(knex);
       // Outermost: a missing file is refused before the budget's unit is taken.

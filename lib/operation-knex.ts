@@ -11,7 +11,7 @@
 import knexFactory, { type Knex } from 'knex';
 import { UnknownTenantError } from './errors';
 import { CONNECTION_DEFAULTS } from './connections';
-import { knexConnectionObject } from './connection-settings';
+import { boundedConnect } from './connection-settings';
 import type { TenancyOptions } from './tenancy';
 
 /** @internal What the operations need from their `Tenancy`. */
@@ -62,28 +62,6 @@ export function openOperationKnex(host: OperationsHost, config: Knex.Config, war
       },
     },
   });
-}
-
-/**
- * @internal `config` whose MySQL connections give up connecting after `ms` (mysql2's `connectTimeout`,
- * 10 s by default) unless it sets its own: an operation's knex is closed at its end, and closing
- * waits for a connection still being opened, so a server that accepts connections and never answers
- * would hold each tenant's operation for the driver's time rather than acquireTimeoutMs.
- */
-export function boundedConnect(config: Knex.Config, ms: number): Knex.Config {
-  const { client, connection } = config;
-  if (client !== 'mysql2' && client !== 'mysql') return config;
-  // Not over a connectTimeout of the config's own, nor over a `uri` (whose own would lose to an explicit option).
-  const bounded = (settings: unknown): unknown =>
-    settings !== null && typeof settings === 'object' && (settings as { connectTimeout?: unknown }).connectTimeout === undefined && !('uri' in settings) ? { ...settings, connectTimeout: ms } : settings;
-  // A URL as knex reads it (its own settings kept); a connection provider's answer, each time.
-  if (typeof connection === 'string') return { ...config, connection: bounded(knexConnectionObject(connection)) as Knex.StaticConnectionConfig };
-  if (typeof connection === 'function') {
-    const provider = connection as (this: unknown) => unknown;
-    // Called as knex calls it, with the client as `this`.
-    return { ...config, connection: async function (this: unknown) { return bounded(await provider.call(this)); } as unknown as Knex.Config['connection'] };
-  }
-  return { ...config, connection: bounded(connection) as Knex.Config['connection'] };
 }
 
 /**

@@ -96,6 +96,21 @@ export function watchTenantFile(knex: Knex, config: Knex.Config, tenantId: strin
 }
 
 /**
+ * @internal Checks again, right before the driver opens a connection, that a tenant's SQLite file
+ * still exists (see watchTenantFile, which checks before the budget's wait): removed by another
+ * process while the opening waited for a unit of `maxConnections`, it would otherwise be created
+ * empty by better-sqlite3, and served from then on. Nothing for another client, or a config that
+ * allows creating the file.
+ */
+export function refuseMissingFileAtOpen(knex: Knex, config: Knex.Config, tenantId: string): void {
+  const found = fileOf(config);
+  if (found === undefined || !found.mustExist) return;
+  const client = knex.client as Knex.Client & { acquireRawConnection(): Promise<unknown> };
+  const open = client.acquireRawConnection.bind(client);
+  client.acquireRawConnection = () => (fs.existsSync(found.path) ? open() : Promise.reject(new UnknownTenantError(tenantId)));
+}
+
+/**
  * @internal Whether the file a knex opened is no longer the one at its path (replaced, removed, or
  * moved under a write); `undefined` for a knex with no watched file, which never needs the check.
  */

@@ -13,8 +13,7 @@ import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import { configurationError, TenantAlreadyExistsError } from './operation-errors';
 import { isNoSuchDatabase } from './errors';
-import { knexConnectionObject } from './connection-settings';
-import { boundedConnect } from './operation-knex';
+import { boundedConnect, knexConnectionObject } from './connection-settings';
 
 /** How a tenant's database is created and dropped. */
 export interface TenantDatabaseHooks {

@@ -406,6 +406,28 @@ describe('pool cache on SQLite files removed or replaced by another process', ()
     await backend.close();
   });
 
+  it("a file removed by another process while its tenant's first connection waits for the budget is not created again: UnknownTenantError", async () => {
+    await incarnation('w1', 'w1-row');
+    await incarnation('w2', 'w2-row');
+    const tenancy = make({ maxConnections: 1, acquireTimeoutMs: 3_000 });
+    let releaseW1!: () => void;
+    const holding = tenancy.runWithTenant('w1', () =>
+      tenancy.transaction(async (trx) => {
+        await trx.raw('select 1');
+        await new Promise<void>((resolve) => (releaseW1 = resolve));
+      }),
+    );
+    await sleep(100);
+    const waiting = tenancy.runWithTenant('w2', () => tenancy.knex()('names').pluck('name')).catch((error: unknown) => error);
+    await sleep(100);
+    fs.rmSync(file('w2'));
+    releaseW1();
+    await holding;
+    assert.ok((await waiting) instanceof UnknownTenantError, String(await waiting));
+    assert.equal(fs.existsSync(file('w2')), false, 'no empty file was created');
+    assert.equal(tenancy.stats().budget?.used, 0);
+  });
+
   it('a write on a pool whose file was replaced fails with a 503 and closes that pool: the next request reads the new file', async () => {
     await incarnation('f1', 'old');
     const tenancy = make();
@@ -490,6 +512,30 @@ describe('a server that accepts connections and never answers (pool per tenant)'
       await assert.rejects(tenancy.runWithTenant('a', () => tenancy.knex().raw('select 1')), TenantUnavailableError);
       assert.ok(Date.now() - started < 3_000, `failed after ${Date.now() - started} ms`);
       assert.equal(tenancy.stats().pools, 0, 'no pool is cached for it');
+    } finally {
+      await tenancy.destroy({ drainTimeoutMs: 0 });
+      for (const socket of sockets) socket.destroy();
+      silent.close();
+    }
+  });
+
+  it("under a budget, its failed openings give their units back within about acquireTimeoutMs: healthy tenants are served", { skip: skipMysql }, async () => {
+    const sockets = new Set<net.Socket>();
+    const silent = net.createServer((socket) => void sockets.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const port = (silent.address() as net.AddressInfo).port;
+    const tenancy = createTenancy({
+      knexConfig: (id) =>
+        id === 'ok' ? { client: 'mysql2', connection: mysqlConnection() } : { client: 'mysql2', connection: { host: '127.0.0.1', port, user: 'root', database: `ot_silent_${id}` } },
+      maxConnections: 2,
+      acquireTimeoutMs: 500,
+    });
+    try {
+      for (const id of ['dead1', 'dead2']) await assert.rejects(tenancy.runWithTenant(id, () => tenancy.knex().raw('select 1')), TenantUnavailableError);
+      await sleep(600);
+      const started = Date.now();
+      await tenancy.runWithTenant('ok', () => tenancy.knex().raw('select 1'));
+      assert.ok(Date.now() - started < 1_000, `served after ${Date.now() - started} ms`);
     } finally {
       await tenancy.destroy({ drainTimeoutMs: 0 });
       for (const socket of sockets) socket.destroy();
