@@ -300,17 +300,23 @@ function openOutsideScopes(knex: Knex): void {
 
 /**
  * A query built in a tenant's scope and run after that tenant's pool closed (`forget()`, `evict()`,
- * the budget reclaiming it) gets a 503, not knex's untyped "Unable to acquire a connection".
+ * the budget reclaiming it) gets a 503, not knex's untyped "Unable to acquire a connection"; so does
+ * one that found every connection of the tenant's own pool busy until knex's acquire timeout (knex's
+ * `KnexTimeoutError` is its `cause`), as the shared strategy's acquires do.
  */
 function failTypedOnceClosed(knex: Knex, tenantId: string): void {
   const client = knex.client as Knex.Client & { pool?: { destroyed?: boolean }; acquireConnection(): Promise<unknown> };
   const acquire = client.acquireConnection.bind(client);
+  const typedTimeout = (error: unknown): never => {
+    if ((error as { name?: unknown } | null)?.name !== 'KnexTimeoutError') throw error;
+    throw new TenantUnavailableError(tenantId, { cause: error, reason: 'every connection of its pool stayed busy until the acquire timeout' });
+  };
   // While knex's destroy() runs, its tarn pool is still there but destroyed: an acquire then failed
   // with tarn's untyped "aborted" or waited for the acquire timeout.
   client.acquireConnection = () =>
     client.pool === undefined || client.pool.destroyed === true
       ? Promise.reject(new TenantUnavailableError(tenantId, { reason: 'its pool was closed (forget, evict or the connection budget) after this query was built; build it again in a new scope' }))
-      : acquire();
+      : acquire().catch(typedTimeout);
 }
 
 /** One query through the new knex; a missing database is an unknown tenant, anything else unavailable. */

@@ -111,6 +111,23 @@ export function isNoSuchDatabase(error: unknown): boolean {
   return errno === 1049 || errno === 1102;
 }
 
+/**
+ * The connection was lost after the transaction's `COMMIT` was sent and before the server answered:
+ * the server may have committed it or not, and nothing on this side can tell. Neither its `onCommit`
+ * nor its `onRollback` callbacks ran. Check whether its work is there before doing it again. HTTP 500,
+ * not 503: a client that retries on 503 could apply the work twice. The driver's error is `cause`.
+ */
+export class TransactionOutcomeUnknownError extends TenantError {
+  constructor(tenantId: string, options: TenantErrorOptions = {}) {
+    super(
+      'TENANT_TRANSACTION_OUTCOME_UNKNOWN',
+      `The connection of tenant "${tenantId}" was lost while its transaction committed: it may have been committed or not. ` +
+        'Check whether its work is there before doing it again.',
+      { statusCode: 500, tenantId, ...options },
+    );
+  }
+}
+
 /** The tenancy was destroyed (shutdown) and cannot open new scopes. */
 export class TenancyDestroyedError extends TenantError {
   constructor() {

@@ -92,6 +92,7 @@ function serverSideMessage(e: { code: string; tenantId?: string; statusCode?: nu
     const named = e.tenantId !== undefined && (scope === undefined || scope.tenantId === e.tenantId);
     return named ? `The database of tenant "${e.tenantId}" is unavailable. Retry later.` : 'The tenant database is unavailable. Retry later.';
   }
+  if (e.code === 'TENANT_TRANSACTION_OUTCOME_UNKNOWN') return 'The connection to the database was lost while the work was committed: it may or may not have been saved. Check before retrying.';
   return e.statusCode === 503 ? 'Service unavailable. Retry later.' : 'Internal error.';
 }
 

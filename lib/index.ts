@@ -24,6 +24,7 @@ export {
   TenantUnavailableError,
   TenantMismatchError,
   TenancyDestroyedError,
+  TransactionOutcomeUnknownError,
 } from './errors';
 export type { TenantErrorOptions } from './errors';
 // --- operations exports ---

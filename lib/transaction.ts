@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { TenantUnavailableError } from './errors';
+import { TenantUnavailableError, TransactionOutcomeUnknownError } from './errors';
 import { currentScope, runInScope, type TenantScope } from './scope';
 
 type Callback = () => unknown;
@@ -12,9 +12,10 @@ export interface TransactionHooks {
   /**
    * `open` until the level ends: `released` (a savepoint that went on into its parent), `committed`
    * (the outermost) or `rolledBack`. Callbacks registered after the end (work started in the
-   * transaction that runs later) follow it: see onCommit and onRollback.
+   * transaction that runs later) follow it: see onCommit and onRollback. `unknown`: the connection
+   * was lost after the outermost `COMMIT` was sent, before its answer; no callback runs.
    */
-  state: 'open' | 'released' | 'committed' | 'rolledBack';
+  state: 'open' | 'released' | 'committed' | 'rolledBack' | 'unknown';
 }
 
 /** Reports a failing onCommit/onRollback callback; the transaction's outcome is already final. */
@@ -47,6 +48,8 @@ export async function runTransaction<T>(
   // What the transaction was rolled back for: `fn`'s error (knex passes it to `rollback`) or the
   // app's own `trx.rollback(error)`.
   let rollbackReason: { error: unknown } | undefined;
+  // The outermost level's COMMIT was sent (by knex once `fn` resolved, or by the app's `trx.commit()`).
+  let commitSent = false;
   try {
     result = (await base.transaction((trx) => {
       // Its BEGIN (or SAVEPOINT) failed: knex marks the transaction complete, rejects it, and still
@@ -59,10 +62,23 @@ export async function runTransaction<T>(
         if (args[0] !== undefined) rollbackReason = { error: args[0] };
         return (rollback as (...args: unknown[]) => unknown).apply(this, args);
       } as typeof rollback;
+      if (outer === undefined) {
+        const commit = trx.commit;
+        trx.commit = function (this: unknown, ...args: unknown[]) {
+          commitSent = true;
+          return (commit as (...args: unknown[]) => unknown).apply(this, args);
+        } as typeof commit;
+      }
       return runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
     })) as Awaited<T>;
   } catch (error) {
     if (outer !== undefined) outer.__knexTxId = outerTxId;
+    // The connection died after COMMIT went out: the server may have committed. Reporting a rollback
+    // (and running onRollback's compensations) would be wrong as often as reporting a commit.
+    if (commitSent && !rolledBack && commitMayHaveApplied(error)) {
+      hooks.state = 'unknown';
+      throw new TransactionOutcomeUnknownError(scope.tenantId, { cause: error });
+    }
     hooks.state = 'rolledBack';
     await runCallbacks(scope, hooks.rollback, onHookError);
     // Its ROLLBACK failed too (the connection was lost: the server rolls the transaction back
@@ -84,6 +100,19 @@ export async function runTransaction<T>(
     await runCallbacks(scope, hooks.commit, onHookError);
   }
   return result;
+}
+
+// Errors that end the connection: mysql2 marks them `fatal`; 2013 lost during a statement, 2006 gone
+// away, 1927 killed, 1053 server shutdown (answers to a COMMIT the server may have carried out).
+const LOST_CONNECTION_ERRNOS = new Set([1053, 1927, 2006, 2013]);
+
+/** Whether a failed COMMIT may have committed: it was sent, and the connection died before its answer. */
+function commitMayHaveApplied(error: unknown): boolean {
+  if (error === null || typeof error !== 'object') return false;
+  const { fatal, errno, message } = error as { fatal?: unknown; errno?: unknown; message?: unknown };
+  // mysql2 refused to send it: the connection was closed before, and the server rolled back then.
+  if (typeof message === 'string' && message.endsWith("Can't add new command when connection is in closed state")) return false;
+  return fatal === true || (typeof errno === 'number' && LOST_CONNECTION_ERRNOS.has(errno));
 }
 
 async function runCallbacks(scope: TenantScope, callbacks: Callback[], onHookError: HookErrorHandler): Promise<void> {
@@ -110,8 +139,9 @@ async function runCallbacks(scope: TenantScope, callbacks: Callback[], onHookErr
 export function onCommit(fn: Callback): Promise<void> {
   const scope = currentScope();
   const hooks = openLevel(scope?.txHooks);
-  // Registered after its transaction was rolled back (work started in it, run later): never runs.
-  if (hooks === 'rolledBack') return Promise.resolve();
+  // Registered after its transaction was rolled back, or lost in its COMMIT (work started in it, run
+  // later): never runs.
+  if (hooks === 'rolledBack' || hooks === 'unknown') return Promise.resolve();
   if (hooks === undefined) return runNow(scope, fn);
   hooks.commit.push(fn);
   return Promise.resolve();
@@ -124,7 +154,7 @@ export function onCommit(fn: Callback): Promise<void> {
 export function onRollback(fn: Callback): void {
   const scope = currentScope();
   const hooks = openLevel(scope?.txHooks);
-  if (hooks === undefined) return;
+  if (hooks === undefined || hooks === 'unknown') return;
   if (hooks !== 'rolledBack') {
     hooks.rollback.push(fn);
     return;
@@ -152,12 +182,13 @@ function runNow(scope: TenantScope | undefined, fn: Callback): Promise<void> {
 
 /**
  * The innermost level of `hooks` still open; `'rolledBack'` when the transaction the callbacks
- * would belong to was rolled back; `undefined` with no transaction, or once the outermost committed.
+ * would belong to was rolled back, `'unknown'` when its COMMIT's outcome was lost; `undefined` with
+ * no transaction, or once the outermost committed.
  */
-function openLevel(hooks: TransactionHooks | undefined): TransactionHooks | 'rolledBack' | undefined {
+function openLevel(hooks: TransactionHooks | undefined): TransactionHooks | 'rolledBack' | 'unknown' | undefined {
   let level = hooks;
   while (level !== undefined && level.state !== 'open') {
-    if (level.state === 'rolledBack') return 'rolledBack';
+    if (level.state === 'rolledBack' || level.state === 'unknown') return level.state;
     level = level.parent;
   }
   return level;

@@ -16,6 +16,7 @@ import {
   setDefaultTenancy,
   TenancyDestroyedError,
   TenantUnavailableError,
+  toHttpError,
   UnknownTenantError,
   type Tenancy,
   type PoolPerTenantOptions, type TenancyCommonOptions, type TenancyOptions,
@@ -225,7 +226,7 @@ for (const backend of backends('pool')) {
       }
     });
 
-    it('without a budget, a query waits acquireTimeoutMs for a busy tenant pool (not knex\'s 60 s)', async () => {
+    it('without a budget, a query waits acquireTimeoutMs for a busy tenant pool (not knex\'s 60 s), then fails typed (503)', async () => {
       const tenancy = createTenancy({ knexConfig: (id) => ({ ...backend.knexConfig(id), pool: { min: 0, max: 1 } }), acquireTimeoutMs: 300 });
       try {
         let release!: () => void;
@@ -233,9 +234,34 @@ for (const backend of backends('pool')) {
         const holding = tenancy.runWithTenant('p1', () => tenancy.transaction(() => held));
         await sleep(50);
         const started = Date.now();
-        await assert.rejects(tenancy.runWithTenant('p1', () => tenancy.knex().raw('select 1')), (error: Error) => error.name === 'KnexTimeoutError');
+        const error = await tenancy.runWithTenant('p1', () => tenancy.knex().raw('select 1')).then(() => 'resolved', (e: unknown) => e);
         const waited = Date.now() - started;
+        // Typed like the shared strategy's busy pool (before: knex's untyped KnexTimeoutError, untyped for jobs).
+        assert.ok(error instanceof TenantUnavailableError, String(error));
+        assert.equal(error.tenantId, 'p1');
+        assert.equal((error.cause as Error).name, 'KnexTimeoutError');
+        assert.equal(toHttpError(error)?.status, 503);
         assert.ok(waited >= 250 && waited < 5_000, `waited ${waited} ms`);
+        release();
+        await holding;
+      } finally {
+        await tenancy.destroy();
+      }
+    });
+
+    it("under a budget with room, a busy tenant pool fails typed too (503), after the pool's own acquire timeout", async () => {
+      const tenancy = createTenancy({ knexConfig: (id) => ({ ...backend.knexConfig(id), pool: { min: 0, max: 1 } }), maxConnections: 5, acquireTimeoutMs: 300 });
+      try {
+        let release!: () => void;
+        const held = new Promise<void>((resolve) => (release = resolve));
+        const holding = tenancy.runWithTenant('p1', () => tenancy.transaction(() => held));
+        await sleep(50);
+        const error = await tenancy.runWithTenant('p1', () => tenancy.knex().raw('select 1')).then(() => 'resolved', (e: unknown) => e);
+        assert.ok(error instanceof TenantUnavailableError, String(error));
+        assert.equal((error.cause as Error).name, 'KnexTimeoutError');
+        assert.equal(tenancy.stats().budget?.used, 1, 'the budget still counts only the held connection');
+        // Another tenant is served meanwhile: the budget has room.
+        await tenancy.runWithTenant('p2', () => tenancy.knex().raw('select 1'));
         release();
         await holding;
       } finally {
