@@ -128,6 +128,26 @@ export class TransactionOutcomeUnknownError extends TenantError {
   }
 }
 
+// Errors that end the connection: mysql2 marks them `fatal`; 2013 lost during a statement, 2006 gone
+// away, 1927 killed, 1053 server shutdown (answers to a COMMIT the server may have carried out).
+const LOST_CONNECTION_ERRNOS = new Set([1053, 1927, 2006, 2013]);
+// Node's answers to a write that never left (the server had already closed the connection).
+const NOT_SENT_CODES = new Set(['EPIPE', 'ERR_STREAM_DESTROYED', 'ERR_STREAM_WRITE_AFTER_END']);
+const NOT_SENT_MESSAGES = ["Can't add new command when connection is in closed state", "Can't write in closed state"];
+
+/**
+ * @internal Whether a failed COMMIT may have committed: the connection died, and not before the COMMIT
+ * was sent (mysql2 refused to send it on a closed connection, or Node's write of it failed: the server
+ * had rolled back when its connection ended).
+ */
+export function commitMayHaveApplied(error: unknown): boolean {
+  if (error === null || typeof error !== 'object') return false;
+  const { fatal, errno, code, message } = error as { fatal?: unknown; errno?: unknown; code?: unknown; message?: unknown };
+  if (typeof code === 'string' && NOT_SENT_CODES.has(code)) return false;
+  if (typeof message === 'string' && NOT_SENT_MESSAGES.some((notSent) => message.endsWith(notSent))) return false;
+  return fatal === true || (typeof errno === 'number' && LOST_CONNECTION_ERRNOS.has(errno));
+}
+
 /** The tenancy was destroyed (shutdown) and cannot open new scopes. */
 export class TenancyDestroyedError extends TenantError {
   constructor() {

@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { ownMessage, TenantError } from './errors';
+import { commitMayHaveApplied, ownMessage, TenantError } from './errors';
 import { requestScope } from './middleware';
 import { currentScope, type TenantScope } from './scope';
 
@@ -37,6 +37,7 @@ const UNREACHABLE_CODES = new Set([
 const UNREACHABLE_ERRNOS = new Set([1040, 1203, 1226, 1053, 1317, 1927, 2002, 2003, 2006, 2013]);
 // 1049 unknown database, 1046 no database selected (the database was dropped under an open connection).
 const GONE_ERRNOS = new Set([1049, 1046]);
+const OUTCOME_UNKNOWN_MESSAGE = 'The connection to the database was lost while the work was committed: it may or may not have been saved. Check before retrying.';
 const GONE: Readonly<HttpErrorAnswer> = Object.freeze({ status: 404, code: 'TENANT_UNKNOWN', message: 'Unknown tenant: its database does not exist.' });
 
 /**
@@ -69,6 +70,11 @@ function httpErrorIn(error: unknown, scope: TenantScope | undefined): HttpErrorA
     if (tenantId === undefined) return undefined;
     return { ...GONE, goneTenant: tenantId };
   }
+  // A COMMIT lost on the way back, from a transaction form that does not type it (`knex.transaction()`,
+  // objection's `transaction(knex, fn)`): knex prefixes the statement to the driver's message.
+  if (typeof (error as { message?: unknown }).message === 'string' && (error as Error).message.startsWith('COMMIT; - ') && commitMayHaveApplied(error)) {
+    return { status: 500, code: 'TENANT_TRANSACTION_OUTCOME_UNKNOWN', message: OUTCOME_UNKNOWN_MESSAGE };
+  }
   // mysql2 marks errors that closed the connection `fatal`; some of them ("Can't add new command when
   // connection is in closed state", from knex's ROLLBACK after the connection died) carry no code.
   const fatal = nativeError(error).fatal === true;
@@ -92,7 +98,7 @@ function serverSideMessage(e: { code: string; tenantId?: string; statusCode?: nu
     const named = e.tenantId !== undefined && (scope === undefined || scope.tenantId === e.tenantId);
     return named ? `The database of tenant "${e.tenantId}" is unavailable. Retry later.` : 'The tenant database is unavailable. Retry later.';
   }
-  if (e.code === 'TENANT_TRANSACTION_OUTCOME_UNKNOWN') return 'The connection to the database was lost while the work was committed: it may or may not have been saved. Check before retrying.';
+  if (e.code === 'TENANT_TRANSACTION_OUTCOME_UNKNOWN') return OUTCOME_UNKNOWN_MESSAGE;
   return e.statusCode === 503 ? 'Service unavailable. Retry later.' : 'Internal error.';
 }
 

@@ -131,13 +131,15 @@ type QueryFn = (this: Knex.Client, connection: unknown, query: unknown) => Promi
 
 /**
  * The client's `_query`, and its transactions' (knex builds a transaction's client from
- * `client.constructor.prototype`, see makeTxClient), turn `SQLITE_READONLY_DBMOVED` into a 503.
+ * `client.constructor.prototype`, see makeTxClient), turn `SQLITE_READONLY_DBMOVED` into a 503, and
+ * end a transaction whose COMMIT failed (see endFailedCommit).
  */
 function movedFailsTyped(client: Knex.Client, tenantId: string, onMoved: () => void): void {
   const driverPrototype = (client.constructor as { prototype: { _query: QueryFn } }).prototype;
   const query = driverPrototype._query;
   const typed: QueryFn = function (connection, obj) {
     return query.call(this, connection, obj).catch((error: unknown) => {
+      endFailedCommit(connection, obj);
       if (!isMoved(error)) throw error;
       onMoved();
       throw new TenantUnavailableError(tenantId, { cause: error, reason: 'its SQLite file was removed or replaced while its pool was open; the pool is closed, retry' });
@@ -149,6 +151,25 @@ function movedFailsTyped(client: Knex.Client, tenantId: string, onMoved: () => v
   Object.defineProperty(prototype, 'constructor', { value: transactionClass, configurable: true, writable: true });
   (client as unknown as Record<string, unknown>)._query = typed;
   Object.defineProperty(client, 'constructor', { value: transactionClass, configurable: true, writable: true });
+}
+
+/**
+ * SQLite keeps a transaction open when its COMMIT fails (`SQLITE_BUSY`: another process reads the
+ * file), for the COMMIT to be tried again. knex never tries again: it reports the failure and returns
+ * the connection to the pool still inside the transaction, where the tenant's later writes joined it,
+ * were reported saved, and were lost when the pool closed. Rolled back here, before knex releases it,
+ * the transaction ends as reported: not committed. better-sqlite3 only (its `inTransaction`).
+ */
+function endFailedCommit(connection: unknown, obj: unknown): void {
+  const sql = (obj as { sql?: unknown } | null)?.sql;
+  if (typeof sql !== 'string' || !/^\s*COMMIT\b/i.test(sql)) return;
+  const db = connection as { inTransaction?: unknown; exec?: (sql: string) => unknown } | null;
+  if (db?.inTransaction !== true || typeof db.exec !== 'function') return;
+  try {
+    db.exec('ROLLBACK');
+  } catch {
+    // Left as it is: a later BEGIN on this connection fails loudly ("within a transaction").
+  }
 }
 
 /** better-sqlite3's extended code, or sqlite3's message (its `code` is the primary one, SQLITE_READONLY). */

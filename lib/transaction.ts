@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { TenantUnavailableError, TransactionOutcomeUnknownError } from './errors';
+import { commitMayHaveApplied, TenantUnavailableError, TransactionOutcomeUnknownError } from './errors';
 import { currentScope, runInScope, type TenantScope } from './scope';
 
 type Callback = () => unknown;
@@ -58,8 +58,12 @@ export async function runTransaction<T>(
       if (trx.isCompleted()) return Promise.reject(new TenantUnavailableError(scope.tenantId, { reason: 'its transaction could not be started' }));
       const rollback = trx.rollback;
       trx.rollback = function (this: unknown, ...args: unknown[]) {
-        rolledBack = true;
-        if (args[0] !== undefined) rollbackReason = { error: args[0] };
+        // knex also calls it when `fn` rejects after the app's own `trx.commit()`: nothing is rolled
+        // back then (knex refuses the ROLLBACK of a completed transaction); the outcome is the commit's.
+        if (!trx.isCompleted()) {
+          rolledBack = true;
+          if (args[0] !== undefined) rollbackReason = { error: args[0] };
+        }
         return (rollback as (...args: unknown[]) => unknown).apply(this, args);
       } as typeof rollback;
       if (outer === undefined) {
@@ -100,19 +104,6 @@ export async function runTransaction<T>(
     await runCallbacks(scope, hooks.commit, onHookError);
   }
   return result;
-}
-
-// Errors that end the connection: mysql2 marks them `fatal`; 2013 lost during a statement, 2006 gone
-// away, 1927 killed, 1053 server shutdown (answers to a COMMIT the server may have carried out).
-const LOST_CONNECTION_ERRNOS = new Set([1053, 1927, 2006, 2013]);
-
-/** Whether a failed COMMIT may have committed: it was sent, and the connection died before its answer. */
-function commitMayHaveApplied(error: unknown): boolean {
-  if (error === null || typeof error !== 'object') return false;
-  const { fatal, errno, message } = error as { fatal?: unknown; errno?: unknown; message?: unknown };
-  // mysql2 refused to send it: the connection was closed before, and the server rolled back then.
-  if (typeof message === 'string' && message.endsWith("Can't add new command when connection is in closed state")) return false;
-  return fatal === true || (typeof errno === 'number' && LOST_CONNECTION_ERRNOS.has(errno));
 }
 
 async function runCallbacks(scope: TenantScope, callbacks: Callback[], onHookError: HookErrorHandler): Promise<void> {

@@ -6,13 +6,20 @@
  *
  * A TCP proxy between the tenancy and MariaDB passes the COMMIT on, lets the server carry it out,
  * and cuts the connection without passing the answer back.
+ *
+ * And the cases around it: a COMMIT never sent (the connection was already gone) is a rollback; the
+ * app's own `trx.commit()` followed by a throw is a commit; an SQLite COMMIT refused as busy leaves no
+ * transaction open on the pooled connection.
  */
 import assert from 'node:assert/strict';
 import net from 'node:net';
+// @ts-expect-error: better-sqlite3 ships no types; the test uses five of its methods
+import Database from 'better-sqlite3';
+import knexFactory from 'knex';
 import { after, before, describe, it } from 'node:test';
 import type { Knex } from 'knex';
 import { createTenancy, onCommit, onRollback, toHttpError, TransactionOutcomeUnknownError, type TenancyOptions } from '../lib/index';
-import { mysqlBackend, mysqlConnection, mysqlSharedBackend, seededTenantSuite, skipMysql, type Backend } from './helpers/databases';
+import { mysqlBackend, mysqlConnection, mysqlSharedBackend, seededTenantSuite, skipMysql, sqliteBackend, type Backend } from './helpers/databases';
 import { Person } from './helpers/fixtures';
 
 interface CommitCutter {
@@ -141,6 +148,59 @@ for (const backend of [mysqlBackend('clt'), mysqlSharedBackend('clts'), mysqlSha
       }
     });
 
+    it("the app's own trx.commit() whose answer is lost, then a throw: outcome unknown too (not the app's error as a rollback)", async () => {
+      const tenancy = createTenancy(throughProxy(backend, cutter.port));
+      try {
+        const ran: string[] = [];
+        const outcome = await tenancy
+          .runWithTenant('a', () =>
+            tenancy.transaction(async (trx) => {
+              onCommit(() => void ran.push('commit'));
+              onRollback(() => void ran.push('rollback'));
+              await Person.query().insert({ name: 'app-commit-in-doubt' });
+              cutter.arm();
+              await trx.commit(); // knex resolves it though its COMMIT failed
+              throw new Error('a step after the commit failed');
+            }),
+          )
+          .then(
+            () => 'resolved',
+            (error: unknown) => error,
+          );
+        assert.ok(outcome instanceof TransactionOutcomeUnknownError, `typed: ${String(outcome)}`);
+        assert.deepEqual(ran, []);
+        assert.deepEqual(await direct('persons').where({ name: 'app-commit-in-doubt' }).pluck('name'), ['app-commit-in-doubt']);
+      } finally {
+        await tenancy.destroy({ drainTimeoutMs: 1_000 });
+        await direct('persons').where({ name: 'app-commit-in-doubt' }).delete();
+      }
+    });
+
+    it("knex's own transaction (tenancy.knex().transaction()) whose COMMIT is lost is answered 500 outcome unknown, not 503 retry", async () => {
+      const tenancy = createTenancy(throughProxy(backend, cutter.port));
+      try {
+        const outcome = await tenancy
+          .runWithTenant('a', () =>
+            tenancy.knex().transaction(async (trx) => {
+              await trx('persons').insert({ name: 'knex-trx-in-doubt' });
+              cutter.arm();
+            }),
+          )
+          .then(
+            () => 'resolved',
+            (error: unknown) => error,
+          );
+        assert.match(String(outcome), /COMMIT; - /, 'the driver error, untyped by knex');
+        const answer = toHttpError(outcome);
+        assert.equal(answer?.status, 500);
+        assert.equal(answer?.code, 'TENANT_TRANSACTION_OUTCOME_UNKNOWN');
+        assert.equal(answer?.retryAfter, undefined);
+      } finally {
+        await tenancy.destroy({ drainTimeoutMs: 1_000 });
+        await direct('persons').where({ name: 'knex-trx-in-doubt' }).delete();
+      }
+    });
+
     it("work started in that transaction that runs later registers callbacks that never run", async () => {
       const tenancy = createTenancy(throughProxy(backend, cutter.port));
       try {
@@ -169,3 +229,142 @@ for (const backend of [mysqlBackend('clt'), mysqlSharedBackend('clts'), mysqlSha
     });
   });
 }
+
+for (const backend of [mysqlBackend('cln'), mysqlSharedBackend('clns'), mysqlSharedBackend('clnu', 3, 'use'), mysqlSharedBackend('clni', 3, 'inline')]) {
+  describe(`a COMMIT never sent: its connection was killed before (${backend.name})`, { skip: skipMysql }, () => {
+    const direct = seededTenantSuite(backend, 'a').table;
+    let admin: Knex;
+    before(() => {
+      admin = knexFactory({ client: 'mysql2', connection: mysqlConnection(), pool: { min: 0, max: 1 } });
+    });
+    after(() => admin.destroy());
+
+    it("a COMMIT that never left (Node's EPIPE, mysql2's closed state) is a rollback, never outcome unknown", async () => {
+      const tenancy = createTenancy({ ...backend.connectionOptions(), tenantExists: backend.databaseExists } as TenancyOptions);
+      try {
+        // Which error the COMMIT gets is a race between the server's close and the COMMIT's write:
+        // Node's EPIPE or mysql2's "closed state" (never sent: the server had rolled back), or a lost
+        // connection after the write (the client cannot tell it from a lost answer: outcome unknown).
+        const seen: Record<string, number> = {};
+        for (let i = 0; i < 20; i++) {
+          const ran: string[] = [];
+          const outcome = await tenancy
+            .runWithTenant('a', () =>
+              tenancy.transaction(async () => {
+                onCommit(() => void ran.push('commit'));
+                onRollback(() => void ran.push('rollback'));
+                await Person.query().insert({ name: 'killed-before-commit' });
+                const [[{ id }]] = (await tenancy.knex().raw('select connection_id() as id')) as [[{ id: number }]];
+                await admin.raw('KILL CONNECTION ?', [id]);
+              }),
+            )
+            .then(
+              () => 'resolved',
+              (error: unknown) => error,
+            );
+          assert.ok(outcome instanceof Error, `try ${i}: rejected`);
+          const unknown = outcome instanceof TransactionOutcomeUnknownError;
+          const driver = (unknown ? outcome.cause : outcome) as { code?: string; message: string };
+          const kind = driver.code ?? (/closed state$/.test(driver.message) ? 'closed state' : driver.message);
+          const key = `${unknown ? 'unknown' : 'rollback'} ${kind}`;
+          seen[key] = (seen[key] ?? 0) + 1;
+          if (kind === 'EPIPE' || kind === 'closed state') {
+            assert.ok(!unknown, `try ${i}: a COMMIT that never left is a rollback (${kind})`);
+            assert.deepEqual(ran, ['rollback'], `try ${i}`);
+          } else {
+            assert.ok(unknown, `try ${i}: ${kind}`);
+            assert.deepEqual(ran, [], `try ${i}`);
+          }
+        }
+        assert.ok((seen['rollback closed state'] ?? 0) + (seen['rollback EPIPE'] ?? 0) > 0, JSON.stringify(seen));
+        assert.deepEqual(await direct('persons').where({ name: 'killed-before-commit' }).pluck('name'), [], 'the server rolled every one back');
+      } finally {
+        await tenancy.destroy({ drainTimeoutMs: 1_000 });
+      }
+    });
+  });
+}
+
+for (const backend of [mysqlBackend('clc'), mysqlSharedBackend('clcs')]) {
+  describe(`the app's own trx.commit(), then a throw (${backend.name})`, { skip: skipMysql }, () => {
+    const direct = seededTenantSuite(backend, 'a').table;
+
+    it('counts as committed: onCommit runs, onRollback does not, whether the throw comes at once or later', async () => {
+      const tenancy = createTenancy({ ...backend.connectionOptions(), tenantExists: backend.databaseExists } as TenancyOptions);
+      try {
+        for (const later of [false, true]) {
+          const ran: string[] = [];
+          const name = `committed-then-threw-${later}`;
+          await tenancy
+            .runWithTenant('a', () =>
+              tenancy.transaction(async (trx) => {
+                onCommit(() => void ran.push('commit'));
+                onRollback(() => void ran.push('rollback'));
+                await Person.query().insert({ name });
+                await trx.commit();
+                if (later) await new Promise((r) => setTimeout(r, 20));
+                throw new Error('a step after the commit failed');
+              }),
+            )
+            .catch(() => undefined);
+          await new Promise((r) => setTimeout(r, 50));
+          assert.deepEqual(ran, ['commit'], `throw ${later ? 'later' : 'at once'}`);
+          assert.deepEqual(await direct('persons').where({ name }).pluck('name'), [name]);
+        }
+      } finally {
+        await tenancy.destroy({ drainTimeoutMs: 1_000 });
+      }
+    });
+  });
+}
+
+describe('an SQLite COMMIT refused as busy (another process reads the file)', () => {
+  const backend = sqliteBackend('clsq');
+  const file = (backend.knexConfig('a').connection as { filename: string }).filename;
+  seededTenantSuite(backend, 'a');
+
+  it('rolls the transaction back: the pooled connection is not left in it, later writes persist and later transactions work', async () => {
+    const tenancy = createTenancy({
+      knexConfig: (id) => {
+        const config = backend.knexConfig(id);
+        return { ...config, connection: { ...(config.connection as object), options: { timeout: 100 } } } as Knex.Config;
+      },
+    });
+    const reader = new Database(file);
+    try {
+      reader.exec('BEGIN');
+      reader.prepare('select count(*) from persons').get(); // a shared lock: the COMMIT cannot write
+      const ran: string[] = [];
+      const outcome = await tenancy
+        .runWithTenant('a', () =>
+          tenancy.transaction(async () => {
+            onCommit(() => void ran.push('commit'));
+            onRollback(() => void ran.push('rollback'));
+            await Person.query().insert({ name: 'busy-commit' });
+          }),
+        )
+        .then(
+          () => 'resolved',
+          (error: unknown) => error,
+        );
+      assert.equal((outcome as { code?: string }).code, 'SQLITE_BUSY', String(outcome));
+      assert.deepEqual(ran, ['rollback']);
+      reader.exec('COMMIT');
+      await tenancy.runWithTenant('a', () => Person.query().insert({ name: 'later-write' }));
+      await tenancy.runWithTenant('a', () => tenancy.transaction(() => Person.query().insert({ name: 'later-transaction' })));
+      // Another process sees them now, and can write: no transaction holds the file.
+      const names = reader.prepare("select name from persons where name in ('busy-commit', 'later-write', 'later-transaction') order by name").pluck().all();
+      assert.deepEqual(names, ['later-transaction', 'later-write']);
+      reader.prepare("insert into persons (name) values ('other-process')").run();
+    } finally {
+      reader.close();
+      await tenancy.destroy();
+    }
+    const after = new Database(file, { readonly: true });
+    try {
+      assert.deepEqual(after.prepare("select name from persons where name in ('later-write', 'later-transaction') order by name").pluck().all(), ['later-transaction', 'later-write'], 'kept after the pool closed');
+    } finally {
+      after.close();
+    }
+  });
+});
