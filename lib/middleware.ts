@@ -110,7 +110,8 @@ const HANG_UP_GRACE_MS = 30_000;
  */
 function holdLease(res: ServerResponse, release: () => void, hungUp: boolean): void {
   const afterHangUp = () => {
-    if (res.writableFinished) return release();
+    // Sent, or ended by the route and never to be sent (a queued response whose client went): done.
+    if (res.writableFinished || res.writableEnded) return release();
     const timer = setTimeout(release, HANG_UP_GRACE_MS);
     timer.unref();
     const end = res.end;
@@ -122,11 +123,21 @@ function holdLease(res: ServerResponse, release: () => void, hungUp: boolean): v
       return result;
     } as ServerResponse['end'];
   };
+  // A pipelined request's response waits, with no socket, for the responses before it: when the client
+  // hangs up then, that response emits neither 'finish' nor 'close', ever; only the connection says so.
+  const socket = res.req?.socket;
   // The client may have hung up before this middleware ran (an async middleware before it) or while
   // the tenant was looked up: 'close' came then, and comes no more.
-  if (hungUp || res.destroyed || res.socket?.destroyed === true) return afterHangUp();
+  if (hungUp || res.destroyed || res.socket?.destroyed === true || socket?.destroyed === true) return afterHangUp();
   // 'close' follows 'finish' on every response (Node >= 16), and comes alone when the client hung up.
-  res.once('close', afterHangUp);
+  // The connection's listener goes with the response: a keep-alive connection serves many.
+  const closed = () => {
+    res.off('close', closed);
+    socket?.off('close', closed);
+    afterHangUp();
+  };
+  res.once('close', closed);
+  socket?.once('close', closed);
 }
 
 /** @internal Builds the middleware of `tenancy.middleware()`. */

@@ -206,6 +206,70 @@ describe('middleware resolvers and errors', () => {
     }
   });
 
+  it("a pipelined request whose client hangs up while its response waits behind another gives its lease back when its route ends", async () => {
+    const { connect } = await import('node:net');
+    for (const version of [express4, express5]) {
+      const own = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
+      const ended: string[] = [];
+      const app = version();
+      app.use(own.middleware({ resolve: fromPath('/t/') }));
+      app.get('/t/:tenant/slow', (_req, res) => void setTimeout(() => res.json({ ok: 1 }), 200));
+      app.get('/t/:tenant/fast', async (req, res) => {
+        await own.knex()('tenant_info').first();
+        res.json({ ok: 1 });
+        ended.push(req.params.tenant!);
+      });
+      const server = await listen(app);
+      try {
+        const { port } = new URL(server.url);
+        const get = (path: string) => `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`;
+        const socket = connect(Number(port), '127.0.0.1');
+        socket.on('error', () => undefined);
+        await new Promise((resolve) => socket.once('connect', resolve));
+        // Both globex responses are queued behind acme's (200 ms) when the client goes.
+        socket.write(get('/t/acme/slow') + get('/t/globex/fast') + get('/t/globex/fast'));
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        socket.destroy();
+        await new Promise((resolve) => setTimeout(resolve, 400));
+        assert.deepEqual(ended, ['globex', 'globex'], 'both queued routes ran to their end');
+        // Before: 2 leases held for good (the 30 s grace never started), so evict('globex') never settled.
+        assert.equal(own.stats().leases, 0, JSON.stringify(own.stats()));
+        const evicted = await Promise.race([own.evict('globex').then(() => 'evicted'), new Promise((resolve) => setTimeout(() => resolve('still pending after 2 s'), 2_000))]);
+        assert.equal(evicted, 'evicted');
+      } finally {
+        await server.close();
+        await own.destroy({ drainTimeoutMs: 100 });
+      }
+    }
+  });
+
+  it("a keep-alive connection's many requests leave no listener behind on it", async () => {
+    const app = express5();
+    const counts: number[] = [];
+    app.use(tenancy.middleware({ resolve: fromPath('/t/') }));
+    app.get('/t/:tenant/n', (req, res) => {
+      counts.push(req.socket.listenerCount('close'));
+      res.json({ ok: 1 });
+    });
+    const server = await listen(app);
+    try {
+      const agent = new (await import('node:http')).Agent({ keepAlive: true, maxSockets: 1 });
+      for (let i = 0; i < 25; i++) {
+        await new Promise<void>((resolve, reject) => {
+          (async () => (await import('node:http')).get(`${server.url}/t/acme/n`, { agent }, (res) => {
+            res.resume();
+            res.on('end', resolve);
+          }).on('error', reject))();
+        });
+      }
+      agent.destroy();
+      assert.equal(counts.length, 25);
+      assert.ok(Math.max(...counts) === counts[0], `listeners on the connection grew: ${counts.join()}`);
+    } finally {
+      await server.close();
+    }
+  });
+
   it("a pipelined request with no tenant (optional middleware, a route mounted before it, a 400) emits its events with no scope, not the previous request's", async () => {
     const { connect } = await import('node:net');
     for (const version of [express4, express5]) {
