@@ -141,6 +141,10 @@ export class Tenancy implements ScopeOwner {
       if (!known) this.#unknownNow(id);
     }
     if (!known) throw new UnknownTenantError(id);
+    // A dropTenant() that began while this request waited (for the catalog, or for its connection:
+    // the drop's forget() made that opening stale, and it opened the tenant again) refuses it too.
+    // Let in, it was served while the drop ran and did not wait for it, and lost its database mid-way.
+    if (this.#dropping.has(id)) throw new UnknownTenantError(id);
     let lease: TenantLease;
     try {
       lease = await this.#connections.lease(id);
@@ -148,6 +152,11 @@ export class Tenancy implements ScopeOwner {
       // The catalog said yes, the database is missing: remembered as unknown, not opened again per request.
       if (error instanceof UnknownTenantError) this.#catalog?.refute(id);
       throw error;
+    }
+    if (this.#dropping.has(id)) {
+      lease.release();
+      void this.#connections.evict(id, { gone: true }).catch(() => undefined);
+      throw new UnknownTenantError(id);
     }
     return this.#entered(id, lease);
   }

@@ -23,7 +23,7 @@ import { MIGRATION_NAMES, writeMigrations } from './helpers/migrations';
 for (const backend of allStrategies('ops')) {
   describe(`createTenant and dropTenant on ${backend.name}`, { skip: backend.skip }, () => {
     const files = writeMigrations();
-    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'c4u', 'c5', 'hooked', 'fw'];
+    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'c4u', 'c5', 'c6l', 'c6o', 'hooked', 'fw'];
     const tenancies: Tenancy[] = [];
     let catalog = new Set<string>();
     const make = (extra: Partial<TenancyOptions> = {}): Tenancy => {
@@ -208,6 +208,50 @@ for (const backend of allStrategies('ops')) {
       assert.deepEqual(untyped.slice(0, 3), [], `${untyped.length} of ${failures.length} failures were not UnknownTenantError`);
       assert.equal(await backend.databaseExists('c5'), false);
     });
+
+    for (const wait of ['catalog lookup', 'opening'] as const) {
+      it(`a request whose ${wait} was in flight when dropTenant began is refused (404), not served while the database is dropped under it`, async () => {
+        const id = wait === 'catalog lookup' ? 'c6l' : 'c6o';
+        let slow = false;
+        const pause = () => (slow ? new Promise((r) => setTimeout(r, 100)) : undefined);
+        const options = backend.connectionOptions() as { locate?: (id: string) => unknown; knexConfig?: (id: string) => unknown };
+        const slowOpening =
+          options.locate !== undefined
+            ? { locate: async (t: string) => (await pause(), options.locate!(t)) }
+            : { knexConfig: async (t: string) => (await pause(), options.knexConfig!(t)) };
+        const tenancy = make({
+          ...(wait === 'catalog lookup' ? { tenantExists: async (t: string) => (await pause(), catalog.has(t)) } : slowOpening),
+          // The drop takes a while: the request's wait ends while it runs.
+          dropDatabase: async (t: string) => {
+            await new Promise((r) => setTimeout(r, 300));
+            await backend.dropDatabase(t);
+          },
+        } as Partial<TenancyOptions>);
+        await tenancy.createTenant(id, { seed: false });
+        await tenancy.forget(id);
+        slow = true;
+        let ranIn = false;
+        const request = tenancy
+          .runWithTenant(id, async () => {
+            ranIn = true;
+            await tenancy.knex()('people').count({ n: '*' });
+            await new Promise((r) => setTimeout(r, 400));
+            await tenancy.knex()('people').insert({ name: 'late' });
+          })
+          .then(
+            () => 'served',
+            (error: unknown) => error,
+          );
+        await new Promise((r) => setTimeout(r, 10));
+        const drop = tenancy.dropTenant(id, { confirm: id });
+        const outcome = await request;
+        await drop;
+        assert.ok(outcome instanceof UnknownTenantError, `refused with a 404: ${String(outcome)}`);
+        assert.equal(ranIn, false, 'its code never ran in the tenant being dropped');
+        assert.equal(await backend.databaseExists(id), false);
+        assert.equal(cached(tenancy), 0, 'no pool or handle left for the dropped tenant');
+      });
+    }
 
     it('a request that comes while the database is dropped, before the tenant is unregistered, leaves no database behind: the id can be created again', async () => {
       let racing: Promise<unknown> | undefined;
