@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import knexFactory from 'knex';
 import { failStreamsOnLostConnection, streamsReleaseOnce } from './lost-stream';
 import { ConnectionBudget } from './connection-budget';
-import { isNoSuchDatabase, TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
+import { isNoSuchDatabase, isUnreachable, TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
 import { PoolCache, type TenantConnections } from './pool-cache';
 import { checkLocation, serverConfig, SharedConnections, type TenantLocation } from './shared-connections';
 import { runInScopeSync } from './scope';
@@ -302,21 +302,26 @@ function openOutsideScopes(knex: Knex): void {
  * A query built in a tenant's scope and run after that tenant's pool closed (`forget()`, `evict()`,
  * the budget reclaiming it) gets a 503, not knex's untyped "Unable to acquire a connection"; so does
  * one that found every connection of the tenant's own pool busy until knex's acquire timeout (knex's
- * `KnexTimeoutError` is its `cause`), as the shared strategy's acquires do.
+ * `KnexTimeoutError` is its `cause`), or whose server cannot be reached (a refused connection), and a
+ * database gone is `UnknownTenantError` (404), as the shared strategy's acquires do.
  */
 function failTypedOnceClosed(knex: Knex, tenantId: string): void {
   const client = knex.client as Knex.Client & { pool?: { destroyed?: boolean }; acquireConnection(): Promise<unknown> };
   const acquire = client.acquireConnection.bind(client);
-  const typedTimeout = (error: unknown): never => {
-    if ((error as { name?: unknown } | null)?.name !== 'KnexTimeoutError') throw error;
-    throw new TenantUnavailableError(tenantId, { cause: error, reason: 'every connection of its pool stayed busy until the acquire timeout' });
+  // Typed as the shared strategy's acquires are: a job or script gets a TenantError, not the driver's.
+  const typedFailure = (error: unknown): never => {
+    if (error === null || typeof error !== 'object' || error instanceof TenantError) throw error;
+    if (isNoSuchDatabase(error)) throw new UnknownTenantError(tenantId, { cause: error });
+    if (!isUnreachable(error)) throw error;
+    const busy = (error as { name?: unknown }).name === 'KnexTimeoutError';
+    throw new TenantUnavailableError(tenantId, { cause: error, reason: busy ? 'every connection of its pool stayed busy until the acquire timeout' : 'its database server could not be reached' });
   };
   // While knex's destroy() runs, its tarn pool is still there but destroyed: an acquire then failed
   // with tarn's untyped "aborted" or waited for the acquire timeout.
   client.acquireConnection = () =>
     client.pool === undefined || client.pool.destroyed === true
       ? Promise.reject(new TenantUnavailableError(tenantId, { reason: 'its pool was closed (forget, evict or the connection budget) after this query was built; build it again in a new scope' }))
-      : acquire().catch(typedTimeout);
+      : acquire().catch(typedFailure);
 }
 
 /** One query through the new knex; a missing database is an unknown tenant, anything else unavailable. */

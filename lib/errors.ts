@@ -128,6 +128,49 @@ export class TransactionOutcomeUnknownError extends TenantError {
   }
 }
 
+// Driver and pool errors that mean "the database server cannot be reached right now".
+const UNREACHABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENOTFOUND',
+  'EPIPE',
+  'PROTOCOL_CONNECTION_LOST',
+  'PROTOCOL_SEQUENCE_TIMEOUT',
+  'ER_CON_COUNT_ERROR',
+  'ER_TOO_MANY_USER_CONNECTIONS',
+  'ER_USER_LIMIT_REACHED',
+  'ER_SERVER_SHUTDOWN',
+  'ER_CONNECTION_KILLED',
+  'ER_QUERY_INTERRUPTED',
+]);
+// 1040 too many connections, 1203 the user's max_user_connections, 1226 an account's
+// MAX_USER_CONNECTIONS, 1053 server shutdown, 1317 statement stopped (an operator's `KILL QUERY`),
+// 1927 connection killed (MariaDB: `KILL`, a shutdown), 2002/2003 cannot connect, 2006 gone away, 2013 lost.
+const UNREACHABLE_ERRNOS = new Set([1040, 1203, 1226, 1053, 1317, 1927, 2002, 2003, 2006, 2013]);
+
+/** @internal The driver's error: objection wraps it in a DBError (db-errors) with `nativeError`. */
+export function driverError(error: unknown): { code?: unknown; errno?: unknown; name?: unknown; fatal?: unknown } {
+  const wrapped = (error as { nativeError?: unknown } | null)?.nativeError;
+  return (wrapped !== null && typeof wrapped === 'object' ? wrapped : error ?? {}) as { code?: unknown; errno?: unknown; name?: unknown; fatal?: unknown };
+}
+
+/**
+ * @internal Whether a driver or pool error says the database server cannot be reached right now
+ * (refused, lost or killed connections, a full server, knex's acquire timeout): answered 503.
+ */
+export function isUnreachable(error: object): boolean {
+  const { code, errno, name, fatal: fatalFlag } = driverError(error);
+  // mysql2 marks errors that closed the connection `fatal`; some of them ("Can't add new command when
+  // connection is in closed state", from knex's ROLLBACK after the connection died) carry no code.
+  const fatal = fatalFlag === true;
+  // A socket code alone is any client's (an HTTP client's ECONNRESET): only the driver's, marked
+  // fatal or wrapped by objection, says the tenant database is out of reach.
+  const driverCode = typeof code === 'string' && UNREACHABLE_CODES.has(code) && (fatal || (error as { nativeError?: unknown }).nativeError !== undefined);
+  return driverCode || (typeof errno === 'number' && UNREACHABLE_ERRNOS.has(errno)) || name === 'KnexTimeoutError' || (fatal && errno === undefined);
+}
+
 // Errors that end the connection: mysql2 marks them `fatal`; 2013 lost during a statement, 2006 gone
 // away, 1927 killed, 1053 server shutdown (answers to a COMMIT the server may have carried out).
 const LOST_CONNECTION_ERRNOS = new Set([1053, 1927, 2006, 2013]);

@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { commitMayHaveApplied, ownMessage, TenantError } from './errors';
+import { commitMayHaveApplied, driverError, isUnreachable, ownMessage, TenantError } from './errors';
 import { requestScope } from './middleware';
 import { currentScope, type TenantScope } from './scope';
 
@@ -14,27 +14,6 @@ export interface HttpErrorAnswer {
   goneTenant?: string;
 }
 
-// Driver and pool errors that mean "the database server cannot be reached right now".
-const UNREACHABLE_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ETIMEDOUT',
-  'EHOSTUNREACH',
-  'ENOTFOUND',
-  'EPIPE',
-  'PROTOCOL_CONNECTION_LOST',
-  'PROTOCOL_SEQUENCE_TIMEOUT',
-  'ER_CON_COUNT_ERROR',
-  'ER_TOO_MANY_USER_CONNECTIONS',
-  'ER_USER_LIMIT_REACHED',
-  'ER_SERVER_SHUTDOWN',
-  'ER_CONNECTION_KILLED',
-  'ER_QUERY_INTERRUPTED',
-]);
-// 1040 too many connections, 1203 the user's max_user_connections, 1226 an account's
-// MAX_USER_CONNECTIONS, 1053 server shutdown, 1317 statement stopped (an operator's `KILL QUERY`),
-// 1927 connection killed (MariaDB: `KILL`, a shutdown), 2002/2003 cannot connect, 2006 gone away, 2013 lost.
-const UNREACHABLE_ERRNOS = new Set([1040, 1203, 1226, 1053, 1317, 1927, 2002, 2003, 2006, 2013]);
 // 1049 unknown database, 1046 no database selected (the database was dropped under an open connection).
 const GONE_ERRNOS = new Set([1049, 1046]);
 const OUTCOME_UNKNOWN_MESSAGE = 'The connection to the database was lost while the work was committed: it may or may not have been saved. Check before retrying.';
@@ -62,7 +41,7 @@ function httpErrorIn(error: unknown, scope: TenantScope | undefined): HttpErrorA
     return answer;
   }
   if (error === null || typeof error !== 'object') return undefined;
-  const { code, errno, name } = nativeError(error);
+  const { errno } = driverError(error);
   const tenantId = scope?.tenantId;
   // Outside any tenant scope no tenant's database can be the one missing: a central knex's error
   // (a health check on an `optional` route, say) is the app's, not a 404 "unknown tenant".
@@ -75,13 +54,7 @@ function httpErrorIn(error: unknown, scope: TenantScope | undefined): HttpErrorA
   if (typeof (error as { message?: unknown }).message === 'string' && (error as Error).message.startsWith('COMMIT; - ') && commitMayHaveApplied(error)) {
     return { status: 500, code: 'TENANT_TRANSACTION_OUTCOME_UNKNOWN', message: OUTCOME_UNKNOWN_MESSAGE };
   }
-  // mysql2 marks errors that closed the connection `fatal`; some of them ("Can't add new command when
-  // connection is in closed state", from knex's ROLLBACK after the connection died) carry no code.
-  const fatal = nativeError(error).fatal === true;
-  // A socket code alone is any client's (an HTTP client's ECONNRESET): only the driver's, marked
-  // fatal or wrapped by objection, says the tenant database is out of reach.
-  const driverCode = typeof code === 'string' && UNREACHABLE_CODES.has(code) && (fatal || (error as { nativeError?: unknown }).nativeError !== undefined);
-  if (driverCode || (typeof errno === 'number' && UNREACHABLE_ERRNOS.has(errno)) || name === 'KnexTimeoutError' || (fatal && errno === undefined)) {
+  if (isUnreachable(error)) {
     return { status: 503, code: 'TENANT_UNAVAILABLE', message: 'The tenant database is unavailable. Retry later.', retryAfter: 1 };
   }
   return undefined;
@@ -109,12 +82,6 @@ function serverSideMessage(e: { code: string; tenantId?: string; statusCode?: nu
 function clientSideMessage(e: TenantError, scope: TenantScope | undefined): string {
   if (scope === undefined || e.tenantId === undefined || e.tenantId === scope.tenantId) return ownMessage(e);
   return `A tenant other than the request's was refused (${e.code}).`;
-}
-
-/** The driver's error: objection wraps it in a DBError (db-errors) with `nativeError`. */
-function nativeError(error: unknown): { code?: unknown; errno?: unknown; name?: unknown; fatal?: unknown } {
-  const wrapped = (error as { nativeError?: unknown } | null)?.nativeError;
-  return (wrapped !== null && typeof wrapped === 'object' ? wrapped : error ?? {}) as { code?: unknown; errno?: unknown; name?: unknown; fatal?: unknown };
 }
 
 // A TenantError from a second copy of the package fails instanceof; its shape does not.
@@ -178,7 +145,7 @@ export function createErrorHandler(options: ErrorHandlerOptions, hooks: ErrorHan
     // The request's own scope: `next(error)` may be called from inside a nested scope of another tenant.
     const scope = requestScope(req) ?? currentScope();
     const answer = httpErrorIn(error, scope);
-    const errno = nativeError(error).errno;
+    const errno = driverError(error).errno;
     // A missing table, an unknown database or no database selected, from the driver: the tenant's
     // database may be gone, or the error may not be the tenant's at all (a central knex with no
     // database, a nested scope of another tenant). The server says which, for the scope's tenant.

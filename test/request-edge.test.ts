@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import express from 'express';
 import knexFactory, { type Knex } from 'knex';
 import { Model } from 'objection';
-import { centralModel, createTenancy, runWithTenant, setDefaultTenancy, TenantModel, type Tenancy } from '../lib/index';
+import { centralModel, createTenancy, runWithTenant, setDefaultTenancy, TenantModel, TenantUnavailableError, type Tenancy } from '../lib/index';
 import { createSeededTenant, mysqlBackend, mysqlConnection, skipMysql, sqliteBackend } from './helpers/databases';
 import { createSchema, Person, seed } from './helpers/fixtures';
 import { listen } from './helpers/http';
@@ -261,6 +261,11 @@ for (const strategy of ['pool-per-tenant', 'shared'] as const) describe(`HTTP er
     assert.equal(JSON.parse(body).error.code, 'TENANT_UNAVAILABLE');
     assert.doesNotMatch(body, /ECONNREFUSED|127\.0\.0\.1|root|stack/i);
     assert.ok(Date.now() - started < 5_000, 'failed within the acquire timeout');
+    // Outside HTTP (a job, a script): a typed TenantUnavailableError, under either strategy (the pool
+    // per tenant rejected with the driver's raw ECONNREFUSED).
+    const direct = await tenancy.runWithTenant('eflaky', () => Person.query()).then(() => 'served', (error: unknown) => error);
+    assert.ok(direct instanceof TenantUnavailableError, String(direct));
+    assert.equal(direct.tenantId, 'eflaky');
     assert.equal((await get('e2')).status, 200, 'tenants on the healthy path are served');
     // In e2's request, a nested scope of the tenant that is down: a 503 that does not name it.
     const nested = await fetch(`${server.url}/nested-flaky`, { headers: { 'x-tenant-id': 'e2' } });
