@@ -205,7 +205,7 @@ export class SharedConnections implements TenantConnections {
     for (const handle of this.#busyEvicted) leases += handle.leases;
     const servers: Record<string, AffinityPoolStats> = {};
     for (const [key, server] of this.#servers) servers[key] = server.pool.stats();
-    return { pools: this.#servers.size, draining: this.#draining.size, leases, tenants: this.#handles.size, ...this.#counters, servers };
+    return { pools: this.#servers.size, draining: this.#busyEvicted.size, leases, tenants: this.#handles.size, ...this.#counters, servers };
   }
 
   /** Refuses new scopes, waits up to `drainTimeoutMs` for the scopes in flight, then closes every server pool. */

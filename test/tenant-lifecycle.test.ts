@@ -23,7 +23,7 @@ import { MIGRATION_NAMES, writeMigrations } from './helpers/migrations';
 for (const backend of allStrategies('ops')) {
   describe(`createTenant and dropTenant on ${backend.name}`, { skip: backend.skip }, () => {
     const files = writeMigrations();
-    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'c4u', 'c5', 'c6l', 'c6o', 'hooked', 'fw'];
+    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'c4u', 'c5', 'c6l', 'c6o', 'c7', 'hooked', 'fw'];
     const tenancies: Tenancy[] = [];
     let catalog = new Set<string>();
     const make = (extra: Partial<TenancyOptions> = {}): Tenancy => {
@@ -432,6 +432,26 @@ for (const backend of allStrategies('ops')) {
       assert.ok(status.error instanceof UnknownTenantError, String(status.error));
       await tenancy.dropTenant(long, { confirm: long });
       assert.equal(catalog.has(long), false);
+    });
+
+    it('stats().draining counts each forgotten pool or handle still serving a scope: two generations of one tenant are two', async () => {
+      const tenancy = make();
+      await tenancy.createTenant('c7', { seed: false });
+      const gates: (() => void)[] = [];
+      const hold = () => tenancy.runWithTenant('c7', () => new Promise<void>((resolve) => gates.push(resolve)));
+      const first = hold();
+      await new Promise((r) => setTimeout(r, 30));
+      const forgotten = [tenancy.forget('c7')];
+      const second = hold();
+      await new Promise((r) => setTimeout(r, 30));
+      forgotten.push(tenancy.forget('c7'));
+      const during = tenancy.stats();
+      assert.equal(during.leases, 2);
+      assert.equal(during.draining, 2, JSON.stringify(during));
+      for (const open of gates) open();
+      await Promise.all([first, second, ...forgotten]);
+      assert.equal(tenancy.stats().draining, 0);
+      assert.equal(tenancy.stats().leases, 0);
     });
 
     it('uses the app hooks for the database when given', async () => {
