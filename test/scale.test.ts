@@ -359,7 +359,7 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     }
   });
 
-  it("pool-per-tenant: a connection the server refuses for the account's MAX_USER_CONNECTIONS fails its query with a 503-mapped error", async () => {
+  it("pool-per-tenant: a connection the server refuses for the account's MAX_USER_CONNECTIONS fails its query with TenantUnavailableError (503)", async () => {
     await limitPoolUser(1);
     const tenancy = createTenancy({
       knexConfig: (id) => {
@@ -370,9 +370,10 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     try {
       await tenancy.runWithTenant('sa1', () => Person.query().first()); // its first connection
       const outcomes = await Promise.allSettled([1, 2].map(() => tenancy.runWithTenant('sa1', () => tenancy.knex().raw('select sleep(0.3)'))));
-      const refused = outcomes.filter((o): o is PromiseRejectedResult => o.status === 'rejected').map((o) => o.reason as { errno?: number });
+      const refused = outcomes.filter((o): o is PromiseRejectedResult => o.status === 'rejected').map((o) => o.reason as unknown);
       assert.equal(refused.length, 1, JSON.stringify(outcomes.map((o) => o.status)));
-      assert.equal(refused[0]!.errno, 1226);
+      assert.ok(refused[0] instanceof TenantUnavailableError, String(refused[0]));
+      assert.equal((refused[0].cause as { errno?: number }).errno, 1226);
       assert.equal(toHttpError(refused[0])?.status, 503);
     } finally {
       await tenancy.destroy();
