@@ -18,7 +18,7 @@ import Database from 'better-sqlite3';
 import knexFactory from 'knex';
 import { after, before, describe, it } from 'node:test';
 import type { Knex } from 'knex';
-import { createTenancy, onCommit, onRollback, toHttpError, TransactionOutcomeUnknownError, type TenancyOptions } from '../lib/index';
+import { createTenancy, onCommit, onRollback, toHttpError, TransactionOutcomeUnknownError, type Tenancy, type TenancyOptions } from '../lib/index';
 import { mysqlBackend, mysqlConnection, mysqlSharedBackend, seededTenantSuite, skipMysql, sqliteBackend, type Backend } from './helpers/databases';
 import { Person } from './helpers/fixtures';
 
@@ -81,6 +81,27 @@ function commitCutter(target: { host: string; port: number }): Promise<CommitCut
   });
 }
 
+/**
+ * Runs `body` in a `tenancy.transaction()` of tenant a that records its onCommit/onRollback
+ * callbacks; resolves to the outcome ('resolved', or what it rejected with) and the callbacks run.
+ */
+async function transactionOutcome(tenancy: Tenancy, body: (trx: Knex.Transaction) => Promise<unknown>): Promise<{ outcome: unknown; ran: string[] }> {
+  const ran: string[] = [];
+  const outcome = await tenancy
+    .runWithTenant('a', () =>
+      tenancy.transaction(async (trx) => {
+        onCommit(() => void ran.push('commit'));
+        onRollback(() => void ran.push('rollback'));
+        await body(trx);
+      }),
+    )
+    .then(
+      () => 'resolved',
+      (error: unknown) => error,
+    );
+  return { outcome, ran };
+}
+
 /** The backend's tenancy options with every connection going through the proxy on `port`. */
 function throughProxy(backend: Backend, port: number): TenancyOptions {
   if (backend.name === 'mysql') {
@@ -114,20 +135,10 @@ for (const backend of [mysqlBackend('clt'), mysqlSharedBackend('clts'), mysqlSha
     it('rejects with TransactionOutcomeUnknownError (500), runs neither onCommit nor onRollback; the server did commit', async () => {
       const tenancy = createTenancy(throughProxy(backend, cutter.port));
       try {
-        const ran: string[] = [];
-        const outcome = await tenancy
-          .runWithTenant('a', () =>
-            tenancy.transaction(async () => {
-              onCommit(() => void ran.push('commit'));
-              onRollback(() => void ran.push('rollback'));
-              await Person.query().insert({ name: 'in-doubt' });
-              cutter.arm();
-            }),
-          )
-          .then(
-            () => 'resolved',
-            (error: unknown) => error,
-          );
+        const { outcome, ran } = await transactionOutcome(tenancy, async () => {
+          await Person.query().insert({ name: 'in-doubt' });
+          cutter.arm();
+        });
         assert.equal(cutter.cut, 1, 'the COMMIT was cut');
         assert.ok(outcome instanceof TransactionOutcomeUnknownError, `typed: ${String(outcome)}`);
         assert.equal(outcome.tenantId, 'a');
@@ -151,22 +162,12 @@ for (const backend of [mysqlBackend('clt'), mysqlSharedBackend('clts'), mysqlSha
     it("the app's own trx.commit() whose answer is lost, then a throw: outcome unknown too (not the app's error as a rollback)", async () => {
       const tenancy = createTenancy(throughProxy(backend, cutter.port));
       try {
-        const ran: string[] = [];
-        const outcome = await tenancy
-          .runWithTenant('a', () =>
-            tenancy.transaction(async (trx) => {
-              onCommit(() => void ran.push('commit'));
-              onRollback(() => void ran.push('rollback'));
-              await Person.query().insert({ name: 'app-commit-in-doubt' });
-              cutter.arm();
-              await trx.commit(); // knex resolves it though its COMMIT failed
-              throw new Error('a step after the commit failed');
-            }),
-          )
-          .then(
-            () => 'resolved',
-            (error: unknown) => error,
-          );
+        const { outcome, ran } = await transactionOutcome(tenancy, async (trx) => {
+          await Person.query().insert({ name: 'app-commit-in-doubt' });
+          cutter.arm();
+          await trx.commit(); // knex resolves it though its COMMIT failed
+          throw new Error('a step after the commit failed');
+        });
         assert.ok(outcome instanceof TransactionOutcomeUnknownError, `typed: ${String(outcome)}`);
         assert.deepEqual(ran, []);
         assert.deepEqual(await direct('persons').where({ name: 'app-commit-in-doubt' }).pluck('name'), ['app-commit-in-doubt']);
@@ -247,21 +248,11 @@ for (const backend of [mysqlBackend('cln'), mysqlSharedBackend('clns'), mysqlSha
         // connection after the write (the client cannot tell it from a lost answer: outcome unknown).
         const seen: Record<string, number> = {};
         for (let i = 0; i < 20; i++) {
-          const ran: string[] = [];
-          const outcome = await tenancy
-            .runWithTenant('a', () =>
-              tenancy.transaction(async () => {
-                onCommit(() => void ran.push('commit'));
-                onRollback(() => void ran.push('rollback'));
-                await Person.query().insert({ name: 'killed-before-commit' });
-                const [[{ id }]] = (await tenancy.knex().raw('select connection_id() as id')) as [[{ id: number }]];
-                await admin.raw('KILL CONNECTION ?', [id]);
-              }),
-            )
-            .then(
-              () => 'resolved',
-              (error: unknown) => error,
-            );
+          const { outcome, ran } = await transactionOutcome(tenancy, async () => {
+            await Person.query().insert({ name: 'killed-before-commit' });
+            const [[{ id }]] = (await tenancy.knex().raw('select connection_id() as id')) as [[{ id: number }]];
+            await admin.raw('KILL CONNECTION ?', [id]);
+          });
           assert.ok(outcome instanceof Error, `try ${i}: rejected`);
           const unknown = outcome instanceof TransactionOutcomeUnknownError;
           const driver = (unknown ? outcome.cause : outcome) as { code?: string; message: string };
@@ -293,20 +284,13 @@ for (const backend of [mysqlBackend('clc'), mysqlSharedBackend('clcs')]) {
       const tenancy = createTenancy({ ...backend.connectionOptions(), tenantExists: backend.databaseExists } as TenancyOptions);
       try {
         for (const later of [false, true]) {
-          const ran: string[] = [];
           const name = `committed-then-threw-${later}`;
-          await tenancy
-            .runWithTenant('a', () =>
-              tenancy.transaction(async (trx) => {
-                onCommit(() => void ran.push('commit'));
-                onRollback(() => void ran.push('rollback'));
-                await Person.query().insert({ name });
-                await trx.commit();
-                if (later) await new Promise((r) => setTimeout(r, 20));
-                throw new Error('a step after the commit failed');
-              }),
-            )
-            .catch(() => undefined);
+          const { ran } = await transactionOutcome(tenancy, async (trx) => {
+            await Person.query().insert({ name });
+            await trx.commit();
+            if (later) await new Promise((r) => setTimeout(r, 20));
+            throw new Error('a step after the commit failed');
+          });
           await new Promise((r) => setTimeout(r, 50));
           assert.deepEqual(ran, ['commit'], `throw ${later ? 'later' : 'at once'}`);
           assert.deepEqual(await direct('persons').where({ name }).pluck('name'), [name]);
@@ -334,19 +318,7 @@ describe('an SQLite COMMIT refused as busy (another process reads the file)', ()
     try {
       reader.exec('BEGIN');
       reader.prepare('select count(*) from persons').get(); // a shared lock: the COMMIT cannot write
-      const ran: string[] = [];
-      const outcome = await tenancy
-        .runWithTenant('a', () =>
-          tenancy.transaction(async () => {
-            onCommit(() => void ran.push('commit'));
-            onRollback(() => void ran.push('rollback'));
-            await Person.query().insert({ name: 'busy-commit' });
-          }),
-        )
-        .then(
-          () => 'resolved',
-          (error: unknown) => error,
-        );
+      const { outcome, ran } = await transactionOutcome(tenancy, async () => void (await Person.query().insert({ name: 'busy-commit' })));
       assert.equal((outcome as { code?: string }).code, 'SQLITE_BUSY', String(outcome));
       assert.deepEqual(ran, ['rollback']);
       reader.exec('COMMIT');
