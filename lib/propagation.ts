@@ -22,6 +22,12 @@ import { currentScope, openTransactionScope, runInScope, runInScopeSync, type Sc
  * promise of `fn`'s result. Bound inside a transaction, it runs in that transaction while it is open
  * (after a savepoint, in the transaction around it), and in the tenant's scope once it has ended.
  *
+ * A generator function (`function*`, `async function*`) runs none of its body when called: bound,
+ * it returns its generator at once, and each `next()`, `throw()` and `return()` runs in the tenant's
+ * scope (an async step with a lease until it settles). Bind the generator function itself: a plain
+ * function that returns a generator made by another is handled the same way only when the tenant's
+ * connection is open (otherwise its result is a promise of the generator, as for any function).
+ *
  * Only this library's scope is captured and restored (not other `AsyncLocalStorage` stores); `this`,
  * the arguments and the return value are passed through unchanged.
  * @param fn The callback to bind: an event listener, a stream handler, a callback a library calls later.
@@ -34,15 +40,55 @@ import { currentScope, openTransactionScope, runInScope, runInScopeSync, type Sc
  *   await Audit.query().insert({ message: `paid ${invoice.id}` });
  * }));
  */
+export function bindTenant<A extends unknown[], G extends AnyGenerator, This = unknown>(fn: (this: This, ...args: A) => G): (this: This, ...args: A) => G;
+export function bindTenant<A extends unknown[], R, This = unknown>(fn: (this: This, ...args: A) => R): (this: This, ...args: A) => R | Promise<Awaited<R>>;
 export function bindTenant<A extends unknown[], R, This = unknown>(
   fn: (this: This, ...args: A) => R,
 ): (this: This, ...args: A) => R | Promise<Awaited<R>> {
   if (typeof fn !== 'function') throw new TypeError('bindTenant(fn): fn must be a function');
   // The store is immutable, so holding a reference is a faithful snapshot of the scope.
   const scope = currentScope();
+  // A generator function's call runs none of its body (each next() does): the call makes the
+  // generator at once, in the scope, and its steps run in the scope.
+  if (isGeneratorFunction(fn)) {
+    return function boundGenerator(this: This, ...args: A): R {
+      return stepsInScope(scope, runInScopeSync(openTransactionScope(scope) ?? scope, () => fn.apply(this, args)));
+    };
+  }
   return function boundToTenant(this: This, ...args: A): R | Promise<Awaited<R>> {
-    return inScopeOf(scope, () => fn.apply(this, args));
+    const result = inScopeOf(scope, () => fn.apply(this, args));
+    return result instanceof Promise ? result : stepsInScope(scope, result);
   };
+}
+
+/** A generator, sync or async: a bound generator function returns it at once (see stepsInScope). */
+export type AnyGenerator = Generator<unknown, unknown, never> | AsyncGenerator<unknown, unknown, never>;
+
+function isGeneratorFunction(fn: unknown): boolean {
+  const kind = Object.prototype.toString.call(fn);
+  return kind === '[object GeneratorFunction]' || kind === '[object AsyncGeneratorFunction]';
+}
+
+/**
+ * A generator (sync or async) whose body runs, step by step, in `scope`: `next()`, `throw()` and
+ * `return()` run there, each async step with a lease on the tenant's connection until it settles
+ * (see inScopeOf). Left to itself, its body would run in the scope of whoever iterates it.
+ * Anything else is returned as it is.
+ */
+function stepsInScope<R>(scope: TenantScope | undefined, result: R): R {
+  const kind = Object.prototype.toString.call(result);
+  if (kind !== '[object Generator]' && kind !== '[object AsyncGenerator]') return result;
+  const generator = result as unknown as Record<'next' | 'throw' | 'return', (value?: unknown) => unknown>;
+  const sync = kind === '[object Generator]';
+  const step = (method: 'next' | 'throw' | 'return') => (value?: unknown) => {
+    const call = () => generator[method]!.call(generator, value);
+    // A sync step cannot wait for the tenant's connection to be opened again: it runs in the scope as
+    // it was bound, where the queries it builds run on that connection when awaited.
+    return sync ? runInScopeSync(openTransactionScope(scope) ?? scope, call) : inScopeOf(scope, call);
+  };
+  const wrapped = { next: step('next'), throw: step('throw'), return: step('return') };
+  Object.defineProperty(wrapped, sync ? Symbol.iterator : Symbol.asyncIterator, { value: () => wrapped });
+  return wrapped as unknown as R;
 }
 
 /** Runs `call` in `scope`'s tenant as it is now (see bindTenant); with no scope, with none. */

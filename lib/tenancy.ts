@@ -11,7 +11,7 @@ import type { ConnectionBudget } from './connection-budget';
 import { bounded, CONNECTION_DEFAULTS, createConnections } from './connections';
 import { checkTenancyOptions, type TenancyOptions, type TenancyStats } from './tenancy-options';
 import type { TenantConnections, TenantLease } from './pool-cache';
-import { bindTenant } from './propagation';
+import { bindTenant, type AnyGenerator } from './propagation';
 import { CATALOG_DEFAULTS, CatalogCache } from './catalog-cache';
 import { createErrorHandler, type ErrorHandlerOptions, type TenantErrorHandler } from './http-errors';
 import { currentScope, globalState, liveConnection, liveScope, markConnection, runInScope, whenSettled, type ScopeOwner, type TenantScope } from './scope';
@@ -410,6 +410,8 @@ export class Tenancy implements ScopeOwner {
    * @example
    * emitter.on('done', tenancy.bind(() => Audit.query().insert({ message: 'done' })));
    */
+  bind<A extends unknown[], G extends AnyGenerator, This = unknown>(fn: (this: This, ...args: A) => G): (this: This, ...args: A) => G;
+  bind<A extends unknown[], R, This = unknown>(fn: (this: This, ...args: A) => R): (this: This, ...args: A) => R | Promise<Awaited<R>>;
   bind<A extends unknown[], R, This = unknown>(fn: (this: This, ...args: A) => R): (this: This, ...args: A) => R | Promise<Awaited<R>> {
     return bindTenant(fn);
   }

@@ -117,6 +117,36 @@ for (const backend of backends('prop')) {
       for (const [t, seen] of results) assert.deepEqual(seen, [`${t}:${t}-ada`, `${t}:${t}-bob`]);
     });
 
+    it("a generator function bound with bindTenant runs its body in the bound tenant, whoever iterates it (async and sync)", async () => {
+      // Bound in pa, iterated in pb and outside any scope. Before: the body ran in the iterator's
+      // scope (pb's rows), since a generator's call runs none of its body.
+      const [asyncBound, syncBound, returnsGenerator] = await tenancy.runWithTenant('pa', () => [
+        bindTenant(personsOneByOne),
+        bindTenant(function* scopes() {
+          yield tryCurrentTenantId();
+          yield tryCurrentTenantId();
+        }),
+        bindTenant(() => personsOneByOne()),
+      ]);
+      for (const iterate of [(fn: () => Promise<string[]>) => tenancy.runWithTenant('pb', fn), (fn: () => Promise<string[]>) => fn()]) {
+        const seen = await iterate(async () => {
+          const items: string[] = [];
+          for await (const item of asyncBound()) items.push(item);
+          for await (const item of returnsGenerator() as AsyncGenerator<string>) items.push(item);
+          for (const item of syncBound()) items.push(String(item));
+          return items;
+        });
+        assert.deepEqual(seen, ['pa:pa-ada', 'pa:pa-bob', 'pa:pa-ada', 'pa:pa-bob', 'pa', 'pa']);
+      }
+      // return() and throw() run in the bound scope too; the consumer's scope is left as it was.
+      await tenancy.runWithTenant('pb', async () => {
+        const generator = asyncBound();
+        assert.deepEqual(await generator.next(), { value: 'pa:pa-ada', done: false });
+        assert.deepEqual(await generator.return('stopped'), { value: 'stopped', done: true });
+        assert.equal(currentTenantId(), 'pb');
+      });
+    });
+
     it('knex .stream() consumed with for await and with pipeline() keeps the scope, queries in the loop included', async () => {
       const results = await inEveryTenant(async () => {
         const seen: string[] = [];
