@@ -157,7 +157,7 @@ function movedJob(from: string, to: string): TenantMismatchError {
 const QUEUE_WIDE = [
   'clean', 'count', 'drain', 'exportPrometheusMetrics', 'getActiveCount', 'getCompletedCount', 'getCountsPerPriority',
   'getDelayedCount', 'getDependencies', 'getFailedCount', 'getJobCountByTypes', 'getJobCounts', 'getJobSchedulersCount',
-  'getMetrics', 'getPrioritizedCount', 'getRanges', 'getWaitingChildrenCount', 'getWaitingCount', 'getWorkers',
+  'getMetrics', 'getPrioritizedCount', 'getQueueEvents', 'getRanges', 'getWaitingChildrenCount', 'getWaitingCount', 'getWorkers',
   'getWorkersCount', 'obliterate', 'pause', 'promoteJobs', 'rateLimit', 'removeGlobalConcurrency', 'removeGlobalRateLimit',
   'removeOrphanedJobs', 'removeRateLimitKey', 'resume', 'retryJobs', 'setGlobalConcurrency', 'setGlobalRateLimit', 'trimEvents',
 ] as const;
@@ -277,7 +277,14 @@ export function load(caller: string): NonNullable<typeof loaded> {
       const own = data.tenantId == null ? id : inTenant(data.tenantId, id);
       // The jobs it makes: their deduplication ids (the template's or the queue's default) in the tenant's namespace.
       const [, opts] = stampJob(data, withDefaultIds(template?.opts, this.jobsOpts));
-      return super.upsertJobScheduler(own, repeat, { ...template, name: template?.name ?? id, data, ...(opts === undefined ? {} : { opts }) });
+      const job = await super.upsertJobScheduler(own, repeat, { ...template, name: template?.name ?? id, data, ...(opts === undefined ? {} : { opts }) });
+      // BullMQ's scheduler makes this job with its own Job class: kept in its tenant as TenantJob is.
+      if (job != null && !(job instanceof TenantJob)) {
+        const owner = { tenantId: data.tenantId, central: (data as { central?: unknown }).central };
+        const updateData = job.updateData;
+        job.updateData = async (next: unknown) => updateData.call(job, sameTenantData(owner, next) as never);
+      }
+      return job;
     }
 
     // By id inside a tenant scope: that tenant's jobs and schedulers only; outside any scope, as BullMQ.

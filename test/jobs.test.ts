@@ -534,6 +534,10 @@ for (const backend of backends('jobs')) {
 
         const scheduled = await tenancy.runWithTenant('jc', () => queue.upsertJobScheduler('nightly', { every: 3_600_000 }, { data: { expect: 'jc' } }));
         assert.equal(scheduled.data.tenantId, 'jc');
+        // The job BullMQ's scheduler made (with its own Job class) stays its tenant's: it ran in jb before.
+        await assert.rejects(scheduled.updateData({ ...scheduled.data, tenantId: 'jb' }), TenantMismatchError);
+        await scheduled.updateData({ ...scheduled.data, expect: 'jc, updated' });
+        assert.equal((await queue.getJob(scheduled.id!))?.data.tenantId, 'jc');
         await assert.rejects(queue.upsertJobScheduler('orphan', { every: 3_600_000 }), TenantContextMissingError);
         assert.equal(await tenancy.runWithTenant('jc', () => queue.removeJobScheduler('nightly')), true);
       });
@@ -677,7 +681,7 @@ for (const backend of backends('jobs')) {
           assert.deepEqual((await queue.getJobs(['delayed'])).map((j) => j.data.expect), ['ja']);
           assert.deepEqual((await queue.getDelayed()).map((j) => j.data.expect), ['ja'], 'getDelayed() goes through getJobs()');
           assert.deepEqual(await queue.getJobSchedulers(), []);
-          for (const call of [() => queue.getJobCounts(), () => queue.count(), () => queue.drain(), () => queue.obliterate({ force: true }), () => queue.clean(0, 100, 'delayed'), () => queue.pause()]) {
+          for (const call of [() => queue.getJobCounts(), () => queue.count(), () => queue.drain(), () => queue.obliterate({ force: true }), () => queue.clean(0, 100, 'delayed'), () => queue.pause(), () => queue.getQueueEvents(), () => queue.getWorkers()]) {
             await assert.rejects(call(), { code: 'QUEUE_WIDE_IN_TENANT_SCOPE' });
           }
         });
