@@ -46,6 +46,12 @@ type ClientStream = (this: Knex.Client, conn: unknown, obj: unknown, stream: unk
 
 /** ER_NO_DB_ERROR: a statement named a table without a database on a session that has none. */
 const NO_DATABASE_SELECTED = 1046;
+/**
+ * ER_SP_DOES_NOT_EXIST: what a call of the tenant's own stored function (`select whoami()`) gets on a
+ * session with no database (procedures get 1046). Refused before it runs, like 1046: sent again after
+ * a `USE`, where a function that is really missing fails again with the same error.
+ */
+const NO_SUCH_ROUTINE = 1305;
 /** ER_NO_SUCH_TABLE: also what a qualified statement gets when its whole database is gone. */
 const NO_SUCH_TABLE = 1146;
 /**
@@ -213,7 +219,7 @@ async function refused(
   if (state.cleanTarget(conn) === undefined) {
     // Sent together with other statements of the acquire (a transaction's) and refused before the
     // switch one of them started had run: sent again once it has, if it went to this tenant's database.
-    if (errno !== NO_DATABASE_SELECTED || !(await state.switchedTo(conn, target))) throw error;
+    if ((errno !== NO_DATABASE_SELECTED && errno !== NO_SUCH_ROUTINE) || !(await state.switchedTo(conn, target))) throw error;
     state.noteQualifyRetry(typeof input === 'string' ? input : input.sql);
     return sendAfterSwitch(client, baseQuery, conn, input, error);
   }
@@ -223,7 +229,7 @@ async function refused(
     await state.switchNow(conn, tenantId);
     throw error;
   }
-  if (errno !== NO_DATABASE_SELECTED) throw error;
+  if (errno !== NO_DATABASE_SELECTED && errno !== NO_SUCH_ROUTINE) throw error;
   state.noteQualifyRetry(typeof input === 'string' ? input : input.sql);
   await state.switchNow(conn, tenantId);
   return sendAfterSwitch(client, baseQuery, conn, input, error);

@@ -281,6 +281,26 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     assert.deepEqual(movies.map((m: Movie) => m.title), ['c-alien']);
   });
 
+  it("a call of the tenant's own stored function on a clean connection (refused there with 1305, not 1046) is sent again after a switch", async () => {
+    const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
+    try {
+      for (const t of TENANTS) await admin.raw(`create or replace function \`${db(t)}\`.whoami() returns varchar(20) deterministic return '${t}'`);
+    } finally {
+      await admin.destroy();
+    }
+    open({ max: 1 });
+    // a, b, a: each tenant change takes the connection back to no database first.
+    for (const t of ['a', 'b', 'a']) {
+      const person = await tenancy!.runWithTenant(t, () => Person.query().select('name', tenancy!.knex().raw('whoami() as w')).findById(1));
+      assert.deepEqual({ name: person?.name, w: (person as unknown as { w: string }).w }, { name: `${t}-ada`, w: t });
+      const [[row]] = (await tenancy!.runWithTenant(t, () => tenancy!.knex().raw('select whoami() as w'))) as [[{ w: string }]];
+      assert.equal(row.w, t);
+    }
+    assert.ok(stats().qualifyRetries >= 1, JSON.stringify(stats()));
+    // A function that is really missing fails with the server's own error, once switched.
+    await assert.rejects(tenancy!.runWithTenant('c', () => tenancy!.knex().raw('select nosuchfunction() as w')), (error: { errno?: number }) => error.errno === 1305);
+  });
+
   it('a statement the server refused lately is switched first on a clean connection, not sent to be refused again', async () => {
     const sent: string[] = [];
     open({
