@@ -10,6 +10,7 @@ import {
   closeSocketNow,
   guardPendingSwitch,
   leftTransactional,
+  restoreCharset,
   stillRunning,
   trackSchemaChanges,
   type AfterCreate,
@@ -810,6 +811,7 @@ export class AffinityPool implements SwitchState {
    */
   async #renewSession(slot: Slot, tenantId: string, reason: string, send: (done: (error: unknown) => void) => void, sent?: () => void): Promise<void> {
     try {
+      restoreCharset(slot);
       await this.#answered(tenantId, 'a session command', new Promise<void>((resolve, reject) => send((error) => (error ? reject(error) : resolve()))));
       sent?.();
       await this.#answered(tenantId, 'pool.afterCreate', this.#setUp(slot.conn));
@@ -887,6 +889,7 @@ export class AffinityPool implements SwitchState {
       const conn = await this.#answered(tenantId, 'a connection attempt', attempt);
       slot = {
         conn,
+        charsetNumber: (conn as { config?: { charsetNumber?: number } }).config?.charsetNumber,
         db: undefined,
         pending: undefined,
         switched: permit,

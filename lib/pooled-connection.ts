@@ -46,8 +46,13 @@ export interface Slot {
   answered: boolean;
   /** The tenant that held the connection last (resetSession resets it when another takes it). */
   tenant: string | undefined;
-  /** Its session could not be reset: closed when released, never handed out again. */
+  /**
+   * Closed when released, never handed out again: its session could not be reset, or the pool can no
+   * longer trust what it knows of it (see `tracked`).
+   */
   broken: boolean;
+  /** mysql2's character set for the session as the connection was opened (see `restoreCharset`). */
+  readonly charsetNumber: number | undefined;
   /** Whether its session was in autocommit mode once set up (only then is an open transaction a leftover). */
   autocommit: boolean;
   /**
@@ -117,9 +122,43 @@ export function trackSchemaChanges(slot: Slot): void {
 
 type Callback = (error: unknown, result: unknown, fields: unknown) => unknown;
 
+/** Marks `slot` broken when a statement leaves its session unknown to the pool (see the patterns above). */
+function untrusted(slot: Slot, sql: unknown, failed: boolean): void {
+  const text = typeof sql === 'string' ? sql : (sql as { sql?: unknown } | null)?.sql;
+  if (typeof text !== 'string') return;
+  if (SCHEMA_TRACKING.test(text) || (failed && (MAY_OPEN_TRANSACTION_INSIDE.test(text) || severalStatements(text)))) slot.broken = true;
+}
+
+/**
+ * Gives mysql2 back the character set the connection was opened with, before a session reset or a
+ * change of user: a `SET NAMES` in a tenant's raw SQL changed it for good on the driver's side, and
+ * the reset puts the server back to the opening one, so the next tenant's text would be encoded in
+ * one character set and read in another (its writes silently corrupted).
+ */
+export function restoreCharset(slot: Slot): void {
+  const config = (slot.conn as { config?: { charsetNumber?: number } }).config;
+  if (config !== undefined && slot.charsetNumber !== undefined) config.charsetNumber = slot.charsetNumber;
+}
+
+/**
+ * A statement that may start a transaction inside it (a stored procedure, a prepared or immediate
+ * EXECUTE, several statements) and then fails: an error answer carries no status flags, so the pool's
+ * record of the session (in a transaction or not) is the one from before, and a transaction the
+ * statement left open would pass to the next tenant, whose writes would join it (or whose BEGIN
+ * would commit it). Such a connection is closed when released: the server rolls back.
+ */
+const MAY_OPEN_TRANSACTION_INSIDE = /^\s*(?:call|execute|xa)\b/i;
+/**
+ * `session_track_schema` turned off (or touched at all): the server stops naming the database a
+ * `USE` moves to, and the pool could believe a connection clean (qualifyTables) or on a database it
+ * left. Never trusted again: closed when released.
+ */
+const SCHEMA_TRACKING = /session_track_schema/i;
+
 function tracked(slot: Slot, sql: unknown, callback: Callback): Callback {
   return function (this: unknown, error: unknown, result: unknown, fields: unknown): unknown {
     if (slot.switched && !slot.answered && opensTables(sql)) slot.answered = true;
+    untrusted(slot, sql, error !== null && error !== undefined);
     if (!error) {
       const schema = changedSchema(result);
       if (schema !== undefined) {

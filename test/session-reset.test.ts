@@ -324,6 +324,21 @@ describe('shared strategy, session state between tenants', { skip: skipMysql }, 
       });
     }
 
+    for (const mode of [{}, { qualifyTables: true }, { inlineSwitch: true }] as const) {
+      it(`a stored procedure that starts a transaction and fails (its error carries no status): the connection is closed, the next tenant writes on its own (${JSON.stringify(mode)})`, async () => {
+        await cleanMarkers();
+        await admin.raw(`create or replace procedure \`${db('a')}\`.fails_in_transaction() begin start transaction; insert into marker values ('a-in-procedure'); signal sqlstate '45000' set message_text = 'failed half-way'; end`);
+        open(mode);
+        await assert.rejects(tenancy!.runWithTenant('a', () => raw('call fails_in_transaction()')), /failed half-way/);
+        // Before: b's insert joined a's open transaction (acknowledged, then lost), or b's BEGIN committed a's half-done work.
+        await writeB();
+        await tenancy!.runWithTenant('b', () => tenancy!.transaction(() => raw("insert into marker values ('b-in-transaction')")));
+        assert.deepEqual((await markers('b')).sort(), ['b', 'b-in-transaction', 'b-row']);
+        assert.deepEqual(await markers('a'), ['a'], "a's half-done write was rolled back, never committed by b");
+        assert.equal(tenancy!.stats().servers!.main!.destroyed, 1, 'the connection was closed');
+      });
+    }
+
     it('a connection whose autocommit was turned off is closed too: later writes, its own or the next tenant\'s, commit', async () => {
       await cleanMarkers();
       open();
@@ -410,6 +425,36 @@ describe('shared strategy, session state between tenants', { skip: skipMysql }, 
       // Mistaken for a USE, the pool would believe the connection on b's database and skip b's switch.
       assert.deepEqual(await marker('b'), { d: db('b'), m: 'b' });
     });
+  });
+
+  it("resetSession: a tenant's SET NAMES does not change how the next tenant's text is sent (it was encoded latin1, read utf8mb4: corrupted)", async () => {
+    await admin.raw('create table if not exists ??.texts (v varchar(32) character set utf8mb4)', [db('b')]);
+    await admin.raw('delete from ??.texts', [db('b')]);
+    for (const mode of [{ resetSession: true }, { resetSession: true, inlineSwitch: true }, { resetSession: true, qualifyTables: true }] as const) {
+      open(mode);
+      await tenancy!.runWithTenant('a', () => raw('set names latin1'));
+      await tenancy!.runWithTenant('b', () => raw('insert into texts values (?)', ['b-é€✓']));
+      const [charset] = await tenancy!.runWithTenant('b', () => raw<{ c: string }>('select @@character_set_client as c'));
+      assert.equal(charset!.c, 'utf8mb4', JSON.stringify(mode));
+      await tenancy!.destroy();
+      tenancy = undefined;
+    }
+    assert.deepEqual(await admin.withSchema(db('b')).from('texts').pluck('v'), ['b-é€✓', 'b-é€✓', 'b-é€✓']);
+  });
+
+  it("a tenant that turns session_track_schema off and moves its connection with USE: the next tenant's raw SQL still reads its own database", async () => {
+    for (const mode of [{ qualifyTables: true }, { qualifyTables: true, resetSession: true }, {}] as const) {
+      open(mode);
+      await tenancy!.runWithTenant('a', async () => {
+        await raw('set session session_track_schema = off');
+        await raw(`use ${db('a')}`);
+      });
+      // Before (qualifyTables): the pool still took the connection for one with no database, and b read a's marker.
+      const [row] = await tenancy!.runWithTenant('b', () => raw<{ m: string }>('select tenant_id as m from marker'));
+      assert.equal(row!.m, 'b', JSON.stringify(mode));
+      await tenancy!.destroy();
+      tenancy = undefined;
+    }
   });
 
   it('resetSession is validated and applies to the shared strategy only', () => {
