@@ -122,11 +122,18 @@ export function trackSchemaChanges(slot: Slot): void {
 
 type Callback = (error: unknown, result: unknown, fields: unknown) => unknown;
 
+/** The switch inlineSwitch puts before a statement (see inlineUse): the statement is what follows it. */
+const INLINE_USE = /^USE `(?:[^`]|``)*`; /;
+
 /** Marks `slot` broken when a statement leaves its session unknown to the pool (see the patterns above). */
 function untrusted(slot: Slot, sql: unknown, failed: boolean): void {
   const text = typeof sql === 'string' ? sql : (sql as { sql?: unknown } | null)?.sql;
   if (typeof text !== 'string') return;
-  if (SCHEMA_TRACKING.test(text) || (failed && (MAY_OPEN_TRANSACTION_INSIDE.test(text) || severalStatements(text)))) slot.broken = true;
+  if (SCHEMA_TRACKING.test(text)) slot.broken = true;
+  else if (failed) {
+    const own = text.replace(INLINE_USE, '');
+    if (MAY_OPEN_TRANSACTION_INSIDE.test(own) || severalStatements(own)) slot.broken = true;
+  }
 }
 
 /**
