@@ -63,6 +63,29 @@ const CURRENT_DATABASE = /\b(?:database|schema)\b/i;
 /** A `;` with anything after it: possibly several statements (a `;` inside a literal only costs a switch). */
 const SEVERAL_STATEMENTS = /;\s*\S/;
 
+/** The switch inlineSwitch puts before a statement (see inlineUse): the statement is what follows it. */
+const INLINE_USE = /^USE `(?:[^`]|``)*`; /;
+/** Whitespace and comments before a statement's first word (not MariaDB's executable `/*!` ones). */
+const LEADING_COMMENTS = /^(?:\s+|\/\*(?![!M])[\s\S]*?\*\/|(?:--(?=\s)|#)[^\n]*(?:\n|$))*/;
+
+/** A statement's text from its first word: the inline switch and leading comments left out. */
+export function statementStart(text: string): string {
+  return text.replace(INLINE_USE, '').replace(LEADING_COMMENTS, '');
+}
+
+/**
+ * Statements whose routines MariaDB resolves before anything runs: refused with 1305 on a clean
+ * connection, they did nothing. A `CALL` (or `EXECUTE`) resolves them as its body runs, after its
+ * earlier statements' writes: not sent again.
+ */
+const RESOLVED_BEFORE_RUNNING = /^(?:select|insert|update|delete|replace|with|values|table)\b|^\(/i;
+
+/** Whether a statement refused with `errno` on a clean connection did nothing, so it may be sent again after a `USE`. */
+function refusedBeforeRunning(errno: unknown, sql: string): boolean {
+  if (errno === NO_DATABASE_SELECTED) return true;
+  return errno === NO_SUCH_ROUTINE && !SEVERAL_STATEMENTS.test(sql) && RESOLVED_BEFORE_RUNNING.test(statementStart(sql));
+}
+
 /** Whether `sql` (a string or knex's `{ sql }`) may hold several statements. */
 export function severalStatements(sql: unknown): boolean {
   const text = typeof sql === 'string' ? sql : (sql as { sql?: unknown } | null)?.sql;
@@ -219,7 +242,7 @@ async function refused(
   if (state.cleanTarget(conn) === undefined) {
     // Sent together with other statements of the acquire (a transaction's) and refused before the
     // switch one of them started had run: sent again once it has, if it went to this tenant's database.
-    if ((errno !== NO_DATABASE_SELECTED && errno !== NO_SUCH_ROUTINE) || !(await state.switchedTo(conn, target))) throw error;
+    if (!refusedBeforeRunning(errno, typeof input === 'string' ? input : input.sql) || !(await state.switchedTo(conn, target))) throw error;
     state.noteQualifyRetry(typeof input === 'string' ? input : input.sql);
     return sendAfterSwitch(client, baseQuery, conn, input, error);
   }
@@ -229,7 +252,7 @@ async function refused(
     await state.switchNow(conn, tenantId);
     throw error;
   }
-  if (errno !== NO_DATABASE_SELECTED && errno !== NO_SUCH_ROUTINE) throw error;
+  if (!refusedBeforeRunning(errno, typeof input === 'string' ? input : input.sql)) throw error;
   state.noteQualifyRetry(typeof input === 'string' ? input : input.sql);
   await state.switchNow(conn, tenantId);
   return sendAfterSwitch(client, baseQuery, conn, input, error);

@@ -7,7 +7,7 @@
  * affinity-pool.ts.
  */
 import { TenantError } from './errors';
-import { inlineUse, severalStatements } from './inline-switch';
+import { inlineUse, severalStatements, statementStart } from './inline-switch';
 
 /** A raw driver connection (a mysql2 `Connection`), as knex's client hands it out. */
 export type RawConnection = {
@@ -113,17 +113,17 @@ export function trackSchemaChanges(slot: Slot): void {
     if (typeof callback === 'function') return query.call(this, sql, values, tracked(slot, sql, callback as Callback));
     if (typeof values === 'function') return query.call(this, sql, tracked(slot, sql, values as Callback));
     // No callback (knex's streams): its answer is not read here, so where it leaves the session is
-    // unknown (a streamed `USE`): the next acquire switches the connection again.
+    // unknown (a streamed `USE`): the next acquire switches the connection again. Whether it failed
+    // is not known either: counted as failed (see untrusted).
     slot.db = undefined;
     slot.clean = false;
+    untrusted(slot, sql, true);
     return query.apply(this, arguments as never);
   };
 }
 
 type Callback = (error: unknown, result: unknown, fields: unknown) => unknown;
 
-/** The switch inlineSwitch puts before a statement (see inlineUse): the statement is what follows it. */
-const INLINE_USE = /^USE `(?:[^`]|``)*`; /;
 
 /** Marks `slot` broken when a statement leaves its session unknown to the pool (see the patterns above). */
 function untrusted(slot: Slot, sql: unknown, failed: boolean): void {
@@ -131,7 +131,7 @@ function untrusted(slot: Slot, sql: unknown, failed: boolean): void {
   if (typeof text !== 'string') return;
   if (SCHEMA_TRACKING.test(text)) slot.broken = true;
   else if (failed) {
-    const own = text.replace(INLINE_USE, '');
+    const own = statementStart(text);
     if (MAY_OPEN_TRANSACTION_INSIDE.test(own) || severalStatements(own)) slot.broken = true;
   }
 }
@@ -152,9 +152,11 @@ export function restoreCharset(slot: Slot): void {
  * EXECUTE, several statements) and then fails: an error answer carries no status flags, so the pool's
  * record of the session (in a transaction or not) is the one from before, and a transaction the
  * statement left open would pass to the next tenant, whose writes would join it (or whose BEGIN
- * would commit it). Such a connection is closed when released: the server rolls back.
+ * would commit it). Such a connection is closed when released: the server rolls back. Read after
+ * leading comments (`/* tag *\/ CALL p()`); a statement that starts with one of MariaDB's executable
+ * comments (`/*!...*\/`) counts too.
  */
-const MAY_OPEN_TRANSACTION_INSIDE = /^\s*(?:call|execute|xa)\b/i;
+const MAY_OPEN_TRANSACTION_INSIDE = /^(?:(?:call|execute|xa)\b|\/\*)/i;
 /**
  * `session_track_schema` turned off (or touched at all): the server stops naming the database a
  * `USE` moves to, and the pool could believe a connection clean (qualifyTables) or on a database it

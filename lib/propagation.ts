@@ -86,8 +86,12 @@ function stepsInScope<R>(scope: TenantScope | undefined, result: R): R {
     // it was bound, where the queries it builds run on that connection when awaited.
     return sync ? runInScopeSync(openTransactionScope(scope) ?? scope, call) : inScopeOf(scope, call);
   };
-  const wrapped = { next: step('next'), throw: step('throw'), return: step('return') };
-  Object.defineProperty(wrapped, sync ? Symbol.iterator : Symbol.asyncIterator, { value: () => wrapped });
+  // Inherits from the generator's own prototype: a Generator (or AsyncGenerator) still, for
+  // `Symbol.toStringTag`, its iterator symbol and the iterator helpers; its steps are these.
+  const wrapped = Object.create(Object.getPrototypeOf(generator) as object) as Record<string, unknown>;
+  for (const method of ['next', 'throw', 'return'] as const) {
+    Object.defineProperty(wrapped, method, { value: step(method), configurable: true, writable: true });
+  }
   return wrapped as unknown as R;
 }
 

@@ -48,8 +48,11 @@ export async function runTransaction<T>(
   // What the transaction was rolled back for: `fn`'s error (knex passes it to `rollback`) or the
   // app's own `trx.rollback(error)`.
   let rollbackReason: { error: unknown } | undefined;
-  // The outermost level's COMMIT was sent (by knex once `fn` resolved, or by the app's `trx.commit()`).
+  // The outermost level's COMMIT was sent (by knex once `fn` resolved, or by the app's `trx.commit()`),
+  // and its own answer: undefined once it succeeded, else its error.
   let commitSent = false;
+  let commitAnswer: Promise<unknown> | undefined;
+  let committed = false;
   try {
     result = (await base.transaction((trx) => {
       // Its BEGIN (or SAVEPOINT) failed: knex marks the transaction complete, rejects it, and still
@@ -67,6 +70,21 @@ export async function runTransaction<T>(
         return (rollback as (...args: unknown[]) => unknown).apply(this, args);
       } as typeof rollback;
       if (outer === undefined) {
+        // knex may settle the transaction before its COMMIT is answered (the app's `trx.commit()` not
+        // awaited, then a throw: knex's ROLLBACK of the completed transaction fails at once), or
+        // swallow the COMMIT's failure (the app's awaited `trx.commit()`): its answer is read here.
+        const client = trx.client as unknown as { query(conn: unknown, obj: unknown): Promise<unknown> };
+        const query = client.query;
+        client.query = function (this: unknown, conn: unknown, obj: unknown): Promise<unknown> {
+          const answer = query.call(this, conn, obj);
+          if (commitAnswer === undefined && (typeof obj === 'string' ? obj : (obj as { sql?: unknown } | null)?.sql) === 'COMMIT;') {
+            commitAnswer = answer.then(
+              () => undefined,
+              (error: unknown) => error ?? new Error('COMMIT failed'),
+            );
+          }
+          return answer;
+        };
         const commit = trx.commit;
         trx.commit = function (this: unknown, ...args: unknown[]) {
           commitSent = true;
@@ -75,20 +93,32 @@ export async function runTransaction<T>(
       }
       return runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
     })) as Awaited<T>;
-  } catch (error) {
+  } catch (caught) {
     if (outer !== undefined) outer.__knexTxId = outerTxId;
-    // The connection died after COMMIT went out: the server may have committed. Reporting a rollback
-    // (and running onRollback's compensations) would be wrong as often as reporting a commit.
-    if (commitSent && !rolledBack && commitMayHaveApplied(error)) {
-      hooks.state = 'unknown';
-      throw new TransactionOutcomeUnknownError(scope.tenantId, { cause: error });
+    let error = caught;
+    // Once its COMMIT went out, the COMMIT's own answer is the outcome.
+    if (commitSent && !rolledBack && commitAnswer !== undefined) {
+      const answer = await commitAnswer;
+      if (answer === undefined) committed = true;
+      else error = answer;
     }
-    hooks.state = 'rolledBack';
-    await runCallbacks(scope, hooks.rollback, onHookError);
-    // Its ROLLBACK failed too (the connection was lost: the server rolls the transaction back
-    // itself), and knex rejects with that failure, "ROLLBACK - Connection lost", in place of the
-    // error the transaction was rolled back for. That one says what happened.
-    throw rollbackReason !== undefined && rollbackReason.error !== error ? rollbackReason.error : error;
+    if (!committed) {
+      // The connection died after COMMIT went out: the server may have committed. Reporting a rollback
+      // (and running onRollback's compensations) would be wrong as often as reporting a commit.
+      if (commitSent && !rolledBack && commitMayHaveApplied(error)) {
+        hooks.state = 'unknown';
+        throw new TransactionOutcomeUnknownError(scope.tenantId, { cause: error });
+      }
+      hooks.state = 'rolledBack';
+      await runCallbacks(scope, hooks.rollback, onHookError);
+      // Its ROLLBACK failed too (the connection was lost: the server rolls the transaction back
+      // itself), and knex rejects with that failure, "ROLLBACK - Connection lost", in place of the
+      // error the transaction was rolled back for. That one says what happened.
+      throw rollbackReason !== undefined && rollbackReason.error !== error ? rollbackReason.error : error;
+    }
+    // Committed by the app's own `trx.commit()` before `fn` threw: as knex does for an awaited one,
+    // the transaction resolves (with undefined), and its onCommit callbacks run.
+    result = undefined as Awaited<T>;
   }
   if (outer !== undefined) outer.__knexTxId = outerTxId;
   if (rolledBack) {

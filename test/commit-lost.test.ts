@@ -280,19 +280,22 @@ for (const backend of [mysqlBackend('clc'), mysqlSharedBackend('clcs')]) {
   describe(`the app's own trx.commit(), then a throw (${backend.name})`, { skip: skipMysql }, () => {
     const direct = seededTenantSuite(backend, 'a').table;
 
-    it('counts as committed: onCommit runs, onRollback does not, whether the throw comes at once or later', async () => {
+    it('counts as committed: onCommit runs, onRollback does not, the transaction resolves, whether the commit is awaited and the throw comes at once or later', async () => {
       const tenancy = createTenancy({ ...backend.connectionOptions(), tenantExists: backend.databaseExists } as TenancyOptions);
       try {
-        for (const later of [false, true]) {
-          const name = `committed-then-threw-${later}`;
-          const { ran } = await transactionOutcome(tenancy, async (trx) => {
+        for (const form of ['awaited, throw at once', 'awaited, throw later', 'not awaited'] as const) {
+          const name = `committed-then-threw-${form.replace(/\W+/g, '-')}`;
+          const { outcome, ran } = await transactionOutcome(tenancy, async (trx) => {
             await Person.query().insert({ name });
-            await trx.commit();
-            if (later) await new Promise((r) => setTimeout(r, 20));
+            // Not awaited: knex settled the transaction (rejected, "already complete") before the COMMIT's answer.
+            if (form === 'not awaited') void trx.commit();
+            else await trx.commit();
+            if (form === 'awaited, throw later') await new Promise((r) => setTimeout(r, 20));
             throw new Error('a step after the commit failed');
           });
           await new Promise((r) => setTimeout(r, 50));
-          assert.deepEqual(ran, ['commit'], `throw ${later ? 'later' : 'at once'}`);
+          assert.equal(outcome, 'resolved', `${form}: ${String(outcome)}`);
+          assert.deepEqual(ran, ['commit'], form);
           assert.deepEqual(await direct('persons').where({ name }).pluck('name'), [name]);
         }
       } finally {

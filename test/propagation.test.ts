@@ -138,6 +138,9 @@ for (const backend of backends('prop')) {
         });
         assert.deepEqual(seen, ['pa:pa-ada', 'pa:pa-bob', 'pa:pa-ada', 'pa:pa-bob', 'pa', 'pa']);
       }
+      // Still a generator to its consumer (its tag, its iterator symbol).
+      assert.equal(Object.prototype.toString.call(asyncBound()), '[object AsyncGenerator]');
+      assert.equal(Object.prototype.toString.call(syncBound()), '[object Generator]');
       // return() and throw() run in the bound scope too; the consumer's scope is left as it was.
       await tenancy.runWithTenant('pb', async () => {
         const generator = asyncBound();

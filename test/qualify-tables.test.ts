@@ -301,6 +301,20 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     await assert.rejects(tenancy!.runWithTenant('c', () => tenancy!.knex().raw('select nosuchfunction() as w')), (error: { errno?: number }) => error.errno === 1305);
   });
 
+  it('a CALL that fails with 1305 half-way (after its own writes) is not sent again: its writes happen once', async () => {
+    const admin = knexFactory({ client: 'mysql2', connection: server, pool: { min: 0, max: 1 } });
+    try {
+      await admin.raw(`create table if not exists \`${db('a')}\`.calls (v varchar(8))`);
+      await admin.raw(`delete from \`${db('a')}\`.calls`);
+      await admin.raw(`create or replace procedure \`${db('a')}\`.half_way() begin insert into calls values ('ran'); select missing_function(); end`);
+      open({ max: 1 });
+      await assert.rejects(tenancy!.runWithTenant('a', () => tenancy!.knex().raw(`call \`${db('a')}\`.half_way()`)), (error: { errno?: number }) => error.errno === 1305);
+      assert.deepEqual(await admin.withSchema(db('a')).from('calls').pluck('v'), ['ran'], 'the procedure ran once');
+    } finally {
+      await admin.destroy();
+    }
+  });
+
   it('a statement the server refused lately is switched first on a clean connection, not sent to be refused again', async () => {
     const sent: string[] = [];
     open({

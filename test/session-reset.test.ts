@@ -328,14 +328,20 @@ describe('shared strategy, session state between tenants', { skip: skipMysql }, 
       it(`a stored procedure that starts a transaction and fails (its error carries no status): the connection is closed, the next tenant writes on its own (${JSON.stringify(mode)})`, async () => {
         await cleanMarkers();
         await admin.raw(`create or replace procedure \`${db('a')}\`.fails_in_transaction() begin start transaction; insert into marker values ('a-in-procedure'); signal sqlstate '45000' set message_text = 'failed half-way'; end`);
-        open(mode);
-        await assert.rejects(tenancy!.runWithTenant('a', () => raw('call fails_in_transaction()')), /failed half-way/);
-        // Before: b's insert joined a's open transaction (acknowledged, then lost), or b's BEGIN committed a's half-done work.
-        await writeB();
-        await tenancy!.runWithTenant('b', () => tenancy!.transaction(() => raw("insert into marker values ('b-in-transaction')")));
-        assert.deepEqual((await markers('b')).sort(), ['b', 'b-in-transaction', 'b-row']);
-        assert.deepEqual(await markers('a'), ['a'], "a's half-done write was rolled back, never committed by b");
-        assert.equal(tenancy!.stats().servers!.main!.destroyed, 1, 'the connection was closed');
+        // With a comment before it too (query tags, sqlcommenter): it was not recognised then.
+        for (const call of ['call fails_in_transaction()', '/* tag */ call fails_in_transaction()', '-- tag\nCALL fails_in_transaction()']) {
+          await cleanMarkers();
+          open(mode);
+          await assert.rejects(tenancy!.runWithTenant('a', () => raw(call)), /failed half-way/);
+          // Before: b's insert joined a's open transaction (acknowledged, then lost), or b's BEGIN committed a's half-done work.
+          await writeB();
+          await tenancy!.runWithTenant('b', () => tenancy!.transaction(() => raw("insert into marker values ('b-in-transaction')")));
+          assert.deepEqual((await markers('b')).sort(), ['b', 'b-in-transaction', 'b-row'], call);
+          assert.deepEqual(await markers('a'), ['a'], `${call}: a's half-done write was rolled back, never committed by b`);
+          assert.equal(tenancy!.stats().servers!.main!.destroyed, 1, `${call}: the connection was closed`);
+          await tenancy!.destroy();
+          tenancy = undefined;
+        }
       });
     }
 
