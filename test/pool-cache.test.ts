@@ -454,6 +454,31 @@ describe('pool cache on SQLite files removed or replaced by another process', ()
     assert.equal(tenancy.stats().budget?.used, 0);
   });
 
+  it('in WAL mode (where SQLite raises no SQLITE_READONLY_DBMOVED) a write on a pool whose file was replaced or removed fails with a 503: nothing is acknowledged and lost', async () => {
+    await incarnation('wal1', 'old');
+    const wal: Knex.PoolConfig['afterCreate'] = (conn: { pragma(sql: string): unknown }, done: (error: unknown, conn: unknown) => void) => {
+      conn.pragma('journal_mode = WAL');
+      done(null, conn);
+    };
+    const tenancy = make({ knexConfig: (id) => ({ ...backend.knexConfig(id), pool: { afterCreate: wal } }) });
+    const removeWithWal = (id: string) => {
+      for (const suffix of ['', '-wal', '-shm']) fs.rmSync(`${file(id)}${suffix}`, { force: true });
+    };
+    assert.deepEqual(await names(tenancy, 'wal1'), ['old']);
+    // Another process drops and creates the tenant again, within the pool's 1 s recheck.
+    removeWithWal('wal1');
+    await incarnation('wal1', 'new');
+    const replaced = await tenancy.runWithTenant('wal1', () => tenancy.knex()('names').insert({ name: 'acknowledged-then-lost' })).catch((e: unknown) => e);
+    assert.ok(replaced instanceof TenantUnavailableError, `before: the insert resolved and the row was lost (${String(replaced)})`);
+    assert.deepEqual(await names(tenancy, 'wal1'), ['new']);
+    // Removed for good, under a cached pool: a write in a transaction fails too, then the tenant is unknown.
+    removeWithWal('wal1');
+    const removed = await tenancy.runWithTenant('wal1', () => tenancy.transaction((trx) => trx('names').insert({ name: 'lost' }))).catch((e: unknown) => e);
+    assert.ok(removed instanceof TenantUnavailableError, String(removed));
+    await assert.rejects(names(tenancy, 'wal1'), UnknownTenantError);
+    assert.equal(fs.existsSync(file('wal1')), false, 'no file was created again');
+  });
+
   it('a write on a pool whose file was replaced fails with a 503 and closes that pool: the next request reads the new file', async () => {
     await incarnation('f1', 'old');
     const tenancy = make();
