@@ -69,7 +69,9 @@ export async function forEachTenant<T>(
         return { tenantId, status: 'failed', error, durationMs: since(started) };
       } finally {
         entered?.release();
-        if (entered?.opened === true) await host.evict(tenantId).catch(() => undefined);
+        // Not waited for: live requests of the tenant may hold that pool (a transaction left open, a
+        // long stream), and the run would stall on them; evicted, it closes once they are done.
+        if (entered?.opened === true) void host.evict(tenantId).catch(() => undefined);
       }
     },
     (tenantId) => ({ tenantId, status: 'skipped', durationMs: 0 }),
