@@ -168,7 +168,15 @@ export function isUnreachable(error: object): boolean {
   // A socket code alone is any client's (an HTTP client's ECONNRESET): only the driver's, marked
   // fatal or wrapped by objection, says the tenant database is out of reach.
   const driverCode = typeof code === 'string' && UNREACHABLE_CODES.has(code) && (fatal || (error as { nativeError?: unknown }).nativeError !== undefined);
-  return driverCode || (typeof errno === 'number' && UNREACHABLE_ERRNOS.has(errno)) || name === 'KnexTimeoutError' || (fatal && errno === undefined);
+  return driverCode || (typeof errno === 'number' && UNREACHABLE_ERRNOS.has(errno)) || name === 'KnexTimeoutError' || (fatal && errno === undefined) || sqliteClosed(error);
+}
+
+/**
+ * better-sqlite3's answer to a statement on a connection closed under it (a pool closed after its
+ * drain time, by `destroy()` or `dropTenant`): the SQLite form of a lost connection.
+ */
+function sqliteClosed(error: object): boolean {
+  return error instanceof TypeError && error.message.endsWith('The database connection is not open');
 }
 
 // Errors that end the connection: mysql2 marks them `fatal`; 2013 lost during a statement, 2006 gone

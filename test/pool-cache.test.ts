@@ -454,6 +454,23 @@ describe('pool cache on SQLite files removed or replaced by another process', ()
     assert.equal(tenancy.stats().budget?.used, 0);
   });
 
+  it("a transaction whose SQLite connection destroy() closed after its drain time fails answered 503, as a lost MariaDB connection is", async () => {
+    await incarnation('dc1', 'row');
+    const tenancy = createTenancy({ knexConfig: backend.knexConfig });
+    const outcome = tenancy.runWithTenant('dc1', () =>
+      tenancy.transaction(async (trx) => {
+        await trx('names').insert({ name: 'first' });
+        await sleep(400);
+        await trx('names').insert({ name: 'second' });
+      }),
+    ).then(() => 'committed', (error: unknown) => error);
+    await sleep(50);
+    await tenancy.destroy({ drainTimeoutMs: 100 });
+    const error = await outcome;
+    // better-sqlite3's TypeError "The database connection is not open": untyped for errorHandler before.
+    assert.equal(toHttpError(error)?.status, 503, String(error));
+  });
+
   it('in WAL mode (where SQLite raises no SQLITE_READONLY_DBMOVED) a write on a pool whose file was replaced or removed fails with a 503: nothing is acknowledged and lost', async () => {
     await incarnation('wal1', 'old');
     const wal: Knex.PoolConfig['afterCreate'] = (conn: { pragma(sql: string): unknown }, done: (error: unknown, conn: unknown) => void) => {
