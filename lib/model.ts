@@ -37,6 +37,31 @@ class GraphArgument {
 let building: object | undefined;
 
 /** True when the class (not a parent) was given its own knex: `bindKnex()` or `Model.knex(k)`. */
+type TableMetadataCache = Map<string, { columns: string[] } | Promise<{ columns: string[] }>>;
+/** Table metadata per tenant connection (see TenantAwareModel.fetchTableMetadata), then per model class. */
+const TABLE_METADATA = new WeakMap<object, WeakMap<object, TableMetadataCache>>();
+
+/**
+ * The table-metadata cache of `modelClass` for the current scope's tenant connection: `undefined`
+ * outside a scope, for a pinned or central model, or for a query given another connection than the
+ * scope's (its builder's or an explicit knex), which keep objection's own cache per class.
+ */
+function tenantMetadata(modelClass: any, parentBuilder: any, knex: Knex | null | undefined): TableMetadataCache | undefined {
+  if (pinned(modelClass)) return undefined;
+  const scope = currentScope();
+  if (scope === undefined) return undefined;
+  const key = connectionTenant(liveConnection(scope));
+  if (key === undefined) return undefined;
+  let explicit: object | undefined = knex ?? undefined;
+  if (explicit === undefined && parentBuilder != null && typeof parentBuilder.knex === 'function') explicit = parentBuilder.knex() ?? undefined;
+  if (explicit !== undefined && connectionTenant(explicit) !== key) return undefined;
+  let perClass = TABLE_METADATA.get(key);
+  if (perClass === undefined) TABLE_METADATA.set(key, (perClass = new WeakMap()));
+  let cache = perClass.get(modelClass);
+  if (cache === undefined) perClass.set(modelClass, (cache = new Map()));
+  return cache;
+}
+
 function hasOwnKnex(modelClass: object): boolean {
   return Object.prototype.hasOwnProperty.call(modelClass, '$$knex');
 }
@@ -673,6 +698,46 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
 
     static fetchGraph(models: unknown, expression: unknown, options?: { transaction?: unknown }): any {
       return guard(super.fetchGraph(models, expression, options), models);
+    }
+
+    /**
+     * objection caches a table's columns (read for `withGraphJoined`) per model class: the first
+     * tenant's, for every tenant. Tenants mid-way through a migration differ, and another tenant's
+     * column list sent its columns to this tenant's SQL (an unknown column), or left this tenant's
+     * out. Here the cache is per tenant connection (its pool or handle, and their transactions).
+     */
+    static fetchTableMetadata(opt: { parentBuilder?: any; knex?: Knex | null; force?: boolean; table?: string | null } = {}): Promise<{ columns: string[] }> {
+      const cache = tenantMetadata(this, opt.parentBuilder, opt.knex);
+      if (cache === undefined) return super.fetchTableMetadata(opt as never);
+      const table = opt.table ?? (opt.parentBuilder ? opt.parentBuilder.tableNameFor(this) : this.getTableName());
+      const known = cache.get(table);
+      if (opt.force !== true && known !== undefined) return Promise.resolve(known);
+      const fetching = (this.query(opt.knex ?? undefined) as any)
+        .childQueryOf(opt.parentBuilder ?? null)
+        .columnInfo({ table })
+        .then(
+          (columnInfo: object) => {
+            const metadata = { columns: Object.keys(columnInfo) };
+            cache.set(table, metadata);
+            return metadata;
+          },
+          (error: unknown) => {
+            cache.delete(table);
+            throw error;
+          },
+        ) as Promise<{ columns: string[] }>;
+      cache.set(table, fetching);
+      return fetching;
+    }
+
+    static tableMetadata(opt: { table?: string } = {}): { columns: string[] } {
+      const cache = tenantMetadata(this, undefined, undefined);
+      if (cache === undefined) return super.tableMetadata(opt as never);
+      const known = cache.get(opt.table ?? this.getTableName());
+      // Fetched into objection's own cache (a query given another connection): read from there.
+      if (known === undefined) return super.tableMetadata(opt as never);
+      // objection's own contract: null while it is being fetched.
+      return (known instanceof Promise ? null : known) as { columns: string[] };
     }
 
     static knexQuery(): Knex.QueryBuilder {

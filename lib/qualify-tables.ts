@@ -112,10 +112,37 @@ export function unqualifyOwnNames(built: unknown, database: string): void {
   for (const statement of statements) {
     if (statement.grouping === 'with' && typeof statement.alias === 'string') (ctes ??= new Set()).add(statement.alias);
   }
-  if (single.schema === database && ownName(single.table, ctes)) single.schema = undefined;
+  if (single.schema === database) settleName(single, ctes);
   for (const statement of statements) {
-    if (statement.grouping === 'join' && statement.schema === database && ownName(statement.table, ctes)) statement.schema = undefined;
+    if (statement.grouping === 'join' && statement.schema === database) settleName(statement, ctes);
   }
+}
+
+/**
+ * A `from()` or join that names its own database or a CTE loses the tenant's database. knex's alias
+ * object (`{ p: 'persons' }`) is written `persons as p` (knex prefixes the schema to the object
+ * itself, `db.[object Object]`); an alias object naming a subquery keeps no schema (the subquery is
+ * qualified itself).
+ */
+function settleName(statement: KnexStatement, ctes: Set<string> | undefined): void {
+  const table = statement.table;
+  if (isAliasObject(table)) {
+    const entries = Object.entries(table);
+    const [alias, name] = entries[0] ?? [];
+    if (entries.length !== 1 || typeof name !== 'string') {
+      statement.schema = undefined;
+      return;
+    }
+    statement.table = `${name} as ${alias}`;
+  }
+  if (ownName(statement.table, ctes)) statement.schema = undefined;
+}
+
+/** knex's `{ alias: table }` form: a plain object (not a builder, a raw or a function). */
+function isAliasObject(table: unknown): table is Record<string, unknown> {
+  if (table === null || typeof table !== 'object') return false;
+  const prototype = Object.getPrototypeOf(table);
+  return prototype === Object.prototype || prototype === null;
 }
 
 /** A table name that must not be prefixed: `db.table`, or a CTE's name (either with an alias). */

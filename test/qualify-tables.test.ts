@@ -315,6 +315,20 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     }
   });
 
+  it("knex's alias objects ({ q: 'pets' }) in joins and from() name the tenant's database (they compiled to `db`.`[object Object]`)", async () => {
+    open({ max: 1 });
+    for (const t of ['a', 'b']) {
+      const pets = await tenancy!.runWithTenant(t, async () => (await Person.query().join({ q: 'pets' } as never, 'q.owner_id', 'persons.id').select('q.name as pet').orderBy('q.id')).map((r) => (r as unknown as { pet: string }).pet));
+      assert.deepEqual(pets, [`${t}-rex`, `${t}-tom`]);
+      const joined = await tenancy!.runWithTenant(t, async () => (await tenancy!.knex()('persons').leftJoin({ q: 'pets' } as never, 'q.owner_id', 'persons.id').select('q.name as pet').orderBy('q.id')).map((r: { pet: string }) => r.pet));
+      assert.deepEqual(joined, [`${t}-rex`, `${t}-tom`]);
+      const names = await tenancy!.runWithTenant(t, async () => (await Person.query().from({ p: 'persons' } as never).select('p.name').orderBy('p.id')).map((r) => r.name));
+      assert.deepEqual(names, [`${t}-ada`, `${t}-bob`]);
+      const sql = await tenancy!.runWithTenant(t, () => Person.query().join({ q: 'pets' } as never, 'q.owner_id', 'persons.id').toKnexQuery().toString());
+      assert.match(sql, new RegExp(`join \`${db(t)}\`.\`pets\` as \`q\``));
+    }
+  });
+
   it('a statement the server refused lately is switched first on a clean connection, not sent to be refused again', async () => {
     const sent: string[] = [];
     open({
