@@ -158,7 +158,8 @@ export function driverError(error: unknown): { code?: unknown; errno?: unknown; 
 
 /**
  * @internal Whether a driver or pool error says the database server cannot be reached right now
- * (refused, lost or killed connections, a full server, knex's acquire timeout): answered 503.
+ * (refused, lost or killed connections, a full server, knex's acquire timeout; an SQLite file locked
+ * by another connection past its busy timeout): answered 503.
  */
 export function isUnreachable(error: object): boolean {
   const { code, errno, name, fatal: fatalFlag } = driverError(error);
@@ -168,7 +169,7 @@ export function isUnreachable(error: object): boolean {
   // A socket code alone is any client's (an HTTP client's ECONNRESET): only the driver's, marked
   // fatal or wrapped by objection, says the tenant database is out of reach.
   const driverCode = typeof code === 'string' && UNREACHABLE_CODES.has(code) && (fatal || (error as { nativeError?: unknown }).nativeError !== undefined);
-  return driverCode || (typeof errno === 'number' && UNREACHABLE_ERRNOS.has(errno)) || name === 'KnexTimeoutError' || (fatal && errno === undefined) || sqliteClosed(error);
+  return driverCode || (typeof errno === 'number' && UNREACHABLE_ERRNOS.has(errno)) || name === 'KnexTimeoutError' || (fatal && errno === undefined) || sqliteClosed(error) || code === 'SQLITE_BUSY';
 }
 
 /**

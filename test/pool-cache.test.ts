@@ -7,7 +7,7 @@ import net from 'node:net';
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
-import type { Knex } from 'knex';
+import knexFactory, { type Knex } from 'knex';
 import {
   createTenancy,
   currentTenantId,
@@ -452,6 +452,24 @@ describe('pool cache on SQLite files removed or replaced by another process', ()
     assert.ok((await waiting) instanceof UnknownTenantError, String(await waiting));
     assert.equal(fs.existsSync(file('w2')), false, 'no empty file was created');
     assert.equal(tenancy.stats().budget?.used, 0);
+  });
+
+  it('a write refused as SQLITE_BUSY (another connection holds the file past the busy timeout) is answered 503 with Retry-After', async () => {
+    await incarnation('busy1', 'row');
+    const tenancy = make({ knexConfig: (id) => ({ ...backend.knexConfig(id), connection: { ...(backend.knexConfig(id).connection as object), options: { timeout: 50 } } }) as Knex.Config });
+    const holder = knexFactory({ client: 'better-sqlite3', connection: { filename: file('busy1') }, useNullAsDefault: true, pool: { min: 1, max: 1 } });
+    try {
+      await holder.transaction(async (trx) => {
+        await trx('names').insert({ name: 'holding the write lock' });
+        const error = await tenancy.runWithTenant('busy1', () => tenancy.knex()('names').insert({ name: 'waits' })).catch((e: unknown) => e);
+        assert.equal((error as { code?: string }).code, 'SQLITE_BUSY', String(error));
+        const answer = toHttpError(error);
+        assert.equal(answer?.status, 503);
+        assert.equal(answer?.retryAfter, 1);
+      });
+    } finally {
+      await holder.destroy();
+    }
   });
 
   it("a transaction whose SQLite connection destroy() closed after its drain time fails answered 503, as a lost MariaDB connection is", async () => {
