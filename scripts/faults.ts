@@ -10,7 +10,8 @@
  *     tenants `m1, m2` on the system MariaDB. Under load, the private server is stopped (SIGTERM; the
  *     full run also crashes it with SIGKILL), left down for a few seconds, and started again on the
  *     same data directory. Checks: while it is down its tenants get 503 with Retry-After, fast (the
- *     acquire timeout is 1 s); every answer to them is 2xx or 503 (never a 500); they are served again
+ *     acquire timeout is 1 s); every answer to them is 2xx or 503, or 500 outcome unknown for a
+ *     transaction whose COMMIT the fault cut after it was sent (never another 500); they are served again
  *     after the restart without restarting the app; the tenants on the other server never notice.
  *     The full run also freezes it (SIGSTOP, thawed with SIGCONT after the same time): a server that
  *     accepts connections and answers nothing, as a hung one or one cut off without a reset. Then
@@ -82,6 +83,11 @@ process.on('unhandledRejection', (reason) => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const is2xx = (status: number) => status >= 200 && status < 300;
+/**
+ * A write whose COMMIT the fault cut after it was sent: 500 `TENANT_TRANSACTION_OUTCOME_UNKNOWN` (it may
+ * have landed; the ledger books every non-2xx write as uncertain, and counts those that landed).
+ */
+const outcomeUnknown = (o: { status: number; body?: string }) => o.status === 500 && (o.body ?? '').includes('TENANT_TRANSACTION_OUTCOME_UNKNOWN');
 
 interface Servers {
   private: PrivateMariaDb;
@@ -328,7 +334,8 @@ async function outage(strategy: Strategy, signal: Fault, servers: Servers): Prom
   const caught = priv.filter((o) => o.sentAt + ACQUIRE_MS + FAIL_FAST_SLACK_MS <= startAt && o.sentAt + o.ms > startAt);
   const downOk = down.filter((o) => o.status === 503);
   const downMs = down.map((o) => o.ms);
-  const bad = priv.filter((o) => !is2xx(o.status) && o.status !== 503);
+  const bad = priv.filter((o) => !is2xx(o.status) && o.status !== 503 && !outcomeUnknown(o));
+  scenario.facts.outcomeUnknown = priv.filter(outcomeUnknown).length;
   const no503Header = priv.filter((o) => o.status === 503 && o.retryAfter === undefined);
   const mainBad = main.filter((o) => !is2xx(o.status));
   Object.assign(scenario.facts, {
@@ -360,7 +367,7 @@ async function outage(strategy: Strategy, signal: Fault, servers: Servers): Prom
     ok: down.length > 0 && Math.max(...downMs) <= ACQUIRE_MS + FAIL_FAST_SLACK_MS,
     detail: `p50 ${scenario.facts.down503p50Ms} ms, p99 ${scenario.facts.down503p99Ms} ms, max ${scenario.facts.down503MaxMs} ms`,
   });
-  scenario.checks.push({ name: 'its tenants never get anything but 2xx or 503', ok: bad.length === 0, detail: bad.slice(0, 3).map((o) => `${o.kind} ${o.status} ${o.body ?? ''}`).join(' | ') || 'none' });
+  scenario.checks.push({ name: 'its tenants never get anything but 2xx, 503, or 500 outcome unknown for a write whose COMMIT was cut', ok: bad.length === 0, detail: bad.slice(0, 3).map((o) => `${o.kind} ${o.status} ${o.body ?? ''}`).join(' | ') || 'none' });
   scenario.checks.push({ name: 'every 503 carries Retry-After', ok: no503Header.length === 0, detail: String(no503Header.length) });
   scenario.checks.push({
     name: `served again after the ${frozen ? 'thaw' : 'restart'}, without restarting the app (within ${RECOVERY_LIMIT_MS / 1000} s)`,
@@ -392,7 +399,7 @@ async function droppedDatabase(strategy: Strategy, servers: Servers): Promise<Sc
   const before = victim.filter((o) => o.sentAt + o.ms < dropAt);
   const after = victim.filter((o) => o.sentAt > droppedAt);
   const afterOk = after.filter((o) => o.status === 404 || o.status === 503);
-  const anyBad = victim.filter((o) => !is2xx(o.status) && o.status !== 404 && o.status !== 503);
+  const anyBad = victim.filter((o) => !is2xx(o.status) && o.status !== 404 && o.status !== 503 && !outcomeUnknown(o));
   const othersBad = others.filter((o) => !is2xx(o.status));
   Object.assign(scenario.facts, {
     droppedTenantAnswers: statusCounts(victim),
@@ -404,7 +411,7 @@ async function droppedDatabase(strategy: Strategy, servers: Servers): Promise<Sc
   if (run.unmapped.length > 0) scenario.facts.unmappedErrors = run.unmapped;
   scenario.checks.push({ name: 'before the drop, the tenant is served', ok: before.length > 0 && before.every((o) => is2xx(o.status)), detail: JSON.stringify(statusCounts(before)) });
   scenario.checks.push({ name: 'after the drop, the tenant gets 404 or 503', ok: after.length > 0 && afterOk.length === after.length, detail: `${afterOk.length}/${after.length} ${JSON.stringify(statusCounts(after))}` });
-  scenario.checks.push({ name: 'the tenant never gets anything but 2xx, 404 or 503', ok: anyBad.length === 0, detail: anyBad.slice(0, 3).map((o) => `${o.kind} ${o.status} ${o.body ?? ''}`).join(' | ') || 'none' });
+  scenario.checks.push({ name: 'the tenant never gets anything but 2xx, 404, 503, or 500 outcome unknown for a cut COMMIT', ok: anyBad.length === 0, detail: anyBad.slice(0, 3).map((o) => `${o.kind} ${o.status} ${o.body ?? ''}`).join(' | ') || 'none' });
   scenario.checks.push({ name: 'the other tenants never notice', ok: others.length > 0 && othersBad.length === 0, detail: JSON.stringify(statusCounts(others)) });
   scenario.checks.push({ name: 'no lease left', ok: leasesLeft === 0, detail: String(leasesLeft) });
   await databaseChecks(scenario, run.client, servers, DROP_TENANTS.filter((t) => t !== DROPPED));
