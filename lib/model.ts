@@ -36,7 +36,6 @@ class GraphArgument {
 // query made for it then (a join, a filter subquery) becomes part of that one statement.
 let building: object | undefined;
 
-/** True when the class (not a parent) was given its own knex: `bindKnex()` or `Model.knex(k)`. */
 type TableMetadataCache = Map<string, { columns: string[] } | Promise<{ columns: string[] }>>;
 /** Table metadata per tenant connection (see TenantAwareModel.fetchTableMetadata), then per model class. */
 const TABLE_METADATA = new WeakMap<object, WeakMap<object, TableMetadataCache>>();
@@ -62,6 +61,7 @@ function tenantMetadata(modelClass: any, parentBuilder: any, knex: Knex | null |
   return cache;
 }
 
+/** True when the class (not a parent) was given its own knex: `bindKnex()` or `Model.knex(k)`. */
 function hasOwnKnex(modelClass: object): boolean {
   return Object.prototype.hasOwnProperty.call(modelClass, '$$knex');
 }
