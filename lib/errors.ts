@@ -169,7 +169,7 @@ export function isUnreachable(error: object): boolean {
   // A socket code alone is any client's (an HTTP client's ECONNRESET): only the driver's, marked
   // fatal or wrapped by objection, says the tenant database is out of reach.
   const driverCode = typeof code === 'string' && UNREACHABLE_CODES.has(code) && (fatal || (error as { nativeError?: unknown }).nativeError !== undefined);
-  return driverCode || (typeof errno === 'number' && UNREACHABLE_ERRNOS.has(errno)) || name === 'KnexTimeoutError' || (fatal && errno === undefined) || sqliteClosed(error) || code === 'SQLITE_BUSY';
+  return driverCode || (typeof errno === 'number' && UNREACHABLE_ERRNOS.has(errno)) || name === 'KnexTimeoutError' || (fatal && errno === undefined) || sqliteClosed(error) || (typeof code === 'string' && code.startsWith('SQLITE_BUSY'));
 }
 
 /**

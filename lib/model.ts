@@ -39,6 +39,11 @@ let building: object | undefined;
 type TableMetadataCache = Map<string, { columns: string[] } | Promise<{ columns: string[] }>>;
 /** Table metadata per tenant connection (see TenantAwareModel.fetchTableMetadata), then per model class. */
 const TABLE_METADATA = new WeakMap<object, WeakMap<object, TableMetadataCache>>();
+/**
+ * The last metadata fetched per model class and table, whichever tenant's: what objection's own cache
+ * held before, for builds outside any scope (`toKnexQuery()` of a `withGraphJoined` builder).
+ */
+const LAST_METADATA = new WeakMap<object, Map<string, { columns: string[] }>>();
 
 /**
  * The table-metadata cache of `modelClass` for the current scope's tenant connection: `undefined`
@@ -719,6 +724,9 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
           (columnInfo: object) => {
             const metadata = { columns: Object.keys(columnInfo) };
             cache.set(table, metadata);
+            let last = LAST_METADATA.get(this);
+            if (last === undefined) LAST_METADATA.set(this, (last = new Map()));
+            last.set(table, metadata);
             return metadata;
           },
           (error: unknown) => {
@@ -732,7 +740,7 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
 
     static tableMetadata(opt: { table?: string } = {}): { columns: string[] } {
       const cache = tenantMetadata(this, undefined, undefined);
-      if (cache === undefined) return super.tableMetadata(opt as never);
+      if (cache === undefined) return super.tableMetadata(opt as never) ?? (LAST_METADATA.get(this)?.get(opt.table ?? this.getTableName()) as { columns: string[] }) ?? null;
       const known = cache.get(opt.table ?? this.getTableName());
       // Fetched into objection's own cache (a query given another connection): read from there.
       if (known === undefined) return super.tableMetadata(opt as never);

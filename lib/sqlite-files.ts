@@ -142,7 +142,13 @@ function movedFailsTyped(client: Knex.Client, tenantId: string, file: TenantFile
     return new TenantUnavailableError(tenantId, { cause, reason: 'its SQLite file was removed or replaced while its pool was open; the pool is closed, retry' });
   };
   const typed: QueryFn = function (connection, obj) {
-    if (walWriteToReplacedFile(connection, obj, file)) return Promise.reject(moved());
+    const refused = walWriteToReplacedFile(connection, obj, file);
+    if (refused !== undefined) {
+      // A refused COMMIT ends its transaction here too (see endFailedCommit).
+      endFailedCommit(connection, obj);
+      if (refused === 'moved') return Promise.reject(moved());
+      return Promise.reject(new TenantUnavailableError(tenantId, { reason: 'its SQLite file could not be checked before a write (WAL mode)' }));
+    }
     return query.call(this, connection, obj).catch((error: unknown) => {
       endFailedCommit(connection, obj);
       if (!isMoved(error)) throw error;
@@ -160,38 +166,41 @@ function movedFailsTyped(client: Knex.Client, tenantId: string, file: TenantFile
 /** better-sqlite3 connections in WAL mode, as read once per connection (again after a `journal_mode` statement). */
 const WAL_MODE = new WeakMap<object, boolean>();
 /** Statements that write nothing: not checked (see walWriteToReplacedFile). */
-const READS = /^\s*(?:select|with|pragma|explain|begin|savepoint|release|rollback)\b/i;
+const READS = /^\s*(?:select|explain|begin|savepoint|release|rollback)\b/i;
 
 /**
  * In WAL mode SQLite raises no `SQLITE_READONLY_DBMOVED`: a connection on a file unlinked under it
  * (another process dropped the tenant, or dropped and created it again) writes into the unlinked
  * file's WAL, reports success, and the write is lost. So on such a connection every statement that
  * may write (and every COMMIT) first compares the file at the tenant's path with the one the pool
- * opened: one `fs.statSync` (about 2 µs) per write, for WAL-mode tenants only.
+ * opened: one `fs.statSync` (about 2 µs) per write, for WAL-mode tenants only (a `WITH` or a
+ * `PRAGMA` may write: checked too). `'moved'` when the file is another one or gone; `'unverified'`
+ * when it cannot be read (a full file table, permissions): the write is refused, the pool kept.
  */
-function walWriteToReplacedFile(connection: unknown, obj: unknown, file: TenantFile): boolean {
-  if (!file.opened) return false;
+function walWriteToReplacedFile(connection: unknown, obj: unknown, file: TenantFile): 'moved' | 'unverified' | undefined {
+  if (!file.opened) return undefined;
   const sql = (obj as { sql?: unknown } | null)?.sql;
   const db = connection as { pragma?: (sql: string, options: { simple: boolean }) => unknown } | null;
-  if (typeof sql !== 'string' || db === null || typeof db !== 'object' || typeof db.pragma !== 'function') return false;
+  if (typeof sql !== 'string' || db === null || typeof db !== 'object' || typeof db.pragma !== 'function') return undefined;
   // A change of journal mode: read again at the next write.
   if (sql.includes('journal_mode')) WAL_MODE.delete(db);
-  if (READS.test(sql)) return false;
+  if (READS.test(sql)) return undefined;
   let wal = WAL_MODE.get(db);
   if (wal === undefined) {
     try {
       wal = String(db.pragma('journal_mode', { simple: true })).toLowerCase() === 'wal';
+      WAL_MODE.set(db, wal);
     } catch {
-      wal = false;
+      // Busy (a statement still iterating on it): checked as WAL this once, read again next time.
+      wal = true;
     }
-    WAL_MODE.set(db, wal);
   }
-  if (!wal) return false;
+  if (!wal) return undefined;
   try {
     const stat = fs.statSync(file.path);
-    return stat.ino !== file.ino || stat.dev !== file.dev;
-  } catch {
-    return true;
+    return stat.ino !== file.ino || stat.dev !== file.dev ? 'moved' : undefined;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'moved' : 'unverified';
   }
 }
 

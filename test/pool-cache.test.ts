@@ -506,6 +506,14 @@ describe('pool cache on SQLite files removed or replaced by another process', ()
     const replaced = await tenancy.runWithTenant('wal1', () => tenancy.knex()('names').insert({ name: 'acknowledged-then-lost' })).catch((e: unknown) => e);
     assert.ok(replaced instanceof TenantUnavailableError, `before: the insert resolved and the row was lost (${String(replaced)})`);
     assert.deepEqual(await names(tenancy, 'wal1'), ['new']);
+    // A write that starts with WITH is checked too (it was taken for a read).
+    removeWithWal('wal1');
+    await incarnation('wal1', 'newer');
+    const withWrite = await tenancy
+      .runWithTenant('wal1', () => tenancy.knex().raw("with x as (select 'cte-write' as name) insert into names (name) select name from x"))
+      .catch((e: unknown) => e);
+    assert.ok(withWrite instanceof TenantUnavailableError, `a WITH ... INSERT: ${String(withWrite)}`);
+    assert.deepEqual(await names(tenancy, 'wal1'), ['newer']);
     // Removed for good, under a cached pool: a write in a transaction fails too, then the tenant is unknown.
     removeWithWal('wal1');
     const removed = await tenancy.runWithTenant('wal1', () => tenancy.transaction((trx) => trx('names').insert({ name: 'lost' }))).catch((e: unknown) => e);

@@ -50,5 +50,16 @@ for (const backend of allStrategies('meta')) {
         }
       });
     }
+
+    it('a withGraphJoined builder made in a scope builds its SQL outside any scope too (toKnexQuery)', async () => {
+      const tenancy = createTenancy({ ...backend.connectionOptions(), tenantExists: backend.databaseExists });
+      try {
+        await graph(tenancy, 'm2');
+        const builder = await tenancy.runWithTenant('m2', () => ({ query: Person.query().withGraphJoined('pets') }));
+        assert.match(String(builder.query.toKnexQuery().toString()), /left join/);
+      } finally {
+        await tenancy.destroy();
+      }
+    });
   });
 }
