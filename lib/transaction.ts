@@ -48,11 +48,9 @@ export async function runTransaction<T>(
   // What the transaction was rolled back for: `fn`'s error (knex passes it to `rollback`) or the
   // app's own `trx.rollback(error)`.
   let rollbackReason: { error: unknown } | undefined;
-  // The outermost level's COMMIT was sent (by knex once `fn` resolved, or by the app's `trx.commit()`),
-  // and its own answer: undefined once it succeeded, else its error.
-  let commitSent = false;
+  // Set once the outermost level's COMMIT was sent (by knex once `fn` resolved, or by the app's
+  // `trx.commit()`): its own answer, undefined once it succeeded, else its error.
   let commitAnswer: Promise<unknown> | undefined;
-  let committed = false;
   try {
     result = (await base.transaction((trx) => {
       // Its BEGIN (or SAVEPOINT) failed: knex marks the transaction complete, rejects it, and still
@@ -85,19 +83,16 @@ export async function runTransaction<T>(
           }
           return answer;
         };
-        const commit = trx.commit;
-        trx.commit = function (this: unknown, ...args: unknown[]) {
-          commitSent = true;
-          return (commit as (...args: unknown[]) => unknown).apply(this, args);
-        } as typeof commit;
       }
       return runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
     })) as Awaited<T>;
   } catch (caught) {
     if (outer !== undefined) outer.__knexTxId = outerTxId;
     let error = caught;
-    // Once its COMMIT went out, the COMMIT's own answer is the outcome.
-    if (commitSent && !rolledBack && commitAnswer !== undefined) {
+    let committed = false;
+    // Once its COMMIT went out (and `fn` did not roll back), the COMMIT's own answer is the outcome.
+    const commitSent = commitAnswer !== undefined && !rolledBack;
+    if (commitSent) {
       const answer = await commitAnswer;
       if (answer === undefined) committed = true;
       else error = answer;
@@ -105,7 +100,7 @@ export async function runTransaction<T>(
     if (!committed) {
       // The connection died after COMMIT went out: the server may have committed. Reporting a rollback
       // (and running onRollback's compensations) would be wrong as often as reporting a commit.
-      if (commitSent && !rolledBack && commitMayHaveApplied(error)) {
+      if (commitSent && commitMayHaveApplied(error)) {
         hooks.state = 'unknown';
         throw new TransactionOutcomeUnknownError(scope.tenantId, { cause: error });
       }
