@@ -128,6 +128,26 @@ export class TransactionOutcomeUnknownError extends TenantError {
   }
 }
 
+/**
+ * The database rolled a tenant's transaction back under it while it went on (a deadlock; a lock wait
+ * timeout with `innodb_rollback_on_timeout`): the transaction's later statements, its savepoints'
+ * releases and its `COMMIT` are refused with this error, not run in autocommit, and it ends rolled
+ * back. HTTP 503: the whole transaction may be tried again.
+ */
+export class TransactionAbortedError extends TenantError {
+  /** Seconds after which a retry makes sense; sent as `Retry-After` by the error handler. */
+  readonly retryAfter = 1;
+
+  constructor(tenantId: string, options: TenantErrorOptions = {}) {
+    super(
+      'TENANT_TRANSACTION_ABORTED',
+      `The database rolled back the transaction of tenant "${tenantId}" (see cause); its statements are refused until it ends. ` +
+        'Run the whole transaction again.',
+      { statusCode: 503, tenantId, ...options },
+    );
+  }
+}
+
 // Driver and pool errors that mean "the database server cannot be reached right now".
 const UNREACHABLE_CODES = new Set([
   'ECONNREFUSED',

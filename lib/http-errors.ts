@@ -16,6 +16,8 @@ export interface HttpErrorAnswer {
 
 // 1049 unknown database, 1046 no database selected (the database was dropped under an open connection).
 const GONE_ERRNOS = new Set([1049, 1046]);
+// 1205 lock wait timeout, 1213 deadlock.
+const LOCK_CONFLICT_ERRNOS = new Set([1205, 1213]);
 const OUTCOME_UNKNOWN_MESSAGE = 'The connection to the database was lost while the work was committed: it may or may not have been saved. Check before retrying.';
 const GONE: Readonly<HttpErrorAnswer> = Object.freeze({ status: 404, code: 'TENANT_UNKNOWN', message: 'Unknown tenant: its database does not exist.' });
 
@@ -53,6 +55,11 @@ function httpErrorIn(error: unknown, scope: TenantScope | undefined): HttpErrorA
   // objection's `transaction(knex, fn)`): knex prefixes the statement to the driver's message.
   if (typeof (error as { message?: unknown }).message === 'string' && (error as Error).message.startsWith('COMMIT; - ') && commitMayHaveApplied(error)) {
     return { status: 500, code: 'TENANT_TRANSACTION_OUTCOME_UNKNOWN', message: OUTCOME_UNKNOWN_MESSAGE };
+  }
+  // A lock conflict: the statement (a deadlock: its whole transaction) was rolled back; trying again
+  // works once the other transaction is done. As SQLite's busy file, 503 with Retry-After.
+  if (typeof errno === 'number' && LOCK_CONFLICT_ERRNOS.has(errno)) {
+    return { status: 503, code: 'TENANT_LOCK_CONFLICT', message: 'The work conflicted with other work on the same rows and was rolled back. Retry.', retryAfter: 1 };
   }
   if (isUnreachable(error)) {
     return { status: 503, code: 'TENANT_UNAVAILABLE', message: 'The tenant database is unavailable. Retry later.', retryAfter: 1 };

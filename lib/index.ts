@@ -25,6 +25,7 @@ export {
   TenantMismatchError,
   TenancyDestroyedError,
   TransactionOutcomeUnknownError,
+  TransactionAbortedError,
 } from './errors';
 export type { TenantErrorOptions } from './errors';
 // --- operations exports ---

@@ -213,7 +213,7 @@ function headerSchema(value: unknown): string | undefined {
 }
 
 // mysql2's server status flags (SERVER_STATUS_IN_TRANS, SERVER_STATUS_AUTOCOMMIT), as of the last answer.
-const IN_TRANS = 0x1;
+export const IN_TRANS = 0x1;
 const AUTOCOMMIT = 0x2;
 
 // Statements that open no table: their answer does not mean the tenant's tables are open.

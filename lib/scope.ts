@@ -40,6 +40,11 @@ export interface TenantScope {
   readonly txHooks?: TransactionHooks | undefined;
   /** This tenant of this tenancy, shared by the scope's transaction scopes (see TenantKey). */
   readonly key?: TenantKey | undefined;
+  /**
+   * Opened by `runWithTenant` inside a scope with a transaction (of another tenant): that scope, else
+   * the `outer` of the scope it was opened in. Re-entering a tenant found here joins its transaction.
+   */
+  readonly outer?: TenantScope | undefined;
 }
 
 interface GlobalState {

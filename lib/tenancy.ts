@@ -14,7 +14,7 @@ import type { TenantConnections, TenantLease } from './pool-cache';
 import { bindTenant, type AnyGenerator } from './propagation';
 import { CATALOG_DEFAULTS, CatalogCache } from './catalog-cache';
 import { createErrorHandler, type ErrorHandlerOptions, type TenantErrorHandler } from './http-errors';
-import { currentScope, globalState, liveConnection, liveScope, markConnection, runInScope, whenSettled, type ScopeOwner, type TenantScope } from './scope';
+import { currentScope, globalState, liveConnection, liveScope, markConnection, openTransactionScope, runInScope, whenSettled, type ScopeOwner, type TenantScope } from './scope';
 import { validateTenantId, type TenantIdValidator } from './tenant-id';
 import { defaultHookError, runTransaction } from './transaction';
 import { forEachTenant, type ForEachTenantOptions, type ForEachTenantReport, type JobScope } from './for-each-tenant';
@@ -52,6 +52,18 @@ export interface EnteredScope {
 /** The longest delay Node's timers keep (about 24.8 days); a longer one fires at once. */
 
 /** Runs `fn` in the entered scope and gives its lease back once its result settles (one promise, no `finally`). */
+/**
+ * The scope, with its innermost transaction still open, of the first scope of `tenantId` of `owner`
+ * among `from` and the scopes it was opened within (see TenantScope.outer); `undefined` when there is
+ * none, or its transactions ended.
+ */
+function openTransactionOf(from: TenantScope, owner: ScopeOwner, tenantId: string): TenantScope | undefined {
+  for (let scope: TenantScope | undefined = from; scope !== undefined; scope = scope.outer) {
+    if (scope.owner === owner && scope.tenantId === tenantId) return openTransactionScope(scope);
+  }
+  return undefined;
+}
+
 function runReleasing<T>({ scope, release }: EnteredScope, fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
   return whenSettled(runInScope(scope, fn), release);
 }
@@ -94,14 +106,27 @@ export class Tenancy implements ScopeOwner {
    */
   runWithTenant<T>(tenantId: string, fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
     let entered: EnteredScope | Promise<EnteredScope>;
+    let outer: TenantScope | undefined;
     try {
       const current = currentScope();
-      if (current !== undefined && current.owner === this && current.tenantId === tenantId) {
-        return runInScope(current, fn);
+      if (current !== undefined) {
+        if (current.owner === this && current.tenantId === tenantId) return runInScope(current, fn);
+        // Inside a transaction (of another tenant, or further out): back in a tenant whose transaction
+        // is open out there (A, then B, then A again), the queries join it, as in a nested scope of the
+        // same tenant (and a bindTenant function). On their own connection they would commit apart
+        // from it, or wait for the connection it holds (SQLite's one) until the acquire timeout.
+        outer = current.trx !== undefined ? current : current.outer;
+        const open = outer === undefined ? undefined : openTransactionOf(outer, this, tenantId);
+        if (open !== undefined) return runInScope(open, fn);
       }
       entered = this.enterNow(tenantId);
     } catch (error) {
       return Promise.reject(error);
+    }
+    if (outer !== undefined) {
+      const within = outer;
+      const chained = (later: EnteredScope): EnteredScope => ({ scope: { ...later.scope, outer: within }, release: later.release });
+      entered = entered instanceof Promise ? entered.then(chained) : chained(entered);
     }
     return entered instanceof Promise ? entered.then((later) => runReleasing(later, fn)) : runReleasing(entered, fn);
   }

@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
-import { commitMayHaveApplied, TenantUnavailableError, TransactionOutcomeUnknownError } from './errors';
+import { commitMayHaveApplied, TenantUnavailableError, TransactionAbortedError, TransactionOutcomeUnknownError } from './errors';
+import { ask, IN_TRANS, type RawConnection } from './pooled-connection';
 import { currentScope, runInScope, type TenantScope } from './scope';
 
 type Callback = () => unknown;
@@ -16,6 +17,17 @@ export interface TransactionHooks {
    * was lost after the outermost `COMMIT` was sent, before its answer; no callback runs.
    */
   state: 'open' | 'released' | 'committed' | 'rolledBack' | 'unknown';
+  /** The transaction this level belongs to: one for the outermost level and its savepoints. */
+  readonly tx: TransactionState;
+}
+
+/** @internal What the levels of one transaction share. */
+export interface TransactionState {
+  /**
+   * Set when the database rolled the transaction back under it (a deadlock): the statement that
+   * failed for it. Its later statements are refused, not run in autocommit (see refuseAborted).
+   */
+  aborted?: { readonly error: unknown };
 }
 
 /** Reports a failing onCommit/onRollback callback; the transaction's outcome is already final. */
@@ -36,8 +48,9 @@ export async function runTransaction<T>(
   fn: (trx: Knex.Transaction) => T | PromiseLike<T>,
   onHookError: HookErrorHandler = defaultHookError,
 ): Promise<Awaited<T>> {
-  const hooks: TransactionHooks = { commit: [], rollback: [], parent: scope.txHooks, state: 'open' };
   const base = scope.trx ?? scope.knex;
+  const tx: TransactionState = scope.trx !== undefined && scope.txHooks !== undefined ? scope.txHooks.tx : {};
+  const hooks: TransactionHooks = { commit: [], rollback: [], parent: scope.txHooks, state: 'open', tx };
   // A savepoint: knex deletes its connection's transaction mark (`__knexTxId`) when it ends, though
   // the outer transaction goes on on that connection. Put back, its statements still read as inside.
   const outer = scope.trx === undefined ? undefined : ((await (scope.trx.client as unknown as { acquireConnection(): Promise<{ __knexTxId?: string }> }).acquireConnection()));
@@ -67,23 +80,24 @@ export async function runTransaction<T>(
         }
         return (rollback as (...args: unknown[]) => unknown).apply(this, args);
       } as typeof rollback;
-      if (outer === undefined) {
+      // Every statement of this level goes through its own client (knex makes one per level).
+      const client = trx.client as unknown as { query(conn: unknown, obj: unknown): Promise<unknown> };
+      const query = client.query;
+      client.query = function (this: unknown, conn: unknown, obj: unknown): Promise<unknown> {
+        const sql = typeof obj === 'string' ? obj : (obj as { sql?: unknown } | null)?.sql;
+        const answer = tx.aborted !== undefined && !ROLLBACK.test(String(sql)) ? Promise.reject(new TransactionAbortedError(scope.tenantId, { cause: tx.aborted.error })) : query.call(this, conn, obj);
         // knex may settle the transaction before its COMMIT is answered (the app's `trx.commit()` not
         // awaited, then a throw: knex's ROLLBACK of the completed transaction fails at once), or
         // swallow the COMMIT's failure (the app's awaited `trx.commit()`): its answer is read here.
-        const client = trx.client as unknown as { query(conn: unknown, obj: unknown): Promise<unknown> };
-        const query = client.query;
-        client.query = function (this: unknown, conn: unknown, obj: unknown): Promise<unknown> {
-          const answer = query.call(this, conn, obj);
-          if (commitAnswer === undefined && (typeof obj === 'string' ? obj : (obj as { sql?: unknown } | null)?.sql) === 'COMMIT;') {
-            commitAnswer = answer.then(
-              () => undefined,
-              (error: unknown) => error ?? new Error('COMMIT failed'),
-            );
-          }
-          return answer;
-        };
-      }
+        if (outer === undefined && commitAnswer === undefined && sql === 'COMMIT;') {
+          commitAnswer = answer.then(
+            () => undefined,
+            (error: unknown) => error ?? new Error('COMMIT failed'),
+          );
+        }
+        if (tx.aborted !== undefined || CONTROL.test(String(sql))) return answer;
+        return answer.then(undefined, (error: unknown) => noteAborted(tx, conn, error));
+      };
       return runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
     })) as Awaited<T>;
   } catch (caught) {
@@ -129,6 +143,36 @@ export async function runTransaction<T>(
     await runCallbacks(scope, hooks.commit, onHookError);
   }
   return result;
+}
+
+// knex's own transaction statements; a ROLLBACK still goes out once the transaction was aborted (it
+// ends nothing then; knex ignores a ROLLBACK TO SAVEPOINT's "no such savepoint").
+const CONTROL = /^(?:begin|start transaction|savepoint|release savepoint|rollback|commit)\b/i;
+const ROLLBACK = /^rollback\b/i;
+
+/**
+ * After a statement of a transaction failed: whether the database ended the transaction for it (InnoDB
+ * rolls the whole transaction back on a deadlock, 1213, and on a lock wait timeout with
+ * `innodb_rollback_on_timeout`; SQLite on some I/O and full-disk errors). Its later statements would
+ * run in autocommit, committed whatever the transaction's outcome (knex, MySQL: knex #805's warning
+ * only, for the savepoint's ROLLBACK that then fails). The driver says so: better-sqlite3's
+ * `inTransaction`, mysql2's status flags of one more answer (an error answer carries none). Rejects
+ * with `error` in all cases.
+ */
+async function noteAborted(tx: TransactionState, conn: unknown, error: unknown): Promise<never> {
+  const driver = conn as { inTransaction?: unknown; serverStatus?: unknown; query?: unknown } | null;
+  if (tx.aborted === undefined && driver !== null && typeof driver === 'object' && !(error as { fatal?: unknown } | null)?.fatal) {
+    if (driver.inTransaction === false) tx.aborted = { error };
+    else if (typeof driver.serverStatus === 'number' && typeof driver.query === 'function') {
+      try {
+        await ask(driver as RawConnection, 'DO 0');
+        if (((driver.serverStatus as number) & IN_TRANS) === 0) tx.aborted = { error };
+      } catch {
+        // The connection failed too: the transaction ends with it.
+      }
+    }
+  }
+  throw error;
 }
 
 async function runCallbacks(scope: TenantScope, callbacks: Callback[], onHookError: HookErrorHandler): Promise<void> {

@@ -149,6 +149,24 @@ describe('shared strategy, session state between tenants', { skip: skipMysql }, 
     assert.deepEqual(await leftBy(true), { secret: null, resets: 1 });
   });
 
+  it("a tenant's pending SET TRANSACTION READ ONLY makes the next tenant's transaction refuse its writes, unless resetSession (negative control first)", async () => {
+    const nextWrite = async (resetSession: boolean) => {
+      open({ qualifyTables: true, resetSession });
+      // One-shot: it applies to the session's next transaction, whichever tenant's that is.
+      await tenancy!.runWithTenant('a', () => raw('set transaction read only'));
+      const outcome = await tenancy!.runWithTenant('b', () => tenancy!.transaction(() => raw('insert into counter () values ()'))).then(
+        () => 'written',
+        (error: { code?: string }) => error.code,
+      );
+      assert.equal(tenancy!.stats().servers!.main!.open, 1, 'one connection served both tenants');
+      await tenancy!.destroy();
+      tenancy = undefined;
+      return outcome;
+    };
+    assert.equal(await nextWrite(false), 'ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION', 'negative control');
+    assert.equal(await nextWrite(true), 'written');
+  });
+
   it('a transaction of the next tenant starts on a reset session', async () => {
     open({ resetSession: true, inlineSwitch: true });
     await tenancy!.runWithTenant('a', () =>

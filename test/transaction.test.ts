@@ -10,11 +10,13 @@ import {
   onCommit,
   onRollback,
   TenantMismatchError,
+  TransactionAbortedError,
   instanceTenantId,
+  toHttpError,
   type Tenancy,
 } from '../lib/index';
 import { allStrategies } from './helpers/databases';
-import { createSchema, Movie, Person, Pet, reseed } from './helpers/fixtures';
+import { Audit, createSchema, Movie, Person, Pet, reseed } from './helpers/fixtures';
 
 const TENANTS = ['x1', 'x2'] as const;
 
@@ -342,6 +344,136 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.equal(instanceTenantId(bob), 'x2');
       await assert.rejects(tenancy.runWithTenant('x1', async () => bob.$query()), TenantMismatchError);
     });
+
+    it("back in a tenant whose transaction is open further out (A, then B, then A): A's queries join that transaction", async () => {
+      let later!: () => Promise<unknown>;
+      await assert.rejects(
+        tenancy.runWithTenant('x1', () =>
+          tenancy.transaction(async (trx) => {
+            await Person.query().insert({ name: 'x1-outer' });
+            await tenancy.runWithTenant('x2', async () => {
+              await Person.query().insert({ name: 'x2-own' });
+              await tenancy.runWithTenant('x1', async () => {
+                assert.equal(tenancy.knex(), trx);
+                await Person.query().insert({ name: 'x1-back' });
+                await tenancy.runWithTenant('x2', () => Person.query().insert({ name: 'x2-again' }));
+              });
+              // Run after the transaction ended: the tenant's own connection then.
+              later = () => tenancy.runWithTenant('x1', () => Person.query().insert({ name: 'x1-later' }));
+            });
+            throw new Error('roll back x1');
+          }),
+        ),
+        /roll back x1/,
+      );
+      await later();
+      assert.deepEqual((await names('x1')).filter((n) => !n.endsWith('-ada') && !n.endsWith('-bob')), ['x1-later']);
+      assert.deepEqual((await names('x2')).filter((n) => !n.endsWith('-ada') && !n.endsWith('-bob')), ['x2-own', 'x2-again']);
+    });
+
+    it('an error that leaves the transaction open (a duplicate key) does not abort it: the work goes on and commits', async () => {
+      await tenancy.runWithTenant('x1', () =>
+        tenancy.transaction(async () => {
+          await Audit.query().insert({ message: 'before' });
+          await assert.rejects(async () => Person.query().insert({ id: 1, name: 'duplicate' }), /Duplicate entry|UNIQUE constraint failed/);
+          await tenancy.transaction(async () => {
+            await assert.rejects(async () => Person.query().insert({ id: 1, name: 'duplicate' }), /Duplicate entry|UNIQUE constraint failed/);
+            await Audit.query().insert({ message: 'in savepoint' });
+          });
+          await Audit.query().insert({ message: 'after' });
+        }),
+      );
+      assert.deepEqual((await direct.get('x1')!('audit').orderBy('id')).map((r: { message: string }) => r.message), ['before', 'in savepoint', 'after']);
+    });
+
+    if (backend.name !== 'sqlite') {
+      /**
+       * Makes the tenancy's transaction (in `victim`, which must take row 1's lock and then ask for row
+       * 2's when `ready` resolves) the victim of a deadlock: a heavier transaction beside it holds row 2
+       * and then asks for row 1. InnoDB rolls the lighter one back whole.
+       */
+      async function deadlock(victim: (ready: Promise<void>, locked: () => void) => Promise<unknown>): Promise<PromiseSettledResult<unknown>> {
+        const held = deferred();
+        const first = deferred();
+        const other = direct.get('x1')!.transaction(async (trx) => {
+          for (let i = 0; i < 20; i++) await trx('audit').insert({ message: `heavy-${i}` });
+          await first.promise;
+          await trx('persons').update({ note: 'other' }).where('id', 2);
+          held.resolve();
+          await new Promise((r) => setTimeout(r, 300));
+          await trx('persons').update({ note: 'other' }).where('id', 1);
+        });
+        const [outcome] = await Promise.allSettled([tenancy.runWithTenant('x1', () => victim(held.promise, first.resolve)), other]);
+        await direct.get('x1')!('audit').where('message', 'like', 'heavy-%').delete();
+        return outcome;
+      }
+      const audit = async () => (await direct.get('x1')!('audit').orderBy('id')).map((r: { message: string }) => r.message);
+
+      it('a deadlock inside a savepoint rolled the whole transaction back: the outer work after it is refused, not autocommitted, and the transaction rolls back', async () => {
+        const log: string[] = [];
+        const outcome = await deadlock((ready, locked) =>
+          tenancy.transaction(async () => {
+            await Audit.query().insert({ message: 'before' });
+            onCommit(() => log.push('commit'));
+            onRollback(() => log.push('rollback'));
+            const savepoint = await tenancy
+              .transaction(async () => {
+                await Person.query().patch({ note: 'victim' }).where('id', 1);
+                locked();
+                await ready;
+                await Person.query().patch({ note: 'victim' }).where('id', 2);
+              })
+              .then(
+                () => 'released',
+                (error: { nativeError?: { errno?: number } }) => error.nativeError?.errno,
+              );
+            log.push(`savepoint: ${savepoint}`);
+            await Audit.query().insert({ message: 'after' });
+            return 'done';
+          }),
+        );
+        assert.equal(outcome.status, 'rejected');
+        const reason = (outcome as PromiseRejectedResult).reason as TransactionAbortedError;
+        assert.ok(reason instanceof TransactionAbortedError, String(reason));
+        assert.equal((reason.cause as { errno?: number }).errno, 1213, 'the cause is the deadlock');
+        assert.deepEqual(log, ['savepoint: 1213', 'rollback']);
+        assert.deepEqual(await audit(), [], 'nothing of the rolled-back transaction was saved');
+        assert.deepEqual(toHttpError(reason), { status: 503, code: 'TENANT_TRANSACTION_ABORTED', message: 'Service unavailable. Retry later.', retryAfter: 1 });
+      });
+
+      it('a deadlock the app catches at the top level: the later statements and the COMMIT are refused, nothing is saved', async () => {
+        const refused: unknown[] = [];
+        const outcome = await deadlock((ready, locked) =>
+          tenancy.transaction(async () => {
+            await Audit.query().insert({ message: 'before' });
+            await Person.query().patch({ note: 'victim' }).where('id', 1);
+            locked();
+            await ready;
+            const deadlocked = await Person.query()
+              .patch({ note: 'victim' })
+              .where('id', 2)
+              .catch((error: unknown) => error);
+            assert.deepEqual([toHttpError(deadlocked)?.status, toHttpError(deadlocked)?.code], [503, 'TENANT_LOCK_CONFLICT'], 'a deadlock is answered 503, retry');
+            await Audit.query()
+              .insert({ message: 'after' })
+              .catch((error: unknown) => refused.push(error));
+            await tenancy
+              .knex()
+              .raw('insert into audit (message) values (?)', ['raw after'])
+              .catch((error: unknown) => refused.push(error));
+            return 'done';
+          }),
+        );
+        assert.deepEqual(
+          refused.map((e) => (e as TransactionAbortedError).code),
+          ['TENANT_TRANSACTION_ABORTED', 'TENANT_TRANSACTION_ABORTED'],
+        );
+        assert.equal(outcome.status, 'rejected');
+        assert.equal(((outcome as PromiseRejectedResult).reason as TransactionAbortedError).code, 'TENANT_TRANSACTION_ABORTED');
+        assert.deepEqual(await audit(), []);
+      });
+
+    }
 
     if (backend.name === 'mysql') {
       it('warns once per statement when the bare tenant knex runs a query while a transaction is open', async () => {
