@@ -78,14 +78,21 @@ export function withTenant<T extends object>(data: T): T & TenantJobData {
     throw new TypeError('withTenant(data): the job payload (or what its toJSON() returns) must be a plain object, so that it can carry tenantId');
   }
   const current = tryCurrentTenantId();
-  if (payload.tenantId != null) {
-    if (payload.central === true) {
+  // Each read once: what is checked is what is stored (a getter or a Proxy may answer otherwise later).
+  const { tenantId, central } = payload;
+  if (tenantId != null) {
+    if (central === true) {
       throw new TypeError('withTenant(data): a payload cannot be both central: true and of a tenant; drop one of central and tenantId');
     }
-    if (current !== undefined && payload.tenantId !== current) throw payloadMismatch(current);
-    return { ...payload };
+    if (current !== undefined && tenantId !== current) throw payloadMismatch(current);
+    return { ...payload, tenantId };
   }
-  if (payload.central === true) return { ...payload };
+  if (central === true) {
+    const copy: T & TenantJobData = { ...payload, central };
+    if (tenantId === undefined) delete copy.tenantId;
+    else copy.tenantId = tenantId;
+    return copy;
+  }
   if (current === undefined) {
     throw new TenantContextMissingError(
       'withTenant(data): no tenant scope is active, so the job cannot be given a tenant. Enqueue it inside ' +

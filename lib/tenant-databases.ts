@@ -69,15 +69,34 @@ async function mysqlConnectionOf(config: Knex.Config): Promise<{ admin: MySqlCon
   return { admin, database };
 }
 
+/** Runs `fn` on a knex of one connection to `config`'s server without its database, and the database's name. */
+async function withMysqlAdmin<T>(config: Knex.Config, createKnex: (config: Knex.Config) => Knex, connectTimeoutMs: number, fn: (knex: Knex, database: string) => Promise<T>): Promise<T> {
+  const { admin, database } = await mysqlConnectionOf(config);
+  const knex = createKnex(boundedConnect({ acquireConnectionTimeout: connectTimeoutMs, ...config, connection: admin, pool: { min: 0, max: 1 } }, connectTimeoutMs));
+  try {
+    return await fn(knex, database);
+  } finally {
+    await knex.destroy();
+  }
+}
+
+/**
+ * @internal Whether `config`'s database exists (MySQL: the server lists it to the config's user;
+ * SQLite: its file is there); `undefined` for a client the library cannot ask.
+ */
+export async function databaseExists(config: Knex.Config, createKnex: (config: Knex.Config) => Knex = knexFactory, connectTimeoutMs = 10_000): Promise<boolean | undefined> {
+  const client = typeof config.client === 'string' ? config.client : undefined;
+  if (client !== undefined && SQLITE_CLIENTS.has(client)) return fs.existsSync(sqliteFile(config));
+  if (client === undefined || !MYSQL_CLIENTS.has(client)) return undefined;
+  return withMysqlAdmin(config, createKnex, connectTimeoutMs, async (knex, database) => {
+    const [rows] = await knex.raw('select 1 as found from information_schema.schemata where schema_name = ?', [database]);
+    return (rows as unknown[]).length > 0;
+  });
+}
+
 function mysqlHooks(createKnex: (config: Knex.Config) => Knex, connectTimeoutMs: number): TenantDatabaseHooks {
   const withAdmin = async (config: Knex.Config, fn: (knex: Knex, database: string) => Promise<unknown>): Promise<void> => {
-    const { admin, database } = await mysqlConnectionOf(config);
-    const knex = createKnex(boundedConnect({ acquireConnectionTimeout: connectTimeoutMs, ...config, connection: admin, pool: { min: 0, max: 1 } }, connectTimeoutMs));
-    try {
-      await fn(knex, database);
-    } finally {
-      await knex.destroy();
-    }
+    await withMysqlAdmin(config, createKnex, connectTimeoutMs, fn);
   };
   return {
     create: (tenantId, config) =>

@@ -16,7 +16,7 @@ import {
   TenantLifecycleError,
   type TenantLifecycleStep,
 } from './operation-errors';
-import { builtInDatabaseHooks, createdByOpening, type TenantDatabaseHooks } from './tenant-databases';
+import { builtInDatabaseHooks, createdByOpening, databaseExists, type TenantDatabaseHooks } from './tenant-databases';
 import { migrationPlanOf, reachable, toMigrationError } from './tenant-migrations';
 import { since } from './tenant-runner';
 
@@ -99,6 +99,13 @@ async function createNow(host: OperationsHost, id: string, options: CreateTenant
   const plan = migrationsConfig === undefined ? undefined : await migrationPlanOf(host, 'tenancy.createTenant()');
   const config = await step(id, 'create-database', async () => tenantKnexConfig(host.options, id));
   const hooks = hooksOf(host, config);
+  // An app's createDatabase may succeed on a database that is there (`CREATE DATABASE IF NOT EXISTS`):
+  // a later failure's undo would then drop a database this call did not create, with its data. Where
+  // the library can ask (MySQL, SQLite), one that exists is refused first, as the built-in hook does.
+  if (host.options.createDatabase !== undefined) {
+    const exists = await step(id, 'create-database', () => databaseExists(config, host.options.createKnex ?? knexFactory, host.options.acquireTimeoutMs ?? CONNECTION_DEFAULTS.acquireTimeoutMs));
+    if (exists === true) throw new TenantAlreadyExistsError(id);
+  }
   await step(id, 'create-database', () => hooks.create(id, config));
 
   let current: TenantLifecycleStep = 'migrate';

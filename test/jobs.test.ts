@@ -158,6 +158,18 @@ for (const backend of backends('jobs')) {
         });
       });
 
+      it('stores the tenantId it checked: a payload whose tenantId getter answers another tenant later is stamped with the checked one', async () => {
+        let reads = 0;
+        const payload = {
+          month: 1,
+          get tenantId() {
+            return ++reads <= 1 ? 'ja' : 'jb';
+          },
+        };
+        const stamped = await tenancy.runWithTenant('ja', () => withTenant(payload));
+        assert.equal(JSON.parse(JSON.stringify(stamped)).tenantId, 'ja');
+      });
+
       it('fails closed outside any scope, names the fixes; central payloads carry no tenant', async () => {
         assert.throws(() => withTenant({ x: 1 }), (e: unknown) => e instanceof TenantContextMissingError && /runWithTenant.*tenantId.*central: true/s.test(e.message));
         assert.deepEqual(withTenant({ central: true, x: 1 }), { central: true, x: 1 });

@@ -17,13 +17,13 @@ import {
   type Tenancy,
   type TenancyOptions,
 } from '../lib/index';
-import { allStrategies, mysqlConnection, skipMysql, sqliteBackend } from './helpers/databases';
+import { allStrategies, createSeededTenant, mysqlConnection, skipMysql, sqliteBackend, withDirectKnex } from './helpers/databases';
 import { MIGRATION_NAMES, writeMigrations } from './helpers/migrations';
 
 for (const backend of allStrategies('ops')) {
   describe(`createTenant and dropTenant on ${backend.name}`, { skip: backend.skip }, () => {
     const files = writeMigrations();
-    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'c4u', 'c5', 'c6l', 'c6o', 'c7', 'hooked', 'fw'];
+    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'c4u', 'c5', 'c6l', 'c6o', 'c7', 'hooked', 'fw', 'kept'];
     const tenancies: Tenancy[] = [];
     let catalog = new Set<string>();
     const make = (extra: Partial<TenancyOptions> = {}): Tenancy => {
@@ -452,6 +452,26 @@ for (const backend of allStrategies('ops')) {
       await Promise.all([first, second, ...forgotten]);
       assert.equal(tenancy.stats().draining, 0);
       assert.equal(tenancy.stats().leases, 0);
+    });
+
+    it("an app createDatabase that succeeds on a database that is there (IF NOT EXISTS): refused with 409 before it runs, and a later step's undo cannot drop that database", async () => {
+      catalog = new Set();
+      const existing = await createSeededTenant(backend, 'kept');
+      await existing.destroy();
+      let hookCalls = 0;
+      const tenancy = make({
+        createDatabase: async (id) => {
+          hookCalls++;
+          if (!(await backend.databaseExists(id))) await backend.createDatabase(id);
+        },
+        // A failing later step: its undo drops the database.
+        registerTenant: () => Promise.reject(new Error('the catalog refused')),
+      });
+      await assert.rejects(tenancy.createTenant('kept', { seed: false }), TenantAlreadyExistsError);
+      assert.equal(hookCalls, 0);
+      assert.ok(await backend.databaseExists('kept'), 'the database that was there is still there');
+      const names = await withDirectKnex(backend, 'kept', async (knex) => (await knex('persons').orderBy('id')).map((r: { name: string }) => r.name));
+      assert.deepEqual(names, ['kept-ada', 'kept-bob'], 'with its rows');
     });
 
     it('uses the app hooks for the database when given', async () => {
