@@ -68,6 +68,11 @@ interface Handle {
   used: boolean;
   /** Set by `evict()` (not by trimming the cache): an acquire that waited for its opening leases it no more. */
   forgotten: boolean;
+  /**
+   * Acquires that waited for its opening and have not taken their lease yet (they resume a turn or
+   * more after it): trimming passes it by meanwhile, as one in use, or they would lease it closed.
+   */
+  pending: number;
   /** Set once evicted: resolves the eviction when the last lease is given back. */
   drained?: () => void;
 }
@@ -79,6 +84,8 @@ interface Handle {
 interface Opening {
   handle: Promise<Handle | undefined>;
   stale: boolean;
+  /** The acquires waiting for it (see Handle.pending). */
+  waiters: number;
 }
 
 /** Stats of the shared strategy. */
@@ -119,15 +126,18 @@ export class SharedConnections implements TenantConnections {
       if (cached !== undefined) return cached;
       let opening = this.#opening.get(tenantId);
       if (opening === undefined) {
-        const started = { stale: false } as Opening;
+        const started = { stale: false, waiters: 0 } as Opening;
         started.handle = this.#open(tenantId, started).finally(() => {
           if (this.#opening.get(tenantId) === started) this.#opening.delete(tenantId);
         });
         this.#opening.set(tenantId, (opening = started));
       }
+      opening.waiters++;
       const handle = await opening.handle;
+      if (handle === undefined) continue;
+      if (handle.pending > 0) handle.pending--;
       // Evicted while it opened, or after (before this acquire got back to it): locate the tenant again.
-      if (handle !== undefined && !handle.forgotten) return leaseOf(handle);
+      if (!handle.forgotten) return leaseOf(handle);
     }
   }
 
@@ -229,7 +239,7 @@ export class SharedConnections implements TenantConnections {
     }));
   }
 
-  async #open(tenantId: string, opening: { readonly stale: boolean }): Promise<Handle | undefined> {
+  async #open(tenantId: string, opening: { readonly stale: boolean; readonly waiters: number }): Promise<Handle | undefined> {
     let location: TenantLocation;
     try {
       location = await this.#options.locate(tenantId);
@@ -265,7 +275,7 @@ export class SharedConnections implements TenantConnections {
     }
     if (this.#destroyed) throw new TenancyDestroyedError();
     if (opening.stale) return undefined;
-    const handle: Handle = { knex, leases: 0, used: false, forgotten: false };
+    const handle: Handle = { knex, leases: 0, used: false, forgotten: false, pending: opening.waiters };
     this.#handles.set(tenantId, handle);
     this.#counters.created++;
     // Not this one: its caller takes its lease next, and an evicted handle is tracked by nothing.
@@ -317,7 +327,7 @@ export class SharedConnections implements TenantConnections {
   #trim(keep?: Handle): void {
     for (const [id, handle] of this.#handles) {
       if (this.#handles.size <= this.#options.maxTenants) return;
-      if (handle.leases > 0 || handle === keep) continue;
+      if (handle.leases > 0 || handle.pending > 0 || handle === keep) continue;
       this.#handles.delete(id);
       if (handle.used) {
         handle.used = false;

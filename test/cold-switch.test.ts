@@ -483,6 +483,19 @@ describe('shared strategy, cold-switch limit and tenant-handle cache', { skip: s
     assert.equal(stats.tenants, 3);
   });
 
+  it('maxTenants: first requests of more tenants at once than it keeps are all served, none on a handle trimmed before it got its lease', async () => {
+    open({ max: 2, maxTenants: 2 });
+    for (let round = 0; round < 3; round++) {
+      const tenants = TENANTS.slice(round, round + 6);
+      const seen = await Promise.allSettled(tenants.map((t) => quick(t).then((r) => r.m)));
+      assert.deepEqual(
+        seen.map((o) => (o.status === 'fulfilled' ? o.value : String(o.reason))),
+        tenants,
+      );
+    }
+    assert.ok(tenancy!.stats().evictions > 0, 'the cache was trimmed meanwhile');
+  });
+
   it('rejects a maxSwitchedConnections that is not a positive integer, and shared-only options without the shared strategy', () => {
     for (const value of [0, -1, 1.5, Number.NaN, -Infinity, 'on' as unknown as number]) {
       assert.throws(() => open({ maxSwitchedConnections: value }), /maxSwitchedConnections must be 'auto', an integer >= 1 or Infinity/);
