@@ -109,19 +109,40 @@ const HANG_UP_GRACE_MS = 30_000;
  * pool under it.
  */
 function holdLease(res: ServerResponse, release: () => void, hungUp: boolean): void {
+  // The route destroyed the response itself (`res.destroy()`; a `pipeline()` into it whose source
+  // failed): it is done with it, as with `res.end()`. Node's own close on a hang-up does not call it.
+  let destroyedByRoute = false;
+  const destroy = res.destroy;
+  res.destroy = function (this: ServerResponse, ...args: unknown[]) {
+    destroyedByRoute = true;
+    res.destroy = destroy;
+    return (destroy as (...a: unknown[]) => ServerResponse).apply(this, args);
+  } as ServerResponse['destroy'];
   const afterHangUp = () => {
     // Sent, or ended by the route and never to be sent (a queued response whose client went): done.
-    if (res.writableFinished || res.writableEnded) return release();
+    if (res.writableFinished || res.writableEnded || destroyedByRoute) return release();
     const timer = setTimeout(release, HANG_UP_GRACE_MS);
     timer.unref();
     const end = res.end;
-    res.end = function (this: ServerResponse, ...args: unknown[]) {
+    const destroyLater = res.destroy;
+    // Whichever the route calls first once its client went (a route that stops then can call
+    // `res.destroy()`: `pipeline()` does not, on a response already closed).
+    const done = () => {
       clearTimeout(timer);
       res.end = end;
-      const result = (end as (...a: unknown[]) => ServerResponse).apply(this, args);
+      res.destroy = destroyLater;
       release();
+    };
+    res.end = function (this: ServerResponse, ...args: unknown[]) {
+      const result = (end as (...a: unknown[]) => ServerResponse).apply(this, args);
+      done();
       return result;
     } as ServerResponse['end'];
+    res.destroy = function (this: ServerResponse, ...args: unknown[]) {
+      const result = (destroyLater as (...a: unknown[]) => ServerResponse).apply(this, args);
+      done();
+      return result;
+    } as ServerResponse['destroy'];
   };
   // A pipelined request's response waits, with no socket, for the responses before it: when the client
   // hangs up then, that response emits neither 'finish' nor 'close', ever; only the connection says so.

@@ -469,6 +469,43 @@ describe('middleware resolvers and errors', () => {
     }
   });
 
+  for (const [version, express] of [['4', express4], ['5', express5]] as const) {
+    it(`Express ${version}: a route that ends its response with res.destroy() gives the lease back at once, client connected or already gone`, async () => {
+      const app = express();
+      let routeDone!: () => void;
+      let done = new Promise<void>((r) => (routeDone = r));
+      app.use(tenancy.middleware());
+      app.get('/destroy', async (_req, res) => {
+        await Person.query();
+        res.destroy();
+        routeDone();
+      });
+      app.get('/destroy-after-hang-up', async (_req, res) => {
+        await new Promise<void>((r) => res.once('close', () => r()));
+        await Person.query();
+        res.destroy(); // what a route that stops when its client goes does
+        routeDone();
+      });
+      const server = await listen(app);
+      try {
+        for (const path of ['/destroy', '/destroy-after-hang-up']) {
+          const controller = new AbortController();
+          const request = fetch(`${server.url}${path}`, { headers: { 'x-tenant-id': 'acme' }, signal: controller.signal }).catch(() => 'failed');
+          if (path === '/destroy-after-hang-up') setTimeout(() => controller.abort(), 30);
+          assert.equal(await request, 'failed');
+          await done;
+          done = new Promise<void>((r) => (routeDone = r));
+          await new Promise((r) => setTimeout(r, 20));
+          assert.equal(tenancy.stats().leases, 0, `${path}: the lease was held (30 s before)`);
+        }
+        const evicted = await Promise.race([tenancy.evict('acme').then(() => 'evicted'), new Promise((r) => setTimeout(r, 1_000, 'still waiting for the lease'))]);
+        assert.equal(evicted, 'evicted');
+      } finally {
+        await server.close();
+      }
+    });
+  }
+
   it('keeps the lease of a route still running after its client hung up, so an eviction cannot close the pool under it', async () => {
     const app = express4();
     let done!: () => void;
