@@ -102,8 +102,10 @@ async function createNow(host: OperationsHost, id: string, options: CreateTenant
   // An app's createDatabase may succeed on a database that is there (`CREATE DATABASE IF NOT EXISTS`):
   // a later failure's undo would then drop a database this call did not create, with its data. Where
   // the library can ask (MySQL, SQLite), one that exists is refused first, as the built-in hook does.
+  // Asked as the tenant's config connects: a hook that creates that user too makes the question fail
+  // (access denied) before it runs; then the hook's own answer stands, as without the check.
   if (host.options.createDatabase !== undefined) {
-    const exists = await step(id, 'create-database', () => databaseExists(config, host.options.createKnex ?? knexFactory, host.options.acquireTimeoutMs ?? CONNECTION_DEFAULTS.acquireTimeoutMs));
+    const exists = await databaseExists(config, host.options.createKnex ?? knexFactory, host.options.acquireTimeoutMs ?? CONNECTION_DEFAULTS.acquireTimeoutMs).catch(() => undefined);
     if (exists === true) throw new TenantAlreadyExistsError(id);
   }
   await step(id, 'create-database', () => hooks.create(id, config));

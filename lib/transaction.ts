@@ -95,7 +95,8 @@ export async function runTransaction<T>(
             (error: unknown) => error ?? new Error('COMMIT failed'),
           );
         }
-        if (tx.aborted !== undefined || CONTROL.test(String(sql))) return answer;
+        // A statement on a transaction that has ended (knex refuses it) says nothing about that transaction.
+        if (tx.aborted !== undefined || CONTROL.test(String(sql)) || trx.isCompleted()) return answer;
         return answer.then(undefined, (error: unknown) => noteAborted(tx, conn, error));
       };
       return runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
@@ -151,19 +152,21 @@ const CONTROL = /^(?:begin|start transaction|savepoint|release savepoint|rollbac
 const ROLLBACK = /^rollback\b/i;
 
 /**
- * After a statement of a transaction failed: whether the database ended the transaction for it (InnoDB
- * rolls the whole transaction back on a deadlock, 1213, and on a lock wait timeout with
- * `innodb_rollback_on_timeout`; SQLite on some I/O and full-disk errors). Its later statements would
- * run in autocommit, committed whatever the transaction's outcome (knex, MySQL: knex #805's warning
- * only, for the savepoint's ROLLBACK that then fails). The driver says so: better-sqlite3's
- * `inTransaction`, mysql2's status flags of one more answer (an error answer carries none). Rejects
- * with `error` in all cases.
+ * After a statement of a transaction failed: whether the database rolled the whole transaction back
+ * for it. InnoDB does on a deadlock (1213) and on a full lock table (1206), and on a lock wait
+ * timeout (1205) with `innodb_rollback_on_timeout`; SQLite on some I/O and full-disk errors. Its later
+ * statements would run in autocommit, committed whatever the transaction's outcome (knex, MySQL: knex
+ * #805's warning only, for the savepoint's ROLLBACK that then fails). The driver says whether it is
+ * still open: better-sqlite3's `inTransaction`; mysql2's status flags of one more answer (an error
+ * answer carries none), asked only after those errors. Not after others: a DDL statement that fails
+ * has committed the transaction before it (MySQL's implicit commit), which is no rollback, as one
+ * that succeeds (knex #805). Rejects with `error` in all cases.
  */
 async function noteAborted(tx: TransactionState, conn: unknown, error: unknown): Promise<never> {
   const driver = conn as { inTransaction?: unknown; serverStatus?: unknown; query?: unknown } | null;
   if (tx.aborted === undefined && driver !== null && typeof driver === 'object' && !(error as { fatal?: unknown } | null)?.fatal) {
     if (driver.inTransaction === false) tx.aborted = { error };
-    else if (typeof driver.serverStatus === 'number' && typeof driver.query === 'function') {
+    else if (ROLLS_BACK_TRANSACTION.has((error as { errno?: unknown } | null)?.errno as number) && typeof driver.serverStatus === 'number' && typeof driver.query === 'function') {
       try {
         await ask(driver as RawConnection, 'DO 0');
         if (((driver.serverStatus as number) & IN_TRANS) === 0) tx.aborted = { error };
@@ -174,6 +177,9 @@ async function noteAborted(tx: TransactionState, conn: unknown, error: unknown):
   }
   throw error;
 }
+
+// 1205 lock wait timeout, 1206 lock table full, 1213 deadlock.
+const ROLLS_BACK_TRANSACTION = new Set([1205, 1206, 1213]);
 
 async function runCallbacks(scope: TenantScope, callbacks: Callback[], onHookError: HookErrorHandler): Promise<void> {
   for (const callback of callbacks) {

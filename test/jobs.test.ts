@@ -158,12 +158,12 @@ for (const backend of backends('jobs')) {
         });
       });
 
-      it('stores the tenantId it checked: a payload whose tenantId getter answers another tenant later is stamped with the checked one', async () => {
+      it('stores the tenantId it checked: a payload whose tenantId getter answers another tenant after the checks is stamped with the checked one', async () => {
         let reads = 0;
         const payload = {
           month: 1,
           get tenantId() {
-            return ++reads <= 1 ? 'ja' : 'jb';
+            return ++reads <= 2 ? 'ja' : 'jb';
           },
         };
         const stamped = await tenancy.runWithTenant('ja', () => withTenant(payload));

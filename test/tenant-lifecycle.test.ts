@@ -494,6 +494,46 @@ for (const backend of allStrategies('ops')) {
   });
 }
 
+describe('createTenant with an app hook that creates the tenant database and its own user', { skip: skipMysql }, () => {
+  it("the existence check, which cannot log in as the user yet, does not refuse it: the tenant is created, migrated and served as that user", async () => {
+    const files = writeMigrations();
+    const { host, port } = mysqlConnection();
+    const admin = knexFactory({ client: 'mysql2', connection: mysqlConnection(), pool: { min: 0, max: 1 } });
+    const user = 'ot_opsuser_u1';
+    const database = 'ot_opsuser_u1';
+    const hosts = ['%', 'localhost', '127.0.0.1'];
+    const cleanUp = async () => {
+      await admin.raw('drop database if exists ??', [database]);
+      for (const h of hosts) await admin.raw('drop user if exists ?@?', [user, h]);
+    };
+    const tenancy = createTenancy({
+      knexConfig: () => ({ client: 'mysql2', connection: { host, port, user, password: 'pw', database } }),
+      acquireTimeoutMs: 3_000,
+      migrations: { directory: files.migrations },
+      seeds: { directory: files.seeds },
+      createDatabase: async () => {
+        await admin.raw('create database ??', [database]);
+        for (const h of hosts) {
+          await admin.raw("create user ?@? identified by 'pw'", [user, h]);
+          await admin.raw('grant all on ??.* to ?@?', [database, user, h]);
+        }
+      },
+      dropDatabase: cleanUp,
+    });
+    try {
+      await cleanUp();
+      const result = await tenancy.createTenant('u1');
+      assert.deepEqual(result.migrations, MIGRATION_NAMES);
+      assert.deepEqual(await tenancy.runWithTenant('u1', () => tenancy.knex()('people').pluck('name')), ['seeded']);
+    } finally {
+      await tenancy.destroy();
+      await cleanUp();
+      await admin.destroy();
+      files.cleanup();
+    }
+  });
+});
+
 describe('createTenant, migrate and dropTenant on a shared server configured by a URL or a function', { skip: skipMysql }, () => {
   const { host, port, user, password } = mysqlConnection();
   const url = `mysql://${encodeURIComponent(user)}${password ? `:${encodeURIComponent(password)}` : ''}@${host}:${port}`;

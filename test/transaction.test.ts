@@ -345,6 +345,18 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       await assert.rejects(tenancy.runWithTenant('x1', async () => bob.$query()), TenantMismatchError);
     });
 
+    it('statements on a transaction after it committed fail with knex\'s "already complete", never as a transaction the database rolled back', async () => {
+      let kept!: Knex.Transaction;
+      await tenancy.runWithTenant('x1', () =>
+        tenancy.transaction(async (trx) => {
+          kept = trx;
+          await Person.query().insert({ name: 'committed' });
+        }),
+      );
+      for (let i = 0; i < 2; i++) await assert.rejects(Promise.resolve(kept('persons').select('id')), /Transaction query already complete/);
+      assert.ok((await names('x1')).includes('committed'));
+    });
+
     it("back in a tenant whose transaction is open further out (A, then B, then A): A's queries join that transaction", async () => {
       let later!: () => Promise<unknown>;
       await assert.rejects(
@@ -439,6 +451,45 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
         assert.deepEqual(log, ['savepoint: 1213', 'rollback']);
         assert.deepEqual(await audit(), [], 'nothing of the rolled-back transaction was saved');
         assert.deepEqual(toHttpError(reason), { status: 503, code: 'TENANT_TRANSACTION_ABORTED', message: 'Service unavailable. Retry later.', retryAfter: 1 });
+      });
+
+      it('a lock wait timeout (1205) with innodb_rollback_on_timeout off, and a failing DDL statement, leave no transaction to refuse: the work goes on', async () => {
+        const held = deferred();
+        const release = deferred();
+        const holder = direct.get('x1')!.transaction(async (trx) => {
+          await trx('persons').update({ note: 'held' }).where('id', 1);
+          held.resolve();
+          await release.promise;
+        });
+        await held.promise;
+        try {
+          await tenancy.runWithTenant('x1', () =>
+            tenancy.transaction(async () => {
+              await tenancy.knex().raw('set session innodb_lock_wait_timeout = 1');
+              await Audit.query().insert({ message: 'before' });
+              const waited = await Person.query()
+                .patch({ note: 'waited' })
+                .where('id', 1)
+                .catch((error: { nativeError?: { errno?: number } }) => error.nativeError?.errno);
+              assert.equal(waited, 1205);
+              await Audit.query().insert({ message: 'after the timeout' });
+            }),
+          );
+        } finally {
+          release.resolve();
+          await holder;
+        }
+        assert.deepEqual(await audit(), ['before', 'after the timeout']);
+        await direct.get('x1')!('audit').delete();
+        // MySQL commits the transaction before a DDL statement, which fails here: no rollback (knex #805).
+        await tenancy.runWithTenant('x1', () =>
+          tenancy.transaction(async () => {
+            await Audit.query().insert({ message: 'before the DDL' });
+            await assert.rejects(tenancy.knex().raw('create table persons (id int)'), /already exists/);
+            await Audit.query().insert({ message: 'after the DDL' });
+          }),
+        );
+        assert.deepEqual(await audit(), ['before the DDL', 'after the DDL']);
       });
 
       it('a deadlock the app catches at the top level: the later statements and the COMMIT are refused, nothing is saved', async () => {
