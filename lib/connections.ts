@@ -9,7 +9,7 @@ import { runInScopeSync } from './scope';
 import { boundedConnect, withConnectionSettings } from './connection-settings';
 import { qualifiedDatabase, refuseForeignQualifiedBuilders } from './qualify-tables';
 import { warnOutsideTransaction } from './transaction';
-import { checkTenantFile, FILE_RECHECK_MS, fileReplaced, refuseMissingFileAtOpen, watchTenantFile } from './sqlite-files';
+import { checkTenantFile, FILE_RECHECK_MS, fileReplaced, refuseMissingFileAtOpen, resolvedSqliteConfig, watchTenantFile } from './sqlite-files';
 
 /** How tenant connections are made: the options both strategies share. */
 export interface CommonConnectionOptions {
@@ -196,21 +196,24 @@ export function createConnections(options: ConnectionOptions): { connections: Te
     open: async (tenantId) => {
       let knex: Knex;
       let config: Knex.Config;
+      // What the SQLite file checks read: the config with a connection function called.
+      let files: Knex.Config;
       const made: { knex?: Knex } = {};
       try {
         config = await knexConfig(tenantId);
-        checkTenantFile(config, tenantId);
+        files = await resolvedSqliteConfig(config);
+        checkTenantFile(files, tenantId);
         knex = createKnex(closesFailedSetUps(withPoolDefaults(boundedConnect(config, acquireTimeoutMs), acquireTimeoutMs, budget !== undefined), made));
         made.knex = knex;
       } catch (error) {
         throw error instanceof TenantError ? error : new TenantUnavailableError(tenantId, { cause: error, reason: 'its knex config could not be built' });
       }
       // Innermost: the file is checked again after the budget's wait, right before it is opened.
-      refuseMissingFileAtOpen(knex, config, tenantId);
+      refuseMissingFileAtOpen(knex, files, tenantId);
       budget?.attach(knex, tenantId);
       openOutsideScopes(knex);
       // Outermost: a missing file is refused before the budget's unit is taken.
-      watchTenantFile(knex, config, tenantId, () => cache!.retire(tenantId, knex));
+      watchTenantFile(knex, files, tenantId, () => cache!.retire(tenantId, knex));
       failTypedOnceClosed(knex, tenantId);
       refuseForeignQualifiedBuilders(knex.client);
       failStreamsOnLostConnection(knex.client);

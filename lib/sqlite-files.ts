@@ -9,7 +9,7 @@
  */
 import fs from 'node:fs';
 import type { Knex } from 'knex';
-import { TenantUnavailableError, UnknownTenantError } from './errors';
+import { InvalidTenantIdError, TenantUnavailableError, UnknownTenantError } from './errors';
 
 const SQLITE_CLIENTS = new Set(['better-sqlite3', 'sqlite3', 'sqlite']);
 
@@ -31,7 +31,10 @@ interface TenantFile {
 
 const FILES = new WeakMap<Knex, TenantFile>();
 
-/** The file a tenant's SQLite config opens, or `undefined` (another client, `:memory:`, a URI, a function). */
+/**
+ * The file a tenant's SQLite config opens, or `undefined` (another client, `:memory:`, a URI, a
+ * connection function not resolved with `resolvedSqliteConfig`).
+ */
 function fileOf(config: Knex.Config): { path: string; mustExist: boolean } | undefined {
   if (typeof config.client !== 'string' || !SQLITE_CLIENTS.has(config.client)) return undefined;
   const connection = config.connection as { filename?: unknown; options?: { fileMustExist?: unknown } } | undefined;
@@ -42,11 +45,39 @@ function fileOf(config: Knex.Config): { path: string; mustExist: boolean } | und
 }
 
 /**
+ * @internal `config` with its connection function (knex's dynamic form, `connection: () => ({
+ * filename })`) called, for an SQLite client: what the file checks read (knex calls it again itself).
+ * Any other config as it is.
+ */
+export async function resolvedSqliteConfig(config: Knex.Config): Promise<Knex.Config> {
+  if (typeof config.client !== 'string' || !SQLITE_CLIENTS.has(config.client) || typeof config.connection !== 'function') return config;
+  return { ...config, connection: (await (config.connection as () => unknown)()) as Knex.Config['connection'] };
+}
+
+// SQLite's own files beside a database `x`: `x-journal`, `x-wal`, `x-shm`.
+const SIDE_FILE = /-(?:journal|wal|shm)$/i;
+
+/**
+ * @internal Refuses a tenant whose SQLite file is named like another database's side file (a
+ * template with no extension, `path.join(dir, id)`, gives tenant `acme-journal` the file SQLite
+ * uses as tenant `acme`'s rollback journal: acme's writes overwrite and delete it, and its drop
+ * removes it). Nothing for another client.
+ * @throws {InvalidTenantIdError}
+ */
+export function refuseSideFileName(config: Knex.Config): void {
+  const found = fileOf(config);
+  if (found !== undefined && SIDE_FILE.test(found.path)) {
+    throw new InvalidTenantIdError("its SQLite file would be named like another tenant's side file (-journal, -wal, -shm); give the files an extension in knexConfig");
+  }
+}
+
+/**
  * @internal Refuses a tenant whose SQLite file is missing before its knex is even built (no pool,
  * no knex warning); `watchTenantFile` checks again before each connection.
  * @throws {UnknownTenantError} when the file is missing and the config does not allow creating it.
  */
 export function checkTenantFile(config: Knex.Config, tenantId: string): void {
+  refuseSideFileName(config);
   const found = fileOf(config);
   if (found !== undefined && found.mustExist && !fs.existsSync(found.path)) throw new UnknownTenantError(tenantId);
 }
@@ -147,7 +178,7 @@ function movedFailsTyped(client: Knex.Client, tenantId: string, file: TenantFile
       // A refused COMMIT ends its transaction here too (see endFailedCommit).
       endFailedCommit(connection, obj);
       if (refused === 'moved') return Promise.reject(moved());
-      return Promise.reject(new TenantUnavailableError(tenantId, { reason: 'its SQLite file could not be checked before a write (WAL mode)' }));
+      return Promise.reject(new TenantUnavailableError(tenantId, { reason: 'its SQLite file could not be checked before a write' }));
     }
     return query.call(this, connection, obj).catch((error: unknown) => {
       endFailedCommit(connection, obj);
@@ -163,39 +194,25 @@ function movedFailsTyped(client: Knex.Client, tenantId: string, file: TenantFile
   Object.defineProperty(client, 'constructor', { value: transactionClass, configurable: true, writable: true });
 }
 
-/** better-sqlite3 connections in WAL mode, as read once per connection (again after a `journal_mode` statement). */
-const WAL_MODE = new WeakMap<object, boolean>();
 /** Statements that write nothing: not checked (see walWriteToReplacedFile). */
 const READS = /^\s*(?:select|explain|begin|savepoint|release|rollback)\b/i;
 
 /**
  * In WAL mode SQLite raises no `SQLITE_READONLY_DBMOVED`: a connection on a file unlinked under it
  * (another process dropped the tenant, or dropped and created it again) writes into the unlinked
- * file's WAL, reports success, and the write is lost. So on such a connection every statement that
- * may write (and every COMMIT) first compares the file at the tenant's path with the one the pool
- * opened: one `fs.statSync` (about 2 µs) per write, for WAL-mode tenants only (a `WITH` or a
- * `PRAGMA` may write: checked too). `'moved'` when the file is another one or gone; `'unverified'`
- * when it cannot be read (a full file table, permissions): the write is refused, the pool kept.
+ * file's WAL, reports success, and the write is lost. So every statement that may write (and every
+ * COMMIT) first compares the file at the tenant's path with the one the pool opened: one
+ * `fs.statSync` (about 2 µs) per write (a `WITH` or a `PRAGMA` may write: checked too). In every
+ * journal mode: a file switched to WAL by another connection (a migration, an admin script) turns
+ * this one's mode too, unseen. `'moved'` when the file is another one or gone; `'unverified'` when
+ * it cannot be read (a full file table, permissions): the write is refused, the pool kept.
  */
 function walWriteToReplacedFile(connection: unknown, obj: unknown, file: TenantFile): 'moved' | 'unverified' | undefined {
   if (!file.opened) return undefined;
   const sql = (obj as { sql?: unknown } | null)?.sql;
   const db = connection as { pragma?: (sql: string, options: { simple: boolean }) => unknown } | null;
   if (typeof sql !== 'string' || db === null || typeof db !== 'object' || typeof db.pragma !== 'function') return undefined;
-  // A change of journal mode: read again at the next write.
-  if (sql.includes('journal_mode')) WAL_MODE.delete(db);
   if (READS.test(sql)) return undefined;
-  let wal = WAL_MODE.get(db);
-  if (wal === undefined) {
-    try {
-      wal = String(db.pragma('journal_mode', { simple: true })).toLowerCase() === 'wal';
-      WAL_MODE.set(db, wal);
-    } catch {
-      // Busy (a statement still iterating on it): checked as WAL this once, read again next time.
-      wal = true;
-    }
-  }
-  if (!wal) return undefined;
   try {
     const stat = fs.statSync(file.path);
     return stat.ino !== file.ino || stat.dev !== file.dev ? 'moved' : undefined;

@@ -14,6 +14,7 @@ import knexFactory, { type Knex } from 'knex';
 import { configurationError, TenantAlreadyExistsError } from './operation-errors';
 import { isNoSuchDatabase } from './errors';
 import { boundedConnect, knexConnectionObject } from './connection-settings';
+import { resolvedSqliteConfig } from './sqlite-files';
 
 /** How a tenant's database is created and dropped. */
 export interface TenantDatabaseHooks {
@@ -86,7 +87,7 @@ async function withMysqlAdmin<T>(config: Knex.Config, createKnex: (config: Knex.
  */
 export async function databaseExists(config: Knex.Config, createKnex: (config: Knex.Config) => Knex = knexFactory, connectTimeoutMs = 10_000): Promise<boolean | undefined> {
   const client = typeof config.client === 'string' ? config.client : undefined;
-  if (client !== undefined && SQLITE_CLIENTS.has(client)) return fs.existsSync(sqliteFile(config));
+  if (client !== undefined && SQLITE_CLIENTS.has(client)) return fs.existsSync(sqliteFile(await resolvedSqliteConfig(config)));
   if (client === undefined || !MYSQL_CLIENTS.has(client)) return undefined;
   return withMysqlAdmin(config, createKnex, connectTimeoutMs, async (knex, database) => {
     const [rows] = await knex.raw('select 1 as found from information_schema.schemata where schema_name = ?', [database]);
@@ -144,7 +145,7 @@ function sqliteFile(config: Knex.Config): string {
 
 const sqliteHooks: TenantDatabaseHooks = {
   async create(tenantId, config) {
-    const file = sqliteFile(config);
+    const file = sqliteFile(await resolvedSqliteConfig(config));
     fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
     try {
       // 'wx' fails when the file exists: never adopt (and later undo) somebody else's database.
@@ -155,7 +156,7 @@ const sqliteHooks: TenantDatabaseHooks = {
     }
   },
   async drop(_tenantId, config) {
-    const file = sqliteFile(config);
+    const file = sqliteFile(await resolvedSqliteConfig(config));
     for (const suffix of ['', '-wal', '-shm', '-journal']) fs.rmSync(`${file}${suffix}`, { force: true });
   },
 };

@@ -17,6 +17,7 @@ import {
   type TenantLifecycleStep,
 } from './operation-errors';
 import { builtInDatabaseHooks, createdByOpening, databaseExists, type TenantDatabaseHooks } from './tenant-databases';
+import { refuseSideFileName, resolvedSqliteConfig } from './sqlite-files';
 import { migrationPlanOf, reachable, toMigrationError } from './tenant-migrations';
 import { since } from './tenant-runner';
 
@@ -99,6 +100,7 @@ async function createNow(host: OperationsHost, id: string, options: CreateTenant
   const plan = migrationsConfig === undefined ? undefined : await migrationPlanOf(host, 'tenancy.createTenant()');
   const config = await step(id, 'create-database', async () => tenantKnexConfig(host.options, id));
   const hooks = hooksOf(host, config);
+  refuseSideFileName(await step(id, 'create-database', () => resolvedSqliteConfig(config)));
   // An app's createDatabase may succeed on a database that is there (`CREATE DATABASE IF NOT EXISTS`):
   // a later failure's undo would then drop a database this call did not create, with its data. Where
   // the library can ask (MySQL, SQLite), one that exists is refused first, as the built-in hook does.

@@ -5,7 +5,7 @@
 import { performance } from 'node:perf_hooks';
 import type { Knex } from 'knex';
 import { tenantKnexConfig } from './connections';
-import { checkTenantFile } from './sqlite-files';
+import { checkTenantFile, resolvedSqliteConfig } from './sqlite-files';
 import { isNoSuchDatabase, TenantError, TenantUnavailableError, UnknownTenantError } from './errors';
 import { toHttpError } from './http-errors';
 import { loadMigrationPlan, MigrationStepError, MissingMigrationFilesError, runMigrationStep, type MigrationPlan } from './migration-plan';
@@ -173,7 +173,7 @@ export async function migrateTenant(
     const config = await reachable(id, 'its knex config could not be built', () => tenantKnexConfig(host.options, id));
     // A missing SQLite file is an unknown tenant, as when serving it: opening it would create an
     // empty database (status would write, latest would bring back a dropped tenant).
-    checkTenantFile(config, id);
+    checkTenantFile(await reachable(id, 'its knex config could not be built', () => resolvedSqliteConfig(config)), id);
     knex = await reachable(id, 'its knex could not be built', async () => openOperationKnex(host, config, warnings));
     const outcome = await runMigrationStep(knex, plan, operation, { ...step, onActive: (name) => (active = name) });
     return { tenantId, ...outcome, warnings, durationMs: since(started) };

@@ -5,6 +5,8 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
@@ -520,6 +522,98 @@ describe('pool cache on SQLite files removed or replaced by another process', ()
     assert.ok(removed instanceof TenantUnavailableError, String(removed));
     await assert.rejects(names(tenancy, 'wal1'), UnknownTenantError);
     assert.equal(fs.existsSync(file('wal1')), false, 'no file was created again');
+  });
+
+  it('a file switched to WAL mode by another connection after the pool wrote (a migration, a script), then replaced: the next write fails with a 503, not acknowledged and lost', async () => {
+    await incarnation('wal2', 'old');
+    const tenancy = make();
+    await tenancy.runWithTenant('wal2', () => tenancy.knex()('names').insert({ name: 'journal-mode write' }));
+    await withDirectKnex(backend, 'wal2', (knex) => knex.raw('pragma journal_mode = WAL'));
+    // The serving connection follows the file into WAL mode at its next read.
+    assert.deepEqual(await names(tenancy, 'wal2'), ['old', 'journal-mode write']);
+    // (Upper case: the check before had its cached mode read again after a statement naming journal_mode.)
+    assert.equal(await tenancy.runWithTenant('wal2', async () => (await tenancy.knex().raw('PRAGMA JOURNAL_MODE'))[0].journal_mode), 'wal');
+    for (const suffix of ['', '-wal', '-shm']) fs.rmSync(`${file('wal2')}${suffix}`, { force: true });
+    await incarnation('wal2', 'new');
+    const write = await tenancy.runWithTenant('wal2', () => tenancy.knex()('names').insert({ name: 'acknowledged-then-lost' })).catch((e: unknown) => e);
+    assert.ok(write instanceof TenantUnavailableError, `the insert resolved and the row was lost (${String(write)})`);
+    assert.deepEqual(await names(tenancy, 'wal2'), ['new']);
+  });
+
+  it("busy_timeout set in pool.afterCreate bounds better-sqlite3's synchronous wait for a locked file (knex does not pass connection.options.timeout on)", async () => {
+    await incarnation('busy1', 'row');
+    const tenancy = make({
+      knexConfig: (id) => ({
+        ...backend.knexConfig(id),
+        pool: {
+          afterCreate: (conn: { pragma(sql: string): unknown }, done: (error: unknown, conn: unknown) => void) => {
+            conn.pragma('busy_timeout = 200');
+            done(null, conn);
+          },
+        },
+      }),
+    });
+    await names(tenancy, 'busy1');
+    const holder = knexFactory({ ...backend.knexConfig('busy1'), pool: { min: 1, max: 1 } });
+    try {
+      await holder.transaction(async (trx) => {
+        await trx('names').insert({ name: 'holds the write lock' });
+        const started = Date.now();
+        const error = await tenancy.runWithTenant('busy1', () => tenancy.knex()('names').insert({ name: 'waits' })).catch((e: unknown) => e);
+        const waited = Date.now() - started;
+        assert.equal(toHttpError(error)?.status, 503, String(error));
+        assert.ok(waited < 1_500, `waited ${waited} ms (the default is 5 s)`);
+      });
+    } finally {
+      await holder.destroy();
+    }
+  });
+
+  it("a tenant whose file would be named like another tenant's side file (no extension: acme-journal is acme's journal) is refused with 400; no file is made", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ot-sidefile-'));
+    const files = writeMigrations();
+    const tenancy = make({
+      knexConfig: (id) => ({ client: 'better-sqlite3', connection: { filename: path.join(dir, id) }, useNullAsDefault: true }),
+      migrations: { directory: files.migrations },
+    });
+    try {
+      await tenancy.createTenant('acme', { seed: false });
+      await tenancy.runWithTenant('acme', () => tenancy.knex().raw('create table t (v text)'));
+      for (const id of ['acme-journal', 'acme-wal', 'acme-shm']) {
+        await assert.rejects(tenancy.createTenant(id), InvalidTenantIdError);
+        await assert.rejects(tenancy.runWithTenant(id, () => 1), InvalidTenantIdError);
+        const status = await tenancy.migrate.status({ tenants: [id] });
+        assert.equal(status.tenants[0]!.error?.name, 'InvalidTenantIdError');
+      }
+      await tenancy.runWithTenant('acme', () => tenancy.knex()('t').insert({ v: 'x' }));
+      assert.deepEqual(fs.readdirSync(dir), ['acme'], 'no side-file-named tenant file was made');
+      assert.equal(tenancy.stats().pools, 1);
+    } finally {
+      await tenancy.destroy();
+      files.cleanup();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a connection given as a function (knex\'s dynamic form): a missing file is an unknown tenant for serving, status and latest, and none is created', async () => {
+    const files = writeMigrations();
+    const tenancy = make({
+      knexConfig: (id) => ({ client: 'better-sqlite3', connection: () => ({ filename: file(id) }), useNullAsDefault: true }),
+      migrations: { directory: files.migrations },
+    });
+    try {
+      await backend.dropDatabase('fn1');
+      await assert.rejects(tenancy.runWithTenant('fn1', () => tenancy.knex().raw('select 1')), UnknownTenantError);
+      for (const run of [() => tenancy.migrate.status({ tenants: ['fn1'] }), () => tenancy.migrate.latest({ tenants: ['fn1'] })]) {
+        const report = await run();
+        assert.equal(report.tenants[0]!.error?.name, 'UnknownTenantError', JSON.stringify(report.tenants[0]));
+      }
+      assert.equal(fs.existsSync(file('fn1')), false, 'a file was created for a tenant that does not exist');
+      await incarnation('fn1', 'there');
+      assert.deepEqual(await names(tenancy, 'fn1'), ['there']);
+    } finally {
+      files.cleanup();
+    }
   });
 
   it('a write on a pool whose file was replaced fails with a 503 and closes that pool: the next request reads the new file', async () => {
