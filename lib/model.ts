@@ -511,9 +511,12 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
         if (current !== captured) {
           if (!joinsTransaction(this, captured, current)) return runInScope(captured, () => this[RUN]());
           // Built before tenancy.transaction() on the tenant's knex, awaited inside it: it runs in the
-          // transaction, as a query built there does (and is rolled back with it).
-          (this as any).knex(current!.trx);
-          this[CAPTURED] = current;
+          // transaction, as a query built there does (and is rolled back with it). A copy does: the
+          // builder itself stays the tenant's, to be awaited (or cloned) again after the transaction.
+          const joined = (this as any).clone();
+          joined.knex(current!.trx);
+          joined[CAPTURED] = current;
+          return joined[RUN]();
         }
       }
       return this[RUN]();
@@ -790,6 +793,20 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       return guard(super.$query(trx), this);
     }
 
+    // objection's way for instance methods to reach their connection (`this.$knex()('t').where('id',
+    // this.id).update(...)`): the scope's, so an instance of another tenant is refused as in $query.
+    $knex(): any {
+      const error = mismatchIn(this, currentScope());
+      if (error !== undefined) throw error;
+      return super.$knex();
+    }
+
+    $transaction(): any {
+      const error = mismatchIn(this, currentScope());
+      if (error !== undefined) throw error;
+      return super.$transaction();
+    }
+
     // A tenant relation's builder guards its owner through for(); a central one on objection's
     // Model has no such hook and checks the owner now.
     $relatedQuery(relationName: string, trx?: unknown): any {
@@ -839,6 +856,17 @@ export function centralModel<M extends AnyModelClass>(Base: M, knex: Knex | (() 
       return centralKnexOf(this);
     }
 
+    // objection binds a model's relations with the knex it is bound to (`Person.bindKnex(knex)`,
+    // `bindTransaction`, `transaction(Person, fn)`): a central relation bound to a tenant's
+    // connection would read the tenant's database. It stays on its own.
+    static bindKnex(knex: unknown): any {
+      return tenantConnection(knex) ? this : super.bindKnex(knex);
+    }
+
+    static bindTransaction(trx: unknown): any {
+      return tenantConnection(trx) ? this : super.bindTransaction(trx);
+    }
+
     static query(trx?: unknown): any {
       const builder = super.query(trx);
       if (CentralQueryBuilder !== undefined && !(builder instanceof CentralQueryBuilder)) {
@@ -848,6 +876,11 @@ export function centralModel<M extends AnyModelClass>(Base: M, knex: Knex | (() 
     }
   }
   return CentralModel as unknown as M;
+}
+
+/** Whether `knex` is a knex (or transaction) the library opened for a tenant. */
+function tenantConnection(knex: unknown): boolean {
+  return (typeof knex === 'function' || (typeof knex === 'object' && knex !== null)) && connectionTenant(knex as object) !== undefined;
 }
 
 /** The query builder of central models on a base that is not tenant-aware (see childKnex). */

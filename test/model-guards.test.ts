@@ -233,6 +233,33 @@ for (const backend of allStrategies('guard')) {
       });
     });
 
+    describe('central relations of a bound tenant class', () => {
+      for (const [form, bound] of [
+        ['bindKnex', (knex: Knex) => Citizen.bindKnex(knex)],
+        ['bindTransaction', (knex: Knex) => Citizen.bindTransaction(knex as Knex.Transaction)],
+      ] as const) {
+        it(`${form} to the tenant's connection: the central relation still reads the central database`, async () => {
+          const countries = await runWithTenant('g1', async () => {
+            const Bound = bound(tenancy.knex());
+            const rows = await Bound.query().withGraphFetched('[country, region]').orderBy('id');
+            const ada = rows[0]!;
+            return [...rows.map((r) => `${r.country?.name}/${r.region?.name}`), (await ada.$relatedQuery('country'))?.name];
+          });
+          assert.deepEqual(countries, ['central-1/central-1', 'central-2/central-2', 'central-1']);
+        });
+      }
+
+      it('objection.transaction(Citizen, fn): the central relation reads the central database, the tenant rows the transaction', async () => {
+        const seen = await runWithTenant('g1', () =>
+          objectionTransaction(Citizen, async (BoundCitizen) => {
+            const rows = await BoundCitizen.query().withGraphFetched('country').orderBy('id');
+            return rows.map((r) => `${r.name}@${r.country?.name}`);
+          }),
+        );
+        assert.deepEqual(seen, ['g1-ada@central-1', 'g1-bob@central-2']);
+      });
+    });
+
     describe('the instance guard checks the scope the query runs in', () => {
       it('$query().patch() built outside any scope and awaited in another tenant', async () => {
         const adaOfG2 = await runWithTenant('g2', () => Person.query().findById(1));
@@ -267,6 +294,15 @@ for (const backend of allStrategies('guard')) {
         const query = Person.relatedQuery('pets').for(bobOfG2 as never);
         await assert.rejects(runWithTenant('g1', () => query), TenantMismatchError);
         assert.deepEqual(names(await runWithTenant('g2', () => query)), ['g2-tom']);
+      });
+
+      it("$knex() of an instance of another tenant is refused (a write through it hit this tenant's row of the same id)", async () => {
+        const adaOfG2 = await runWithTenant('g2', () => Person.query().findById(1));
+        await assert.rejects(runWithTenant('g1', async () => adaOfG2!.$knex()), TenantMismatchError);
+        await assert.rejects(runWithTenant('g1', async () => adaOfG2!.$transaction()), TenantMismatchError);
+        await runWithTenant('g2', () => adaOfG2!.$knex()('persons').where('id', adaOfG2!.id).update({ name: 'g2-through-knex' }));
+        assert.deepEqual(await personNames('g1'), ['g1-ada', 'g1-bob']);
+        assert.deepEqual(await personNames('g2'), ['g2-bob', 'g2-through-knex']);
       });
 
       it('a builder made in its own tenant and awaited in another runs in its own', async () => {

@@ -278,6 +278,17 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.ok(!(await names('x1')).includes('x1-built-before'), 'a model query built before the transaction was committed outside it');
     });
 
+    it('a query that joined a transaction stays the tenant\'s: awaited or cloned again after it committed, it runs on the tenant\'s connection', async () => {
+      const seen = await tenancy.runWithTenant('x1', async () => {
+        const query = Person.query().orderBy('id');
+        const inside = await tenancy.transaction(async () => (await query).length);
+        const again = await query;
+        const cloned = await query.clone();
+        return [inside, again.length, cloned.length];
+      });
+      assert.deepEqual(seen, [2, 2, 2]);
+    });
+
     it('onCommit outside a transaction: a failing callback goes to onHookError, never an unhandled rejection', async () => {
       const unhandled: unknown[] = [];
       const onUnhandled = (reason: unknown) => unhandled.push(reason);
