@@ -62,7 +62,13 @@ export function describeResult(result: AnyResult): string {
 }
 
 function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+  if (error instanceof Error) return error.message;
+  try {
+    return String(error);
+  } catch {
+    // A value with no string form (Object.create(null), a throwing toString): the report goes on.
+    return Object.prototype.toString.call(error);
+  }
 }
 
 /** @internal The progress printer for `stream`: a bar on a TTY, plain lines otherwise. */

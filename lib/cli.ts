@@ -90,6 +90,8 @@ async function runCommand(args: CliArgs, config: CliConfig, io: CliIo, signal: A
     const what = args.command === 'create' ? 'created' : 'dropped';
     return { output: { ok: true, ...result }, text: `tenant ${printableId(result.tenantId)} ${what} in ${result.durationMs} ms\n`, ok: true };
   }
+  // Every id on the command line is checked first: a mistyped list touches no tenant (exit 2).
+  for (const id of args.tenants ?? []) tenancy.checkTenantId(id);
   const tenants = args.tenants ?? (config.listTenants === undefined ? undefined : tenantList(await config.listTenants()));
   const progress = createProgress(io.stderr, args.command);
   const common = { tenants, concurrency: args.concurrency, signal, onResult: progress.onResult };

@@ -108,7 +108,8 @@ export async function loadMigrationPlan(config: MigratorConfig): Promise<Migrati
     throw new MigrationsUnreadableError({ cause: error });
   }
   const names = migrations.map((migration) => source.getMigrationName(migration));
-  const contents = new Map<string, unknown>();
+  // By migration, not by name: two directories may each hold a file of the same name (knex runs both).
+  const contents = new Map<unknown, unknown>();
   for (const [i, migration] of migrations.entries()) {
     const name = names[i]!;
     let content: { up?: unknown; down?: unknown } | undefined;
@@ -121,13 +122,13 @@ export async function loadMigrationPlan(config: MigratorConfig): Promise<Migrati
     if (typeof content?.up !== 'function' || typeof content?.down !== 'function') {
       throw new MigrationsUnreadableError({ cause: new Error('it must export both an up and a down function'), migration: name });
     }
-    contents.set(name, content);
+    contents.set(migration, content);
   }
   const nameOf = (migration: unknown) => source.getMigrationName(migration);
   const sourceOf = (only: ReadonlySet<string> | undefined): Knex.MigrationSource<unknown> => ({
     getMigrations: async () => (only === undefined ? migrations : migrations.filter((m) => only.has(nameOf(m)))),
     getMigrationName: nameOf,
-    getMigration: async (migration) => (contents.get(nameOf(migration)) as Knex.Migration | undefined) ?? source.getMigration(migration),
+    getMigration: async (migration) => (contents.get(migration) as Knex.Migration | undefined) ?? source.getMigration(migration),
   });
   const base: MigratorConfig = { ...config };
   for (const key of FS_KEYS) delete base[key];

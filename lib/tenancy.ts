@@ -384,6 +384,11 @@ export class Tenancy implements ScopeOwner {
     return forEachTenant(this.#operationsHost(), (id) => this.#enterForJob(id), fn, options);
   }
 
+  /** @internal Validates `id` with this tenancy's pattern (the CLI's `--tenants`, before any tenant is touched). */
+  checkTenantId(id: unknown): string {
+    return validateTenantId(id, this.#validator);
+  }
+
   #operationsHost(): OperationsHost {
     return (this.#operations ??= {
       options: this.#options,

@@ -82,6 +82,7 @@ describe('objection-tenancy CLI (node dist/cli.js)', { skip: skipMysql }, () => 
     fs.writeFileSync(path.join(cwd, 'catalog.json'), JSON.stringify(TENANTS));
     fs.writeFileSync(path.join(cwd, 'count-people.js'), "const { tenancy } = require('./tenancy.config.js');\nmodule.exports = async (id) => ({ id, n: Number((await tenancy.knex()('people').count({ n: '*' }))[0].n) });\n");
     fs.writeFileSync(path.join(cwd, 'fail-k2.js'), "exports.run = async (id) => { if (id === 'k2') throw new Error('k2 job broke'); return id; };\n");
+    fs.writeFileSync(path.join(cwd, 'odd-k2.js'), "exports.run = async (id) => { if (id === 'k2') throw Object.create(null); return id; };\n");
     for (const id of [...TENANTS, 'k9']) await backend.dropDatabase(id);
     for (const id of TENANTS) await backend.createDatabase(id);
     const knex = knexFactory(backend.knexConfig('k3'));
@@ -132,6 +133,12 @@ describe('objection-tenancy CLI (node dist/cli.js)', { skip: skipMysql }, () => 
     assert.equal((await cli(cwd, ['status', '--to', MIGRATION_NAMES[0]!])).code, 2);
     // An invalid tenant id on the command line is a usage error too (exit 1 before stop 22).
     assert.equal((await cli(cwd, ['create', 'k9;drop'])).code, 2);
+    // So is one in a --tenants list, checked before any tenant is touched.
+    await cli(cwd, ['rollback', '--tenants', 'k1']);
+    const listed = await cli(cwd, ['migrate', '--tenants', 'k1,acme corp']);
+    assert.equal(listed.code, 2, listed.stderr);
+    assert.match(listed.stderr, /Invalid tenant id/);
+    assert.deepEqual(await tablesOf('k1'), ['knex_migrations', 'knex_migrations_lock'], 'k1 was migrated');
     assert.equal((await cli(cwd, ['migrate', '--tenants', 'k1,k2'])).code, 0);
   });
 
@@ -145,6 +152,13 @@ describe('objection-tenancy CLI (node dist/cli.js)', { skip: skipMysql }, () => 
     const failed = JSON.parse(failing.stdout);
     assert.deepEqual(failed.counts, { ok: 1, failed: 1 });
     assert.equal(failed.tenants[1].error.message, 'k2 job broke');
+    // A thrown value with no string form fails its tenant; the report is printed (it was lost, exit 2).
+    for (const json of [[], ['--json']]) {
+      const odd = await cli(cwd, ['run', 'odd-k2.js', ...json, '--tenants', 'k1,k2']);
+      assert.equal(odd.code, 1, odd.stderr);
+      if (json.length > 0) assert.deepEqual(JSON.parse(odd.stdout).counts, { ok: 1, failed: 1 });
+      else assert.match(odd.stdout, /run: 2 tenant\(s\), ok 1, failed 1[\s\S]*k2 failed/);
+    }
   });
 
   it('create, then drop: refused without --confirm (exit 2), done with it', async () => {

@@ -90,6 +90,21 @@ for (const backend of backends('mplan')) {
       }
     });
 
+    it('two migration directories holding a file of the same name: each file runs once, as knex runs them', async () => {
+      const first = files([]);
+      const second = files([]);
+      first.add('001_init.js', body('t1'));
+      second.add('001_init.js', body('t2'));
+      for (const id of ids) await backend.dropDatabase(id);
+      await fresh();
+      const tenancy = make(first.dir, { migrations: { directory: [first.dir, second.dir] } });
+      const report = await tenancy.migrate.latest({ tenants: ['a'] });
+      assert.equal(report.tenants[0]!.status, 'applied', String(report.tenants[0]!.error?.message));
+      assert.deepEqual(await tablesIn(backend, 'a', ['t1', 't2']), ['t1', 't2']);
+      for (const id of ids) await backend.dropDatabase(id);
+      await fresh();
+    });
+
     it('a recorded migration whose file is gone: status, latest and rollback all report it failed, naming it', async () => {
       await fresh();
       const d = files();
