@@ -61,7 +61,8 @@ export function describeResult(result: AnyResult): string {
   return `${id} ${result.status}${names} ${result.durationMs} ms`;
 }
 
-function errorMessage(error: unknown): string {
+/** @internal An error's message, or the best string form of a thrown value (one with none included). */
+export function errorMessage(error: unknown): string {
   if (error instanceof Error) return error.message;
   try {
     return String(error);

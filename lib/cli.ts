@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseCliArgs, USAGE, UsageError, type CliArgs } from './cli-args';
-import { createProgress, errorToJson, printableId, summarize, toJson, type ProgressStream } from './cli-output';
+import { createProgress, errorMessage, errorToJson, printableId, summarize, toJson, type ProgressStream } from './cli-output';
 import type { Tenancy } from './tenancy';
 import type { TenantResult, TenantsReport } from './tenant-runner';
 
@@ -151,11 +151,11 @@ export async function main(argv: readonly string[], io: CliIo = { stdout: proces
     io.stdout.write(args.json ? `${toJson(output)}\n` : text);
     return interrupts > 0 ? EXIT.interrupted : ok ? EXIT.ok : EXIT.failed;
   } catch (error) {
-    const code = (error as { code?: unknown }).code;
+    const code = (error as { code?: unknown } | null | undefined)?.code;
     // A tenant id on the command line that fails validation is a usage error too.
     const usage = error instanceof UsageError || error instanceof TypeError || code === 'TENANT_DROP_NOT_CONFIRMED' || code === 'TENANT_ID_INVALID';
     if (args.json) io.stdout.write(`${toJson({ ok: false, error: errorToJson(error) })}\n`);
-    io.stderr.write(`objection-tenancy: ${(error as Error)?.message ?? String(error)}\n`);
+    io.stderr.write(`objection-tenancy: ${errorMessage(error)}\n`);
     return interrupts > 0 ? EXIT.interrupted : usage ? EXIT.usage : EXIT.failed;
   } finally {
     process.off('SIGINT', onSigint);

@@ -1,7 +1,7 @@
 import { Model } from 'objection';
 import type { Knex } from 'knex';
 import { TenantContextMissingError, TenantMismatchError } from './errors';
-import { connectionTenant, currentScope, globalState, isKeyOf, keyOf, liveConnection, runInScope, runInScopeSync, type TenantKey, type TenantScope } from './scope';
+import { connectionTenant, currentScope, globalState, isKeyOf, keyOf, liveConnection, liveScope, runInScope, runInScopeSync, whenSettled, type TenantKey, type TenantScope } from './scope';
 import { namesItsDatabase, qualifiedDatabase } from './qualify-tables';
 
 // Objection's own typings do not describe the members overridden here (unsafeKnex, $$knex, the
@@ -426,6 +426,23 @@ function joinsTransaction(builder: any, captured: TenantScope, current: TenantSc
   );
 }
 
+/**
+ * Runs `builder` once on `scope`'s connection, then gives it back its own: the builder stays the
+ * tenant's, to be awaited (or cloned) again later. Not on a copy: objection's hooks read
+ * `context.transaction` from the builder itself.
+ */
+function runOn(builder: any, scope: TenantScope): Promise<unknown> {
+  const context = builder._context as { knex?: unknown };
+  const own = context.knex;
+  const captured = builder[CAPTURED];
+  builder.knex(liveConnection(scope));
+  builder[CAPTURED] = scope;
+  return whenSettled(builder[RUN]() as Promise<unknown>, () => {
+    context.knex = own;
+    builder[CAPTURED] = captured;
+  });
+}
+
 /** Gives the clone of an instance (and of its related instances) the tenant of the original. */
 function stampClone(original: any, copy: any): void {
   if (original === null || typeof original !== 'object' || copy === null || typeof copy !== 'object') return;
@@ -507,16 +524,19 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       if (this[UNSCOPED]) return runInScopeSync(undefined, () => this[RUN]());
       const captured = this[CAPTURED];
       if (captured !== undefined) {
+        // Built inside a transaction that has ended since (a promise kept past it): as other work
+        // started in it and run later, on the tenant as it is now (its transaction still open, else
+        // its connection), not knex's untyped "Transaction query already complete".
+        if (captured.trx !== undefined && captured.trx.isCompleted() && (this as any).unsafeKnex() === captured.trx) {
+          const live = liveScope(captured);
+          return runInScope(live, () => runOn(this, live));
+        }
         const current = currentScope();
         if (current !== captured) {
           if (!joinsTransaction(this, captured, current)) return runInScope(captured, () => this[RUN]());
           // Built before tenancy.transaction() on the tenant's knex, awaited inside it: it runs in the
-          // transaction, as a query built there does (and is rolled back with it). A copy does: the
-          // builder itself stays the tenant's, to be awaited (or cloned) again after the transaction.
-          const joined = (this as any).clone();
-          joined.knex(current!.trx);
-          joined[CAPTURED] = current;
-          return joined[RUN]();
+          // transaction, as a query built there does (and is rolled back with it).
+          return runOn(this, current!);
         }
       }
       return this[RUN]();
@@ -795,14 +815,15 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
 
     // objection's way for instance methods to reach their connection (`this.$knex()('t').where('id',
     // this.id).update(...)`): the scope's, so an instance of another tenant is refused as in $query.
+    // A class bound to a knex of its own answers that knex, whatever the scope: nothing to check.
     $knex(): any {
-      const error = mismatchIn(this, currentScope());
+      const error = pinned(this.constructor) ? undefined : mismatchIn(this, currentScope());
       if (error !== undefined) throw error;
       return super.$knex();
     }
 
     $transaction(): any {
-      const error = mismatchIn(this, currentScope());
+      const error = pinned(this.constructor) ? undefined : mismatchIn(this, currentScope());
       if (error !== undefined) throw error;
       return super.$transaction();
     }

@@ -118,9 +118,18 @@ export class TenantLifecycleError extends TenantError {
   /** Which step failed. */
   readonly step: TenantLifecycleStep;
 
-  constructor(tenantId: string, step: TenantLifecycleStep, options: TenantErrorOptions = {}) {
+  /**
+   * `kept`: a creation whose database may not have been made by this call (an app `createDatabase`
+   * hook, and the library could not check before it ran) is not dropped again on failure.
+   */
+  constructor(tenantId: string, step: TenantLifecycleStep, options: TenantErrorOptions & { kept?: boolean } = {}) {
     const creating = !step.startsWith('drop') && step !== 'unregister';
-    const undone = creating && step !== 'create-database' ? ' Its database was dropped again; retry when fixed.' : '';
+    const undone =
+      creating && step !== 'create-database'
+        ? options.kept === true
+          ? ' Its database was left in place (whether this call created it could not be checked first): drop it yourself if it is new.'
+          : ' Its database was dropped again; retry when fixed.'
+        : '';
     super(
       creating ? 'TENANT_CREATE_FAILED' : 'TENANT_DROP_FAILED',
       `${creating ? 'Creating' : 'Dropping'} tenant "${tenantId}" failed at step ${step}: ${causeSummary(options.cause)}.${undone}`,

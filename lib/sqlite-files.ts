@@ -8,6 +8,7 @@
  * is another one or gone.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import type { Knex } from 'knex';
 import { InvalidTenantIdError, TenantUnavailableError, UnknownTenantError } from './errors';
 
@@ -41,7 +42,8 @@ function fileOf(config: Knex.Config): { path: string; mustExist: boolean } | und
   const filename = connection?.filename;
   if (typeof filename !== 'string' || filename === '' || filename === ':memory:' || filename.startsWith('file:')) return undefined;
   // better-sqlite3's own option; knex does not pass it on, so it is honoured here (for sqlite3 too).
-  return { path: filename, mustExist: connection?.options?.fileMustExist !== false };
+  // Absolute, as of the pool's opening: a later `process.chdir()` does not move the tenant's file.
+  return { path: path.resolve(filename), mustExist: connection?.options?.fileMustExist !== false };
 }
 
 /**

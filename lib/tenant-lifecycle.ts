@@ -105,10 +105,13 @@ async function createNow(host: OperationsHost, id: string, options: CreateTenant
   // a later failure's undo would then drop a database this call did not create, with its data. Where
   // the library can ask (MySQL, SQLite), one that exists is refused first, as the built-in hook does.
   // Asked as the tenant's config connects: a hook that creates that user too makes the question fail
-  // (access denied) before it runs; then the hook's own answer stands, as without the check.
+  // (access denied) before it runs. Then nothing says the hook created the database: a later failure
+  // leaves it in place (fail closed), and says so.
+  let undoDrops = true;
   if (host.options.createDatabase !== undefined) {
-    const exists = await databaseExists(config, host.options.createKnex ?? knexFactory, host.options.acquireTimeoutMs ?? CONNECTION_DEFAULTS.acquireTimeoutMs).catch(() => undefined);
+    const exists = await databaseExists(config, host.options.createKnex ?? knexFactory, host.options.acquireTimeoutMs ?? CONNECTION_DEFAULTS.acquireTimeoutMs).catch(() => null);
     if (exists === true) throw new TenantAlreadyExistsError(id);
+    if (exists === null) undoDrops = false;
   }
   await step(id, 'create-database', () => hooks.create(id, config));
 
@@ -140,13 +143,13 @@ async function createNow(host: OperationsHost, id: string, options: CreateTenant
   } catch (error) {
     // Undo: a half-made tenant (created, not migrated or not registered) is worse than none.
     await knex.destroy().catch(() => undefined);
-    await hooks.drop(id, config).catch(() => undefined);
+    if (undoDrops) await hooks.drop(id, config).catch(() => undefined);
     // A request served while the tenant was half made (a catalog that reads the database itself)
     // left a pool or handle on it, and a catalog answer: both go, as in dropTenant, and SQLite's
     // built-in drop runs again in case that pool created the file anew.
     await host.forget(id).catch(() => undefined);
-    if (host.options.dropDatabase === undefined && createdByOpening(config)) await hooks.drop(id, config).catch(() => undefined);
-    throw new TenantLifecycleError(id, current, { cause: error });
+    if (undoDrops && host.options.dropDatabase === undefined && createdByOpening(config)) await hooks.drop(id, config).catch(() => undefined);
+    throw new TenantLifecycleError(id, current, { cause: error, kept: !undoDrops });
   }
 }
 

@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { commitMayHaveApplied, TenantUnavailableError, TransactionAbortedError, TransactionOutcomeUnknownError } from './errors';
+import { statementStart } from './inline-switch';
 import { ask, IN_TRANS, type RawConnection } from './pooled-connection';
 import { currentScope, runInScope, type TenantScope } from './scope';
 
@@ -97,7 +98,7 @@ export async function runTransaction<T>(
         }
         // A statement on a transaction that has ended (knex refuses it) says nothing about that transaction.
         if (tx.aborted !== undefined || CONTROL.test(String(sql)) || trx.isCompleted()) return answer;
-        return answer.then(undefined, (error: unknown) => noteAborted(tx, conn, error));
+        return answer.then(undefined, (error: unknown) => noteAborted(tx, conn, sql, error));
       };
       return runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
     })) as Awaited<T>;
@@ -153,20 +154,21 @@ const ROLLBACK = /^rollback\b/i;
 
 /**
  * After a statement of a transaction failed: whether the database rolled the whole transaction back
- * for it. InnoDB does on a deadlock (1213) and on a full lock table (1206), and on a lock wait
- * timeout (1205) with `innodb_rollback_on_timeout`; SQLite on some I/O and full-disk errors. Its later
+ * for it. InnoDB does on a deadlock (1213), a full lock table (1206), a read view conflict with
+ * `innodb_snapshot_isolation` (1020, on by default from MariaDB 11.8), a lock wait timeout (1205)
+ * with `innodb_rollback_on_timeout`, and more; SQLite on some I/O and full-disk errors. Its later
  * statements would run in autocommit, committed whatever the transaction's outcome (knex, MySQL: knex
  * #805's warning only, for the savepoint's ROLLBACK that then fails). The driver says whether it is
  * still open: better-sqlite3's `inTransaction`; mysql2's status flags of one more answer (an error
- * answer carries none), asked only after those errors. Not after others: a DDL statement that fails
- * has committed the transaction before it (MySQL's implicit commit), which is no rollback, as one
- * that succeeds (knex #805). Rejects with `error` in all cases.
+ * answer carries none). Not asked after a statement that commits the transaction itself before it
+ * runs (MySQL's implicit commit: DDL, `LOCK TABLES`...), which is no rollback (knex #805). Rejects
+ * with `error` in all cases.
  */
-async function noteAborted(tx: TransactionState, conn: unknown, error: unknown): Promise<never> {
+async function noteAborted(tx: TransactionState, conn: unknown, sql: unknown, error: unknown): Promise<never> {
   const driver = conn as { inTransaction?: unknown; serverStatus?: unknown; query?: unknown } | null;
   if (tx.aborted === undefined && driver !== null && typeof driver === 'object' && !(error as { fatal?: unknown } | null)?.fatal) {
     if (driver.inTransaction === false) tx.aborted = { error };
-    else if (ROLLS_BACK_TRANSACTION.has((error as { errno?: unknown } | null)?.errno as number) && typeof driver.serverStatus === 'number' && typeof driver.query === 'function') {
+    else if (typeof driver.serverStatus === 'number' && typeof driver.query === 'function' && !IMPLICIT_COMMIT.test(statementStart(String(sql)))) {
       try {
         await ask(driver as RawConnection, 'DO 0');
         if (((driver.serverStatus as number) & IN_TRANS) === 0) tx.aborted = { error };
@@ -178,8 +180,8 @@ async function noteAborted(tx: TransactionState, conn: unknown, error: unknown):
   throw error;
 }
 
-// 1205 lock wait timeout, 1206 lock table full, 1213 deadlock.
-const ROLLS_BACK_TRANSACTION = new Set([1205, 1206, 1213]);
+// Statements MySQL/MariaDB commit the open transaction before (whether they then succeed or fail).
+const IMPLICIT_COMMIT = /^(?:create|alter|drop|rename|truncate|lock|unlock|grant|revoke|analyze|check|optimize|repair|flush|reset|cache|load\s+index|install|uninstall|set\s+(?:session\s+|@@session\.|@@)?autocommit)\b/i;
 
 async function runCallbacks(scope: TenantScope, callbacks: Callback[], onHookError: HookErrorHandler): Promise<void> {
   for (const callback of callbacks) {
@@ -271,7 +273,8 @@ const warned = new Set<string>();
 export function warnOutsideTransaction(knex: Knex): (query: { __knexTxId?: string; sql?: string }) => void {
   return (query) => {
     const scope = currentScope();
-    if (scope?.trx === undefined || query.__knexTxId !== undefined) return;
+    // A transaction that has ended: the query runs on the tenant's knex as it should (liveScope).
+    if (scope?.trx === undefined || query.__knexTxId !== undefined || scope.trx.isCompleted()) return;
     // A shared-pool tenant handle inherits from its server's knex, which is where the listener sits.
     if (scope.knex !== knex && Object.getPrototypeOf(scope.knex) !== knex) return;
     const sql = String(query.sql ?? '').slice(0, 200);

@@ -241,6 +241,13 @@ describe('objection-tenancy CLI (node dist/cli.js)', { skip: skipMysql }, () => 
     assert.equal(listed.code, 2, listed.stderr);
     assert.match(listed.stderr, /TypeError|array/i);
     assert.doesNotMatch(listed.stderr, /\bk failed\b/);
+    // A listTenants() that rejects with a value of no string form: exit 1 with a message, not a crash.
+    fs.writeFileSync(path.join(cwd, 'odd-list.config.js'), "const c = require('./tenancy.config.js');\nmodule.exports = { ...c, listTenants: () => Promise.reject(Object.create(null)) };\n");
+    for (const json of [[], ['--json']]) {
+      const odd = await cli(cwd, ['status', '--config', 'odd-list.config.js', ...json]);
+      assert.equal(odd.code, 1, odd.stderr);
+      assert.match(odd.stderr, /objection-tenancy: \[object Object\]/);
+    }
   });
 
   it('usage errors exit 2 with the usage text', async () => {

@@ -305,6 +305,17 @@ for (const backend of allStrategies('guard')) {
         assert.deepEqual(await personNames('g2'), ['g2-bob', 'g2-through-knex']);
       });
 
+      it('$knex() of an instance of a class bound to a knex the library did not open answers that knex, in any scope', async () => {
+        const own = knexFactory(backend.knexConfig('g2'));
+        try {
+          const Bound = Person.bindKnex(own);
+          const ada = await runWithTenant('g1', () => Bound.query().findById(1));
+          assert.equal(await runWithTenant('g1', async () => ada!.$knex()), own);
+        } finally {
+          await own.destroy();
+        }
+      });
+
       it('a builder made in its own tenant and awaited in another runs in its own', async () => {
         const { q } = await runWithTenant('g1', async () => ({ q: (await Person.query().findById(1))!.$relatedQuery('pets') }));
         assert.deepEqual(names(await runWithTenant('g2', () => q)), ['g1-rex']);

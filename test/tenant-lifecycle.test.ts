@@ -532,6 +532,49 @@ describe('createTenant with an app hook that creates the tenant database and its
       files.cleanup();
     }
   });
+
+  it('when the check could not tell (the user is not there yet) and a later step fails, the database is left in place, with its data, and the error says so', async () => {
+    const files = writeMigrations();
+    const { host, port } = mysqlConnection();
+    const admin = knexFactory({ client: 'mysql2', connection: mysqlConnection(), pool: { min: 0, max: 1 } });
+    const user = 'ot_opsuser_u2';
+    const database = 'ot_opsuser_u2';
+    const hosts = ['%', 'localhost', '127.0.0.1'];
+    const cleanUp = async () => {
+      await admin.raw('drop database if exists ??', [database]);
+      for (const h of hosts) await admin.raw('drop user if exists ?@?', [user, h]);
+    };
+    const tenancy = createTenancy({
+      knexConfig: () => ({ client: 'mysql2', connection: { host, port, user, password: 'pw', database } }),
+      acquireTimeoutMs: 3_000,
+      migrations: { directory: files.migrations },
+      createDatabase: async () => {
+        await admin.raw('create database if not exists ??', [database]);
+        for (const h of hosts) {
+          await admin.raw("create user if not exists ?@? identified by 'pw'", [user, h]);
+          await admin.raw('grant all on ??.* to ?@?', [database, user, h]);
+        }
+      },
+      dropDatabase: cleanUp,
+      registerTenant: () => Promise.reject(new Error('the catalog refused')),
+    });
+    try {
+      await cleanUp();
+      await admin.raw('create database ??', [database]);
+      await admin.raw('create table ??.precious (v varchar(20))', [database]);
+      await admin.raw("insert into ??.precious values ('kept')", [database]);
+      const error = await tenancy.createTenant('u2').catch((e: unknown) => e);
+      assert.ok(error instanceof TenantLifecycleError, String(error));
+      assert.equal(error.step, 'register');
+      assert.match(error.message, /left in place/);
+      assert.deepEqual(await admin(`${database}.precious`).pluck('v'), ['kept']);
+    } finally {
+      await tenancy.destroy();
+      await cleanUp();
+      await admin.destroy();
+      files.cleanup();
+    }
+  });
 });
 
 describe('createTenant, migrate and dropTenant on a shared server configured by a URL or a function', { skip: skipMysql }, () => {

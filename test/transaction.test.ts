@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
+import type { QueryContext } from 'objection';
 import {
   createTenancy,
   currentTenantId,
@@ -278,6 +279,37 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.ok(!(await names('x1')).includes('x1-built-before'), 'a model query built before the transaction was committed outside it');
     });
 
+    it("a query built before the transaction and awaited inside it gives its hooks the transaction (ctx.transaction), and is rolled back with them", async () => {
+      class HookedPerson extends Person {
+        override async $beforeInsert(context?: QueryContext): Promise<void> {
+          await Audit.query(context!.transaction).insert({ message: `hooked ${this.name}` });
+        }
+      }
+      await tenancy.runWithTenant('x1', async () => {
+        const insert = HookedPerson.query().insert({ name: 'x1-hooked-before' });
+        await assert.rejects(
+          tenancy.transaction(async () => {
+            await insert;
+            throw new Error('undo');
+          }),
+          /undo/,
+        );
+      });
+      assert.ok(!(await names('x1')).includes('x1-hooked-before'));
+      assert.deepEqual(await direct.get('x1')!('audit').where('message', 'like', 'hooked %').pluck('message'), [], "the hook's audit row was committed outside the transaction");
+    });
+
+    it('a model query built inside a transaction and awaited after it ended runs on the tenant\'s connection, as other work started in it does', async () => {
+      const later: PromiseLike<unknown>[] = [];
+      await tenancy.runWithTenant('x1', async () => {
+        await tenancy.transaction(async () => {
+          later.push(Person.query().insert({ name: 'x1-kept-past-commit' }));
+        });
+        await Promise.all(later);
+      });
+      assert.ok((await names('x1')).includes('x1-kept-past-commit'), "knex's untyped \"Transaction query already complete\", the row lost");
+    });
+
     it('a query that joined a transaction stays the tenant\'s: awaited or cloned again after it committed, it runs on the tenant\'s connection', async () => {
       const seen = await tenancy.runWithTenant('x1', async () => {
         const query = Person.query().orderBy('id');
@@ -503,6 +535,41 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
         assert.deepEqual(await audit(), ['before the DDL', 'after the DDL']);
       });
 
+      if (backend.name === 'mysql') {
+        it('a read view conflict (1020, innodb_snapshot_isolation) rolls the transaction back too: the later work is refused, nothing is saved', async () => {
+          const isolated = createTenancy({
+            knexConfig: (id) => ({
+              ...backend.knexConfig(id),
+              pool: { min: 0, max: 2, afterCreate: (conn: { query(sql: string, done: (error: unknown) => void): void }, done: (error: unknown, conn: unknown) => void) => conn.query('set session innodb_snapshot_isolation = ON', (error) => done(error, conn)) },
+            }),
+          });
+          try {
+            const outcome = await isolated
+              .runWithTenant('x1', () =>
+                isolated.transaction(async () => {
+                  await Person.query();
+                  await Audit.query().insert({ message: 'before' });
+                  await direct.get('x1')!('persons').update({ note: 'changed beside' }).where('id', 1);
+                  const conflict = await Person.query()
+                    .patch({ note: 'mine' })
+                    .where('id', 1)
+                    .catch((error: { nativeError?: { errno?: number } }) => error.nativeError?.errno);
+                  assert.equal(conflict, 1020);
+                  await Audit.query().insert({ message: 'after' });
+                }),
+              )
+              .then(
+                () => 'committed',
+                (error: { code?: string }) => error.code,
+              );
+            assert.equal(outcome, 'TENANT_TRANSACTION_ABORTED');
+            assert.deepEqual(await audit(), []);
+          } finally {
+            await isolated.destroy();
+          }
+        });
+      }
+
       it('a deadlock the app catches at the top level: the later statements and the COMMIT are refused, nothing is saved', async () => {
         const refused: unknown[] = [];
         const outcome = await deadlock((ready, locked) =>
@@ -558,6 +625,25 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
         assert.equal(warnings.length, 2, warnings.join('\n'));
         assert.match(warnings[0]!, /x1.*persons/);
         assert.match(warnings[1]!, /movies/);
+      });
+
+      it('does not warn about a query a timer started inside a transaction runs after it committed (it runs on the tenant\'s knex, as it should)', async () => {
+        const warnings: string[] = [];
+        const listener = (w: Error) => w.name === 'TenantTransactionWarning' && warnings.push(w.message);
+        process.on('warning', listener);
+        try {
+          let fired!: Promise<unknown>;
+          await tenancy.runWithTenant('x1', () =>
+            tenancy.transaction(async () => {
+              fired = new Promise((resolve) => setTimeout(resolve, 30)).then(() => Person.query().where('name', 'like', 'timer-after-commit-%'));
+            }),
+          );
+          await fired;
+          await new Promise((r) => setImmediate(r));
+        } finally {
+          process.off('warning', listener);
+        }
+        assert.deepEqual(warnings, []);
       });
 
       it('does not warn about the transaction\'s own statements after a savepoint inside it ended', async () => {
