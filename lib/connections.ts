@@ -195,15 +195,13 @@ export function createConnections(options: ConnectionOptions): { connections: Te
     },
     open: async (tenantId) => {
       let knex: Knex;
-      let config: Knex.Config;
-      // What the SQLite file checks read: the config with a connection function called.
+      // SQLite: what the pool opens and the file checks read, one absolute file (see resolvedSqliteConfig).
       let files: Knex.Config;
       const made: { knex?: Knex } = {};
       try {
-        config = await knexConfig(tenantId);
-        files = await resolvedSqliteConfig(config);
+        files = await resolvedSqliteConfig(await knexConfig(tenantId));
         checkTenantFile(files, tenantId);
-        knex = createKnex(closesFailedSetUps(withPoolDefaults(boundedConnect(config, acquireTimeoutMs), acquireTimeoutMs, budget !== undefined), made));
+        knex = createKnex(closesFailedSetUps(withPoolDefaults(boundedConnect(files, acquireTimeoutMs), acquireTimeoutMs, budget !== undefined), made));
         made.knex = knex;
       } catch (error) {
         throw error instanceof TenantError ? error : new TenantUnavailableError(tenantId, { cause: error, reason: 'its knex config could not be built' });

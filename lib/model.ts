@@ -1,7 +1,7 @@
 import { Model } from 'objection';
 import type { Knex } from 'knex';
 import { TenantContextMissingError, TenantMismatchError } from './errors';
-import { connectionTenant, currentScope, globalState, isKeyOf, keyOf, liveConnection, liveScope, runInScope, runInScopeSync, whenSettled, type TenantKey, type TenantScope } from './scope';
+import { connectionTenant, currentScope, globalState, isKeyOf, keyOf, liveConnection, liveScope, runInScope, runInScopeSync, type TenantKey, type TenantScope } from './scope';
 import { namesItsDatabase, qualifiedDatabase } from './qualify-tables';
 
 // Objection's own typings do not describe the members overridden here (unsafeKnex, $$knex, the
@@ -427,20 +427,42 @@ function joinsTransaction(builder: any, captured: TenantScope, current: TenantSc
 }
 
 /**
- * Runs `builder` once on `scope`'s connection, then gives it back its own: the builder stays the
- * tenant's, to be awaited (or cloned) again later. Not on a copy: objection's hooks read
- * `context.transaction` from the builder itself.
+ * A copy of `builder` that runs on `scope`'s connection (its open transaction, else the tenant's
+ * knex). The builder itself stays the tenant's, to be awaited (or cloned) again later, concurrently
+ * too. objection shares a builder's user context with its clones, and that context's `transaction`
+ * reads the builder it was made for: the copy gets one of its own (same values), so that hooks'
+ * `context.transaction` is the copy's connection.
  */
-function runOn(builder: any, scope: TenantScope): Promise<unknown> {
-  const context = builder._context as { knex?: unknown };
-  const own = context.knex;
-  const captured = builder[CAPTURED];
-  builder.knex(liveConnection(scope));
-  builder[CAPTURED] = scope;
-  return whenSettled(builder[RUN]() as Promise<unknown>, () => {
-    context.knex = own;
-    builder[CAPTURED] = captured;
-  });
+function retargeted(builder: any, scope: TenantScope): any {
+  const copy = builder.clone();
+  copy.knex(liveConnection(scope));
+  copy[CAPTURED] = scope;
+  const context = copy._context as { userContext?: Record<string, unknown> | null };
+  const shared = context.userContext;
+  if (shared != null && typeof shared.constructor === 'function') {
+    // Its values, not the symbol that names its builder (objection's own newMerge copies that too).
+    const own = new (shared.constructor as new (builder: unknown) => Record<string, unknown>)(copy);
+    for (const key of Object.keys(shared)) own[key] = shared[key];
+    context.userContext = own;
+  }
+  return copy;
+}
+
+/**
+ * For a builder made inside a transaction that has ended since (a promise kept past it): the scope
+ * to run it on now, as other work started in that transaction and run later: its transaction still
+ * open, else a transaction of the same tenant open where it is awaited (as a builder made before any
+ * transaction joins one), else the tenant's connection; not knex's untyped "Transaction query
+ * already complete". `undefined` for any other builder.
+ */
+function afterEndedTransaction(builder: any): TenantScope | undefined {
+  const captured: TenantScope = builder[CAPTURED];
+  if (captured.trx === undefined || !captured.trx.isCompleted() || builder.unsafeKnex() !== captured.trx) return undefined;
+  const live = liveScope(captured);
+  if (live.trx !== undefined) return live;
+  const current = currentScope();
+  if (current?.trx !== undefined && !current.trx.isCompleted() && current.owner === captured.owner && current.tenantId === captured.tenantId) return current;
+  return live;
 }
 
 /** Gives the clone of an instance (and of its related instances) the tenant of the original. */
@@ -524,19 +546,14 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       if (this[UNSCOPED]) return runInScopeSync(undefined, () => this[RUN]());
       const captured = this[CAPTURED];
       if (captured !== undefined) {
-        // Built inside a transaction that has ended since (a promise kept past it): as other work
-        // started in it and run later, on the tenant as it is now (its transaction still open, else
-        // its connection), not knex's untyped "Transaction query already complete".
-        if (captured.trx !== undefined && captured.trx.isCompleted() && (this as any).unsafeKnex() === captured.trx) {
-          const live = liveScope(captured);
-          return runInScope(live, () => runOn(this, live));
-        }
+        const moved = afterEndedTransaction(this);
+        if (moved !== undefined) return runInScope(moved, () => retargeted(this, moved)[RUN]());
         const current = currentScope();
         if (current !== captured) {
           if (!joinsTransaction(this, captured, current)) return runInScope(captured, () => this[RUN]());
           // Built before tenancy.transaction() on the tenant's knex, awaited inside it: it runs in the
           // transaction, as a query built there does (and is rolled back with it).
-          return runOn(this, current!);
+          return retargeted(this, current!)[RUN]();
         }
       }
       return this[RUN]();
@@ -568,7 +585,9 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
         return error === undefined ? super.resultSize() : Promise.reject(error);
       };
       // Pinned to no scope (see execute()): counted with none, so it fails closed there too.
-      return this[UNSCOPED] ? runInScopeSync(undefined, count) : count();
+      if (this[UNSCOPED]) return runInScopeSync(undefined, count);
+      const moved = this[CAPTURED] === undefined ? undefined : afterEndedTransaction(this);
+      return moved === undefined ? count() : runInScope(moved, () => retargeted(this, moved).resultSize());
     }
 
     toKnexQuery(...args: unknown[]): any {
@@ -577,7 +596,9 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
         if (error !== undefined) throw error;
         return super.toKnexQuery(...args);
       };
-      return this[UNSCOPED] ? runInScopeSync(undefined, build) : build();
+      if (this[UNSCOPED]) return runInScopeSync(undefined, build);
+      const moved = this[CAPTURED] === undefined ? undefined : afterEndedTransaction(this);
+      return moved === undefined ? build() : runInScopeSync(moved, () => retargeted(this, moved).toKnexQuery(...args));
     }
 
     executeOnBuild(): unknown {

@@ -47,13 +47,18 @@ function fileOf(config: Knex.Config): { path: string; mustExist: boolean } | und
 }
 
 /**
- * @internal `config` with its connection function (knex's dynamic form, `connection: () => ({
- * filename })`) called, for an SQLite client: what the file checks read (knex calls it again itself).
- * Any other config as it is.
+ * @internal For an SQLite client, `config` with its connection function (knex's dynamic form,
+ * `connection: () => ({ filename })`) called and its filename made absolute: what the tenant's pool
+ * opens and the file checks read. Any other config as it is.
  */
 export async function resolvedSqliteConfig(config: Knex.Config): Promise<Knex.Config> {
-  if (typeof config.client !== 'string' || !SQLITE_CLIENTS.has(config.client) || typeof config.connection !== 'function') return config;
-  return { ...config, connection: (await (config.connection as () => unknown)()) as Knex.Config['connection'] };
+  if (typeof config.client !== 'string' || !SQLITE_CLIENTS.has(config.client)) return config;
+  const connection = (typeof config.connection === 'function' ? await (config.connection as () => unknown)() : config.connection) as { filename?: unknown } | undefined;
+  const filename = connection?.filename;
+  // Absolute, as of now: a later `process.chdir()` moves neither the checks nor the file knex opens.
+  const absolute = typeof filename === 'string' && filename !== '' && filename !== ':memory:' && !filename.startsWith('file:') ? path.resolve(filename) : filename;
+  if (connection === config.connection && absolute === filename) return config;
+  return { ...config, connection: { ...connection, filename: absolute } as Knex.Config['connection'] };
 }
 
 // SQLite's own files beside a database `x`: `x-journal`, `x-wal`, `x-shm`.

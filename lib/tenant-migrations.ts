@@ -170,10 +170,11 @@ export async function migrateTenant(
     // The catalog, the config and the server are the tenant's reachability, as when serving it:
     // their failures are TenantUnavailableError (retry later), not a migration to fix.
     await reachable(id, 'the tenant catalog lookup failed', () => checkTenantExists(host, id));
-    const config = await reachable(id, 'its knex config could not be built', () => tenantKnexConfig(host.options, id));
+    const given = await reachable(id, 'its knex config could not be built', () => tenantKnexConfig(host.options, id));
+    const config = await reachable(id, 'its knex config could not be built', () => resolvedSqliteConfig(given));
     // A missing SQLite file is an unknown tenant, as when serving it: opening it would create an
     // empty database (status would write, latest would bring back a dropped tenant).
-    checkTenantFile(await reachable(id, 'its knex config could not be built', () => resolvedSqliteConfig(config)), id);
+    checkTenantFile(config, id);
     knex = await reachable(id, 'its knex could not be built', async () => openOperationKnex(host, config, warnings));
     const outcome = await runMigrationStep(knex, plan, operation, { ...step, onActive: (name) => (active = name) });
     return { tenantId, ...outcome, warnings, durationMs: since(started) };

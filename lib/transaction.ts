@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import { commitMayHaveApplied, TenantUnavailableError, TransactionAbortedError, TransactionOutcomeUnknownError } from './errors';
 import { statementStart } from './inline-switch';
 import { ask, IN_TRANS, type RawConnection } from './pooled-connection';
-import { currentScope, runInScope, type TenantScope } from './scope';
+import { currentScope, openTransactionScope, runInScope, type TenantScope } from './scope';
 
 type Callback = () => unknown;
 
@@ -181,7 +181,10 @@ async function noteAborted(tx: TransactionState, conn: unknown, sql: unknown, er
 }
 
 // Statements MySQL/MariaDB commit the open transaction before (whether they then succeed or fail).
-const IMPLICIT_COMMIT = /^(?:create|alter|drop|rename|truncate|lock|unlock|grant|revoke|analyze|check|optimize|repair|flush|reset|cache|load\s+index|install|uninstall|set\s+(?:session\s+|@@session\.|@@)?autocommit)\b/i;
+// Not `CREATE`/`DROP TEMPORARY TABLE`, not MariaDB's `ANALYZE <statement>` (it runs the statement),
+// not `SET autocommit = 0`.
+const IMPLICIT_COMMIT =
+  /^(?:(?:create|drop)\s+(?!temporary\b)|alter\b|rename\b|truncate\b|(?:un)?lock\s+tables?\b|grant\b|revoke\b|(?:analyze|optimize|repair)\s+(?:(?:no_write_to_binlog|local)\s+)?tables?\b|check\s+tables?\b|flush\b|reset\b|cache\s+index\b|load\s+index\b|install\b|uninstall\b|set\s+password\b|set\s+(?:session\s+|@@session\.|@@)?autocommit\s*:?=\s*(?:1|on|true)\b)/i;
 
 async function runCallbacks(scope: TenantScope, callbacks: Callback[], onHookError: HookErrorHandler): Promise<void> {
   for (const callback of callbacks) {
@@ -273,8 +276,9 @@ const warned = new Set<string>();
 export function warnOutsideTransaction(knex: Knex): (query: { __knexTxId?: string; sql?: string }) => void {
   return (query) => {
     const scope = currentScope();
-    // A transaction that has ended: the query runs on the tenant's knex as it should (liveScope).
-    if (scope?.trx === undefined || query.__knexTxId !== undefined || scope.trx.isCompleted()) return;
+    if (scope?.trx === undefined || query.__knexTxId !== undefined) return;
+    // Its transactions have all ended: the query runs on the tenant's knex as it should (liveScope).
+    if (scope.trx.isCompleted() && openTransactionScope(scope) === undefined) return;
     // A shared-pool tenant handle inherits from its server's knex, which is where the listener sits.
     if (scope.knex !== knex && Object.getPrototypeOf(scope.knex) !== knex) return;
     const sql = String(query.sql ?? '').slice(0, 200);

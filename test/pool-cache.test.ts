@@ -569,6 +569,24 @@ describe('pool cache on SQLite files removed or replaced by another process', ()
     }
   });
 
+  it('a relative filename is the file it named when the pool opened: a connection opened after process.chdir() reads it, and makes no stray file', async () => {
+    await incarnation('rel1', 'here');
+    const tenancy = make({ knexConfig: () => ({ client: 'better-sqlite3', connection: { filename: path.basename(file('rel1')) }, useNullAsDefault: true, pool: { min: 0, max: 1, idleTimeoutMillis: 30, reapIntervalMillis: 10 } }) });
+    const elsewhere = fs.mkdtempSync(path.join(os.tmpdir(), 'ot-chdir-'));
+    const cwd = process.cwd();
+    try {
+      process.chdir(path.dirname(file('rel1')));
+      assert.deepEqual(await names(tenancy, 'rel1'), ['here']);
+      process.chdir(elsewhere);
+      await sleep(150); // the idle connection is closed; the next one is opened after the chdir
+      assert.deepEqual(await names(tenancy, 'rel1'), ['here']);
+      assert.deepEqual(fs.readdirSync(elsewhere), [], 'a stray file was made in the new working directory');
+    } finally {
+      process.chdir(cwd);
+      fs.rmSync(elsewhere, { recursive: true, force: true });
+    }
+  });
+
   it("a tenant whose file would be named like another tenant's side file (no extension: acme-journal is acme's journal) is refused with 400; no file is made", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ot-sidefile-'));
     const files = writeMigrations();

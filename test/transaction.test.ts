@@ -308,6 +308,49 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
         await Promise.all(later);
       });
       assert.ok((await names('x1')).includes('x1-kept-past-commit'), "knex's untyped \"Transaction query already complete\", the row lost");
+      // Counted and built the same way; and awaited inside a later transaction, it joins that one.
+      const seen = await tenancy.runWithTenant('x1', async () => {
+        let kept!: ReturnType<typeof Person.query>;
+        await tenancy.transaction(async () => {
+          kept = Person.query().where('name', 'like', 'x1-%').orderBy('id');
+        });
+        const size = await kept.resultSize();
+        const built = (await kept.toKnexQuery()) as unknown[];
+        let later!: ReturnType<typeof Person.query>;
+        await tenancy.transaction(async () => {
+          later = Person.query().insert({ name: 'x1-built-in-t1' }) as never;
+        });
+        await assert.rejects(
+          tenancy.transaction(async () => {
+            await later;
+            throw new Error('undo t2');
+          }),
+          /undo t2/,
+        );
+        return [size, built.length];
+      });
+      assert.deepEqual(seen, [3, 3]);
+      assert.ok(!(await names('x1')).includes('x1-built-in-t1'), 'awaited inside a later transaction, it ran outside it (autocommit)');
+    });
+
+    it('a query awaited inside a transaction (joining it) and at the same time outside it: the outside run is not part of the transaction', async () => {
+      await tenancy.runWithTenant('x1', async () => {
+        const insert = Person.query().insert({ name: 'x1-both' });
+        let release!: () => void;
+        const gate = new Promise<void>((resolve) => (release = resolve));
+        const outside = gate.then(() => insert);
+        await assert.rejects(
+          tenancy.transaction(async () => {
+            const inside = insert.then((row) => row);
+            release();
+            await inside;
+            throw new Error('undo');
+          }),
+          /undo/,
+        );
+        await outside;
+      });
+      assert.deepEqual((await names('x1')).filter((n) => n === 'x1-both'), ['x1-both'], 'the outside insert ran in the transaction and was rolled back');
     });
 
     it('a query that joined a transaction stays the tenant\'s: awaited or cloned again after it committed, it runs on the tenant\'s connection', async () => {
@@ -494,6 +537,25 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
         assert.deepEqual(log, ['savepoint: 1213', 'rollback']);
         assert.deepEqual(await audit(), [], 'nothing of the rolled-back transaction was saved');
         assert.deepEqual(toHttpError(reason), { status: 503, code: 'TENANT_TRANSACTION_ABORTED', message: 'Service unavailable. Retry later.', retryAfter: 1 });
+      });
+
+      it('a deadlock on a statement that looks like DDL but commits nothing (CREATE TEMPORARY TABLE ... SELECT ... FOR UPDATE) is an abort too', async () => {
+        const outcome = await deadlock((ready, locked) =>
+          tenancy.transaction(async () => {
+            await Audit.query().insert({ message: 'before' });
+            await Person.query().patch({ note: 'victim' }).where('id', 1);
+            locked();
+            await ready;
+            const deadlocked = await tenancy
+              .knex()
+              .raw('create temporary table tmp_victim as select * from persons where id = 2 for update')
+              .catch((error: { errno?: number; nativeError?: { errno?: number } }) => error.nativeError?.errno ?? error.errno);
+            assert.equal(deadlocked, 1213);
+            await Audit.query().insert({ message: 'after' });
+          }),
+        );
+        assert.equal(((outcome as PromiseRejectedResult).reason as { code?: string })?.code, 'TENANT_TRANSACTION_ABORTED');
+        assert.deepEqual(await audit(), []);
       });
 
       it('a lock wait timeout (1205) with innodb_rollback_on_timeout off, and a failing DDL statement, leave no transaction to refuse: the work goes on', async () => {
