@@ -437,15 +437,31 @@ function retargeted(builder: any, scope: TenantScope): any {
   const copy = builder.clone();
   copy.knex(liveConnection(scope));
   copy[CAPTURED] = scope;
-  const context = copy._context as { userContext?: Record<string, unknown> | null };
+  const context = copy._context as { userContext?: Record<PropertyKey, unknown> | null };
   const shared = context.userContext;
   if (shared != null && typeof shared.constructor === 'function') {
-    // Its values, not the symbol that names its builder (objection's own newMerge copies that too).
-    const own = new (shared.constructor as new (builder: unknown) => Record<string, unknown>)(copy);
-    for (const key of Object.keys(shared)) own[key] = shared[key];
+    // Its values (symbol-keyed ones too), but not objection's own symbol naming its builder, which
+    // objection's newMerge would copy as well: the new context's are set back after the copy.
+    const own = new (shared.constructor as new (builder: unknown) => Record<PropertyKey, unknown>)(copy);
+    const naming = Object.getOwnPropertySymbols(own).map((symbol) => [symbol, own[symbol]] as const);
+    Object.assign(own, shared);
+    for (const [symbol, value] of naming) own[symbol] = value;
     context.userContext = own;
   }
   return copy;
+}
+
+/**
+ * Where a builder's `resultSize()` or `toKnexQuery()` runs when not on its own connection: as
+ * `execute()` decides (see afterEndedTransaction and joinsTransaction), else `undefined`.
+ */
+function elsewhereNow(builder: any): TenantScope | undefined {
+  const captured: TenantScope | undefined = builder[CAPTURED];
+  if (captured === undefined) return undefined;
+  const moved = afterEndedTransaction(builder);
+  if (moved !== undefined) return moved;
+  const current = currentScope();
+  return current !== captured && joinsTransaction(builder, captured, current) ? current : undefined;
 }
 
 /**
@@ -586,7 +602,7 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       };
       // Pinned to no scope (see execute()): counted with none, so it fails closed there too.
       if (this[UNSCOPED]) return runInScopeSync(undefined, count);
-      const moved = this[CAPTURED] === undefined ? undefined : afterEndedTransaction(this);
+      const moved = elsewhereNow(this);
       return moved === undefined ? count() : runInScope(moved, () => retargeted(this, moved).resultSize());
     }
 
@@ -597,7 +613,7 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
         return super.toKnexQuery(...args);
       };
       if (this[UNSCOPED]) return runInScopeSync(undefined, build);
-      const moved = this[CAPTURED] === undefined ? undefined : afterEndedTransaction(this);
+      const moved = elsewhereNow(this);
       return moved === undefined ? build() : runInScopeSync(moved, () => retargeted(this, moved).toKnexQuery(...args));
     }
 

@@ -168,7 +168,7 @@ async function noteAborted(tx: TransactionState, conn: unknown, sql: unknown, er
   const driver = conn as { inTransaction?: unknown; serverStatus?: unknown; query?: unknown } | null;
   if (tx.aborted === undefined && driver !== null && typeof driver === 'object' && !(error as { fatal?: unknown } | null)?.fatal) {
     if (driver.inTransaction === false) tx.aborted = { error };
-    else if (typeof driver.serverStatus === 'number' && typeof driver.query === 'function' && !IMPLICIT_COMMIT.test(statementStart(String(sql)))) {
+    else if (typeof driver.serverStatus === 'number' && typeof driver.query === 'function' && !commitsImplicitly(String(sql))) {
       try {
         await ask(driver as RawConnection, 'DO 0');
         if (((driver.serverStatus as number) & IN_TRANS) === 0) tx.aborted = { error };
@@ -180,12 +180,24 @@ async function noteAborted(tx: TransactionState, conn: unknown, sql: unknown, er
   throw error;
 }
 
-// Statements MySQL/MariaDB commit the open transaction before (whether they then succeed or fail).
-// Not `CREATE`/`DROP TEMPORARY TABLE`, not MariaDB's `ANALYZE <statement>` (it runs the statement),
-// not `SET autocommit = 0`.
+// Statements MySQL/MariaDB commit the open transaction before (whether they then succeed or fail),
+// read on the statement's first words with comments and runs of spaces removed. Not a temporary
+// table's `CREATE`/`DROP` (a temporary sequence's does commit), not MariaDB's `ANALYZE <statement>`
+// (it runs the statement), not a `SET autocommit` (inside a transaction knex opened it commits
+// nothing on MariaDB).
 const IMPLICIT_COMMIT =
-  /^(?:(?:create|drop)\s+(?!temporary\b)|alter\b|rename\b|truncate\b|(?:un)?lock\s+tables?\b|grant\b|revoke\b|(?:analyze|optimize|repair)\s+(?:(?:no_write_to_binlog|local)\s+)?tables?\b|check\s+tables?\b|flush\b|reset\b|cache\s+index\b|load\s+index\b|install\b|uninstall\b|set\s+password\b|set\s+(?:session\s+|@@session\.|@@)?autocommit\s*:?=\s*(?:1|on|true)\b)/i;
+  /^(?:(?:create|drop)\b(?! (?:or replace )?temporary table\b)|alter\b|rename\b|truncate\b|(?:un)?lock tables?\b|grant\b|revoke\b|(?:analyze|optimize|repair) (?:(?:no_write_to_binlog|local) )?tables?\b|check tables?\b|flush\b|reset\b|cache index\b|load index\b|install\b|uninstall\b|set password\b)/;
 
+/** Whether MySQL/MariaDB commits the open transaction before `sql` runs (see IMPLICIT_COMMIT). */
+function commitsImplicitly(sql: string): boolean {
+  const words = statementStart(sql)
+    .slice(0, 200)
+    .replace(/\/\*[\s\S]*?\*\//g, ' ')
+    .replace(/\s+/g, ' ')
+    .trim()
+    .toLowerCase();
+  return IMPLICIT_COMMIT.test(words);
+}
 async function runCallbacks(scope: TenantScope, callbacks: Callback[], onHookError: HookErrorHandler): Promise<void> {
   for (const callback of callbacks) {
     try {

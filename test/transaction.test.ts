@@ -353,6 +353,32 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.deepEqual((await names('x1')).filter((n) => n === 'x1-both'), ['x1-both'], 'the outside insert ran in the transaction and was rolled back');
     });
 
+    it('resultSize() and toKnexQuery() of a query built before the transaction run in it too; its hooks keep the query\'s context values, symbol-keyed ones included', async () => {
+      const TRACE = Symbol('trace');
+      const seen: unknown[] = [];
+      class TracedPerson extends Person {
+        override async $beforeInsert(context?: QueryContext): Promise<void> {
+          seen.push((context as unknown as Record<symbol, unknown>)[TRACE], (context as unknown as { tag?: unknown }).tag);
+        }
+      }
+      await tenancy.runWithTenant('x1', async () => {
+        const all = Person.query();
+        const traced = TracedPerson.query().context({ [TRACE]: 'span-1', tag: 'audit' }).insert({ name: 'x1-traced' });
+        await assert.rejects(
+          tenancy.transaction(async () => {
+            await Person.query().insert({ name: 'x1-in-trx' });
+            assert.equal(await all.resultSize(), 3);
+            assert.equal(((await all.toKnexQuery()) as unknown[]).length, 3);
+            await traced;
+            throw new Error('undo');
+          }),
+          /undo/,
+        );
+      });
+      assert.deepEqual(seen, ['span-1', 'audit']);
+      assert.deepEqual((await names('x1')).filter((n) => n.startsWith('x1-in') || n === 'x1-traced'), []);
+    });
+
     it('a query that joined a transaction stays the tenant\'s: awaited or cloned again after it committed, it runs on the tenant\'s connection', async () => {
       const seen = await tenancy.runWithTenant('x1', async () => {
         const query = Person.query().orderBy('id');
@@ -548,7 +574,7 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
             await ready;
             const deadlocked = await tenancy
               .knex()
-              .raw('create temporary table tmp_victim as select * from persons where id = 2 for update')
+              .raw('create\n  temporary table tmp_victim as select * from persons where id = 2 for update')
               .catch((error: { errno?: number; nativeError?: { errno?: number } }) => error.nativeError?.errno ?? error.errno);
             assert.equal(deadlocked, 1213);
             await Audit.query().insert({ message: 'after' });
