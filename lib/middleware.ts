@@ -111,12 +111,15 @@ const HANG_UP_GRACE_MS = 30_000;
 function holdLease(res: ServerResponse, release: () => void, hungUp: boolean): void {
   // The route destroyed the response itself (`res.destroy()`; a `pipeline()` into it whose source
   // failed): it is done with it, as with `res.end()`. Node's own close on a hang-up does not call it.
+  // Given back at once: a pipelined response waiting behind another closes only when that one ends.
   let destroyedByRoute = false;
   const destroy = res.destroy;
   res.destroy = function (this: ServerResponse, ...args: unknown[]) {
     destroyedByRoute = true;
     res.destroy = destroy;
-    return (destroy as (...a: unknown[]) => ServerResponse).apply(this, args);
+    const result = (destroy as (...a: unknown[]) => ServerResponse).apply(this, args);
+    release();
+    return result;
   } as ServerResponse['destroy'];
   const afterHangUp = () => {
     // Sent, or ended by the route and never to be sent (a queued response whose client went): done.

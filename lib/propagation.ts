@@ -116,16 +116,20 @@ function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R | Promis
     // no connection still runs and queries fail typed.
     return runInScopeSync(scope, call);
   }
+  // Bound in a scope opened inside another tenant's transaction: the new scope keeps that chain, so
+  // that re-entering that tenant from here joins its transaction as it would have there.
+  const chained = (current: TenantScope): TenantScope => (scope.outer === undefined ? current : { ...current, outer: scope.outer });
   if (entered instanceof Promise) {
     // When the tenant cannot be entered again (catalog or server down, tenant dropped), `fn` runs in
     // the scope it was bound in, as before: work that needs no connection goes on, its queries fail
     // typed. The library adds no rejection of its own, which an emitter would leave unhandled.
     return entered.then(
-      ({ scope: current, release }) => runInScope(current, call).finally(release),
+      ({ scope: current, release }) => runInScope(chained(current), call).finally(release),
       () => runInScope(scope, call),
     );
   }
-  const { scope: current, release } = entered;
+  const { release } = entered;
+  const current = chained(entered.scope);
   let result: R;
   try {
     result = runInScopeSync(current, call);

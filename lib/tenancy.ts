@@ -117,7 +117,9 @@ export class Tenancy implements ScopeOwner {
         // from it, or wait for the connection it holds (SQLite's one) until the acquire timeout.
         outer = current.trx !== undefined ? current : current.outer;
         const open = outer === undefined ? undefined : openTransactionOf(outer, this, tenantId);
-        if (open !== undefined) return runInScope(open, fn);
+        // With the chain it was reached through: from there, back in another tenant whose
+        // transaction is open further out (A, B, A, then B again) joins that one too.
+        if (open !== undefined) return runInScope(open.outer === outer ? open : { ...open, outer }, fn);
       }
       entered = this.enterNow(tenantId);
     } catch (error) {

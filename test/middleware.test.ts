@@ -243,6 +243,39 @@ describe('middleware resolvers and errors', () => {
     }
   });
 
+  it('a pipelined request whose route destroys its response while it waits behind a slow one gives its lease back at once', async () => {
+    const { connect } = await import('node:net');
+    for (const version of [express4, express5]) {
+      const own = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
+      let destroyed!: () => void;
+      const routeDestroyed = new Promise<void>((resolve) => (destroyed = resolve));
+      const app = version();
+      app.use(own.middleware({ resolve: fromPath('/t/') }));
+      app.get('/t/:tenant/slow', (_req, res) => void setTimeout(() => res.json({ ok: 1 }), 1_500));
+      app.get('/t/:tenant/destroy', async (_req, res) => {
+        await own.knex()('tenant_info').first();
+        res.destroy();
+        destroyed();
+      });
+      const server = await listen(app);
+      const socket = connect(Number(new URL(server.url).port), '127.0.0.1');
+      try {
+        socket.on('error', () => undefined);
+        await new Promise((resolve) => socket.once('connect', resolve));
+        const get = (path: string) => `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`;
+        socket.write(get('/t/acme/slow') + get('/t/globex/destroy'));
+        await routeDestroyed;
+        const started = Date.now();
+        await own.evict('globex');
+        assert.ok(Date.now() - started < 500, `evict(globex) waited ${Date.now() - started} ms for the response ahead of it`);
+      } finally {
+        socket.destroy();
+        await server.close();
+        await own.destroy({ drainTimeoutMs: 100 });
+      }
+    }
+  });
+
   it("a keep-alive connection's many requests leave no listener behind on it", async () => {
     const app = express5();
     const counts: number[] = [];

@@ -6,6 +6,7 @@ import { after, before, beforeEach, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
 import type { QueryContext } from 'objection';
 import {
+  bindTenant,
   createTenancy,
   currentTenantId,
   onCommit,
@@ -455,6 +456,35 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.equal((await tenancy.runWithTenant('x2', () => bob.$query())).name, 'x2-bob');
       assert.equal(instanceTenantId(bob), 'x2');
       await assert.rejects(tenancy.runWithTenant('x1', async () => bob.$query()), TenantMismatchError);
+    });
+
+    it('A, B, A, then B again: each tenant\'s queries join its own transaction open further out; so does a function bound in B called from A\'s transaction', async () => {
+      await assert.rejects(
+        tenancy.runWithTenant('x1', () =>
+          tenancy.transaction(async () =>
+            tenancy.runWithTenant('x2', () =>
+              tenancy.transaction(async () => {
+                await Person.query().insert({ name: 'x2-own' });
+                await tenancy.runWithTenant('x1', () => tenancy.runWithTenant('x2', () => Person.query().insert({ name: 'x2-again' })));
+                throw new Error('roll back both');
+              }),
+            ),
+          ),
+        ),
+        /roll back both/,
+      );
+      await assert.rejects(
+        tenancy.runWithTenant('x1', () =>
+          tenancy.transaction(async () => {
+            const bound = await tenancy.runWithTenant('x2', async () => bindTenant(() => tenancy.runWithTenant('x1', () => Person.query().insert({ name: 'x1-via-bound' }))));
+            await bound();
+            throw new Error('roll back x1');
+          }),
+        ),
+        /roll back x1/,
+      );
+      assert.deepEqual((await names('x2')).filter((n) => !n.endsWith('-ada') && !n.endsWith('-bob')), []);
+      assert.deepEqual((await names('x1')).filter((n) => !n.endsWith('-ada') && !n.endsWith('-bob')), []);
     });
 
     it('statements on a transaction after it committed fail with knex\'s "already complete", never as a transaction the database rolled back', async () => {
