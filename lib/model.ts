@@ -1,7 +1,7 @@
 import { Model } from 'objection';
 import type { Knex } from 'knex';
 import { TenantContextMissingError, TenantMismatchError } from './errors';
-import { connectionTenant, currentScope, globalState, isKeyOf, keyOf, liveConnection, liveScope, runInScope, runInScopeSync, type TenantKey, type TenantScope } from './scope';
+import { connectionTenant, currentScope, globalState, isKeyOf, keyOf, liveConnection, liveScope, openTransactionOf, runInScope, runInScopeSync, type TenantKey, type TenantScope } from './scope';
 import { namesItsDatabase, qualifiedDatabase } from './qualify-tables';
 
 // Objection's own typings do not describe the members overridden here (unsafeKnex, $$knex, the
@@ -412,19 +412,6 @@ function stampFromScope(instance: any): void {
   if (scope !== undefined) stamp_(instance, keyOf(scope));
 }
 
-/**
- * Whether a builder captured in `captured` (no transaction, the tenant's own knex) and executed in
- * `current`, a transaction of the same tenant of the same tenancy, should run in that transaction.
- */
-function joinsTransaction(builder: any, captured: TenantScope, current: TenantScope | undefined): boolean {
-  return (
-    current?.trx !== undefined &&
-    captured.trx === undefined &&
-    current.owner === captured.owner &&
-    current.tenantId === captured.tenantId &&
-    builder.unsafeKnex() === captured.knex
-  );
-}
 
 /**
  * A copy of `builder` that runs on `scope`'s connection (its open transaction, else the tenant's
@@ -452,33 +439,47 @@ function retargeted(builder: any, scope: TenantScope): any {
 }
 
 /**
- * Where a builder's `resultSize()` or `toKnexQuery()` runs when not on its own connection: as
- * `execute()` decides (see afterEndedTransaction and joinsTransaction), else `undefined`.
+ * Where a builder runs now when not as it was built (see execute()), else `undefined`:
+ * - made inside a transaction that has ended since (a promise kept past it): as other work started
+ *   in that transaction and run later, its transaction still open, else a transaction of its tenant
+ *   open where it is awaited, else the tenant's connection; not knex's untyped "Transaction query
+ *   already complete";
+ * - made on the tenant's own knex (before any transaction) and awaited where a transaction of its
+ *   tenant is open: in the current scope, or further out (A's transaction, then B's scope, then the
+ *   query): that transaction, as a query made there would;
+ * - made in a transaction and awaited in a deeper open level of it (a savepoint): that level, so
+ *   that its hooks' onCommit/onRollback follow the savepoint the statement is undone with.
  */
 function elsewhereNow(builder: any): TenantScope | undefined {
   const captured: TenantScope | undefined = builder[CAPTURED];
   if (captured === undefined) return undefined;
-  const moved = afterEndedTransaction(builder);
-  if (moved !== undefined) return moved;
   const current = currentScope();
-  return current !== captured && joinsTransaction(builder, captured, current) ? current : undefined;
+  const knex = builder.unsafeKnex();
+  if (captured.trx === undefined) {
+    if (knex !== captured.knex || current === captured) return undefined;
+    return transactionToJoin(captured, current);
+  }
+  if (knex === null || !withinTransaction(knex, captured.trx)) return undefined;
+  if ((knex as Knex.Transaction).isCompleted()) {
+    const live = liveScope(captured);
+    return live.trx !== undefined ? live : (transactionToJoin(captured, current) ?? live);
+  }
+  return current?.trx !== undefined && current.trx !== knex && !current.trx.isCompleted() && withinTransaction(knex, current.trx) ? current : undefined;
 }
 
-/**
- * For a builder made inside a transaction that has ended since (a promise kept past it): the scope
- * to run it on now, as other work started in that transaction and run later: its transaction still
- * open, else a transaction of the same tenant open where it is awaited (as a builder made before any
- * transaction joins one), else the tenant's connection; not knex's untyped "Transaction query
- * already complete". `undefined` for any other builder.
- */
-function afterEndedTransaction(builder: any): TenantScope | undefined {
-  const captured: TenantScope = builder[CAPTURED];
-  if (captured.trx === undefined || !captured.trx.isCompleted() || builder.unsafeKnex() !== captured.trx) return undefined;
-  const live = liveScope(captured);
-  if (live.trx !== undefined) return live;
-  const current = currentScope();
-  if (current?.trx !== undefined && !current.trx.isCompleted() && current.owner === captured.owner && current.tenantId === captured.tenantId) return current;
-  return live;
+/** Whether `knex` is `trx` or one of the transactions it was opened in (its savepoints' parents). */
+function withinTransaction(knex: unknown, trx: Knex.Transaction): boolean {
+  for (let level: Knex.Transaction | undefined = trx; level !== undefined; level = (level as { parentTransaction?: Knex.Transaction }).parentTransaction) {
+    if (level === knex) return true;
+  }
+  return false;
+}
+
+/** The open transaction of `captured`'s tenant (same tenancy) where `current` runs, or further out. */
+function transactionToJoin(captured: TenantScope, current: TenantScope | undefined): TenantScope | undefined {
+  if (current === undefined) return undefined;
+  const chain = current.trx !== undefined ? current : current.outer;
+  return chain === undefined ? undefined : openTransactionOf(chain, captured.owner, captured.tenantId);
 }
 
 /** Gives the clone of an instance (and of its related instances) the tenant of the original. */
@@ -562,15 +563,11 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       if (this[UNSCOPED]) return runInScopeSync(undefined, () => this[RUN]());
       const captured = this[CAPTURED];
       if (captured !== undefined) {
-        const moved = afterEndedTransaction(this);
-        if (moved !== undefined) return runInScope(moved, () => retargeted(this, moved)[RUN]());
         const current = currentScope();
-        if (current !== captured) {
-          if (!joinsTransaction(this, captured, current)) return runInScope(captured, () => this[RUN]());
-          // Built before tenancy.transaction() on the tenant's knex, awaited inside it: it runs in the
-          // transaction, as a query built there does (and is rolled back with it).
-          return retargeted(this, current!)[RUN]();
-        }
+        const moved = elsewhereNow(this);
+        // Another scope or transaction than it was built in (see elsewhereNow): a copy runs there.
+        if (moved !== undefined) return moved === current ? retargeted(this, moved)[RUN]() : runInScope(moved, () => retargeted(this, moved)[RUN]());
+        if (current !== captured) return runInScope(captured, () => this[RUN]());
       }
       return this[RUN]();
     }

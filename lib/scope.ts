@@ -159,6 +159,18 @@ export function openTransactionScope(scope: TenantScope | undefined): TenantScop
 }
 
 /**
+ * @internal The scope, with its innermost transaction still open, of the first scope of `tenantId` of `owner`
+ * among `from` and the scopes it was opened within (see TenantScope.outer); `undefined` when there is
+ * none, or its transactions ended.
+ */
+export function openTransactionOf(from: TenantScope, owner: ScopeOwner, tenantId: string): TenantScope | undefined {
+  for (let scope: TenantScope | undefined = from; scope !== undefined; scope = scope.outer) {
+    if (scope.owner === owner && scope.tenantId === tenantId) return openTransactionScope(scope);
+  }
+  return undefined;
+}
+
+/**
  * @internal `scope` as work in it should see it now: after its transaction ended (a timer, a promise
  * or a listener started inside it and run later), its innermost transaction still open, else the
  * tenant's knex with no transaction, not the finished one (knex's untyped "Transaction query already

@@ -14,7 +14,7 @@ import type { TenantConnections, TenantLease } from './pool-cache';
 import { bindTenant, type AnyGenerator } from './propagation';
 import { CATALOG_DEFAULTS, CatalogCache } from './catalog-cache';
 import { createErrorHandler, type ErrorHandlerOptions, type TenantErrorHandler } from './http-errors';
-import { currentScope, globalState, liveConnection, liveScope, markConnection, openTransactionScope, runInScope, whenSettled, type ScopeOwner, type TenantScope } from './scope';
+import { currentScope, globalState, liveConnection, liveScope, markConnection, openTransactionOf, runInScope, whenSettled, type ScopeOwner, type TenantScope } from './scope';
 import { validateTenantId, type TenantIdValidator } from './tenant-id';
 import { defaultHookError, runTransaction } from './transaction';
 import { forEachTenant, type ForEachTenantOptions, type ForEachTenantReport, type JobScope } from './for-each-tenant';
@@ -52,18 +52,6 @@ export interface EnteredScope {
 /** The longest delay Node's timers keep (about 24.8 days); a longer one fires at once. */
 
 /** Runs `fn` in the entered scope and gives its lease back once its result settles (one promise, no `finally`). */
-/**
- * The scope, with its innermost transaction still open, of the first scope of `tenantId` of `owner`
- * among `from` and the scopes it was opened within (see TenantScope.outer); `undefined` when there is
- * none, or its transactions ended.
- */
-function openTransactionOf(from: TenantScope, owner: ScopeOwner, tenantId: string): TenantScope | undefined {
-  for (let scope: TenantScope | undefined = from; scope !== undefined; scope = scope.outer) {
-    if (scope.owner === owner && scope.tenantId === tenantId) return openTransactionScope(scope);
-  }
-  return undefined;
-}
-
 function runReleasing<T>({ scope, release }: EnteredScope, fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
   return whenSettled(runInScope(scope, fn), release);
 }

@@ -65,6 +65,9 @@ export async function runTransaction<T>(
   // Set once the outermost level's COMMIT was sent (by knex once `fn` resolved, or by the app's
   // `trx.commit()`): its own answer, undefined once it succeeded, else its error.
   let commitAnswer: Promise<unknown> | undefined;
+  // `fn`'s own promise: knex settles the transaction as soon as the app calls `trx.rollback()` or
+  // `trx.commit()`, while `fn` may go on; the transaction settles once `fn` has too.
+  let running: Promise<unknown> | undefined;
   try {
     result = (await base.transaction((trx) => {
       // Its BEGIN (or SAVEPOINT) failed: knex marks the transaction complete, rejects it, and still
@@ -100,7 +103,8 @@ export async function runTransaction<T>(
         if (tx.aborted !== undefined || CONTROL.test(String(sql)) || trx.isCompleted()) return answer;
         return answer.then(undefined, (error: unknown) => noteAborted(tx, conn, sql, error));
       };
-      return runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
+      running = runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
+      return running;
     })) as Awaited<T>;
   } catch (caught) {
     if (outer !== undefined) outer.__knexTxId = outerTxId;
@@ -132,9 +136,15 @@ export async function runTransaction<T>(
     result = undefined as Awaited<T>;
   }
   if (outer !== undefined) outer.__knexTxId = outerTxId;
+  const late = running === undefined ? undefined : await running.then(
+    () => undefined,
+    (error: unknown) => ({ error }),
+  );
   if (rolledBack) {
     hooks.state = 'rolledBack';
     await runCallbacks(scope, hooks.rollback, onHookError);
+    // Rolled back by the app's own `trx.rollback()`, then `fn` threw: that error is not lost.
+    if (late !== undefined && (rollbackReason === undefined || late.error !== rollbackReason.error)) throw late.error;
     return result;
   }
   hooks.state = hooks.parent === undefined ? 'committed' : 'released';

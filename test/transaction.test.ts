@@ -487,6 +487,78 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.deepEqual((await names('x1')).filter((n) => !n.endsWith('-ada') && !n.endsWith('-bob')), []);
     });
 
+    it("a query built in A before A's transaction and awaited inside B's scope within it joins A's transaction", async () => {
+      await assert.rejects(
+        tenancy.runWithTenant('x1', async () => {
+          const insert = Person.query().insert({ name: 'x1-via-b' });
+          await tenancy.transaction(async () => {
+            await tenancy.runWithTenant('x2', async () => {
+              await insert;
+            });
+            throw new Error('roll back x1');
+          });
+        }),
+        /roll back x1/,
+      );
+      assert.ok(!(await names('x1')).includes('x1-via-b'), 'it committed apart from the transaction (or waited for its connection)');
+    });
+
+    it("a query built at a transaction's top level and awaited in a savepoint that rolls back: its hooks' onCommit does not run, its onRollback does", async () => {
+      const log: string[] = [];
+      class HookedPerson extends Person {
+        override async $afterInsert(): Promise<void> {
+          onCommit(() => log.push(`commit ${this.name}`));
+          onRollback(() => log.push(`rollback ${this.name}`));
+        }
+      }
+      await tenancy.runWithTenant('x1', () =>
+        tenancy.transaction(async () => {
+          const insert = HookedPerson.query().insert({ name: 'x1-in-savepoint' });
+          await tenancy.transaction(async () => {
+            await insert;
+            throw new Error('undo savepoint');
+          }).catch(() => undefined);
+        }),
+      );
+      assert.deepEqual(log, ['rollback x1-in-savepoint']);
+      assert.ok(!(await names('x1')).includes('x1-in-savepoint'));
+    });
+
+    it('a query built in a savepoint\'s scope after it ended, awaited after the whole transaction ended, runs on the tenant\'s connection', async () => {
+      await tenancy.runWithTenant('x1', async () => {
+        let later!: ReturnType<typeof Person.query>;
+        let built!: Promise<void>;
+        await tenancy.transaction(async () => {
+          await tenancy.transaction(async () => {
+            // Work the savepoint started, run once it has ended: built on the outer transaction.
+            built = new Promise<void>((resolve) => setTimeout(() => resolve(void (later = Person.query().where('name', 'like', 'x1-%'))), 10));
+          });
+          await built;
+        });
+        assert.equal((await later).length, 2);
+      });
+    });
+
+    it("the app's own trx.rollback(): the transaction settles once its callback has, and a later throw in the callback is not lost", async () => {
+      const order: string[] = [];
+      const outcome = await tenancy.runWithTenant('x1', () =>
+        tenancy
+          .transaction(async (trx) => {
+            await trx.rollback();
+            await new Promise((r) => setTimeout(r, 50));
+            order.push('callback went on');
+            throw new Error('after my own rollback');
+          })
+          .then(
+            () => 'resolved',
+            (error: Error) => error.message,
+          ),
+      );
+      order.push('transaction settled');
+      assert.equal(outcome, 'after my own rollback');
+      assert.deepEqual(order, ['callback went on', 'transaction settled']);
+    });
+
     it('statements on a transaction after it committed fail with knex\'s "already complete", never as a transaction the database rolled back', async () => {
       let kept!: Knex.Transaction;
       await tenancy.runWithTenant('x1', () =>
