@@ -450,21 +450,25 @@ function retargeted(builder: any, scope: TenantScope): any {
  * - made in a transaction and awaited in a deeper open level of it (a savepoint): that level, so
  *   that its hooks' onCommit/onRollback follow the savepoint the statement is undone with.
  */
-function elsewhereNow(builder: any): TenantScope | undefined {
+function elsewhereNow(builder: any, current: TenantScope | undefined = currentScope()): TenantScope | undefined {
   const captured: TenantScope | undefined = builder[CAPTURED];
   if (captured === undefined) return undefined;
-  const current = currentScope();
-  const knex = builder.unsafeKnex();
   if (captured.trx === undefined) {
-    if (knex !== captured.knex || current === captured) return undefined;
+    // The hot path (built and awaited in one scope with no transaction): two comparisons.
+    if (current === captured || builder.unsafeKnex() !== captured.knex) return undefined;
     return transactionToJoin(captured, current);
   }
+  const knex = builder.unsafeKnex();
+  // Built on the tenant's own knex in a transaction's scope once that transaction had ended.
+  if (knex === captured.knex) return current === captured ? undefined : transactionToJoin(captured, current);
   if (knex === null || !withinTransaction(knex, captured.trx)) return undefined;
   if ((knex as Knex.Transaction).isCompleted()) {
     const live = liveScope(captured);
     return live.trx !== undefined ? live : (transactionToJoin(captured, current) ?? live);
   }
-  return current?.trx !== undefined && current.trx !== knex && !current.trx.isCompleted() && withinTransaction(knex, current.trx) ? current : undefined;
+  if (current === captured) return undefined;
+  const target = transactionToJoin(captured, current);
+  return target?.trx !== undefined && target.trx !== knex && !target.trx.isCompleted() && withinTransaction(knex, target.trx) ? target : undefined;
 }
 
 /** Whether `knex` is `trx` or one of the transactions it was opened in (its savepoints' parents). */
@@ -564,7 +568,7 @@ export function tenantAware<M extends AnyModelClass>(Base: M): M {
       const captured = this[CAPTURED];
       if (captured !== undefined) {
         const current = currentScope();
-        const moved = elsewhereNow(this);
+        const moved = elsewhereNow(this, current);
         // Another scope or transaction than it was built in (see elsewhereNow): a copy runs there.
         if (moved !== undefined) return moved === current ? retargeted(this, moved)[RUN]() : runInScope(moved, () => retargeted(this, moved)[RUN]());
         if (current !== captured) return runInScope(captured, () => this[RUN]());

@@ -65,8 +65,8 @@ export async function runTransaction<T>(
   // Set once the outermost level's COMMIT was sent (by knex once `fn` resolved, or by the app's
   // `trx.commit()`): its own answer, undefined once it succeeded, else its error.
   let commitAnswer: Promise<unknown> | undefined;
-  // `fn`'s own promise: knex settles the transaction as soon as the app calls `trx.rollback()` or
-  // `trx.commit()`, while `fn` may go on; the transaction settles once `fn` has too.
+  // `fn`'s own promise: knex settles the transaction as soon as the app calls `trx.rollback()`, while
+  // `fn` may go on.
   let running: Promise<unknown> | undefined;
   try {
     result = (await base.transaction((trx) => {
@@ -136,15 +136,15 @@ export async function runTransaction<T>(
     result = undefined as Awaited<T>;
   }
   if (outer !== undefined) outer.__knexTxId = outerTxId;
-  const late = running === undefined ? undefined : await running.then(
-    () => undefined,
-    (error: unknown) => ({ error }),
-  );
   if (rolledBack) {
     hooks.state = 'rolledBack';
+    // Rolled back by the app's own `trx.rollback()`: knex settles there, and `fn` may go on. A throw of
+    // it after that is reported (onHookError), not lost; the transaction does not wait for it (`fn`
+    // may wait for the transaction's own callbacks, or its outcome).
+    void running?.catch((error: unknown) => {
+      if (rollbackReason === undefined || error !== rollbackReason.error) onHookError(error, scope.tenantId);
+    });
     await runCallbacks(scope, hooks.rollback, onHookError);
-    // Rolled back by the app's own `trx.rollback()`, then `fn` threw: that error is not lost.
-    if (late !== undefined && (rollbackReason === undefined || late.error !== rollbackReason.error)) throw late.error;
     return result;
   }
   hooks.state = hooks.parent === undefined ? 'committed' : 'released';

@@ -503,6 +503,49 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.ok(!(await names('x1')).includes('x1-via-b'), 'it committed apart from the transaction (or waited for its connection)');
     });
 
+    it("a query built at a transaction's top level, awaited in another tenant's scope inside a savepoint that rolls back: it runs in the savepoint, its onCommit does not run", async () => {
+      const log: string[] = [];
+      class HookedPerson extends Person {
+        override async $afterInsert(): Promise<void> {
+          onCommit(() => log.push(`commit ${this.name}`));
+          onRollback(() => log.push(`rollback ${this.name}`));
+        }
+      }
+      await tenancy.runWithTenant('x1', () =>
+        tenancy.transaction(async () => {
+          const insert = HookedPerson.query().insert({ name: 'x1-via-b-savepoint' });
+          await tenancy
+            .transaction(async () => {
+              await tenancy.runWithTenant('x2', async () => {
+                await insert;
+              });
+              throw new Error('undo savepoint');
+            })
+            .catch(() => undefined);
+        }),
+      );
+      assert.deepEqual(log, ['rollback x1-via-b-savepoint']);
+    });
+
+    it('a query built in a transaction\'s scope after it ended (on the tenant\'s knex), awaited in a later transaction, joins that one', async () => {
+      await tenancy.runWithTenant('x1', async () => {
+        let later!: ReturnType<typeof Person.query>;
+        let built!: Promise<void>;
+        await tenancy.transaction(async () => {
+          built = new Promise<void>((resolve) => setTimeout(() => resolve(void (later = Person.query().insert({ name: 'x1-c9' }) as never)), 10));
+        });
+        await built;
+        await assert.rejects(
+          tenancy.transaction(async () => {
+            await later;
+            throw new Error('undo');
+          }),
+          /undo/,
+        );
+      });
+      assert.ok(!(await names('x1')).includes('x1-c9'));
+    });
+
     it("a query built at a transaction's top level and awaited in a savepoint that rolls back: its hooks' onCommit does not run, its onRollback does", async () => {
       const log: string[] = [];
       class HookedPerson extends Person {
@@ -539,24 +582,59 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       });
     });
 
-    it("the app's own trx.rollback(): the transaction settles once its callback has, and a later throw in the callback is not lost", async () => {
-      const order: string[] = [];
-      const outcome = await tenancy.runWithTenant('x1', () =>
-        tenancy
-          .transaction(async (trx) => {
-            await trx.rollback();
-            await new Promise((r) => setTimeout(r, 50));
-            order.push('callback went on');
-            throw new Error('after my own rollback');
-          })
-          .then(
-            () => 'resolved',
-            (error: Error) => error.message,
+    it("the app's own trx.commit()/rollback(), then the callback waits for the outcome's callbacks (or the outer transaction): it settles; a later throw after its own rollback goes to onHookError", async () => {
+      const within = <T>(work: Promise<T>) => Promise.race([work, new Promise<string>((r) => setTimeout(() => r('hung'), 3_000))]);
+      // Commit, then wait for an onCommit effect.
+      assert.equal(
+        await within(
+          tenancy.runWithTenant('x1', () =>
+            tenancy.transaction(async (trx) => {
+              const committed = new Promise<void>((resolve) => void onCommit(() => resolve()));
+              await Person.query().insert({ name: 'x1-h1' });
+              await trx.commit();
+              await committed;
+              return 'h1';
+            }),
           ),
+        ),
+        undefined,
       );
-      order.push('transaction settled');
-      assert.equal(outcome, 'after my own rollback');
-      assert.deepEqual(order, ['callback went on', 'transaction settled']);
+      // A savepoint released by its callback, which then waits for the outer transaction.
+      let outerDone!: Promise<unknown>;
+      assert.equal(
+        await within(
+          tenancy.runWithTenant('x1', () =>
+            (outerDone = tenancy.transaction(async () => {
+              await tenancy.transaction(async (savepoint) => {
+                await Person.query().insert({ name: 'x1-h2' });
+                await savepoint.commit();
+                await outerDone;
+              });
+              return 'h2';
+            })),
+          ),
+        ),
+        'h2',
+      );
+      // Rollback, then wait for an onRollback effect; a throw after it is reported.
+      const before = hookErrors.length;
+      assert.equal(
+        await within(
+          tenancy.runWithTenant('x1', () =>
+            Person.transaction(async (trx: Knex.Transaction) => {
+              const rolled = new Promise<void>((resolve) => onRollback(() => resolve()));
+              await Person.query().insert({ name: 'x1-h3' });
+              await trx.rollback();
+              await rolled;
+              throw new Error('after my own rollback');
+            }),
+          ),
+        ),
+        undefined,
+      );
+      await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(hookErrors.slice(before).map((e) => (e as Error).message), ['after my own rollback']);
+      assert.deepEqual((await names('x1')).filter((n) => n.startsWith('x1-h')), ['x1-h1', 'x1-h2']);
     });
 
     it('statements on a transaction after it committed fail with knex\'s "already complete", never as a transaction the database rolled back', async () => {
