@@ -464,7 +464,10 @@ function elsewhereNow(builder: any, current: TenantScope | undefined = currentSc
   if (knex === null || !withinTransaction(knex, captured.trx)) return undefined;
   if ((knex as Knex.Transaction).isCompleted()) {
     const live = liveScope(captured);
-    return live.trx !== undefined ? live : (transactionToJoin(captured, current) ?? live);
+    const target = transactionToJoin(captured, current);
+    if (live.trx === undefined) return target ?? live;
+    // Awaited in a deeper open level of the transaction still open (a later savepoint): that level.
+    return target?.trx !== undefined && target.trx !== live.trx && !target.trx.isCompleted() && withinTransaction(live.trx, target.trx) ? target : live;
   }
   if (current === captured) return undefined;
   const target = transactionToJoin(captured, current);

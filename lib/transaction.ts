@@ -68,6 +68,8 @@ export async function runTransaction<T>(
   // `fn`'s own promise: knex settles the transaction as soon as the app calls `trx.rollback()`, while
   // `fn` may go on.
   let running: Promise<unknown> | undefined;
+  let fnFailed: { error: unknown } | undefined;
+  let rolledBackByApp = false;
   try {
     result = (await base.transaction((trx) => {
       // Its BEGIN (or SAVEPOINT) failed: knex marks the transaction complete, rejects it, and still
@@ -80,6 +82,8 @@ export async function runTransaction<T>(
         // back then (knex refuses the ROLLBACK of a completed transaction); the outcome is the commit's.
         if (!trx.isCompleted()) {
           rolledBack = true;
+          // The app's own call, or knex's once `fn` rejected (`fnFailed` is set before knex's handler runs).
+          rolledBackByApp = fnFailed === undefined;
           if (args[0] !== undefined) rollbackReason = { error: args[0] };
         }
         return (rollback as (...args: unknown[]) => unknown).apply(this, args);
@@ -104,6 +108,9 @@ export async function runTransaction<T>(
         return answer.then(undefined, (error: unknown) => noteAborted(tx, conn, sql, error));
       };
       running = runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
+      // Before knex's own handlers: a rejection of `fn` (even with no reason, which knex then treats
+      // as a plain rollback and resolves) is known as such when knex's rollback comes.
+      running.then(undefined, (error: unknown) => void (fnFailed ??= { error }));
       return running;
     })) as Awaited<T>;
   } catch (caught) {
@@ -138,11 +145,16 @@ export async function runTransaction<T>(
   if (outer !== undefined) outer.__knexTxId = outerTxId;
   if (rolledBack) {
     hooks.state = 'rolledBack';
+    // `fn` rejected with no reason: knex rolled back and resolved; the transaction rejects as `fn` did.
+    if (fnFailed !== undefined && !rolledBackByApp) {
+      await runCallbacks(scope, hooks.rollback, onHookError);
+      throw fnFailed.error;
+    }
     // Rolled back by the app's own `trx.rollback()`: knex settles there, and `fn` may go on. A throw of
     // it after that is reported (onHookError), not lost; the transaction does not wait for it (`fn`
     // may wait for the transaction's own callbacks, or its outcome).
     void running?.catch((error: unknown) => {
-      if (rollbackReason === undefined || error !== rollbackReason.error) onHookError(error, scope.tenantId);
+      if (rollbackReason === undefined || error !== rollbackReason.error) reportSafely(onHookError, error, scope.tenantId);
     });
     await runCallbacks(scope, hooks.rollback, onHookError);
     return result;
@@ -208,6 +220,15 @@ function commitsImplicitly(sql: string): boolean {
     .toLowerCase();
   return IMPLICIT_COMMIT.test(words);
 }
+/** Calls the app's `onHookError`; one that throws falls back to the default (no unhandled rejection). */
+function reportSafely(onHookError: HookErrorHandler, error: unknown, tenantId: string): void {
+  try {
+    onHookError(error, tenantId);
+  } catch {
+    defaultHookError(error, tenantId);
+  }
+}
+
 async function runCallbacks(scope: TenantScope, callbacks: Callback[], onHookError: HookErrorHandler): Promise<void> {
   for (const callback of callbacks) {
     try {
@@ -267,8 +288,9 @@ function runNow(scope: TenantScope | undefined, fn: Callback): Promise<void> {
     .then(
       () => undefined,
       (error: unknown) => {
-        if (scope?.owner.reportHookError !== undefined) scope.owner.reportHookError(error, scope.tenantId);
-        else defaultHookError(error, scope?.tenantId ?? '');
+        const report = scope?.owner.reportHookError;
+        if (report === undefined) defaultHookError(error, scope?.tenantId ?? '');
+        else reportSafely((e, id) => report.call(scope!.owner, e, id), error, scope!.tenantId);
       },
     );
 }

@@ -527,6 +527,97 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.deepEqual(log, ['rollback x1-via-b-savepoint']);
     });
 
+    it('a query built in a savepoint that was released, awaited in a later savepoint that rolls back (directly or through another tenant): its onCommit does not run', async () => {
+      const log: string[] = [];
+      class HookedPerson extends Person {
+        override async $afterInsert(): Promise<void> {
+          onCommit(() => log.push(`commit ${this.name}`));
+          onRollback(() => log.push(`rollback ${this.name}`));
+        }
+      }
+      for (const via of ['direct', 'via-b'] as const) {
+        await tenancy.runWithTenant('x1', () =>
+          tenancy.transaction(async () => {
+            let insert!: ReturnType<typeof HookedPerson.query>;
+            await tenancy.transaction(async () => {
+              insert = HookedPerson.query().insert({ name: `x1-sibling-${via}` }) as never;
+            });
+            await tenancy
+              .transaction(async () => {
+                if (via === 'direct') await insert;
+                else await tenancy.runWithTenant('x2', async () => void (await insert));
+                throw new Error('undo');
+              })
+              .catch(() => undefined);
+          }),
+        );
+      }
+      assert.deepEqual(log, ['rollback x1-sibling-direct', 'rollback x1-sibling-via-b']);
+    });
+
+    it('an onHookError that throws itself falls back to the default warning, never an unhandled rejection', async () => {
+      const throwing = createTenancy({
+        ...backend.connectionOptions(),
+        tenantExists: backend.databaseExists,
+        onHookError: () => {
+          throw new Error('handler broke');
+        },
+      });
+      const unhandled: unknown[] = [];
+      const onUnhandled = (reason: unknown) => unhandled.push(reason);
+      const warnings: string[] = [];
+      const onWarning = (w: Error) => w.name === 'TenantTransactionHookWarning' && warnings.push(w.message);
+      process.on('unhandledRejection', onUnhandled);
+      process.on('warning', onWarning);
+      try {
+        await throwing.runWithTenant('x1', () =>
+          throwing.transaction(async (trx) => {
+            await trx.rollback();
+            throw new Error('after my own rollback');
+          }),
+        );
+        await throwing.runWithTenant('x1', () => onCommit(() => Promise.reject(new Error('callback broke'))));
+        await new Promise((r) => setTimeout(r, 50));
+      } finally {
+        process.off('unhandledRejection', onUnhandled);
+        process.off('warning', onWarning);
+        await throwing.destroy();
+      }
+      assert.deepEqual(unhandled, []);
+      assert.equal(warnings.length, 2, warnings.join('\n'));
+    });
+
+    it('a callback that rejects with no reason: the transaction (and a savepoint) rejects, nothing is saved, no onHookError', async () => {
+      const before = hookErrors.length;
+      const top = await tenancy
+        .runWithTenant('x1', () =>
+          tenancy.transaction(async () => {
+            await Person.query().insert({ name: 'x1-no-reason' });
+            return Promise.reject(undefined);
+          }),
+        )
+        .then(
+          () => 'resolved',
+          (error: unknown) => ['rejected', error],
+        );
+      const nested = await tenancy.runWithTenant('x1', () =>
+        tenancy.transaction(async () =>
+          tenancy
+            .transaction(async () => {
+              await Person.query().insert({ name: 'x1-no-reason-savepoint' });
+              return Promise.reject(undefined);
+            })
+            .then(
+              () => 'resolved',
+              (error: unknown) => ['rejected', error],
+            ),
+        ),
+      );
+      assert.deepEqual([top, nested], [['rejected', undefined], ['rejected', undefined]]);
+      assert.equal(hookErrors.length, before);
+      assert.deepEqual((await names('x1')).filter((n) => n.startsWith('x1-no-reason')), []);
+    });
+
     it('a query built in a transaction\'s scope after it ended (on the tenant\'s knex), awaited in a later transaction, joins that one', async () => {
       await tenancy.runWithTenant('x1', async () => {
         let later!: ReturnType<typeof Person.query>;
