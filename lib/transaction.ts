@@ -85,9 +85,20 @@ export async function runTransaction<T>(
           // The app's own call, or knex's once `fn` rejected (`fnFailed` is set before knex's handler runs).
           rolledBackByApp = fnFailed === undefined;
           if (args[0] !== undefined) rollbackReason = { error: args[0] };
+        } else if (rolledBack) {
+          // Rolled back already (the app's own `trx.rollback()`, not awaited, then `fn` settled): knex's
+          // second ROLLBACK would be refused at once, settling the transaction with knex's untyped
+          // "already complete" before the first one's answer.
+          return Promise.resolve();
         }
         return (rollback as (...args: unknown[]) => unknown).apply(this, args);
       } as typeof rollback;
+      const commit = trx.commit;
+      trx.commit = function (this: unknown, ...args: unknown[]) {
+        // knex's COMMIT once `fn` resolved, after the app's own `trx.rollback()` (not awaited): as above.
+        if (rolledBack && trx.isCompleted()) return Promise.resolve();
+        return (commit as (...args: unknown[]) => unknown).apply(this, args);
+      } as typeof commit;
       // Every statement of this level goes through its own client (knex makes one per level).
       const client = trx.client as unknown as { query(conn: unknown, obj: unknown): Promise<unknown> };
       const query = client.query;
@@ -132,6 +143,8 @@ export async function runTransaction<T>(
         throw new TransactionOutcomeUnknownError(scope.tenantId, { cause: error });
       }
       hooks.state = 'rolledBack';
+      // The app's own `trx.rollback(error)`, then another throw of `fn`: reported, not lost.
+      if (rolledBackByApp) reportLateThrow(running, rollbackReason, onHookError, scope.tenantId);
       await runCallbacks(scope, hooks.rollback, onHookError);
       // Its ROLLBACK failed too (the connection was lost: the server rolls the transaction back
       // itself), and knex rejects with that failure, "ROLLBACK - Connection lost", in place of the
@@ -139,7 +152,7 @@ export async function runTransaction<T>(
       throw rollbackReason !== undefined && rollbackReason.error !== error ? rollbackReason.error : error;
     }
     // Committed by the app's own `trx.commit()` before `fn` threw: as knex does for an awaited one,
-    // the transaction resolves (with undefined), and its onCommit callbacks run.
+    // the transaction resolves (with undefined), and its onCommit callbacks run. The throw is reported (below).
     result = undefined as Awaited<T>;
   }
   if (outer !== undefined) outer.__knexTxId = outerTxId;
@@ -153,12 +166,12 @@ export async function runTransaction<T>(
     // Rolled back by the app's own `trx.rollback()`: knex settles there, and `fn` may go on. A throw of
     // it after that is reported (onHookError), not lost; the transaction does not wait for it (`fn`
     // may wait for the transaction's own callbacks, or its outcome).
-    void running?.catch((error: unknown) => {
-      if (rollbackReason === undefined || error !== rollbackReason.error) reportSafely(onHookError, error, scope.tenantId);
-    });
+    reportLateThrow(running, rollbackReason, onHookError, scope.tenantId);
     await runCallbacks(scope, hooks.rollback, onHookError);
     return result;
   }
+  // Committed (or released) by the app's own `trx.commit()`, then `fn` threw: reported, not lost.
+  reportLateThrow(running, undefined, onHookError, scope.tenantId);
   hooks.state = hooks.parent === undefined ? 'committed' : 'released';
   if (hooks.parent !== undefined) {
     hooks.parent.commit.push(...hooks.commit);
@@ -220,6 +233,13 @@ function commitsImplicitly(sql: string): boolean {
     .toLowerCase();
   return IMPLICIT_COMMIT.test(words);
 }
+/** Reports a throw of `fn` after the app's own rollback (other than the error it rolled back with). */
+function reportLateThrow(running: Promise<unknown> | undefined, reason: { error: unknown } | undefined, onHookError: HookErrorHandler, tenantId: string): void {
+  void running?.catch((error: unknown) => {
+    if (reason === undefined || error !== reason.error) reportSafely(onHookError, error, tenantId);
+  });
+}
+
 /** Calls the app's `onHookError`; one that throws falls back to the default (no unhandled rejection). */
 function reportSafely(onHookError: HookErrorHandler, error: unknown, tenantId: string): void {
   try {
@@ -234,7 +254,7 @@ async function runCallbacks(scope: TenantScope, callbacks: Callback[], onHookErr
     try {
       await runInScope(scope, callback);
     } catch (error) {
-      onHookError(error, scope.tenantId);
+      reportSafely(onHookError, error, scope.tenantId);
     }
   }
 }

@@ -555,6 +555,43 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.deepEqual(log, ['rollback x1-sibling-direct', 'rollback x1-sibling-via-b']);
     });
 
+    it("the app's own rollback or commit, awaited or not, then a return or a throw: the outcome is the app's call, every later throw is reported once, nothing untyped", async () => {
+      const seen: unknown[] = [];
+      const run = async (label: string, fn: (trx: Knex.Transaction) => Promise<unknown>) => {
+        const before = hookErrors.length;
+        const outcome = await tenancy.runWithTenant('x1', () => tenancy.transaction(fn)).then(
+          (value) => `resolved ${String(value)}`,
+          (error: Error) => `rejected ${error.message}`,
+        );
+        await new Promise((r) => setTimeout(r, 30));
+        seen.push([label, outcome, hookErrors.slice(before).map((e) => (e as Error).message)]);
+      };
+      await run('rollback not awaited, return', async (trx) => {
+        void trx.rollback();
+        return 'x';
+      });
+      await run('rollback not awaited, throw', async (trx) => {
+        void trx.rollback();
+        throw new Error('F1');
+      });
+      await run('rollback(E) not awaited, throw', async (trx) => {
+        void trx.rollback(new Error('E2')).catch(() => undefined);
+        throw new Error('F2');
+      });
+      await run('commit, throw', async (trx) => {
+        await Person.query().insert({ name: 'x1-committed-then-threw' });
+        await trx.commit();
+        throw new Error('F3');
+      });
+      assert.deepEqual(seen, [
+        ['rollback not awaited, return', 'resolved undefined', []],
+        ['rollback not awaited, throw', 'resolved undefined', ['F1']],
+        ['rollback(E) not awaited, throw', 'rejected E2', ['F2']],
+        ['commit, throw', 'resolved undefined', ['F3']],
+      ]);
+      assert.ok((await names('x1')).includes('x1-committed-then-threw'));
+    });
+
     it('an onHookError that throws itself falls back to the default warning, never an unhandled rejection', async () => {
       const throwing = createTenancy({
         ...backend.connectionOptions(),
@@ -577,6 +614,18 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
           }),
         );
         await throwing.runWithTenant('x1', () => onCommit(() => Promise.reject(new Error('callback broke'))));
+        // In a transaction: a failing onCommit callback does not turn the commit into a rejection, and
+        // the callbacks after it still run.
+        const ran: string[] = [];
+        const committed = await throwing.runWithTenant('x1', () =>
+          throwing.transaction(async () => {
+            onCommit(() => Promise.reject(new Error('first callback broke')));
+            onCommit(() => void ran.push('second'));
+            return 'committed';
+          }),
+        );
+        assert.equal(committed, 'committed');
+        assert.deepEqual(ran, ['second']);
         await new Promise((r) => setTimeout(r, 50));
       } finally {
         process.off('unhandledRejection', onUnhandled);
@@ -584,7 +633,7 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
         await throwing.destroy();
       }
       assert.deepEqual(unhandled, []);
-      assert.equal(warnings.length, 2, warnings.join('\n'));
+      assert.equal(warnings.length, 3, warnings.join('\n'));
     });
 
     it('a callback that rejects with no reason: the transaction (and a savepoint) rejects, nothing is saved, no onHookError', async () => {
