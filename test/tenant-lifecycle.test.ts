@@ -495,84 +495,72 @@ for (const backend of allStrategies('ops')) {
 }
 
 describe('createTenant with an app hook that creates the tenant database and its own user', { skip: skipMysql }, () => {
-  it("the existence check, which cannot log in as the user yet, does not refuse it: the tenant is created, migrated and served as that user", async () => {
+  /**
+   * A tenancy whose tenant `id` connects as its own user, which the app's createDatabase hook makes
+   * (with `ifNotExists`, the hook succeeds on a database that is there), and its clean-up.
+   */
+  const withOwnUser = (id: string, ifNotExists: boolean, extra: Partial<TenancyOptions> = {}) => {
     const files = writeMigrations();
     const { host, port } = mysqlConnection();
     const admin = knexFactory({ client: 'mysql2', connection: mysqlConnection(), pool: { min: 0, max: 1 } });
-    const user = 'ot_opsuser_u1';
-    const database = 'ot_opsuser_u1';
+    const user = `ot_opsuser_${id}`;
+    const database = `ot_opsuser_${id}`;
     const hosts = ['%', 'localhost', '127.0.0.1'];
     const cleanUp = async () => {
       await admin.raw('drop database if exists ??', [database]);
       for (const h of hosts) await admin.raw('drop user if exists ?@?', [user, h]);
     };
+    const ifNot = ifNotExists ? 'if not exists ' : '';
     const tenancy = createTenancy({
       knexConfig: () => ({ client: 'mysql2', connection: { host, port, user, password: 'pw', database } }),
       acquireTimeoutMs: 3_000,
       migrations: { directory: files.migrations },
       seeds: { directory: files.seeds },
       createDatabase: async () => {
-        await admin.raw('create database ??', [database]);
+        await admin.raw(`create database ${ifNot}??`, [database]);
         for (const h of hosts) {
-          await admin.raw("create user ?@? identified by 'pw'", [user, h]);
+          await admin.raw(`create user ${ifNot}?@? identified by 'pw'`, [user, h]);
           await admin.raw('grant all on ??.* to ?@?', [database, user, h]);
         }
       },
       dropDatabase: cleanUp,
-    });
+      ...extra,
+    } as TenancyOptions);
+    const close = async () => {
+      await tenancy.destroy();
+      await cleanUp();
+      await admin.destroy();
+      files.cleanup();
+    };
+    return { tenancy, admin, database, cleanUp, close };
+  };
+
+  it("the existence check, which cannot log in as the user yet, does not refuse it: the tenant is created, migrated and served as that user", async () => {
+    const { tenancy, cleanUp, close } = withOwnUser('u1', false);
     try {
       await cleanUp();
       const result = await tenancy.createTenant('u1');
       assert.deepEqual(result.migrations, MIGRATION_NAMES);
       assert.deepEqual(await tenancy.runWithTenant('u1', () => tenancy.knex()('people').pluck('name')), ['seeded']);
     } finally {
-      await tenancy.destroy();
-      await cleanUp();
-      await admin.destroy();
-      files.cleanup();
+      await close();
     }
   });
 
   it('when the check could not tell (the user is not there yet) and a later step fails, the database is left in place, with its data, and the error says so', async () => {
-    const files = writeMigrations();
-    const { host, port } = mysqlConnection();
-    const admin = knexFactory({ client: 'mysql2', connection: mysqlConnection(), pool: { min: 0, max: 1 } });
-    const user = 'ot_opsuser_u2';
-    const database = 'ot_opsuser_u2';
-    const hosts = ['%', 'localhost', '127.0.0.1'];
-    const cleanUp = async () => {
-      await admin.raw('drop database if exists ??', [database]);
-      for (const h of hosts) await admin.raw('drop user if exists ?@?', [user, h]);
-    };
-    const tenancy = createTenancy({
-      knexConfig: () => ({ client: 'mysql2', connection: { host, port, user, password: 'pw', database } }),
-      acquireTimeoutMs: 3_000,
-      migrations: { directory: files.migrations },
-      createDatabase: async () => {
-        await admin.raw('create database if not exists ??', [database]);
-        for (const h of hosts) {
-          await admin.raw("create user if not exists ?@? identified by 'pw'", [user, h]);
-          await admin.raw('grant all on ??.* to ?@?', [database, user, h]);
-        }
-      },
-      dropDatabase: cleanUp,
-      registerTenant: () => Promise.reject(new Error('the catalog refused')),
-    });
+    const { tenancy, admin, database, cleanUp, close } = withOwnUser('u2', true, { registerTenant: () => Promise.reject(new Error('the catalog refused')) });
     try {
       await cleanUp();
       await admin.raw('create database ??', [database]);
       await admin.raw('create table ??.precious (v varchar(20))', [database]);
       await admin.raw("insert into ??.precious values ('kept')", [database]);
-      const error = await tenancy.createTenant('u2').catch((e: unknown) => e);
+      const error = await tenancy.createTenant('u2', { seed: false }).catch((e: unknown) => e);
       assert.ok(error instanceof TenantLifecycleError, String(error));
       assert.equal(error.step, 'register');
       assert.match(error.message, /left in place/);
       assert.deepEqual(await admin(`${database}.precious`).pluck('v'), ['kept']);
     } finally {
-      await tenancy.destroy();
-      await cleanUp();
-      await admin.destroy();
-      files.cleanup();
+      await close();
     }
   });
 });

@@ -28,12 +28,33 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
   return { promise, resolve };
 }
 
+/** A Person whose inserts register onCommit/onRollback callbacks that log their outcome. */
+function outcomeLogged(): { log: string[]; HookedPerson: typeof Person } {
+  const log: string[] = [];
+  class HookedPerson extends Person {
+    override async $afterInsert(): Promise<void> {
+      onCommit(() => log.push(`commit ${this.name}`));
+      onRollback(() => log.push(`rollback ${this.name}`));
+    }
+  }
+  return { log, HookedPerson };
+}
+
 for (const backend of allStrategies('trx', { inlineSwitch: true })) {
   describe(`transactions on ${backend.name}`, { skip: backend.skip }, () => {
     let tenancy: Tenancy;
     const direct = new Map<string, Knex>();
     const hookErrors: unknown[] = [];
     const names = async (t: string) => (await direct.get(t)!('persons').orderBy('id')).map((r: { name: string }) => r.name);
+    /** A transaction that awaits `work` (a query built elsewhere) and then rolls back. */
+    const undoneAfter = (work: PromiseLike<unknown>) =>
+      assert.rejects(
+        tenancy.transaction(async () => {
+          await work;
+          throw new Error('undo');
+        }),
+        /undo/,
+      );
 
     before(async () => {
       for (const t of TENANTS) {
@@ -269,13 +290,7 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
     it('a query built before tenancy.transaction() and awaited inside it runs in the transaction, and is rolled back with it', async () => {
       await tenancy.runWithTenant('x1', async () => {
         const insert = Person.query().insert({ name: 'x1-built-before' });
-        await assert.rejects(
-          tenancy.transaction(async () => {
-            await insert;
-            throw new Error('undo');
-          }),
-          /undo/,
-        );
+        await undoneAfter(insert);
       });
       assert.ok(!(await names('x1')).includes('x1-built-before'), 'a model query built before the transaction was committed outside it');
     });
@@ -288,13 +303,7 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       }
       await tenancy.runWithTenant('x1', async () => {
         const insert = HookedPerson.query().insert({ name: 'x1-hooked-before' });
-        await assert.rejects(
-          tenancy.transaction(async () => {
-            await insert;
-            throw new Error('undo');
-          }),
-          /undo/,
-        );
+        await undoneAfter(insert);
       });
       assert.ok(!(await names('x1')).includes('x1-hooked-before'));
       assert.deepEqual(await direct.get('x1')!('audit').where('message', 'like', 'hooked %').pluck('message'), [], "the hook's audit row was committed outside the transaction");
@@ -504,13 +513,7 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
     });
 
     it("a query built at a transaction's top level, awaited in another tenant's scope inside a savepoint that rolls back: it runs in the savepoint, its onCommit does not run", async () => {
-      const log: string[] = [];
-      class HookedPerson extends Person {
-        override async $afterInsert(): Promise<void> {
-          onCommit(() => log.push(`commit ${this.name}`));
-          onRollback(() => log.push(`rollback ${this.name}`));
-        }
-      }
+      const { log, HookedPerson } = outcomeLogged();
       await tenancy.runWithTenant('x1', () =>
         tenancy.transaction(async () => {
           const insert = HookedPerson.query().insert({ name: 'x1-via-b-savepoint' });
@@ -528,13 +531,7 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
     });
 
     it('a query built in a savepoint that was released, awaited in a later savepoint that rolls back (directly or through another tenant): its onCommit does not run', async () => {
-      const log: string[] = [];
-      class HookedPerson extends Person {
-        override async $afterInsert(): Promise<void> {
-          onCommit(() => log.push(`commit ${this.name}`));
-          onRollback(() => log.push(`rollback ${this.name}`));
-        }
-      }
+      const { log, HookedPerson } = outcomeLogged();
       for (const via of ['direct', 'via-b'] as const) {
         await tenancy.runWithTenant('x1', () =>
           tenancy.transaction(async () => {
@@ -675,25 +672,13 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
           built = new Promise<void>((resolve) => setTimeout(() => resolve(void (later = Person.query().insert({ name: 'x1-c9' }) as never)), 10));
         });
         await built;
-        await assert.rejects(
-          tenancy.transaction(async () => {
-            await later;
-            throw new Error('undo');
-          }),
-          /undo/,
-        );
+        await undoneAfter(later);
       });
       assert.ok(!(await names('x1')).includes('x1-c9'));
     });
 
     it("a query built at a transaction's top level and awaited in a savepoint that rolls back: its hooks' onCommit does not run, its onRollback does", async () => {
-      const log: string[] = [];
-      class HookedPerson extends Person {
-        override async $afterInsert(): Promise<void> {
-          onCommit(() => log.push(`commit ${this.name}`));
-          onRollback(() => log.push(`rollback ${this.name}`));
-        }
-      }
+      const { log, HookedPerson } = outcomeLogged();
       await tenancy.runWithTenant('x1', () =>
         tenancy.transaction(async () => {
           const insert = HookedPerson.query().insert({ name: 'x1-in-savepoint' });
@@ -852,6 +837,13 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
         return outcome;
       }
       const audit = async () => (await direct.get('x1')!('audit').orderBy('id')).map((r: { message: string }) => r.message);
+      /** The victim's work before the statement that deadlocks: a write, then row 1's lock. */
+      const beforeTheVictimStatement = async (ready: Promise<void>, locked: () => void) => {
+        await Audit.query().insert({ message: 'before' });
+        await Person.query().patch({ note: 'victim' }).where('id', 1);
+        locked();
+        await ready;
+      };
 
       it('a deadlock inside a savepoint rolled the whole transaction back: the outer work after it is refused, not autocommitted, and the transaction rolls back', async () => {
         const log: string[] = [];
@@ -888,10 +880,7 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       it('a deadlock on a statement that looks like DDL but commits nothing (CREATE TEMPORARY TABLE ... SELECT ... FOR UPDATE) is an abort too', async () => {
         const outcome = await deadlock((ready, locked) =>
           tenancy.transaction(async () => {
-            await Audit.query().insert({ message: 'before' });
-            await Person.query().patch({ note: 'victim' }).where('id', 1);
-            locked();
-            await ready;
+            await beforeTheVictimStatement(ready, locked);
             const deadlocked = await tenancy
               .knex()
               .raw('create\n  temporary table tmp_victim as select * from persons where id = 2 for update')
@@ -982,10 +971,7 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
         const refused: unknown[] = [];
         const outcome = await deadlock((ready, locked) =>
           tenancy.transaction(async () => {
-            await Audit.query().insert({ message: 'before' });
-            await Person.query().patch({ note: 'victim' }).where('id', 1);
-            locked();
-            await ready;
+            await beforeTheVictimStatement(ready, locked);
             const deadlocked = await Person.query()
               .patch({ note: 'victim' })
               .where('id', 2)
