@@ -35,8 +35,17 @@ export interface TransactionState {
 export type HookErrorHandler = (error: unknown, tenantId: string) => void;
 
 export const defaultHookError: HookErrorHandler = (error, tenantId) => {
-  process.emitWarning(`objection-tenancy: an onCommit/onRollback callback of tenant "${tenantId}" failed: ${String(error)}`, 'TenantTransactionHookWarning');
+  process.emitWarning(`objection-tenancy: an onCommit/onRollback callback of tenant "${tenantId}" failed: ${printable(error)}`, 'TenantTransactionHookWarning');
 };
+
+/** `String(error)`, or its tag for a value with no string form (`Object.create(null)`). */
+function printable(error: unknown): string {
+  try {
+    return String(error);
+  } catch {
+    return Object.prototype.toString.call(error);
+  }
+}
 
 /**
  * @internal Runs `fn` in a transaction (or savepoint) of `scope`'s tenant, with the transaction in the
@@ -70,6 +79,8 @@ export async function runTransaction<T>(
   let running: Promise<unknown> | undefined;
   let fnFailed: { error: unknown } | undefined;
   let rolledBackByApp = false;
+  let committedByApp = false;
+  let fnSettled = false;
   try {
     result = (await base.transaction((trx) => {
       // Its BEGIN (or SAVEPOINT) failed: knex marks the transaction complete, rejects it, and still
@@ -85,18 +96,20 @@ export async function runTransaction<T>(
           // The app's own call, or knex's once `fn` rejected (`fnFailed` is set before knex's handler runs).
           rolledBackByApp = fnFailed === undefined;
           if (args[0] !== undefined) rollbackReason = { error: args[0] };
-        } else if (rolledBack) {
-          // Rolled back already (the app's own `trx.rollback()`, not awaited, then `fn` settled): knex's
-          // second ROLLBACK would be refused at once, settling the transaction with knex's untyped
-          // "already complete" before the first one's answer.
+        } else if (rolledBack || committedByApp) {
+          // Ended already by the app (its own `trx.rollback()` or `trx.commit()`, not awaited, then
+          // `fn` settled): knex's second statement would be refused at once, settling the transaction
+          // (or savepoint) with knex's untyped "already complete" before the first one's answer.
           return Promise.resolve();
         }
         return (rollback as (...args: unknown[]) => unknown).apply(this, args);
       } as typeof rollback;
       const commit = trx.commit;
       trx.commit = function (this: unknown, ...args: unknown[]) {
-        // knex's COMMIT once `fn` resolved, after the app's own `trx.rollback()` (not awaited): as above.
-        if (rolledBack && trx.isCompleted()) return Promise.resolve();
+        // Called while `fn` runs: the app's own (knex's comes once `fn` has resolved).
+        if (!trx.isCompleted()) committedByApp ||= !fnSettled;
+        // knex's COMMIT (or RELEASE) once `fn` resolved, after the app ended the level itself: as above.
+        else if (rolledBack || committedByApp) return Promise.resolve();
         return (commit as (...args: unknown[]) => unknown).apply(this, args);
       } as typeof commit;
       // Every statement of this level goes through its own client (knex makes one per level).
@@ -121,7 +134,13 @@ export async function runTransaction<T>(
       running = runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
       // Before knex's own handlers: a rejection of `fn` (even with no reason, which knex then treats
       // as a plain rollback and resolves) is known as such when knex's rollback comes.
-      running.then(undefined, (error: unknown) => void (fnFailed ??= { error }));
+      running.then(
+        () => void (fnSettled = true),
+        (error: unknown) => {
+          fnSettled = true;
+          fnFailed ??= { error };
+        },
+      );
       return running;
     })) as Awaited<T>;
   } catch (caught) {

@@ -580,13 +580,27 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
         await trx.commit();
         throw new Error('F3');
       });
+      await tenancy.runWithTenant('x1', () =>
+        tenancy.transaction(async () => {
+          await run('savepoint released, not awaited, return', async (savepoint) => {
+            onCommit(() => void seen.push('savepoint onCommit'));
+            onRollback(() => void seen.push('savepoint onRollback'));
+            await Person.query().insert({ name: 'x1-released' });
+            void savepoint.commit();
+            return 'x';
+          });
+        }),
+      );
       assert.deepEqual(seen, [
         ['rollback not awaited, return', 'resolved undefined', []],
         ['rollback not awaited, throw', 'resolved undefined', ['F1']],
         ['rollback(E) not awaited, throw', 'rejected E2', ['F2']],
         ['commit, throw', 'resolved undefined', ['F3']],
+        ['savepoint released, not awaited, return', 'resolved undefined', []],
+        'savepoint onCommit',
       ]);
       assert.ok((await names('x1')).includes('x1-committed-then-threw'));
+      assert.ok((await names('x1')).includes('x1-released'));
     });
 
     it('an onHookError that throws itself falls back to the default warning, never an unhandled rejection', async () => {
