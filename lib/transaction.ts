@@ -66,7 +66,8 @@ export async function runTransaction<T>(
   const outer = scope.trx === undefined ? undefined : ((await (scope.trx.client as unknown as { acquireConnection(): Promise<{ __knexTxId?: string }> }).acquireConnection()));
   const outerTxId = outer?.__knexTxId;
   let result: Awaited<T>;
-  // `trx.rollback()` called by `fn`: knex then resolves (with undefined), as if it had committed.
+  // Rolled back: by the app's own `trx.rollback()` (`rolledBackByApp`; knex then resolves, with
+  // undefined, as if it had committed), or by knex once `fn` rejected.
   let rolledBack = false;
   // What the transaction was rolled back for: `fn`'s error (knex passes it to `rollback`) or the
   // app's own `trx.rollback(error)`.
@@ -74,13 +75,14 @@ export async function runTransaction<T>(
   // Set once the outermost level's COMMIT was sent (by knex once `fn` resolved, or by the app's
   // `trx.commit()`): its own answer, undefined once it succeeded, else its error.
   let commitAnswer: Promise<unknown> | undefined;
-  // `fn`'s own promise: knex settles the transaction as soon as the app calls `trx.rollback()`, while
-  // `fn` may go on.
+  // `fn`'s own promise: knex settles the transaction as soon as the app calls `trx.rollback()` or
+  // `trx.commit()`, while `fn` may go on; whether (and how) `fn` has settled, seen before knex sees it.
   let running: Promise<unknown> | undefined;
+  let fnSettled = false;
   let fnFailed: { error: unknown } | undefined;
   let rolledBackByApp = false;
+  // The app's own `trx.commit()` (a savepoint's: its release), called while `fn` ran.
   let committedByApp = false;
-  let fnSettled = false;
   try {
     result = (await base.transaction((trx) => {
       // Its BEGIN (or SAVEPOINT) failed: knex marks the transaction complete, rejects it, and still
@@ -89,8 +91,8 @@ export async function runTransaction<T>(
       if (trx.isCompleted()) return Promise.reject(new TenantUnavailableError(scope.tenantId, { reason: 'its transaction could not be started' }));
       const rollback = trx.rollback;
       trx.rollback = function (this: unknown, ...args: unknown[]) {
-        // knex also calls it when `fn` rejects after the app's own `trx.commit()`: nothing is rolled
-        // back then (knex refuses the ROLLBACK of a completed transaction); the outcome is the commit's.
+        // knex also calls it when `fn` rejects after the app's own `trx.commit()`: skipped below, the
+        // outcome is the commit's.
         if (!trx.isCompleted()) {
           rolledBack = true;
           // The app's own call, or knex's once `fn` rejected (`fnFailed` is set before knex's handler runs).
@@ -118,9 +120,8 @@ export async function runTransaction<T>(
       client.query = function (this: unknown, conn: unknown, obj: unknown): Promise<unknown> {
         const sql = typeof obj === 'string' ? obj : (obj as { sql?: unknown } | null)?.sql;
         const answer = tx.aborted !== undefined && !ROLLBACK.test(String(sql)) ? Promise.reject(new TransactionAbortedError(scope.tenantId, { cause: tx.aborted.error })) : query.call(this, conn, obj);
-        // knex may settle the transaction before its COMMIT is answered (the app's `trx.commit()` not
-        // awaited, then a throw: knex's ROLLBACK of the completed transaction fails at once), or
-        // swallow the COMMIT's failure (the app's awaited `trx.commit()`): its answer is read here.
+        // The outcome of the outermost level is its COMMIT's own answer, whoever sent it (knex once `fn`
+        // resolved, or the app's `trx.commit()`, whose failure knex may settle differently): read here.
         if (outer === undefined && commitAnswer === undefined && sql === 'COMMIT;') {
           commitAnswer = answer.then(
             () => undefined,
