@@ -109,43 +109,37 @@ const HANG_UP_GRACE_MS = 30_000;
  * pool under it.
  */
 function holdLease(res: ServerResponse, release: () => void, hungUp: boolean): void {
+  // The hang-up grace, once the client went first (see afterHangUp).
+  let grace: NodeJS.Timeout | undefined;
+  const done = () => {
+    clearTimeout(grace);
+    release();
+  };
   // The route destroyed the response itself (`res.destroy()`; a `pipeline()` into it whose source
-  // failed): it is done with it, as with `res.end()`. Node's own close on a hang-up does not call it.
-  // Given back at once: a pipelined response waiting behind another closes only when that one ends.
+  // failed; a route that stops once its client went): it is done with it, as with `res.end()`. Node's
+  // own close on a hang-up does not call it. Given back at once: a pipelined response waiting behind
+  // another closes only when that one ends.
   let destroyedByRoute = false;
   const destroy = res.destroy;
   res.destroy = function (this: ServerResponse, ...args: unknown[]) {
     destroyedByRoute = true;
     res.destroy = destroy;
     const result = (destroy as (...a: unknown[]) => ServerResponse).apply(this, args);
-    release();
+    done();
     return result;
   } as ServerResponse['destroy'];
   const afterHangUp = () => {
     // Sent, or ended by the route and never to be sent (a queued response whose client went): done.
     if (res.writableFinished || res.writableEnded || destroyedByRoute) return release();
-    const timer = setTimeout(release, HANG_UP_GRACE_MS);
-    timer.unref();
+    grace = setTimeout(release, HANG_UP_GRACE_MS);
+    grace.unref();
     const end = res.end;
-    const destroyLater = res.destroy;
-    // Whichever the route calls first once its client went (a route that stops then can call
-    // `res.destroy()`: `pipeline()` does not, on a response already closed).
-    const done = () => {
-      clearTimeout(timer);
-      res.end = end;
-      res.destroy = destroyLater;
-      release();
-    };
     res.end = function (this: ServerResponse, ...args: unknown[]) {
+      res.end = end;
       const result = (end as (...a: unknown[]) => ServerResponse).apply(this, args);
       done();
       return result;
     } as ServerResponse['end'];
-    res.destroy = function (this: ServerResponse, ...args: unknown[]) {
-      const result = (destroyLater as (...a: unknown[]) => ServerResponse).apply(this, args);
-      done();
-      return result;
-    } as ServerResponse['destroy'];
   };
   // A pipelined request's response waits, with no socket, for the responses before it: when the client
   // hangs up then, that response emits neither 'finish' nor 'close', ever; only the connection says so.

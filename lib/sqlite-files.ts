@@ -40,10 +40,15 @@ function fileOf(config: Knex.Config): { path: string; mustExist: boolean } | und
   if (typeof config.client !== 'string' || !SQLITE_CLIENTS.has(config.client)) return undefined;
   const connection = config.connection as { filename?: unknown; options?: { fileMustExist?: unknown } } | undefined;
   const filename = connection?.filename;
-  if (typeof filename !== 'string' || filename === '' || filename === ':memory:' || filename.startsWith('file:')) return undefined;
+  if (!onDisk(filename)) return undefined;
   // better-sqlite3's own option; knex does not pass it on, so it is honoured here (for sqlite3 too).
   // Absolute, as of the pool's opening: a later `process.chdir()` does not move the tenant's file.
   return { path: path.resolve(filename), mustExist: connection?.options?.fileMustExist !== false };
+}
+
+/** A filename naming a file on disk: not empty, `:memory:` or a `file:` URI. */
+function onDisk(filename: unknown): filename is string {
+  return typeof filename === 'string' && filename !== '' && filename !== ':memory:' && !filename.startsWith('file:');
 }
 
 /**
@@ -56,7 +61,7 @@ export async function resolvedSqliteConfig(config: Knex.Config): Promise<Knex.Co
   const connection = (typeof config.connection === 'function' ? await (config.connection as () => unknown)() : config.connection) as { filename?: unknown } | undefined;
   const filename = connection?.filename;
   // Absolute, as of now: a later `process.chdir()` moves neither the checks nor the file knex opens.
-  const absolute = typeof filename === 'string' && filename !== '' && filename !== ':memory:' && !filename.startsWith('file:') ? path.resolve(filename) : filename;
+  const absolute = onDisk(filename) ? path.resolve(filename) : filename;
   if (connection === config.connection && absolute === filename) return config;
   return { ...config, connection: { ...connection, filename: absolute } as Knex.Config['connection'] };
 }
