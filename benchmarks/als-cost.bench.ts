@@ -16,7 +16,7 @@
  * Env: MYSQL_URL (default mysql://root@127.0.0.1:3306/test).
  */
 import knexFactory, { type Knex } from 'knex';
-import { createTenancy } from '../lib/index';
+import { createTenancy } from './library';
 import { Person, TPerson } from './models';
 import { mysqlConnection } from '../test/helpers/mysql-url';
 import { intEnv, loadAverage, median, runSelfAsChild, writeResults } from './results';

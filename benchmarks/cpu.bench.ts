@@ -31,7 +31,8 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { execFileSync } from 'node:child_process';
 import knexFactory, { type Knex } from 'knex';
-import { createTenancy, type Tenancy } from '../lib/index';
+import { createTenancy } from './library';
+import type { Tenancy } from '../lib/index';
 import { Person, TPerson } from './models';
 import { intEnv, loadAverage, median, writeResults } from './results';
 

@@ -18,7 +18,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import knexFactory, { type Knex } from 'knex';
-import { createTenancy, type MigrationReport } from '../lib/index';
+import { createTenancy } from './library';
+import type { MigrationReport } from '../lib/index';
 import { mysqlConnection } from '../test/helpers/mysql-url';
 import { intEnv } from './results';
 

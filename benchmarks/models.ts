@@ -3,7 +3,7 @@
  * knex) and `TPerson` on `TenantModel` (ours: the scope's connection). Table `persons (id, name)`.
  */
 import { Model } from 'objection';
-import { TenantModel } from '../lib/index';
+import { TenantModel } from './library';
 
 export class Person extends Model {
   static override tableName = 'persons';

@@ -25,7 +25,7 @@
 import os from 'node:os';
 import knexFactory, { type Knex } from 'knex';
 import mysql from 'mysql2/promise';
-import { createTenancy } from '../lib/index';
+import { createTenancy } from './library';
 import { Person, TPerson } from './models';
 // Internal: only to switch the library's AsyncLocalStorage off for variant 3'.
 import { globalState } from '../lib/scope';

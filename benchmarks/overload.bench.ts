@@ -20,7 +20,7 @@
  */
 import knexFactory, { type Knex } from 'knex';
 import mysql from 'mysql2/promise';
-import { createTenancy } from '../lib/index';
+import { createTenancy } from './library';
 import { Person, TPerson } from './models';
 import { mysqlConnection } from '../test/helpers/mysql-url';
 import { intEnv, loadAverage, median, runSelfAsChild, writeResults } from './results';

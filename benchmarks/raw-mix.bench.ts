@@ -27,7 +27,8 @@
  * needed for the ratios), KEEP_DBS=1 (keep the databases).
  */
 import knexFactory, { type Knex } from 'knex';
-import { createTenancy, type Tenancy, type TenancyOptions } from '../lib/index';
+import { createTenancy } from './library';
+import type { Tenancy, TenancyOptions } from '../lib/index';
 import { Person, TPerson } from './models';
 import { intEnv, loadAverage, median, writeResults } from './results';
 import { mysqlConnection } from '../test/helpers/mysql-url';

@@ -27,7 +27,7 @@ export function loadAverage(): string {
 
 /**
  * Writes `benchmarks/results/<name>.json`: date, Node, MariaDB, knex, objection and mysql2 versions,
- * machine, the load average before and after, the settings and the result. Returns the file path.
+ * machine, the library's copy (`dist` or `src`), the load average before and after, the settings and the result. Returns the file path.
  */
 export function writeResults(
   name: string,
@@ -44,6 +44,8 @@ export function writeResults(
     objection: versionOf('objection'),
     mysql2: versionOf('mysql2'),
     machine: machine(),
+    // Which copy of the library ran: its build (the default) or its source through tsx (benchmarks/library.ts).
+    library: process.env.BENCH_LIB === 'src' ? 'src' : 'dist',
     load: { before: loadBefore, after: loadAverage() },
     settings,
     result,

@@ -87,7 +87,8 @@ import os from 'node:os';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import mysql from 'mysql2/promise';
-import { createTenancy, type Tenancy, type TenancyOptions, type TenancyStats } from '../lib/index';
+import { createTenancy, librarySource } from './library';
+import type { Tenancy, TenancyOptions, TenancyStats } from '../lib/index';
 import { Person, TPerson } from './models';
 import { mysqlConnection } from '../test/helpers/mysql-url';
 import { intEnv, median, medianInterval, runSelfAsChild } from './results';
@@ -965,7 +966,7 @@ async function main(): Promise<void> {
       `server: max_connections ${info.maxConnections}, table_open_cache ${info.tableOpenCache}, table_definition_cache ` +
         `${info.tableDefinitionCache}, innodb_open_files ${info.innodbOpenFiles}, innodb_buffer_pool_size ${info.bufferPool / 2 ** 20} MiB`,
     );
-    console.log(`${machine} (shared with the database server); load average ${loadBefore} before, ${loadAfter} after`);
+    console.log(`${machine} (shared with the database server); load average ${loadBefore} before, ${loadAfter} after; library from ${librarySource === 'dist' ? 'its build (dist/)' : 'its source through tsx (BENCH_LIB=src)'}`);
     console.log(
       `setup: ${setup.reused ? 'reused (marker found)' : 'created'} ${TENANTS} databases in ${(setup.ms / 1000).toFixed(1)} s; ` +
         `${ROUNDS} rounds x ${CELL_MS} ms per cell after ${WARMUP_MS} ms warm-up, ${ORDER === 'balanced' ? 'variants in the orders of a Williams design' : 'order reversed every other round'}; ${seconds} s`,
