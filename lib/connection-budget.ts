@@ -8,8 +8,11 @@ export interface ConnectionBudgetOptions {
   /** 'wait' queues a new connection until one is freed (up to `acquireTimeoutMs`); 'reject' fails at once. */
   overflow: 'wait' | 'reject';
   acquireTimeoutMs: number;
-  /** Asked to close an idle pool to make room; returns false when no pool can be closed. */
-  reclaim(): boolean;
+  /**
+   * Asked to close an idle pool to make room; returns false when no pool can be closed. `freeNow`:
+   * only a pool that frees a unit at once (one holding a free connection), for 'reject'.
+   */
+  reclaim(freeNow: boolean): boolean;
 }
 
 interface Waiter {
@@ -101,8 +104,11 @@ export class ConnectionBudget {
       this.#count();
       return;
     }
-    const reclaiming = this.#options.reclaim();
-    if (!reclaiming && this.#options.overflow === 'reject') throw this.#exhausted(tenantId);
+    // 'reject' waits only for a unit that a closing pool frees at once, not for one held by work in
+    // flight (a transaction that outlived its scope): that could take the whole acquire timeout.
+    const rejects = this.#options.overflow === 'reject';
+    const reclaiming = this.#options.reclaim(rejects);
+    if (!reclaiming && rejects) throw this.#exhausted(tenantId);
     await new Promise<void>((resolve, reject) => {
       const waiter: Waiter = {
         owner,

@@ -184,7 +184,7 @@ export function createConnections(options: ConnectionOptions): { connections: Te
   const budget =
     options.maxConnections === undefined
       ? undefined
-      : new ConnectionBudget({ max: options.maxConnections, overflow, acquireTimeoutMs, reclaim: () => cache!.reclaimIdle() });
+      : new ConnectionBudget({ max: options.maxConnections, overflow, acquireTimeoutMs, reclaim: (freeNow) => cache!.reclaimIdle(freeNow) });
   cache = new PoolCache({
     maxPools: options.maxPools ?? CONNECTION_DEFAULTS.maxPools,
     idleTimeoutMs,
@@ -311,7 +311,13 @@ function failTypedOnceClosed(knex: Knex, tenantId: string): void {
   const acquire = client.acquireConnection.bind(client);
   // Typed as the shared strategy's acquires are: a job or script gets a TenantError, not the driver's.
   const typedFailure = (error: unknown): never => {
-    if (error === null || typeof error !== 'object' || error instanceof TenantError) throw error;
+    if (error instanceof TenantError) throw error;
+    // Closed while this acquire waited for a connection (destroy(), forget, evict, the budget): tarn
+    // rejects the waiting acquires with its plain "aborted".
+    if (client.pool === undefined || client.pool.destroyed === true) {
+      throw new TenantUnavailableError(tenantId, { cause: error, reason: 'its pool was closed (destroy, forget, evict or the connection budget) while this query waited for a connection' });
+    }
+    if (error === null || typeof error !== 'object') throw error;
     if (isNoSuchDatabase(error)) throw new UnknownTenantError(tenantId, { cause: error });
     if (!isUnreachable(error)) throw error;
     const busy = (error as { name?: unknown }).name === 'KnexTimeoutError';

@@ -330,15 +330,28 @@ export class PoolCache implements TenantConnections {
     else if (entry.leases === 0) this.#options.onIdle?.();
   }
 
-  /** Closes the least recently used idle pool that holds connections; false when there is none. */
-  reclaimIdle(): boolean {
+  /**
+   * Closes the least recently used idle pool with a free connection, else (unless `freeNow`) the least
+   * recently used idle pool that holds connections; false when it closed none.
+   */
+  reclaimIdle(freeNow = false): boolean {
+    // A pool with a free connection gives its unit back as soon as it closes. One whose connections
+    // are all in use with no lease (a transaction or stream that outlived its scope) gives them back
+    // only once that work ends: closed only for a caller that can wait (`freeNow` false).
+    let busy: Entry | undefined;
     for (const entry of this.#entries.values()) {
-      if (entry.leases === 0 && entry.knex !== undefined && openConnections(entry.knex) > 0) {
+      if (entry.leases !== 0 || entry.knex === undefined) continue;
+      const pool = poolOf(entry.knex);
+      if (pool === undefined) continue;
+      if (pool.numFree() > 0) {
         void this.#evict(entry);
         return true;
       }
+      if (busy === undefined && pool.numUsed() + pool.numPendingCreates() > 0) busy = entry;
     }
-    return false;
+    if (busy === undefined || freeNow) return false;
+    void this.#evict(busy);
+    return true;
   }
 
   #enforceCap(newest: Entry): void {
@@ -415,7 +428,6 @@ function checkedOutOf(knex: Knex): number {
 }
 
 /** Connections a knex's tarn pool holds or is opening. */
-function openConnections(knex: Knex): number {
-  const pool = (knex.client as { pool?: { numUsed(): number; numFree(): number; numPendingCreates(): number } }).pool;
-  return pool === undefined ? 0 : pool.numUsed() + pool.numFree() + pool.numPendingCreates();
+function poolOf(knex: Knex): { numUsed(): number; numFree(): number; numPendingCreates(): number } | undefined {
+  return (knex.client as { pool?: { numUsed(): number; numFree(): number; numPendingCreates(): number } }).pool;
 }

@@ -607,4 +607,48 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
       await tenancy.destroy();
     }
   });
+
+  it("pool-per-tenant budget, overflow 'reject': an idle pool whose only connection is held by a transaction that outlived its scope frees no unit now: refused at once, and that pool is left open", async () => {
+    const tenancy = createTenancy({
+      knexConfig: (id) => ({ ...serverConfig(mysqlConnection().port!, 1), connection: { ...(serverConfig(0, 0).connection as object), port: mysqlConnection().port, database: db(id) } }),
+      maxConnections: 1,
+      overflow: 'reject',
+      acquireTimeoutMs: 3_000,
+    });
+    try {
+      const trx = await tenancy.runWithTenant('sa4', () => tenancy.knex().transaction());
+      await trx('persons').where({ id: 1 }).update({ name: 'sa4-ada' });
+      const started = Date.now();
+      await assert.rejects(tenancy.runWithTenant('sa5', () => Person.query()), TenantUnavailableError);
+      // Before: it closed sa4's pool (draining under the transaction) and waited acquireTimeoutMs.
+      assert.ok(Date.now() - started < 1_000, `refused after ${Date.now() - started} ms`);
+      assert.equal(tenancy.stats().budget!.timeouts, 0);
+      assert.equal(tenancy.stats().draining, 0, "sa4's pool was closed under its transaction");
+      await trx.commit();
+      // Its connection free now, the pool is closed for sa5's query.
+      assert.equal((await tenancy.runWithTenant('sa5', () => Person.query().findById(1)))?.name, 'sa5-ada');
+    } finally {
+      await tenancy.destroy();
+    }
+  });
+
+  it('pool-per-tenant, with and without a budget: a query waiting for a connection when destroy() closes its pool fails typed (503), not with the pool\'s plain "aborted"', async () => {
+    for (const maxConnections of [1, undefined]) {
+      const tenancy = createTenancy({
+        knexConfig: (id) => ({ ...serverConfig(mysqlConnection().port!, 1), connection: { ...(serverConfig(0, 0).connection as object), port: mysqlConnection().port, database: db(id) } }),
+        maxConnections,
+        overflow: 'wait',
+        acquireTimeoutMs: 8_000,
+      });
+      const busy = tenancy.runWithTenant('sa4', () => tenancy.knex().raw('select sleep(1)')).catch((error: unknown) => error);
+      await new Promise((r) => setTimeout(r, 200));
+      const waiting = tenancy.runWithTenant('sa4', () => tenancy.knex().raw('select 2')).catch((error: unknown) => error);
+      await new Promise((r) => setTimeout(r, 100));
+      await tenancy.destroy({ drainTimeoutMs: 100 });
+      const error = await waiting;
+      assert.ok(error instanceof TenantUnavailableError, `budget ${maxConnections}: ${String(error)}`);
+      assert.equal(toHttpError(error)?.status, 503);
+      await busy;
+    }
+  });
 });
