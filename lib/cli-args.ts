@@ -90,6 +90,12 @@ export function parseCliArgs(argv: readonly string[]): CliArgs | 'help' {
     tenants = values.tenants.split(',').map((t) => t.trim()).filter((t) => t !== '');
     if (tenants.length === 0) throw new UsageError('--tenants needs at least one tenant id');
   }
+  // create and drop act on their one tenant: a list or a concurrency would be silently ignored.
+  if (needs !== undefined && cmd !== 'run' && (tenants !== undefined || concurrency !== undefined)) {
+    throw new UsageError(`${tenants !== undefined ? '--tenants' : '--concurrency'} does not go with ${cmd} (it acts on the one tenant it names)`);
+  }
+  if (values['no-seed'] === true && cmd !== 'create') throw new UsageError('--no-seed only goes with create');
+  if ((values.confirm !== undefined || values.yes === true) && cmd !== 'drop') throw new UsageError(`${values.confirm !== undefined ? '--confirm' : '--yes'} only goes with drop`);
   if (values.all === true && cmd !== 'rollback') throw new UsageError('--all only goes with rollback');
   if (values.to !== undefined && cmd !== 'rollback') throw new UsageError('--to only goes with rollback');
   if (values.to !== undefined && values.all === true) throw new UsageError('give --all or --to, not both');

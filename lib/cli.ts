@@ -73,7 +73,12 @@ async function loadConfig(file: string): Promise<CliConfig> {
 }
 
 async function loadJob(file: string): Promise<(tenantId: string) => unknown> {
-  const mod = await loadModule(file, 'job module');
+  let mod: Record<string, unknown>;
+  try {
+    mod = await loadModule(file, 'job module');
+  } catch (error) {
+    throw error instanceof UsageError ? error : new UsageError(`${file} could not be loaded: ${(error as Error)?.message ?? String(error)}`, { cause: error });
+  }
   const fn = typeof mod === 'function' ? mod : typeof mod.default === 'function' ? mod.default : mod.run;
   if (typeof fn !== 'function') throw new UsageError(`${file} must export a function (tenantId) => result (default export, run, or module.exports)`);
   return fn as (tenantId: string) => unknown;
@@ -92,7 +97,7 @@ async function runCommand(args: CliArgs, config: CliConfig, io: CliIo, signal: A
   }
   // Every id on the command line is checked first: a mistyped list touches no tenant (exit 2).
   for (const id of args.tenants ?? []) tenancy.checkTenantId(id);
-  const tenants = args.tenants ?? (config.listTenants === undefined ? undefined : tenantList(await config.listTenants()));
+  const tenants = args.tenants ?? (config.listTenants === undefined ? undefined : tenantList(await listed(() => config.listTenants!())));
   const progress = createProgress(io.stderr, args.command);
   const common = { tenants, concurrency: args.concurrency, signal, onResult: progress.onResult };
   let report: TenantsReport<TenantResult>;
@@ -167,11 +172,23 @@ export async function main(argv: readonly string[], io: CliIo = { stdout: proces
   }
 }
 
+/**
+ * Calls the config's `listTenants()`. Its failure (a catalog that cannot be reached: fetch's
+ * `TypeError: fetch failed`) is the operation's, exit 1 to retry, not a usage error (exit 2).
+ */
+async function listed(listTenants: () => unknown): Promise<unknown> {
+  try {
+    return await listTenants();
+  } catch (error) {
+    throw new Error(`the config's listTenants() failed: ${errorMessage(error)}`, { cause: error });
+  }
+}
+
 /** The config's `listTenants()` result: an array, or another iterable of ids (a Set); a string would be spread into its characters. */
 function tenantList(listed: unknown): readonly string[] {
   if (Array.isArray(listed)) return listed;
   if (listed != null && typeof listed !== 'string' && typeof (listed as Iterable<string>)[Symbol.iterator] === 'function') return [...(listed as Iterable<string>)];
-  throw new TypeError(`the config's listTenants() must return an array of tenant ids (or a promise of one), got ${typeof listed === 'string' ? 'a string' : typeof listed}`);
+  throw new UsageError(`the config's listTenants() must return an array of tenant ids (or a promise of one), got ${typeof listed === 'string' ? 'a string' : typeof listed}`);
 }
 
 if (require.main === module) {

@@ -85,13 +85,13 @@ export function withTenant<T extends object>(data: T): T & TenantJobData {
       throw new TypeError('withTenant(data): a payload cannot be both central: true and of a tenant; drop one of central and tenantId');
     }
     if (current !== undefined && tenantId !== current) throw payloadMismatch(current);
-    return { ...payload, tenantId };
+    return stored({ ...payload, tenantId });
   }
   if (central === true) {
     const copy: T & TenantJobData = { ...payload, central };
     if (tenantId === undefined) delete copy.tenantId;
     else copy.tenantId = tenantId;
-    return copy;
+    return stored(copy);
   }
   if (current === undefined) {
     throw new TenantContextMissingError(
@@ -100,7 +100,17 @@ export function withTenant<T extends object>(data: T): T & TenantJobData {
         'belongs to no tenant with central: true.',
     );
   }
-  return { ...payload, tenantId: current };
+  return stored({ ...payload, tenantId: current });
+}
+
+/**
+ * The copy as the queue stores it: with no `toJSON` of its own. What `toJSON()` returned may carry
+ * one (copied by the spread), and `JSON.stringify` would store what that returns instead of the
+ * fields checked here: another tenant's id.
+ */
+function stored<T extends object>(copy: T): T {
+  if (Object.prototype.hasOwnProperty.call(copy, 'toJSON')) delete (copy as { toJSON?: unknown }).toJSON;
+  return copy;
 }
 
 /**

@@ -82,14 +82,19 @@ export class MigrationsUnreadableError extends TenantError {
 
 /** `createTenant()` found the tenant already registered, or its database already there. HTTP 409. */
 export class TenantAlreadyExistsError extends TenantError {
-  /** `dropping`: a `dropTenant()` of this id is still running (create it again once it is done). */
-  constructor(tenantId: string, options: TenantErrorOptions & { dropping?: boolean } = {}) {
-    const { dropping, ...rest } = options;
+  /**
+   * `dropping`: a `dropTenant()` of this id is still running (create it again once it is done).
+   * `creating`: another `createTenant()` of this id is running in this tenancy.
+   */
+  constructor(tenantId: string, options: TenantErrorOptions & { dropping?: boolean; creating?: boolean } = {}) {
+    const { dropping, creating, ...rest } = options;
     super(
       'TENANT_EXISTS',
       dropping === true
         ? `Tenant "${tenantId}" is being dropped. Create it again once dropTenant() has finished.`
-        : `Tenant "${tenantId}" already exists (registered, or its database is already there). Pick another id, or drop it first.`,
+        : creating === true
+          ? `Tenant "${tenantId}" is being created by another createTenant() call.`
+          : `Tenant "${tenantId}" already exists (registered, or its database is already there). Pick another id, or drop it first.`,
       { statusCode: 409, ...rest, tenantId },
     );
   }

@@ -83,6 +83,10 @@ export async function createTenant(host: OperationsHost, tenantId: unknown, opti
   // The drop's last steps (unregister, a second built-in drop for SQLite) would undo this creation:
   // the database or file deleted, or left unregistered.
   if (host.dropping(id)) throw new TenantAlreadyExistsError(id, { dropping: true });
+  // Another createTenant() of this id in this tenancy: both would pass the existence checks before
+  // either creates the database (an app hook with IF NOT EXISTS succeeds twice), and the loser's undo
+  // would drop the winner's database under its registered tenant.
+  if (host.creating(id)) throw new TenantAlreadyExistsError(id, { creating: true });
   // And a drop begun meanwhile would delete what this creates (see dropTenant).
   const created = host.markCreating(id);
   try {

@@ -241,12 +241,17 @@ describe('objection-tenancy CLI (node dist/cli.js)', { skip: skipMysql }, () => 
     assert.equal(listed.code, 2, listed.stderr);
     assert.match(listed.stderr, /TypeError|array/i);
     assert.doesNotMatch(listed.stderr, /\bk failed\b/);
+    // A catalog that cannot be reached (fetch's TypeError) is the operation's failure, to retry: exit 1, not 2.
+    fs.writeFileSync(path.join(cwd, 'down-list.config.js'), "const c = require('./tenancy.config.js');\nmodule.exports = { ...c, listTenants: () => Promise.reject(new TypeError('fetch failed')) };\n");
+    const down = await cli(cwd, ['status', '--config', 'down-list.config.js']);
+    assert.equal(down.code, 1, down.stderr);
+    assert.match(down.stderr, /listTenants\(\) failed: fetch failed/);
     // A listTenants() that rejects with a value of no string form: exit 1 with a message, not a crash.
     fs.writeFileSync(path.join(cwd, 'odd-list.config.js'), "const c = require('./tenancy.config.js');\nmodule.exports = { ...c, listTenants: () => Promise.reject(Object.create(null)) };\n");
     for (const json of [[], ['--json']]) {
       const odd = await cli(cwd, ['status', '--config', 'odd-list.config.js', ...json]);
       assert.equal(odd.code, 1, odd.stderr);
-      assert.match(odd.stderr, /objection-tenancy: \[object Object\]/);
+      assert.match(odd.stderr, /objection-tenancy: the config's listTenants\(\) failed: \[object Object\]/);
     }
   });
 
@@ -262,6 +267,17 @@ describe('objection-tenancy CLI (node dist/cli.js)', { skip: skipMysql }, () => 
     const broken = await cli(cwd, ['status', '--config', 'broken.config.js']);
     assert.equal(broken.code, 2);
     assert.match(broken.stderr, /broken\.config\.js could not be loaded: catalog down/);
+    // A job module that cannot be loaded is the command line's mistake too (it was exit 1).
+    fs.writeFileSync(path.join(cwd, 'broken-job.js'), 'module.exports = async (id) => { this is not javascript };\n');
+    const brokenJob = await cli(cwd, ['run', 'broken-job.js']);
+    assert.equal(brokenJob.code, 2, brokenJob.stderr);
+    assert.match(brokenJob.stderr, /broken-job\.js could not be loaded/);
+    // Options that create and drop would silently ignore are refused (drop c3 --tenants c1 dropped c3).
+    for (const args of [['create', 'k9', '--tenants', 'k'], ['drop', 'k9', '--yes', '--concurrency', '2'], ['migrate', '--yes'], ['status', '--no-seed']]) {
+      const refused = await cli(cwd, args);
+      assert.equal(refused.code, 2, `${args.join(' ')}: ${refused.stderr}`);
+      assert.match(refused.stderr, /does not go with|only goes with/);
+    }
     const help = await cli(cwd, ['--help']);
     assert.equal(help.code, 0);
     assert.match(help.stdout, /Exit codes/);

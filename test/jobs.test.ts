@@ -195,6 +195,17 @@ for (const backend of backends('jobs')) {
         const named = { toJSON: () => ({ tenantId: 'jb' }) };
         await tenancy.runWithTenant('ja', async () => assert.throws(() => withTenant(named), TenantMismatchError));
         assert.throws(() => withTenant({ toJSON: () => 'text' }), TypeError);
+        // What toJSON() returns may have a toJSON of its own, which JSON.stringify would call on the
+        // copy: the copy has none, so what was checked is what the queue stores.
+        const nested = { toJSON: () => ({ report: 'x', toJSON: () => ({ report: 'x', tenantId: 'jb' }) }) };
+        // Given directly, the inner one is the payload's own toJSON(): read, and refused.
+        await tenancy.runWithTenant('ja', async () => assert.throws(() => withTenant(nested.toJSON()), TenantMismatchError));
+        for (const payload of [nested, { central: true, toJSON: () => ({ central: true, toJSON: () => ({ tenantId: 'jb' }) }) }]) {
+          const copy = await tenancy.runWithTenant('ja', () => withTenant(payload));
+          assert.equal(Object.prototype.hasOwnProperty.call(copy, 'toJSON'), false);
+          assert.notEqual((JSON.parse(JSON.stringify(copy)) as Data).tenantId, 'jb', JSON.stringify(copy));
+        }
+        assert.deepEqual(JSON.parse(JSON.stringify(await tenancy.runWithTenant('ja', () => withTenant(nested)))), { report: 'x', tenantId: 'ja' });
       });
     });
 

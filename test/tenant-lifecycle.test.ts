@@ -23,7 +23,7 @@ import { MIGRATION_NAMES, writeMigrations } from './helpers/migrations';
 for (const backend of allStrategies('ops')) {
   describe(`createTenant and dropTenant on ${backend.name}`, { skip: backend.skip }, () => {
     const files = writeMigrations();
-    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'c4u', 'c5', 'c6l', 'c6o', 'c7', 'hooked', 'fw', 'kept'];
+    const ids = ['c1', 'c2', 'c2b', 'c3', 'c4', 'c4u', 'c5', 'c6l', 'c6o', 'c7', 'hooked', 'fw', 'kept', 'twice'];
     const tenancies: Tenancy[] = [];
     let catalog = new Set<string>();
     const make = (extra: Partial<TenancyOptions> = {}): Tenancy => {
@@ -472,6 +472,32 @@ for (const backend of allStrategies('ops')) {
       assert.ok(await backend.databaseExists('kept'), 'the database that was there is still there');
       const names = await withDirectKnex(backend, 'kept', async (knex) => (await knex('persons').orderBy('id')).map((r: { name: string }) => r.name));
       assert.deepEqual(names, ['kept-ada', 'kept-bob'], 'with its rows');
+    });
+
+    it("two createTenant() of one id at once with an app hook that succeeds on a database that is there (IF NOT EXISTS): the second is refused with 409, and the first's tenant keeps its database", async () => {
+      catalog = new Set();
+      let release: () => void = () => undefined;
+      const slow = new Promise<void>((resolve) => (release = resolve));
+      const tenancy = make({
+        createDatabase: async (id) => {
+          // A slow provisioning step before the create: both calls would pass the existence check first.
+          await slow;
+          if (!(await backend.databaseExists(id))) await backend.createDatabase(id);
+        },
+      });
+      const first = tenancy.createTenant('twice', { seed: true });
+      await new Promise((r) => setTimeout(r, 20));
+      const refused = tenancy.createTenant('twice', { seed: true }).catch((error: unknown) => error);
+      await new Promise((r) => setTimeout(r, 50));
+      release();
+      const [second, created] = await Promise.all([refused, first.catch((error: unknown) => error)]);
+      assert.ok(second instanceof TenantAlreadyExistsError, String(second));
+      assert.match((second as Error).message, /being created/);
+      assert.equal(created instanceof Error, false, String(created));
+      assert.ok(await backend.databaseExists('twice'), 'the created database is there');
+      assert.ok(catalog.has('twice'));
+      assert.ok((await people(tenancy, 'twice')).length > 0, 'seeded, not undone');
+      await tenancy.dropTenant('twice', { confirm: 'twice' });
     });
 
     it('uses the app hooks for the database when given', async () => {
