@@ -1,6 +1,6 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import { commitMayHaveApplied, driverError, isUnreachable, ownMessage, TenantError } from './errors';
-import { requestScope } from './middleware';
+import { endRouteLease, requestScope } from './middleware';
 import { currentScope, type TenantScope } from './scope';
 
 /** How an error is answered over HTTP. */
@@ -122,27 +122,37 @@ export interface ErrorHandlerHooks {
 const MISSING_TABLE_ERRNO = 1146;
 
 /**
- * A client's error by the http-errors convention that Express and its body parsers follow (a 4xx
- * `status` and `expose: true`, as `express.json()`'s 400 for a body that is not JSON): answered as
- * such, with its own message, not as a 500 reported to onServerError.
+ * A client's error by the convention Express and its body parsers follow (a 4xx `status`, as
+ * `express.json()`'s 400 for a body that is not JSON, or the router's 400 for a path parameter that
+ * is not valid percent-encoding): answered with that status, as Express's own final handler does,
+ * not as a 500 reported to onServerError. Its message only with `expose: true` (http-errors' mark
+ * of a message meant for the client); else the status's name.
  */
 function clientError(error: unknown): HttpErrorAnswer | undefined {
   const { status, statusCode, expose, message } = (error ?? {}) as { status?: unknown; statusCode?: unknown; expose?: unknown; message?: unknown };
   const code = typeof status === 'number' ? status : statusCode;
-  if (expose !== true || typeof code !== 'number' || !Number.isInteger(code) || code < 400 || code > 499) return undefined;
-  return { status: code, code: 'CLIENT_ERROR', message: typeof message === 'string' ? message : 'Bad request.' };
+  if (typeof code !== 'number' || !Number.isInteger(code) || code < 400 || code > 499) return undefined;
+  const shown = expose === true && typeof message === 'string' ? message : `${STATUS_CODES[code] ?? 'Bad Request'}.`;
+  return { status: code, code: 'CLIENT_ERROR', message: shown };
 }
 
 /** @internal Builds the handler of `tenancy.errorHandler()`. */
 export function createErrorHandler(options: ErrorHandlerOptions, hooks: ErrorHandlerHooks): TenantErrorHandler {
   const answerWith = (answer: HttpErrorAnswer | undefined, error: unknown, req: IncomingMessage, res: ServerResponse, next: (error?: unknown) => void) => {
     if (answer === undefined) {
-      if (options.all !== true) return next(error);
+      if (options.all !== true) {
+        if (res.headersSent) endRouteLease(res);
+        return next(error);
+      }
       answer = clientError(error) ?? { status: 500, code: 'INTERNAL', message: 'Internal error.' };
     }
     if (answer.goneTenant !== undefined) void Promise.resolve(hooks.forget(answer.goneTenant)).catch(() => undefined);
     if (answer.status >= 500) options.onServerError?.(error, req);
-    if (res.headersSent) return next(error);
+    if (res.headersSent) {
+      // Express's final handler destroys the connection next: the route is done, its lease comes back now.
+      endRouteLease(res);
+      return next(error);
+    }
     res.statusCode = answer.status;
     res.setHeader('content-type', 'application/json; charset=utf-8');
     if (answer.retryAfter !== undefined) res.setHeader('retry-after', String(answer.retryAfter));

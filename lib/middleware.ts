@@ -111,10 +111,13 @@ const HANG_UP_GRACE_MS = 30_000;
 function holdLease(res: ServerResponse, release: () => void, hungUp: boolean): void {
   // The hang-up grace, once the client went first (see afterHangUp).
   let grace: NodeJS.Timeout | undefined;
+  let ended = false;
   const done = () => {
+    ended = true;
     clearTimeout(grace);
     release();
   };
+  routeEnds.set(res, done);
   // The route destroyed the response itself (`res.destroy()`; a `pipeline()` into it whose source
   // failed; a route that stops once its client went): it is done with it, as with `res.end()`. Node's
   // own close on a hang-up does not call it. Given back at once: a pipelined response waiting behind
@@ -129,8 +132,9 @@ function holdLease(res: ServerResponse, release: () => void, hungUp: boolean): v
     return result;
   } as ServerResponse['destroy'];
   const afterHangUp = () => {
-    // Sent, or ended by the route and never to be sent (a queued response whose client went): done.
-    if (res.writableFinished || res.writableEnded || destroyedByRoute) return release();
+    // Sent, or ended by the route and never to be sent (a queued response whose client went), or
+    // given up by the error handler (endRouteLease): done.
+    if (res.writableFinished || res.writableEnded || destroyedByRoute || ended) return release();
     grace = setTimeout(release, HANG_UP_GRACE_MS);
     grace.unref();
     const end = res.end;
@@ -151,11 +155,43 @@ function holdLease(res: ServerResponse, release: () => void, hungUp: boolean): v
   // The connection's listener goes with the response: a keep-alive connection serves many.
   const closed = () => {
     res.off('close', closed);
-    socket?.off('close', closed);
+    if (socket !== undefined) socketCloses.get(socket)?.delete(closed);
     afterHangUp();
   };
   res.once('close', closed);
-  socket?.once('close', closed);
+  if (socket !== undefined) onSocketClose(socket, closed);
+}
+
+/** The lease-ending function of each response the middleware holds a lease for (see endRouteLease). */
+const routeEnds = new WeakMap<ServerResponse, () => void>();
+
+/**
+ * @internal Gives the request's lease back now: its route is done with it though the response was
+ * not ended (the error handler, for an error after the headers went out: Express's final handler
+ * then destroys the socket, which looked like a client hang-up and held the lease 30 s).
+ */
+export function endRouteLease(res: ServerResponse): void {
+  routeEnds.get(res)?.();
+}
+
+/**
+ * One 'close' listener per connection for the responses waiting on it, rather than one each: more
+ * than ten pipelined requests on one connection made Node warn of a listener leak.
+ */
+const socketCloses = new WeakMap<EventEmitter, Set<() => void>>();
+
+function onSocketClose(socket: EventEmitter, listener: () => void): void {
+  let listeners = socketCloses.get(socket);
+  if (listeners === undefined) {
+    const waiting = new Set<() => void>();
+    listeners = waiting;
+    socketCloses.set(socket, waiting);
+    socket.once('close', () => {
+      socketCloses.delete(socket);
+      for (const each of waiting) each();
+    });
+  }
+  listeners.add(listener);
 }
 
 /** @internal Builds the middleware of `tenancy.middleware()`. */

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import express4 from 'express';
 import express5 from 'express5';
-import { createTenancy, currentTenantId, fromPath, tryCurrentTenantId, type Tenancy } from '../lib/index';
+import { bindTenant, createTenancy, currentTenantId, fromPath, tryCurrentTenantId, type Tenancy } from '../lib/index';
 import { sqliteBackend } from './helpers/databases';
 import { Person, setUpTenants } from './helpers/fixtures';
 import { jsonErrors, listen, randomPause, type Running } from './helpers/http';
@@ -388,6 +388,10 @@ describe('middleware resolvers and errors', () => {
     for (const version of [express4, express5]) {
       const app = version();
       app.use(express4.json());
+      // The README's route-parameter mount: the router refuses a parameter that is not valid
+      // percent-encoding with a 400 that has no `expose` (it was answered 500 INTERNAL).
+      app.use('/t/:tenant', tenancy.middleware({ resolve: fromPath('tenant') }));
+      app.get('/t/:tenant/people', (_req, res) => res.json({ ok: true }));
       app.use(tenancy.middleware());
       app.post('/x', (_req, res) => res.json({ ok: true }));
       app.get('/boom', () => {
@@ -399,6 +403,9 @@ describe('middleware resolvers and errors', () => {
         const bad = await fetch(`${server.url}/x`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-tenant-id': 'acme' }, body: '{not json' });
         assert.equal(bad.status, 400);
         assert.equal(((await bad.json()) as { error: { code: string } }).error.code, 'CLIENT_ERROR');
+        const undecodable = await fetch(`${server.url}/t/%zz/people`);
+        assert.equal(undecodable.status, 400);
+        assert.deepEqual(await undecodable.json(), { error: { code: 'CLIENT_ERROR', message: 'Bad Request.' } });
         const boom = await fetch(`${server.url}/boom`, { headers: { 'x-tenant-id': 'acme' } });
         assert.equal(boom.status, 500);
       } finally {
@@ -538,6 +545,98 @@ describe('middleware resolvers and errors', () => {
       }
     });
   }
+
+  it('a route that fails after its headers went out (next(err) from a stream, say): the error handler gives the lease back at once, with or without all', async () => {
+    for (const all of [true, false]) {
+      for (const version of [express4, express5]) {
+        const app = version();
+        app.use(tenancy.middleware());
+        app.get('/half', async (_req, res, next) => {
+          await Person.query();
+          res.status(200).write('[');
+          next(new Error('the stream failed half-way'));
+        });
+        app.use(tenancy.errorHandler({ all, onServerError: () => undefined }));
+        const server = await listen(app);
+        try {
+          const answer = await fetch(`${server.url}/half`, { headers: { 'x-tenant-id': 'acme' } }).then((r) => r.text()).catch(() => 'failed');
+          assert.equal(answer, 'failed', 'Express cut the connection');
+          await new Promise((r) => setTimeout(r, 50));
+          // Before: Express's final handler destroyed the socket, which read as a client hang-up: held 30 s.
+          assert.equal(tenancy.stats().leases, 0, `all: ${all}`);
+          const evicted = await Promise.race([tenancy.evict('acme').then(() => 'evicted'), new Promise((r) => setTimeout(r, 1_000, 'still waiting for the lease'))]);
+          assert.equal(evicted, 'evicted');
+        } finally {
+          await server.close();
+        }
+      }
+    }
+  });
+
+  it("a 'finish' listener runs after the request's lease is given back: its write fails typed when the pool is closed meanwhile; bound with bindTenant, it holds a lease and lands", async () => {
+    const own = createTenancy({ knexConfig: backend.knexConfig, tenantExists: backend.databaseExists });
+    const outcomes: string[] = [];
+    let written!: () => void;
+    for (const bound of [false, true]) {
+      const landed = new Promise<void>((resolve) => (written = resolve));
+      const app = express4();
+      app.use(own.middleware());
+      app.get('/audited', (_req, res) => {
+        const audit = async () => {
+          // The pool closes between the response and the audit write (maxPools, the budget, evict).
+          await own.evict('acme');
+          await Person.query().insert({ name: `audit-${bound}` });
+        };
+        res.on('finish', bound ? bindTenant(() => audit().then(() => outcomes.push('landed'), (e: unknown) => outcomes.push((e as { code?: string }).code ?? String(e))).finally(written)) : () => void audit().then(() => outcomes.push('landed'), (e: unknown) => outcomes.push((e as { code?: string }).code ?? String(e))).finally(written));
+        res.json({ ok: true });
+      });
+      const server = await listen(app);
+      try {
+        assert.equal((await fetch(`${server.url}/audited`, { headers: { 'x-tenant-id': 'acme' } })).status, 200);
+        await Promise.race([landed, new Promise((r) => setTimeout(r, 3_000))]);
+      } finally {
+        await server.close();
+      }
+    }
+    try {
+      // Unbound: evict() closed the pool at once (no lease), and the write failed typed, in no other tenant.
+      // Bound: evict() waited for the listener's lease, and the write landed.
+      assert.deepEqual(outcomes, ['TENANT_UNAVAILABLE', 'landed']);
+      const rows = await own.runWithTenant('acme', () => Person.query().where('name', 'like', 'audit-%'));
+      assert.deepEqual(rows.map((row) => row.name), ['audit-true']);
+      await own.runWithTenant('acme', () => Person.query().where('name', 'like', 'audit-%').delete());
+    } finally {
+      await own.destroy();
+    }
+  });
+
+  it('more than ten pipelined requests on one connection: no listener-leak warning, every lease given back', async () => {
+    const { connect } = await import('node:net');
+    const warnings: string[] = [];
+    const onWarning = (warning: Error) => warnings.push(`${warning.name}: ${warning.message}`);
+    process.on('warning', onWarning);
+    const app = express4();
+    app.use(tenancy.middleware({ resolve: fromPath('/t/') }));
+    app.get('/t/:tenant/name', async (_req, res) => res.json(await Person.query().findById(1)));
+    const server = await listen(app);
+    try {
+      const { port } = new URL(server.url);
+      const socket = connect(Number(port), '127.0.0.1');
+      let received = '';
+      socket.on('data', (chunk) => (received += String(chunk)));
+      await new Promise((resolve) => socket.once('connect', resolve));
+      socket.write(Array.from({ length: 12 }, (_, i) => `GET /t/${i % 2 === 0 ? 'acme' : 'globex'}/name HTTP/1.1\r\nHost: x\r\n\r\n`).join(''));
+      for (let waited = 0; (received.match(/HTTP\/1\.1 200/g) ?? []).length < 12 && waited < 3_000; waited += 20) await new Promise((r) => setTimeout(r, 20));
+      assert.equal((received.match(/HTTP\/1\.1 200/g) ?? []).length, 12);
+      socket.destroy();
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(tenancy.stats().leases, 0);
+      assert.deepEqual(warnings.filter((w) => w.includes('MaxListeners')), []);
+    } finally {
+      process.off('warning', onWarning);
+      await server.close();
+    }
+  });
 
   it('keeps the lease of a route still running after its client hung up, so an eviction cannot close the pool under it', async () => {
     const app = express4();
