@@ -239,8 +239,11 @@ export function createConnections(options: ConnectionOptions): { connections: Te
  * config with the tenant's database. For tools that need their own connection (migrations).
  */
 export async function tenantKnexConfig(options: ConnectionOptions, tenantId: string): Promise<Knex.Config> {
-  if (options.strategy !== 'shared') return options.knexConfig!(tenantId);
-  const location = await options.locate!(tenantId);
+  // Bounded by acquireTimeoutMs as when serving: one that never settles would hang the operation (a
+  // dropTenant() hung so kept the tenant "being dropped", and its createTenant() refused).
+  const ms = options.acquireTimeoutMs ?? CONNECTION_DEFAULTS.acquireTimeoutMs;
+  if (options.strategy !== 'shared') return bounded(options.knexConfig!, ms, 'knexConfig()')(tenantId);
+  const location = await bounded(options.locate!, ms, 'locate()')(tenantId);
   checkLocation(location, tenantId);
   const config = serverConfig(options.servers!, location.server, tenantId);
   const { database } = location;

@@ -791,4 +791,28 @@ describe('a server that accepts connections and never answers (pool per tenant)'
       files.cleanup();
     }
   });
+
+  it("a knexConfig() or locate() that never settles fails the operations within acquireTimeoutMs too: no dropTenant() left hanging with its tenant 'being dropped'", async () => {
+    const files = writeMigrations();
+    const never = () => new Promise<never>(() => undefined);
+    const tenancies = [
+      createTenancy({ knexConfig: never, acquireTimeoutMs: 300, migrations: { directory: files.migrations } }),
+      createTenancy({ strategy: 'shared', servers: { main: { client: 'mysql2', connection: { host: '127.0.0.1', user: 'root' } } }, locate: never, acquireTimeoutMs: 300, migrations: { directory: files.migrations } }),
+    ];
+    try {
+      for (const tenancy of tenancies) {
+        const within = <T>(what: string, promise: Promise<T>) =>
+          Promise.race([promise.then((value) => value, (error: unknown) => error), new Promise((resolve) => setTimeout(resolve, 3_000, `${what} still pending after 3 s`))]);
+        const status = (await within('migrate.status', tenancy.migrate.status({ tenants: ['h'] }))) as { tenants?: { status: string }[] };
+        assert.equal(status.tenants?.[0]?.status, 'failed', String(status));
+        const dropped = await within('dropTenant', tenancy.dropTenant('h', { confirm: 'h' }));
+        assert.equal((dropped as { code?: string }).code, 'TENANT_DROP_FAILED', String(dropped));
+        const created = await within('createTenant', tenancy.createTenant('h'));
+        assert.equal((created as { code?: string }).code, 'TENANT_CREATE_FAILED', String(created));
+      }
+    } finally {
+      for (const tenancy of tenancies) await tenancy.destroy({ drainTimeoutMs: 0 });
+      files.cleanup();
+    }
+  });
 });
