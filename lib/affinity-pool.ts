@@ -296,6 +296,11 @@ export class AffinityPool implements SwitchState {
    * neither, the cancel fails at once rather than open a connection beyond `max` (the timed-out
    * statement's connection is then closed once that statement ends). Given back with `release()`.
    */
+  /** The tenant `conn` is checked out to, if it is. */
+  tenantOf(conn: unknown): string | undefined {
+    return this.#owner.get(conn as RawConnection);
+  }
+
   borrowForKill(cancelling: unknown): Promise<RawConnection> {
     const tenantId = this.#owner.get(cancelling as RawConnection) ?? '';
     const slot = this.#closed ? undefined : this.#takeFree('', true);

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { Knex } from 'knex';
 import { AffinityPool, type AffinityPoolOptions, type AffinityPoolStats } from './affinity-pool';
-import type { AfterCreate } from './pooled-connection';
+import { closeSocketNow, type AfterCreate } from './pooled-connection';
 import { TenancyDestroyedError, TenantError, TenantUnavailableError } from './errors';
 import { installInlineSwitch } from './inline-switch';
 import { failStreamsOnLostConnection, streamsReleaseOnce } from './lost-stream';
@@ -312,7 +312,7 @@ export class SharedConnections implements TenantConnections {
     // Before any handle: their clients inherit it, and inlineSwitch's `_stream` calls it.
     failStreamsOnLostConnection(knex.client);
     refuseForeignQualifiedBuilders(knex.client);
-    server = { knex, pool, cancelQuery: cancelsOverPool(knex.client, pool) };
+    server = { knex, pool, cancelQuery: cancelsOverPool(knex.client, pool, this.#options.acquireTimeoutMs) };
     cancelOverPool(knex, server.cancelQuery);
     this.#servers.set(key, server);
     this.#options.onServerKnex?.(knex);
@@ -530,16 +530,30 @@ export function opensOnNoDatabase(connection: unknown): boolean {
  * any pool, so the server would see `pool.max + 1`. Here it borrows a free connection of the server's
  * pool (from the server's client, so no tenant switching applies to it) and gives it back after.
  */
-function cancelsOverPool(base: Knex.Client, pool: AffinityPool): Server['cancelQuery'] {
+function cancelsOverPool(base: Knex.Client, pool: AffinityPool, ms: number): Server['cancelQuery'] {
   const cancel = (base as unknown as { cancelQuery(connectionToKill: unknown): Promise<unknown> }).cancelQuery;
   return (connectionToKill) => {
+    const tenantId = pool.tenantOf(connectionToKill) ?? '';
+    let borrowed: unknown;
     const killer = Object.create(base) as Knex.Client & Record<string, unknown>;
-    killer.acquireRawConnection = () => pool.borrowForKill(connectionToKill);
+    killer.acquireRawConnection = () => pool.borrowForKill(connectionToKill).then((conn) => (borrowed = conn));
     killer.destroyRawConnection = (conn: never) => {
       pool.release(conn);
       return Promise.resolve();
     };
-    return cancel.call(killer, connectionToKill);
+    const cancelled = cancel.call(killer, connectionToKill);
+    // A server that does not answer the KILL (frozen, or cut off without a reset) would hold the
+    // timed-out query's rejection for good: knex waits for its cancel. Bounded by acquireTimeoutMs;
+    // the KILL's connection is closed then (its statement fails, and it is given back).
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        if (borrowed !== undefined) closeSocketNow(borrowed);
+        reject(new TenantUnavailableError(tenantId, { reason: `its database server did not answer the KILL QUERY of a timed-out query within ${ms} ms (acquireTimeoutMs)` }));
+      }, ms);
+    });
+    cancelled.catch(() => undefined);
+    return Promise.race([cancelled, late]).finally(() => clearTimeout(timer));
   };
 }
 

@@ -195,6 +195,52 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     }
   });
 
+  it('shared strategy: a server that freezes with connections open: a query with .timeout(ms, { cancel: true }) fails typed within acquireTimeoutMs of its KILL, not never', async () => {
+    // A proxy in front of the real server that can stop passing bytes both ways: a frozen server
+    // (SIGSTOP) or a route cut off without a reset, for connections already open.
+    let frozen = false;
+    const pairs = new Set<net.Socket>();
+    const proxy = net.createServer((client) => {
+      const upstream = net.connect(mysqlConnection().port!, '127.0.0.1');
+      for (const socket of [client, upstream]) {
+        pairs.add(socket);
+        socket.on('error', () => undefined);
+        socket.on('close', () => (client.destroy(), upstream.destroy()));
+      }
+      client.on('data', (chunk) => void (frozen || upstream.write(chunk)));
+      upstream.on('data', (chunk) => void (frozen || client.write(chunk)));
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const tenancy = createTenancy({
+      strategy: 'shared',
+      servers: { first: poolConfig((proxy.address() as net.AddressInfo).port, 2) },
+      locate: (id: string) => ({ server: 'first', database: db(id) }),
+      acquireTimeoutMs: 500,
+    });
+    try {
+      // Two connections open and free: the query takes one, its KILL the other.
+      await Promise.all(['sa1', 'sa2'].map((id) => tenancy.runWithTenant(id, () => tenancy.knex().raw('select sleep(0.1)'))));
+      assert.equal(tenancy.stats().servers!.first!.open, 2);
+      frozen = true;
+      const started = Date.now();
+      const outcome = await Promise.race([
+        tenancy.runWithTenant('sa1', () => tenancy.knex().raw('select 1').timeout(200, { cancel: true })).then(
+          () => 'answered',
+          (error: unknown) => error,
+        ),
+        new Promise((resolve) => setTimeout(resolve, 4_000, 'still pending after 4 s')),
+      ]);
+      assert.ok(outcome instanceof TenantUnavailableError, String(outcome));
+      assert.equal(outcome.statusCode, 503);
+      assert.ok(Date.now() - started < 2_000, `failed after ${Date.now() - started} ms`);
+    } finally {
+      frozen = false;
+      await tenancy.destroy({ drainTimeoutMs: 0 });
+      for (const socket of pairs) socket.destroy();
+      proxy.close();
+    }
+  });
+
   it('shared strategy: a server that accepts connections and never answers (frozen, or cut off without a reset) fails its tenants with a 503 at acquireTimeoutMs, while the other server serves; the attempt keeps its place under max until it ends', async () => {
     // A real listening socket that never sends the handshake: what a SIGSTOPped server or a dropped route looks like.
     const sockets = new Set<net.Socket>();
