@@ -315,7 +315,7 @@ function cleanTransactionClass(proto: object, state: SwitchState, tenantId: stri
   };
   // The transaction's statements (its model queries, a builder moved in with `.transacting(trx)`)
   // are compiled by this client: their own names are settled here too.
-  settleOwnNamesOnCompile(txProto, database, tenantId);
+  settleOwnNamesOnCompile(txProto, database, tenantId, state);
   // A nested transaction (a savepoint) is marked too.
   txProto.transaction = function (this: Knex.Client, ...args: unknown[]): unknown {
     markContainer(args, database);

@@ -12,7 +12,13 @@ const TENANT_DATABASE = Symbol.for('objection-tenancy.tenantDatabase');
 
 /** The tenant whose database a qualified client's builders name (see settleOwnNamesOnCompile). */
 const QUALIFIED_CLIENT = Symbol('objection-tenancy.qualifiedClient');
-type QualifiedClient = { readonly database: string; readonly tenantId: string };
+/** A qualified client: its tenant's database, on which server (its pool: two servers may each have a database of one name). */
+type QualifiedClient = { readonly database: string; readonly tenantId: string; readonly server: object };
+
+/** Whether a builder of `owner` names, in `into`'s statements, a database other than `into`'s own. */
+function foreignTo(owner: QualifiedClient, into: QualifiedClient | undefined): boolean {
+  return into === undefined || into.database !== owner.database || into.server !== owner.server;
+}
 
 function foreignBuilder(builderTenant: string, tenantId: string | undefined): TenantMismatchError {
   const error = new TenantMismatchError(builderTenant, tenantId ?? 'another connection');
@@ -48,7 +54,7 @@ function checksTransacting(proto: object): void {
     const owner = this.client?.[QUALIFIED_CLIENT] as QualifiedClient | undefined;
     if (owner !== undefined) {
       const into = (trx as { client?: Record<symbol, unknown> } | null | undefined)?.client?.[QUALIFIED_CLIENT] as QualifiedClient | undefined;
-      if (into?.database !== owner.database) throw foreignBuilder(owner.tenantId, into?.tenantId ?? 'another connection');
+      if (foreignTo(owner, into)) throw foreignBuilder(owner.tenantId, into?.tenantId ?? 'another connection');
     }
     return transacting.call(this, trx);
   };
@@ -74,7 +80,7 @@ export function refuseForeignQualifiedBuilders(client: object): void {
   const baseCompiler = target.queryCompiler;
   target.queryCompiler = function (this: { [QUALIFIED_CLIENT]?: QualifiedClient }, builder: unknown, formatter?: unknown): unknown {
     const owner = (builder as { client?: { [QUALIFIED_CLIENT]?: QualifiedClient } } | null)?.client?.[QUALIFIED_CLIENT];
-    if (owner !== undefined && this[QUALIFIED_CLIENT]?.database !== owner.database) {
+    if (owner !== undefined && foreignTo(owner, this[QUALIFIED_CLIENT])) {
       throw foreignBuilder(owner.tenantId, this[QUALIFIED_CLIENT]?.tenantId);
     }
     return baseCompiler.call(this, builder, formatter);
@@ -158,13 +164,14 @@ function ownName(table: unknown, ctes: Set<string> | undefined): boolean {
  * and a model query's joins are added after its database is set. Installed on tenant handles'
  * clients and on the transaction clients made from them (a builder moved with `.transacting()`).
  */
-export function settleOwnNamesOnCompile(client: object, database: string, tenantId: string): void {
+export function settleOwnNamesOnCompile(client: object, database: string, tenantId: string, server: object): void {
   const target = client as {
     queryCompiler: (this: unknown, builder: unknown, formatter?: unknown) => unknown;
     customWrapIdentifier: (this: unknown, value: string, origImpl: (value: string) => string, queryContext: unknown) => string;
     [QUALIFIED_CLIENT]?: QualifiedClient;
   };
-  target[QUALIFIED_CLIENT] = { database, tenantId };
+  const own: QualifiedClient = { database, tenantId, server };
+  target[QUALIFIED_CLIENT] = own;
   checksTransactingOf(target);
   const baseCompiler = target.queryCompiler;
   target.queryCompiler = function (this: unknown, builder: unknown, formatter?: unknown): unknown {
@@ -172,7 +179,7 @@ export function settleOwnNamesOnCompile(client: object, database: string, tenant
     // toKnexQuery()), compiled here as a subquery or a binding, names that tenant's database: in
     // this statement, on this connection, a cross-tenant read. Refused, as model subqueries are.
     const owner = (builder as { client?: { [QUALIFIED_CLIENT]?: QualifiedClient } } | null)?.client?.[QUALIFIED_CLIENT];
-    if (owner !== undefined && owner.database !== database) throw foreignBuilder(owner.tenantId, tenantId);
+    if (owner !== undefined && foreignTo(owner, own)) throw foreignBuilder(owner.tenantId, tenantId);
     unqualifyOwnNames(builder, database);
     return baseCompiler.call(this, builder, formatter);
   };

@@ -445,7 +445,7 @@ function tenantHandle(server: Server, tenantId: string, database: string, writab
   client.connectionSettings = { ...(base.client.connectionSettings as object), database };
   const qualified = server.pool.cleanConnectionsOn && writable ? database : undefined;
   if (server.pool.switchesInStatements) installInlineSwitch(client, server.pool, tenantId, qualified);
-  if (qualified !== undefined) settleOwnNamesOnCompile(client, qualified, tenantId);
+  if (qualified !== undefined) settleOwnNamesOnCompile(client, qualified, tenantId, server.pool);
   const context = Object.create(protos.context) as { client: unknown; queryBuilder(): Knex.QueryBuilder };
   context.client = client;
   const handle = function (tableName?: string, options?: unknown) {

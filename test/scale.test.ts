@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import knexFactory, { type Knex } from 'knex';
-import { createTenancy, TenantUnavailableError, toHttpError, type SharedPoolOptions, type TenancyCommonOptions } from '../lib/index';
+import { createTenancy, TenantMismatchError, TenantUnavailableError, toHttpError, type SharedPoolOptions, type TenancyCommonOptions } from '../lib/index';
 import { mysqlConnection, skipMysql } from './helpers/databases';
 import { createSchema, Person, seed } from './helpers/fixtures';
 import { jsonErrors, listen, load } from './helpers/http';
@@ -192,6 +192,35 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     } finally {
       await server.close();
       await tenancy.destroy();
+    }
+  });
+
+  it('shared strategy: two tenants on two servers whose databases have one name: a knex builder of one, used as a subquery in the other, is refused (it names its own server\'s database)', async () => {
+    const same = 'ot_scale_same';
+    const made: Knex[] = [];
+    for (const [key, port] of [['first', mysqlConnection().port!], ['second', second.port]] as const) {
+      await admins.get(key)!.raw('drop database if exists ??', [same]);
+      await admins.get(key)!.raw('create database ??', [same]);
+      const config = serverConfig(port, 1);
+      const knex = knexFactory({ ...config, connection: { ...(config.connection as object), database: same } });
+      made.push(knex);
+      await createSchema(knex, key);
+      await seed(knex, key);
+    }
+    const tenancy = createTenancy({ ...sharedOptions(2), locate: (id: string) => ({ server: id === 'x' ? 'first' : 'second', database: same }) });
+    try {
+      const fromX = await tenancy.runWithTenant('x', async () => ({ sub: tenancy.knex()('persons').select('id') }));
+      for (const use of [() => Person.query().whereIn('id', fromX.sub), () => tenancy.knex()('persons').whereIn('id', fromX.sub)]) {
+        const outcome = await tenancy.runWithTenant('y', async () => use()).then((rows: unknown) => `ran: ${JSON.stringify(rows)}`, (error: unknown) => error);
+        assert.ok(outcome instanceof TenantMismatchError, String(outcome));
+      }
+      // Built where it runs, the same subquery is fine.
+      const names = await tenancy.runWithTenant('y', () => Person.query().whereIn('id', tenancy.knex()('persons').select('id')).orderBy('id'));
+      assert.deepEqual(names.map((row) => row.name), ['second-ada', 'second-bob']);
+    } finally {
+      await tenancy.destroy();
+      for (const knex of made) await knex.destroy();
+      for (const key of ['first', 'second']) await admins.get(key)!.raw('drop database if exists ??', [same]);
     }
   });
 
