@@ -28,6 +28,11 @@ interface Waiter extends QueuedAcquire {
 export interface AffinityPoolOptions {
   /** Connections this server may open (the connection budget of the server). */
   max: number;
+  /**
+   * Which database server this is, the same for every pool on it (another tenancy's too): its
+   * address, when the config names one; else none, and the pool itself stands for it.
+   */
+  identity?: string | undefined;
   /** Connections one tenant may hold at once, so a busy tenant cannot starve the others. */
   perTenantMax: number;
   /** How long an acquire may wait for a connection before it fails with a 503-mapped error. */
@@ -289,6 +294,11 @@ export class AffinityPool implements SwitchState {
     });
   }
 
+  /** The tenant `conn` is checked out to, if it is. */
+  tenantOf(conn: unknown): string | undefined {
+    return this.#owner.get(conn as RawConnection);
+  }
+
   /**
    * A connection for the `KILL QUERY` with which knex cancels the statement running on `cancelling`:
    * it needs no database and serves no tenant. A free one, else one opened for it when the pool has
@@ -296,11 +306,6 @@ export class AffinityPool implements SwitchState {
    * neither, the cancel fails at once rather than open a connection beyond `max` (the timed-out
    * statement's connection is then closed once that statement ends). Given back with `release()`.
    */
-  /** The tenant `conn` is checked out to, if it is. */
-  tenantOf(conn: unknown): string | undefined {
-    return this.#owner.get(conn as RawConnection);
-  }
-
   borrowForKill(cancelling: unknown): Promise<RawConnection> {
     const tenantId = this.#owner.get(cancelling as RawConnection) ?? '';
     const slot = this.#closed ? undefined : this.#takeFree('', true);
@@ -414,6 +419,11 @@ export class AffinityPool implements SwitchState {
     this.#freeCount++;
     // A tenant at its cap that just released may unblock a waiter that a free connection can serve.
     if (this.#waiters.size > 0) this.#pump();
+  }
+
+  /** Which database server this is (see AffinityPoolOptions.identity): its address, else this pool. */
+  get identity(): unknown {
+    return this.#options.identity ?? this;
   }
 
   /** True when switches are sent with the next statement (the tenant handles then prefix it). */

@@ -1,6 +1,6 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import { commitMayHaveApplied, driverError, isUnreachable, ownMessage, TenantError } from './errors';
-import { endRouteLease, requestScope } from './middleware';
+import { requestScope } from './middleware';
 import { currentScope, type TenantScope } from './scope';
 
 /** How an error is answered over HTTP. */
@@ -140,19 +140,14 @@ function clientError(error: unknown): HttpErrorAnswer | undefined {
 export function createErrorHandler(options: ErrorHandlerOptions, hooks: ErrorHandlerHooks): TenantErrorHandler {
   const answerWith = (answer: HttpErrorAnswer | undefined, error: unknown, req: IncomingMessage, res: ServerResponse, next: (error?: unknown) => void) => {
     if (answer === undefined) {
-      if (options.all !== true) {
-        if (res.headersSent) endRouteLease(res);
-        return next(error);
-      }
+      if (options.all !== true) return next(error);
       answer = clientError(error) ?? { status: 500, code: 'INTERNAL', message: 'Internal error.' };
     }
     if (answer.goneTenant !== undefined) void Promise.resolve(hooks.forget(answer.goneTenant)).catch(() => undefined);
     if (answer.status >= 500) options.onServerError?.(error, req);
-    if (res.headersSent) {
-      // Express's final handler destroys the connection next: the route is done, its lease comes back now.
-      endRouteLease(res);
-      return next(error);
-    }
+    // The route (or a handler after this one) may still be at work: the lease stays until the
+    // response ends, or the hang-up grace (Express's final handler cuts the connection next).
+    if (res.headersSent) return next(error);
     res.statusCode = answer.status;
     res.setHeader('content-type', 'application/json; charset=utf-8');
     if (answer.retryAfter !== undefined) res.setHeader('retry-after', String(answer.retryAfter));

@@ -22,6 +22,8 @@ export interface SwitchState {
   pendingSwitch(conn: unknown): string | undefined;
   /** Records the outcome of a batch that carried the switch. */
   settleSwitch(conn: unknown, ok: boolean): void;
+  /** Which database server this is (see AffinityPool.identity). */
+  readonly identity: unknown;
   /** Switches `conn` with a `USE` round trip of its own (streams, transactions, refused statements), if it has one to make. */
   switchNow(conn: unknown, tenantId: string): Promise<void>;
   /** qualifyTables: the tenant database `conn` serves with no current database of its own, if so. */
@@ -315,7 +317,7 @@ function cleanTransactionClass(proto: object, state: SwitchState, tenantId: stri
   };
   // The transaction's statements (its model queries, a builder moved in with `.transacting(trx)`)
   // are compiled by this client: their own names are settled here too.
-  settleOwnNamesOnCompile(txProto, database, tenantId, state);
+  settleOwnNamesOnCompile(txProto, database, tenantId, state.identity);
   // A nested transaction (a savepoint) is marked too.
   txProto.transaction = function (this: Knex.Client, ...args: unknown[]): unknown {
     markContainer(args, database);

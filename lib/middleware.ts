@@ -111,13 +111,10 @@ const HANG_UP_GRACE_MS = 30_000;
 function holdLease(res: ServerResponse, release: () => void, hungUp: boolean): void {
   // The hang-up grace, once the client went first (see afterHangUp).
   let grace: NodeJS.Timeout | undefined;
-  let ended = false;
   const done = () => {
-    ended = true;
     clearTimeout(grace);
     release();
   };
-  routeEnds.set(res, done);
   // The route destroyed the response itself (`res.destroy()`; a `pipeline()` into it whose source
   // failed; a route that stops once its client went): it is done with it, as with `res.end()`. Node's
   // own close on a hang-up does not call it. Given back at once: a pipelined response waiting behind
@@ -132,9 +129,8 @@ function holdLease(res: ServerResponse, release: () => void, hungUp: boolean): v
     return result;
   } as ServerResponse['destroy'];
   const afterHangUp = () => {
-    // Sent, or ended by the route and never to be sent (a queued response whose client went), or
-    // given up by the error handler (endRouteLease): done.
-    if (res.writableFinished || res.writableEnded || destroyedByRoute || ended) return release();
+    // Sent, or ended by the route and never to be sent (a queued response whose client went): done.
+    if (res.writableFinished || res.writableEnded || destroyedByRoute) return release();
     grace = setTimeout(release, HANG_UP_GRACE_MS);
     grace.unref();
     const end = res.end;
@@ -160,18 +156,6 @@ function holdLease(res: ServerResponse, release: () => void, hungUp: boolean): v
   };
   res.once('close', closed);
   if (socket !== undefined) onSocketClose(socket, closed);
-}
-
-/** The lease-ending function of each response the middleware holds a lease for (see endRouteLease). */
-const routeEnds = new WeakMap<ServerResponse, () => void>();
-
-/**
- * @internal Gives the request's lease back now: its route is done with it though the response was
- * not ended (the error handler, for an error after the headers went out: Express's final handler
- * then destroys the socket, which looked like a client hang-up and held the lease 30 s).
- */
-export function endRouteLease(res: ServerResponse): void {
-  routeEnds.get(res)?.();
 }
 
 /**

@@ -331,23 +331,25 @@ export class PoolCache implements TenantConnections {
   }
 
   /**
-   * Closes the least recently used idle pool with a free connection, else (unless `freeNow`) the least
-   * recently used idle pool that holds connections; false when it closed none.
+   * Closes the least recently used idle pool whose connections are all free, else (unless `freeNow`)
+   * the least recently used idle pool that holds connections; false when it closed none.
    */
   reclaimIdle(freeNow = false): boolean {
-    // A pool with a free connection gives its unit back as soon as it closes. One whose connections
-    // are all in use with no lease (a transaction or stream that outlived its scope) gives them back
-    // only once that work ends: closed only for a caller that can wait (`freeNow` false).
+    // A pool whose connections are all free gives its units back as soon as it closes. One with a
+    // connection in use with no lease (a transaction or stream that outlived its scope) or being
+    // opened frees nothing until that ends (tarn's destroy() waits for it before it closes the free
+    // ones): closed only for a caller that can wait (`freeNow` false), and only when no pool frees at once.
     let busy: Entry | undefined;
     for (const entry of this.#entries.values()) {
       if (entry.leases !== 0 || entry.knex === undefined) continue;
       const pool = poolOf(entry.knex);
       if (pool === undefined) continue;
-      if (pool.numFree() > 0) {
+      const held = pool.numUsed() + pool.numPendingCreates();
+      if (held === 0 && pool.numFree() > 0) {
         void this.#evict(entry);
         return true;
       }
-      if (busy === undefined && pool.numUsed() + pool.numPendingCreates() > 0) busy = entry;
+      if (busy === undefined && held + pool.numFree() > 0) busy = entry;
     }
     if (busy === undefined || freeNow) return false;
     void this.#evict(busy);

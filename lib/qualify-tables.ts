@@ -12,8 +12,8 @@ const TENANT_DATABASE = Symbol.for('objection-tenancy.tenantDatabase');
 
 /** The tenant whose database a qualified client's builders name (see settleOwnNamesOnCompile). */
 const QUALIFIED_CLIENT = Symbol('objection-tenancy.qualifiedClient');
-/** A qualified client: its tenant's database, on which server (its pool: two servers may each have a database of one name). */
-type QualifiedClient = { readonly database: string; readonly tenantId: string; readonly server: object };
+/** A qualified client: its tenant's database, on which server (two servers may each have a database of one name; see AffinityPool.identity). */
+type QualifiedClient = { readonly database: string; readonly tenantId: string; readonly server: unknown };
 
 /** Whether a builder of `owner` names, in `into`'s statements, a database other than `into`'s own. */
 function foreignTo(owner: QualifiedClient, into: QualifiedClient | undefined): boolean {
@@ -164,7 +164,7 @@ function ownName(table: unknown, ctes: Set<string> | undefined): boolean {
  * and a model query's joins are added after its database is set. Installed on tenant handles'
  * clients and on the transaction clients made from them (a builder moved with `.transacting()`).
  */
-export function settleOwnNamesOnCompile(client: object, database: string, tenantId: string, server: object): void {
+export function settleOwnNamesOnCompile(client: object, database: string, tenantId: string, server: unknown): void {
   const target = client as {
     queryCompiler: (this: unknown, builder: unknown, formatter?: unknown) => unknown;
     customWrapIdentifier: (this: unknown, value: string, origImpl: (value: string) => string, queryContext: unknown) => string;

@@ -6,7 +6,7 @@ import { TenancyDestroyedError, TenantError, TenantUnavailableError } from './er
 import { installInlineSwitch } from './inline-switch';
 import { failStreamsOnLostConnection, streamsReleaseOnce } from './lost-stream';
 import { markQualified, namesItsDatabase, refuseForeignQualifiedBuilders, settleOwnNamesOnCompile } from './qualify-tables';
-import { withConnectionSettings } from './connection-settings';
+import { knexConnectionObject, withConnectionSettings } from './connection-settings';
 import type { PoolCacheStats, TenantConnections, TenantLease } from './pool-cache';
 
 /** Where a tenant lives: a server key of `options.servers` and the database name on it. */
@@ -293,6 +293,7 @@ export class SharedConnections implements TenantConnections {
     const max = config.pool?.max ?? 10;
     const poolOptions: AffinityPoolOptions = {
       max,
+      identity: serverAddress(config.connection),
       perTenantMax: this.#options.perTenantMax ?? Math.max(1, Math.ceil(max / 2)),
       acquireTimeoutMs: this.#options.acquireTimeoutMs,
       idleTimeoutMs: this.#options.idleTimeoutMs,
@@ -445,7 +446,7 @@ function tenantHandle(server: Server, tenantId: string, database: string, writab
   client.connectionSettings = { ...(base.client.connectionSettings as object), database };
   const qualified = server.pool.cleanConnectionsOn && writable ? database : undefined;
   if (server.pool.switchesInStatements) installInlineSwitch(client, server.pool, tenantId, qualified);
-  if (qualified !== undefined) settleOwnNamesOnCompile(client, qualified, tenantId, server.pool);
+  if (qualified !== undefined) settleOwnNamesOnCompile(client, qualified, tenantId, server.pool.identity);
   const context = Object.create(protos.context) as { client: unknown; queryBuilder(): Knex.QueryBuilder };
   context.client = client;
   const handle = function (tableName?: string, options?: unknown) {
@@ -517,6 +518,17 @@ type BaseContext = { withUserParams(this: unknown, params: unknown): Knex };
 function withListenersOf(handle: EventEmitter, copy: Knex): Knex {
   for (const event of KNEX_EVENTS) for (const listener of handle.listeners(event)) copy.on(event as 'query', listener as () => void);
   return copy;
+}
+
+/**
+ * A server's address from its connection config (an object or a URL): host, port and socket. A
+ * connection given as a function has none that can be read here.
+ */
+function serverAddress(connection: unknown): string | undefined {
+  const settings = typeof connection === 'string' ? knexConnectionObject(connection) : connection;
+  if (settings === null || typeof settings !== 'object') return undefined;
+  const { host, port, socketPath } = settings as { host?: unknown; port?: unknown; socketPath?: unknown };
+  return `${String(host ?? 'localhost')}:${String(port ?? 3306)}:${String(socketPath ?? '')}`;
 }
 
 /** Whether a server's connection config is an object that names no database (its connections open on none). */

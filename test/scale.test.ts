@@ -217,6 +217,15 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
       // Built where it runs, the same subquery is fine.
       const names = await tenancy.runWithTenant('y', () => Person.query().whereIn('id', tenancy.knex()('persons').select('id')).orderBy('id'));
       assert.deepEqual(names.map((row) => row.name), ['second-ada', 'second-bob']);
+      // So is one of the same database on the same server from another tenancy (its own pool).
+      const other = createTenancy({ ...sharedOptions(1), locate: () => ({ server: 'second', database: same }) });
+      try {
+        const fromOther = await other.runWithTenant('y', async () => ({ sub: other.knex()('persons').select('id') }));
+        const rows = await tenancy.runWithTenant('y', () => Person.query().whereIn('id', fromOther.sub).orderBy('id'));
+        assert.deepEqual(rows.map((row) => row.name), ['second-ada', 'second-bob']);
+      } finally {
+        await other.destroy();
+      }
     } finally {
       await tenancy.destroy();
       for (const knex of made) await knex.destroy();
@@ -704,6 +713,37 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
       assert.equal((await tenancy.runWithTenant('sa5', () => Person.query().findById(1)))?.name, 'sa5-ada');
     } finally {
       await tenancy.destroy();
+    }
+  });
+
+  it('pool-per-tenant budget: a pool with one connection held by a transaction that outlived its scope and one free frees nothing at once: not closed for \'reject\' (refused at once), and passed over for a pool whose connections are all free under \'wait\'', async () => {
+    const make = (maxConnections: number, overflow: 'wait' | 'reject') =>
+      createTenancy({
+        knexConfig: (id) => ({ ...serverConfig(mysqlConnection().port!, 2), connection: { ...(serverConfig(0, 0).connection as object), port: mysqlConnection().port, database: db(id) } }),
+        maxConnections,
+        overflow,
+        acquireTimeoutMs: 3_000,
+      });
+    for (const overflow of ['reject', 'wait'] as const) {
+      const tenancy = make(overflow === 'reject' ? 2 : 3, overflow);
+      try {
+        const trx = await tenancy.runWithTenant('sa4', () => tenancy.knex().transaction());
+        await trx('persons').where({ id: 1 }).update({ name: 'sa4-ada' });
+        // A second connection of sa4's pool, used outside the transaction, then free.
+        await tenancy.runWithTenant('sa4', () => tenancy.knex().raw('select 1'));
+        // 'wait': a newer idle pool whose one connection is free.
+        if (overflow === 'wait') await tenancy.runWithTenant('sa5', () => tenancy.knex().raw('select 1'));
+        const started = Date.now();
+        const outcome = await tenancy.runWithTenant('sa6', () => Person.query().findById(1)).then((row) => row?.name, (error: unknown) => error);
+        assert.ok(Date.now() - started < 1_000, `${overflow}: answered after ${Date.now() - started} ms`);
+        if (overflow === 'reject') assert.ok(outcome instanceof TenantUnavailableError, String(outcome));
+        else assert.equal(outcome, 'sa6-ada');
+        assert.equal(tenancy.stats().budget!.timeouts, 0);
+        assert.equal(tenancy.stats().draining, 0, `${overflow}: sa4's pool was closed under its transaction`);
+        await trx.commit();
+      } finally {
+        await tenancy.destroy();
+      }
     }
   });
 
