@@ -40,15 +40,19 @@ function fileOf(config: Knex.Config): { path: string; mustExist: boolean } | und
   if (typeof config.client !== 'string' || !SQLITE_CLIENTS.has(config.client)) return undefined;
   const connection = config.connection as { filename?: unknown; options?: { fileMustExist?: unknown } } | undefined;
   const filename = connection?.filename;
-  if (!onDisk(filename)) return undefined;
+  if (!onDisk(filename, config.client)) return undefined;
   // better-sqlite3's own option; knex does not pass it on, so it is honoured here (for sqlite3 too).
   // Absolute, as of the pool's opening: a later `process.chdir()` does not move the tenant's file.
   return { path: path.resolve(filename), mustExist: connection?.options?.fileMustExist !== false };
 }
 
-/** A filename naming a file on disk: not empty, `:memory:` or a `file:` URI. */
-function onDisk(filename: unknown): filename is string {
-  return typeof filename === 'string' && filename !== '' && filename !== ':memory:' && !filename.startsWith('file:');
+/**
+ * A filename naming a file on disk: not empty, `:memory:` or a `file:` URI. better-sqlite3 is built
+ * without URI filenames (SQLITE_USE_URI=0): it opens `file:x.db` as a file of that name, which is
+ * then checked as any other (it was not: a file and a pool were made for every unknown tenant).
+ */
+function onDisk(filename: unknown, client: unknown): filename is string {
+  return typeof filename === 'string' && filename !== '' && filename !== ':memory:' && (client === 'better-sqlite3' || !filename.startsWith('file:'));
 }
 
 /**
@@ -61,7 +65,7 @@ export async function resolvedSqliteConfig(config: Knex.Config): Promise<Knex.Co
   const connection = (typeof config.connection === 'function' ? await (config.connection as () => unknown)() : config.connection) as { filename?: unknown } | undefined;
   const filename = connection?.filename;
   // Absolute, as of now: a later `process.chdir()` moves neither the checks nor the file knex opens.
-  const absolute = onDisk(filename) ? path.resolve(filename) : filename;
+  const absolute = onDisk(filename, config.client) ? path.resolve(filename) : filename;
   if (connection === config.connection && absolute === filename) return config;
   return { ...config, connection: { ...connection, filename: absolute } as Knex.Config['connection'] };
 }
@@ -206,8 +210,8 @@ function movedFailsTyped(client: Knex.Client, tenantId: string, file: TenantFile
   Object.defineProperty(client, 'constructor', { value: transactionClass, configurable: true, writable: true });
 }
 
-/** Statements that write nothing: not checked (see walWriteToReplacedFile). */
-const READS = /^\s*(?:select|explain|begin|savepoint|release|rollback)\b/i;
+/** Statements that write nothing: not checked (see walWriteToReplacedFile). Not RELEASE: that of a top-level SAVEPOINT commits. */
+const READS = /^\s*(?:select|explain|begin|savepoint|rollback)\b/i;
 
 /**
  * In WAL mode SQLite raises no `SQLITE_READONLY_DBMOVED`: a connection on a file unlinked under it

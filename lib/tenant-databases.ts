@@ -34,6 +34,28 @@ export function createdByOpening(config: Knex.Config): boolean {
 }
 
 /**
+ * @internal Whether the SQLite file of `config` is there and holds no table: what a request's opening
+ * creates (an empty file), never a tenant made again since, by another process (its migrations'
+ * tables). Read through the driver (a file in WAL mode keeps its schema in its `-wal` at first), read
+ * only. Any doubt (the file cannot be read) answers false: the file is kept.
+ */
+export async function sqliteHasNoTables(config: Knex.Config, createKnex: (config: Knex.Config) => Knex = knexFactory): Promise<boolean> {
+  const resolved = await resolvedSqliteConfig(config);
+  const connection = resolved.connection as { filename?: unknown; options?: Record<string, unknown> } | undefined;
+  if (typeof connection?.filename !== 'string' || !fs.existsSync(connection.filename)) return false;
+  const knex = createKnex({ ...resolved, connection: { ...connection, options: { ...connection.options, readonly: true } }, pool: { min: 0, max: 1 } } as Knex.Config);
+  try {
+    const rows = (await knex.raw('select count(*) as n from sqlite_master')) as unknown;
+    const first = (Array.isArray(rows) ? rows[0] : undefined) as { n?: unknown } | undefined;
+    return Number(first?.n) === 0;
+  } catch {
+    return false;
+  } finally {
+    await knex.destroy().catch(() => undefined);
+  }
+}
+
+/**
  * @internal The built-in hooks for the client of `config`.
  * @throws {TypeError} for another client (PostgreSQL...), naming the options to give instead.
  */
@@ -157,6 +179,13 @@ const sqliteHooks: TenantDatabaseHooks = {
   },
   async drop(_tenantId, config) {
     const file = sqliteFile(await resolvedSqliteConfig(config));
-    for (const suffix of ['', '-wal', '-shm', '-journal']) fs.rmSync(`${file}${suffix}`, { force: true });
+    for (const suffix of ['', '-wal', '-shm', '-journal']) {
+      try {
+        fs.rmSync(`${file}${suffix}`, { force: true });
+      } catch (error) {
+        // A name the file system refuses (too long) cannot be a file: nothing to drop, as MySQL's 1102.
+        if ((error as NodeJS.ErrnoException).code !== 'ENAMETOOLONG') throw error;
+      }
+    }
   },
 };

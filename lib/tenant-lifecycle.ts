@@ -16,7 +16,7 @@ import {
   TenantLifecycleError,
   type TenantLifecycleStep,
 } from './operation-errors';
-import { builtInDatabaseHooks, createdByOpening, databaseExists, type TenantDatabaseHooks } from './tenant-databases';
+import { builtInDatabaseHooks, createdByOpening, databaseExists, sqliteHasNoTables, type TenantDatabaseHooks } from './tenant-databases';
 import { refuseSideFileName, resolvedSqliteConfig } from './sqlite-files';
 import { migrationPlanOf, reachable, toMigrationError } from './tenant-migrations';
 import { since } from './tenant-runner';
@@ -152,7 +152,7 @@ async function createNow(host: OperationsHost, id: string, options: CreateTenant
     // left a pool or handle on it, and a catalog answer: both go, as in dropTenant, and SQLite's
     // built-in drop runs again in case that pool created the file anew.
     await host.forget(id).catch(() => undefined);
-    if (undoDrops && host.options.dropDatabase === undefined && createdByOpening(config)) await hooks.drop(id, config).catch(() => undefined);
+    if (undoDrops && host.options.dropDatabase === undefined && createdByOpening(config)) await dropIfEmpty(host, id, config, hooks).catch(() => undefined);
     throw new TenantLifecycleError(id, current, { cause: error, kept: !undoDrops });
   }
 }
@@ -197,6 +197,11 @@ export function checkDrainTimeoutMs(where: string, value: unknown): number {
   return value;
 }
 
+/** SQLite's drop once more, of a file a request's opening created: only when it holds no table (sqliteHasNoTables). */
+async function dropIfEmpty(host: OperationsHost, id: string, config: Knex.Config, hooks: TenantDatabaseHooks): Promise<void> {
+  if (await sqliteHasNoTables(config, host.options.createKnex ?? knexFactory)) await hooks.drop(id, config);
+}
+
 /** @internal See `Tenancy#dropTenant`. */
 export async function dropTenant(host: OperationsHost, tenantId: unknown, options: DropTenantOptions): Promise<DropTenantResult> {
   const started = performance.now();
@@ -225,7 +230,9 @@ export async function dropTenant(host: OperationsHost, tenantId: unknown, option
     // kept the id from being created again. The built-in drop is idempotent: once more, now that no
     // pool of the tenant is open. (A server database is not created by opening it; an app's
     // dropDatabase hook is called once.)
-    if (host.options.dropDatabase === undefined && createdByOpening(config)) await step(id, 'drop-database', () => hooks.drop(id, config));
+    // Only an empty file: once unregistered, another process may have created the tenant again (with
+    // its tables) by now, and this drop deleted it under its registered tenant.
+    if (host.options.dropDatabase === undefined && createdByOpening(config)) await step(id, 'drop-database', () => dropIfEmpty(host, id, config, hooks));
   } finally {
     reopen();
   }

@@ -516,6 +516,25 @@ describe('pool cache on SQLite files removed or replaced by another process', ()
       .catch((e: unknown) => e);
     assert.ok(withWrite instanceof TenantUnavailableError, `a WITH ... INSERT: ${String(withWrite)}`);
     assert.deepEqual(await names(tenancy, 'wal1'), ['newer']);
+    // A transaction opened with a top-level SAVEPOINT commits with its RELEASE (SQLite's other form of
+    // BEGIN ... COMMIT): that RELEASE is checked as the COMMIT is (it reported success, the row lost).
+    removeWithWal('wal1');
+    await incarnation('wal1', 'newest');
+    await tenancy.evict('wal1');
+    assert.deepEqual(await names(tenancy, 'wal1'), ['newest']);
+    const released = await tenancy
+      .runWithTenant('wal1', async () => {
+        const knex = tenancy.knex();
+        await knex.raw('savepoint s1');
+        await knex.raw("insert into names (name) values ('released')");
+        // Another process drops and creates the tenant again before the RELEASE.
+        removeWithWal('wal1');
+        await incarnation('wal1', 'after-release');
+        await knex.raw('release s1');
+      })
+      .catch((e: unknown) => e);
+    assert.ok(released instanceof TenantUnavailableError, `a top-level RELEASE: ${String(released)}`);
+    assert.deepEqual(await names(tenancy, 'wal1'), ['after-release']);
     // Removed for good, under a cached pool: a write in a transaction fails too, then the tenant is unknown.
     removeWithWal('wal1');
     const removed = await tenancy.runWithTenant('wal1', () => tenancy.transaction((trx) => trx('names').insert({ name: 'lost' }))).catch((e: unknown) => e);
@@ -608,6 +627,34 @@ describe('pool cache on SQLite files removed or replaced by another process', ()
       assert.equal(tenancy.stats().pools, 1);
     } finally {
       await tenancy.destroy();
+      files.cleanup();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("better-sqlite3 with a filename that starts with file: (a plain path to it: no URI support): an unknown tenant is refused, no file made; a registered tenant whose name the file system refuses is dropped and unregistered", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ot-fileuri-'));
+    const files = writeMigrations();
+    const registered = new Set<string>(['x'.repeat(300)]);
+    const tenancy = make({
+      knexConfig: (id) => ({ client: 'better-sqlite3', connection: { filename: `file:${id}.sqlite` }, useNullAsDefault: true }),
+      migrations: { directory: files.migrations },
+      tenantIdPattern: /^[a-z]{1,400}$/,
+      unregisterTenant: (id) => void registered.delete(id),
+    });
+    const cwd = process.cwd();
+    process.chdir(dir);
+    try {
+      await tenancy.createTenant('real', { seed: false });
+      assert.ok(fs.existsSync(path.join(dir, 'file:real.sqlite')));
+      const ghost = await tenancy.runWithTenant('ghost', () => tenancy.knex()('people').select()).catch((e: unknown) => e);
+      assert.ok(ghost instanceof UnknownTenantError, `before: a raw SqliteError, and a file made (${String(ghost)})`);
+      assert.deepEqual(fs.readdirSync(dir).sort(), ['file:real.sqlite']);
+      // 300 characters: the file system refuses the name (ENAMETOOLONG), so no such file can exist.
+      await tenancy.dropTenant('x'.repeat(300), { confirm: 'x'.repeat(300) });
+      assert.equal(registered.size, 0, 'unregistered (the drop failed with ENAMETOOLONG before)');
+    } finally {
+      process.chdir(cwd);
       files.cleanup();
       fs.rmSync(dir, { recursive: true, force: true });
     }

@@ -763,4 +763,34 @@ describe('createTenant and dropTenant on SQLite files shared by two app processe
     await b.forget('twice');
     assert.deepEqual(await b.runWithTenant('twice', () => b.knex()('people').pluck('name')), ['seeded']);
   });
+
+  it("a drop whose catalog answers slowly once it has unregistered the id: the other process creates the tenant again meanwhile, and the drop's last step leaves that tenant's file", async () => {
+    const slow = createTenancy({
+      knexConfig: backend.knexConfig,
+      tenantExists: (id) => catalog.has(id),
+      registerTenant: (id) => void catalog.add(id),
+      // Removed from the catalog at once, answered 100 ms later (a remote catalog's reply).
+      unregisterTenant: async (id) => {
+        catalog.delete(id);
+        await new Promise((r) => setTimeout(r, 100));
+      },
+      migrations: { directory: files.migrations },
+      seeds: { directory: files.seeds },
+    });
+    try {
+      await slow.createTenant('again');
+      const dropped = slow.dropTenant('again', { confirm: 'again' });
+      // The other process sees the id free and creates it again while the drop waits for its catalog.
+      while (catalog.has('again')) await new Promise((r) => setTimeout(r, 5));
+      await b.createTenant('again');
+      await dropped;
+      assert.ok(catalog.has('again'), 'registered by the other process');
+      assert.equal(await backend.databaseExists('again'), true, "the drop's second delete removed the new tenant's file");
+      await b.forget('again');
+      assert.deepEqual(await b.runWithTenant('again', () => b.knex()('people').pluck('name')), ['seeded']);
+      await b.dropTenant('again', { confirm: 'again' });
+    } finally {
+      await slow.destroy();
+    }
+  });
 });
