@@ -103,7 +103,7 @@ export function qualifiedDatabase(knex: unknown): string | undefined {
   return (knex as Record<symbol, string | undefined>)[TENANT_DATABASE];
 }
 
-type KnexStatement = { grouping?: unknown; alias?: unknown; table?: unknown; schema?: unknown };
+type KnexStatement = { grouping?: unknown; alias?: unknown; table?: unknown; schema?: unknown; value?: unknown; recursive?: unknown };
 
 /**
  * Takes the tenant's database back off the names that carry their own: a `from()` or join written
@@ -114,14 +114,59 @@ export function unqualifyOwnNames(built: unknown, database: string): void {
   const single = (built as { _single?: KnexStatement })._single;
   const statements = (built as { _statements?: KnexStatement[] })._statements;
   if (single === undefined || !Array.isArray(statements)) return;
-  let ctes: Set<string> | undefined;
-  for (const statement of statements) {
-    if (statement.grouping === 'with' && typeof statement.alias === 'string') (ctes ??= new Set()).add(statement.alias);
+  let ctes = cteNamesOf(built);
+  // And those of the statements it is compiled inside (a subquery, another CTE's body, a recursive
+  // CTE's own member): in SQL their names reach it, as on a connection with a current database. Not
+  // a CTE's own name in its body, unless recursive (`with pets as (select ... from pets)` reads the
+  // table). A name kept unqualified where SQL means the table only costs a switch: on a clean
+  // connection it is refused, and sent again after a `USE`, read as the server reads it.
+  for (const outer of OUTER_CTES) {
+    for (const statement of outer) {
+      if (statement.value === built && statement.recursive !== true) continue;
+      (ctes ??= new Set()).add(statement.alias as string);
+    }
   }
   if (single.schema === database) settleName(single, ctes);
   for (const statement of statements) {
     if (statement.grouping === 'join' && statement.schema === database) settleName(statement, ctes);
   }
+}
+
+/** The CTEs a builder defines (`with('x', ...)`, `withRecursive`), if any. */
+function ctesOf(built: unknown): KnexStatement[] | undefined {
+  const statements = (built as { _statements?: KnexStatement[] })._statements;
+  if (!Array.isArray(statements)) return undefined;
+  const ctes = statements.filter((statement) => statement.grouping === 'with' && typeof statement.alias === 'string');
+  return ctes.length === 0 ? undefined : ctes;
+}
+
+/** The names of the CTEs a builder defines, if any. */
+function cteNamesOf(built: unknown): Set<string> | undefined {
+  const ctes = ctesOf(built);
+  return ctes === undefined ? undefined : new Set(ctes.map((statement) => statement.alias as string));
+}
+
+/**
+ * The CTEs of the statements being compiled now, outermost first: knex compiles a statement's
+ * subqueries and CTE bodies synchronously inside its own `toSQL()` (see compilingWith).
+ */
+const OUTER_CTES: KnexStatement[][] = [];
+
+/** `compiler` (of `built`), whose `toSQL()` makes `built`'s CTE names known to what it compiles inside. */
+function compilingWith(compiler: unknown, built: unknown): unknown {
+  const names = ctesOf(built);
+  const target = compiler as { toSQL?: (...args: unknown[]) => unknown } | null;
+  if (names === undefined || target === null || typeof target !== 'object' || typeof target.toSQL !== 'function') return compiler;
+  const toSQL = target.toSQL;
+  target.toSQL = function (this: unknown, ...args: unknown[]): unknown {
+    OUTER_CTES.push(names);
+    try {
+      return toSQL.apply(this, args);
+    } finally {
+      OUTER_CTES.pop();
+    }
+  };
+  return compiler;
 }
 
 /**
@@ -181,7 +226,7 @@ export function settleOwnNamesOnCompile(client: object, database: string, tenant
     const owner = (builder as { client?: { [QUALIFIED_CLIENT]?: QualifiedClient } } | null)?.client?.[QUALIFIED_CLIENT];
     if (owner !== undefined && foreignTo(owner, own)) throw foreignBuilder(owner.tenantId, tenantId);
     unqualifyOwnNames(builder, database);
-    return baseCompiler.call(this, builder, formatter);
+    return compilingWith(baseCompiler.call(this, builder, formatter), builder);
   };
   // knex wraps `db.table` part by part through the config's wrapIdentifier: an app's identifier
   // mapper (a snake-case one: `acmeCorp` -> `acme_corp`) would name another tenant's database. The

@@ -122,6 +122,28 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
         // ...also when it is moved into a transaction, whose client compiles it.
         const moved = await knex.transaction((trx) => knex('x').with('x', knex('persons').select('name').where('id', 2)).select('name').transacting(trx));
         assert.deepEqual(moved.map((p: { name: string }) => p.name), [`${t}-bob`]);
+        // A CTE's name reaches the statement's subqueries and its other CTEs' bodies, as in plain SQL
+        // (they named the tenant's table `pets`, or a table `big` that is not there).
+        const pets = knex('pets').select('owner_id').where('name', `${t}-tom`);
+        const viaSubquery = await Person.query().with('pets', pets).whereIn('id', Pet.query().select('owner_id'));
+        assert.deepEqual(viaSubquery.map((p) => p.name), [`${t}-bob`]);
+        const viaKnex = await knex('persons').with('pets', pets).whereIn('id', knex('pets').select('owner_id')).select('name');
+        assert.deepEqual(viaKnex.map((p: { name: string }) => p.name), [`${t}-bob`]);
+        const chained = await knex('persons')
+          .with('big', knex('pets').select('owner_id').where('name', `${t}-tom`))
+          .with('owners', knex('big').select('owner_id'))
+          .whereIn('id', knex('owners').select('owner_id'))
+          .select('name');
+        assert.deepEqual(chained.map((p: { name: string }) => p.name), [`${t}-bob`]);
+        // A recursive member that joins its own CTE.
+        const member = knex('persons').select('persons.id', knex.raw('up.depth + 1')).join('up', 'persons.id', knex.raw('up.id + 1')).where('up.depth', '<', 1);
+        const walked = await knex('up')
+          .withRecursive('up', ['id', 'depth'], knex('persons').select('id', knex.raw('0')).where('id', 1).unionAll(member))
+          .select('id')
+          .orderBy('id');
+        assert.deepEqual(walked.map((row: { id: number }) => row.id), [1, 2]);
+        // A table of the tenant with no CTE of its name around it is still qualified.
+        assert.deepEqual((await knex('persons').whereIn('id', knex('pets').select('owner_id')).select('name').orderBy('id')).map((p: { name: string }) => p.name), [`${t}-ada`, `${t}-bob`]);
       });
     }
     const s = stats();
