@@ -110,26 +110,31 @@ type KnexStatement = { grouping?: unknown; alias?: unknown; table?: unknown; sch
  * `db.table`, or naming a common table expression of the query (`with('x', ...)`: `from('x')` is the
  * CTE, not a table).
  */
-export function unqualifyOwnNames(built: unknown, database: string): void {
+export function unqualifyOwnNames(built: unknown, database: string): KnexStatement[] | undefined {
   const single = (built as { _single?: KnexStatement })._single;
   const statements = (built as { _statements?: KnexStatement[] })._statements;
-  if (single === undefined || !Array.isArray(statements)) return;
-  let ctes = cteNamesOf(built);
-  // And those of the statements it is compiled inside (a subquery, another CTE's body, a recursive
-  // CTE's own member): in SQL their names reach it, as on a connection with a current database. Not
-  // a CTE's own name in its body, unless recursive (`with pets as (select ... from pets)` reads the
-  // table). A name kept unqualified where SQL means the table only costs a switch: on a clean
-  // connection it is refused, and sent again after a `USE`, read as the server reads it.
-  for (const outer of OUTER_CTES) {
-    for (const statement of outer) {
-      if (statement.value === built && statement.recursive !== true) continue;
-      (ctes ??= new Set()).add(statement.alias as string);
+  if (single === undefined || !Array.isArray(statements)) return undefined;
+  const own = cteNamesOf(built);
+  // And the CTEs of the statements it is compiled inside (see OUTER_CTES): in SQL their names reach
+  // it, as on a connection with a current database. Settled for this compile only (see
+  // compilingWith): the same builder used elsewhere names its table again.
+  let outer: Set<string> | undefined;
+  for (const frame of OUTER_CTES) {
+    for (let i = 0; i < frame.visible; i++) (outer ??= new Set()).add(frame.ctes[i]!.alias as string);
+  }
+  let settled: KnexStatement[] | undefined;
+  const settle = (statement: KnexStatement) => {
+    if (settleName(statement, own)) return;
+    if (outer !== undefined && statement.schema === database && ownName(statement.table, outer)) {
+      statement.schema = undefined;
+      (settled ??= []).push(statement);
     }
-  }
-  if (single.schema === database) settleName(single, ctes);
+  };
+  if (single.schema === database) settle(single);
   for (const statement of statements) {
-    if (statement.grouping === 'join' && statement.schema === database) settleName(statement, ctes);
+    if (statement.grouping === 'join' && statement.schema === database) settle(statement);
   }
+  return settled;
 }
 
 /** The CTEs a builder defines (`with('x', ...)`, `withRecursive`), if any. */
@@ -152,22 +157,53 @@ function cteNamesOf(built: unknown): Set<string> | undefined {
 
 /**
  * The CTEs of the statements being compiled now, outermost first: knex compiles a statement's
- * subqueries and CTE bodies synchronously inside its own `toSQL()` (see compilingWith).
+ * subqueries and CTE bodies synchronously inside its own `toSQL()` (see compilingWith). `visible`:
+ * how many of them, in order, what is compiled now sees: all of them in the statement's subqueries;
+ * in the body of its CTE number i (and anything inside that body) the ones before it, and itself when
+ * recursive (`with pets as (select ... from pets)` reads the table `pets`).
  */
-const OUTER_CTES: KnexStatement[][] = [];
+const OUTER_CTES: { readonly ctes: KnexStatement[]; visible: number }[] = [];
 
-/** `compiler` (of `built`), whose `toSQL()` makes `built`'s CTE names known to what it compiles inside. */
-function compilingWith(compiler: unknown, built: unknown): unknown {
-  const names = ctesOf(built);
-  const target = compiler as { toSQL?: (...args: unknown[]) => unknown } | null;
-  if (names === undefined || target === null || typeof target !== 'object' || typeof target.toSQL !== 'function') return compiler;
-  const toSQL = target.toSQL;
-  target.toSQL = function (this: unknown, ...args: unknown[]): unknown {
-    OUTER_CTES.push(names);
+/** Where `built` is the body of a CTE being compiled: that CTE's frame, and what its body sees. */
+function bodyOf(built: unknown): { frame: (typeof OUTER_CTES)[number]; visible: number } | undefined {
+  for (let f = OUTER_CTES.length - 1; f >= 0; f--) {
+    const frame = OUTER_CTES[f]!;
+    const i = frame.ctes.findIndex((statement) => statement.value === built);
+    if (i >= 0) return { frame, visible: frame.ctes[i]!.recursive === true ? i + 1 : i };
+  }
+  return undefined;
+}
+
+/**
+ * @internal Settles `built`'s names as `client` compiles it (unqualifyOwnNames), and wraps the
+ * compiler's `toSQL()` so that what it compiles inside sees `built`'s CTEs, a CTE body sees only
+ * what SQL lets it, and names settled for the outer CTEs are given their database back after.
+ */
+function compileSettled(compile: () => unknown, built: unknown, database: string): unknown {
+  const ctes = ctesOf(built);
+  const body = OUTER_CTES.length === 0 ? undefined : bodyOf(built);
+  const hidden = body?.frame.visible;
+  if (body !== undefined) body.frame.visible = body.visible;
+  let settled: KnexStatement[] | undefined;
+  try {
+    settled = unqualifyOwnNames(built, database);
+  } finally {
+    if (body !== undefined) body.frame.visible = hidden!;
+  }
+  const compiler = compile() as { toSQL?: (...args: unknown[]) => unknown } | null;
+  if (ctes === undefined && body === undefined && settled === undefined) return compiler;
+  if (compiler === null || typeof compiler !== 'object' || typeof compiler.toSQL !== 'function') return compiler;
+  const toSQL = compiler.toSQL;
+  compiler.toSQL = function (this: unknown, ...args: unknown[]): unknown {
+    if (ctes !== undefined) OUTER_CTES.push({ ctes, visible: ctes.length });
+    const before = body?.frame.visible;
+    if (body !== undefined) body.frame.visible = body.visible;
     try {
       return toSQL.apply(this, args);
     } finally {
-      OUTER_CTES.pop();
+      if (body !== undefined) body.frame.visible = before!;
+      if (ctes !== undefined) OUTER_CTES.pop();
+      for (const statement of settled ?? []) statement.schema = database;
     }
   };
   return compiler;
@@ -179,18 +215,20 @@ function compilingWith(compiler: unknown, built: unknown): unknown {
  * itself, `db.[object Object]`); an alias object naming a subquery keeps no schema (the subquery is
  * qualified itself).
  */
-function settleName(statement: KnexStatement, ctes: Set<string> | undefined): void {
+function settleName(statement: KnexStatement, ctes: Set<string> | undefined): boolean {
   const table = statement.table;
   if (isAliasObject(table)) {
     const entries = Object.entries(table);
     const [alias, name] = entries[0] ?? [];
     if (entries.length !== 1 || typeof name !== 'string') {
       statement.schema = undefined;
-      return;
+      return true;
     }
     statement.table = `${name} as ${alias}`;
   }
-  if (ownName(statement.table, ctes)) statement.schema = undefined;
+  if (!ownName(statement.table, ctes)) return false;
+  statement.schema = undefined;
+  return true;
 }
 
 /** knex's `{ alias: table }` form: a plain object (not a builder, a raw or a function). */
@@ -229,8 +267,7 @@ export function settleOwnNamesOnCompile(client: object, database: string, tenant
     // this statement, on this connection, a cross-tenant read. Refused, as model subqueries are.
     const owner = (builder as { client?: { [QUALIFIED_CLIENT]?: QualifiedClient } } | null)?.client?.[QUALIFIED_CLIENT];
     if (owner !== undefined && foreignTo(owner, own)) throw foreignBuilder(owner.tenantId, tenantId);
-    unqualifyOwnNames(builder, database);
-    return compilingWith(baseCompiler.call(this, builder, formatter), builder);
+    return compileSettled(() => baseCompiler.call(this, builder, formatter), builder, database);
   };
   // knex wraps `db.table` part by part through the config's wrapIdentifier: an app's identifier
   // mapper (a snake-case one: `acmeCorp` -> `acme_corp`) would name another tenant's database. The

@@ -525,8 +525,19 @@ function withListenersOf(handle: EventEmitter, copy: Knex): Knex {
  * connection given as a function has none that can be read here.
  */
 function serverAddress(connection: unknown): string | undefined {
-  const settings = typeof connection === 'string' ? knexConnectionObject(connection) : connection;
+  let settings = typeof connection === 'string' ? knexConnectionObject(connection) : connection;
   if (settings === null || typeof settings !== 'object') return undefined;
+  // mysql2's own `uri` wins over host and port; a `stream` (a socket of the app's making) has no address here.
+  const { uri, stream } = settings as { uri?: unknown; stream?: unknown };
+  if (stream !== undefined) return undefined;
+  if (uri !== undefined) {
+    if (typeof uri !== 'string') return undefined;
+    try {
+      settings = { ...settings, ...knexConnectionObject(uri) };
+    } catch {
+      return undefined;
+    }
+  }
   const { host, port, socketPath } = settings as { host?: unknown; port?: unknown; socketPath?: unknown };
   return `${String(host ?? 'localhost')}:${String(port ?? 3306)}:${String(socketPath ?? '')}`;
 }

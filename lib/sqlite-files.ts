@@ -189,7 +189,12 @@ function movedFailsTyped(client: Knex.Client, tenantId: string, file: TenantFile
     return new TenantUnavailableError(tenantId, { cause, reason: 'its SQLite file was removed or replaced while its pool was open; the pool is closed, retry' });
   };
   const typed: QueryFn = function (connection, obj) {
-    const refused = walWriteToReplacedFile(connection, obj, file);
+    let refused = walWriteToReplacedFile(connection, obj, file);
+    // A RELEASE is checked for the file replaced (the RELEASE of a top-level SAVEPOINT commits; one
+    // inside BEGIN commits nothing, and its COMMIT is refused too), but not refused when the file
+    // cannot be read: a nested one refused so while its transaction commits would report a write lost
+    // that was saved.
+    if (refused === 'unverified' && RELEASE.test(String((obj as { sql?: unknown } | null)?.sql))) refused = undefined;
     if (refused !== undefined) {
       // A refused COMMIT ends its transaction here too (see endFailedCommit).
       endFailedCommit(connection, obj);
@@ -209,6 +214,8 @@ function movedFailsTyped(client: Knex.Client, tenantId: string, file: TenantFile
   (client as unknown as Record<string, unknown>)._query = typed;
   Object.defineProperty(client, 'constructor', { value: transactionClass, configurable: true, writable: true });
 }
+
+const RELEASE = /^\s*release\b/i;
 
 /** Statements that write nothing: not checked (see walWriteToReplacedFile). Not RELEASE: that of a top-level SAVEPOINT commits. */
 const READS = /^\s*(?:select|explain|begin|savepoint|rollback)\b/i;

@@ -632,6 +632,46 @@ describe('pool cache on SQLite files removed or replaced by another process', ()
     }
   });
 
+  it("a savepoint's RELEASE inside a transaction while the file cannot be checked (its directory briefly replaced): not refused, since the transaction's COMMIT is what writes: the app is not told a saved write failed", async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ot-release-'));
+    const dir = path.join(root, 'd');
+    fs.mkdirSync(dir);
+    const own = make({ knexConfig: (id) => ({ client: 'better-sqlite3', connection: { filename: path.join(dir, `${id}.sqlite`) }, useNullAsDefault: true }) });
+    const direct = knexFactory({ client: 'better-sqlite3', connection: { filename: path.join(dir, 't.sqlite') }, useNullAsDefault: true });
+    try {
+      await direct.schema.createTable('names', (t) => t.string('name'));
+      await direct.destroy();
+      let nested = '';
+      await own.runWithTenant('t', () =>
+        own.transaction(async (trx) => {
+          await trx('names').insert({ name: 'outer' });
+          nested = await trx
+            .transaction(async (inner) => {
+              await inner('names').insert({ name: 'nested' });
+              // statSync of the file now fails with ENOTDIR, not ENOENT: the file cannot be checked.
+              fs.renameSync(dir, `${dir}.real`);
+              fs.writeFileSync(dir, '');
+            })
+            .then(
+              () => 'released',
+              (error: unknown) => `refused: ${String(error)}`,
+            );
+          fs.rmSync(dir);
+          fs.renameSync(`${dir}.real`, dir);
+        }),
+      );
+      assert.equal(nested, 'released');
+      const saved = await own.runWithTenant('t', () => own.knex()('names').pluck('name'));
+      assert.deepEqual(saved.sort(), ['nested', 'outer']);
+    } finally {
+      if (fs.existsSync(`${dir}.real`)) {
+        fs.rmSync(dir, { force: true });
+        fs.renameSync(`${dir}.real`, dir);
+      }
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+
   it("better-sqlite3 with a filename that starts with file: (a plain path to it: no URI support): an unknown tenant is refused, no file made; a registered tenant whose name the file system refuses is dropped and unregistered", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ot-fileuri-'));
     const files = writeMigrations();

@@ -142,6 +142,21 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
           .select('id')
           .orderBy('id');
         assert.deepEqual(walked.map((row: { id: number }) => row.id), [1, 2]);
+        // A subquery inside a CTE's own body reads the table of the CTE's name, as SQL does: it stays
+        // qualified, so even after an app's own USE inside a transaction (which the README warns
+        // against) it reads the tenant's table, not the other database's.
+        const elsewhere = t === 'a' ? 'b' : 'a';
+        const selfNamed = () => Person.query().with('pets', Person.query().select(Pet.query().select('name').orderBy('id').limit(1).as('pet_name')).where('id', 1)).from('pets');
+        assert.deepEqual((await selfNamed()).map((row) => (row as unknown as { pet_name: string }).pet_name), [`${t}-rex`]);
+        const afterUse = await tenancy!.transaction(async (trx) => {
+          await trx.raw(`use ${db(elsewhere)}`);
+          return selfNamed();
+        });
+        assert.deepEqual(afterUse.map((row) => (row as unknown as { pet_name: string }).pet_name), [`${t}-rex`]);
+        // A builder settled for an outer CTE names its database again when used without it.
+        const reused = knex('pets').select('owner_id');
+        await knex('persons').with('pets', pets).whereIn('id', reused).select('name');
+        assert.match(reused.toQuery(), new RegExp(`\`${db(t)}\`\\.\`pets\``));
         // A table of the tenant with no CTE of its name around it is still qualified.
         assert.deepEqual((await knex('persons').whereIn('id', knex('pets').select('owner_id')).select('name').orderBy('id')).map((p: { name: string }) => p.name), [`${t}-ada`, `${t}-bob`]);
       });

@@ -217,6 +217,21 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
       // Built where it runs, the same subquery is fine.
       const names = await tenancy.runWithTenant('y', () => Person.query().whereIn('id', tenancy.knex()('persons').select('id')).orderBy('id'));
       assert.deepEqual(names.map((row) => row.name), ['second-ada', 'second-bob']);
+      // Servers given as mysql2's `uri`: told apart by the address in it (both read as localhost:3306 before).
+      const viaUri = createTenancy({
+        strategy: 'shared',
+        servers: Object.fromEntries(
+          (['first', 'second'] as const).map((key) => [key, { client: 'mysql2', connection: { uri: `mysql://${POOL_USER}@127.0.0.1:${key === 'first' ? mysqlConnection().port : second.port}` }, pool: { max: 2 } }]),
+        ),
+        locate: (id: string) => ({ server: id === 'x' ? 'first' : 'second', database: same }),
+      });
+      try {
+        const fromUriX = await viaUri.runWithTenant('x', async () => ({ sub: viaUri.knex()('persons').select('id') }));
+        const refused = await viaUri.runWithTenant('y', async () => Person.query().whereIn('id', fromUriX.sub)).then((rows: unknown) => `ran: ${JSON.stringify(rows)}`, (error: unknown) => error);
+        assert.ok(refused instanceof TenantMismatchError, String(refused));
+      } finally {
+        await viaUri.destroy();
+      }
       // So is one of the same database on the same server from another tenancy (its own pool).
       const other = createTenancy({ ...sharedOptions(1), locate: () => ({ server: 'second', database: same }) });
       try {
