@@ -108,33 +108,33 @@ type KnexStatement = { grouping?: unknown; alias?: unknown; table?: unknown; sch
 /**
  * Takes the tenant's database back off the names that carry their own: a `from()` or join written
  * `db.table`, or naming a common table expression of the query (`with('x', ...)`: `from('x')` is the
- * CTE, not a table).
+ * CTE, not a table), its own (`ctes`) or one of the statements it is compiled inside (OUTER_CTES: in
+ * SQL their names reach it, as on a connection with a current database). Those of the outer
+ * statements are settled for this compile only: returned, for withCteScope to give their database
+ * back after (the same builder used elsewhere names its table again).
  */
-export function unqualifyOwnNames(built: unknown, database: string): KnexStatement[] | undefined {
+function unqualifyOwnNames(built: unknown, database: string, ctes: KnexStatement[] | undefined): KnexStatement[] | undefined {
   const single = (built as { _single?: KnexStatement })._single;
   const statements = (built as { _statements?: KnexStatement[] })._statements;
   if (single === undefined || !Array.isArray(statements)) return undefined;
-  const own = cteNamesOf(built);
-  // And the CTEs of the statements it is compiled inside (see OUTER_CTES): in SQL their names reach
-  // it, as on a connection with a current database. Settled for this compile only (see
-  // compilingWith): the same builder used elsewhere names its table again.
+  const own = ctes === undefined ? undefined : new Set(ctes.map((statement) => statement.alias as string));
   let outer: Set<string> | undefined;
   for (const frame of OUTER_CTES) {
     for (let i = 0; i < frame.visible; i++) (outer ??= new Set()).add(frame.ctes[i]!.alias as string);
   }
   let settled: KnexStatement[] | undefined;
-  const settle = (statement: KnexStatement) => {
-    if (settleName(statement, own)) return;
-    if (outer !== undefined && statement.schema === database && ownName(statement.table, outer)) {
-      statement.schema = undefined;
-      (settled ??= []).push(statement);
-    }
-  };
-  if (single.schema === database) settle(single);
+  if (single.schema === database) settled = settleFor(single, own, outer, settled);
   for (const statement of statements) {
-    if (statement.grouping === 'join' && statement.schema === database) settle(statement);
+    if (statement.grouping === 'join' && statement.schema === database) settled = settleFor(statement, own, outer, settled);
   }
   return settled;
+}
+
+/** One name of unqualifyOwnNames: `settled` with `statement` added when settled for the outer CTEs. */
+function settleFor(statement: KnexStatement, own: Set<string> | undefined, outer: Set<string> | undefined, settled: KnexStatement[] | undefined): KnexStatement[] | undefined {
+  if (settleName(statement, own) || outer === undefined || !ownName(statement.table, outer)) return settled;
+  statement.schema = undefined;
+  return [...(settled ?? []), statement];
 }
 
 /** The CTEs a builder defines (`with('x', ...)`, `withRecursive`), if any. */
@@ -149,15 +149,9 @@ function ctesOf(built: unknown): KnexStatement[] | undefined {
   return ctes;
 }
 
-/** The names of the CTEs a builder defines, if any. */
-function cteNamesOf(built: unknown): Set<string> | undefined {
-  const ctes = ctesOf(built);
-  return ctes === undefined ? undefined : new Set(ctes.map((statement) => statement.alias as string));
-}
-
 /**
  * The CTEs of the statements being compiled now, outermost first: knex compiles a statement's
- * subqueries and CTE bodies synchronously inside its own `toSQL()` (see compilingWith). `visible`:
+ * subqueries and CTE bodies synchronously inside its own `toSQL()` (see withCteScope). `visible`:
  * how many of them, in order, what is compiled now sees: all of them in the statement's subqueries;
  * in the body of its CTE number i (and anything inside that body) the ones before it, and itself when
  * recursive (`with pets as (select ... from pets)` reads the table `pets`).
@@ -175,26 +169,30 @@ function bodyOf(built: unknown): { frame: (typeof OUTER_CTES)[number]; visible: 
 }
 
 /**
- * @internal Settles `built`'s names as `client` compiles it (unqualifyOwnNames), and wraps the
- * compiler's `toSQL()` so that what it compiles inside sees `built`'s CTEs, a CTE body sees only
- * what SQL lets it, and names settled for the outer CTEs are given their database back after.
+ * Settles `built`'s names for this compile (unqualifyOwnNames), with what its place among the CTEs
+ * being compiled lets it see (a CTE body: bodyOf). Returns what withCteScope needs after.
  */
-function compileSettled(compile: () => unknown, built: unknown, database: string): unknown {
-  const ctes = ctesOf(built);
-  const body = OUTER_CTES.length === 0 ? undefined : bodyOf(built);
-  const hidden = body?.frame.visible;
-  if (body !== undefined) body.frame.visible = body.visible;
-  let settled: KnexStatement[] | undefined;
+function settleNames(built: unknown, database: string, ctes: KnexStatement[] | undefined, body: ReturnType<typeof bodyOf>): KnexStatement[] | undefined {
+  if (body === undefined) return unqualifyOwnNames(built, database, ctes);
+  const hidden = body.frame.visible;
+  body.frame.visible = body.visible;
   try {
-    settled = unqualifyOwnNames(built, database);
+    return unqualifyOwnNames(built, database, ctes);
   } finally {
-    if (body !== undefined) body.frame.visible = hidden!;
+    body.frame.visible = hidden;
   }
-  const compiler = compile() as { toSQL?: (...args: unknown[]) => unknown } | null;
-  if (ctes === undefined && body === undefined && settled === undefined) return compiler;
-  if (compiler === null || typeof compiler !== 'object' || typeof compiler.toSQL !== 'function') return compiler;
-  const toSQL = compiler.toSQL;
-  compiler.toSQL = function (this: unknown, ...args: unknown[]): unknown {
+}
+
+/**
+ * `compiler` with a `toSQL()` under which what it compiles inside sees `built`'s CTEs (`ctes`), a CTE
+ * body sees only what SQL lets it (`body`), and the names settled for outer CTEs get their database
+ * back after (`settled`).
+ */
+function withCteScope(compiler: unknown, ctes: KnexStatement[] | undefined, body: ReturnType<typeof bodyOf>, settled: KnexStatement[] | undefined, database: string): unknown {
+  const target = compiler as { toSQL?: (...args: unknown[]) => unknown } | null;
+  if (target === null || typeof target !== 'object' || typeof target.toSQL !== 'function') return compiler;
+  const toSQL = target.toSQL;
+  target.toSQL = function (this: unknown, ...args: unknown[]): unknown {
     if (ctes !== undefined) OUTER_CTES.push({ ctes, visible: ctes.length });
     const before = body?.frame.visible;
     if (body !== undefined) body.frame.visible = body.visible;
@@ -267,7 +265,11 @@ export function settleOwnNamesOnCompile(client: object, database: string, tenant
     // this statement, on this connection, a cross-tenant read. Refused, as model subqueries are.
     const owner = (builder as { client?: { [QUALIFIED_CLIENT]?: QualifiedClient } } | null)?.client?.[QUALIFIED_CLIENT];
     if (owner !== undefined && foreignTo(owner, own)) throw foreignBuilder(owner.tenantId, tenantId);
-    return compileSettled(() => baseCompiler.call(this, builder, formatter), builder, database);
+    const ctes = ctesOf(builder);
+    const body = OUTER_CTES.length === 0 ? undefined : bodyOf(builder);
+    const settled = settleNames(builder, database, ctes, body);
+    const compiler = baseCompiler.call(this, builder, formatter);
+    return ctes === undefined && body === undefined && settled === undefined ? compiler : withCteScope(compiler, ctes, body, settled, database);
   };
   // knex wraps `db.table` part by part through the config's wrapIdentifier: an app's identifier
   // mapper (a snake-case one: `acmeCorp` -> `acme_corp`) would name another tenant's database. The
