@@ -10,7 +10,7 @@ export interface ConnectionBudgetOptions {
   acquireTimeoutMs: number;
   /**
    * Asked to close an idle pool to make room; returns false when no pool can be closed. `freeNow`:
-   * only a pool that frees a unit at once (one holding a free connection), for 'reject'.
+   * only a pool that frees a unit at once (one whose connections are all free), for 'reject'.
    */
   reclaim(freeNow: boolean): boolean;
 }
