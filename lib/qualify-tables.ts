@@ -113,14 +113,16 @@ type KnexStatement = { grouping?: unknown; alias?: unknown; table?: unknown; sch
  * statements are settled for this compile only: returned, for withCteScope to give their database
  * back after (the same builder used elsewhere names its table again).
  */
-function unqualifyOwnNames(built: unknown, database: string, ctes: KnexStatement[] | undefined): KnexStatement[] | undefined {
+function unqualifyOwnNames(built: unknown, database: string, ctes: KnexStatement[] | undefined, body: ReturnType<typeof bodyOf>): KnexStatement[] | undefined {
   const single = (built as { _single?: KnexStatement })._single;
   const statements = (built as { _statements?: KnexStatement[] })._statements;
   if (single === undefined || !Array.isArray(statements)) return undefined;
   const own = ctes === undefined ? undefined : new Set(ctes.map((statement) => statement.alias as string));
   let outer: Set<string> | undefined;
   for (const frame of OUTER_CTES) {
-    for (let i = 0; i < frame.visible; i++) (outer ??= new Set()).add(frame.ctes[i]!.alias as string);
+    // A CTE body (`body`) sees of its own statement's CTEs only what SQL lets it.
+    const visible = frame === body?.frame ? body.visible : frame.visible;
+    for (let i = 0; i < visible; i++) (outer ??= new Set()).add(frame.ctes[i]!.alias as string);
   }
   let settled: KnexStatement[] | undefined;
   if (single.schema === database) settled = settleFor(single, own, outer, settled);
@@ -166,21 +168,6 @@ function bodyOf(built: unknown): { frame: (typeof OUTER_CTES)[number]; visible: 
     if (i >= 0) return { frame, visible: frame.ctes[i]!.recursive === true ? i + 1 : i };
   }
   return undefined;
-}
-
-/**
- * Settles `built`'s names for this compile (unqualifyOwnNames), with what its place among the CTEs
- * being compiled lets it see (a CTE body: bodyOf). Returns what withCteScope needs after.
- */
-function settleNames(built: unknown, database: string, ctes: KnexStatement[] | undefined, body: ReturnType<typeof bodyOf>): KnexStatement[] | undefined {
-  if (body === undefined) return unqualifyOwnNames(built, database, ctes);
-  const hidden = body.frame.visible;
-  body.frame.visible = body.visible;
-  try {
-    return unqualifyOwnNames(built, database, ctes);
-  } finally {
-    body.frame.visible = hidden;
-  }
 }
 
 /**
@@ -267,7 +254,7 @@ export function settleOwnNamesOnCompile(client: object, database: string, tenant
     if (owner !== undefined && foreignTo(owner, own)) throw foreignBuilder(owner.tenantId, tenantId);
     const ctes = ctesOf(builder);
     const body = OUTER_CTES.length === 0 ? undefined : bodyOf(builder);
-    const settled = settleNames(builder, database, ctes, body);
+    const settled = unqualifyOwnNames(builder, database, ctes, body);
     const compiler = baseCompiler.call(this, builder, formatter);
     return ctes === undefined && body === undefined && settled === undefined ? compiler : withCteScope(compiler, ctes, body, settled, database);
   };
