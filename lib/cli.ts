@@ -39,9 +39,18 @@ const importEsm = new Function('specifier', 'return import(specifier)') as (spec
  */
 const IMPORT_INSTEAD = new Set(['ERR_REQUIRE_ESM', 'ERR_REQUIRE_ASYNC_MODULE']);
 
+/** Loads the config or a job module; one missing, or failing as it loads, is a usage error (exit 2). */
 async function loadModule(file: string, what: string): Promise<Record<string, unknown>> {
   const resolved = path.resolve(file);
   if (!fs.existsSync(resolved)) throw new UsageError(`${what} not found: ${resolved}`);
+  try {
+    return await importOrRequire(resolved);
+  } catch (error) {
+    throw new UsageError(`${file} could not be loaded: ${(error as Error)?.message ?? String(error)}`, { cause: error });
+  }
+}
+
+async function importOrRequire(resolved: string): Promise<Record<string, unknown>> {
   if (resolved.endsWith('.mjs')) return (await importEsm(pathToFileURL(resolved).href)) as Record<string, unknown>;
   try {
     return require(resolved) as Record<string, unknown>;
@@ -57,12 +66,7 @@ function isTenancy(value: unknown): value is Tenancy {
 }
 
 async function loadConfig(file: string): Promise<CliConfig> {
-  let mod: Record<string, unknown>;
-  try {
-    mod = await loadModule(file, 'config');
-  } catch (error) {
-    throw error instanceof UsageError ? error : new UsageError(`${file} could not be loaded: ${(error as Error)?.message ?? String(error)}`, { cause: error });
-  }
+  const mod = await loadModule(file, 'config');
   const def = mod.default as Record<string, unknown> | undefined;
   const tenancy = [mod.tenancy, def?.tenancy, def, mod].find(isTenancy);
   if (tenancy === undefined) {
@@ -73,12 +77,7 @@ async function loadConfig(file: string): Promise<CliConfig> {
 }
 
 async function loadJob(file: string): Promise<(tenantId: string) => unknown> {
-  let mod: Record<string, unknown>;
-  try {
-    mod = await loadModule(file, 'job module');
-  } catch (error) {
-    throw error instanceof UsageError ? error : new UsageError(`${file} could not be loaded: ${(error as Error)?.message ?? String(error)}`, { cause: error });
-  }
+  const mod = await loadModule(file, 'job module');
   const fn = typeof mod === 'function' ? mod : typeof mod.default === 'function' ? mod.default : mod.run;
   if (typeof fn !== 'function') throw new UsageError(`${file} must export a function (tenantId) => result (default export, run, or module.exports)`);
   return fn as (tenantId: string) => unknown;
