@@ -10,6 +10,7 @@ import { boundedConnect, withConnectionSettings } from './connection-settings';
 import { qualifiedDatabase, refuseForeignQualifiedBuilders } from './qualify-tables';
 import { warnOutsideTransaction } from './transaction';
 import { checkTenantFile, FILE_RECHECK_MS, fileReplaced, refuseMissingFileAtOpen, resolvedSqliteConfig, watchTenantFile } from './sqlite-files';
+import { quietLibraryRefusals } from './quiet-refusals';
 
 /** How tenant connections are made: the options both strategies share. */
 export interface CommonConnectionOptions {
@@ -209,6 +210,7 @@ export function createConnections(options: ConnectionOptions): { connections: Te
       // Innermost: the file is checked again after the budget's wait, right before it is opened.
       refuseMissingFileAtOpen(knex, files, tenantId);
       budget?.attach(knex, tenantId);
+      quietLibraryRefusals(knex);
       openOutsideScopes(knex);
       // Outermost: a missing file is refused before the budget's unit is taken.
       watchTenantFile(knex, files, tenantId, () => cache!.retire(tenantId, knex));

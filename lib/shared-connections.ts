@@ -8,6 +8,7 @@ import { failStreamsOnLostConnection, streamsReleaseOnce } from './lost-stream';
 import { markQualified, namesItsDatabase, refuseForeignQualifiedBuilders, settleOwnNamesOnCompile } from './qualify-tables';
 import { knexConnectionObject, withConnectionSettings } from './connection-settings';
 import type { PoolCacheStats, TenantConnections, TenantLease } from './pool-cache';
+import { quietLibraryRefusals } from './quiet-refusals';
 
 /** Where a tenant lives: a server key of `options.servers` and the database name on it. */
 export interface TenantLocation {
@@ -290,6 +291,7 @@ export class SharedConnections implements TenantConnections {
     const connection = this.#options.inlineSwitch ? withConnectionSettings(config.connection, { multipleStatements: true }) : config.connection;
     const knex = this.#options.createKnex({ ...config, connection, pool: { min: 0, max: 1 } });
     settingsFromProvider(knex.client);
+    quietLibraryRefusals(knex);
     const max = config.pool?.max ?? 10;
     const poolOptions: AffinityPoolOptions = {
       max,
