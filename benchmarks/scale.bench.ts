@@ -79,7 +79,8 @@
  * Run: `npm run bench:scale` (node --expose-gc). Env: MYSQL_URL (default
  * mysql://root@127.0.0.1:3306/test), BENCH_TENANTS (10000), BENCH_ROUNDS (4), BENCH_CELL_MS (2500),
  * BENCH_WARMUP_MS (1000), BENCH_VARIANTS (comma list, default all), BENCH_POPULARITY (uniform or zipf, default
- * both), BENCH_MAX_SWITCHED (4), BENCH_ORDER (balanced or alternate), KEEP_DBS=1 (keep the databases).
+ * both), BENCH_MAX_SWITCHED (4), BENCH_ORDER (balanced or alternate), KEEP_DBS=1 (keep the databases),
+ * BENCH_CPU_PROFILE=DIR (a CPU profile of each measured window of this process: see cpu-profile.ts).
  * Prints one table, ends with one line `RESULT {...}`, and writes benchmarks/results/scale.json.
  */
 import fs from 'node:fs';
@@ -92,6 +93,7 @@ import type { Tenancy, TenancyOptions, TenancyStats } from '../lib/index';
 import { Person, TPerson } from './models';
 import { mysqlConnection } from '../test/helpers/mysql-url';
 import { intEnv, median, medianInterval, runSelfAsChild } from './results';
+import { profiled } from './cpu-profile';
 
 const MYSQL_URL = process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test';
 const TENANTS = intEnv('BENCH_TENANTS', 10_000);
@@ -751,7 +753,7 @@ async function runCell(key: VariantKey, popularity: Popularity, sampler: ThreadS
   const pick = PICK[popularity];
   await load(instance, pick, WARMUP_MS, false);
   const before = instance.counters?.() ?? {};
-  const measured = await load(instance, pick, CELL_MS, true);
+  const measured = await profiled(`${key}-${popularity}`, () => load(instance, pick, CELL_MS, true), (result) => result.ok + result.errors);
   const after = instance.counters?.() ?? {};
   const counters: Record<string, number> = {};
   for (const [name, value] of Object.entries(after)) counters[name] = name === 'budgetPeak' || name === 'maxSwitched' ? value : value - (before[name] ?? 0);
