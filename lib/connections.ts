@@ -328,6 +328,15 @@ function failTypedOnceClosed(knex: Knex, tenantId: string): void {
     const busy = (error as { name?: unknown }).name === 'KnexTimeoutError';
     throw new TenantUnavailableError(tenantId, { cause: error, reason: busy ? 'every connection of its pool stayed busy until the acquire timeout' : 'its database server could not be reached' });
   };
+  // A database that is not there is typed where the connection is opened, before knex logs the
+  // failed acquire: the line (a stack) is then the library's own refusal, which quietLibraryRefusals
+  // drops. Without `tenantExists` every request naming an unknown id printed one.
+  const raw = client as Knex.Client & { acquireRawConnection(): Promise<unknown> };
+  const acquireRaw = raw.acquireRawConnection.bind(raw);
+  raw.acquireRawConnection = () =>
+    acquireRaw().catch((error: unknown) => {
+      throw isNoSuchDatabase(error) ? new UnknownTenantError(tenantId, { cause: error }) : error;
+    });
   // While knex's destroy() runs, its tarn pool is still there but destroyed: an acquire then failed
   // with tarn's untyped "aborted" or waited for the acquire timeout.
   client.acquireConnection = () =>

@@ -129,10 +129,15 @@ function segmentAfter(prefix: string, url: string | undefined): string | undefin
   return segment;
 }
 
-/** Reads the tenant id from a query-string parameter; a repeated parameter is refused. */
+/**
+ * Reads the tenant id from a query-string parameter; a repeated parameter is refused, and so is a
+ * target with a `#`: Express reads what follows it as a fragment, not as query (`/?x=1#&tenant=b`
+ * has no `req.query.tenant`), so the scope and the app's own reading of the query would disagree.
+ */
 export function fromQuery(name: string): TenantResolver {
   return (req) => {
     const url = (req as IncomingMessage & { originalUrl?: string }).originalUrl ?? req.url ?? '';
+    if (url.includes('#')) throw new InvalidTenantIdError('the request target has a fragment (#), which a query string cannot hold');
     const query = url.indexOf('?');
     if (query < 0) return undefined;
     let values: string[];

@@ -732,6 +732,30 @@ describe('many tenants over few connections, two MariaDB servers', { skip: skipM
     }
   });
 
+  it('pool-per-tenant: a tenant whose database is not there is a typed 404, and knex logs no stack for it (a client naming unknown ids at will filled the logs when no tenantExists is given)', async () => {
+    const warnings: string[] = [];
+    const tenancy = createTenancy({
+      knexConfig: (id) => ({
+        ...serverConfig(mysqlConnection().port!, 2),
+        connection: { ...(serverConfig(0, 0).connection as object), port: mysqlConnection().port, database: db(id) },
+        log: { warn: (message: string) => warnings.push(message) },
+      }),
+    });
+    try {
+      for (const id of ['nosuch1', 'nosuch2']) {
+        const error = await tenancy.runWithTenant(id, () => Person.query()).catch((e: unknown) => e);
+        assert.equal((error as { code?: string }).code, 'TENANT_UNKNOWN', String(error));
+        assert.equal((error as { statusCode?: number }).statusCode, 404);
+        assert.equal(((error as { cause?: { errno?: number } }).cause)?.errno, 1049);
+      }
+      assert.equal(warnings.length, 0, warnings.join('\n'));
+      assert.equal(tenancy.stats().pools, 0);
+      assert.equal((await tenancy.runWithTenant('sa1', () => Person.query().findById(1)))?.name, 'sa1-ada');
+    } finally {
+      await tenancy.destroy();
+    }
+  });
+
   it("pool-per-tenant budget, overflow 'reject': an idle pool whose only connection is held by a transaction that outlived its scope frees no unit now: refused at once, and that pool is left open", async () => {
     const tenancy = createTenancy({
       knexConfig: (id) => ({ ...serverConfig(mysqlConnection().port!, 1), connection: { ...(serverConfig(0, 0).connection as object), port: mysqlConnection().port, database: db(id) } }),
