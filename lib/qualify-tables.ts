@@ -217,7 +217,7 @@ function settleName(statement: KnexStatement, ctes: Set<string> | undefined): bo
 }
 
 /** knex's `{ alias: table }` form: a plain object (not a builder, a raw or a function). */
-function isAliasObject(table: unknown): table is Record<string, unknown> {
+export function isAliasObject(table: unknown): table is Record<string, unknown> {
   if (table === null || typeof table !== 'object') return false;
   const prototype = Object.getPrototypeOf(table);
   return prototype === Object.prototype || prototype === null;

@@ -5,7 +5,7 @@ import { closeSocketNow, type AfterCreate } from './pooled-connection';
 import { TenancyDestroyedError, TenantError, TenantUnavailableError } from './errors';
 import { installInlineSwitch } from './inline-switch';
 import { failStreamsOnLostConnection, streamsReleaseOnce } from './lost-stream';
-import { markQualified, namesItsDatabase, refuseForeignQualifiedBuilders, settleOwnNamesOnCompile } from './qualify-tables';
+import { isAliasObject, markQualified, namesItsDatabase, refuseForeignQualifiedBuilders, settleOwnNamesOnCompile } from './qualify-tables';
 import { knexConnectionObject, withConnectionSettings } from './connection-settings';
 import type { PoolCacheStats, TenantConnections, TenantLease } from './pool-cache';
 import { quietLibraryRefusals } from './quiet-refusals';
@@ -451,12 +451,13 @@ function tenantHandle(server: Server, tenantId: string, database: string, writab
   if (qualified !== undefined) settleOwnNamesOnCompile(client, qualified, tenantId, server.pool.identity);
   const context = Object.create(protos.context) as { client: unknown; queryBuilder(): Knex.QueryBuilder };
   context.client = client;
-  const handle = function (tableName?: string, options?: unknown) {
+  const handle = function (tableName?: string | Record<string, unknown>, options?: unknown) {
     const builder = context.queryBuilder();
     if (!tableName) return builder;
-    // qualifyTables: `knex('table')` names the tenant's database too (unless the name has its own).
-    if (qualified !== undefined && typeof tableName === 'string' && !namesItsDatabase(tableName)) builder.withSchema(qualified);
-    return builder.table(tableName, options as never);
+    // qualifyTables: `knex('table')` names the tenant's database too (unless the name has its own),
+    // and so does `knex({ p: 'table' })`: compiled as `table as p` under it (see settleName).
+    if (qualified !== undefined && (typeof tableName === 'string' ? !namesItsDatabase(tableName) : isAliasObject(tableName))) builder.withSchema(qualified);
+    return builder.table(tableName as string, options as never);
   } as unknown as Knex & { context: unknown };
   Object.setPrototypeOf(handle, protos.handle);
   handle.context = context;

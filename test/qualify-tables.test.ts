@@ -352,7 +352,7 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
     }
   });
 
-  it("knex's alias objects ({ q: 'pets' }) in joins and from() name the tenant's database (they compiled to `db`.`[object Object]`)", async () => {
+  it("knex's alias objects ({ q: 'pets' }) in joins, from() and knex({ p: 'persons' }) name the tenant's database (they compiled to `db`.`[object Object]`)", async () => {
     open({ max: 1 });
     for (const t of ['a', 'b']) {
       const pets = await tenancy!.runWithTenant(t, async () => (await Person.query().join({ q: 'pets' } as never, 'q.owner_id', 'persons.id').select('q.name as pet').orderBy('q.id')).map((r) => (r as unknown as { pet: string }).pet));
@@ -363,7 +363,15 @@ describe('shared strategy, qualifyTables', { skip: skipMysql }, () => {
       assert.deepEqual(names, [`${t}-ada`, `${t}-bob`]);
       const sql = await tenancy!.runWithTenant(t, () => Person.query().join({ q: 'pets' } as never, 'q.owner_id', 'persons.id').toKnexQuery().toString());
       assert.match(sql, new RegExp(`join \`${db(t)}\`.\`pets\` as \`q\``));
+      // knex({ p: 'persons' }) as knex('persons'): it named no database and cost a USE.
+      const started = await tenancy!.runWithTenant(t, async () => {
+        const knex = tenancy!.knex();
+        return { sql: knex({ p: 'persons' }).select('p.name').toString(), names: (await knex({ p: 'persons' }).select('p.name').orderBy('p.id')).map((r: { name: string }) => r.name) };
+      });
+      assert.equal(started.sql, `select \`p\`.\`name\` from \`${db(t)}\`.\`persons\` as \`p\``);
+      assert.deepEqual(started.names, [`${t}-ada`, `${t}-bob`]);
     }
+    assert.equal(tenancy!.stats().servers.main!.switches, 0, 'no USE was needed');
   });
 
   it('a statement the server refused lately is switched first on a clean connection, not sent to be refused again', async () => {
