@@ -33,8 +33,9 @@ class GraphArgument {
 }
 
 // The builder whose SQL statement is being built (objection's executeOnBuild, synchronous): a child
-// query made for it then (a join, a filter subquery) becomes part of that one statement.
-let building: object | undefined;
+// query made for it then (a join, a filter subquery) becomes part of that one statement. Kept in the
+// process-wide state: with the package loaded twice, a parent model of one copy builds and a child of
+// the other decides (a module variable let a join between a central and a tenant model run).
 
 type TableMetadataCache = Map<string, { columns: string[] } | Promise<{ columns: string[] }>>;
 /** Table metadata per tenant connection (see TenantAwareModel.fetchTableMetadata), then per model class. */
@@ -128,7 +129,7 @@ function childKnex(child: any, parent: any): Knex | null | undefined {
 function ownChildKnex(child: any, parent: any): Knex | undefined {
   const knex = childKnex(child, parent);
   if (knex === undefined || knex === parent.unsafeKnex()) return undefined;
-  if (parent === building) {
+  if (parent === globalState.building) {
     const which = child.modelClass()[CENTRAL] !== undefined ? 'the central database' : "the tenant's database";
     throw new TypeError(
       `A ${parent.modelClass().name} query cannot join ${child.modelClass().name}: it is in another database (${which}), ` +
@@ -140,14 +141,14 @@ function ownChildKnex(child: any, parent: any): Knex | undefined {
   return knex;
 }
 
-/** Runs objection's `executeOnBuild` of `builder` (synchronous) with `building` set to it. */
+/** Runs objection's `executeOnBuild` of `builder` (synchronous) with `globalState.building` set to it. */
 function whileBuilding<T>(builder: object, build: () => T): T {
-  const outer = building;
-  building = builder;
+  const outer = globalState.building;
+  globalState.building = builder;
   try {
     return build();
   } finally {
-    building = outer;
+    globalState.building = outer;
   }
 }
 

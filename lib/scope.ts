@@ -56,6 +56,8 @@ interface GlobalState {
   instanceStamps?: WeakMap<object, TenantKey>;
   /** The tenant of each knex and transaction the library made for a scope (see connectionTenant). */
   connectionKeys?: WeakMap<object, TenantKey>;
+  /** The model query whose SQL statement is being built now, by either copy (see model.ts). */
+  building?: object | undefined;
 }
 
 // One storage per process, even when the package is loaded twice (CJS and ESM builds, or two

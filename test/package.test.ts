@@ -32,6 +32,23 @@ class Person extends TenantModel { static get tableName() { return 'persons'; } 
     await runWithTenant(id, async () => assert.equal(copy.currentTenantId(), id, 'a second copy of the package sees the scope'));
   }
   await assert.rejects(async () => Person.query(), (e) => e instanceof TenantContextMissingError && e.code === 'TENANT_CONTEXT_MISSING');
+  // A join between a central model of one copy and a tenant model of the other is refused as within
+  // one copy (one statement runs on one connection): it ran, and read the wrong database's rows.
+  const { Model } = require('objection');
+  const central = require('knex')(config('a'));
+  class CentralPerson extends copy.centralModel(Model, central) { static get tableName() { return 'persons'; } }
+  class TenantPerson extends TenantModel {
+    static get tableName() { return 'persons'; }
+    static get relationMappings() { return { twin: { relation: Model.HasOneRelation, modelClass: CentralPerson, join: { from: 'persons.id', to: 'persons.id' } } }; }
+  }
+  CentralPerson.relationMappings = { twin: { relation: Model.HasOneRelation, modelClass: TenantPerson, join: { from: 'persons.id', to: 'persons.id' } } };
+  const fetched = await runWithTenant('b', () => TenantPerson.query().withGraphFetched('twin').first());
+  assert.equal(fetched.twin.name, 'a-person', 'withGraphFetched reads the central database');
+  for (const [parent, other] of [[TenantPerson, 'central'], [CentralPerson, "tenant's"]]) {
+    await assert.rejects(runWithTenant('b', () => parent.query().withGraphJoined('twin')), (e) => e instanceof TypeError && e.message.includes(other), parent.name + ' withGraphJoined');
+    await assert.rejects(runWithTenant('b', () => parent.query().joinRelated('twin')), TypeError, parent.name + ' joinRelated');
+  }
+  await central.destroy();
   await tenancy.destroy();
   console.log('cjs ok');
 })().catch((e) => { console.error(e); process.exit(1); });
@@ -100,7 +117,7 @@ describe('packed tarball in a scratch app', { skip: skipMysql }, () => {
     assert.deepEqual(files.filter((f) => !f.startsWith('dist/') && !['README.md', 'package.json', 'LICENSE'].includes(f)), []);
   });
 
-  it('works through require(), and a second copy of the package shares the scope', () => {
+  it('works through require(), and a second copy of the package shares the scope and refuses a join between its central model and a tenant model of the first', () => {
     assert.match(execFileSync(process.execPath, ['smoke.cjs'], { cwd: app, encoding: 'utf8' }), /cjs ok/);
   });
 
