@@ -8,7 +8,7 @@
  * socket events run in the context the connection was opened in, which can be another tenant's scope.
  */
 import { pinOutsideScopes } from './model';
-import { currentScope, openTransactionScope, runInScope, runInScopeSync, type ScopeLease, type TenantScope } from './scope';
+import { currentScope, openTransactionOf, openTransactionScope, runInScope, runInScopeSync, type ScopeLease, type TenantScope } from './scope';
 
 /**
  * Binds `fn` to the tenant scope that is current now: the returned function always runs in that
@@ -20,7 +20,9 @@ import { currentScope, openTransactionScope, runInScope, runInScopeSync, type Sc
  * it, and the tenant's pool may have been closed since (idle, evicted, `forget()`, moved to another
  * server). When that connection has to be opened again first, the call waits for it and returns a
  * promise of `fn`'s result. Bound inside a transaction, it runs in that transaction while it is open
- * (after a savepoint, in the transaction around it), and in the tenant's scope once it has ended.
+ * (after a savepoint, in the transaction around it), and in the tenant's scope once it has ended;
+ * called inside an open transaction of its own tenant (and not bound in one still open), it runs in
+ * that transaction, as `runWithTenant` of that tenant would there.
  *
  * A generator function (`function*`, `async function*`) runs none of its body when called: bound,
  * it returns its generator at once, and each `next()`, `throw()` and `return()` runs in the tenant's
@@ -107,6 +109,12 @@ function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R | Promis
     pinOutsideScopes(result);
     return result;
   }
+  // Called inside an open transaction of its own tenant (bound outside one, or in one that has
+  // ended): it joins that transaction, as runWithTenant does there. On the tenant's own connection
+  // its writes committed apart from the transaction, or on SQLite's one connection waited for it
+  // until the acquire timeout.
+  const joined = open === undefined ? callersTransaction(scope) : undefined;
+  if (joined !== undefined) return runInScopeSync(joined, call);
   if (open !== undefined || enter === undefined) return runInScopeSync(open ?? scope, call);
   let entered: ScopeLease | Promise<ScopeLease>;
   try {
@@ -145,3 +153,15 @@ function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R | Promis
   return result;
 }
 
+/**
+ * The caller's open transaction of `scope`'s tenant (of its tenancy), found as runWithTenant finds
+ * one: the caller's own scope of that tenant, else the scopes it was opened within.
+ */
+function callersTransaction(scope: TenantScope): TenantScope | undefined {
+  const current = currentScope();
+  if (current === undefined) return undefined;
+  if (current.owner === scope.owner && current.tenantId === scope.tenantId) return openTransactionScope(current);
+  const chain = current.trx !== undefined ? current : current.outer;
+  const open = chain === undefined ? undefined : openTransactionOf(chain, scope.owner, scope.tenantId);
+  return open === undefined || open.outer === chain ? open : { ...open, outer: chain };
+}

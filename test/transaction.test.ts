@@ -496,6 +496,35 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.deepEqual((await names('x1')).filter((n) => !n.endsWith('-ada') && !n.endsWith('-bob')), []);
     });
 
+    it("a function bound in its own tenant outside any transaction, or in one that has ended, called inside that tenant's transaction (directly or from another tenant's scope within it) joins it", async () => {
+      const insertAs = () => bindTenant(async (name: string) => {
+        await Person.query().insert({ name });
+      });
+      const outside = await tenancy.runWithTenant('x1', async () => insertAs());
+      const inEnded = await tenancy.runWithTenant('x1', () => tenancy.transaction(async () => insertAs()));
+      for (const [label, bound] of [['outside', outside], ['ended', inEnded]] as const) {
+        // Before: the write committed on its own (MariaDB), or waited for the transaction's one
+        // connection until the acquire timeout (SQLite).
+        await assert.rejects(
+          tenancy.runWithTenant('x1', () =>
+            tenancy.transaction(async () => {
+              await bound(`x1-bound-${label}`);
+              await tenancy.runWithTenant('x2', () => bound(`x1-bound-${label}-via-x2`));
+              throw new Error('roll back x1');
+            }),
+          ),
+          /roll back x1/,
+          label,
+        );
+      }
+      assert.deepEqual((await names('x1')).filter((n) => n.includes('-bound-')), []);
+      assert.deepEqual((await names('x2')).filter((n) => n.includes('-bound-')), []);
+      // Outside any transaction it still runs, and commits, in its tenant.
+      await tenancy.runWithTenant('x2', () => outside('x1-bound-committed'));
+      assert.ok((await names('x1')).includes('x1-bound-committed'));
+      await tenancy.runWithTenant('x1', () => Person.query().where('name', 'x1-bound-committed').delete());
+    });
+
     it("a query built in A before A's transaction and awaited inside B's scope within it joins A's transaction", async () => {
       await assert.rejects(
         tenancy.runWithTenant('x1', async () => {
