@@ -20,6 +20,11 @@ export interface TransactionHooks {
   state: 'open' | 'released' | 'committed' | 'rolledBack' | 'unknown';
   /** The transaction this level belongs to: one for the outermost level and its savepoints. */
   readonly tx: TransactionState;
+  /**
+   * This level's savepoints not ended yet, each a promise settled when it ends. Statements of this
+   * level wait for them (see holdWhileSavepointsOpen).
+   */
+  readonly savepoints?: Set<Promise<void>>;
 }
 
 /** @internal What the levels of one transaction share. */
@@ -58,9 +63,61 @@ export async function runTransaction<T>(
   fn: (trx: Knex.Transaction) => T | PromiseLike<T>,
   onHookError: HookErrorHandler = defaultHookError,
 ): Promise<Awaited<T>> {
-  const base = scope.trx ?? scope.knex;
   const tx: TransactionState = scope.trx !== undefined && scope.txHooks !== undefined ? scope.txHooks.tx : {};
-  const hooks: TransactionHooks = { commit: [], rollback: [], parent: scope.txHooks, state: 'open', tx };
+  const hooks: TransactionHooks = { commit: [], rollback: [], parent: scope.txHooks, state: 'open', tx, savepoints: new Set() };
+  const parent = scope.trx === undefined ? undefined : scope.txHooks;
+  if (parent === undefined) return runLevel(scope, hooks, fn, onHookError);
+  // A savepoint. Its callbacks take, in its parent's lists, the place where it began: in registration
+  // order, ahead of what the parent registers while it runs (a Promise.all beside it).
+  const commitPlace: Callback = () => undefined;
+  const rollbackPlace: Callback = () => undefined;
+  parent.commit.push(commitPlace);
+  parent.rollback.push(rollbackPlace);
+  let ended!: () => void;
+  const end = new Promise<void>((resolve) => (ended = resolve));
+  parent.savepoints?.add(end);
+  try {
+    const result = await runLevel(scope, hooks, fn, onHookError);
+    if (hooks.state === 'released') {
+      replace(parent.commit, commitPlace, hooks.commit);
+      replace(parent.rollback, rollbackPlace, hooks.rollback);
+    }
+    return result;
+  } finally {
+    replace(parent.commit, commitPlace, []);
+    replace(parent.rollback, rollbackPlace, []);
+    parent.savepoints?.delete(end);
+    ended();
+  }
+}
+
+/** Puts `items` where `place` is in `list` (nothing when it is not there). */
+function replace(list: Callback[], place: Callback, items: Callback[]): void {
+  const at = list.indexOf(place);
+  if (at >= 0) list.splice(at, 1, ...items);
+}
+
+/**
+ * Resolves once `level` has no savepoint open. A `ROLLBACK TO SAVEPOINT` undoes every statement sent
+ * on the connection since the savepoint began, the outer level's too: a statement of the outer level
+ * sent while one of its savepoints is open (a `Promise.all` of an outer query and a nested
+ * `tenancy.transaction()`) was undone by that savepoint's rollback, and the transaction still
+ * committed, its insert reported done. Such statements wait until the savepoint has ended.
+ */
+async function savepointsEnded(level: TransactionHooks): Promise<void> {
+  const open = level.savepoints;
+  while (open !== undefined && open.size > 0) await Promise.all(open);
+}
+
+/** One level of a transaction (see runTransaction): the outermost, or a savepoint with its place set. */
+async function runLevel<T>(
+  scope: TenantScope,
+  hooks: TransactionHooks,
+  fn: (trx: Knex.Transaction) => T | PromiseLike<T>,
+  onHookError: HookErrorHandler,
+): Promise<Awaited<T>> {
+  const base = scope.trx ?? scope.knex;
+  const { tx } = hooks;
   // A savepoint: knex deletes its connection's transaction mark (`__knexTxId`) when it ends, though
   // the outer transaction goes on on that connection. Put back, its statements still read as inside.
   const outer = scope.trx === undefined ? undefined : ((await (scope.trx.client as unknown as { acquireConnection(): Promise<{ __knexTxId?: string }> }).acquireConnection()));
@@ -118,6 +175,9 @@ export async function runTransaction<T>(
       const client = trx.client as unknown as { query(conn: unknown, obj: unknown): Promise<unknown> };
       const query = client.query;
       client.query = function (this: unknown, conn: unknown, obj: unknown): Promise<unknown> {
+        return hooks.savepoints === undefined || hooks.savepoints.size === 0 ? send.call(this, conn, obj) : savepointsEnded(hooks).then(() => send.call(this, conn, obj));
+      };
+      const send = function (this: unknown, conn: unknown, obj: unknown): Promise<unknown> {
         const sql = typeof obj === 'string' ? obj : (obj as { sql?: unknown } | null)?.sql;
         const answer = tx.aborted !== undefined && !ROLLBACK.test(String(sql)) ? Promise.reject(new TransactionAbortedError(scope.tenantId, { cause: tx.aborted.error })) : query.call(this, conn, obj);
         // The outcome of the outermost level is its COMMIT's own answer, whoever sent it (knex once `fn`
@@ -193,12 +253,8 @@ export async function runTransaction<T>(
   // Committed (or released) by the app's own `trx.commit()`, then `fn` threw: reported, not lost.
   reportLateThrow(running, undefined, onHookError, scope.tenantId);
   hooks.state = hooks.parent === undefined ? 'committed' : 'released';
-  if (hooks.parent !== undefined) {
-    hooks.parent.commit.push(...hooks.commit);
-    hooks.parent.rollback.push(...hooks.rollback);
-  } else {
-    await runCallbacks(scope, hooks.commit, onHookError);
-  }
+  // A released savepoint's callbacks go where it began in its parent's lists (runTransaction).
+  if (hooks.parent === undefined) await runCallbacks(scope, hooks.commit, onHookError);
   return result;
 }
 
