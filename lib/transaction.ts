@@ -20,11 +20,6 @@ export interface TransactionHooks {
   state: 'open' | 'released' | 'committed' | 'rolledBack' | 'unknown';
   /** The transaction this level belongs to: one for the outermost level and its savepoints. */
   readonly tx: TransactionState;
-  /**
-   * This level's savepoints not ended yet, each a promise settled when it ends. Statements of this
-   * level wait for them (see holdWhileSavepointsOpen).
-   */
-  readonly savepoints?: Set<Promise<void>>;
 }
 
 /** @internal What the levels of one transaction share. */
@@ -64,7 +59,7 @@ export async function runTransaction<T>(
   onHookError: HookErrorHandler = defaultHookError,
 ): Promise<Awaited<T>> {
   const tx: TransactionState = scope.trx !== undefined && scope.txHooks !== undefined ? scope.txHooks.tx : {};
-  const hooks: TransactionHooks = { commit: [], rollback: [], parent: scope.txHooks, state: 'open', tx, savepoints: new Set() };
+  const hooks: TransactionHooks = { commit: [], rollback: [], parent: scope.txHooks, state: 'open', tx };
   const parent = scope.trx === undefined ? undefined : scope.txHooks;
   if (parent === undefined) return runLevel(scope, hooks, fn, onHookError);
   // A savepoint. Its callbacks take, in its parent's lists, the place where it began: in registration
@@ -73,9 +68,6 @@ export async function runTransaction<T>(
   const rollbackPlace: Callback = () => undefined;
   parent.commit.push(commitPlace);
   parent.rollback.push(rollbackPlace);
-  let ended!: () => void;
-  const end = new Promise<void>((resolve) => (ended = resolve));
-  parent.savepoints?.add(end);
   try {
     const result = await runLevel(scope, hooks, fn, onHookError);
     if (hooks.state === 'released') {
@@ -86,8 +78,6 @@ export async function runTransaction<T>(
   } finally {
     replace(parent.commit, commitPlace, []);
     replace(parent.rollback, rollbackPlace, []);
-    parent.savepoints?.delete(end);
-    ended();
   }
 }
 
@@ -95,18 +85,6 @@ export async function runTransaction<T>(
 function replace(list: Callback[], place: Callback, items: Callback[]): void {
   const at = list.indexOf(place);
   if (at >= 0) list.splice(at, 1, ...items);
-}
-
-/**
- * Resolves once `level` has no savepoint open. A `ROLLBACK TO SAVEPOINT` undoes every statement sent
- * on the connection since the savepoint began, the outer level's too: a statement of the outer level
- * sent while one of its savepoints is open (a `Promise.all` of an outer query and a nested
- * `tenancy.transaction()`) was undone by that savepoint's rollback, and the transaction still
- * committed, its insert reported done. Such statements wait until the savepoint has ended.
- */
-async function savepointsEnded(level: TransactionHooks): Promise<void> {
-  const open = level.savepoints;
-  while (open !== undefined && open.size > 0) await Promise.all(open);
 }
 
 /** One level of a transaction (see runTransaction): the outermost, or a savepoint with its place set. */
@@ -175,9 +153,6 @@ async function runLevel<T>(
       const client = trx.client as unknown as { query(conn: unknown, obj: unknown): Promise<unknown> };
       const query = client.query;
       client.query = function (this: unknown, conn: unknown, obj: unknown): Promise<unknown> {
-        return hooks.savepoints === undefined || hooks.savepoints.size === 0 ? send.call(this, conn, obj) : savepointsEnded(hooks).then(() => send.call(this, conn, obj));
-      };
-      const send = function (this: unknown, conn: unknown, obj: unknown): Promise<unknown> {
         const sql = typeof obj === 'string' ? obj : (obj as { sql?: unknown } | null)?.sql;
         const answer = tx.aborted !== undefined && !ROLLBACK.test(String(sql)) ? Promise.reject(new TransactionAbortedError(scope.tenantId, { cause: tx.aborted.error })) : query.call(this, conn, obj);
         // The outcome of the outermost level is its COMMIT's own answer, whoever sent it (knex once `fn`

@@ -225,33 +225,6 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.equal(hookErrors.length, 1);
     });
 
-    it("a statement of the outer level sent while a savepoint is open waits for it to end: the savepoint's rollback keeps it (it undid it, and the transaction still committed)", async () => {
-      const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-      const outcome = await tenancy.runWithTenant('x1', () =>
-        tenancy.transaction(async () =>
-          Promise.all([
-            (async () => {
-              await pause(30);
-              await Person.query().insert({ name: 'x1-beside-savepoint' });
-              return 'outer inserted';
-            })(),
-            tenancy
-              .transaction(async () => {
-                await Person.query().insert({ name: 'x1-in-savepoint' });
-                await pause(150);
-                throw new Error('savepoint fails');
-              })
-              .catch((error: Error) => error.message),
-          ]),
-        ),
-      );
-      assert.deepEqual(outcome, ['outer inserted', 'savepoint fails']);
-      const after = await names('x1');
-      assert.ok(after.includes('x1-beside-savepoint'), `the outer insert was undone: ${after.join(', ')}`);
-      assert.ok(!after.includes('x1-in-savepoint'));
-      await tenancy.runWithTenant('x1', () => Person.query().where('name', 'x1-beside-savepoint').delete());
-    });
-
     it('onCommit: a savepoint\'s callbacks keep the place where it began, ahead of what the outer level registers while it runs', async () => {
       const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
       const order: string[] = [];
