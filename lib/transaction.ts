@@ -20,6 +20,11 @@ export interface TransactionHooks {
   state: 'open' | 'released' | 'committed' | 'rolledBack' | 'unknown';
   /** The transaction this level belongs to: one for the outermost level and its savepoints. */
   readonly tx: TransactionState;
+  /**
+   * A savepoint: a statement that may write, of a level outside it (its outer level, say, in a
+   * `Promise.all` beside it), was sent while it was open. Its rollback undid that statement.
+   */
+  foreignWrites?: boolean;
 }
 
 /** @internal What the levels of one transaction share. */
@@ -29,6 +34,14 @@ export interface TransactionState {
    * failed for it. Its later statements are refused, not run in autocommit (see refuseAborted).
    */
   aborted?: { readonly error: unknown };
+  /** The savepoints open now (their SAVEPOINT answered, their end not yet): see noteForeignWrite. */
+  openSavepoints?: Set<TransactionHooks>;
+  /**
+   * Set when a savepoint rolled back after a statement of a level outside it wrote beside it: that
+   * statement was undone though it was reported done. The transaction cannot commit what its code
+   * believes it did: its later statements are refused, and its COMMIT is sent as a ROLLBACK.
+   */
+  doomed?: { readonly error: TransactionAbortedError };
 }
 
 /** Reports a failing onCommit/onRollback callback; the transaction's outcome is already final. */
@@ -78,6 +91,39 @@ export async function runTransaction<T>(
   } finally {
     replace(parent.commit, commitPlace, []);
     replace(parent.rollback, rollbackPlace, []);
+    if (hooks.state === 'rolledBack' && hooks.foreignWrites === true) doom(tx, scope.tenantId);
+  }
+}
+
+/**
+ * A `ROLLBACK TO SAVEPOINT` undoes every statement sent on the connection since the savepoint began,
+ * those of its outer level too: an insert run beside a nested `tenancy.transaction()` (a
+ * `Promise.all` of both) that then rolled back was undone, reported done, and the transaction
+ * committed without it. Holding such statements until the savepoint ends made code that waits for
+ * them inside it (its own onRollback queries, an outer-level bindTenant helper) wait for good; the
+ * transaction fails instead (fails closed): rolled back as a whole, with TransactionAbortedError.
+ */
+function doom(tx: TransactionState, tenantId: string): void {
+  if (tx.doomed !== undefined) return;
+  const error = new TransactionAbortedError(tenantId, {
+    cause: new Error('a savepoint rolled back after statements of a level outside it were sent beside it (a Promise.all of an outer query and a nested transaction): its ROLLBACK TO SAVEPOINT undid them'),
+  });
+  error.message =
+    `A savepoint of tenant "${tenantId}"'s transaction rolled back after statements of its outer level ran beside it, and undid them: ` +
+    'the whole transaction is rolled back, its statements are refused until it ends. Await nested transactions before running outer statements, and run the transaction again.';
+  tx.doomed = { error };
+}
+
+// Statements whose undoing by a savepoint's rollback loses nothing (their locks stay, as InnoDB keeps them).
+const READS = /^(?:select|show|explain|describe|desc)\b/i;
+
+/** A statement that may write, sent on `level`, marks the open savepoints it is outside of. */
+function noteForeignWrite(tx: TransactionState, level: TransactionHooks, sql: string): void {
+  if (READS.test(statementStart(sql))) return;
+  for (const savepoint of tx.openSavepoints!) {
+    let inside = false;
+    for (let at: TransactionHooks | undefined = level; at !== undefined && !inside; at = at.parent) inside = at === savepoint;
+    if (!inside) savepoint.foreignWrites = true;
   }
 }
 
@@ -119,7 +165,7 @@ async function runLevel<T>(
   // The app's own `trx.commit()` (a savepoint's: its release), called while `fn` ran.
   let committedByApp = false;
   try {
-    result = (await base.transaction((trx) => {
+    result = (await Promise.resolve(base.transaction((trx) => {
       // Its BEGIN (or SAVEPOINT) failed: knex marks the transaction complete, rejects it, and still
       // calls this. `fn` must not run: its queries would find no open transaction and run in
       // autocommit on the tenant's connection, committed while the transaction failed.
@@ -154,7 +200,21 @@ async function runLevel<T>(
       const query = client.query;
       client.query = function (this: unknown, conn: unknown, obj: unknown): Promise<unknown> {
         const sql = typeof obj === 'string' ? obj : (obj as { sql?: unknown } | null)?.sql;
-        const answer = tx.aborted !== undefined && !ROLLBACK.test(String(sql)) ? Promise.reject(new TransactionAbortedError(scope.tenantId, { cause: tx.aborted.error })) : query.call(this, conn, obj);
+        const text = String(sql);
+        const doomed = tx.doomed !== undefined && !ROLLBACK.test(text) ? tx.doomed.error : undefined;
+        if (doomed === undefined && tx.openSavepoints !== undefined && tx.openSavepoints.size > 0 && !CONTROL.test(text)) noteForeignWrite(tx, hooks, text);
+        const answer =
+          doomed !== undefined
+            ? // Its COMMIT is sent as a ROLLBACK: knex then settles the transaction with this error.
+              sql === 'COMMIT;'
+              ? query.call(this, conn, 'ROLLBACK').then(
+                  () => Promise.reject(doomed),
+                  () => Promise.reject(doomed),
+                )
+              : Promise.reject(doomed)
+            : tx.aborted !== undefined && !ROLLBACK.test(text)
+              ? Promise.reject(new TransactionAbortedError(scope.tenantId, { cause: tx.aborted.error }))
+              : query.call(this, conn, obj);
         // The outcome of the outermost level is its COMMIT's own answer, whoever sent it (knex once `fn`
         // resolved, or the app's `trx.commit()`, whose failure knex may settle differently): read here.
         if (outer === undefined && commitAnswer === undefined && sql === 'COMMIT;') {
@@ -164,9 +224,11 @@ async function runLevel<T>(
           );
         }
         // A statement on a transaction that has ended (knex refuses it) says nothing about that transaction.
-        if (tx.aborted !== undefined || CONTROL.test(String(sql)) || trx.isCompleted()) return answer;
+        if (doomed !== undefined || tx.aborted !== undefined || CONTROL.test(text) || trx.isCompleted()) return answer;
         return answer.then(undefined, (error: unknown) => noteAborted(tx, conn, sql, error));
       };
+      // A savepoint is open from here (its SAVEPOINT answered) until knex settles it (below).
+      if (hooks.parent !== undefined) (tx.openSavepoints ??= new Set()).add(hooks);
       running = runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
       // Before knex's own handlers: a rejection of `fn` (even with no reason, which knex then treats
       // as a plain rollback and resolves) is known as such when knex's rollback comes.
@@ -178,7 +240,7 @@ async function runLevel<T>(
         },
       );
       return running;
-    })) as Awaited<T>;
+    })).finally(() => tx.openSavepoints?.delete(hooks))) as Awaited<T>;
   } catch (caught) {
     if (outer !== undefined) outer.__knexTxId = outerTxId;
     let error = caught;

@@ -225,6 +225,78 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       assert.equal(hookErrors.length, 1);
     });
 
+    it("an outer statement that writes beside a savepoint that then rolls back (its ROLLBACK TO SAVEPOINT undid it): the whole transaction rolls back with TransactionAbortedError, not a commit without it", async () => {
+      const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+      const outcome = await tenancy
+        .runWithTenant('x1', () =>
+          tenancy.transaction(async () =>
+            Promise.all([
+              (async () => {
+                await pause(30);
+                await Person.query().insert({ name: 'x1-beside-savepoint' });
+                return 'outer insert done';
+              })(),
+              tenancy
+                .transaction(async () => {
+                  await Person.query().insert({ name: 'x1-in-savepoint' });
+                  await pause(150);
+                  throw new Error('savepoint fails');
+                })
+                .catch((error: Error) => error.message),
+            ]),
+          ),
+        )
+        .then((value) => value, (error: unknown) => error);
+      // Before: resolved ['outer insert done', 'savepoint fails'], committed, and the insert was gone.
+      assert.ok(outcome instanceof TransactionAbortedError, String(outcome));
+      assert.match(outcome.message, /savepoint/);
+      const after = await names('x1');
+      assert.ok(!after.includes('x1-beside-savepoint') && !after.includes('x1-in-savepoint'), after.join(', '));
+      // The tenant's next transaction is a clean one.
+      await tenancy.runWithTenant('x1', () => tenancy.transaction(() => Person.query().insert({ name: 'x1-next' })));
+      assert.ok((await names('x1')).includes('x1-next'));
+      await tenancy.runWithTenant('x1', () => Person.query().where('name', 'x1-next').delete());
+    });
+
+    it('what a savepoint rollback does not undo still commits: an outer read beside it, an outer write beside a savepoint that is released, a rolled-back savepoint\'s onRollback query, an outer-level bindTenant helper called inside a savepoint', async () => {
+      const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+      await tenancy.runWithTenant('x1', () =>
+        tenancy.transaction(async () => {
+          const audit = bindTenant(async (name: string) => {
+            await Person.query().insert({ name });
+          });
+          await Promise.all([
+            (async () => {
+              await pause(30);
+              return Person.query().select('name');
+            })(),
+            tenancy
+              .transaction(async () => {
+                onRollback(async () => {
+                  await Person.query().insert({ name: 'x1-compensation' });
+                });
+                await pause(100);
+                throw new Error('savepoint fails');
+              })
+              .catch(() => undefined),
+          ]);
+          await Promise.all([
+            (async () => {
+              await pause(30);
+              await Person.query().insert({ name: 'x1-beside-released' });
+            })(),
+            tenancy.transaction(async () => {
+              await audit('x1-helper-in-savepoint');
+              await pause(100);
+            }),
+          ]);
+        }),
+      );
+      const after = await names('x1');
+      for (const name of ['x1-compensation', 'x1-beside-released', 'x1-helper-in-savepoint']) assert.ok(after.includes(name), `${name}: ${after.join(', ')}`);
+      await tenancy.runWithTenant('x1', () => Person.query().whereIn('name', ['x1-compensation', 'x1-beside-released', 'x1-helper-in-savepoint']).delete());
+    });
+
     it('onCommit: a savepoint\'s callbacks keep the place where it began, ahead of what the outer level registers while it runs', async () => {
       const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
       const order: string[] = [];
