@@ -113,7 +113,11 @@ function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R | Promis
   // ended): it joins that transaction, as runWithTenant does there. On the tenant's own connection
   // its writes committed apart from the transaction, or on SQLite's one connection waited for it
   // until the acquire timeout.
-  const joined = open === undefined ? callersTransaction(scope) : undefined;
+  // Bound in a transaction still open and called inside one of its savepoints (deeper): it runs in
+  // that savepoint, as a query builder built out there and awaited in it does; run out there, its
+  // writes were outside the savepoint though sent while it was open, which its rollback undoes.
+  const callers = callersTransaction(scope);
+  const joined = open === undefined ? callers : callers !== undefined && within(callers, open) ? callers : undefined;
   if (joined !== undefined) return runInScopeSync(joined, call);
   if (open !== undefined || enter === undefined) return runInScopeSync(open ?? scope, call);
   let entered: ScopeLease | Promise<ScopeLease>;
@@ -164,4 +168,10 @@ function callersTransaction(scope: TenantScope): TenantScope | undefined {
   const chain = current.trx !== undefined ? current : current.outer;
   const open = chain === undefined ? undefined : openTransactionOf(chain, scope.owner, scope.tenantId);
   return open === undefined || open.outer === chain ? open : { ...open, outer: chain };
+}
+
+/** Whether `inner`'s transaction level is `outer`'s or one of its savepoints (same transaction). */
+function within(inner: TenantScope, outer: TenantScope): boolean {
+  for (let level = inner.txHooks; level !== undefined; level = level.parent) if (level === outer.txHooks) return true;
+  return false;
 }

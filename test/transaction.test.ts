@@ -297,6 +297,31 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       await tenancy.runWithTenant('x1', () => Person.query().whereIn('name', ['x1-compensation', 'x1-beside-released', 'x1-helper-in-savepoint']).delete());
     });
 
+    it('a function bound at a transaction\'s top level and called inside one of its savepoints runs in the savepoint: its rollback takes the write back, the transaction commits the rest', async () => {
+      await tenancy.runWithTenant('x1', () =>
+        tenancy.transaction(async () => {
+          const audit = bindTenant(async (name: string) => {
+            await Person.query().insert({ name });
+          });
+          await Person.query().insert({ name: 'x1-top' });
+          await tenancy
+            .transaction(async () => {
+              await audit('x1-helper-in-failed-savepoint');
+              throw new Error('savepoint fails');
+            })
+            .catch(() => undefined);
+          // Called at the top level again: it runs there.
+          await audit('x1-helper-after');
+        }),
+      );
+      const after = await names('x1');
+      // Before: the helper wrote at the top level while the savepoint was open; its rollback undid
+      // that write and the transaction failed (TransactionAbortedError).
+      assert.ok(after.includes('x1-top') && after.includes('x1-helper-after'), after.join(', '));
+      assert.ok(!after.includes('x1-helper-in-failed-savepoint'), after.join(', '));
+      await tenancy.runWithTenant('x1', () => Person.query().whereIn('name', ['x1-top', 'x1-helper-after']).delete());
+    });
+
     it('onCommit: a savepoint\'s callbacks keep the place where it began, ahead of what the outer level registers while it runs', async () => {
       const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
       const order: string[] = [];
