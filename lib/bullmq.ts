@@ -6,7 +6,7 @@
  */
 import type { BulkJobOptions, Job, JobsOptions, Processor, Queue, QueueOptions, Worker, WorkerOptions } from 'bullmq';
 import { InvalidTenantIdError, TenantError, TenantMismatchError } from './errors';
-import { isJobRejection, tenantJob, withTenant, type TenantJobData, type TenantJobOptions } from './jobs';
+import { isJobRejection, stored, tenantJob, withTenant, type TenantJobData, type TenantJobOptions } from './jobs';
 import { runInScopeSync, tryCurrentTenantId } from './scope';
 
 type BullMQ = typeof import('bullmq');
@@ -133,13 +133,15 @@ function sameTenantData(current: unknown, next: unknown): object {
   const { tenantId, central } = (current ?? {}) as TenantJobData & { central?: unknown };
   if (tenantId != null) {
     if ((json.tenantId != null && json.tenantId !== tenantId) || json.central === true) throw movedJob(tenantId, json.tenantId == null ? 'central' : String(json.tenantId));
-    return { ...json, tenantId };
+    return stored({ ...json, tenantId });
   }
   if (central === true) {
     if (json.tenantId != null) throw movedJob('central', String(json.tenantId));
-    return { ...json, central: true };
+    return stored({ ...json, central: true });
   }
-  return json;
+  // What is stored is what was checked: a `toJSON` of its own (what the payload's `toJSON()`
+  // returned may carry one) would make JSON.stringify store what that returns: another tenant's id.
+  return stored({ ...json });
 }
 
 function movedJob(from: string, to: string): TenantMismatchError {

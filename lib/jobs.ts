@@ -108,7 +108,8 @@ export function withTenant<T extends object>(data: T): T & TenantJobData {
  * one (copied by the spread), and `JSON.stringify` would store what that returns instead of the
  * fields checked here: another tenant's id.
  */
-function stored<T extends object>(copy: T): T {
+/** @internal */
+export function stored<T extends object>(copy: T): T {
   if (Object.prototype.hasOwnProperty.call(copy, 'toJSON')) delete (copy as { toJSON?: unknown }).toJSON;
   return copy;
 }

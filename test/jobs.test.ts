@@ -621,8 +621,15 @@ for (const backend of backends('jobs')) {
         Object.assign(edited.data, { central: true });
         await assert.rejects(edited.updateData(edited.data), TenantMismatchError);
         assert.equal((await queue.getJob(job.id!))!.data.tenantId, 'ja');
+        // A toJSON() whose result has a toJSON of its own (JSON.stringify calls it too): what is stored
+        // is what was checked. Before: { step: 2, tenantId: 'jb' } was stored, and the job ran in jb.
+        const nested = (inner: object) => ({ toJSON: () => ({ expect: 'ja', step: 2, toJSON: () => inner }) });
+        await job.updateData(nested({ expect: 'ja', step: 2, tenantId: 'jb' }) as never);
+        assert.deepEqual((await queue.getJob(job.id!))!.data, { expect: 'ja', step: 2, tenantId: 'ja' });
         const central = await queue.add('c', { central: true }, delayed);
         await assert.rejects(central.updateData({ tenantId: 'jb' }), TenantMismatchError);
+        await central.updateData({ toJSON: () => ({ step: 2, toJSON: () => ({ tenantId: 'jb' }) }) } as never);
+        assert.deepEqual((await queue.getJob(central.id!))!.data, { step: 2, central: true });
         const moved: string[] = [];
         const { outcomes: done } = workerFor(name, async (running) => {
           await running.updateData({ ...running.data, tenantId: 'jb' }).catch((e: Error) => moved.push(e.name));
