@@ -20,11 +20,6 @@ export interface TransactionHooks {
   state: 'open' | 'released' | 'committed' | 'rolledBack' | 'unknown';
   /** The transaction this level belongs to: one for the outermost level and its savepoints. */
   readonly tx: TransactionState;
-  /**
-   * A savepoint: a statement that may write, of a level outside it (its outer level, say, in a
-   * `Promise.all` beside it), was sent while it was open. Its rollback undid that statement.
-   */
-  foreignWrites?: boolean;
 }
 
 /** @internal What the levels of one transaction share. */
@@ -34,8 +29,10 @@ export interface TransactionState {
    * failed for it. Its later statements are refused, not run in autocommit (see refuseAborted).
    */
   aborted?: { readonly error: unknown };
-  /** The savepoints open now (their SAVEPOINT answered, their end not yet): see noteForeignWrite. */
-  openSavepoints?: Set<TransactionHooks>;
+  /** The savepoints open on the connection, in the order their SAVEPOINT went out (see onStatement). */
+  savepoints?: OpenSavepoint[];
+  /** The level whose statement is being sent now (set around the synchronous send, see onStatement). */
+  sending?: TransactionHooks | undefined;
   /**
    * Set when a savepoint rolled back after a statement of a level outside it wrote beside it: that
    * statement was undone though it was reported done. The transaction cannot commit what its code
@@ -91,7 +88,6 @@ export async function runTransaction<T>(
   } finally {
     replace(parent.commit, commitPlace, []);
     replace(parent.rollback, rollbackPlace, []);
-    if (hooks.state === 'rolledBack' && hooks.foreignWrites === true) doom(tx, scope.tenantId);
   }
 }
 
@@ -114,16 +110,72 @@ function doom(tx: TransactionState, tenantId: string): void {
   tx.doomed = { error };
 }
 
-// Statements whose undoing by a savepoint's rollback loses nothing (their locks stay, as InnoDB keeps them).
-const READS = /^(?:select|show|explain|describe|desc)\b/i;
+/** A savepoint whose SAVEPOINT went out, until its RELEASE or ROLLBACK TO goes out. */
+interface OpenSavepoint {
+  readonly name: string;
+  /** Its level, once its callback started (set then: see runLevel). */
+  level: TransactionHooks | undefined;
+  /** A statement that may write, of a level not inside it, went out since its SAVEPOINT. */
+  foreign: boolean;
+}
 
-/** A statement that may write, sent on `level`, marks the open savepoints it is outside of. */
-function noteForeignWrite(tx: TransactionState, level: TransactionHooks, sql: string): void {
-  if (READS.test(statementStart(sql))) return;
-  for (const savepoint of tx.openSavepoints!) {
-    let inside = false;
-    for (let at: TransactionHooks | undefined = level; at !== undefined && !inside; at = at.parent) inside = at === savepoint;
-    if (!inside) savepoint.foreignWrites = true;
+// knex's savepoint statements (`SAVEPOINT trx2;`, `RELEASE SAVEPOINT trx2;`, `ROLLBACK TO SAVEPOINT trx2`).
+const SAVEPOINT = /^savepoint\s+([^\s;]+)/i;
+const SAVEPOINT_END = /^(release|rollback\s+to)\s+savepoint\s+([^\s;]+)/i;
+// Statements whose undoing by a savepoint's rollback loses nothing: reads (their locks stay, as
+// InnoDB keeps them) and session variables, which no rollback undoes.
+const READS = /^(?:select|show|explain|describe|desc|values|table|set)\b|^\(\s*select\b/i;
+const CTE_WRITE = /\b(?:insert|update|delete|replace)\b/i;
+
+/**
+ * Follows the statements of one transaction in the order they go out on its connection (knex's
+ * `query` event, emitted as each is sent, by every level): a write of a level not inside an open
+ * savepoint marks it, and that savepoint's `ROLLBACK TO SAVEPOINT` then dooms the transaction. A
+ * statement is attributed to the level the library's own client sent it through (`tx.sending`);
+ * one sent otherwise (knex's own nested `trx.transaction()`, `Model.startTransaction()`) is not.
+ */
+function onStatement(tx: TransactionState, sql: string, tenantId: string): void {
+  const open = (tx.savepoints ??= []);
+  const started = SAVEPOINT.exec(sql);
+  if (started !== null) {
+    open.push({ name: started[1]!, level: undefined, foreign: false });
+    return;
+  }
+  if (open.length === 0) return;
+  const ended = SAVEPOINT_END.exec(sql);
+  if (ended !== null) {
+    const at = open.findIndex((savepoint) => savepoint.name === ended[2]);
+    if (at < 0) return;
+    // It ends, and every savepoint opened inside it with it.
+    const [savepoint] = open.splice(at);
+    if (savepoint!.foreign && !/^release/i.test(ended[1]!)) doom(tx, tenantId);
+    return;
+  }
+  const level = tx.sending;
+  if (level === undefined || CONTROL.test(sql) || !mayWrite(sql)) return;
+  for (const savepoint of open) if (!inside(level, savepoint.level)) savepoint.foreign = true;
+}
+
+function mayWrite(sql: string): boolean {
+  const start = statementStart(sql);
+  if (READS.test(start)) return false;
+  return !/^with\b/i.test(start) || CTE_WRITE.test(start);
+}
+
+/** Whether `level` is `savepoint`'s level or one of its savepoints. */
+function inside(level: TransactionHooks, savepoint: TransactionHooks | undefined): boolean {
+  for (let at: TransactionHooks | undefined = level; at !== undefined; at = at.parent) if (at === savepoint) return true;
+  return false;
+}
+
+/** Sends a statement as `level`'s: knex emits its `query` event synchronously as it goes out. */
+function sendAs<R>(tx: TransactionState, level: TransactionHooks, send: () => R): R {
+  const before = tx.sending;
+  tx.sending = level;
+  try {
+    return send();
+  } finally {
+    tx.sending = before;
   }
 }
 
@@ -165,7 +217,7 @@ async function runLevel<T>(
   // The app's own `trx.commit()` (a savepoint's: its release), called while `fn` ran.
   let committedByApp = false;
   try {
-    result = (await Promise.resolve(base.transaction((trx) => {
+    result = (await base.transaction((trx) => {
       // Its BEGIN (or SAVEPOINT) failed: knex marks the transaction complete, rejects it, and still
       // calls this. `fn` must not run: its queries would find no open transaction and run in
       // autocommit on the tenant's connection, committed while the transaction failed.
@@ -202,7 +254,6 @@ async function runLevel<T>(
         const sql = typeof obj === 'string' ? obj : (obj as { sql?: unknown } | null)?.sql;
         const text = String(sql);
         const doomed = tx.doomed !== undefined && !ROLLBACK.test(text) ? tx.doomed.error : undefined;
-        if (doomed === undefined && tx.openSavepoints !== undefined && tx.openSavepoints.size > 0 && !CONTROL.test(text)) noteForeignWrite(tx, hooks, text);
         const answer =
           doomed !== undefined
             ? // Its COMMIT is sent as a ROLLBACK: knex then settles the transaction with this error.
@@ -214,7 +265,7 @@ async function runLevel<T>(
               : Promise.reject(doomed)
             : tx.aborted !== undefined && !ROLLBACK.test(text)
               ? Promise.reject(new TransactionAbortedError(scope.tenantId, { cause: tx.aborted.error }))
-              : query.call(this, conn, obj);
+              : sendAs(tx, hooks, () => query.call(this, conn, obj));
         // The outcome of the outermost level is its COMMIT's own answer, whoever sent it (knex once `fn`
         // resolved, or the app's `trx.commit()`, whose failure knex may settle differently): read here.
         if (outer === undefined && commitAnswer === undefined && sql === 'COMMIT;') {
@@ -227,8 +278,17 @@ async function runLevel<T>(
         if (doomed !== undefined || tx.aborted !== undefined || CONTROL.test(text) || trx.isCompleted()) return answer;
         return answer.then(undefined, (error: unknown) => noteAborted(tx, conn, sql, error));
       };
-      // A savepoint is open from here (its SAVEPOINT answered) until knex settles it (below).
-      if (hooks.parent !== undefined) (tx.openSavepoints ??= new Set()).add(hooks);
+      // The outermost level follows every statement of the transaction; a savepoint's callback runs
+      // once its SAVEPOINT was answered: the last one that went out is this level's.
+      if (hooks.parent === undefined) trx.on('query', (event: { sql?: unknown }) => onStatement(tx, String(event.sql ?? ''), scope.tenantId));
+      else {
+        const open = tx.savepoints ?? [];
+        for (let i = open.length - 1; i >= 0; i--) {
+          if (open[i]!.level !== undefined) continue;
+          open[i]!.level = hooks;
+          break;
+        }
+      }
       running = runInScope({ ...scope, trx, txHooks: hooks }, () => fn(trx));
       // Before knex's own handlers: a rejection of `fn` (even with no reason, which knex then treats
       // as a plain rollback and resolves) is known as such when knex's rollback comes.
@@ -240,7 +300,7 @@ async function runLevel<T>(
         },
       );
       return running;
-    })).finally(() => tx.openSavepoints?.delete(hooks))) as Awaited<T>;
+    })) as Awaited<T>;
   } catch (caught) {
     if (outer !== undefined) outer.__knexTxId = outerTxId;
     let error = caught;

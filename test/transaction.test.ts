@@ -227,35 +227,87 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
 
     it("an outer statement that writes beside a savepoint that then rolls back (its ROLLBACK TO SAVEPOINT undid it): the whole transaction rolls back with TransactionAbortedError, not a commit without it", async () => {
       const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-      const outcome = await tenancy
+      const savepoint = () =>
+        tenancy
+          .transaction(async () => {
+            await Person.query().insert({ name: 'x1-in-savepoint' });
+            await pause(50);
+            throw new Error('savepoint fails');
+          })
+          .catch((error: Error) => error.message);
+      const outer = (name: string, delay: number) => async () => {
+        if (delay > 0) await pause(delay);
+        await Person.query().insert({ name });
+        return 'outer insert done';
+      };
+      for (const [label, order] of [
+        ['outer write while the savepoint runs', (name: string) => [outer(name, 20)(), savepoint()]],
+        ['savepoint first, outer write at once (sent before the SAVEPOINT is answered)', (name: string) => [savepoint(), outer(name, 0)()]],
+        ['outer write first, at once', (name: string) => [outer(name, 0)(), savepoint()]],
+      ] as const) {
+        const name = `x1-beside-${label.length}`;
+        const outcome = await tenancy.runWithTenant('x1', () => tenancy.transaction(() => Promise.all(order(name)))).then((value) => value, (error: unknown) => error);
+        const after = await names('x1');
+        assert.ok(!after.includes('x1-in-savepoint'), label);
+        // Either the write went out before the SAVEPOINT (kept, committed) or after it (undone: the
+        // transaction fails). Before: resolved, committed, and the write was gone.
+        if (outcome instanceof TransactionAbortedError) {
+          assert.match(outcome.message, /savepoint/);
+          assert.ok(!after.includes(name), `${label}: rolled back, yet the write is there`);
+        } else {
+          assert.ok(after.includes(name), `${label}: ${String(outcome)}, committed without its write: ${after.join(', ')}`);
+          await tenancy.runWithTenant('x1', () => Person.query().where({ name }).delete());
+        }
+        if (label.startsWith('outer write while')) assert.ok(outcome instanceof TransactionAbortedError, `${label}: ${String(outcome)}`);
+      }
+      // Sent as the SAVEPOINT goes out, before its answer (and before the savepoint's callback runs):
+      // undone by its rollback. Before the fix of this case: committed without it.
+      const asSent = await tenancy
         .runWithTenant('x1', () =>
-          tenancy.transaction(async () =>
-            Promise.all([
-              (async () => {
-                await pause(30);
-                await Person.query().insert({ name: 'x1-beside-savepoint' });
-                return 'outer insert done';
-              })(),
-              tenancy
-                .transaction(async () => {
-                  await Person.query().insert({ name: 'x1-in-savepoint' });
-                  await pause(150);
-                  throw new Error('savepoint fails');
-                })
-                .catch((error: Error) => error.message),
-            ]),
-          ),
+          tenancy.transaction(async (trx) => {
+            let written: Promise<unknown> | undefined;
+            trx.on('query', (query: { sql?: string }) => {
+              if (written === undefined && /^SAVEPOINT/i.test(String(query.sql))) written = trx('persons').insert({ name: 'x1-as-savepoint-sent' }).then(() => 'done');
+            });
+            const message = await savepoint();
+            return [message, await written];
+          }),
         )
         .then((value) => value, (error: unknown) => error);
-      // Before: resolved ['outer insert done', 'savepoint fails'], committed, and the insert was gone.
-      assert.ok(outcome instanceof TransactionAbortedError, String(outcome));
-      assert.match(outcome.message, /savepoint/);
-      const after = await names('x1');
-      assert.ok(!after.includes('x1-beside-savepoint') && !after.includes('x1-in-savepoint'), after.join(', '));
+      assert.ok(asSent instanceof TransactionAbortedError, String(asSent));
+      assert.ok(!(await names('x1')).includes('x1-as-savepoint-sent'));
       // The tenant's next transaction is a clean one.
       await tenancy.runWithTenant('x1', () => tenancy.transaction(() => Person.query().insert({ name: 'x1-next' })));
       assert.ok((await names('x1')).includes('x1-next'));
       await tenancy.runWithTenant('x1', () => Person.query().where('name', 'x1-next').delete());
+    });
+
+    it("an outer write sent after the savepoint's ROLLBACK TO SAVEPOINT went out, and a CTE read beside it, are not undone: the transaction commits", async () => {
+      await tenancy.runWithTenant('x1', () =>
+        tenancy.transaction(async (trx) => {
+          // Sent while the ROLLBACK TO SAVEPOINT is on the wire: after it, so not undone.
+          let afterRollback: Promise<unknown> | undefined;
+          // A read sent while the savepoint is open: a CTE's, which starts with WITH, not SELECT.
+          let read: Promise<unknown> | undefined;
+          trx.on('query', (query: { sql?: string }) => {
+            const sql = String(query.sql);
+            if (read === undefined && /^SAVEPOINT/i.test(sql)) read = trx.with('p', (qb) => qb.select('name').from('persons')).select('name').from('p').then((rows) => rows);
+            if (afterRollback === undefined && /^ROLLBACK TO/i.test(sql)) afterRollback = trx('persons').insert({ name: 'x1-after-rollback-sent' }).then(() => 'done');
+          });
+          await Promise.allSettled([
+            tenancy.transaction(async () => {
+              await Person.query().insert({ name: 'x1-in-savepoint' });
+              await new Promise((resolve) => setTimeout(resolve, 40));
+              throw new Error('savepoint fails');
+            }),
+          ]);
+          await Promise.all([read, afterRollback]);
+          await Person.query().insert({ name: 'x1-later' });
+        }),
+      );
+      const after = await names('x1');
+      assert.ok(after.includes('x1-after-rollback-sent') && after.includes('x1-later') && !after.includes('x1-in-savepoint'), after.join(', '));
+      await tenancy.runWithTenant('x1', () => Person.query().whereIn('name', ['x1-after-rollback-sent', 'x1-later']).delete());
     });
 
     it('what a savepoint rollback does not undo still commits: an outer read beside it, an outer write beside a savepoint that is released, a rolled-back savepoint\'s onRollback query, an outer-level bindTenant helper called inside a savepoint', async () => {
