@@ -103,7 +103,9 @@ export async function loadMigrationPlan(config: MigratorConfig): Promise<Migrati
   }
   let migrations: unknown[];
   try {
-    migrations = await source.getMigrations(merged?.loadExtensions ?? []);
+    // As knex passes it (its file source falls back to its default list when none is given): a
+    // `loadExtensions: undefined` in the config (an unset env variable) listed no file at all.
+    migrations = await source.getMigrations(merged?.loadExtensions as readonly string[]);
   } catch (error) {
     throw new MigrationsUnreadableError({ cause: error });
   }
@@ -261,6 +263,9 @@ async function migrator(knex: Knex, plan: MigrationPlan, before: string[] | null
   try {
     return (await run()) as [number, string[]];
   } catch (error) {
+    // knex's lock was taken by another run: this one ran nothing. Read again, the table would count
+    // what the other run recorded meanwhile as this run's.
+    if ((error as { name?: unknown } | null)?.name === 'MigrationLocked') throw new MigrationStepError(error, []);
     const after = before === null ? null : await readCompleted(knex, plan).catch(() => null);
     let changed: string[] | undefined;
     if (after !== null && before !== null) {

@@ -19,6 +19,7 @@ import {
   type TenancyOptions,
 } from '../lib/index';
 import { backends, tablesIn, withDirectKnex } from './helpers/databases';
+import { knexWithStatementHook } from './helpers/statement-hook';
 
 const T = ['001_t1.js', '002_t2.js', '003_t3.js'];
 const body = (table: string) =>
@@ -60,6 +61,58 @@ for (const backend of backends('mplan')) {
       await backend.close();
       for (const d of dirs) d.cleanup();
     });
+
+    it('a config whose loadExtensions is undefined (an unset environment variable) lists the files as knex does, not none', async () => {
+      await fresh();
+      const { dir } = files();
+      const unset = make(dir, { migrations: { directory: dir, loadExtensions: undefined } } as Partial<TenancyOptions>);
+      const status = (await unset.migrate.status({ tenants: ['a'] })).tenants[0]!;
+      // Before: 'current' with no migration, and latest applied nothing (knex itself applies all three).
+      assert.equal(status.status, 'pending');
+      assert.deepEqual(status.migrations, T);
+      const report = (await unset.migrate.latest({ tenants: ['a'] })).tenants[0]!;
+      assert.equal(report.status, 'applied', String(report.error?.message));
+      assert.deepEqual(report.migrations, T);
+    });
+
+    if (backend.name === 'mysql') {
+      it("a run that finds knex's migration lock taken reports no migration of its own, not what the other run recorded meanwhile", async () => {
+        await fresh();
+        await withDb('a', async (knex) => {
+          await knex.schema.createTable('knex_migrations', (t) => {
+            t.increments('id');
+            t.string('name');
+            t.integer('batch');
+            t.timestamp('migration_time');
+          });
+          await knex.schema.createTable('knex_migrations_lock', (t) => {
+            t.increments('index');
+            t.integer('is_locked');
+          });
+          // Another run holds the lock...
+          await knex('knex_migrations_lock').insert({ is_locked: 1 });
+        });
+        let recorded = false;
+        const tenancy = make(files().dir, {
+          // ...and records 001_t1.js just before this run's attempt to take the lock fails.
+          createKnex: knexWithStatementHook(() => (send, sql, rest) => {
+            const text = typeof sql === 'string' ? sql : String((sql as { sql?: unknown }).sql);
+            if (recorded || !/^update `knex_migrations_lock`/.test(text)) return send(sql, ...rest);
+            recorded = true;
+            void withDb('a', (knex) => knex('knex_migrations').insert({ name: '001_t1.js', batch: 1, migration_time: new Date() })).then(() => {
+              send(sql, ...rest);
+            });
+            return undefined;
+          }),
+        } as Partial<TenancyOptions>);
+        const [result] = (await tenancy.migrate.latest({ tenants: ['a'] })).tenants;
+        assert.ok(recorded, 'the lock was tried');
+        assert.equal(result!.status, 'failed');
+        assert.match(String(result!.error?.message), /locked/);
+        // Before: ['001_t1.js'], the other run's.
+        assert.deepEqual(result!.migrations, []);
+      });
+    }
 
     it('an async onResult that rejects is a warning, not an unhandled rejection; the report waits for it', async () => {
       await fresh();
