@@ -31,8 +31,12 @@ export interface TenancyCommonOptions {
   migrations?: Knex.MigratorConfigWithLifecycleHooks;
   /** Knex seed config run by `createTenant()` after the migrations. */
   seeds?: Knex.SeederConfig;
-  /** Every tenant id (from your catalog): the tenants of `migrate.*` and `forEachTenant()` when none are given. */
-  listTenants?(): readonly string[] | Promise<readonly string[]>;
+  /**
+   * Every tenant id (from your catalog): the tenants of `migrate.*` and `forEachTenant()` when none
+   * are given. An array or another iterable (a `Set`). When it fails, the operation fails with an
+   * `Error` whose `cause` is its error (the CLI exits 1, to retry).
+   */
+  listTenants?(): Iterable<string> | Promise<Iterable<string>>;
   /**
    * Creates a tenant's empty database, for `createTenant()`. Default: built in for mysql2/mysql
    * (`CREATE DATABASE` of `config.connection.database`) and better-sqlite3/sqlite3 (creates the file).

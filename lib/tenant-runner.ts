@@ -3,6 +3,7 @@
  * an aborted signal starts no new tenant (the running ones finish), and every tenant gets a result.
  */
 import { performance } from 'node:perf_hooks';
+import { errorMessage } from './cli-output';
 
 /** What every per-tenant result of an operation has. */
 export interface TenantResult {
@@ -127,7 +128,7 @@ export function buildReport<R extends TenantResult>(run: { results: R[]; aborted
 /** @internal The tenants to run on: the given ones (deduplicated), else `listTenants()`. */
 export async function resolveTenantIds(
   tenants: readonly string[] | undefined,
-  listTenants: (() => readonly string[] | Promise<readonly string[]>) | undefined,
+  listTenants: (() => unknown) | undefined,
   where: string,
 ): Promise<string[]> {
   let ids: readonly string[];
@@ -135,8 +136,19 @@ export async function resolveTenantIds(
     if (!Array.isArray(tenants)) throw new TypeError(`${where}: options.tenants must be an array of tenant ids`);
     ids = tenants;
   } else if (listTenants !== undefined) {
-    ids = await listTenants();
-    if (!Array.isArray(ids)) throw new TypeError(`${where}: options.listTenants() of the tenancy must return an array of tenant ids`);
+    let listed: unknown;
+    try {
+      listed = await listTenants();
+    } catch (error) {
+      // A catalog that cannot be reached (fetch's `TypeError: fetch failed`) is the operation's
+      // failure, to retry, not a misuse of the API (the CLI answers a TypeError with exit 2).
+      throw new Error(`${where}: options.listTenants() of the tenancy failed: ${errorMessage(error)}`, { cause: error });
+    }
+    // An array, or another iterable of ids (a Set), as the CLI's own listTenants() may return; a
+    // string would be spread into its characters.
+    if (Array.isArray(listed)) ids = listed as readonly string[];
+    else if (listed != null && typeof listed !== 'string' && typeof (listed as Iterable<string>)[Symbol.iterator] === 'function') ids = [...(listed as Iterable<string>)];
+    else throw new TypeError(`${where}: options.listTenants() of the tenancy must return an array (or another iterable) of tenant ids`);
   } else {
     throw new TypeError(`${where}: pass options.tenants, or give the tenancy options.listTenants()`);
   }

@@ -246,6 +246,17 @@ describe('objection-tenancy CLI (node dist/cli.js)', { skip: skipMysql }, () => 
     const down = await cli(cwd, ['status', '--config', 'down-list.config.js']);
     assert.equal(down.code, 1, down.stderr);
     assert.match(down.stderr, /listTenants\(\) failed: fetch failed/);
+    // The same from the tenancy's own options.listTenants (the README's config): exit 1 too, not 2.
+    const own = CONFIG(files.migrations, files.seeds)
+      .replace('module.exports = { tenancy, listTenants: read };', 'module.exports = { tenancy };')
+      .replace('tenantExists: (id) => read().includes(id),', "tenantExists: (id) => read().includes(id),\n  listTenants: () => process.env.OT_LIST === 'set' ? new Set(read()) : Promise.reject(new TypeError('fetch failed')),");
+    fs.writeFileSync(path.join(cwd, 'own-list.config.js'), own);
+    const ownDown = await cli(cwd, ['status', '--config', 'own-list.config.js']);
+    assert.equal(ownDown.code, 1, ownDown.stderr);
+    assert.match(ownDown.stderr, /listTenants\(\) of the tenancy failed: fetch failed/);
+    const ownSet = await cli(cwd, ['status', '--config', 'own-list.config.js', '--json'], { env: { ...process.env, OT_LIST: 'set' } });
+    assert.equal(ownSet.code, 0, ownSet.stderr);
+    assert.equal(JSON.parse(ownSet.stdout).ok, true);
     // A listTenants() that rejects with a value of no string form: exit 1 with a message, not a crash.
     fs.writeFileSync(path.join(cwd, 'odd-list.config.js'), "const c = require('./tenancy.config.js');\nmodule.exports = { ...c, listTenants: () => Promise.reject(Object.create(null)) };\n");
     for (const json of [[], ['--json']]) {

@@ -114,6 +114,18 @@ for (const backend of backends('mplan')) {
       });
     }
 
+    it("the tenancy's listTenants(): one that fails (a catalog out of reach) fails the operation with its error as cause, not a TypeError; a Set is a list", async () => {
+      await fresh();
+      const { dir } = files();
+      const down = make(dir, { listTenants: () => Promise.reject(new TypeError('fetch failed')) } as Partial<TenancyOptions>);
+      const error = await down.migrate.status().then(() => undefined, (e: unknown) => e);
+      assert.ok(error instanceof Error && !(error instanceof TypeError), String(error));
+      assert.match(error.message, /listTenants\(\) of the tenancy failed: fetch failed/);
+      assert.ok((error as Error & { cause?: unknown }).cause instanceof TypeError);
+      const set = make(dir, { listTenants: () => new Set(['a', 'b']) } as Partial<TenancyOptions>);
+      assert.deepEqual((await set.migrate.status()).tenants.map((t) => [t.tenantId, t.status]), [['a', 'pending'], ['b', 'pending']]);
+    });
+
     it('an async onResult that rejects is a warning, not an unhandled rejection; the report waits for it', async () => {
       await fresh();
       const unhandled: unknown[] = [];
