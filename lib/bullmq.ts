@@ -128,8 +128,11 @@ function centralId(id: unknown): void {
  */
 function sameTenantData(current: unknown, next: unknown): object {
   const toJSON = (next as { toJSON?: unknown } | null | undefined)?.toJSON;
-  const json = (typeof toJSON === 'function' ? toJSON.call(next, '') : (next ?? {})) as TenantJobData & { central?: unknown };
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new TypeError('job.updateData(data): the payload must be a plain object, so that it keeps its tenantId');
+  const given = typeof toJSON === 'function' ? toJSON.call(next, '') : (next ?? {});
+  if (typeof given !== 'object' || given === null || Array.isArray(given)) throw new TypeError('job.updateData(data): the payload must be a plain object, so that it keeps its tenantId');
+  // Read once, into plain data: a getter (or a Proxy) read again for the copy stored could name
+  // another tenant than the one checked.
+  const json = stored({ ...given }) as TenantJobData & { central?: unknown };
   const { tenantId, central } = (current ?? {}) as TenantJobData & { central?: unknown };
   if (tenantId != null) {
     if ((json.tenantId != null && json.tenantId !== tenantId) || json.central === true) throw movedJob(tenantId, json.tenantId == null ? 'central' : String(json.tenantId));
@@ -141,7 +144,7 @@ function sameTenantData(current: unknown, next: unknown): object {
   }
   // What is stored is what was checked: a `toJSON` of its own (what the payload's `toJSON()`
   // returned may carry one) would make JSON.stringify store what that returns: another tenant's id.
-  return stored({ ...json });
+  return json;
 }
 
 function movedJob(from: string, to: string): TenantMismatchError {

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import { UnknownTenantError } from './errors';
 import { markQualified, settleOwnNamesOnCompile } from './qualify-tables';
+import { sentLater } from './statement-order';
 
 /**
  * The inline database switch of the shared strategy (`inlineSwitch: true`): when a connection has to
@@ -277,6 +278,7 @@ function sendAfterSwitch(client: Knex.Client, baseQuery: ClientQuery, conn: unkn
   if (TRANSACTION_OF.get(client)?.isCompleted() === true) {
     return Promise.reject(refusal ?? new Error('Transaction query already complete: the transaction ended while its statement waited for a switch'));
   }
+  sentLater(conn, input);
   return baseQuery.call(client, conn, input);
 }
 

@@ -2,6 +2,7 @@ import type { Knex } from 'knex';
 import { commitMayHaveApplied, TenantUnavailableError, TransactionAbortedError, TransactionOutcomeUnknownError } from './errors';
 import { statementStart } from './inline-switch';
 import { ask, IN_TRANS, type RawConnection } from './pooled-connection';
+import { followLaterSends } from './statement-order';
 import { currentScope, openTransactionScope, runInScope, type TenantScope } from './scope';
 
 type Callback = () => unknown;
@@ -31,8 +32,7 @@ export interface TransactionState {
   aborted?: { readonly error: unknown };
   /** The savepoints open on the connection, in the order their SAVEPOINT went out (see onStatement). */
   savepoints?: OpenSavepoint[];
-  /** The level whose statement is being sent now (set around the synchronous send, see onStatement). */
-  sending?: TransactionHooks | undefined;
+
   /**
    * Set when a savepoint rolled back after a statement of a level outside it wrote beside it: that
    * statement was undone though it was reported done. The transaction cannot commit what its code
@@ -129,12 +129,15 @@ const CTE_WRITE = /\b(?:insert|update|delete|replace)\b/i;
 
 /**
  * Follows the statements of one transaction in the order they go out on its connection (knex's
- * `query` event, emitted as each is sent, by every level): a write of a level not inside an open
- * savepoint marks it, and that savepoint's `ROLLBACK TO SAVEPOINT` then dooms the transaction. A
- * statement is attributed to the level the library's own client sent it through (`tx.sending`);
- * one sent otherwise (knex's own nested `trx.transaction()`, `Model.startTransaction()`) is not.
+ * `query` event, emitted as each is sent, by every level, and the later sends statement-order.ts
+ * reports): a write of a level not inside an open savepoint marks it, and that savepoint's `ROLLBACK
+ * TO SAVEPOINT` then dooms the transaction. A statement is attributed to the level the library's own
+ * client sent it through (LEVEL); one sent otherwise (knex's own nested `trx.transaction()`,
+ * `Model.startTransaction()`) is not.
  */
-function onStatement(tx: TransactionState, sql: string, tenantId: string): void {
+function onStatement(tx: TransactionState, input: unknown, tenantId: string): void {
+  const sql = typeof input === 'string' ? input : String((input as { sql?: unknown } | null)?.sql ?? '');
+  const level = typeof input === 'object' && input !== null ? (input as { [LEVEL]?: TransactionHooks })[LEVEL] : undefined;
   const open = (tx.savepoints ??= []);
   const started = SAVEPOINT.exec(sql);
   if (started !== null) {
@@ -151,7 +154,6 @@ function onStatement(tx: TransactionState, sql: string, tenantId: string): void 
     if (savepoint!.foreign && !/^release/i.test(ended[1]!)) doom(tx, tenantId);
     return;
   }
-  const level = tx.sending;
   if (level === undefined || CONTROL.test(sql) || !mayWrite(sql)) return;
   for (const savepoint of open) if (!inside(level, savepoint.level)) savepoint.foreign = true;
 }
@@ -168,15 +170,13 @@ function inside(level: TransactionHooks, savepoint: TransactionHooks | undefined
   return false;
 }
 
-/** Sends a statement as `level`'s: knex emits its `query` event synchronously as it goes out. */
-function sendAs<R>(tx: TransactionState, level: TransactionHooks, send: () => R): R {
-  const before = tx.sending;
-  tx.sending = level;
-  try {
-    return send();
-  } finally {
-    tx.sending = before;
-  }
+// The level a statement was sent through, on knex's query object (Object.assign copies it into the
+// `query` event's object, and a statement sent later after a switch carries it too).
+const LEVEL = Symbol('objection-tenancy.transactionLevel');
+
+function sentBy<T>(obj: T, hooks: TransactionHooks): T {
+  if (obj !== null && typeof obj === 'object') (obj as Record<symbol, unknown>)[LEVEL] = hooks;
+  return obj;
 }
 
 /** Puts `items` where `place` is in `list` (nothing when it is not there). */
@@ -216,6 +216,8 @@ async function runLevel<T>(
   let rolledBackByApp = false;
   // The app's own `trx.commit()` (a savepoint's: its release), called while `fn` ran.
   let committedByApp = false;
+  // The outermost level: stops following its connection's later sends (statement-order.ts).
+  let unfollow: (() => void) | undefined;
   try {
     result = (await base.transaction((trx) => {
       // Its BEGIN (or SAVEPOINT) failed: knex marks the transaction complete, rejects it, and still
@@ -265,7 +267,7 @@ async function runLevel<T>(
               : Promise.reject(doomed)
             : tx.aborted !== undefined && !ROLLBACK.test(text)
               ? Promise.reject(new TransactionAbortedError(scope.tenantId, { cause: tx.aborted.error }))
-              : sendAs(tx, hooks, () => query.call(this, conn, obj));
+              : query.call(this, conn, sentBy(obj, hooks));
         // The outcome of the outermost level is its COMMIT's own answer, whoever sent it (knex once `fn`
         // resolved, or the app's `trx.commit()`, whose failure knex may settle differently): read here.
         if (outer === undefined && commitAnswer === undefined && sql === 'COMMIT;') {
@@ -280,8 +282,14 @@ async function runLevel<T>(
       };
       // The outermost level follows every statement of the transaction; a savepoint's callback runs
       // once its SAVEPOINT was answered: the last one that went out is this level's.
-      if (hooks.parent === undefined) trx.on('query', (event: { sql?: unknown }) => onStatement(tx, String(event.sql ?? ''), scope.tenantId));
-      else {
+      if (hooks.parent === undefined) {
+        const follow = (input: unknown) => onStatement(tx, input, scope.tenantId);
+        trx.on('query', follow);
+        void (trx.client as unknown as { acquireConnection(): Promise<object> }).acquireConnection().then(
+          (conn) => (unfollow = followLaterSends(conn, follow)),
+          () => undefined,
+        );
+      } else {
         const open = tx.savepoints ?? [];
         for (let i = open.length - 1; i >= 0; i--) {
           if (open[i]!.level !== undefined) continue;
@@ -302,6 +310,7 @@ async function runLevel<T>(
       return running;
     })) as Awaited<T>;
   } catch (caught) {
+    unfollow?.();
     if (outer !== undefined) outer.__knexTxId = outerTxId;
     let error = caught;
     let committed = false;
@@ -332,6 +341,7 @@ async function runLevel<T>(
     // the transaction resolves (with undefined), and its onCommit callbacks run. The throw is reported (below).
     result = undefined as Awaited<T>;
   }
+  unfollow?.();
   if (outer !== undefined) outer.__knexTxId = outerTxId;
   if (rolledBack) {
     hooks.state = 'rolledBack';

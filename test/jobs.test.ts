@@ -630,6 +630,17 @@ for (const backend of backends('jobs')) {
         await assert.rejects(central.updateData({ tenantId: 'jb' }), TenantMismatchError);
         await central.updateData({ toJSON: () => ({ step: 2, toJSON: () => ({ tenantId: 'jb' }) }) } as never);
         assert.deepEqual((await queue.getJob(central.id!))!.data, { step: 2, central: true });
+        // A getter read once for the check and again for the copy stored: it named jb the second
+        // time, and the job became jb's. Now read once: what is stored is what was checked.
+        let reads = 0;
+        await central.updateData({
+          step: 3,
+          get tenantId() {
+            return reads++ === 0 ? undefined : 'jb';
+          },
+        } as never);
+        assert.equal(reads, 1);
+        assert.deepEqual((await queue.getJob(central.id!))!.data, { step: 3, central: true });
         const moved: string[] = [];
         const { outcomes: done } = workerFor(name, async (running) => {
           await running.updateData({ ...running.data, tenantId: 'jb' }).catch((e: Error) => moved.push(e.name));

@@ -260,6 +260,30 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
         }
         if (label.startsWith('outer write while')) assert.ok(outcome instanceof TransactionAbortedError, `${label}: ${String(outcome)}`);
       }
+      // Raw SQL that names no database: under qualifyTables refused on a clean connection (a new
+      // tenancy's) and sent again after a USE, behind the SAVEPOINT (knex reported it before).
+      // Before: committed without it.
+      const clean = createTenancy({ ...backend.connectionOptions(), tenantExists: backend.databaseExists });
+      const raw = await clean
+        .runWithTenant('x1', () =>
+          clean.transaction(async (trx) =>
+            Promise.all([
+              trx.raw('insert into persons (name) values (?)', ['x1-raw-beside']).then(() => 'done'),
+              clean
+                .transaction(async (inner) => {
+                  await inner.raw('select 1');
+                  await pause(50);
+                  throw new Error('savepoint fails');
+                })
+                .catch((error: Error) => error.message),
+            ]),
+          ),
+        )
+        .then((value) => value, (error: unknown) => error)
+        .finally(() => clean.destroy());
+      const rawKept = (await names('x1')).includes('x1-raw-beside');
+      assert.ok(raw instanceof TransactionAbortedError ? !rawKept : rawKept, `${String(raw)}; the raw insert ${rawKept ? 'is there' : 'is gone'}`);
+      if (rawKept) await tenancy.runWithTenant('x1', () => Person.query().where({ name: 'x1-raw-beside' }).delete());
       // Sent as the SAVEPOINT goes out, before its answer (and before the savepoint's callback runs):
       // undone by its rollback. Before the fix of this case: committed without it.
       const asSent = await tenancy
