@@ -280,6 +280,13 @@ async function runLevel<T>(
         if (doomed !== undefined || tx.aborted !== undefined || CONTROL.test(text) || trx.isCompleted()) return answer;
         return answer.then(undefined, (error: unknown) => noteAborted(tx, conn, sql, error));
       };
+      // A stream's statement carries its level too: on MariaDB a stream can write (`INSERT ...
+      // RETURNING`), and unattributed its write beside a savepoint went unseen.
+      const streamed = client as unknown as { stream?: (conn: unknown, obj: unknown, ...rest: unknown[]) => unknown };
+      const stream = streamed.stream;
+      if (typeof stream === 'function') streamed.stream = function (this: unknown, conn: unknown, obj: unknown, ...rest: unknown[]) {
+        return stream.call(this, conn, sentBy(obj, hooks), ...rest);
+      };
       // The outermost level follows every statement of the transaction; a savepoint's callback runs
       // once its SAVEPOINT was answered: the last one that went out is this level's.
       if (hooks.parent === undefined) {

@@ -284,6 +284,24 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
       const rawKept = (await names('x1')).includes('x1-raw-beside');
       assert.ok(raw instanceof TransactionAbortedError ? !rawKept : rawKept, `${String(raw)}; the raw insert ${rawKept ? 'is there' : 'is gone'}`);
       if (rawKept) await tenancy.runWithTenant('x1', () => Person.query().where({ name: 'x1-raw-beside' }).delete());
+      // A write of the outer level streamed inside the savepoint (INSERT ... RETURNING): undone by
+      // its rollback too. Before: not attributed to any level, the transaction committed without it.
+      const streamed = await tenancy
+        .runWithTenant('x1', () =>
+          tenancy.transaction(async (trx) => {
+            const message = await tenancy
+              .transaction(async () => {
+                for await (const row of trx.raw("insert into persons (name) values ('x1-streamed') returning id").stream()) void row;
+                throw new Error('savepoint fails');
+              })
+              .catch((error: Error) => error.message);
+            await trx('persons').insert({ name: 'x1-after-streamed' });
+            return message;
+          }),
+        )
+        .then((value) => value, (error: unknown) => error);
+      assert.ok(streamed instanceof TransactionAbortedError, String(streamed));
+      assert.ok(!(await names('x1')).some((n) => n === 'x1-streamed' || n === 'x1-after-streamed'));
       // Sent as the SAVEPOINT goes out, before its answer (and before the savepoint's callback runs):
       // undone by its rollback. Before the fix of this case: committed without it.
       const asSent = await tenancy
