@@ -130,20 +130,19 @@ function sameTenantData(current: unknown, next: unknown): object {
   const toJSON = (next as { toJSON?: unknown } | null | undefined)?.toJSON;
   const given = typeof toJSON === 'function' ? toJSON.call(next, '') : (next ?? {});
   if (typeof given !== 'object' || given === null || Array.isArray(given)) throw new TypeError('job.updateData(data): the payload must be a plain object, so that it keeps its tenantId');
-  // Read once, into plain data: a getter (or a Proxy) read again for the copy stored could name
-  // another tenant than the one checked.
+  // What is stored is what was checked. Read once, into plain data: a getter (or a Proxy) read again
+  // for the copy stored could name another tenant. And no `toJSON` of its own (what the payload's
+  // `toJSON()` returned may carry one): JSON.stringify would store what that returns.
   const json = stored({ ...given }) as TenantJobData & { central?: unknown };
   const { tenantId, central } = (current ?? {}) as TenantJobData & { central?: unknown };
   if (tenantId != null) {
     if ((json.tenantId != null && json.tenantId !== tenantId) || json.central === true) throw movedJob(tenantId, json.tenantId == null ? 'central' : String(json.tenantId));
-    return stored({ ...json, tenantId });
+    return { ...json, tenantId };
   }
   if (central === true) {
     if (json.tenantId != null) throw movedJob('central', String(json.tenantId));
-    return stored({ ...json, central: true });
+    return { ...json, central: true };
   }
-  // What is stored is what was checked: a `toJSON` of its own (what the payload's `toJSON()`
-  // returned may carry one) would make JSON.stringify store what that returns: another tenant's id.
   return json;
 }
 
