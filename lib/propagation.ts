@@ -54,7 +54,7 @@ export function bindTenant<A extends unknown[], R, This = unknown>(
   // generator at once, in the scope, and its steps run in the scope.
   if (isGeneratorFunction(fn)) {
     return function boundGenerator(this: This, ...args: A): R {
-      return stepsInScope(scope, runInScopeSync(openTransactionScope(scope) ?? scope, () => fn.apply(this, args)));
+      return stepsInScope(scope, runInScopeSync(syncScopeOf(scope), () => fn.apply(this, args)));
     };
   }
   return function boundToTenant(this: This, ...args: A): R | Promise<Awaited<R>> {
@@ -86,7 +86,7 @@ function stepsInScope<R>(scope: TenantScope | undefined, result: R): R {
     const call = () => generator[method]!.call(generator, value);
     // A sync step cannot wait for the tenant's connection to be opened again: it runs in the scope as
     // it was bound, where the queries it builds run on that connection when awaited.
-    return sync ? runInScopeSync(openTransactionScope(scope) ?? scope, call) : inScopeOf(scope, call);
+    return sync ? runInScopeSync(syncScopeOf(scope), call) : inScopeOf(scope, call);
   };
   // Inherits from the generator's own prototype: a Generator (or AsyncGenerator) still, for
   // `Symbol.toStringTag`, its iterator symbol and the iterator helpers; its steps are these.
@@ -116,9 +116,10 @@ function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R | Promis
   // Bound in a transaction still open and called inside one of its savepoints (deeper): it runs in
   // that savepoint, as a query builder built out there and awaited in it does; run out there, its
   // writes were outside the savepoint though sent while it was open, which its rollback undoes.
-  const callers = callersTransaction(scope);
-  const joined = open === undefined ? callers : callers !== undefined && within(callers, open) ? callers : undefined;
-  if (joined !== undefined) return runInScopeSync(joined, call);
+  const joined = joinedTransaction(scope, open);
+  // With a lease on the tenant's connection until the call settles, as when it enters the tenant
+  // again (below): work of it that outlives the caller's transaction must not find its pool closed.
+  if (joined !== undefined) return leased(enter === undefined ? undefined : () => enter.call(scope.owner, scope.tenantId), () => runInScopeSync(joined, call));
   if (open !== undefined || enter === undefined) return runInScopeSync(open ?? scope, call);
   let entered: ScopeLease | Promise<ScopeLease>;
   try {
@@ -174,4 +175,46 @@ function callersTransaction(scope: TenantScope): TenantScope | undefined {
 function within(inner: TenantScope, outer: TenantScope): boolean {
   for (let level = inner.txHooks; level !== undefined; level = level.parent) if (level === outer.txHooks) return true;
   return false;
+}
+
+/** The caller's transaction a call of a function bound in `scope` joins (see inScopeOf), if any. */
+function joinedTransaction(scope: TenantScope, open: TenantScope | undefined): TenantScope | undefined {
+  const callers = callersTransaction(scope);
+  if (open === undefined) return callers;
+  return callers !== undefined && within(callers, open) ? callers : undefined;
+}
+
+/**
+ * The scope a synchronous step of a bound generator runs in: the transaction it joins (as
+ * inScopeOf's), else the one it was bound in while open, else its own scope. It cannot wait for the
+ * tenant's connection to be opened again.
+ */
+function syncScopeOf(scope: TenantScope | undefined): TenantScope | undefined {
+  if (scope === undefined) return undefined;
+  const open = openTransactionScope(scope);
+  return joinedTransaction(scope, open) ?? open ?? scope;
+}
+
+/** Runs `run` holding a lease taken with `take` (when it can be) until its result settles. */
+function leased<R>(take: (() => ScopeLease | Promise<ScopeLease>) | undefined, run: () => R): R | Promise<Awaited<R>> {
+  let lease: ScopeLease | Promise<ScopeLease> | undefined;
+  try {
+    lease = take?.();
+  } catch {
+    // The tenancy is gone (destroy()): the call runs all the same, as it does unleased.
+  }
+  const release = () => {
+    if (lease instanceof Promise) void lease.then((taken) => taken.release(), () => undefined);
+    else lease?.release();
+  };
+  let result: R;
+  try {
+    result = run();
+  } catch (error) {
+    release();
+    throw error;
+  }
+  if (result instanceof Promise) return result.finally(release) as Promise<Awaited<R>>;
+  release();
+  return result;
 }

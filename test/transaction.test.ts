@@ -730,8 +730,42 @@ for (const backend of allStrategies('trx', { inlineSwitch: true })) {
           label,
         );
       }
+      // A sync generator bound the same way: its steps join the transaction too. Before: its query ran
+      // on the tenant's own connection (committed apart, or waited for the acquire timeout).
+      const steps = await tenancy.runWithTenant('x1', async () =>
+        bindTenant(function* () {
+          yield Person.query().insert({ name: 'x1-bound-generator' }).then(() => 0);
+        }),
+      );
+      await assert.rejects(
+        tenancy.runWithTenant('x1', () =>
+          tenancy.transaction(async () => {
+            for (const step of steps()) await step;
+            throw new Error('roll back x1');
+          }),
+        ),
+        /roll back x1/,
+      );
       assert.deepEqual((await names('x1')).filter((n) => n.includes('-bound-')), []);
       assert.deepEqual((await names('x2')).filter((n) => n.includes('-bound-')), []);
+      // A call that joins the transaction holds a lease until it settles, as one that enters the
+      // tenant does: work of it that outlives the transaction finds its pool open after an evict.
+      let late!: Promise<unknown>;
+      const slow = await tenancy.runWithTenant('x1', async () =>
+        bindTenant(async () => {
+          await new Promise((resolve) => setTimeout(resolve, 200));
+          await Person.query().insert({ name: 'x1-bound-late' });
+        }),
+      );
+      await tenancy.runWithTenant('x1', () =>
+        tenancy.transaction(async () => {
+          late = slow();
+        }),
+      );
+      await tenancy.evict('x1');
+      await late;
+      assert.ok((await names('x1')).includes('x1-bound-late'));
+      await tenancy.runWithTenant('x1', () => Person.query().where('name', 'x1-bound-late').delete());
       // Outside any transaction it still runs, and commits, in its tenant.
       await tenancy.runWithTenant('x2', () => outside('x1-bound-committed'));
       assert.ok((await names('x1')).includes('x1-bound-committed'));
