@@ -141,18 +141,24 @@ function inScopeOf<R>(scope: TenantScope | undefined, call: () => R): R | Promis
       () => runInScope(scope, call),
     );
   }
-  const { release } = entered;
   const current = chained(entered.scope);
+  return releasingAfter(entered.release, () => runInScopeSync(current, call));
+}
+
+/**
+ * Runs `run`, then calls `release`: when its result settles if it is a promise. The caller gets a
+ * promise that settles the same way, so a rejection nobody handles is still reported. Any other
+ * thenable (a query builder) is not touched: calling its then() would run it, and the caller runs
+ * it; it runs on the connection it was built on.
+ */
+function releasingAfter<R>(release: () => void, run: () => R): R | Promise<Awaited<R>> {
   let result: R;
   try {
-    result = runInScopeSync(current, call);
+    result = run();
   } catch (error) {
     release();
     throw error;
   }
-  // A promise keeps the lease until it settles; the caller gets one that settles the same way, so a
-  // rejection nobody handles is still reported. Any other thenable (a query builder) is not touched:
-  // calling its then() would run it, and the caller runs it; it runs on the connection it was built on.
   if (result instanceof Promise) return result.finally(release) as Promise<Awaited<R>>;
   release();
   return result;
@@ -207,14 +213,5 @@ function leased<R>(take: (() => ScopeLease | Promise<ScopeLease>) | undefined, r
     if (lease instanceof Promise) void lease.then((taken) => taken.release(), () => undefined);
     else lease?.release();
   };
-  let result: R;
-  try {
-    result = run();
-  } catch (error) {
-    release();
-    throw error;
-  }
-  if (result instanceof Promise) return result.finally(release) as Promise<Awaited<R>>;
-  release();
-  return result;
+  return releasingAfter(release, run);
 }
